@@ -1,0 +1,3 @@
+"""Hypervisors behind one port: the simulated one and, later, libvirt."""
+
+__all__ = ["port", "simulated"]

@@ -1,0 +1,51 @@
+"""The hypervisor port: one small async interface, an adapter per hypervisor."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
+
+__all__ = ["Hypervisor"]
+
+
+class Hypervisor(Protocol):
+    """What vmledger needs of a hypervisor.
+
+    Domains are addressed by name.  Every method is a coroutine; an adapter
+    whose library blocks runs it in a thread.  Lifecycle methods raise
+    `HypervisorError` when the hypervisor refuses; `apply_live` never raises
+    for a refusal or a fault, it reports one in its `LiveResult`.
+    """
+
+    async def define(self, spec: DomainSpec) -> None:
+        """Define a domain with its persistent config."""
+        ...
+
+    async def undefine(self, name: str) -> None:
+        """Remove a stopped domain's definition."""
+        ...
+
+    async def start(self, name: str) -> tuple:
+        """Boot the domain from its persistent config; return its live config as pairs."""
+        ...
+
+    async def stop(self, name: str) -> None:
+        """Shut the domain off."""
+        ...
+
+    async def apply_persistent(self, name: str, prop: str, value: Value) -> None:
+        """Write one value into the persistent config the domain boots with next."""
+        ...
+
+    async def apply_live(self, name: str, prop: str, value: Value) -> LiveResult:
+        """Ask the running domain for a live change and report what really happened."""
+        ...
+
+    async def observe(self, name: str) -> Observation:
+        """Report the domain's live state, capabilities and tray locks."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the adapter's resources."""
+        ...

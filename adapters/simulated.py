@@ -1,0 +1,407 @@
+"""The simulated hypervisor: the embedded default, its state in a JSON file.
+
+It models PV and HVM guests, a host memory pool (so a large balloon request is
+satisfied only in part), lockable CD-ROM trays and one-shot injected faults.
+The state lives in one JSON file so that separate processes (CLI calls) see the
+same hypervisor; every operation is a read-modify-write of the whole file under
+an exclusive `flock` on `<state_path>.lock`, run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+from eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Kind, Reason
+from eventstore.errors import HypervisorError, InvalidRequestError
+from eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
+
+__all__ = ["SimulatedHypervisor"]
+
+_DEFAULT_CAPABILITIES = {
+    GuestType.PV: {"balloon": True, "memory_hotplug": False, "vcpu_hotplug": True},
+    GuestType.HVM: {"balloon": False, "memory_hotplug": False, "vcpu_hotplug": False},
+}
+_UNSUPPORTED = {
+    "memory": "guest has neither a balloon driver nor memory hotplug",
+    "vcpus": "guest does not support vCPU hotplug",
+}
+_FAULT_KINDS = ("error", "timeout")
+
+State = dict[str, Any]
+
+
+class _Hang:
+    """A timeout fault was consumed: the caller must hang, then fail."""
+
+    def __init__(self, current: Value | None) -> None:
+        self.current = current
+
+
+class SimulatedHypervisor:
+    """Simulate a hypervisor whose state is shared through a JSON file.
+
+    `host_free` is the free host memory (bytes) used only when the state file
+    does not exist yet.  `hang_seconds` is how long an injected timeout hangs.
+    """
+
+    def __init__(self, state_path: str | os.PathLike, *, host_free: int = 64 * 2**30) -> None:
+        self.state_path = os.fspath(state_path)
+        self.lock_path = self.state_path + ".lock"
+        self.hang_seconds = 3600.0
+        self._initial_free = host_free
+
+    @classmethod
+    def for_database(
+        cls, db_path: str | os.PathLike, *, host_free: int = 64 * 2**30
+    ) -> "SimulatedHypervisor":
+        """Return the simulator whose state lives beside the database, in `<db_path>.sim.json`."""
+        return cls(os.fspath(db_path) + ".sim.json", host_free=host_free)
+
+    async def __aenter__(self) -> "SimulatedHypervisor":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- the port --------------------------------------------------------------
+
+    async def define(self, spec: DomainSpec) -> None:
+        """Define a domain with its persistent config.
+
+        Raises:
+            HypervisorError: a domain of that name is already defined.
+            InvalidRequestError: unknown guest type or capability name.
+        """
+        guest = _guest_type(spec.guest_type)
+        caps = dict(_DEFAULT_CAPABILITIES[guest])
+        for cap, on in spec.capabilities:
+            if on is not None:
+                caps[_capability(cap)] = bool(on)
+
+        def change(state: State) -> None:
+            if spec.name in state["domains"]:
+                raise HypervisorError(f"domain {spec.name!r} is already defined")
+            state["domains"][spec.name] = {
+                "uuid": spec.uuid,
+                "guest_type": guest.value,
+                "running": False,
+                "persistent": dict(spec.config),
+                "live": {},
+                "capabilities": caps,
+                "locked_trays": [],
+                "faults": {},
+            }
+
+        await self._run(change)
+
+    async def undefine(self, name: str) -> None:
+        """Remove a stopped domain's definition.
+
+        Raises:
+            HypervisorError: the domain is unknown or running.
+        """
+
+        def change(state: State) -> None:
+            if _domain(state, name)["running"]:
+                raise HypervisorError(f"domain {name!r} is running")
+            del state["domains"][name]
+
+        await self._run(change)
+
+    async def start(self, name: str) -> tuple:
+        """Boot the domain from its persistent config; return its live config as pairs.
+
+        Raises:
+            HypervisorError: the domain is unknown or running, or the host lacks the memory.
+        """
+
+        def change(state: State) -> tuple:
+            dom = _domain(state, name)
+            if dom["running"]:
+                raise HypervisorError(f"domain {name!r} is already running")
+            memory = dom["persistent"].get("memory", 0)
+            if memory > state["host_free"]:
+                raise HypervisorError("not enough free host memory")
+            state["host_free"] -= memory
+            dom.update(running=True, live=dict(dom["persistent"]), locked_trays=[])
+            return tuple(sorted(dom["live"].items()))
+
+        return await self._run(change)
+
+    async def stop(self, name: str) -> None:
+        """Shut the domain off and return its memory to the host pool.
+
+        Raises:
+            HypervisorError: the domain is unknown or not running.
+        """
+
+        def change(state: State) -> None:
+            dom = _running(state, name)
+            state["host_free"] += dom["live"].get("memory", 0)
+            dom.update(running=False, live={}, locked_trays=[])
+
+        await self._run(change)
+
+    async def apply_persistent(self, name: str, prop: str, value: Value) -> None:
+        """Write one value into the persistent config the domain boots with next.
+
+        Raises:
+            HypervisorError: the domain is unknown.
+        """
+
+        def change(state: State) -> None:
+            _domain(state, name)["persistent"][prop] = value
+
+        await self._run(change)
+
+    async def apply_live(self, name: str, prop: str, value: Value) -> LiveResult:
+        """Ask the running domain for a live change and report what really happened.
+
+        An injected timeout is consumed (and saved) before hanging, and the
+        change is not applied, whether the caller cancels or not.
+
+        Raises:
+            HypervisorError: the domain is unknown.
+        """
+        result = await self._run(lambda state: _apply_live(state, name, prop, value))
+        if isinstance(result, _Hang):
+            await asyncio.sleep(self.hang_seconds)
+            return LiveResult.failed(result.current, Reason.TIMEOUT, "hypervisor did not answer")
+        return result
+
+    async def observe(self, name: str) -> Observation:
+        """Report the domain's live state, capabilities and tray locks.
+
+        Raises:
+            HypervisorError: the domain is unknown.
+        """
+
+        def read(state: State) -> Observation:
+            dom = _domain(state, name)
+            return Observation(
+                running=dom["running"],
+                live=tuple(sorted(dom["live"].items())),
+                capabilities=tuple(sorted(dom["capabilities"].items())),
+                locked_trays=frozenset(dom["locked_trays"]),
+            )
+
+        return await self._run(read, write=False)
+
+    async def aclose(self) -> None:
+        """Release the adapter's resources (it holds none between calls)."""
+
+    # -- perturbations behind the ledger's back ---------------------------------
+
+    async def balloon(self, name: str, size: int) -> None:
+        """Set the running domain's live memory out of band, taking it from the host pool.
+
+        Raises:
+            HypervisorError: not running, size out of range, or the host lacks the memory.
+        """
+
+        def change(state: State) -> None:
+            live = _running(state, name)["live"]
+            if size <= 0 or size > live.get("max_memory", 0):
+                raise HypervisorError(f"balloon size {size} is outside 1..max_memory")
+            delta = size - live.get("memory", 0)
+            if delta > state["host_free"]:
+                raise HypervisorError("not enough free host memory")
+            state["host_free"] -= delta
+            live["memory"] = size
+
+        await self._run(change)
+
+    async def set_host_free(self, size: int) -> None:
+        """Set the free host memory pool in bytes.
+
+        Raises:
+            InvalidRequestError: size is not a non-negative whole number.
+        """
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidRequestError(
+                f"host free memory must be a whole number >= 0, not {size!r}"
+            )
+
+        def change(state: State) -> None:
+            state["host_free"] = size
+
+        await self._run(change)
+
+    async def host_free(self) -> int:
+        """Return the free host memory pool in bytes."""
+        return await self._run(lambda state: state["host_free"], write=False)
+
+    async def lock_tray(self, name: str, device: str) -> None:
+        """Lock the CD-ROM tray of `device`, as a guest does.
+
+        Raises:
+            HypervisorError: the domain is not running or has no such device.
+        """
+        await self._run(lambda state: _set_tray(state, name, device, locked=True))
+
+    async def unlock_tray(self, name: str, device: str) -> None:
+        """Unlock the CD-ROM tray of `device`.
+
+        Raises:
+            HypervisorError: the domain is not running or has no such device.
+        """
+        await self._run(lambda state: _set_tray(state, name, device, locked=False))
+
+    async def set_capability(self, name: str, cap: str, on: bool) -> None:
+        """Turn a guest capability on or off.
+
+        Raises:
+            InvalidRequestError: `cap` is not a capability name.
+            HypervisorError: the domain is unknown.
+        """
+        key = _capability(cap)
+
+        def change(state: State) -> None:
+            _domain(state, name)["capabilities"][key] = bool(on)
+
+        await self._run(change)
+
+    async def inject_fault(self, name: str, prop: str, kind: str) -> None:
+        """Make the next live change of `prop` fail with an `error` or hang until a `timeout`.
+
+        Raises:
+            InvalidRequestError: `kind` is neither `error` nor `timeout`.
+            HypervisorError: the domain is unknown.
+        """
+        if kind not in _FAULT_KINDS:
+            kinds = ", ".join(_FAULT_KINDS)
+            raise InvalidRequestError(f"fault kind must be one of {kinds}, not {kind!r}")
+
+        def change(state: State) -> None:
+            _domain(state, name)["faults"][prop] = kind
+
+        await self._run(change)
+
+    # -- the state file ----------------------------------------------------------
+
+    async def _run(self, fn: Callable[[State], Any], *, write: bool = True) -> Any:
+        return await asyncio.to_thread(self._transact, fn, write)
+
+    def _transact(self, fn: Callable[[State], Any], write: bool) -> Any:
+        # The lock file, not the state file, is locked: os.replace swaps the latter.
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self._load()
+            result = fn(state)
+            if write:
+                self._save(state)
+            return result
+
+    def _load(self) -> State:
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {"host_free": self._initial_free, "domains": {}}
+        except ValueError as e:
+            raise HypervisorError(f"simulator state {self.state_path} is damaged: {e}") from e
+
+    def _save(self, state: State) -> None:
+        directory = os.path.dirname(os.path.abspath(self.state_path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sim-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(state, f, sort_keys=True, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+def _guest_type(text: str) -> GuestType:
+    try:
+        return GuestType(text)
+    except ValueError as e:
+        raise InvalidRequestError(f"unknown guest type {text!r}") from e
+
+
+def _capability(text: str) -> str:
+    try:
+        return Capability(text).value
+    except ValueError as e:
+        known = ", ".join(c.value for c in Capability)
+        raise InvalidRequestError(f"unknown capability {text!r} (known: {known})") from e
+
+
+def _domain(state: State, name: str) -> dict[str, Any]:
+    dom = state["domains"].get(name)
+    if dom is None:
+        raise HypervisorError(f"domain {name!r} is not defined")
+    return dom
+
+
+def _running(state: State, name: str) -> dict[str, Any]:
+    dom = _domain(state, name)
+    if not dom["running"]:
+        raise HypervisorError(f"domain {name!r} is not running")
+    return dom
+
+
+def _set_tray(state: State, name: str, device: str, *, locked: bool) -> None:
+    dom = _running(state, name)
+    if MEDIA_PREFIX + device not in dom["live"]:
+        raise HypervisorError(f"domain {name!r} has no removable device {device}")
+    trays = set(dom["locked_trays"]) - {device}
+    dom["locked_trays"] = sorted(trays | {device} if locked else trays)
+
+
+def _apply_live(state: State, name: str, prop: str, value: Value) -> LiveResult | _Hang:
+    dom = _domain(state, name)
+    if not dom["running"]:
+        return LiveResult.refused(None, Reason.DOMAIN_NOT_RUNNING, "domain is not running")
+    live = dom["live"]
+    current = live.get(prop)
+    fault = dom["faults"].pop(prop, None)
+    if fault == "error":
+        return LiveResult.failed(current, Reason.HYPERVISOR_ERROR, "injected hypervisor error")
+    if fault == "timeout":
+        return _Hang(current)
+    if prop.startswith(MEDIA_PREFIX):
+        device = prop[len(MEDIA_PREFIX) :]
+        if prop not in live:
+            message = f"no removable device {device}"
+            return LiveResult.refused(None, Reason.NOT_REMOVABLE, message)
+        if device in dom["locked_trays"]:
+            message = f"the guest has locked the tray of {device}"
+            return LiveResult.refused(current, Reason.TRAY_LOCKED, message)
+        live[prop] = value
+        return LiveResult.applied(value)
+    entry = CATALOGUE.get(prop)
+    if entry is None or entry.kind is Kind.RO_RUN or prop == "media":
+        return LiveResult.refused(current, Reason.READ_ONLY, f"{prop} is read-only")
+    if entry.kind is Kind.RO_INS:
+        message = f"cannot change {prop} on a running domain"
+        return LiveResult.refused(current, Reason.REQUIRES_RESTART, message)
+    caps = dom["capabilities"]
+    if entry.live_needs and not any(caps.get(cap.value) for cap in entry.live_needs):
+        message = _UNSUPPORTED.get(prop, f"guest cannot change {prop} live")
+        return LiveResult.refused(current, Reason.GUEST_UNSUPPORTED, message)
+    upper = live.get(entry.upper, 0)
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not whole or not entry.minimum <= value <= upper:
+        message = f"{prop} must be between {entry.minimum} and {entry.upper} ({upper})"
+        return LiveResult.refused(current, Reason.OUT_OF_RANGE, message)
+    if prop != "memory":
+        live[prop] = value
+        return LiveResult.applied(value)
+    delta = value - current
+    free = state["host_free"]
+    if delta > free:
+        live[prop] = current + free
+        state["host_free"] = 0
+        return LiveResult.partial(current + free, f"host had only {free} bytes free")
+    state["host_free"] = free - delta
+    live[prop] = value
+    return LiveResult.applied(value)

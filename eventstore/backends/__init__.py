@@ -1,0 +1,3 @@
+"""Storage backends of the log: each implements `eventstore.log.EventLog`."""
+
+__all__ = ["sqlite"]

@@ -1,0 +1,351 @@
+"""The SQLite backend of the log, on aiosqlite: one file, WAL, durable commits.
+
+One writer per database per process: `SQLiteEventLog` owns the only writing
+connection and serialises appends with a lock.  Each append is one
+`BEGIN IMMEDIATE` transaction holding the events, their hash links and the
+projection rows, committed with `synchronous=FULL`.  Reads use a second
+connection; WAL lets them run beside the writer, and a busy timeout lets
+several processes share the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from datetime import datetime
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+import aiosqlite
+
+from eventstore.codec import decode, dumps, encode, loads
+from eventstore.errors import ChainBrokenError, ConcurrencyError, StorageError, VmledgerError
+from eventstore.events import Event
+from eventstore.log import GENESIS_HASH, Metadata, Projector, RecordedEvent, chain_hash
+
+__all__ = ["SQLiteEventLog"]
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        position INTEGER PRIMARY KEY,
+        stream TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        UNIQUE (stream, version))""",
+    "CREATE INDEX IF NOT EXISTS events_recorded_at ON events (recorded_at)",
+)
+_COLUMNS = "position, stream, version, type, schema_version, data, metadata, recorded_at, hash"
+_CHUNK = 2000
+_POLL_SECONDS = 0.2
+
+
+def _storage_error(e: sqlite3.Error) -> StorageError:
+    text = str(e)
+    if "locked" in text or "busy" in text:
+        return StorageError(f"the database stayed locked by another writer past the busy timeout ({text})")
+    return StorageError(f"SQLite: {text}")
+
+
+class _Tx:
+    """The `Transaction` a projector writes through: the writer's open connection."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self._conn.execute(sql, params)
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+
+def _record(row: Sequence[Any]) -> RecordedEvent:
+    position, stream, version, type_, schema_version, data, metadata, recorded_at, hash_ = row
+    return RecordedEvent(
+        position=position, stream=stream, version=version,
+        event=decode(type_, schema_version, data),
+        metadata=Metadata(**loads(metadata)),
+        recorded_at=datetime.fromisoformat(recorded_at), hash=hash_,
+    )
+
+
+class SQLiteEventLog:
+    """An event log in one SQLite file, with projection tables beside it.
+
+    Use it as an async context manager.  `busy_timeout` bounds how long a
+    writer waits for another process's transaction before `StorageError`.
+    """
+
+    def __init__(self, path: str, projector: Projector, *, busy_timeout: float = 30.0) -> None:
+        self.path = path
+        self._projector = projector
+        self._busy_ms = int(busy_timeout * 1000)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
+        self._appended = asyncio.Event()
+
+    async def __aenter__(self) -> "SQLiteEventLog":
+        try:
+            self._writer = await self._connect()
+            await self._writer.execute("BEGIN IMMEDIATE")
+            for statement in (*_SCHEMA, *self._projector.schema):
+                await self._writer.execute(statement)
+            await self._writer.commit()
+            self._reader = await self._connect()
+        except sqlite3.Error as e:
+            await self.aclose()
+            raise _storage_error(e) from e
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def aclose(self) -> None:
+        """Close both connections."""
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                await conn.close()
+        self._writer = self._reader = None
+
+    def _need(self, conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if conn is None:
+            raise StorageError("the ledger is closed")
+        return conn
+
+    # Writing.
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Hold the writer lock and one `BEGIN IMMEDIATE` transaction, committed durably."""
+        conn = self._need(self._writer)
+        async with self._lock:
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    # A cancelled caller must not leave a commit half-awaited.
+                    await asyncio.shield(conn.commit())
+                except BaseException:
+                    if conn.in_transaction:
+                        await asyncio.shield(conn.rollback())
+                    raise
+            except sqlite3.Error as e:
+                raise _storage_error(e) from e
+
+    async def append(
+        self,
+        stream: str,
+        expected_version: int,
+        events: Sequence[Event],
+        metadata: Metadata,
+        *,
+        now: datetime,
+    ) -> list[RecordedEvent]:
+        """Append `events` to `stream` at `expected_version`, with projections, in one transaction.
+
+        Raises:
+            ConcurrencyError: the stream is at another version; nothing was written.
+            StorageError: SQLite failed (locked past the timeout, disk full, read-only).
+        """
+        if not events:
+            raise ValueError("append needs at least one event")
+        async with self._transaction() as conn:
+            records = await self._append_in_tx(conn, stream, expected_version, events, metadata, now)
+            await self._projector.project(_Tx(conn), records)
+        self._appended.set()
+        self._appended = asyncio.Event()
+        return records
+
+    async def _append_in_tx(
+        self, conn: aiosqlite.Connection, stream: str, expected: int,
+        events: Sequence[Event], metadata: Metadata, now: datetime,
+    ) -> list[RecordedEvent]:
+        async with conn.execute("SELECT max(version) FROM events WHERE stream = ?", (stream,)) as cur:
+            actual = (await cur.fetchone())[0] or 0  # type: ignore[index]
+        if actual != expected:
+            raise ConcurrencyError(stream, expected, actual)
+        async with conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1") as cur:
+            last = await cur.fetchone()
+        position, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
+        meta = dumps(metadata.to_dict())
+        at = now.isoformat()
+        rows, records = [], []
+        for i, event in enumerate(events, start=1):
+            position += 1
+            type_, schema_version, data = encode(event)
+            prev = chain_hash(
+                prev, position=position, stream=stream, version=expected + i, type=type_,
+                schema_version=schema_version, data=data, metadata=meta, recorded_at=at,
+            )
+            rows.append((position, stream, expected + i, type_, schema_version, data, meta, at, prev))
+            records.append(RecordedEvent(
+                position=position, stream=stream, version=expected + i, event=event,
+                metadata=metadata, recorded_at=now, hash=prev,
+            ))
+        await conn.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return records
+
+    async def rebuild(self, feed: Callable[[RecordedEvent], None],
+                      write: Callable[[Any], Awaitable[None]]) -> int:
+        """Feed every event to `feed`, then run `write(tx)` in one write transaction.
+
+        The bulk of the log is read before the transaction; events appended
+        meanwhile (by any process) are fed inside it, so nothing is missed.
+        Returns the last position fed.
+
+        Raises:
+            StorageError: SQLite failed; the projections are unchanged.
+        """
+        last = 0
+        async for rec in self.read_all():
+            feed(rec)
+            last = rec.position
+        async with self._transaction() as conn:
+            async with conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position", (last,)
+            ) as cur:
+                for row in await cur.fetchall():
+                    feed(_record(row))
+                    last = row[0]
+            await write(_Tx(conn))
+        return last
+
+    # Reading.
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Return every row of a read query on the reading connection.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        conn = self._need(self._reader)
+        try:
+            async with conn.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as e:
+            raise _storage_error(e) from e
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator["SQLiteEventLog"]:
+        """Hold one read transaction so that several queries see the same log position."""
+        conn = self._need(self._reader)
+        async with self._read_lock:
+            await conn.execute("BEGIN")
+            try:
+                yield self
+            finally:
+                await conn.execute("COMMIT")
+
+    async def head(self) -> int:
+        """Return the position of the last event (0 for an empty log)."""
+        rows = await self.fetch_all("SELECT max(position) FROM events")
+        return rows[0][0] or 0
+
+    async def position_at(self, when: datetime) -> int:
+        """Return the position of the last event recorded at or before `when`."""
+        rows = await self.fetch_all(
+            "SELECT max(position) FROM events WHERE recorded_at <= ?", (when.isoformat(),))
+        return rows[0][0] or 0
+
+    async def read_stream(self, stream: str, *, to_position: int | None = None) -> list[RecordedEvent]:
+        """Return the events of one stream up to `to_position`, oldest first."""
+        rows = await self.fetch_all(
+            f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND position <= ? ORDER BY version",
+            (stream, to_position if to_position is not None else 2**62),
+        )
+        return [_record(r) for r in rows]
+
+    async def _raw(self, from_position: int, to_position: int | None) -> AsyncIterator[tuple[Any, ...]]:
+        end = to_position if to_position is not None else 2**62
+        while True:
+            rows = await self.fetch_all(
+                f"SELECT {_COLUMNS} FROM events WHERE position > ? AND position <= ? "
+                f"ORDER BY position LIMIT {_CHUNK}",
+                (from_position, end),
+            )
+            for row in rows:
+                yield row
+            if len(rows) < _CHUNK:
+                return
+            from_position = rows[-1][0]
+
+    async def read_all(
+        self, *, from_position: int = 0, to_position: int | None = None
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield every event after `from_position` up to `to_position`, in chunks, in order."""
+        async for row in self._raw(from_position, to_position):
+            yield _record(row)
+
+    async def subscribe(self, *, from_position: int = 0) -> AsyncIterator[RecordedEvent]:
+        """Yield every event after `from_position`, then follow new appends (from any process)."""
+        last = from_position
+        while True:
+            woken = self._appended
+            async for rec in self.read_all(from_position=last):
+                yield rec
+                last = rec.position
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_POLL_SECONDS):  # other processes append too
+                    await woken.wait()
+
+    async def verify_chain(self, *, from_position: int = 0) -> int:
+        """Check positions, stream versions and the hash chain; return the last position.
+
+        Raises:
+            ChainBrokenError: naming the first position that does not check out.
+        """
+        prev, expected = GENESIS_HASH, from_position + 1
+        versions: dict[str, int] = {}
+        if from_position:
+            rows = await self.fetch_all("SELECT hash FROM events WHERE position = ?", (from_position,))
+            if not rows:
+                raise ChainBrokenError(from_position, "no event at the starting position")
+            prev = rows[0][0]
+            for stream, version in await self.fetch_all(
+                "SELECT stream, max(version) FROM events WHERE position <= ? GROUP BY stream",
+                (from_position,),
+            ):
+                versions[stream] = version
+        async for row in self._raw(from_position, None):
+            position, stream, version, type_, schema_version, data, metadata, recorded_at, hash_ = row
+            if position != expected:
+                raise ChainBrokenError(expected, f"event missing (next stored position is {position})")
+            if version != versions.get(stream, 0) + 1:
+                raise ChainBrokenError(position, f"stream {stream} version {version} out of order")
+            link = chain_hash(
+                prev, position=position, stream=stream, version=version, type=type_,
+                schema_version=schema_version, data=data, metadata=metadata, recorded_at=recorded_at,
+            )
+            if link != hash_:
+                raise ChainBrokenError(position, "hash does not match the stored event")
+            try:
+                _record(row)
+            except VmledgerError as e:
+                raise ChainBrokenError(position, str(e)) from e
+            prev, expected, versions[stream] = hash_, expected + 1, version
+        return expected - 1

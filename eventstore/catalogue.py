@@ -1,0 +1,325 @@
+"""The property catalogue and the vocabulary every other module reads.
+
+One table (`CATALOGUE`) says, for every property: its type and unit, its kind,
+which guest capability a live change needs, and its bounds.  Validation,
+decisions, CLI help and documentation all read it.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Union
+
+import attrs
+
+from eventstore.errors import InvalidRequestError, UnknownPropertyError
+
+__all__ = [
+    "Kind",
+    "Scope",
+    "Outcome",
+    "Reason",
+    "Capability",
+    "GuestType",
+    "Cause",
+    "Property",
+    "CATALOGUE",
+    "MEDIA_PREFIX",
+    "MAX_NAME_LENGTH",
+    "MAX_DEVICE_LENGTH",
+    "MAX_PATH_LENGTH",
+    "Value",
+    "lookup",
+    "media_property",
+    "check_value",
+    "check_name",
+    "check_device",
+]
+
+Value = Union[int, str]
+
+MEDIA_PREFIX = "media:"
+MAX_NAME_LENGTH = 64
+MAX_DEVICE_LENGTH = 32
+MAX_PATH_LENGTH = 4096
+#: Upper sanity bound for sizes (16 TiB) and counts; beyond it a value is malformed.
+MAX_BYTES = 16 * 2**40
+MAX_COUNT = 4096
+
+
+class Kind(str, enum.Enum):
+    """How a property may change: never, only in the persistent config, or any time."""
+
+    RO_RUN = "ro_run"  # computed at run time, never settable
+    RO_INS = "ro_ins"  # settable in the persistent config only, effective at next boot
+    RW = "rw"  # settable at any time
+
+
+class Scope(str, enum.Enum):
+    """Which configuration a request concerns."""
+
+    LIVE = "live"
+    PERSISTENT = "persistent"
+    BOTH = "both"
+    CURRENT = "current"
+
+
+class Outcome(str, enum.Enum):
+    """What happened to a request in one scope; the suffix of the event name."""
+
+    REQUESTED = "Requested"
+    APPLIED = "Applied"
+    PARTIALLY_APPLIED = "PartiallyApplied"
+    REFUSED = "Refused"
+    FAILED = "Failed"
+
+    @property
+    def status(self) -> str:
+        """Return the short status word the CLI and history use."""
+        return _STATUS[self]
+
+
+_STATUS = {
+    Outcome.REQUESTED: "in_flight",
+    Outcome.APPLIED: "applied",
+    Outcome.PARTIALLY_APPLIED: "partial",
+    Outcome.REFUSED: "refused",
+    Outcome.FAILED: "failed",
+}
+
+
+class Reason(str, enum.Enum):
+    """Why a scope was refused or failed; mirrors the hypervisor APIs users know."""
+
+    READ_ONLY = "read_only"
+    REQUIRES_RESTART = "requires_restart"
+    GUEST_UNSUPPORTED = "guest_unsupported"
+    TRAY_LOCKED = "tray_locked"
+    NOT_REMOVABLE = "not_removable"
+    OUT_OF_RANGE = "out_of_range"
+    DOMAIN_NOT_RUNNING = "domain_not_running"
+    HYPERVISOR_ERROR = "hypervisor_error"
+    TIMEOUT = "timeout"
+
+
+class Capability(str, enum.Enum):
+    """A guest capability that a live change may need."""
+
+    BALLOON = "balloon"
+    MEMORY_HOTPLUG = "memory_hotplug"
+    VCPU_HOTPLUG = "vcpu_hotplug"
+
+
+class GuestType(str, enum.Enum):
+    """The virtualisation mode of a guest."""
+
+    PV = "pv"
+    HVM = "hvm"
+
+
+class Cause(str, enum.Enum):
+    """Why the live value of a property differs from its persistent value."""
+
+    PARTIAL = "partial"
+    REFUSED = "refused"
+    REQUIRES_RESTART = "requires_restart"
+    FAILED = "failed"
+    EXTERNAL = "external"
+    IN_FLIGHT = "in_flight"
+    LIVE_ONLY = "live_only"
+
+
+@attrs.frozen(kw_only=True)
+class Property:
+    """One catalogue entry: what a property is and how it may change."""
+
+    name: str
+    type: str  # "bytes", "count", "path" or "state"
+    unit: str  # "bytes", "vCPUs", "nodes", "" for paths and states
+    kind: Kind
+    #: A live change needs at least one of these capabilities (empty: none needed).
+    live_needs: frozenset[Capability] = frozenset()
+    #: The property whose value bounds this one from above (or below, for maxima).
+    upper: str | None = None
+    lower: str | None = None
+    minimum: int = 0
+    description: str = ""
+
+    @property
+    def event_prefix(self) -> str:
+        """Return the CamelCase prefix of this property's event names."""
+        base = self.name.split(":", 1)[0]
+        return "".join(part.capitalize() for part in base.split("_"))
+
+
+def _p(**kw: object) -> Property:
+    return Property(**kw)  # type: ignore[arg-type]
+
+
+CATALOGUE: dict[str, Property] = {
+    p.name: p
+    for p in (
+        _p(
+            name="memory",
+            type="bytes",
+            unit="bytes",
+            kind=Kind.RW,
+            live_needs=frozenset({Capability.BALLOON, Capability.MEMORY_HOTPLUG}),
+            upper="max_memory",
+            minimum=1,
+            description="Memory allocated to the guest; 0 < memory <= max_memory.",
+        ),
+        _p(
+            name="max_memory",
+            type="bytes",
+            unit="bytes",
+            kind=Kind.RO_INS,
+            lower="memory",
+            minimum=1,
+            description="Maximum memory; fixed while the domain runs.",
+        ),
+        _p(
+            name="vcpus",
+            type="count",
+            unit="vCPUs",
+            kind=Kind.RW,
+            live_needs=frozenset({Capability.VCPU_HOTPLUG}),
+            upper="max_vcpus",
+            minimum=1,
+            description="Virtual CPUs online; 1 <= vcpus <= max_vcpus.",
+        ),
+        _p(
+            name="max_vcpus",
+            type="count",
+            unit="vCPUs",
+            kind=Kind.RO_INS,
+            lower="vcpus",
+            minimum=1,
+            description="Maximum virtual CPUs; fixed while the domain runs.",
+        ),
+        _p(
+            name="numa_nodes",
+            type="count",
+            unit="nodes",
+            kind=Kind.RO_INS,
+            minimum=1,
+            description="NUMA nodes of the guest topology; fixed while the domain runs.",
+        ),
+        _p(
+            name="media",
+            type="path",
+            unit="",
+            kind=Kind.RW,
+            description="CD-ROM media as `media:DEVICE`; an empty path ejects. "
+            "A live change is refused while the guest has locked the tray.",
+        ),
+        _p(
+            name="power_state",
+            type="state",
+            unit="",
+            kind=Kind.RO_RUN,
+            description="Whether the domain is running or shut off; computed.",
+        ),
+        _p(
+            name="memory_actual",
+            type="bytes",
+            unit="bytes",
+            kind=Kind.RO_RUN,
+            description="Memory the balloon really holds; computed.",
+        ),
+    )
+}
+
+#: Properties a domain's persistent config always carries (media are per device).
+CONFIG_PROPERTIES = ("memory", "max_memory", "vcpus", "max_vcpus", "numa_nodes")
+
+
+def media_property(device: str) -> str:
+    """Return the property name of the CD-ROM media in `device`."""
+    return MEDIA_PREFIX + device
+
+
+def lookup(name: str) -> Property:
+    """Return the catalogue entry for a property name such as `memory` or `media:hdc`.
+
+    Raises:
+        UnknownPropertyError: the name is not in the catalogue.
+    """
+
+    if name.startswith(MEDIA_PREFIX):
+        check_device(name[len(MEDIA_PREFIX) :])
+        return CATALOGUE["media"]
+    entry = CATALOGUE.get(name)
+    if entry is None or entry.name == "media":
+        known = ", ".join(sorted(n for n in CATALOGUE if n != "media"))
+        raise UnknownPropertyError(
+            f"unknown property {name!r} (known: {known}, media:DEVICE)"
+        )
+    return entry
+
+
+def _check_text(what: str, text: object, limit: int, allow_empty: bool) -> str:
+
+    if not isinstance(text, str):
+        raise InvalidRequestError(f"{what} must be text, not {type(text).__name__}")
+    if not text and not allow_empty:
+        raise InvalidRequestError(f"{what} must not be empty")
+    if len(text) > limit:
+        raise InvalidRequestError(f"{what} is longer than {limit} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise InvalidRequestError(f"{what} must not contain control characters")
+    return text
+
+
+def check_name(name: object) -> str:
+    """Return `name` if it is a valid domain name.
+
+    A domain name is 1 to 64 characters, letters, digits and `._-`, not starting with `-`.
+
+    Raises:
+        InvalidRequestError: the name breaks those limits.
+    """
+
+    text = _check_text("domain name", name, MAX_NAME_LENGTH, allow_empty=False)
+    if text.startswith("-") or not all(c.isascii() and (c.isalnum() or c in "._-") for c in text):
+        raise InvalidRequestError(
+            f"invalid domain name {text!r}: use letters, digits, '.', '_' and '-'"
+        )
+    return text
+
+
+def check_device(device: object) -> str:
+    """Return `device` if it is a valid device name (1 to 32 letters and digits).
+
+    Raises:
+        InvalidRequestError: the device name breaks those limits.
+    """
+
+    text = _check_text("device name", device, MAX_DEVICE_LENGTH, allow_empty=False)
+    if not all(c.isascii() and c.isalnum() for c in text):
+        raise InvalidRequestError(f"invalid device name {text!r}: use letters and digits")
+    return text
+
+
+def check_value(prop: Property, value: object) -> Value:
+    """Return `value` if its shape fits `prop`; business bounds are left to decisions.
+
+    Raises:
+        InvalidRequestError: wrong type, negative, absurdly large, or a bad path.
+    """
+
+    if prop.type in ("bytes", "count"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequestError(
+                f"{prop.name} must be a whole number, not {value!r}"
+            )
+        limit = MAX_BYTES if prop.type == "bytes" else MAX_COUNT
+        if value < 0 or value > limit:
+            raise InvalidRequestError(f"{prop.name} must be between 0 and {limit}")
+        return value
+    if prop.type == "path":
+        text = _check_text("media path", value, MAX_PATH_LENGTH, allow_empty=True)
+        if text and not text.startswith("/"):
+            raise InvalidRequestError(f"media path must be absolute, not {text!r}")
+        return text
+    return _check_text(prop.name, value, MAX_NAME_LENGTH, allow_empty=False)

@@ -1,0 +1,74 @@
+"""The stored format of events: canonical JSON, and upcasters for old versions.
+
+Event classes know nothing of JSON; this module alone turns an event into the
+`(type, schema_version, data)` triple a row stores, and back.  Old versions
+are upcast on read by the functions in `UPCASTERS`, keyed by
+`(name, from_version)`; stored rows are never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import attrs
+
+from eventstore.errors import StorageError
+from eventstore.events import EVENT_TYPES, Event, _pairs
+
+__all__ = ["encode", "decode", "dumps", "loads", "UPCASTERS"]
+
+#: Upcasters: `(name, from_version) -> function(data) -> data at from_version + 1`.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def dumps(obj: Any) -> str:
+    """Return the canonical JSON text of `obj` (sorted keys, no spaces, UTF-8 kept)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(text: str) -> Any:
+    """Return the object a JSON text holds."""
+    return json.loads(text)
+
+
+def _to_data(event: Event) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for field in attrs.fields(type(event)):
+        value = getattr(event, field.name)
+        data[field.name] = dict(value) if field.converter is _pairs else value
+    return data
+
+
+def encode(event: Event) -> tuple[str, int, str]:
+    """Return `(type name, schema version, JSON data)` for `event`."""
+    return event.name, event.schema_version, dumps(_to_data(event))
+
+
+def decode(name: str, schema_version: int, data: str | dict[str, Any]) -> Event:
+    """Return the event a stored row holds, upcasting it to the current version.
+
+    Raises:
+        StorageError: the type is unknown, the version is newer than this code
+            knows, or the data does not fit the class.
+    """
+    cls = EVENT_TYPES.get(name)
+    if cls is None:
+        raise StorageError(f"unknown event type {name!r} in the log")
+    fields = loads(data) if isinstance(data, str) else dict(data)
+    version = schema_version
+    if version > cls.schema_version:
+        raise StorageError(
+            f"{name} version {version} is newer than this vmledger knows "
+            f"({cls.schema_version}); upgrade vmledger"
+        )
+    while version < cls.schema_version:
+        upcast = UPCASTERS.get((name, version))
+        if upcast is None:
+            raise StorageError(f"no upcaster for {name} version {version}")
+        fields = upcast(fields)
+        version += 1
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as e:
+        raise StorageError(f"stored {name} does not decode: {e}") from e

@@ -1,0 +1,59 @@
+"""The error types of vmledger; every one derives from `VmledgerError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "VmledgerError",
+    "InvalidRequestError",
+    "UnknownDomainError",
+    "UnknownPropertyError",
+    "ConcurrencyError",
+    "ChainBrokenError",
+    "StorageError",
+    "HypervisorError",
+]
+
+
+class VmledgerError(Exception):
+    """Raised when vmledger cannot do what it was asked; the base of all its errors."""
+
+
+class InvalidRequestError(VmledgerError):
+    """Raised when a request cannot be parsed or is malformed; nothing is written."""
+
+
+class UnknownDomainError(InvalidRequestError):
+    """Raised when a request names a domain that is not defined; nothing is written."""
+
+
+class UnknownPropertyError(InvalidRequestError):
+    """Raised when a request names a property the catalogue or domain lacks; nothing is written."""
+
+
+class ConcurrencyError(VmledgerError):
+    """Raised when a stream moved past the version an append expected."""
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream} is at version {actual}, not the expected {expected}"
+        )
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+
+
+class ChainBrokenError(VmledgerError):
+    """Raised when the hash chain or the projections disagree with the stored log."""
+
+    def __init__(self, position: int, detail: str) -> None:
+        super().__init__(f"ledger damaged at position {position}: {detail}")
+        self.position = position
+        self.detail = detail
+
+
+class StorageError(VmledgerError):
+    """Raised when the storage backend fails (locked, full, read-only, unreachable)."""
+
+
+class HypervisorError(VmledgerError):
+    """Raised when the hypervisor cannot perform a lifecycle operation (define, start, stop)."""

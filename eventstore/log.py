@@ -1,0 +1,141 @@
+"""The log API: recorded events, metadata, and the protocols a backend implements."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any, AsyncIterator, Protocol, Sequence
+
+import attrs
+
+from eventstore.codec import dumps
+from eventstore.events import Event
+
+__all__ = [
+    "Metadata",
+    "RecordedEvent",
+    "Transaction",
+    "Projector",
+    "EventLog",
+    "GENESIS_HASH",
+    "chain_hash",
+]
+
+#: The `prev_hash` of the first event.
+GENESIS_HASH = "0" * 64
+
+
+@attrs.frozen(kw_only=True)
+class Metadata:
+    """Who and what caused an append: stored with every event of it."""
+
+    principal: str | None = None
+    request_id: str | None = None
+    correlation_id: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        """Return the metadata as the dict the log stores."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class RecordedEvent:
+    """An event as the log holds it: with its global position and stream version."""
+
+    position: int
+    stream: str
+    version: int
+    event: Event
+    metadata: Metadata
+    recorded_at: datetime
+    hash: str = attrs.field(default="", eq=False)
+
+    @property
+    def type(self) -> str:
+        """Return the stored event type name."""
+        return self.event.name
+
+
+def chain_hash(
+    prev_hash: str,
+    *,
+    position: int,
+    stream: str,
+    version: int,
+    type: str,
+    schema_version: int,
+    data: str,
+    metadata: str,
+    recorded_at: str,
+) -> str:
+    """Return the SHA-256 link of one event: it covers every stored field and its predecessor."""
+    body = dumps(
+        [prev_hash, position, stream, version, type, schema_version, data, metadata, recorded_at]
+    )
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+class Transaction(Protocol):
+    """The open write transaction a projector writes its rows through.
+
+    SQL uses `?` placeholders; a backend translates them if its driver differs.
+    """
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Return every row of a query inside the transaction."""
+        ...
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement inside the transaction."""
+        ...
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for many rows inside the transaction."""
+        ...
+
+
+class Projector(Protocol):
+    """Updates read models in the same transaction as an append (declared here, wired by `open`)."""
+
+    async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
+        """Apply freshly appended records to the projection tables."""
+        ...
+
+
+class EventLog(Protocol):
+    """An append-only, hash-chained log of event streams."""
+
+    async def append(
+        self,
+        stream: str,
+        expected_version: int,
+        events: Sequence[Event],
+        metadata: Metadata,
+        *,
+        now: datetime,
+    ) -> list[RecordedEvent]:
+        """Append `events` to `stream` if it is at `expected_version`; return them recorded.
+
+        Raises:
+            ConcurrencyError: the stream is at another version.
+            StorageError: the backend failed; nothing was appended.
+        """
+        ...
+
+    async def read_stream(self, stream: str, *, to_position: int | None = None) -> list[RecordedEvent]:
+        """Return the events of one stream, oldest first."""
+        ...
+
+    def read_all(
+        self, *, from_position: int = 0, to_position: int | None = None
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield every event after `from_position` up to `to_position`, in order."""
+        ...
+
+    def subscribe(self, *, from_position: int = 0) -> AsyncIterator[RecordedEvent]:
+        """Yield every event after `from_position`, then follow new appends forever."""
+        ...
+
+    async def head(self) -> int:
+        """Return the position of the last event (0 for an empty log)."""
+        ...

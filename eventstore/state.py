@@ -1,0 +1,244 @@
+"""The domain state fold: `apply(state, recorded) -> state`, pure.
+
+Decisions read this state; the projections materialise it.  Dicts inside the
+frozen classes are never mutated: every change builds new ones.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Mapping
+
+import attrs
+
+from eventstore.catalogue import Cause, Outcome, Reason, Scope
+from eventstore.events import (
+    ChangeOutcome,
+    ChangeRequested,
+    DomainDefined,
+    DomainStarted,
+    DomainStopped,
+    DomainUndefined,
+    GuestCapabilitiesObserved,
+    LiveValueObserved,
+    MediaTrayLocked,
+    MediaTrayUnlocked,
+)
+from eventstore.hypervisor import Value
+from eventstore.log import RecordedEvent
+
+__all__ = ["Slot", "Mark", "Pending", "DomainState", "apply", "fold", "concerns_live"]
+
+
+@attrs.frozen(kw_only=True)
+class Slot:
+    """A value in force, and the position and request that put it there."""
+
+    value: Value
+    position: int
+    request_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Mark:
+    """Why a property's live value last came to differ from its persistent one."""
+
+    cause: str
+    request_id: str | None
+    position: int
+    at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class Pending:
+    """A request whose live outcome is not yet recorded."""
+
+    request_id: str
+    property: str
+    requested: Value
+    position: int
+    at: datetime
+    persistent_status: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DomainState:
+    """Everything the log says about one domain at one position."""
+
+    uuid: str
+    name: str
+    guest_type: str
+    defined: bool = True
+    running: bool = False
+    version: int = 0
+    position: int = 0
+    persistent: Mapping[str, Slot] = attrs.field(factory=dict)
+    live: Mapping[str, Slot] = attrs.field(factory=dict)
+    marks: Mapping[str, Mark] = attrs.field(factory=dict)
+    capabilities: Mapping[str, bool | None] = attrs.field(factory=dict)
+    locked_trays: frozenset[str] = frozenset()
+    pending: Mapping[str, Pending] = attrs.field(factory=dict)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Return the CD-ROM devices of the domain, sorted."""
+        return tuple(sorted(p.split(":", 1)[1] for p in self.persistent if p.startswith("media:")))
+
+    def has_property(self, prop: str) -> bool:
+        """Tell whether the domain has `prop` (every catalogue property, its own media)."""
+        return not prop.startswith("media:") or prop in self.persistent
+
+    def drifting(self) -> list[tuple[str, Slot, Slot, Mark]]:
+        """Return `(property, persistent, live, mark)` wherever live differs, sorted."""
+        if not self.running:
+            return []
+        rows = []
+        for prop in sorted(self.persistent):
+            p, l = self.persistent[prop], self.live.get(prop)
+            if l is None or l.value == p.value:
+                continue
+            mark = self.marks.get(prop) or Mark(
+                cause=Cause.EXTERNAL.value, request_id=None, position=l.position, at=datetime.min.replace(tzinfo=timezone.utc)
+            )
+            rows.append((prop, p, l, mark))
+        return rows
+
+
+def concerns_live(scope: str, running: bool) -> bool:
+    """Tell whether a request with `scope` concerns the live config."""
+    return scope == Scope.LIVE.value or (running and scope in (Scope.BOTH.value, Scope.CURRENT.value))
+
+
+def concerns_persistent(scope: str, running: bool) -> bool:
+    """Tell whether a request with `scope` concerns the persistent config."""
+    return scope in (Scope.PERSISTENT.value, Scope.BOTH.value) or (
+        scope == Scope.CURRENT.value and not running
+    )
+
+
+def _with(mapping: Mapping, key: str, value: object) -> dict:
+    new = dict(mapping)
+    new[key] = value
+    return new
+
+
+def _without(mapping: Mapping, key: str) -> dict:
+    new = dict(mapping)
+    new.pop(key, None)
+    return new
+
+
+def _slots(config: tuple, position: int) -> dict[str, Slot]:
+    return {k: Slot(value=val, position=position) for k, val in config}
+
+
+def _start_marks(state: DomainState, live: dict[str, Slot], rec: RecordedEvent) -> dict[str, Mark]:
+    """A domain that boots with values other than its persistent config was changed outside."""
+    return {
+        prop: Mark(cause=Cause.EXTERNAL.value, request_id=None, position=rec.position, at=rec.recorded_at)
+        for prop, slot in live.items()
+        if prop in state.persistent and state.persistent[prop].value != slot.value
+    }
+
+
+def _requested(state: DomainState, e: ChangeRequested, rec: RecordedEvent) -> DomainState:
+    if not concerns_live(e.scope, state.running) or not state.running:
+        return state
+    pending = Pending(
+        request_id=e.request_id, property=e.property, requested=e.value,
+        position=rec.position, at=rec.recorded_at,
+    )
+    return attrs.evolve(state, pending=_with(state.pending, e.request_id, pending))
+
+
+def _outcome(state: DomainState, e: ChangeOutcome, rec: RecordedEvent) -> DomainState:
+    prop, applied = e.property, e.outcome in (Outcome.APPLIED, Outcome.PARTIALLY_APPLIED)
+    mark = lambda cause: Mark(cause=cause, request_id=e.request_id, position=rec.position, at=rec.recorded_at)  # noqa: E731
+    if e.scope == Scope.PERSISTENT.value:
+        pending = state.pending.get(e.request_id)
+        if pending is not None:
+            pending = attrs.evolve(pending, persistent_status=e.outcome.status)
+            state = attrs.evolve(state, pending=_with(state.pending, e.request_id, pending))
+        if not applied or e.value is None:
+            return state
+        state = attrs.evolve(
+            state,
+            persistent=_with(state.persistent, prop, Slot(value=e.value, position=rec.position, request_id=e.request_id)),
+        )
+        if state.running:
+            cause = Cause.IN_FLIGHT if pending is not None else Cause.REQUIRES_RESTART
+            state = attrs.evolve(state, marks=_with(state.marks, prop, mark(cause.value)))
+        return state
+    # Live scope.
+    pending = state.pending.get(e.request_id)
+    state = attrs.evolve(state, pending=_without(state.pending, e.request_id))
+    if not state.running:
+        return state
+    if applied and e.value is not None:
+        state = attrs.evolve(
+            state,
+            live=_with(state.live, prop, Slot(value=e.value, position=rec.position, request_id=e.request_id)),
+        )
+    if e.outcome is Outcome.APPLIED:
+        refused_first = pending is not None and pending.persistent_status in ("refused", "failed")
+        cause = pending.persistent_status if refused_first else Cause.LIVE_ONLY.value
+    elif e.outcome is Outcome.PARTIALLY_APPLIED:
+        cause = Cause.PARTIAL.value
+    elif e.reason == Reason.REQUIRES_RESTART.value:
+        cause = Cause.REQUIRES_RESTART.value
+    elif e.outcome is Outcome.REFUSED:
+        cause = Cause.REFUSED.value
+    else:
+        cause = Cause.FAILED.value
+    return attrs.evolve(state, marks=_with(state.marks, prop, mark(cause)))
+
+
+def apply(state: DomainState | None, rec: RecordedEvent) -> DomainState:
+    """Return the domain state after `rec`; `state` is None before `DomainDefined`."""
+    e = rec.event
+    if isinstance(e, DomainDefined):
+        new = DomainState(
+            uuid=rec.stream, name=e.domain, guest_type=e.guest_type,
+            persistent=_slots(e.config, rec.position), capabilities=dict(e.capabilities),
+        )
+    elif state is None:
+        raise ValueError(f"{e.name} at position {rec.position} precedes DomainDefined")
+    elif isinstance(e, DomainStarted):
+        live = _slots(e.config, rec.position)
+        new = attrs.evolve(
+            state, running=True, live=live, marks=_start_marks(state, live, rec),
+            locked_trays=frozenset(), pending={},
+        )
+    elif isinstance(e, (DomainStopped, DomainUndefined)):
+        new = attrs.evolve(
+            state, running=False, live={}, marks={}, locked_trays=frozenset(), pending={},
+            defined=not isinstance(e, DomainUndefined),
+        )
+    elif isinstance(e, GuestCapabilitiesObserved):
+        new = attrs.evolve(state, capabilities={**state.capabilities, **dict(e.capabilities)})
+    elif isinstance(e, MediaTrayLocked):
+        new = attrs.evolve(state, locked_trays=state.locked_trays | {e.device})
+    elif isinstance(e, MediaTrayUnlocked):
+        new = attrs.evolve(state, locked_trays=state.locked_trays - {e.device})
+    elif isinstance(e, LiveValueObserved):
+        new = attrs.evolve(
+            state,
+            live=_with(state.live, e.property, Slot(value=e.value, position=rec.position)),
+            marks=_with(state.marks, e.property, Mark(
+                cause=Cause.EXTERNAL.value, request_id=None, position=rec.position, at=rec.recorded_at,
+            )),
+        )
+    elif isinstance(e, ChangeRequested):
+        new = _requested(state, e, rec)
+    elif isinstance(e, ChangeOutcome):
+        new = _outcome(state, e, rec)
+    else:
+        raise ValueError(f"no fold for {e.name}")
+    return attrs.evolve(new, version=rec.version, position=rec.position)
+
+
+def fold(records: "list[RecordedEvent] | tuple[RecordedEvent, ...]", state: DomainState | None = None) -> DomainState | None:
+    """Return the state after applying `records` in order to `state`."""
+    for rec in records:
+        state = apply(state, rec)
+    return state

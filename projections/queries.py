@@ -1,0 +1,136 @@
+"""Queries over the projection tables, and the same queries as of a log position.
+
+Every query has two sources that produce identical rows: the stored tables
+(now) and a `Model` folded up to a position (time travel).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Awaitable, Callable, Iterable
+
+from eventstore.codec import loads
+from eventstore.errors import UnknownDomainError
+from eventstore.state import DomainState
+from projections.model import TABLES, Model, history_from_row, state_from_json
+
+__all__ = ["Reader", "find_domain", "drift_rows", "history_records", "domain_view", "list_domains"]
+
+Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+
+
+async def find_domain(fetch_all: Reader, name: str) -> DomainState:
+    """Return the state of the defined domain called `name`.
+
+    Raises:
+        UnknownDomainError: no defined domain has that name.
+    """
+    rows = await fetch_all("SELECT state FROM domains WHERE name = ? AND defined = 1", (name,))
+    if not rows:
+        raise UnknownDomainError(f"unknown domain {name!r}")
+    return state_from_json(rows[0][0])
+
+
+async def list_domains(fetch_all: Reader) -> list[DomainState]:
+    """Return the states of every defined domain, by name."""
+    rows = await fetch_all("SELECT state FROM domains WHERE defined = 1 ORDER BY name")
+    return [state_from_json(r[0]) for r in rows]
+
+
+def _drift_dict(row: tuple, names: dict[str, str]) -> dict[str, Any]:
+    cols = TABLES["drift"][0]
+    d = dict(zip(cols, row))
+    return {
+        "domain": names[d["domain"]], "property": d["property"],
+        "persistent": loads(d["persistent"]), "live": loads(d["live"]),
+        "cause": d["cause"], "request_id": d["request_id"],
+        "since_position": d["since_position"], "since": d["since"],
+    }
+
+
+async def drift_rows(fetch_all: Reader, uuid: str | None = None) -> list[dict[str, Any]]:
+    """Return the stored drift of every running domain, or of one, by domain and property."""
+    cols = ", ".join(f"d.{c}" for c in TABLES["drift"][0])
+    sql = f"SELECT {cols}, m.name FROM drift d JOIN domains m ON m.uuid = d.domain"
+    params: tuple = ()
+    if uuid is not None:
+        sql, params = sql + " WHERE d.domain = ?", (uuid,)
+    rows = await fetch_all(sql + " ORDER BY m.name, d.property", params)
+    return [_drift_dict(r[:-1], {r[0]: r[-1]}) for r in rows]
+
+
+def model_drift(model: Model, uuid: str | None = None) -> list[dict[str, Any]]:
+    """Return the drift of a model (time travel), in the order of `drift_rows`."""
+    names = {u: s.name for u, s in model.states.items()}
+    out = []
+    for u, s in sorted(model.states.items(), key=lambda kv: (kv[1].name, kv[0])):
+        if uuid is None or u == uuid:
+            out.extend(_drift_dict(r, names) for r in model.domain_rows(u)["drift"])
+    return out
+
+
+def _history_dict(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "request_id": record["request_id"], "domain": record["domain_name"],
+        "property": record["property"], "requested": record["requested"],
+        "scope": record["scope"], "principal": record["principal"], "reason": record["reason"],
+        "requested_at": record["requested_at"], "completed_at": record["completed_at"],
+        "position": record["position"], "outcomes": record["outcomes"],
+    }
+
+
+async def history_records(
+    fetch_all: Reader,
+    *,
+    uuid: str | None = None,
+    prop: str | None = None,
+    principal: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    request_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Return requests with their outcomes, oldest first, filtered as asked."""
+    cols = ", ".join(TABLES["history"][0])
+    where, params = [], []
+    for column, value in (("domain", uuid), ("property", prop), ("principal", principal),
+                          ("request_id", request_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    rows = await fetch_all(
+        f"SELECT {cols} FROM history" + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY position", tuple(params),
+    )
+    return filter_time([_history_dict(history_from_row(r)) for r in rows], since, until)
+
+
+def filter_time(records: Iterable[dict[str, Any]], since: datetime | None,
+                until: datetime | None) -> list[dict[str, Any]]:
+    """Keep the records requested within `[since, until]`."""
+    out = []
+    for r in records:
+        at = datetime.fromisoformat(r["requested_at"])
+        if (since is None or at >= since) and (until is None or at <= until):
+            out.append(r)
+    return out
+
+
+def domain_view(state: DomainState) -> dict[str, Any]:
+    """Return both configs of a domain side by side, with capabilities, trays and drift."""
+    drift = {prop: m.cause for prop, _, _, m in state.drifting()}
+    props = sorted(set(state.persistent) | set(state.live))
+    return {
+        "domain": state.name, "uuid": state.uuid, "guest_type": state.guest_type,
+        "defined": state.defined, "power_state": "running" if state.running else "shut off",
+        "position": state.position,
+        "properties": [
+            {"property": p,
+             "persistent": state.persistent[p].value if p in state.persistent else None,
+             "live": state.live[p].value if p in state.live else None,
+             "drift": drift.get(p)}
+            for p in props
+        ],
+        "capabilities": dict(sorted(state.capabilities.items())),
+        "locked_trays": sorted(state.locked_trays),
+        "pending": sorted(state.pending),
+    }

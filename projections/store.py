@@ -1,0 +1,163 @@
+"""The projection tables: schema, the in-transaction update, rebuild, and checks.
+
+`TableProjector` implements the `Projector` protocol of the event store: the
+backend calls it inside the append's transaction, so a caller reads its own
+writes.  SQL here is plain enough for SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, AsyncIterator, Sequence
+
+from eventstore.errors import ChainBrokenError, InvalidRequestError
+from eventstore.events import ChangeRequested, DomainDefined
+from eventstore.log import RecordedEvent, Transaction
+from projections.model import TABLES, Model, history_from_row, state_from_json
+
+__all__ = ["SCHEMA", "TableProjector", "DuplicateRequestError", "expected_rows", "table_rows", "compare"]
+
+SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS domains (
+        uuid TEXT PRIMARY KEY, name TEXT NOT NULL, guest_type TEXT NOT NULL,
+        defined INTEGER NOT NULL, running INTEGER NOT NULL,
+        version INTEGER NOT NULL, position BIGINT NOT NULL, state TEXT NOT NULL)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS domains_defined_name ON domains (name) WHERE defined = 1",
+    """CREATE TABLE IF NOT EXISTS persistent (
+        domain TEXT NOT NULL, property TEXT NOT NULL, value TEXT NOT NULL,
+        position BIGINT NOT NULL, request_id TEXT, PRIMARY KEY (domain, property))""",
+    """CREATE TABLE IF NOT EXISTS live (
+        domain TEXT NOT NULL, property TEXT NOT NULL, value TEXT NOT NULL,
+        position BIGINT NOT NULL, request_id TEXT, PRIMARY KEY (domain, property))""",
+    """CREATE TABLE IF NOT EXISTS drift (
+        domain TEXT NOT NULL, property TEXT NOT NULL, persistent TEXT NOT NULL,
+        live TEXT NOT NULL, cause TEXT NOT NULL, request_id TEXT,
+        since_position BIGINT NOT NULL, since TEXT NOT NULL, PRIMARY KEY (domain, property))""",
+    """CREATE TABLE IF NOT EXISTS history (
+        request_id TEXT PRIMARY KEY, domain TEXT NOT NULL, domain_name TEXT NOT NULL,
+        property TEXT NOT NULL, requested TEXT NOT NULL, scope TEXT NOT NULL,
+        principal TEXT NOT NULL, reason TEXT, requested_at TEXT NOT NULL,
+        position BIGINT NOT NULL, outcomes TEXT NOT NULL, completed_at TEXT)""",
+    "CREATE INDEX IF NOT EXISTS history_domain ON history (domain, property, position)",
+    "CREATE INDEX IF NOT EXISTS history_position ON history (position)",
+    """CREATE TABLE IF NOT EXISTS projection_position (
+        name TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
+)
+
+
+class DuplicateRequestError(InvalidRequestError):
+    """Raised when an append records a request id that the history already holds."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request id {request_id!r} is already recorded")
+        self.request_id = request_id
+
+
+def _insert(table: str) -> str:
+    cols = TABLES[table][0]
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
+def _select(table: str) -> str:
+    cols, key = TABLES[table]
+    return f"SELECT {', '.join(cols)} FROM {table} ORDER BY {', '.join(cols[:key])}"
+
+
+async def _write_rows(tx: Transaction, rows: dict[str, list[tuple]]) -> None:
+    for table, part in rows.items():
+        if part:
+            await tx.execute_many(_insert(table), part)
+
+
+class TableProjector:
+    """Keeps the projection tables in step with the log, inside each append."""
+
+    schema = SCHEMA
+
+    async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
+        """Fold `records` into the rows of the domains and requests they touch.
+
+        Raises:
+            DuplicateRequestError: a `…Requested` reuses a recorded request id.
+            InvalidRequestError: a `DomainDefined` reuses the name of a defined domain.
+        """
+        model = Model()
+        streams = sorted({r.stream for r in records})
+        for uuid in streams:
+            found = await tx.fetch_all("SELECT state FROM domains WHERE uuid = ?", (uuid,))
+            if found:
+                model.states[uuid] = state_from_json(found[0][0])
+        wanted = {r.event.request_id for r in records if hasattr(r.event, "request_id")}
+        for request_id in sorted(wanted):
+            found = await tx.fetch_all(_select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY"),
+                                       (request_id,))
+            if found:
+                model.history[request_id] = history_from_row(found[0])
+        for rec in records:
+            e = rec.event
+            if isinstance(e, ChangeRequested) and e.request_id in model.history:
+                raise DuplicateRequestError(e.request_id)
+            if isinstance(e, DomainDefined):
+                taken = await tx.fetch_all(
+                    "SELECT uuid FROM domains WHERE name = ? AND defined = 1", (e.domain,))
+                if taken:
+                    raise InvalidRequestError(f"domain {e.domain!r} is already defined")
+            model.feed(rec)
+        for table in ("domains", "persistent", "live", "drift"):
+            column = "uuid" if table == "domains" else "domain"
+            await tx.execute_many(f"DELETE FROM {table} WHERE {column} = ?", [(u,) for u in streams])
+        rows: dict[str, list[tuple]] = defaultdict(list)
+        for uuid in streams:
+            for table, part in model.domain_rows(uuid).items():
+                rows[table].extend(part)
+        touched = sorted(wanted & set(model.history))
+        await tx.execute_many("DELETE FROM history WHERE request_id = ?", [(r,) for r in touched])
+        rows["history"] = [model.history_row(r) for r in touched]
+        await _write_rows(tx, rows)
+        await tx.execute(
+            "INSERT INTO projection_position (name, position) VALUES ('all', ?) "
+            "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            (records[-1].position,),
+        )
+
+    async def replace_all(self, tx: Transaction, model: Model) -> None:
+        """Replace every projection row with the rows of `model` (the rebuild's write)."""
+        for table in TABLES:
+            await tx.execute(f"DELETE FROM {table}")
+        await _write_rows(tx, model.all_rows())
+        await tx.execute(
+            "INSERT INTO projection_position (name, position) VALUES ('all', ?) "
+            "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            (model.position,),
+        )
+
+
+async def expected_rows(records: AsyncIterator[RecordedEvent]) -> Model:
+    """Fold a whole log into a fresh model."""
+    model = Model()
+    async for rec in records:
+        model.feed(rec)
+    return model
+
+
+async def table_rows(fetch_all: Any) -> dict[str, list[tuple]]:
+    """Return every stored projection row, sorted by key, through a read function."""
+    return {table: [tuple(r) for r in await fetch_all(_select(table), ())] for table in TABLES}
+
+
+def compare(expected: dict[str, list[tuple]], actual: dict[str, list[tuple]]) -> None:
+    """Check that stored rows equal the rows a rebuild would write.
+
+    Raises:
+        ChainBrokenError: naming the first differing row's position.
+    """
+    for table in TABLES:
+        want, have = expected[table], actual[table]
+        if want == have:
+            continue
+        extra = sorted(set(have) - set(want)) or sorted(set(want) - set(have))
+        row = extra[0] if extra else (want or have)[0]
+        cols = TABLES[table][0]
+        pos_col = "since_position" if "since_position" in cols else "position"
+        position = row[cols.index(pos_col)] if pos_col in cols else 0
+        raise ChainBrokenError(int(position), f"projection {table} disagrees with the log at row {row[:2]}")

@@ -1,0 +1,315 @@
+"""The simulated hypervisor: live changes, the host pool, trays, faults and the shared file."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from adapters.simulated import SimulatedHypervisor
+from eventstore.catalogue import Reason
+from eventstore.errors import HypervisorError, InvalidRequestError
+from eventstore.hypervisor import DomainSpec, LiveResult, Observation
+
+GiB = 2**30
+MiB = 2**20
+
+
+def _spec(name: str = "web", guest_type: str = "pv", **caps: bool | None) -> DomainSpec:
+    config = {
+        "memory": 1 * GiB,
+        "max_memory": 4 * GiB,
+        "vcpus": 2,
+        "max_vcpus": 4,
+        "numa_nodes": 1,
+        "media:hdc": "/iso/a.iso",
+    }
+    return DomainSpec(
+        name=name,
+        uuid="00000000-0000-4000-8000-000000000001",
+        guest_type=guest_type,
+        config=tuple(sorted(config.items())),
+        capabilities=tuple(sorted(caps.items())),
+    )
+
+
+async def _running(
+    path: object, guest_type: str = "pv", host_free: int = 8 * GiB, **caps: bool | None
+) -> SimulatedHypervisor:
+    sim = SimulatedHypervisor(path, host_free=host_free)
+    await sim.define(_spec(guest_type=guest_type, **caps))
+    await sim.start("web")
+    return sim
+
+
+async def _live(sim: SimulatedHypervisor, prop: str) -> object:
+    return dict((await sim.observe("web")).live)[prop]
+
+
+def test_pv_balloon_applies_in_full(tmp_path):
+    """A PV memory increase within the free pool is applied and taken from the pool."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        result = await sim.apply_live("web", "memory", 2 * GiB)
+        return result, await _live(sim, "memory"), await sim.host_free()
+
+    assert asyncio.run(scenario()) == (LiveResult.applied(2 * GiB), 2 * GiB, 6 * GiB)
+
+
+def test_memory_increase_beyond_pool_is_partial(tmp_path):
+    """A memory increase larger than the free pool obtains exactly current plus free, emptying it."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json", host_free=1 * GiB + 256 * MiB)
+        result = await sim.apply_live("web", "memory", 3 * GiB)
+        return result, await _live(sim, "memory"), await sim.host_free()
+
+    expected = LiveResult.partial(1 * GiB + 256 * MiB, f"host had only {256 * MiB} bytes free")
+    assert asyncio.run(scenario()) == (expected, 1 * GiB + 256 * MiB, 0)
+
+
+def test_memory_increase_with_empty_pool_is_partial_at_current(tmp_path):
+    """A memory increase with no free host memory is partial at the current value."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json", host_free=1 * GiB)
+        return await sim.apply_live("web", "memory", 2 * GiB), await sim.host_free()
+
+    assert asyncio.run(scenario()) == (LiveResult.partial(1 * GiB, "host had only 0 bytes free"), 0)
+
+
+def test_hvm_memory_refused_until_hotplug_is_on(tmp_path):
+    """An HVM memory change is refused as guest_unsupported, then applied once memory hotplug is on."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json", guest_type="hvm")
+        refused = await sim.apply_live("web", "memory", 2 * GiB)
+        await sim.set_capability("web", "memory_hotplug", True)
+        return refused, await sim.apply_live("web", "memory", 2 * GiB)
+
+    refused = LiveResult.refused(
+        1 * GiB, Reason.GUEST_UNSUPPORTED, "guest has neither a balloon driver nor memory hotplug"
+    )
+    assert asyncio.run(scenario()) == (refused, LiveResult.applied(2 * GiB))
+
+
+def test_spec_capability_overrides_guest_default(tmp_path):
+    """A capability given in the spec replaces the guest type's default, None keeps it."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json", balloon=False, vcpu_hotplug=None)
+        return (await sim.observe("web")).capabilities
+
+    expected = (("balloon", False), ("memory_hotplug", False), ("vcpu_hotplug", True))
+    assert asyncio.run(scenario()) == expected
+
+
+def test_locked_tray_refuses_until_unlocked(tmp_path):
+    """A media change is refused while the tray is locked and applied after unlocking."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        await sim.lock_tray("web", "hdc")
+        refused = await sim.apply_live("web", "media:hdc", "/iso/b.iso")
+        await sim.unlock_tray("web", "hdc")
+        return refused, await sim.apply_live("web", "media:hdc", "/iso/b.iso")
+
+    refused = LiveResult.refused(
+        "/iso/a.iso", Reason.TRAY_LOCKED, "the guest has locked the tray of hdc"
+    )
+    assert asyncio.run(scenario()) == (refused, LiveResult.applied("/iso/b.iso"))
+
+
+def test_media_change_on_missing_device_is_not_removable(tmp_path):
+    """A media change for a device the domain lacks is refused as not_removable."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        return await sim.apply_live("web", "media:hdd", "/iso/b.iso")
+
+    expected = LiveResult.refused(None, Reason.NOT_REMOVABLE, "no removable device hdd")
+    assert asyncio.run(scenario()) == expected
+
+
+def test_error_fault_fails_once(tmp_path):
+    """An injected error fails the next live change of its property only."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        await sim.inject_fault("web", "vcpus", "error")
+        first = await sim.apply_live("web", "vcpus", 3)
+        return first, await sim.apply_live("web", "vcpus", 3)
+
+    failed = LiveResult.failed(2, Reason.HYPERVISOR_ERROR, "injected hypervisor error")
+    assert asyncio.run(scenario()) == (failed, LiveResult.applied(3))
+
+
+def test_timeout_fault_hangs_without_applying_and_is_consumed(tmp_path):
+    """An injected timeout hangs until the caller's timeout, changes nothing and is used up."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        await sim.inject_fault("web", "memory", "timeout")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await sim.apply_live("web", "memory", 2 * GiB)
+        unchanged = await _live(sim, "memory")
+        return unchanged, await sim.apply_live("web", "memory", 2 * GiB)
+
+    assert asyncio.run(scenario()) == (1 * GiB, LiveResult.applied(2 * GiB))
+
+
+def test_timeout_fault_fails_after_hanging(tmp_path):
+    """An injected timeout that nobody cancels fails with reason timeout after hanging."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        sim.hang_seconds = 0.0
+        await sim.inject_fault("web", "vcpus", "timeout")
+        return await sim.apply_live("web", "vcpus", 3), await _live(sim, "vcpus")
+
+    failed = LiveResult.failed(2, Reason.TIMEOUT, "hypervisor did not answer")
+    assert asyncio.run(scenario()) == (failed, 2)
+
+
+def test_two_instances_share_the_state_file(tmp_path):
+    """Two simulators on the same file see each other's changes."""
+
+    async def scenario():
+        first = await _running(tmp_path / "sim.json")
+        second = SimulatedHypervisor(tmp_path / "sim.json", host_free=1)
+        await second.balloon("web", 3 * GiB)
+        await first.apply_live("web", "vcpus", 4)
+        return await first.observe("web"), await second.observe("web"), await first.host_free()
+
+    seen_by_first, seen_by_second, free = asyncio.run(scenario())
+    assert (seen_by_first, dict(seen_by_second.live)["vcpus"], free) == (
+        seen_by_second,
+        4,
+        5 * GiB,
+    )
+
+
+def test_for_database_puts_state_beside_database(tmp_path):
+    """The simulator for a database keeps its state in `<db>.sim.json`."""
+
+    async def scenario():
+        sim = SimulatedHypervisor.for_database(tmp_path / "ledger.db")
+        await sim.define(_spec())
+        return sorted(p.name for p in tmp_path.iterdir())
+
+    assert asyncio.run(scenario()) == ["ledger.db.sim.json", "ledger.db.sim.json.lock"]
+
+
+def test_stop_returns_memory_to_pool(tmp_path):
+    """Stopping a domain returns its live memory to the host pool."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        await sim.apply_live("web", "memory", 3 * GiB)
+        during = await sim.host_free()
+        await sim.stop("web")
+        return during, await sim.host_free()
+
+    assert asyncio.run(scenario()) == (5 * GiB, 8 * GiB)
+
+
+def test_start_without_enough_host_memory_fails(tmp_path):
+    """Starting a domain whose memory exceeds the free pool raises HypervisorError."""
+
+    async def scenario():
+        sim = SimulatedHypervisor(tmp_path / "sim.json", host_free=512 * MiB)
+        await sim.define(_spec())
+        with pytest.raises(HypervisorError, match="not enough free host memory"):
+            await sim.start("web")
+        return (await sim.observe("web")).running, await sim.host_free()
+
+    assert asyncio.run(scenario()) == (False, 512 * MiB)
+
+
+def test_observe_reports_balloon(tmp_path):
+    """Observe reports the live memory that balloon() set behind the ledger's back."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        await sim.balloon("web", 512 * MiB)
+        await sim.lock_tray("web", "hdc")
+        return await sim.observe("web"), await sim.host_free()
+
+    expected = Observation(
+        running=True,
+        live=(
+            ("max_memory", 4 * GiB),
+            ("max_vcpus", 4),
+            ("media:hdc", "/iso/a.iso"),
+            ("memory", 512 * MiB),
+            ("numa_nodes", 1),
+            ("vcpus", 2),
+        ),
+        capabilities=(("balloon", True), ("memory_hotplug", False), ("vcpu_hotplug", True)),
+        locked_trays=frozenset({"hdc"}),
+    )
+    assert asyncio.run(scenario()) == (expected, 7 * GiB + 512 * MiB)
+
+
+def test_live_change_of_stopped_domain_is_refused(tmp_path):
+    """A live change of a stopped domain is refused as domain_not_running."""
+
+    async def scenario():
+        sim = SimulatedHypervisor(tmp_path / "sim.json")
+        await sim.define(_spec())
+        return await sim.apply_live("web", "memory", 2 * GiB)
+
+    expected = LiveResult.refused(None, Reason.DOMAIN_NOT_RUNNING, "domain is not running")
+    assert asyncio.run(scenario()) == expected
+
+
+def test_fixed_and_computed_properties_are_refused(tmp_path):
+    """Live changes of max_memory, power_state and an over-range vcpus are refused with their reasons."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        return (
+            (await sim.apply_live("web", "max_memory", 8 * GiB)).reason,
+            (await sim.apply_live("web", "power_state", "shutoff")).reason,
+            (await sim.apply_live("web", "vcpus", 5)).reason,
+        )
+
+    expected = (Reason.REQUIRES_RESTART, Reason.READ_ONLY, Reason.OUT_OF_RANGE)
+    assert asyncio.run(scenario()) == expected
+
+
+def test_bad_fault_kind_and_capability_are_invalid_requests(tmp_path):
+    """An unknown fault kind or capability name raises InvalidRequestError."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        with pytest.raises(InvalidRequestError, match="fault kind"):
+            await sim.inject_fault("web", "memory", "crash")
+        with pytest.raises(InvalidRequestError, match="unknown capability"):
+            await sim.set_capability("web", "teleport", True)
+        return (await sim.observe("web")).capabilities
+
+    expected = (("balloon", True), ("memory_hotplug", False), ("vcpu_hotplug", True))
+    assert asyncio.run(scenario()) == expected
+
+
+def test_lifecycle_errors_raise_hypervisor_error(tmp_path):
+    """Defining twice, undefining a running domain and stopping a stopped one raise HypervisorError."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        with pytest.raises(HypervisorError, match="already defined"):
+            await sim.define(_spec())
+        with pytest.raises(HypervisorError, match="is running"):
+            await sim.undefine("web")
+        await sim.stop("web")
+        with pytest.raises(HypervisorError, match="not running"):
+            await sim.stop("web")
+        await sim.undefine("web")
+        with pytest.raises(HypervisorError, match="not defined"):
+            await sim.observe("web")
+        return await sim.host_free()
+
+    assert asyncio.run(scenario()) == 8 * GiB

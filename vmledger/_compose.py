@@ -1,0 +1,79 @@
+"""The one composition root: `open(url, hypervisor=...)` wires store, projections and hypervisor."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from datetime import datetime, timezone
+from typing import AsyncIterator
+
+from adapters.port import Hypervisor
+from adapters.simulated import SimulatedHypervisor
+from eventstore.backends.sqlite import SQLiteEventLog
+from eventstore.errors import InvalidRequestError
+from projections.store import TableProjector
+from vmledger.ledger import Ledger
+
+__all__ = ["open", "sqlite_path", "DEFAULT_DB"]
+
+DEFAULT_DB = "sqlite:///vmledger.db"
+
+
+def sqlite_path(url: str) -> str:
+    """Return the file path of a `sqlite:///` URL or a bare path.
+
+    `sqlite:///ledger.db` is relative to the current directory and
+    `sqlite:////var/lib/ledger.db` absolute, as in SQLAlchemy.
+
+    Raises:
+        InvalidRequestError: the URL names another scheme or no file.
+    """
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+    elif "://" in url:
+        raise InvalidRequestError(f"unsupported database URL {url!r} (use sqlite:///PATH or a path)")
+    else:
+        path = url
+    if not path or path.endswith(os.sep):
+        raise InvalidRequestError(f"database URL {url!r} names no file")
+    return path
+
+
+def _hypervisor(uri: str | Hypervisor, db_path: str) -> Hypervisor:
+    if not isinstance(uri, str):
+        return uri
+    if uri == "sim":
+        return SimulatedHypervisor.for_database(db_path)
+    raise InvalidRequestError(f"unsupported hypervisor {uri!r} (use sim)")
+
+
+@contextlib.asynccontextmanager
+async def open(  # noqa: A001 - the public name the design promises
+    url: str = DEFAULT_DB,
+    *,
+    hypervisor: str | Hypervisor = "sim",
+    hypervisor_timeout: float = 10.0,
+    busy_timeout: float = 30.0,
+) -> AsyncIterator[Ledger]:
+    """Open the ledger at `url` in front of `hypervisor`, as an async context manager.
+
+    `hypervisor` is `"sim"` (the simulated hypervisor whose state sits beside
+    the database) or an object implementing `adapters.port.Hypervisor`.
+
+    Raises:
+        InvalidRequestError: an unsupported URL or hypervisor.
+        StorageError: the database cannot be opened.
+    """
+    path = sqlite_path(url)
+    adapter = _hypervisor(hypervisor, path)
+    try:
+        async with SQLiteEventLog(path, TableProjector(), busy_timeout=busy_timeout) as log:
+            yield Ledger(
+                log, adapter,
+                clock=lambda: datetime.now(timezone.utc),
+                new_id=lambda: uuid.uuid4().hex,
+                hypervisor_timeout=hypervisor_timeout,
+            )
+    finally:
+        await adapter.aclose()

@@ -1,0 +1,385 @@
+"""The `vmledger` command line: one `asyncio.run()` per command.
+
+Exit codes: 0 success and every scope applied exactly; 3 a request was
+recorded but some scope was partial, refused or failed; 2 a usage error or
+an invalid request (nothing written); 4 `verify` found damage; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+import traceback
+from typing import Any, Sequence
+
+import vmledger
+from eventstore.catalogue import CATALOGUE, Capability, Scope, lookup
+from eventstore.codec import loads
+from eventstore.errors import ChainBrokenError, InvalidRequestError, VmledgerError
+from eventstore.log import RecordedEvent
+from vmledger import _units
+from vmledger._compose import DEFAULT_DB
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_APPLIED, EXIT_DAMAGED = 0, 1, 2, 3, 4
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"vmledger: error: {message} (see '{self.prog} --help')\n")
+
+
+def _default_principal() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _property_help() -> str:
+    lines = []
+    for p in CATALOGUE.values():
+        name = "media:DEV" if p.name == "media" else p.name
+        lines.append(f"  {name:<14} {p.kind.value:<7} {p.description}")
+    return "properties (kind rw: any time, ro_ins: persistent only, ro_run: never):\n" + "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the `vmledger` command."""
+    parser = _Parser(
+        prog="vmledger",
+        description="Record every VM configuration request and what came of it; "
+        "show persistent vs live config, drift and history.",
+        epilog="Sizes accept 1073741824, 512MiB, 2GiB; JSON always gives bytes.\n" + _property_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--db", default=os.environ.get("VMLEDGER_DB", DEFAULT_DB),
+                        help="database URL or path (env VMLEDGER_DB; default %(default)s)")
+    parser.add_argument("--hypervisor", default=os.environ.get("VMLEDGER_HYPERVISOR", "sim"),
+                        help="hypervisor URI (env VMLEDGER_HYPERVISOR; default sim: simulated, state beside the database)")
+    parser.add_argument("--timeout", type=float, default=float(os.environ.get("VMLEDGER_TIMEOUT", "10")),
+                        help="seconds to wait for the hypervisor before recording a timeout (env VMLEDGER_TIMEOUT; default %(default)s)")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help)
+
+    def json_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command("define", "define a domain on the hypervisor and record it")
+    p.add_argument("name")
+    p.add_argument("--type", dest="guest_type", required=True, choices=["pv", "hvm"], help="guest type")
+    p.add_argument("--memory", required=True, help="memory size")
+    p.add_argument("--max-memory", required=True, help="maximum memory size")
+    p.add_argument("--vcpus", required=True, help="vCPUs")
+    p.add_argument("--max-vcpus", required=True, help="maximum vCPUs")
+    p.add_argument("--numa-nodes", default="1", help="NUMA nodes (default 1)")
+    p.add_argument("--cdrom", action="append", default=[], metavar="DEV[=PATH]", help="a CD-ROM device, optionally with media")
+    p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
+    json_flag(p)
+    for name, text in (("start", "boot a domain"), ("stop", "shut a domain off"),
+                       ("undefine", "remove a stopped domain (its history stays)")):
+        p = command(name, text)
+        p.add_argument("name")
+        p.add_argument("--principal", default=_default_principal(), help="who asks")
+        if name != "undefine":
+            json_flag(p)
+
+    p = command("set", "request a property change and record its outcome per scope")
+    p.add_argument("name")
+    p.add_argument("property", help="a catalogue property, or media:DEV")
+    p.add_argument("value", help="the new value (empty ejects media)")
+    p.add_argument("--scope", default="both", choices=[s.value for s in Scope], help="default both")
+    p.add_argument("--request-id", help="idempotency key (default: generated)")
+    p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
+    p.add_argument("--reason", help="why, free text")
+    json_flag(p)
+
+    p = command("get", "print one property's value")
+    p.add_argument("name")
+    p.add_argument("property")
+    p.add_argument("--scope", default="current", choices=["live", "persistent", "current"],
+                   help="default current: live if running, else persistent")
+    json_flag(p)
+
+    p = command("show", "print both configs side by side, capabilities, tray locks and drift")
+    p.add_argument("name")
+    json_flag(p)
+
+    p = command("list", "list the defined domains")
+    json_flag(p)
+
+    p = command("drift", "list where live differs from persistent, with cause")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--as-of", help="a log position or an ISO time")
+    json_flag(p)
+
+    p = command("history", "list requests with their outcomes, oldest first")
+    p.add_argument("name", nargs="?")
+    p.add_argument("property", nargs="?")
+    p.add_argument("--principal")
+    p.add_argument("--since", help="ISO time")
+    p.add_argument("--until", help="ISO time")
+    json_flag(p)
+
+    p = command("events", "print the log, one JSON object per line")
+    p.add_argument("--from", dest="from_position", default="0", help="start after this position")
+    p.add_argument("--follow", action="store_true", help="keep printing new events")
+    json_flag(p)
+
+    p = command("observe", "record out-of-band changes the hypervisor reports")
+    p.add_argument("name", nargs="?")
+    json_flag(p)
+
+    command("rebuild", "rebuild every projection from the log")
+    p = command("verify", "check the hash chain and that projections equal a rebuild")
+    p.add_argument("--from", dest="from_position", default="0", help="trust the chain up to this position")
+
+    p = command("demo", "play the story of the README in a fresh ledger and print a report")
+
+    sim = command("sim", "perturb the simulated hypervisor behind the ledger's back")
+    simsub = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION", parser_class=_Parser)
+    s = simsub.add_parser("balloon", help="set a running domain's live memory")
+    s.add_argument("name"), s.add_argument("size")
+    s = simsub.add_parser("host-free", help="set the host's free memory pool")
+    s.add_argument("size")
+    for action in ("lock-tray", "unlock-tray"):
+        s = simsub.add_parser(action, help=f"{action.split('-')[0]} a CD-ROM tray, as the guest would")
+        s.add_argument("name"), s.add_argument("device")
+    s = simsub.add_parser("capability", help="turn a guest capability on or off")
+    s.add_argument("name"), s.add_argument("capability", choices=[c.value for c in Capability])
+    s.add_argument("state", choices=["on", "off"])
+    s = simsub.add_parser("fail", help="make the next live change of a property fail")
+    s.add_argument("name"), s.add_argument("property"), s.add_argument("kind", choices=["error", "timeout"])
+    return parser
+
+
+# Output.
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _fmt(prop: str, value: Any) -> str:
+    try:
+        entry = lookup(prop)
+    except InvalidRequestError:
+        entry = None
+    return _units.format_value(entry, value)
+
+
+def _set_exit(record: dict[str, Any]) -> int:
+    statuses = {o["status"] for o in record["outcomes"].values()}
+    return EXIT_OK if statuses <= {"applied"} else EXIT_NOT_APPLIED
+
+
+def _print_request(r: dict[str, Any]) -> None:
+    prop = r["property"]
+    print(f"{r['requested_at']}  {r['request_id']}  {r['domain']} {prop} = {_fmt(prop, r['requested'])}"
+          f"  scope {r['scope']}  by {r['principal']}" + (f"  ({r['reason']})" if r["reason"] else ""))
+    for scope in ("persistent", "live"):
+        o = r["outcomes"].get(scope)
+        if o is None:
+            continue
+        why = f"  {o['reason']}: {o['message']}" if o["reason"] else (f"  {o['message']}" if o["message"] else "")
+        print(f"    {scope:<10} {o['status']:<9} {_fmt(prop, o['value'])}{why}")
+
+
+def _print_show(view: dict[str, Any]) -> None:
+    print(f"{view['domain']}  ({view['guest_type']}, {view['power_state']}, uuid {view['uuid']})")
+    print(f"  {'property':<14} {'persistent':>12} {'live':>12}  drift")
+    for row in view["properties"]:
+        print(f"  {row['property']:<14} {_fmt(row['property'], row['persistent']):>12} "
+              f"{_fmt(row['property'], row['live']):>12}  {row['drift'] or ''}")
+    caps = ", ".join(f"{k}={'unknown' if v is None else ('yes' if v else 'no')}"
+                     for k, v in view["capabilities"].items())
+    print(f"  capabilities: {caps}")
+    print(f"  locked trays: {', '.join(view['locked_trays']) or 'none'}")
+    if view["pending"]:
+        print(f"  in flight: {', '.join(view['pending'])}")
+
+
+def _print_drift(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("no drift")
+        return
+    for d in rows:
+        prop = d["property"]
+        print(f"{d['domain']} {prop}: persistent {_fmt(prop, d['persistent'])}, live {_fmt(prop, d['live'])}"
+              f"  cause {d['cause']}  request {d['request_id'] or '-'}  since #{d['since_position']} {d['since']}")
+
+
+def _event_json(rec: RecordedEvent) -> dict[str, Any]:
+    from eventstore.codec import encode
+
+    _, _, data = encode(rec.event)
+    return {"position": rec.position, "stream": rec.stream, "version": rec.version,
+            "type": rec.type, "data": loads(data), "metadata": rec.metadata.to_dict(),
+            "recorded_at": rec.recorded_at.isoformat()}
+
+
+# Commands.
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from vmledger._demo import run_demo
+
+        return await run_demo(args.db if args.db != DEFAULT_DB or "VMLEDGER_DB" in os.environ else None)
+    async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout) as ledger:
+        return await _dispatch(ledger, args)
+
+
+async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
+    cmd = args.command
+    as_json = getattr(args, "json", False)
+    if cmd == "define":
+        cdroms = {}
+        for spec in args.cdrom:
+            dev, _, path = spec.partition("=")
+            cdroms[dev] = path
+        view = await ledger.define(
+            args.name, guest_type=args.guest_type, memory=_units.parse_size(args.memory),
+            max_memory=_units.parse_size(args.max_memory), vcpus=_units.parse_count(args.vcpus, "vcpus"),
+            max_vcpus=_units.parse_count(args.max_vcpus, "max_vcpus"),
+            numa_nodes=_units.parse_count(args.numa_nodes, "numa_nodes"), cdroms=cdroms,
+            principal=args.principal,
+        )
+        _print_json(view) if as_json else _print_show(view)
+    elif cmd in ("start", "stop"):
+        view = await getattr(ledger, cmd)(args.name, principal=args.principal)
+        _print_json(view) if as_json else _print_show(view)
+    elif cmd == "undefine":
+        await ledger.undefine(args.name, principal=args.principal)
+        print(f"undefined {args.name}")
+    elif cmd == "set":
+        value = _units.parse_value(lookup(args.property), args.value)
+        record = await ledger.set(args.name, args.property, value, scope=args.scope,
+                                  request_id=args.request_id, principal=args.principal, reason=args.reason)
+        if as_json:
+            _print_json({k: record[k] for k in ("request_id", "domain", "property", "requested", "scope", "outcomes")})
+        else:
+            _print_request(record)
+        return _set_exit(record)
+    elif cmd == "get":
+        got = await ledger.get(args.name, args.property, scope=args.scope)
+        _print_json(got) if as_json else print(_fmt(args.property, got["value"]))
+    elif cmd == "show":
+        view = await ledger.show(args.name)
+        _print_json(view) if as_json else _print_show(view)
+    elif cmd == "list":
+        views = await ledger.domains()
+        if as_json:
+            _print_json([{"domain": v["domain"], "uuid": v["uuid"], "guest_type": v["guest_type"],
+                          "power_state": v["power_state"]} for v in views])
+        for v in [] if as_json else views:
+            print(f"{v['domain']:<20} {v['guest_type']:<4} {v['power_state']}")
+    elif cmd == "drift":
+        as_of = None
+        if args.as_of is not None:
+            as_of = int(args.as_of) if args.as_of.isdigit() else _units.parse_time(args.as_of)
+        rows = await ledger.drift(args.name, as_of=as_of)
+        _print_json(rows) if as_json else _print_drift(rows)
+    elif cmd == "history":
+        records = await ledger.history(
+            args.name, args.property, principal=args.principal,
+            since=_units.parse_time(args.since) if args.since else None,
+            until=_units.parse_time(args.until) if args.until else None,
+        )
+        if as_json:
+            _print_json(records)
+        else:
+            for r in records:
+                _print_request(r)
+            if not records:
+                print("no requests")
+    elif cmd == "events":
+        start = _units.parse_count(args.from_position, "position")
+        stream = ledger.subscribe(from_position=start) if args.follow else ledger.events(from_position=start)
+        async for rec in stream:
+            print(json.dumps(_event_json(rec), ensure_ascii=False), flush=True)
+    elif cmd == "observe":
+        recorded = await ledger.observe(args.name)
+        if as_json:
+            _print_json([_event_json(r) for r in recorded])
+        else:
+            for r in recorded:
+                print(f"#{r.position} {r.type} {json.dumps(_event_json(r)['data'], ensure_ascii=False)}")
+            if not recorded:
+                print("nothing new")
+    elif cmd == "rebuild":
+        position = await ledger.rebuild()
+        print(f"rebuilt projections up to position {position}")
+    elif cmd == "verify":
+        head = await ledger.verify(from_position=_units.parse_count(args.from_position, "position"))
+        print(f"ok: {head} events, chain intact, projections equal a rebuild")
+    elif cmd == "sim":
+        await _sim(ledger, args)
+    return EXIT_OK
+
+
+async def _sim(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
+    from adapters.simulated import SimulatedHypervisor
+
+    sim = ledger.hypervisor
+    if not isinstance(sim, SimulatedHypervisor):
+        raise InvalidRequestError("'vmledger sim' needs the simulated hypervisor (--hypervisor sim)")
+    action = args.sim_command
+    if action == "balloon":
+        await sim.balloon(args.name, _units.parse_size(args.size))
+    elif action == "host-free":
+        await sim.set_host_free(_units.parse_size(args.size))
+    elif action == "lock-tray":
+        await sim.lock_tray(args.name, args.device)
+    elif action == "unlock-tray":
+        await sim.unlock_tray(args.name, args.device)
+    elif action == "capability":
+        await sim.set_capability(args.name, args.capability, args.state == "on")
+    elif action == "fail":
+        lookup(args.property)
+        await sim.inject_fault(args.name, args.property, args.kind)
+    print(f"sim {action}: done")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `vmledger` command; return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except ChainBrokenError as e:
+        print(f"vmledger: {e}", file=sys.stderr)
+        return EXIT_DAMAGED
+    except InvalidRequestError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"vmledger: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except VmledgerError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"vmledger: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug: still one line, the traceback under --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"vmledger: internal error: {type(e).__name__}: {e} (rerun with --debug)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""The Ledger service: runs each request through decide -> log -> hypervisor -> log."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any, AsyncIterator, Callable, Mapping
+
+from adapters.port import Hypervisor
+from eventstore.catalogue import (
+    CATALOGUE,
+    CONFIG_PROPERTIES,
+    Capability,
+    GuestType,
+    Kind,
+    Reason,
+    Scope,
+    check_device,
+    check_name,
+    check_value,
+    lookup,
+    media_property,
+)
+from eventstore.decisions import SetRequest, decide_live, decide_persistent, decide_set, out_of_range
+from eventstore.errors import (
+    ConcurrencyError,
+    InvalidRequestError,
+    UnknownDomainError,
+    UnknownPropertyError,
+    VmledgerError,
+)
+from eventstore.events import (
+    DomainDefined,
+    DomainStarted,
+    DomainStopped,
+    DomainUndefined,
+    Event,
+    GuestCapabilitiesObserved,
+    LiveValueObserved,
+    MediaTrayLocked,
+    MediaTrayUnlocked,
+)
+from eventstore.hypervisor import DomainSpec, LiveResult, Value
+from eventstore.log import Metadata, RecordedEvent
+from eventstore.state import DomainState, Pending
+from projections import queries
+from projections.model import Model, state_from_json
+from projections.store import DuplicateRequestError, TableProjector, compare, table_rows
+
+__all__ = ["Ledger"]
+
+_RETRIES = 20
+SYSTEM_PRINCIPAL = "vmledger"
+
+
+class Ledger:
+    """The ledger of one database and one hypervisor; made by `vmledger.open`."""
+
+    def __init__(
+        self,
+        log: Any,
+        hypervisor: Hypervisor,
+        *,
+        clock: Callable[[], datetime],
+        new_id: Callable[[], str],
+        hypervisor_timeout: float = 10.0,
+    ) -> None:
+        self.log = log
+        self.hypervisor = hypervisor
+        self._projector = TableProjector()
+        self._clock = clock
+        self._new_id = new_id
+        self._timeout = hypervisor_timeout
+
+    # Helpers.
+
+    async def _state(self, name: str) -> DomainState:
+        return await queries.find_domain(self.log.fetch_all, check_name(name))
+
+    async def _append(self, state: DomainState, events: list[Event] | tuple[Event, ...],
+                      meta: Metadata) -> list[RecordedEvent]:
+        return await self.log.append(state.uuid, state.version, events, meta, now=self._clock())
+
+    async def _retrying(self, name: str, decide: Callable[[DomainState], list[Event] | tuple[Event, ...]],
+                        meta: Metadata) -> list[RecordedEvent]:
+        """Decide on fresh state and append; on a version conflict decide again."""
+        for _ in range(_RETRIES):
+            state = await self._state(name)
+            events = decide(state)
+            if not events:
+                return []
+            try:
+                return await self._append(state, events, meta)
+            except ConcurrencyError:
+                continue
+        raise ConcurrencyError(name, -1, -1)
+
+    # Lifecycle.
+
+    async def define(
+        self,
+        name: str,
+        *,
+        guest_type: str,
+        memory: int,
+        max_memory: int,
+        vcpus: int,
+        max_vcpus: int,
+        numa_nodes: int = 1,
+        cdroms: Mapping[str, str] | None = None,
+        principal: str = SYSTEM_PRINCIPAL,
+    ) -> dict[str, Any]:
+        """Define a domain on the hypervisor and record `DomainDefined`; return its view.
+
+        Raises:
+            InvalidRequestError: a bad name, size, count or device, bounds that do
+                not hold, or a name already defined.
+            HypervisorError: the hypervisor refused the definition.
+        """
+        check_name(name)
+        if guest_type not in {g.value for g in GuestType}:
+            raise InvalidRequestError(f"invalid guest type {guest_type!r} (use pv or hvm)")
+        config: dict[str, Value] = {
+            "memory": memory, "max_memory": max_memory, "vcpus": vcpus,
+            "max_vcpus": max_vcpus, "numa_nodes": numa_nodes,
+        }
+        for prop in CONFIG_PROPERTIES:
+            check_value(lookup(prop), config[prop])
+        for device, path in (cdroms or {}).items():
+            config[media_property(check_device(device))] = check_value(CATALOGUE["media"], path)
+        for prop in CONFIG_PROPERTIES:
+            if why := out_of_range(lookup(prop), config[prop], config):
+                raise InvalidRequestError(why)
+        rows = await self.log.fetch_all("SELECT 1 FROM domains WHERE name = ? AND defined = 1", (name,))
+        if rows:
+            raise InvalidRequestError(f"domain {name!r} is already defined")
+        uuid = self._new_id()
+        pv = guest_type == GuestType.PV.value
+        caps = {c.value: None for c in Capability}
+        if pv:
+            caps[Capability.BALLOON.value] = True
+        event = DomainDefined(domain=name, uuid=uuid, guest_type=guest_type, config=config, capabilities=caps)
+        await self.hypervisor.define(DomainSpec(
+            name=name, uuid=uuid, guest_type=guest_type, config=event.config, capabilities=event.capabilities,
+        ))
+        try:
+            await self.log.append(uuid, 0, [event], Metadata(principal=principal), now=self._clock())
+        except VmledgerError:
+            await self.hypervisor.undefine(name)
+            raise
+        return await self.show(name)
+
+    async def start(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> dict[str, Any]:
+        """Boot a domain and record `DomainStarted` with the live config the hypervisor reports.
+
+        Raises:
+            UnknownDomainError: no such domain.
+            InvalidRequestError: the domain is already running.
+            HypervisorError: the hypervisor would not start it.
+        """
+        state = await self._state(name)
+        if state.running:
+            raise InvalidRequestError(f"domain {name!r} is already running")
+        live = await self.hypervisor.start(name)
+        observed = await self.hypervisor.observe(name)
+
+        def decide(state: DomainState) -> list[Event]:
+            events: list[Event] = [DomainStarted(config=live)]
+            caps = {k: v for k, v in observed.capabilities if state.capabilities.get(k) != v}
+            if caps:
+                events.append(GuestCapabilitiesObserved(capabilities=caps))
+            return events
+
+        await self._retrying(name, decide, Metadata(principal=principal))
+        return await self.show(name)
+
+    async def stop(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> dict[str, Any]:
+        """Shut a domain off and record `DomainStopped`.
+
+        Raises:
+            UnknownDomainError: no such domain.
+            InvalidRequestError: the domain is not running.
+            HypervisorError: the hypervisor would not stop it.
+        """
+        state = await self._state(name)
+        if not state.running:
+            raise InvalidRequestError(f"domain {name!r} is not running")
+        await self.hypervisor.stop(name)
+        await self._retrying(name, lambda s: [DomainStopped()], Metadata(principal=principal))
+        return await self.show(name)
+
+    async def undefine(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> None:
+        """Remove a stopped domain and record `DomainUndefined`; its stream stays for audit.
+
+        Raises:
+            UnknownDomainError: no such domain.
+            InvalidRequestError: the domain is running.
+        """
+        state = await self._state(name)
+        if state.running:
+            raise InvalidRequestError(f"domain {name!r} is running; stop it first")
+        await self.hypervisor.undefine(name)
+        await self._retrying(name, lambda s: [DomainUndefined()], Metadata(principal=principal))
+
+    # Requests.
+
+    async def set(
+        self,
+        name: str,
+        prop: str,
+        value: Value,
+        *,
+        scope: str = Scope.BOTH.value,
+        request_id: str | None = None,
+        principal: str = SYSTEM_PRINCIPAL,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Request a change and record it with its outcome in every scope concerned.
+
+        Returns the request's history record.  Repeating a request id returns
+        the first record and appends nothing.
+
+        Raises:
+            InvalidRequestError: the request is malformed, or its id was used for
+                another request (nothing is written).
+            UnknownDomainError, UnknownPropertyError: nothing is written.
+        """
+        request = SetRequest(
+            request_id=self._new_id() if request_id is None else request_id, domain=name,
+            property=prop, value=value, scope=scope, principal=principal, reason=reason,
+        )
+        meta = Metadata(principal=principal, request_id=request.request_id,
+                        correlation_id=request.request_id)
+        for _ in range(_RETRIES):
+            if (seen := await self._seen(request)) is not None:
+                return seen
+            state = await self._find_for_request(request)
+            decision = decide_set(request, state)
+            try:
+                await self._append(state, decision.events, meta)
+                break
+            except ConcurrencyError:
+                continue
+            except DuplicateRequestError:
+                continue  # another caller recorded the same id first: report theirs
+        else:
+            raise ConcurrencyError(name, -1, -1)
+        if decision.persistent_value is not None:
+            error = None
+            try:
+                await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
+            except VmledgerError as e:
+                error = str(e)
+            await self._retrying(name, lambda s: decide_persistent(request, s, error), meta)
+        if decision.live_value is not None:
+            result = await self._apply_live(name, prop, decision.live_value)
+            await self._retrying(name, lambda s: decide_live(request, s, result), meta)
+        return await self.request(request.request_id)
+
+    async def _find_for_request(self, request: SetRequest) -> DomainState | None:
+        check_name(request.domain)
+        rows = await self.log.fetch_all(
+            "SELECT state FROM domains WHERE name = ? AND defined = 1", (request.domain,))
+        return state_from_json(rows[0][0]) if rows else None
+
+    async def _seen(self, request: SetRequest) -> dict[str, Any] | None:
+        if not isinstance(request.request_id, str):
+            return None
+        found = await queries.history_records(self.log.fetch_all, request_id=request.request_id)
+        if not found:
+            return None
+        first = found[0]
+        same = (first["domain"], first["property"], first["requested"], first["scope"]) == (
+            request.domain, request.property, request.value, request.scope)
+        if not same:
+            raise InvalidRequestError(
+                f"request id {request.request_id!r} was already used for another request")
+        return first
+
+    async def _apply_live(self, name: str, prop: str, value: Value) -> LiveResult:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self.hypervisor.apply_live(name, prop, value)
+        except TimeoutError:
+            return LiveResult.failed(None, Reason.TIMEOUT, f"no answer from the hypervisor within {self._timeout:g}s")
+        except (VmledgerError, OSError) as e:
+            return LiveResult.failed(None, Reason.HYPERVISOR_ERROR, str(e) or type(e).__name__)
+
+    async def request(self, request_id: str) -> dict[str, Any]:
+        """Return the history record of one request.
+
+        Raises:
+            InvalidRequestError: no request has that id.
+        """
+        found = await queries.history_records(self.log.fetch_all, request_id=request_id)
+        if not found:
+            raise InvalidRequestError(f"unknown request id {request_id!r}")
+        return found[0]
+
+    # Reads.
+
+    async def get(self, name: str, prop: str, *, scope: str = Scope.CURRENT.value) -> dict[str, Any]:
+        """Return one property's value in the live or persistent config.
+
+        Raises:
+            UnknownDomainError, UnknownPropertyError, InvalidRequestError.
+        """
+        entry = lookup(prop)
+        if scope not in (Scope.LIVE.value, Scope.PERSISTENT.value, Scope.CURRENT.value):
+            raise InvalidRequestError(f"invalid scope {scope!r} for get (use live, persistent or current)")
+        state = await self._state(name)
+        if not state.has_property(prop):
+            raise UnknownPropertyError(f"domain {name!r} has no {prop!r}")
+        if scope == Scope.CURRENT.value:
+            scope = Scope.LIVE.value if state.running else Scope.PERSISTENT.value
+        slots = state.live if scope == Scope.LIVE.value else state.persistent
+        value: Value | None
+        if prop == "power_state":
+            value = "running" if state.running else "shut off"
+        elif entry.kind is Kind.RO_RUN:
+            slot = state.live.get("memory")
+            value = slot.value if slot else None
+        else:
+            slot = slots.get(prop)
+            value = slot.value if slot else None
+        return {"domain": state.name, "property": prop, "scope": scope, "value": value}
+
+    async def show(self, name: str) -> dict[str, Any]:
+        """Return both configs of a domain side by side, with capabilities, tray locks and drift.
+
+        Raises:
+            UnknownDomainError: no such domain.
+        """
+        return queries.domain_view(await self._state(name))
+
+    async def domains(self) -> list[dict[str, Any]]:
+        """Return the view of every defined domain, by name."""
+        return [queries.domain_view(s) for s in await queries.list_domains(self.log.fetch_all)]
+
+    async def position_of(self, as_of: int | datetime) -> int:
+        """Return the log position an as-of argument names (a position or a time)."""
+        if isinstance(as_of, datetime):
+            return await self.log.position_at(as_of)
+        if as_of < 0:
+            raise InvalidRequestError("a position is never negative")
+        return as_of
+
+    async def model_at(self, position: int) -> Model:
+        """Return the read model folded from the first `position` events."""
+        model = Model()
+        async for rec in self.log.read_all(to_position=position):
+            model.feed(rec)
+        return model
+
+    async def drift(self, name: str | None = None, *, as_of: int | datetime | None = None) -> list[dict[str, Any]]:
+        """Return where live differs from persistent, with cause, request and since when.
+
+        Raises:
+            UnknownDomainError: `name` is not a defined domain (now, or at `as_of`).
+        """
+        if as_of is None:
+            uuid = (await self._state(name)).uuid if name is not None else None
+            return await queries.drift_rows(self.log.fetch_all, uuid)
+        model = await self.model_at(await self.position_of(as_of))
+        uuid = None
+        if name is not None:
+            found = [u for u, s in model.states.items() if s.name == name and s.defined]
+            if not found:
+                raise UnknownDomainError(f"unknown domain {name!r} at that point")
+            uuid = found[0]
+        return queries.model_drift(model, uuid)
+
+    async def history(
+        self,
+        name: str | None = None,
+        prop: str | None = None,
+        *,
+        principal: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return every request with its outcomes, oldest first, filtered as asked.
+
+        Raises:
+            UnknownDomainError: `name` is not a defined domain.
+        """
+        uuid = (await self._state(name)).uuid if name is not None else None
+        if prop is not None:
+            lookup(prop)
+        return await queries.history_records(
+            self.log.fetch_all, uuid=uuid, prop=prop, principal=principal, since=since, until=until)
+
+    def events(self, *, from_position: int = 0, to_position: int | None = None) -> AsyncIterator[RecordedEvent]:
+        """Yield recorded events after `from_position`, in order."""
+        return self.log.read_all(from_position=from_position, to_position=to_position)
+
+    def subscribe(self, *, from_position: int = 0) -> AsyncIterator[RecordedEvent]:
+        """Yield every event after `from_position`, then follow new ones as they are appended."""
+        return self.log.subscribe(from_position=from_position)
+
+    # Observation.
+
+    async def observe(self, name: str | None = None, *, principal: str = SYSTEM_PRINCIPAL) -> list[RecordedEvent]:
+        """Compare the hypervisor's live state with the log and record what differs.
+
+        Requests left without a live outcome (their caller died) are resolved
+        from the value the domain really has.
+
+        Raises:
+            UnknownDomainError: `name` is not a defined domain.
+        """
+        names = [name] if name is not None else [d["domain"] for d in await self.domains()]
+        recorded: list[RecordedEvent] = []
+        for domain in names:
+            await self._state(domain)
+            observation = await self.hypervisor.observe(domain)
+            recorded += await self._retrying(
+                domain, lambda s: _observed(s, observation), Metadata(principal=principal))
+        return recorded
+
+    # Maintenance.
+
+    async def rebuild(self) -> int:
+        """Rebuild every projection from the log; return the position rebuilt to."""
+        model = Model()
+        return await self.log.rebuild(model.feed, lambda tx: self._projector.replace_all(tx, model))
+
+    async def verify(self, *, from_position: int = 0) -> int:
+        """Check the hash chain and that the projections equal a rebuild; return the head.
+
+        Raises:
+            ChainBrokenError: naming the first position that does not check out.
+        """
+        async with self.log.snapshot():
+            head = await self.log.verify_chain(from_position=from_position)
+            model = await self.model_at(head)
+            compare(model.all_rows(), await table_rows(self.log.fetch_all))
+        return head
+
+
+def _resolve(state: DomainState, pending: Pending, actual: Value | None) -> tuple[Event, ...]:
+    """Decide the live outcome of a request its caller never finished, from the real value."""
+    request = SetRequest(request_id=pending.request_id, domain=state.name, property=pending.property,
+                         value=pending.requested, scope=Scope.LIVE.value, principal=SYSTEM_PRINCIPAL)
+    before = state.live.get(pending.property)
+    if actual == pending.requested:
+        result = LiveResult.applied(actual)
+    elif actual is not None and before is not None and actual != before.value:
+        result = LiveResult.partial(actual, "resolved by observation")
+    else:
+        result = LiveResult.failed(actual, Reason.HYPERVISOR_ERROR,
+                                   "the request's outcome was never recorded; the domain kept its value")
+    return decide_live(request, state, result)
+
+
+def _observed(state: DomainState, observation: Any) -> list[Event]:
+    """Return the events that bring the log in line with what the hypervisor reports."""
+    events: list[Event] = []
+    live = dict(observation.live)
+    if observation.running and not state.running:
+        return [DomainStarted(config=observation.live)]
+    if not observation.running:
+        return [DomainStopped()] if state.running else []
+    resolved = set()
+    for pending in sorted(state.pending.values(), key=lambda p: p.position):
+        events += _resolve(state, pending, live.get(pending.property))
+        resolved.add(pending.property)
+    caps = {k: v for k, v in observation.capabilities if state.capabilities.get(k) != v}
+    if caps:
+        events.append(GuestCapabilitiesObserved(capabilities=caps))
+    for device in sorted(observation.locked_trays - state.locked_trays):
+        events.append(MediaTrayLocked(device=device))
+    for device in sorted(state.locked_trays - observation.locked_trays):
+        events.append(MediaTrayUnlocked(device=device))
+    for prop, value in sorted(live.items()):
+        slot = state.live.get(prop)
+        if prop not in resolved and (slot is None or slot.value != value):
+            events.append(LiveValueObserved(property=prop, value=value))
+    return events
