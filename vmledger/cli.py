@@ -354,7 +354,10 @@ async def _sim(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `vmledger` command; return its exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed in one line
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return asyncio.run(_run(args))
     except ChainBrokenError as e:
@@ -381,5 +384,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m vmledger.cli
     sys.exit(main())

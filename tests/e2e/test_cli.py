@@ -1,0 +1,234 @@
+"""The CLI contract, end to end on a fresh SQLite file with the simulated hypervisor."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from vmledger.cli import main
+
+MiB, GiB = 2**20, 2**30
+
+
+class Cli:
+    """Runs `vmledger` in-process against one database and captures what it prints."""
+
+    def __init__(self, db: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.db = db
+        self.capsys = capsys
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = main(["--db", self.db, "--timeout", "0.5", *args])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *args: str) -> Any:
+        code, out, err = self(*args, "--json")
+        assert err == ""
+        return code, json.loads(out)
+
+    def head(self) -> int:
+        _, out, _ = self("events")
+        return len(out.splitlines())
+
+
+@pytest.fixture
+def cli(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Return a CLI on a fresh ledger where `web` (PV, CD-ROM hdc) and `db` (HVM) run."""
+    c = Cli(f"sqlite:///{tmp_path}/ledger.db", capsys)
+    assert c("define", "web", "--type", "pv", "--memory", "1GiB", "--max-memory", "4GiB",
+             "--vcpus", "2", "--max-vcpus", "4", "--cdrom", "hdc")[0] == 0
+    assert c("define", "db", "--type", "hvm", "--memory", "1GiB", "--max-memory", "4GiB",
+             "--vcpus", "2", "--max-vcpus", "4")[0] == 0
+    assert c("start", "web")[0] == 0
+    assert c("start", "db")[0] == 0
+    return c
+
+
+def test_short_balloon_is_partial_and_drifts(cli: Cli) -> None:
+    """A memory increase larger than the host pool applies persistently and partly live."""
+    assert cli("sim", "host-free", "100MiB")[0] == 0
+    code, out = cli.json("set", "web", "memory", "1224MiB")
+    assert code == 3
+    assert out["outcomes"] == {
+        "persistent": {"status": "applied", "value": 1224 * MiB, "reason": None, "message": None},
+        "live": {"status": "partial", "value": 1124 * MiB, "reason": None,
+                 "message": out["outcomes"]["live"]["message"]},
+    }
+    assert (out["domain"], out["property"], out["requested"], out["scope"]) == ("web", "memory", 1224 * MiB, "both")
+    _, drift = cli.json("drift", "web")
+    assert [(d["property"], d["cause"], d["request_id"], d["persistent"], d["live"]) for d in drift] == [
+        ("memory", "partial", out["request_id"], 1224 * MiB, 1124 * MiB)]
+
+
+def test_hvm_memory_refused_until_hotplug(cli: Cli) -> None:
+    """An HVM guest without hotplug refuses a live memory change until the capability appears."""
+    code, out = cli.json("set", "db", "memory", "2GiB", "--scope", "live")
+    assert (code, list(out["outcomes"]), out["outcomes"]["live"]["status"], out["outcomes"]["live"]["reason"]) == (
+        3, ["live"], "refused", "guest_unsupported")
+    assert cli.json("get", "db", "memory", "--scope", "persistent")[1]["value"] == GiB
+    code, out = cli.json("set", "db", "memory", "2GiB", "--scope", "both")
+    assert (code, out["outcomes"]["persistent"]["status"], out["outcomes"]["live"]["status"]) == (3, "applied", "refused")
+    assert [(d["property"], d["cause"]) for d in cli.json("drift", "db")[1]] == [("memory", "refused")]
+    assert cli("sim", "capability", "db", "memory_hotplug", "on")[0] == 0
+    code, out = cli.json("set", "db", "memory", "2GiB", "--scope", "live")
+    assert (code, out["outcomes"]["live"]["status"], out["outcomes"]["live"]["value"]) == (0, "applied", 2 * GiB)
+    assert cli.json("drift", "db")[1] == []
+
+
+def test_max_memory_needs_restart(cli: Cli) -> None:
+    """Max memory is refused live, applies persistently, and drifts until the domain restarts."""
+    code, out = cli.json("set", "web", "max_memory", "8GiB", "--scope", "live")
+    assert (code, out["outcomes"]["live"]["status"], out["outcomes"]["live"]["reason"]) == (3, "refused", "requires_restart")
+    code, out = cli.json("set", "web", "max_memory", "8GiB", "--scope", "persistent")
+    assert (code, out["outcomes"]["persistent"]["status"]) == (0, "applied")
+    assert [(d["property"], d["cause"]) for d in cli.json("drift", "web")[1]] == [("max_memory", "requires_restart")]
+    assert cli("stop", "web")[0] == 0
+    assert cli("start", "web")[0] == 0
+    assert cli.json("drift", "web")[1] == []
+    assert cli.json("get", "web", "max_memory", "--scope", "live")[1] == {
+        "domain": "web", "property": "max_memory", "scope": "live", "value": 8 * GiB}
+
+
+def test_locked_tray_and_read_only_are_recorded(cli: Cli) -> None:
+    """A locked tray refuses a media change until unlocked; a read-only property is refused and recorded."""
+    assert cli("sim", "lock-tray", "web", "hdc")[0] == 0
+    code, out = cli.json("set", "web", "media:hdc", "/iso/b.iso")
+    assert (code, out["outcomes"]["live"]["status"], out["outcomes"]["live"]["reason"]) == (3, "refused", "tray_locked")
+    assert cli("sim", "unlock-tray", "web", "hdc")[0] == 0
+    code, out = cli.json("set", "web", "media:hdc", "/iso/b.iso")
+    assert (code, out["outcomes"]["live"]) == (0, {"status": "applied", "value": "/iso/b.iso", "reason": None, "message": None})
+    code, out = cli.json("set", "web", "power_state", "off")
+    assert code == 3
+    assert {s: o["reason"] for s, o in out["outcomes"].items()} == {"persistent": "read_only", "live": "read_only"}
+    assert [r["property"] for r in cli.json("history", "web")[1]][-1] == "power_state"
+
+
+def test_stopped_domain_scopes(cli: Cli) -> None:
+    """On a stopped domain `both` concerns only the persistent config and `live` is refused."""
+    assert cli("stop", "db")[0] == 0
+    code, out = cli.json("set", "db", "vcpus", "3")
+    assert (code, list(out["outcomes"]), out["outcomes"]["persistent"]["status"]) == (0, ["persistent"], "applied")
+    code, out = cli.json("set", "db", "vcpus", "3", "--scope", "live")
+    assert (code, out["outcomes"]["live"]["status"], out["outcomes"]["live"]["reason"]) == (3, "refused", "domain_not_running")
+
+
+@pytest.mark.parametrize("args", [
+    ("nope", "memory", "1GiB"),
+    ("web", "nope", "1"),
+    ("web", "memory", "abc"),
+    ("web", "memory", "-5"),
+    ("web", "memory", "1GiB", "--scope", "bad"),
+    ("web", "media:hdx", "/iso/a.iso"),
+    ("web", "vcpus", "1.5"),
+], ids=["unknown-domain", "unknown-property", "not-a-size", "negative", "bad-scope", "other-device", "fraction"])
+def test_invalid_input_writes_nothing(cli: Cli, args: tuple[str, ...]) -> None:
+    """Invalid input exits 2 with one line on stderr and leaves the log as it was."""
+    before = cli.head()
+    code, out, err = cli("set", *args)
+    assert (code, out, len(err.splitlines()), err.startswith("vmledger: error: ")) == (2, "", 1, True)
+    assert cli.head() == before
+
+
+def test_repeated_request_id_appends_nothing(cli: Cli) -> None:
+    """Repeating a request id prints the first outcome again and appends nothing."""
+    first = cli.json("set", "web", "vcpus", "3", "--request-id", "r-1")
+    head = cli.head()
+    again = cli.json("set", "web", "vcpus", "3", "--request-id", "r-1")
+    assert (again, cli.head()) == (first, head)
+    code, _, err = cli("set", "web", "vcpus", "4", "--request-id", "r-1")
+    assert (code, cli.head(), "already used" in err) == (2, head, True)
+
+
+def test_out_of_band_balloon_is_external(cli: Cli) -> None:
+    """A balloon change behind the ledger's back, once observed, drifts with cause external."""
+    assert cli("sim", "balloon", "web", "900MiB")[0] == 0
+    assert cli("observe", "web")[0] == 0
+    drift = cli.json("drift", "web")[1]
+    assert [(d["property"], d["cause"], d["live"], d["request_id"]) for d in drift] == [
+        ("memory", "external", 900 * MiB, None)]
+    code, out, _ = cli("observe", "web")
+    assert (code, out.strip()) == (0, "nothing new")
+
+
+def test_hypervisor_timeout_fails_and_never_stays_in_flight(cli: Cli) -> None:
+    """A hypervisor that does not answer records a failed live outcome with reason timeout."""
+    assert cli("sim", "fail", "web", "memory", "timeout")[0] == 0
+    code, out = cli.json("set", "web", "memory", "2GiB", "--scope", "live")
+    assert (code, out["outcomes"]["live"]["status"], out["outcomes"]["live"]["reason"],
+            out["outcomes"]["live"]["value"]) == (3, "failed", "timeout", GiB)
+    statuses = [o["status"] for r in cli.json("history")[1] for o in r["outcomes"].values()]
+    assert "in_flight" not in statuses
+    assert [(d["property"], d["cause"]) for d in cli.json("drift", "web")[1]] == []
+
+
+def test_history_and_drift_as_of(cli: Cli) -> None:
+    """History lists requests oldest first with principals; drift as of an earlier position shows the past."""
+    cli("sim", "host-free", "100MiB")
+    _, partial = cli.json("set", "web", "memory", "1224MiB", "--principal", "alice", "--reason", "cache")
+    then = cli.head()
+    cli("sim", "host-free", "1GiB")
+    cli.json("set", "web", "memory", "1224MiB", "--scope", "live", "--principal", "bob")
+    assert cli.json("drift", "web")[1] == []
+    history = cli.json("history", "web")[1]
+    assert [(r["principal"], r["scope"], r["reason"]) for r in history] == [("alice", "both", "cache"), ("bob", "live", None)]
+    assert [r["principal"] for r in cli.json("history", "--principal", "bob")[1]] == ["bob"]
+    past = cli.json("drift", "--as-of", str(then))[1]
+    assert [(d["domain"], d["property"], d["cause"], d["request_id"]) for d in past] == [
+        ("web", "memory", "partial", partial["request_id"])]
+
+
+def test_events_are_json_lines(cli: Cli) -> None:
+    """`events` prints one JSON object per event with the contracted keys, in position order."""
+    _, out, _ = cli("events", "--from", "2")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [e["position"] for e in lines] == list(range(3, 3 + len(lines)))
+    assert set(lines[0]) == {"position", "stream", "version", "type", "data", "metadata", "recorded_at"}
+    assert lines[0]["type"] == "DomainStarted"
+
+
+def test_rebuild_verify_and_tampering(cli: Cli, tmp_path: Any) -> None:
+    """Rebuild leaves every row as it was; verify passes, and exits 4 naming an edited event."""
+    cli.json("set", "web", "memory", "2GiB")
+    db = str(tmp_path / "ledger.db")
+
+    def rows() -> list[Any]:
+        with sqlite3.connect(db) as conn:
+            return [conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+                    for t in ("domains", "persistent", "live", "drift", "history")]
+
+    before = rows()
+    assert cli("rebuild")[0] == 0
+    assert rows() == before
+    assert cli("verify")[0] == 0
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        (position,) = conn.execute("SELECT min(position) FROM events WHERE type = 'MemoryChangeRequested'").fetchone()
+        conn.execute("UPDATE events SET data = replace(data, '2147483648', '3221225472') WHERE position = ?",
+                     (position,))
+    code, _, err = cli("verify")
+    assert (code, f"position {position}:" in err, len(err.splitlines())) == (4, True, 1)
+
+
+def test_console_script_errors_are_one_line(tmp_path: Any) -> None:
+    """The installed `vmledger` script exits 2 with one line and no traceback for an unknown domain."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmledger.cli", "--db", str(tmp_path / "l.db"), "set", "nope", "memory", "1GiB"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", "vmledger: error: unknown domain 'nope'\n")
+
+
+def test_demo_runs(tmp_path: Any) -> None:
+    """`vmledger demo` plays the story in a fresh ledger and prints a verified report."""
+    proc = subprocess.run([sys.executable, "-m", "vmledger.cli", "demo"], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert "cause partial" in proc.stdout and "hash chain intact" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
