@@ -165,6 +165,13 @@ class ChangeOutcome(Event):
     message: str | None = attrs.field(default=None, validator=_opt_str)
 
 
+_DOC_WORDS = {
+    Outcome.REQUESTED: "was requested",
+    Outcome.APPLIED: "was applied in one scope",
+    Outcome.PARTIALLY_APPLIED: "was applied only in part in one scope",
+    Outcome.REFUSED: "was refused in one scope",
+    Outcome.FAILED: "failed in one scope",
+}
 _CHANGE_EVENTS: dict[tuple[str, Outcome], type[Event]] = {}
 
 
@@ -174,7 +181,7 @@ def _change_events() -> dict[str, type[Event]]:
         for outcome in Outcome:
             base = ChangeRequested if outcome is Outcome.REQUESTED else ChangeOutcome
             name = f"{prop.event_prefix}Change{outcome.value}"
-            doc = f"`{prop.name}`: {outcome.status} (see `{base.__name__}`)."
+            doc = f"A change of `{prop.name}` {_DOC_WORDS[outcome]} (fields: see `{base.__name__}`)."
             cls = attrs.frozen(kw_only=True)(
                 type(name, (base,), {"name": name, "outcome": outcome, "__doc__": doc})
             )
