@@ -11,7 +11,7 @@ from eventstore.errors import InvalidRequestError
 __all__ = ["parse_size", "format_size", "parse_value", "format_value", "parse_time", "parse_count"]
 
 _UNITS = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
-_SIZE = re.compile(r"(\d{1,20})(?:\.(\d{1,9}))?\s?(B|KiB|MiB|GiB|TiB)?")
+_SIZE = re.compile(r"([0-9]{1,20})(?:\.([0-9]{1,9}))? ?(B|KiB|MiB|GiB|TiB)?")
 
 
 def parse_size(text: str) -> int:
@@ -49,7 +49,7 @@ def parse_count(text: str, what: str = "count") -> int:
     Raises:
         InvalidRequestError: anything else.
     """
-    if not isinstance(text, str) or not re.fullmatch(r"\d{1,9}", text.strip()):
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,9}", text.strip()):
         raise InvalidRequestError(f"invalid {what} {text!r}: use a whole number")
     return int(text)
 

@@ -287,7 +287,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
     elif cmd == "drift":
         as_of = None
         if args.as_of is not None:
-            as_of = int(args.as_of) if args.as_of.isdigit() else _units.parse_time(args.as_of)
+            as_of = int(args.as_of) if args.as_of.isascii() and args.as_of.isdigit() else _units.parse_time(args.as_of)
         rows = await ledger.drift(args.name, as_of=as_of)
         _print_json(rows) if as_json else _print_drift(rows)
     elif cmd == "history":

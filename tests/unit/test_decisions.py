@@ -1,0 +1,104 @@
+"""Pure decisions: which events a request produces on a given domain state."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from eventstore.catalogue import Outcome, Reason
+from eventstore.decisions import SetRequest, decide_live, decide_persistent, decide_set
+from eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
+from eventstore.events import DomainDefined, DomainStarted
+from eventstore.hypervisor import LiveResult
+from eventstore.log import Metadata, RecordedEvent
+from eventstore.state import DomainState, fold
+
+GiB = 2**30
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+CONFIG = {"memory": GiB, "max_memory": 4 * GiB, "vcpus": 2, "max_vcpus": 4, "numa_nodes": 1, "media:hdc": ""}
+
+
+def _state(running: bool) -> DomainState:
+    events = [DomainDefined(domain="web", uuid="u1", guest_type="pv", config=CONFIG, capabilities={"balloon": True})]
+    if running:
+        events.append(DomainStarted(config=CONFIG))
+    records = [RecordedEvent(position=i, stream="u1", version=i, event=e, metadata=Metadata(), recorded_at=T0)
+               for i, e in enumerate(events, start=1)]
+    state = fold(records)
+    assert state is not None
+    return state
+
+
+def _request(prop: str, value: object, scope: str = "both") -> SetRequest:
+    return SetRequest(request_id="r1", domain="web", property=prop, value=value, scope=scope, principal="alice")  # type: ignore[arg-type]
+
+
+def _summary(events: tuple) -> list[tuple]:
+    return [(e.name, getattr(e, "scope", None), getattr(e, "reason", None)) for e in events]
+
+
+def test_both_on_running_domain_defers_to_hypervisor() -> None:
+    """A valid RW change with scope both records Requested and leaves both scopes to the hypervisor."""
+    d = decide_set(_request("memory", 2 * GiB), _state(running=True))
+    assert (_summary(d.events), d.persistent_value, d.live_value) == (
+        [("MemoryChangeRequested", "both", None)], 2 * GiB, 2 * GiB)
+
+
+def test_stopped_domain_both_is_persistent_only_and_live_is_refused() -> None:
+    """On a stopped domain, both means persistent only, and live is refused domain_not_running."""
+    stopped = _state(running=False)
+    both = decide_set(_request("vcpus", 3), stopped)
+    live = decide_set(_request("vcpus", 3, "live"), stopped)
+    assert (both.persistent_value, both.live_value) == (3, None)
+    assert _summary(live.events)[1:] == [("VcpusChangeRefused", "live", "domain_not_running")]
+
+
+@pytest.mark.parametrize("prop,value,scope,expected", [
+    ("max_memory", 8 * GiB, "live", [("MaxMemoryChangeRefused", "live", "requires_restart")]),
+    ("memory", 5 * GiB, "live", [("MemoryChangeRefused", "live", "out_of_range")]),
+    ("memory", 0, "persistent", [("MemoryChangeRefused", "persistent", "out_of_range")]),
+    ("max_vcpus", 1, "persistent", [("MaxVcpusChangeRefused", "persistent", "out_of_range")]),
+    ("power_state", "off", "both", [("PowerStateChangeRefused", "persistent", "read_only"),
+                                    ("PowerStateChangeRefused", "live", "read_only")]),
+])
+def test_rules_refuse_without_the_hypervisor(prop: str, value: object, scope: str, expected: list) -> None:
+    """Read-only, restart-only and out-of-range requests are refused by the rules and recorded."""
+    d = decide_set(_request(prop, value, scope), _state(running=True))
+    assert (_summary(d.events)[1:], d.live_value) == (expected, None)
+
+
+@pytest.mark.parametrize("request_,error", [
+    (_request("memory", "1GiB"), InvalidRequestError),
+    (_request("memory", -1), InvalidRequestError),
+    (_request("memory", True), InvalidRequestError),
+    (_request("nope", 1), UnknownPropertyError),
+    (_request("media:hdx", "/a.iso"), UnknownPropertyError),
+    (_request("media:hdc", "relative.iso"), InvalidRequestError),
+    (_request("memory", GiB, "sideways"), InvalidRequestError),
+    (SetRequest(request_id="r", domain="other", property="memory", value=GiB, principal="a"), UnknownDomainError),
+])
+def test_caller_errors_raise(request_: SetRequest, error: type) -> None:
+    """A malformed request, or one naming an unknown domain, property or device, raises."""
+    state = _state(running=True) if request_.domain == "web" else None
+    with pytest.raises(error):
+        decide_set(request_, state)
+
+
+def test_live_answer_that_delivers_less_is_partial() -> None:
+    """A hypervisor that says applied but reports less than asked gives a partial outcome."""
+    (event,) = decide_live(_request("memory", 2 * GiB), _state(True), LiveResult.applied(GiB + 5))
+    assert (event.name, event.value, event.requested) == ("MemoryChangePartiallyApplied", GiB + 5, 2 * GiB)
+
+
+def test_failed_live_answer_keeps_value_in_force() -> None:
+    """A failed live change records the value still in force and the reason."""
+    (event,) = decide_live(_request("memory", 2 * GiB), _state(True),
+                           LiveResult.failed(None, Reason.TIMEOUT, "late"))
+    assert (event.outcome, event.value, event.reason, event.message) == (Outcome.FAILED, GiB, "timeout", "late")
+
+
+def test_persistent_write_error_is_failed() -> None:
+    """A hypervisor error while writing the persistent config records a failed persistent outcome."""
+    (event,) = decide_persistent(_request("vcpus", 3), _state(True), "disk full")
+    assert (event.name, event.value, event.reason) == ("VcpusChangeFailed", 2, "hypervisor_error")

@@ -1,0 +1,47 @@
+"""Sizes, counts and times as the command line accepts and prints them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given, strategies as st
+
+from eventstore.errors import InvalidRequestError
+from vmledger._units import format_size, parse_count, parse_size, parse_time
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("1073741824", 2**30), ("512MiB", 512 * 2**20), ("2GiB", 2 * 2**30), ("1.5GiB", 3 * 2**29),
+    ("4KiB", 4096), ("1TiB", 2**40), ("0", 0), ("7B", 7),
+])
+def test_parse_size(text: str, expected: int) -> None:
+    """A size in bytes or a binary unit parses to its exact number of bytes."""
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "-5", "", "1.5", "2GB", "1 GiB x", "0.3B", "1e9", "NaN", "٣"])
+def test_parse_size_rejects(text: str) -> None:
+    """Anything but a non-negative whole number of bytes is an invalid request."""
+    with pytest.raises(InvalidRequestError):
+        parse_size(text)
+
+
+@given(st.integers(min_value=0, max_value=2**50))
+def test_size_round_trip(n: int) -> None:
+    """Printing a size and parsing it back gives the same number of bytes."""
+    assert parse_size(format_size(n)) == n
+
+
+@pytest.mark.parametrize("text", ["-1", "1.0", "x", "", "9999999999"])
+def test_parse_count_rejects(text: str) -> None:
+    """A count is a whole non-negative number of at most nine digits."""
+    with pytest.raises(InvalidRequestError):
+        parse_count(text)
+
+
+def test_parse_time_defaults_to_utc() -> None:
+    """A time without a zone is UTC, and a zone is converted to UTC."""
+    assert parse_time("2026-01-31T12:00:00") == datetime(2026, 1, 31, 12, tzinfo=timezone.utc)
+    assert parse_time("2026-01-31T13:00:00+01:00") == datetime(2026, 1, 31, 12, tzinfo=timezone.utc)
+    assert parse_time("2026-01-31T12:00:00Z") == datetime(2026, 1, 31, 12, tzinfo=timezone.utc)
