@@ -197,10 +197,11 @@ def _print_request(r: dict[str, Any]) -> None:
 
 def _print_show(view: dict[str, Any]) -> None:
     print(f"{view['domain']}  ({view['guest_type']}, {view['power_state']}, uuid {view['uuid']})")
-    print(f"  {'property':<14} {'persistent':>12} {'live':>12}  drift")
-    for row in view["properties"]:
-        print(f"  {row['property']:<14} {_fmt(row['property'], row['persistent']):>12} "
-              f"{_fmt(row['property'], row['live']):>12}  {row['drift'] or ''}")
+    rows = [(r["property"], _fmt(r["property"], r["persistent"]), _fmt(r["property"], r["live"]), r["drift"] or "")
+            for r in view["properties"]]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("property", "persistent", "live"))]
+    for prop, persistent, live, drift in [("property", "persistent", "live", "drift"), *rows]:
+        print(f"  {prop:<{widths[0]}}  {persistent:>{widths[1]}}  {live:>{widths[2]}}  {drift}".rstrip())
     caps = ", ".join(f"{k}={'unknown' if v is None else ('yes' if v else 'no')}"
                      for k, v in view["capabilities"].items())
     print(f"  capabilities: {caps}")
