@@ -95,8 +95,15 @@ class SQLiteEventLog:
         self._read_lock = asyncio.Lock()
         self._appended = asyncio.Event()
 
+    def _probe(self) -> None:
+        # aiosqlite leaves its worker thread signalling the event loop after a
+        # failed connect; opening once with sqlite3 first turns the common
+        # failures (missing directory, no permission) into a clean error.
+        sqlite3.connect(self.path).close()
+
     async def __aenter__(self) -> "SQLiteEventLog":
         try:
+            await asyncio.to_thread(self._probe)
             self._writer = await self._connect()
             await self._writer.execute("BEGIN IMMEDIATE")
             for statement in (*_SCHEMA, *self._projector.schema):

@@ -155,7 +155,8 @@ def test_timeout_fault_hangs_without_applying_and_is_consumed(tmp_path):
             async with asyncio.timeout(0.1):
                 await sim.apply_live("web", "memory", 2 * GiB)
         unchanged = await _live(sim, "memory")
-        return unchanged, await sim.apply_live("web", "memory", 2 * GiB)
+        async with asyncio.timeout(5):  # a fault left in place would hang for an hour
+            return unchanged, await sim.apply_live("web", "memory", 2 * GiB)
 
     assert asyncio.run(scenario()) == (1 * GiB, LiveResult.applied(2 * GiB))
 
