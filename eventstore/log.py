@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Protocol, Sequence
 
 import attrs
@@ -19,7 +19,18 @@ __all__ = [
     "EventLog",
     "GENESIS_HASH",
     "chain_hash",
+    "timestamp",
 ]
+
+def timestamp(when: datetime) -> str:
+    """Return the stored text of a time: UTC, ISO 8601, always with microseconds.
+
+    One fixed width keeps stored times in text order; a naive time is taken as UTC.
+    """
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
 
 #: The `prev_hash` of the first event.
 GENESIS_HASH = "0" * 64

@@ -16,7 +16,7 @@ import attrs
 from eventstore.catalogue import Outcome
 from eventstore.codec import dumps, loads
 from eventstore.events import ChangeOutcome, ChangeRequested
-from eventstore.log import RecordedEvent
+from eventstore.log import RecordedEvent, timestamp
 from eventstore.state import DomainState, Mark, Pending, Slot, apply, concerns_live, concerns_persistent
 
 __all__ = ["Model", "state_to_json", "state_from_json", "TABLES"]
@@ -33,7 +33,7 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
 
 
 def _iso(t: datetime) -> str:
-    return t.isoformat()
+    return timestamp(t)
 
 
 def state_to_json(state: DomainState) -> str:

@@ -21,7 +21,7 @@ import aiosqlite
 from eventstore.codec import decode, dumps, encode, loads
 from eventstore.errors import ChainBrokenError, ConcurrencyError, StorageError, VmledgerError
 from eventstore.events import Event
-from eventstore.log import GENESIS_HASH, Metadata, Projector, RecordedEvent, chain_hash
+from eventstore.log import GENESIS_HASH, Metadata, Projector, RecordedEvent, chain_hash, timestamp
 
 __all__ = ["SQLiteEventLog"]
 
@@ -200,7 +200,7 @@ class SQLiteEventLog:
             last = await cur.fetchone()
         position, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
         meta = dumps(metadata.to_dict())
-        at = now.isoformat()
+        at = timestamp(now)
         rows, records = [], []
         for i, event in enumerate(events, start=1):
             position += 1
@@ -276,7 +276,7 @@ class SQLiteEventLog:
     async def position_at(self, when: datetime) -> int:
         """Return the position of the last event recorded at or before `when`."""
         rows = await self.fetch_all(
-            "SELECT max(position) FROM events WHERE recorded_at <= ?", (when.isoformat(),))
+            "SELECT max(position) FROM events WHERE recorded_at <= ?", (timestamp(when),))
         return rows[0][0] or 0
 
     async def read_stream(self, stream: str, *, to_position: int | None = None) -> list[RecordedEvent]:
