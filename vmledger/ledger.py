@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, AsyncIterator, Callable, Mapping
 
 from adapters.port import Hypervisor
@@ -254,7 +254,11 @@ class Ledger:
             await self._retrying(name, lambda s: decide_persistent(request, s, error), meta)
         if decision.live_value is not None:
             result = await self._apply_live(name, prop, decision.live_value)
-            await self._retrying(name, lambda s: decide_live(request, s, result), meta)
+            # `observe` may have resolved an abandoned-looking request meanwhile:
+            # never record a second live outcome for it.
+            await self._retrying(
+                name, lambda s: decide_live(request, s, result) if request.request_id in s.pending or not s.running else (),
+                meta)
         return await self.request(request.request_id)
 
     async def _find_for_request(self, request: SetRequest) -> DomainState | None:
@@ -410,12 +414,14 @@ class Ledger:
             UnknownDomainError: `name` is not a defined domain.
         """
         names = [name] if name is not None else [d["domain"] for d in await self.domains()]
+        # A request younger than this may still have its caller waiting on the hypervisor.
+        stale_before = self._clock() - timedelta(seconds=2 * self._timeout)
         recorded: list[RecordedEvent] = []
         for domain in names:
             await self._state(domain)
             observation = await self.hypervisor.observe(domain)
             recorded += await self._retrying(
-                domain, lambda s: _observed(s, observation), Metadata(principal=principal))
+                domain, lambda s: _observed(s, observation, stale_before), Metadata(principal=principal))
         return recorded
 
     # Maintenance.
@@ -453,7 +459,7 @@ def _resolve(state: DomainState, pending: Pending, actual: Value | None) -> tupl
     return decide_live(request, state, result)
 
 
-def _observed(state: DomainState, observation: Any) -> list[Event]:
+def _observed(state: DomainState, observation: Any, stale_before: datetime) -> list[Event]:
     """Return the events that bring the log in line with what the hypervisor reports."""
     events: list[Event] = []
     live = dict(observation.live)
@@ -463,8 +469,9 @@ def _observed(state: DomainState, observation: Any) -> list[Event]:
         return [DomainStopped()] if state.running else []
     resolved = set()
     for pending in sorted(state.pending.values(), key=lambda p: p.position):
-        events += _resolve(state, pending, live.get(pending.property))
         resolved.add(pending.property)
+        if pending.at < stale_before:
+            events += _resolve(state, pending, live.get(pending.property))
     caps = {k: v for k, v in observation.capabilities if state.capabilities.get(k) != v}
     if caps:
         events.append(GuestCapabilitiesObserved(capabilities=caps))

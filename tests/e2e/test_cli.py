@@ -232,3 +232,37 @@ def test_demo_runs(tmp_path: Any) -> None:
     assert (proc.returncode, proc.stderr) == (0, "")
     assert "cause partial" in proc.stdout and "hash chain intact" in proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_observe_resolves_an_abandoned_request(tmp_path: Any) -> None:
+    """A request whose caller died after `…Requested` is resolved by observe from the real live value."""
+    import asyncio
+    from datetime import datetime, timedelta, timezone
+
+    import vmledger
+    from eventstore.decisions import SetRequest, decide_set
+    from eventstore.log import Metadata
+
+    db = str(tmp_path / "l.db")
+
+    async def go() -> tuple:
+        async with vmledger.open(db, hypervisor_timeout=0.1) as ledger:
+            await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=1, max_vcpus=2)
+            await ledger.start("web")
+            state = await ledger._state("web")
+            # What a caller killed during the hypervisor call leaves behind: Requested, nothing more.
+            request = SetRequest(request_id="orphan", domain="web", property="memory", value=2 * GiB,
+                                 scope="live", principal="alice")
+            decision = decide_set(request, state)
+            await ledger.log.append(state.uuid, state.version, decision.events, Metadata(principal="alice"),
+                                    now=datetime.now(timezone.utc) - timedelta(seconds=5))
+            in_flight = (await ledger.request("orphan"))["outcomes"]["live"]["status"]
+            await ledger.hypervisor.apply_live("web", "memory", 2 * GiB)  # the call did reach the hypervisor
+            await ledger.observe("web")
+            record = await ledger.request("orphan")
+            return in_flight, record["outcomes"]["live"], await ledger.drift("web")
+
+    in_flight, live, drift = asyncio.run(go())
+    assert (in_flight, live["status"], live["value"], drift) == ("in_flight", "applied", 2 * GiB, [
+        {"domain": "web", "property": "memory", "persistent": GiB, "live": 2 * GiB, "cause": "live_only",
+         "request_id": "orphan", "since_position": drift[0]["since_position"], "since": drift[0]["since"]}])
