@@ -6,7 +6,7 @@ from typing import Protocol
 
 from eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
 
-__all__ = ["Hypervisor"]
+__all__ = ["Hypervisor", "Adoptable"]
 
 
 class Hypervisor(Protocol):
@@ -48,4 +48,16 @@ class Hypervisor(Protocol):
 
     async def aclose(self) -> None:
         """Release the adapter's resources."""
+        ...
+
+
+class Adoptable(Protocol):
+    """A hypervisor that can describe the domains it already has, so the ledger can adopt them."""
+
+    async def list_domains(self) -> list[str]:
+        """Return the names of every domain the hypervisor defines."""
+        ...
+
+    async def describe(self, name: str) -> DomainSpec:
+        """Return a domain's name, UUID, guest type, inactive config and capabilities."""
         ...

@@ -152,8 +152,9 @@ def decide_set(request: SetRequest, state: DomainState | None) -> Decision:
             events.append(_outcome(request, L, Outcome.REFUSED, l_now, Reason.READ_ONLY,
                                    f"{prop.name} is computed at run time and cannot be set"))
         elif prop.kind is Kind.RO_INS:
-            events.append(_outcome(request, L, Outcome.REFUSED, l_now, Reason.REQUIRES_RESTART,
-                                   f"{prop.name} cannot change while the domain runs"))
+            # Fixed while running: the hypervisor refuses it, in its own words,
+            # which the record keeps (it is never bounds-checked against itself).
+            live_value = request.value
         elif why := out_of_range(prop, request.value, _config(state.live)):
             events.append(_outcome(request, L, Outcome.REFUSED, l_now, Reason.OUT_OF_RANGE, why))
         else:

@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
+from adapters.libvirt import LibvirtHypervisor
 from adapters.port import Hypervisor
 from adapters.simulated import SimulatedHypervisor
 from eventstore.backends.sqlite import SQLiteEventLog
@@ -40,12 +41,15 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-def _hypervisor(uri: str | Hypervisor, db_path: str) -> Hypervisor:
+def _hypervisor(uri: str | Hypervisor, db_path: str, timeout: float) -> Hypervisor:
     if not isinstance(uri, str):
         return uri
     if uri == "sim":
         return SimulatedHypervisor.for_database(db_path)
-    raise InvalidRequestError(f"unsupported hypervisor {uri!r} (use sim)")
+    if uri.startswith("libvirt+") and len(uri) > len("libvirt+"):
+        return LibvirtHypervisor(uri[len("libvirt+"):], timeout=timeout)
+    raise InvalidRequestError(
+        f"unsupported hypervisor {uri!r} (use sim, or libvirt+URI such as libvirt+qemu:///system)")
 
 
 @contextlib.asynccontextmanager
@@ -59,14 +63,15 @@ async def open(  # noqa: A001 - the public name the design promises
     """Open the ledger at `url` in front of `hypervisor`, as an async context manager.
 
     `hypervisor` is `"sim"` (the simulated hypervisor whose state sits beside
-    the database) or an object implementing `adapters.port.Hypervisor`.
+    the database), `"libvirt+URI"` (e.g. `libvirt+qemu:///system`), or an
+    object implementing `adapters.port.Hypervisor`.
 
     Raises:
         InvalidRequestError: an unsupported URL or hypervisor.
         StorageError: the database cannot be opened.
     """
     path = sqlite_path(url)
-    adapter = _hypervisor(hypervisor, path)
+    adapter = _hypervisor(hypervisor, path, hypervisor_timeout)
     try:
         async with SQLiteEventLog(path, TableProjector(), busy_timeout=busy_timeout) as log:
             yield Ledger(

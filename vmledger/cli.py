@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", default=os.environ.get("VMLEDGER_DB", DEFAULT_DB),
                         help="database URL or path (env VMLEDGER_DB; default %(default)s)")
     parser.add_argument("--hypervisor", default=os.environ.get("VMLEDGER_HYPERVISOR", "sim"),
-                        help="hypervisor URI (env VMLEDGER_HYPERVISOR; default sim: simulated, state beside the database)")
+                        help="hypervisor: sim (simulated, state beside the database) or libvirt+URI, "
+                        "e.g. libvirt+qemu:///system (env VMLEDGER_HYPERVISOR; default sim)")
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("VMLEDGER_TIMEOUT", "10")),
                         help="seconds to wait for the hypervisor before recording a timeout (env VMLEDGER_TIMEOUT; default %(default)s)")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
@@ -139,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("observe", "record out-of-band changes the hypervisor reports")
     p.add_argument("name", nargs="?")
     json_flag(p)
+
+    p = command("adopt", "record domains the hypervisor already has: inactive config, and live values if running")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true",
+                   help="every domain the hypervisor lists that the ledger does not record yet")
+    p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
+    json_flag(p)
+    p = command("watch", "record out-of-band changes as the hypervisor announces them, until interrupted")
+    p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
 
     command("rebuild", "rebuild every projection from the log")
     p = command("verify", "check the hash chain and that projections equal a rebuild")
@@ -318,6 +328,19 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
                 print(f"#{r.position} {r.type} {json.dumps(_event_json(r)['data'], ensure_ascii=False)}")
             if not recorded:
                 print("nothing new")
+    elif cmd == "adopt":
+        if bool(args.names) == args.all:
+            raise InvalidRequestError("name the domains to adopt, or give --all")
+        views = (await ledger.adopt_all(principal=args.principal) if args.all
+                 else [await ledger.adopt(n, principal=args.principal) for n in args.names])
+        if as_json:
+            _print_json(views)
+        for v in [] if as_json else views:
+            _print_show(v)
+        if not views and not as_json:
+            print("nothing to adopt")
+    elif cmd == "watch":
+        await ledger.watch(principal=args.principal)
     elif cmd == "rebuild":
         position = await ledger.rebuild()
         print(f"rebuilt projections up to position {position}")

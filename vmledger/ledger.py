@@ -202,6 +202,63 @@ class Ledger:
         await self.hypervisor.undefine(name)
         await self._retrying(name, lambda s: [DomainUndefined()], Metadata(principal=principal))
 
+    async def adopt(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> dict[str, Any]:
+        """Record a domain the hypervisor already has; return its view.
+
+        Records `DomainDefined` from its inactive config and, if it runs,
+        `DomainStarted` with its live values.
+
+        Raises:
+            InvalidRequestError: a bad name, a domain the ledger already records, or
+                a hypervisor that cannot describe existing domains.
+            HypervisorError: the hypervisor has no such domain.
+        """
+        check_name(name)
+        describe = getattr(self.hypervisor, "describe", None)
+        if describe is None:
+            raise InvalidRequestError("this hypervisor cannot adopt existing domains (use libvirt+URI)")
+        if await self.log.fetch_all("SELECT 1 FROM domains WHERE name = ? AND defined = 1", (name,)):
+            raise InvalidRequestError(f"domain {name!r} is already recorded")
+        spec = await describe(name)
+        observation = await self.hypervisor.observe(name)
+        events: list[Event] = [DomainDefined(domain=spec.name, uuid=spec.uuid, guest_type=spec.guest_type,
+                                             config=spec.config, capabilities=spec.capabilities)]
+        if observation.running:
+            events.append(DomainStarted(config=observation.live))
+        # A stream undefined earlier continues (its history stays); a new one starts at 0.
+        rows = await self.log.fetch_all("SELECT version FROM domains WHERE uuid = ?", (spec.uuid,))
+        await self.log.append(spec.uuid, rows[0][0] if rows else 0, events,
+                              Metadata(principal=principal), now=self._clock())
+        return await self.show(name)
+
+    async def adopt_all(self, *, principal: str = SYSTEM_PRINCIPAL) -> list[dict[str, Any]]:
+        """Adopt every domain the hypervisor lists that the ledger does not record yet; return their views.
+
+        Raises:
+            InvalidRequestError: the hypervisor cannot list its domains.
+        """
+        list_domains = getattr(self.hypervisor, "list_domains", None)
+        if list_domains is None:
+            raise InvalidRequestError("this hypervisor cannot adopt existing domains (use libvirt+URI)")
+        known = {d["domain"] for d in await self.domains()}
+        return [await self.adopt(n, principal=principal) for n in await list_domains() if n not in known]
+
+    async def watch(self, *, principal: str = SYSTEM_PRINCIPAL) -> None:
+        """Record out-of-band changes as the hypervisor announces them, until cancelled.
+
+        Raises:
+            InvalidRequestError: the hypervisor sends no notifications.
+        """
+        notifications = getattr(self.hypervisor, "notifications", None)
+        if notifications is None:
+            raise InvalidRequestError("this hypervisor sends no notifications (use libvirt+URI)")
+        async with notifications() as events:
+            async for domain, _kind, _detail in events:
+                try:
+                    await self.observe(domain, principal=principal)
+                except UnknownDomainError:
+                    continue  # a domain the ledger does not record (yet)
+
     # Requests.
 
     async def set(

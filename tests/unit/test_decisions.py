@@ -55,7 +55,6 @@ def test_stopped_domain_both_is_persistent_only_and_live_is_refused() -> None:
 
 
 @pytest.mark.parametrize("prop,value,scope,expected", [
-    ("max_memory", 8 * GiB, "live", [("MaxMemoryChangeRefused", "live", "requires_restart")]),
     ("memory", 5 * GiB, "live", [("MemoryChangeRefused", "live", "out_of_range")]),
     ("memory", 0, "persistent", [("MemoryChangeRefused", "persistent", "out_of_range")]),
     ("max_vcpus", 1, "persistent", [("MaxVcpusChangeRefused", "persistent", "out_of_range")]),
@@ -83,6 +82,16 @@ def test_caller_errors_raise(request_: SetRequest, error: type) -> None:
     state = _state(running=True) if request_.domain == "web" else None
     with pytest.raises(error):
         decide_set(request_, state)
+
+
+def test_fixed_property_live_is_left_to_the_hypervisor() -> None:
+    """A live change of a property fixed while running goes to the hypervisor, whose refusal is recorded."""
+    d = decide_set(_request("max_memory", 8 * GiB, "live"), _state(running=True))
+    assert (_summary(d.events), d.live_value) == ([("MaxMemoryChangeRequested", "live", None)], 8 * GiB)
+    refusal = LiveResult.refused(4 * GiB, Reason.REQUIRES_RESTART, "cannot resize the maximum memory on an active domain")
+    (event,) = decide_live(_request("max_memory", 8 * GiB, "live"), _state(True), refusal)
+    assert (event.name, event.reason, event.message) == (
+        "MaxMemoryChangeRefused", "requires_restart", "cannot resize the maximum memory on an active domain")
 
 
 def test_live_answer_that_delivers_less_is_partial() -> None:
