@@ -16,6 +16,9 @@ if [ ${#packages[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/n
     echo "installing ${packages[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends postgresql-common >/dev/null
+    # Server binaries only: the tests start their own throwaway cluster, not one on port 5432.
+    sed -ri 's/^#?create_main_cluster = .*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
     apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.parse
 import uuid
 from datetime import datetime, timezone
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from adapters.libvirt import LibvirtHypervisor
 from adapters.port import Hypervisor
@@ -33,12 +34,19 @@ def sqlite_path(url: str) -> str:
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
     elif "://" in url:
-        raise InvalidRequestError(f"unsupported database URL {url!r} (use sqlite:///PATH or a path)")
+        raise InvalidRequestError(
+            f"unsupported database URL {url!r} (use sqlite:///PATH, a path, or postgresql://...)")
     else:
         path = url
     if not path or path.endswith(os.sep):
         raise InvalidRequestError(f"database URL {url!r} names no file")
     return path
+
+
+def _database_name(url: str) -> str:
+    """Return a file-name-safe name for a server database URL (its database name)."""
+    name = urllib.parse.urlsplit(url).path.lstrip("/") or "postgres"
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
 def _hypervisor(uri: str | Hypervisor, db_path: str, timeout: float) -> Hypervisor:
@@ -66,14 +74,29 @@ async def open(  # noqa: A001 - the public name the design promises
     the database), `"libvirt+URI"` (e.g. `libvirt+qemu:///system`), or an
     object implementing `adapters.port.Hypervisor`.
 
+    `url` is `sqlite:///PATH` (or a bare path) or `postgresql://...`; with
+    PostgreSQL the simulated hypervisor keeps its state in
+    `vmledger-<database>.sim.json` in the current directory.
+
     Raises:
         InvalidRequestError: an unsupported URL or hypervisor.
         StorageError: the database cannot be opened.
     """
-    path = sqlite_path(url)
-    adapter = _hypervisor(hypervisor, path, hypervisor_timeout)
+    log: Any
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from eventstore.backends.postgres import PostgresEventLog
+        except ImportError as e:
+            raise InvalidRequestError("postgresql:// needs asyncpg: pip install 'vmledger[postgres]'") from e
+        log = PostgresEventLog(url, TableProjector(), busy_timeout=busy_timeout)
+        # The simulator's state needs a file; a server database has none beside it.
+        sim_base = os.path.abspath("vmledger-" + _database_name(url))
+    else:
+        path = sqlite_path(url)
+        log, sim_base = SQLiteEventLog(path, TableProjector(), busy_timeout=busy_timeout), path
+    adapter = _hypervisor(hypervisor, sim_base, hypervisor_timeout)
     try:
-        async with SQLiteEventLog(path, TableProjector(), busy_timeout=busy_timeout) as log:
+        async with log:
             yield Ledger(
                 log, adapter,
                 clock=lambda: datetime.now(timezone.utc),

@@ -18,10 +18,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiosqlite
 
-from eventstore.codec import decode, dumps, encode, loads
-from eventstore.errors import ChainBrokenError, ConcurrencyError, StorageError, VmledgerError
+from eventstore.backends._common import CHUNK, COLUMNS, chained_rows, record, verify_rows
+from eventstore.errors import ConcurrencyError, StorageError
 from eventstore.events import Event
-from eventstore.log import GENESIS_HASH, Metadata, Projector, RecordedEvent, chain_hash, timestamp
+from eventstore.log import Metadata, Projector, RecordedEvent, timestamp
 
 __all__ = ["SQLiteEventLog"]
 
@@ -39,8 +39,6 @@ _SCHEMA = (
         UNIQUE (stream, version))""",
     "CREATE INDEX IF NOT EXISTS events_recorded_at ON events (recorded_at)",
 )
-_COLUMNS = "position, stream, version, type, schema_version, data, metadata, recorded_at, hash"
-_CHUNK = 2000
 _POLL_SECONDS = 0.2
 
 
@@ -66,16 +64,6 @@ class _Tx:
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self._conn.executemany(sql, rows)
-
-
-def _record(row: Sequence[Any]) -> RecordedEvent:
-    position, stream, version, type_, schema_version, data, metadata, recorded_at, hash_ = row
-    return RecordedEvent(
-        position=position, stream=stream, version=version,
-        event=decode(type_, schema_version, data),
-        metadata=Metadata(**loads(metadata)),
-        recorded_at=datetime.fromisoformat(recorded_at), hash=hash_,
-    )
 
 
 class SQLiteEventLog:
@@ -198,23 +186,9 @@ class SQLiteEventLog:
             raise ConcurrencyError(stream, expected, actual)
         async with conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1") as cur:
             last = await cur.fetchone()
-        position, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
-        meta = dumps(metadata.to_dict())
-        at = timestamp(now)
-        rows, records = [], []
-        for i, event in enumerate(events, start=1):
-            position += 1
-            type_, schema_version, data = encode(event)
-            prev = chain_hash(
-                prev, position=position, stream=stream, version=expected + i, type=type_,
-                schema_version=schema_version, data=data, metadata=meta, recorded_at=at,
-            )
-            rows.append((position, stream, expected + i, type_, schema_version, data, meta, at, prev))
-            records.append(RecordedEvent(
-                position=position, stream=stream, version=expected + i, event=event,
-                metadata=metadata, recorded_at=now, hash=prev,
-            ))
-        await conn.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        position, prev = (last[0], last[1]) if last else (0, None)
+        rows, records = chained_rows(stream, expected, events, metadata, now, position, prev)
+        await conn.executemany(f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return records
 
     async def rebuild(self, feed: Callable[[RecordedEvent], None],
@@ -234,10 +208,10 @@ class SQLiteEventLog:
             last = rec.position
         async with self._transaction() as conn:
             async with conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position", (last,)
+                f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position", (last,)
             ) as cur:
                 for row in await cur.fetchall():
-                    feed(_record(row))
+                    feed(record(row))
                     last = row[0]
             await write(_Tx(conn))
         return last
@@ -282,22 +256,22 @@ class SQLiteEventLog:
     async def read_stream(self, stream: str, *, to_position: int | None = None) -> list[RecordedEvent]:
         """Return the events of one stream up to `to_position`, oldest first."""
         rows = await self.fetch_all(
-            f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND position <= ? ORDER BY version",
+            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND position <= ? ORDER BY version",
             (stream, to_position if to_position is not None else 2**62),
         )
-        return [_record(r) for r in rows]
+        return [record(r) for r in rows]
 
     async def _raw(self, from_position: int, to_position: int | None) -> AsyncIterator[tuple[Any, ...]]:
         end = to_position if to_position is not None else 2**62
         while True:
             rows = await self.fetch_all(
-                f"SELECT {_COLUMNS} FROM events WHERE position > ? AND position <= ? "
-                f"ORDER BY position LIMIT {_CHUNK}",
+                f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? "
+                f"ORDER BY position LIMIT {CHUNK}",
                 (from_position, end),
             )
             for row in rows:
                 yield row
-            if len(rows) < _CHUNK:
+            if len(rows) < CHUNK:
                 return
             from_position = rows[-1][0]
 
@@ -306,7 +280,7 @@ class SQLiteEventLog:
     ) -> AsyncIterator[RecordedEvent]:
         """Yield every event after `from_position` up to `to_position`, in chunks, in order."""
         async for row in self._raw(from_position, to_position):
-            yield _record(row)
+            yield record(row)
 
     async def subscribe(self, *, from_position: int = 0) -> AsyncIterator[RecordedEvent]:
         """Yield every event after `from_position`, then follow new appends (from any process)."""
@@ -326,33 +300,4 @@ class SQLiteEventLog:
         Raises:
             ChainBrokenError: naming the first position that does not check out.
         """
-        prev, expected = GENESIS_HASH, from_position + 1
-        versions: dict[str, int] = {}
-        if from_position:
-            rows = await self.fetch_all("SELECT hash FROM events WHERE position = ?", (from_position,))
-            if not rows:
-                raise ChainBrokenError(from_position, "no event at the starting position")
-            prev = rows[0][0]
-            for stream, version in await self.fetch_all(
-                "SELECT stream, max(version) FROM events WHERE position <= ? GROUP BY stream",
-                (from_position,),
-            ):
-                versions[stream] = version
-        async for row in self._raw(from_position, None):
-            position, stream, version, type_, schema_version, data, metadata, recorded_at, hash_ = row
-            if position != expected:
-                raise ChainBrokenError(expected, f"event missing (next stored position is {position})")
-            if version != versions.get(stream, 0) + 1:
-                raise ChainBrokenError(position, f"stream {stream} version {version} out of order")
-            link = chain_hash(
-                prev, position=position, stream=stream, version=version, type=type_,
-                schema_version=schema_version, data=data, metadata=metadata, recorded_at=recorded_at,
-            )
-            if link != hash_:
-                raise ChainBrokenError(position, "hash does not match the stored event")
-            try:
-                _record(row)
-            except VmledgerError as e:
-                raise ChainBrokenError(position, str(e)) from e
-            prev, expected, versions[stream] = hash_, expected + 1, version
-        return expected - 1
+        return await verify_rows(self.fetch_all, lambda p: self._raw(p, None), from_position)

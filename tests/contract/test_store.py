@@ -31,13 +31,22 @@ async def _sqlite(tmp: str) -> AsyncIterator[SQLiteEventLog]:
         yield log
 
 
-BACKENDS: dict[str, Callable[[str], Any]] = {"sqlite": _sqlite}
+@contextlib.asynccontextmanager
+async def _postgres(dsn: str) -> AsyncIterator[Any]:
+    from eventstore.backends.postgres import PostgresEventLog  # only when asyncpg is there
+
+    async with PostgresEventLog(dsn, TableProjector(), busy_timeout=5) as log:
+        yield log
+
+
+BACKENDS: dict[str, Callable[[str], Any]] = {"sqlite": _sqlite, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def store(request: pytest.FixtureRequest, tmp_path: Any) -> Callable[[], Any]:
     """Return a factory of opened logs on one fresh database of the backend under test."""
-    return lambda: BACKENDS[request.param](str(tmp_path))
+    where = request.getfixturevalue("pg_database") if request.param == "postgres" else str(tmp_path)
+    return lambda: BACKENDS[request.param](where)
 
 
 def run(coro: Any) -> Any:

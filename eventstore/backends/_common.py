@@ -1,0 +1,92 @@
+"""What every log backend shares: the stored row, its hash links, and the chain check."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+from eventstore.codec import decode, dumps, encode, loads
+from eventstore.errors import ChainBrokenError, VmledgerError
+from eventstore.events import Event
+from eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, chain_hash, timestamp
+
+__all__ = ["COLUMNS", "CHUNK", "record", "chained_rows", "verify_rows"]
+
+#: The columns of the events table, in row order.
+COLUMNS = "position, stream, version, type, schema_version, data, metadata, recorded_at, hash"
+#: How many events a backend reads per query when it streams the log.
+CHUNK = 2000
+
+Row = Sequence[Any]
+
+
+def record(row: Row) -> RecordedEvent:
+    """Return the recorded event a stored row holds."""
+    position, stream, version, type_, schema_version, data, metadata, recorded_at, hash_ = row
+    return RecordedEvent(
+        position=position, stream=stream, version=version,
+        event=decode(type_, schema_version, data),
+        metadata=Metadata(**loads(metadata)),
+        recorded_at=datetime.fromisoformat(recorded_at), hash=hash_,
+    )
+
+
+def _link(prev: str, row: Row) -> str:
+    position, stream, version, type_, schema_version, data, metadata, recorded_at = row[:8]
+    return chain_hash(prev, position=position, stream=stream, version=version, type=type_,
+                      schema_version=schema_version, data=data, metadata=metadata, recorded_at=recorded_at)
+
+
+def chained_rows(
+    stream: str, expected: int, events: Sequence[Event], metadata: Metadata, now: datetime,
+    last_position: int, last_hash: str | None,
+) -> tuple[list[tuple[Any, ...]], list[RecordedEvent]]:
+    """Return the rows to insert for an append after `last_position`, and the records they make."""
+    position, prev = last_position, last_hash or GENESIS_HASH
+    meta, at = dumps(metadata.to_dict()), timestamp(now)
+    rows, records = [], []
+    for version, event in enumerate(events, start=expected + 1):
+        position += 1
+        type_, schema_version, data = encode(event)
+        prev = _link(prev, (position, stream, version, type_, schema_version, data, meta, at))
+        rows.append((position, stream, version, type_, schema_version, data, meta, at, prev))
+        records.append(RecordedEvent(position=position, stream=stream, version=version, event=event,
+                                     metadata=metadata, recorded_at=now, hash=prev))
+    return rows, records
+
+
+async def verify_rows(
+    fetch_all: Callable[..., Awaitable[list[tuple[Any, ...]]]],
+    rows: Callable[[int], AsyncIterator[Row]],
+    from_position: int,
+) -> int:
+    """Check positions, stream versions and hash links of the stored rows; return the last position.
+
+    `fetch_all` runs a `?`-placeholder query; `rows(p)` yields the rows after `p`.
+
+    Raises:
+        ChainBrokenError: naming the first position that does not check out.
+    """
+    prev, expected = GENESIS_HASH, from_position + 1
+    versions: dict[str, int] = {}
+    if from_position:
+        found = await fetch_all("SELECT hash FROM events WHERE position = ?", (from_position,))
+        if not found:
+            raise ChainBrokenError(from_position, "no event at the starting position")
+        prev = found[0][0]
+        versions = dict(await fetch_all(
+            "SELECT stream, max(version) FROM events WHERE position <= ? GROUP BY stream", (from_position,)))
+    async for row in rows(from_position):
+        position, stream, version, hash_ = row[0], row[1], row[2], row[8]
+        if position != expected:
+            raise ChainBrokenError(expected, f"event missing (next stored position is {position})")
+        if version != versions.get(stream, 0) + 1:
+            raise ChainBrokenError(position, f"stream {stream} version {version} out of order")
+        if _link(prev, row) != hash_:
+            raise ChainBrokenError(position, "hash does not match the stored event")
+        try:
+            record(row)
+        except VmledgerError as e:
+            raise ChainBrokenError(position, str(e)) from e
+        prev, expected, versions[stream] = hash_, expected + 1, version
+    return expected - 1

@@ -1,0 +1,379 @@
+"""Guarantees only the PostgreSQL backend has: many connections writing, NOTIFY, lost connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator, Sequence
+
+import pytest
+
+from adapters.simulated import SimulatedHypervisor
+from eventstore.backends.sqlite import SQLiteEventLog
+from eventstore.errors import ChainBrokenError, ConcurrencyError, StorageError
+from eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveValueObserved
+from eventstore.log import Metadata, RecordedEvent, Transaction
+from projections.store import TableProjector
+from vmledger.ledger import Ledger
+
+# Without the driver the `pg_dsn` fixture of test_store.py[postgres] skips, or fails under CI=true.
+asyncpg = pytest.importorskip("asyncpg", reason="the asyncpg driver is not installed (pip install -e '.[test]')")
+from eventstore.backends.postgres import APPEND_LOCK, CHANNEL, PostgresEventLog  # noqa: E402
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}
+
+
+def _defined(name: str) -> DomainDefined:
+    return DomainDefined(domain=name, uuid=name, guest_type="pv", config=CONFIG, capabilities={})
+
+
+def run(coro: Any) -> Any:
+    """Run one coroutine on a fresh event loop."""
+    return asyncio.run(coro)
+
+
+class _HoldingProjector(TableProjector):
+    """A projector that keeps the append's transaction open for a while when it touches one stream."""
+
+    def __init__(self, stream: str, seconds: float) -> None:
+        self.stream = stream
+        self.seconds = seconds
+        self.holding = asyncio.Event()
+
+    async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
+        await super().project(tx, records)
+        if any(r.stream == self.stream for r in records):
+            self.holding.set()
+            await asyncio.sleep(self.seconds)
+
+
+@contextlib.asynccontextmanager
+async def _admin(dsn: str) -> AsyncIterator[Any]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _backend_pid(admin: Any, where: str) -> int:
+    """Return the pid of a backend of this database that `where` picks from pg_stat_activity, waiting for it."""
+    async with asyncio.timeout(5):
+        while True:
+            pids = await admin.fetch(
+                f"SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND {where}")
+            if pids:
+                return pids[0][0]
+            await asyncio.sleep(0.01)
+
+
+def test_follower_skips_nothing_while_one_writer_holds_its_transaction_open(pg_database: str) -> None:
+    """A follower receives every event once, in order, while a writer holds its append open 2 s (issue 4)."""
+    async def go() -> tuple[list, list, int]:
+        slow_projector = _HoldingProjector("slow", 2.0)
+        async with contextlib.AsyncExitStack() as stack:
+            logs = [await stack.enter_async_context(PostgresEventLog(pg_database, TableProjector(), busy_timeout=10))
+                    for _ in range(5)]
+            follower, writers = logs[0], logs[1:]
+            slow = await stack.enter_async_context(PostgresEventLog(pg_database, slow_projector, busy_timeout=10))
+            for i in range(5):
+                await writers[0].append(f"early{i}", 0, [_defined(f"early{i}")], Metadata(), now=T0)
+            total = 5 + 1 + 4 * 6
+            seen: list[tuple[int, str, int]] = []
+
+            async def follow() -> None:
+                async for rec in follower.subscribe(from_position=0):
+                    seen.append((rec.position, rec.stream, rec.version))
+                    if len(seen) == total:
+                        return
+
+            async def write(log: PostgresEventLog, name: str) -> None:
+                await log.append(name, 0, [_defined(name)], Metadata(), now=T0)
+                for version in range(1, 6):
+                    event = DomainStarted(config=CONFIG) if version % 2 else DomainStopped()
+                    await log.append(name, version, [event], Metadata(), now=T0)
+
+            following = asyncio.create_task(follow())
+            held = asyncio.create_task(slow.append("slow", 0, [_defined("slow")], Metadata(), now=T0))
+            await asyncio.wait_for(slow_projector.holding.wait(), 5)
+            # The other writers start while the slow append's transaction is open.
+            await asyncio.gather(held, *(write(w, f"w{i}") for i, w in enumerate(writers)))
+            await asyncio.wait_for(following, 10)
+            stored = [(r.position, r.stream, r.version) async for r in follower.read_all()]
+            return seen, stored, await follower.verify_chain()
+
+    seen, stored, head = run(go())
+    assert [p for p, _, _ in seen] == list(range(1, 31))
+    assert seen[5] == (6, "slow", 1)  # the held append came first: a naive follower would skip it
+    assert seen == stored
+    assert sorted((s, v) for _, s, v in seen) == sorted(
+        [(f"early{i}", 1) for i in range(5)] + [("slow", 1)]
+        + [(f"w{i}", v) for i in range(4) for v in range(1, 7)])
+    assert head == 30
+
+
+def test_notify_wakes_a_subscriber_of_another_connection(pg_database: str) -> None:
+    """An append on one connection wakes a subscriber on another at once, long before its fallback poll."""
+    async def go() -> tuple[list[int], float]:
+        async with PostgresEventLog(pg_database, TableProjector(), poll_interval=60) as follower, \
+                PostgresEventLog(pg_database, TableProjector()) as writer:
+            await writer.append("a", 0, [_defined("a")], Metadata(), now=T0)
+            seen: list[int] = []
+
+            async def follow() -> None:
+                async for rec in follower.subscribe(from_position=0):
+                    seen.append(rec.position)
+                    if len(seen) == 3:
+                        return
+
+            task = asyncio.create_task(follow())
+            async with asyncio.timeout(5):
+                while not seen:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # the subscriber is now waiting on LISTEN
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await writer.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            await writer.append("a", 2, [LiveValueObserved(property="memory", value=1)], Metadata(), now=T0)
+            await asyncio.wait_for(task, 10)
+            return seen, loop.time() - started
+
+    seen, elapsed = run(go())
+    assert seen == [1, 2, 3]
+    assert elapsed < 5
+
+
+def test_subscriber_listens_again_after_losing_its_listening_connection(pg_database: str) -> None:
+    """A subscriber whose LISTEN connection the server drops listens again and still wakes on each append."""
+    async def go() -> list[int]:
+        async with PostgresEventLog(pg_database, TableProjector(), poll_interval=60) as follower, \
+                PostgresEventLog(pg_database, TableProjector()) as writer, _admin(pg_database) as admin:
+            await writer.append("a", 0, [_defined("a")], Metadata(), now=T0)
+            seen: list[int] = []
+
+            async def follow() -> None:
+                async for rec in follower.subscribe(from_position=0):
+                    seen.append(rec.position)
+                    if len(seen) == 3:
+                        return
+
+            task = asyncio.create_task(follow())
+            listening = "query LIKE 'LISTEN%' AND application_name = 'vmledger'"
+            pid = await _backend_pid(admin, listening)
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            await _backend_pid(admin, f"{listening} AND pid <> {pid}")  # a new listener is up
+            await writer.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            await writer.append("a", 2, [DomainStopped()], Metadata(), now=T0)
+            await asyncio.wait_for(task, 5)
+            return seen
+
+    assert run(go()) == [1, 2, 3]
+
+
+def test_append_notifies_its_last_position_on_commit_only(pg_database: str) -> None:
+    """Each committed append sends its last position on the channel; a conflicting append sends nothing."""
+    async def go() -> list[tuple[str, str]]:
+        got: list[tuple[str, str]] = []
+        async with PostgresEventLog(pg_database, TableProjector()) as log, _admin(pg_database) as admin:
+            await admin.add_listener(CHANNEL, lambda _c, _p, channel, payload: got.append((channel, payload)))
+            await log.append("a", 0, [_defined("a"), DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            with pytest.raises(ConcurrencyError):
+                await log.append("a", 0, [_defined("a")], Metadata(), now=T0)
+            await log.append("b", 0, [_defined("b")], Metadata(), now=T0)
+            await admin.execute("SELECT 1")  # a round trip, so pending notifications have arrived
+            await asyncio.sleep(0.1)
+        return got
+
+    assert run(go()) == [(CHANNEL, "2"), (CHANNEL, "3")]
+
+
+def test_lost_writer_connection_raises_storage_error_then_reconnects(pg_database: str) -> None:
+    """An append whose connection the server kills raises StorageError, and the next append reconnects."""
+    async def go() -> tuple[str, list[int]]:
+        async with PostgresEventLog(pg_database, TableProjector()) as log, _admin(pg_database) as admin:
+            await log.append("a", 0, [_defined("a")], Metadata(), now=T0)
+            await admin.execute("SELECT pg_advisory_lock($1)", APPEND_LOCK)
+            blocked = asyncio.create_task(log.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0))
+            pid = await _backend_pid(admin, "wait_event_type = 'Lock' AND wait_event = 'advisory'")
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            with pytest.raises(StorageError) as caught:
+                await asyncio.wait_for(blocked, 10)
+            await admin.execute("SELECT pg_advisory_unlock($1)", APPEND_LOCK)
+            await log.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            return str(caught.value), [r.position async for r in log.read_all()]
+
+    message, positions = run(go())
+    assert message.startswith("lost the connection to PostgreSQL")
+    assert positions == [1, 2]
+
+
+def test_lost_reader_connection_raises_storage_error_then_reads_again(pg_database: str) -> None:
+    """A read whose connection the server kills raises StorageError, and the next read works."""
+    async def go() -> tuple[str, int]:
+        async with PostgresEventLog(pg_database, TableProjector()) as log, _admin(pg_database) as admin:
+            await log.append("a", 0, [_defined("a")], Metadata(), now=T0)
+            reading = asyncio.create_task(log.fetch_all("SELECT pg_sleep(30)"))
+            pid = await _backend_pid(admin, "query = 'SELECT pg_sleep(30)' AND state = 'active'")
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            with pytest.raises(StorageError) as caught:
+                await asyncio.wait_for(reading, 10)
+            return str(caught.value), await log.head()
+
+    message, head = run(go())
+    assert message.startswith("lost the connection to PostgreSQL")
+    assert head == 1
+
+
+def test_idle_connections_dropped_by_the_server_are_replaced(pg_database: str) -> None:
+    """After the server drops every idle connection of a log (a restart), its next append and reads work."""
+    async def go() -> tuple[int, list[int]]:
+        async with PostgresEventLog(pg_database, TableProjector()) as log, _admin(pg_database) as admin:
+            await log.append("a", 0, [_defined("a")], Metadata(), now=T0)
+            killed = [r[0] for r in await admin.fetch(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'vmledger'")]
+            async with asyncio.timeout(5):  # the server has ended them (the reader pool may open anew)
+                while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", killed):
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # the client reads each dropped socket's end
+            await log.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            return len(killed), [r.position async for r in log.read_all()]
+
+    assert run(go()) == (2, [1, 2])
+
+
+def test_snapshot_reads_one_position_while_others_append(pg_database: str) -> None:
+    """Every read inside a snapshot sees the log as it was when the snapshot began, despite other appends."""
+    async def go() -> tuple[list[int], int]:
+        async with PostgresEventLog(pg_database, TableProjector()) as log, \
+                PostgresEventLog(pg_database, TableProjector()) as other:
+            await log.append("a", 0, [_defined("a")], Metadata(), now=T0)
+            heads = []
+            async with log.snapshot():
+                heads.append(await log.head())
+                await other.append("b", 0, [_defined("b")], Metadata(), now=T0)
+                heads.append(await log.head())
+                heads.append(len(await log.fetch_all("SELECT uuid FROM domains")))
+            return heads, await log.head()
+
+    assert run(go()) == ([1, 1, 1], 2)
+
+
+def test_unreachable_server_or_closed_log_raises_storage_error(pg_database: str, tmp_path: Any) -> None:
+    """Opening a database where no server listens, or appending to a closed log, raises StorageError."""
+    async def go() -> None:
+        with pytest.raises(StorageError):
+            async with PostgresEventLog(f"postgresql://postgres@/nowhere?host={tmp_path}&port=1",
+                                        TableProjector(), connect_timeout=2):
+                pass
+        async with PostgresEventLog(pg_database, TableProjector()) as log:
+            pass
+        with pytest.raises(StorageError):
+            await log.append("a", 0, [_defined("a")], Metadata(), now=T0)
+        with pytest.raises(StorageError):
+            await log.head()
+
+    run(go())
+
+
+def test_hash_chain_and_rows_are_the_same_on_both_backends(pg_database: str, tmp_path: Any) -> None:
+    """The same appends give identical hashes, projection rows and as-of reads on PostgreSQL and SQLite."""
+    async def fill(log: Any) -> tuple:
+        await log.append("a", 0, [_defined("a"), DomainStarted(config=CONFIG)],
+                         Metadata(principal="p", request_id="r1"), now=T0)
+        await log.append("b", 0, [_defined("b")], Metadata(), now=T0)
+        await log.append("a", 2, [LiveValueObserved(property="memory", value=2**29)], Metadata(), now=T0)
+        await log.append("a", 3, [DomainStopped()], Metadata(principal="é ☃"), now=T0)
+        async with log.snapshot():
+            hashes = [(r.position, r.hash) async for r in log.read_all()]
+            rows = {t: await log.fetch_all(f"SELECT * FROM {t} ORDER BY 1, 2")
+                    for t in ("domains", "persistent", "live", "drift")}
+            return hashes, rows, await log.verify_chain()
+
+    async def go() -> tuple:
+        async with PostgresEventLog(pg_database, TableProjector()) as pg_log:
+            on_pg = await fill(pg_log)
+        async with SQLiteEventLog(str(tmp_path / "s.db"), TableProjector()) as sqlite_log:
+            on_sqlite = await fill(sqlite_log)
+        return on_pg, on_sqlite
+
+    on_pg, on_sqlite = run(go())
+    assert on_pg == on_sqlite
+    assert on_pg[2] == 5
+
+
+async def _ledger_story(log: Any, sim_path: str) -> Any:
+    """Drive a ledger through every kind of outcome and drift; return all it answers, as JSON values."""
+    ticks, ids = itertools.count(), itertools.count()
+    hypervisor = SimulatedHypervisor(sim_path, host_free=3 * 2**30)
+    ledger = Ledger(log, hypervisor, clock=lambda: T0 + timedelta(seconds=next(ticks)),
+                    new_id=lambda: f"id{next(ids)}")
+    answers: list[Any] = []
+    await ledger.define("alpha", guest_type="pv", memory=2**30, max_memory=2**32, vcpus=1, max_vcpus=4,
+                        cdroms={"hdc": "/a.iso"})
+    await ledger.define("beta", guest_type="hvm", memory=2**30, max_memory=2**31, vcpus=1, max_vcpus=2)
+    await ledger.define("Zed", guest_type="pv", memory=2**30, max_memory=2**31, vcpus=1, max_vcpus=2)
+    await ledger.start("alpha")
+    await ledger.start("beta")
+    answers.append(await ledger.set("alpha", "memory", 3 * 2**30, principal="ann", reason="more"))
+    answers.append(await ledger.set("beta", "memory", 2**31, principal="bob"))
+    answers.append(await ledger.set("alpha", "vcpus", 3))
+    answers.append(await ledger.set("alpha", "max_memory", 2**33))
+    await hypervisor.lock_tray("alpha", "hdc")
+    await ledger.observe("alpha")
+    answers.append(await ledger.set("alpha", "media:hdc", "/b.iso"))
+    await hypervisor.balloon("beta", 2**29)
+    await ledger.observe()
+    answers.append(await ledger.set("beta", "vcpus", 2, scope="persistent", request_id="fixed"))
+    answers += [await ledger.drift(), await ledger.drift(as_of=8), await ledger.history(),
+                await ledger.history(principal="ann"), await ledger.show("alpha")]
+    await ledger.stop("beta")
+    await ledger.undefine("beta")
+    await ledger.define("beta", guest_type="pv", memory=2**30, max_memory=2**31, vcpus=1, max_vcpus=2)
+    answers += [await ledger.domains(), await ledger.verify(), await ledger.rebuild(), await ledger.verify(),
+                [(r.position, r.hash) async for r in ledger.events()]]
+    return json.loads(json.dumps(answers, default=str))
+
+
+@pytest.mark.parametrize("collation", ["bytewise", "icu"])
+def test_ledger_answers_are_the_same_on_both_backends(request: pytest.FixtureRequest, collation: str, tmp_path: Any) -> None:
+    """A ledger on PostgreSQL answers every query as on SQLite, verifies and rebuilds, whatever the collation."""
+    dsn = request.getfixturevalue("pg_database" if collation == "bytewise" else "pg_icu_database")
+
+    async def go() -> tuple:
+        async with PostgresEventLog(dsn, TableProjector()) as pg_log:
+            on_pg = await _ledger_story(pg_log, str(tmp_path / "pg.sim.json"))
+        async with SQLiteEventLog(str(tmp_path / "s.db"), TableProjector()) as sqlite_log:
+            on_sqlite = await _ledger_story(sqlite_log, str(tmp_path / "s.sim.json"))
+        return on_pg, on_sqlite
+
+    on_pg, on_sqlite = run(go())
+    assert on_pg == on_sqlite
+    assert on_pg[-4:-1] == [29, 29, 29]
+    assert {d["cause"] for d in on_pg[6]} == {"partial", "refused", "requires_restart", "external"}
+
+
+@pytest.mark.parametrize("sql,position", [
+    ("UPDATE events SET data = replace(data, '1073741824', '1073741825') WHERE position = 2", 2),
+    ("UPDATE events SET metadata = '{\"principal\":\"eve\",\"request_id\":null,\"correlation_id\":null}' WHERE position = 3", 3),
+    ("UPDATE events SET recorded_at = '2030-01-01T00:00:00.000000+00:00' WHERE position = 1", 1),
+    ("DELETE FROM events WHERE position = 2", 2),
+    ("UPDATE events SET position = 10 WHERE position = 3", 3),
+], ids=["data", "metadata", "time", "delete", "move"])
+def test_verify_names_the_first_damaged_position(pg_database: str, sql: str, position: int) -> None:
+    """Editing, deleting or moving a stored event in PostgreSQL breaks the chain at that event's position."""
+    async def go() -> tuple[int, int]:
+        async with PostgresEventLog(pg_database, TableProjector()) as log, _admin(pg_database) as admin:
+            await log.append("a", 0, [_defined("a"), DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            await log.append("a", 2, [DomainStopped(), DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            head = await log.verify_chain()
+            await admin.execute(sql)
+            with pytest.raises(ChainBrokenError) as caught:
+                await log.verify_chain()
+            return head, caught.value.position
+
+    assert run(go()) == (4, position)
