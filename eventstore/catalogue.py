@@ -34,6 +34,7 @@ __all__ = [
     "check_value",
     "check_name",
     "check_device",
+    "check_text",
 ]
 
 Value = Union[int, str]
@@ -258,16 +259,20 @@ def lookup(name: str) -> Property:
     return entry
 
 
-def _check_text(what: str, text: object, limit: int, allow_empty: bool) -> str:
+def check_text(what: str, text: object, limit: int, *, allow_empty: bool = False) -> str:
+    """Return `text` if it is a string of at most `limit` characters, valid UTF-8, no control characters.
 
+    Raises:
+        InvalidRequestError: naming `what` and the rule it breaks.
+    """
     if not isinstance(text, str):
         raise InvalidRequestError(f"{what} must be text, not {type(text).__name__}")
     if not text and not allow_empty:
         raise InvalidRequestError(f"{what} must not be empty")
     if len(text) > limit:
         raise InvalidRequestError(f"{what} is longer than {limit} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise InvalidRequestError(f"{what} must not contain control characters")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise InvalidRequestError(f"{what} must be valid UTF-8 without control characters")
     return text
 
 
@@ -280,7 +285,7 @@ def check_name(name: object) -> str:
         InvalidRequestError: the name breaks those limits.
     """
 
-    text = _check_text("domain name", name, MAX_NAME_LENGTH, allow_empty=False)
+    text = check_text("domain name", name, MAX_NAME_LENGTH)
     if text.startswith("-") or not all(c.isascii() and (c.isalnum() or c in "._-") for c in text):
         raise InvalidRequestError(
             f"invalid domain name {text!r}: use letters, digits, '.', '_' and '-'"
@@ -295,7 +300,7 @@ def check_device(device: object) -> str:
         InvalidRequestError: the device name breaks those limits.
     """
 
-    text = _check_text("device name", device, MAX_DEVICE_LENGTH, allow_empty=False)
+    text = check_text("device name", device, MAX_DEVICE_LENGTH)
     if not all(c.isascii() and c.isalnum() for c in text):
         raise InvalidRequestError(f"invalid device name {text!r}: use letters and digits")
     return text
@@ -318,8 +323,8 @@ def check_value(prop: Property, value: object) -> Value:
             raise InvalidRequestError(f"{prop.name} must be between 0 and {limit}")
         return value
     if prop.type == "path":
-        text = _check_text("media path", value, MAX_PATH_LENGTH, allow_empty=True)
+        text = check_text("media path", value, MAX_PATH_LENGTH, allow_empty=True)
         if text and not text.startswith("/"):
             raise InvalidRequestError(f"media path must be absolute, not {text!r}")
         return text
-    return _check_text(prop.name, value, MAX_NAME_LENGTH, allow_empty=False)
+    return check_text(prop.name, value, MAX_NAME_LENGTH)

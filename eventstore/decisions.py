@@ -13,7 +13,7 @@ from typing import Mapping, cast
 
 import attrs
 
-from eventstore.catalogue import Kind, Outcome, Property, Reason, Scope, check_name, check_value, lookup
+from eventstore.catalogue import Kind, Outcome, Property, Reason, Scope, check_name, check_text, check_value, lookup
 from eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
 from eventstore.events import Event, change_event
 from eventstore.hypervisor import LiveResult, Value
@@ -49,15 +49,6 @@ class Decision:
     live_value: Value | None = None
 
 
-def _text(what: str, value: object, limit: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise InvalidRequestError(f"{what} must be text of 1 to {limit} characters")
-    if any(ord(c) < 32 and c not in "\t" for c in value):
-        raise InvalidRequestError(f"{what} must not contain control characters")
-
-
 def validate(request: SetRequest, state: DomainState | None) -> Property:
     """Check a request's shape against the catalogue and the domain; return its property.
 
@@ -67,9 +58,10 @@ def validate(request: SetRequest, state: DomainState | None) -> Property:
         UnknownPropertyError: no such property, or no such device on this domain.
     """
     check_name(request.domain)
-    _text("request id", request.request_id, _MAX_REQUEST_ID)
-    _text("principal", request.principal, _MAX_REQUEST_ID)
-    _text("reason", request.reason, _MAX_TEXT, optional=True)
+    check_text("request id", request.request_id, _MAX_REQUEST_ID)
+    check_text("principal", request.principal, _MAX_REQUEST_ID)
+    if request.reason is not None:
+        check_text("reason", request.reason, _MAX_TEXT)
     if request.scope not in {s.value for s in Scope}:
         raise InvalidRequestError(
             f"invalid scope {request.scope!r} (use live, persistent, both or current)"

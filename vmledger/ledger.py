@@ -17,6 +17,7 @@ from eventstore.catalogue import (
     Scope,
     check_device,
     check_name,
+    check_text,
     check_value,
     lookup,
     media_property,
@@ -118,6 +119,7 @@ class Ledger:
             HypervisorError: the hypervisor refused the definition.
         """
         check_name(name)
+        meta = _meta(principal)
         if guest_type not in {g.value for g in GuestType}:
             raise InvalidRequestError(f"invalid guest type {guest_type!r} (use pv or hvm)")
         config: dict[str, Value] = {
@@ -144,7 +146,7 @@ class Ledger:
             name=name, uuid=uuid, guest_type=guest_type, config=event.config, capabilities=event.capabilities,
         ))
         try:
-            await self.log.append(uuid, 0, [event], Metadata(principal=principal), now=self._clock())
+            await self.log.append(uuid, 0, [event], meta, now=self._clock())
         except VmledgerError:
             await self.hypervisor.undefine(name)
             raise
@@ -158,6 +160,7 @@ class Ledger:
             InvalidRequestError: the domain is already running.
             HypervisorError: the hypervisor would not start it.
         """
+        meta = _meta(principal)
         state = await self._state(name)
         if state.running:
             raise InvalidRequestError(f"domain {name!r} is already running")
@@ -171,7 +174,7 @@ class Ledger:
                 events.append(GuestCapabilitiesObserved(capabilities=caps))
             return events
 
-        await self._retrying(name, decide, Metadata(principal=principal))
+        await self._retrying(name, decide, meta)
         return await self.show(name)
 
     async def stop(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> dict[str, Any]:
@@ -182,11 +185,12 @@ class Ledger:
             InvalidRequestError: the domain is not running.
             HypervisorError: the hypervisor would not stop it.
         """
+        meta = _meta(principal)
         state = await self._state(name)
         if not state.running:
             raise InvalidRequestError(f"domain {name!r} is not running")
         await self.hypervisor.stop(name)
-        await self._retrying(name, lambda s: [DomainStopped()], Metadata(principal=principal))
+        await self._retrying(name, lambda s: [DomainStopped()], meta)
         return await self.show(name)
 
     async def undefine(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> None:
@@ -196,11 +200,12 @@ class Ledger:
             UnknownDomainError: no such domain.
             InvalidRequestError: the domain is running.
         """
+        meta = _meta(principal)
         state = await self._state(name)
         if state.running:
             raise InvalidRequestError(f"domain {name!r} is running; stop it first")
         await self.hypervisor.undefine(name)
-        await self._retrying(name, lambda s: [DomainUndefined()], Metadata(principal=principal))
+        await self._retrying(name, lambda s: [DomainUndefined()], meta)
 
     async def adopt(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> dict[str, Any]:
         """Record a domain the hypervisor already has; return its view.
@@ -228,7 +233,7 @@ class Ledger:
         # A stream undefined earlier continues (its history stays); a new one starts at 0.
         rows = await self.log.fetch_all("SELECT version FROM domains WHERE uuid = ?", (spec.uuid,))
         await self.log.append(spec.uuid, rows[0][0] if rows else 0, events,
-                              Metadata(principal=principal), now=self._clock())
+                              _meta(principal), now=self._clock())
         return await self.show(name)
 
     async def adopt_all(self, *, principal: str = SYSTEM_PRINCIPAL) -> list[dict[str, Any]]:
@@ -478,7 +483,7 @@ class Ledger:
             await self._state(domain)
             observation = await self.hypervisor.observe(domain)
             recorded += await self._retrying(
-                domain, lambda s: _observed(s, observation, stale_before), Metadata(principal=principal))
+                domain, lambda s: _observed(s, observation, stale_before), _meta(principal))
         return recorded
 
     # Maintenance.
@@ -499,6 +504,15 @@ class Ledger:
             model = await self.model_at(head)
             compare(model.all_rows(), await table_rows(self.log.fetch_all))
         return head
+
+
+def _meta(principal: str) -> Metadata:
+    """Return the metadata of a lifecycle or observation append by `principal`.
+
+    Raises:
+        InvalidRequestError: the principal is not valid text.
+    """
+    return Metadata(principal=check_text("principal", principal, 128))
 
 
 def _resolve(state: DomainState, pending: Pending, actual: Value | None) -> tuple[Event, ...]:
