@@ -17,9 +17,10 @@ from datetime import datetime
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiosqlite
+import attrs
 
 from eventstore.backends._common import CHUNK, COLUMNS, chained_rows, record, verify_rows
-from eventstore.errors import ConcurrencyError, StorageError
+from eventstore.errors import ConcurrencyError, StorageError, VmledgerError
 from eventstore.events import Event
 from eventstore.log import Metadata, Projector, RecordedEvent, timestamp
 
@@ -47,6 +48,21 @@ def _storage_error(e: sqlite3.Error) -> StorageError:
     if "locked" in text or "busy" in text:
         return StorageError(f"the database stayed locked by another writer past the busy timeout ({text})")
     return StorageError(f"SQLite: {text}")
+
+
+_MAX_BATCH = 256
+
+
+@attrs.define
+class _Append:
+    """One caller's append, waiting for the next group commit."""
+
+    stream: str
+    expected: int
+    events: tuple[Event, ...]
+    metadata: Metadata
+    now: datetime
+    future: "asyncio.Future[list[RecordedEvent]]"
 
 
 class _Tx:
@@ -82,6 +98,10 @@ class SQLiteEventLog:
         self._lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
         self._appended = asyncio.Event()
+        self._waiting: list[_Append] = []
+        #: Write transactions committed by this log: appends per commit shows group commit at work.
+        self.commits = 0
+        self._flusher: asyncio.Task[None] | None = None
 
     def _probe(self) -> None:
         # aiosqlite leaves its worker thread signalling the event loop after a
@@ -121,7 +141,10 @@ class SQLiteEventLog:
         return conn
 
     async def aclose(self) -> None:
-        """Close both connections."""
+        """Finish the appends under way, then close both connections."""
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
         for conn in (self._writer, self._reader):
             if conn is not None:
                 await conn.close()
@@ -145,6 +168,7 @@ class SQLiteEventLog:
                     yield conn
                     # A cancelled caller must not leave a commit half-awaited.
                     await asyncio.shield(conn.commit())
+                    self.commits += 1
                 except BaseException:
                     if conn.in_transaction:
                         await asyncio.shield(conn.rollback())
@@ -161,7 +185,14 @@ class SQLiteEventLog:
         *,
         now: datetime,
     ) -> list[RecordedEvent]:
-        """Append `events` to `stream` at `expected_version`, with projections, in one transaction.
+        """Append `events` to `stream` at `expected_version`, with projections; return them once durable.
+
+        Appends that arrive while a commit is under way are gathered into the
+        next transaction (group commit): one `fsync` serves them all, each
+        keeps its own version check inside a savepoint, so a refused append
+        does not fail its neighbours, and each caller returns only after the
+        commit that holds its events.  A cancelled caller's append may still
+        be committed: treat cancellation as an unknown outcome and re-read.
 
         Raises:
             ConcurrencyError: the stream is at another version; nothing was written.
@@ -169,11 +200,53 @@ class SQLiteEventLog:
         """
         if not events:
             raise ValueError("append needs at least one event")
-        async with self._transaction() as conn:
-            records = await self._append_in_tx(conn, stream, expected_version, events, metadata, now)
+        self._need(self._writer)
+        item = _Append(stream=stream, expected=expected_version, events=tuple(events), metadata=metadata,
+                       now=now, future=asyncio.get_running_loop().create_future())
+        self._waiting.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await item.future
+
+    async def _flush(self) -> None:
+        """Commit waiting appends, a batch per transaction, until none wait."""
+        while self._waiting:
+            batch = [a for a in self._waiting[:_MAX_BATCH] if not a.future.done()]
+            del self._waiting[:_MAX_BATCH]
+            outcomes: list[list[RecordedEvent] | Exception] = []
+            try:
+                async with self._transaction() as conn:
+                    for a in batch:
+                        outcomes.append(await self._append_one(conn, a))
+            except BaseException as e:
+                failure = e if isinstance(e, Exception) else StorageError("the append was interrupted")
+                for a in batch:
+                    if not a.future.done():
+                        a.future.set_exception(failure)
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            self._appended.set()
+            self._appended = asyncio.Event()
+            for a, outcome in zip(batch, outcomes):
+                if a.future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    a.future.set_exception(outcome)
+                else:
+                    a.future.set_result(outcome)
+
+    async def _append_one(self, conn: aiosqlite.Connection, a: "_Append") -> list[RecordedEvent] | Exception:
+        """Write one append inside the batch's transaction, undone alone if it is refused."""
+        await conn.execute("SAVEPOINT append")
+        try:
+            records = await self._append_in_tx(conn, a.stream, a.expected, a.events, a.metadata, a.now)
             await self._projector.project(_Tx(conn), records)
-        self._appended.set()
-        self._appended = asyncio.Event()
+        except (VmledgerError, ValueError, TypeError) as e:
+            await conn.execute("ROLLBACK TO append")
+            return e
+        finally:
+            await conn.execute("RELEASE append")
         return records
 
     async def _append_in_tx(
