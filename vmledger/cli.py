@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import traceback
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import vmledger
 from eventstore.catalogue import CATALOGUE, Capability, Scope, lookup
@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(p)
     p = command("watch", "record out-of-band changes as the hypervisor announces them, until interrupted")
     p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
+
+    p = command("export", "print the log as JSON lines with every stored field and hash link")
+    p.add_argument("--from", dest="from_position", default="0", help="start after this position")
+    p = command("import", "load an exported log into an empty ledger, checking the chain first")
+    p.add_argument("file", help="an export file, or - for standard input")
 
     command("rebuild", "rebuild every projection from the log")
     p = command("verify", "check the hash chain and that projections equal a rebuild")
@@ -341,6 +346,12 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
             print("nothing to adopt")
     elif cmd == "watch":
         await ledger.watch(principal=args.principal)
+    elif cmd == "export":
+        async for line in ledger.export(from_position=_units.parse_count(args.from_position, "position")):
+            print(line)
+    elif cmd == "import":
+        head = await ledger.import_lines(_export_file(args.file))
+        print(f"imported {head} events; chain verified")
     elif cmd == "rebuild":
         position = await ledger.rebuild()
         print(f"rebuilt projections up to position {position}")
@@ -350,6 +361,21 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
     elif cmd == "sim":
         await _sim(ledger, args)
     return EXIT_OK
+
+
+def _export_file(name: str) -> Callable[[], Iterable[str]]:
+    """Return a function that reads an export's lines (it is read twice; standard input is kept in memory)."""
+    if name == "-":
+        kept = [line for line in sys.stdin if line.strip()]
+        return lambda: kept
+    if not os.path.isfile(name):
+        raise InvalidRequestError(f"no such export file: {name}")
+
+    def lines() -> Iterator[str]:
+        with open(name, encoding="utf-8") as f:
+            yield from (line for line in f if line.strip())
+
+    return lines
 
 
 async def _sim(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any, AsyncIterator, Callable, Mapping
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
 from adapters.port import Hypervisor
 from eventstore.catalogue import (
@@ -42,6 +42,7 @@ from eventstore.events import (
     MediaTrayUnlocked,
 )
 from eventstore.hypervisor import DomainSpec, LiveResult, Value
+from eventstore import transfer
 from eventstore.log import Metadata, RecordedEvent
 from eventstore.state import DomainState, Pending
 from projections import queries
@@ -51,6 +52,7 @@ from projections.store import DuplicateRequestError, TableProjector, compare, ta
 __all__ = ["Ledger"]
 
 _RETRIES = 20
+_IMPORT_CHUNK = 2000
 SYSTEM_PRINCIPAL = "vmledger"
 
 
@@ -485,6 +487,38 @@ class Ledger:
             recorded += await self._retrying(
                 domain, lambda s: _observed(s, observation, stale_before), _meta(principal))
         return recorded
+
+    # Moving a ledger between databases.
+
+    async def export(self, *, from_position: int = 0) -> AsyncIterator[str]:
+        """Yield the log as export lines (JSON, every stored field with its hash link), in order."""
+        async for row in self.log.read_rows(from_position, None):
+            yield transfer.to_line(row)
+
+    async def import_lines(self, lines: Callable[[], Iterable[str]]) -> int:
+        """Import an exported log into this empty ledger; return the last position.
+
+        `lines()` is called twice: the whole chain is checked first, so a damaged
+        export writes nothing, then imported in chunks.
+
+        Raises:
+            InvalidRequestError: the ledger is not empty, or a line is not an export line.
+            ChainBrokenError: the export's chain breaks, naming the position.
+        """
+        if await self.log.head():
+            raise InvalidRequestError("import needs an empty ledger")
+        checker = transfer.ChainChecker()
+        for number, line in enumerate(lines(), start=1):
+            checker.check(transfer.from_line(line, number))
+        batch: list[tuple] = []
+        for number, line in enumerate(lines(), start=1):
+            batch.append(transfer.from_line(line, number))
+            if len(batch) == _IMPORT_CHUNK:
+                await self.log.import_rows(batch)
+                batch = []
+        if batch:
+            await self.log.import_rows(batch)
+        return checker.position
 
     # Maintenance.
 

@@ -10,7 +10,7 @@ from eventstore.errors import ChainBrokenError, VmledgerError
 from eventstore.events import Event
 from eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, chain_hash, timestamp
 
-__all__ = ["COLUMNS", "CHUNK", "record", "chained_rows", "verify_rows"]
+__all__ = ["COLUMNS", "CHUNK", "record", "chained_rows", "verify_rows", "ChainChecker"]
 
 #: The columns of the events table, in row order.
 COLUMNS = "position, stream, version, type, schema_version, data, metadata, recorded_at, hash"
@@ -55,6 +55,31 @@ def chained_rows(
     return rows, records
 
 
+class ChainChecker:
+    """Checks stored rows one by one, in position order: positions, stream versions, hash links."""
+
+    def __init__(self, position: int = 0, prev: str | None = None,
+                 versions: dict[str, int] | None = None) -> None:
+        self.position = position
+        self.prev = prev or GENESIS_HASH
+        self.versions = dict(versions or {})
+
+    def check(self, row: Row) -> None:
+        """Accept the next row, or name its position in `ChainBrokenError`."""
+        position, stream, version, hash_ = row[0], row[1], row[2], row[8]
+        if position != self.position + 1:
+            raise ChainBrokenError(self.position + 1, f"event missing (next stored position is {position})")
+        if version != self.versions.get(stream, 0) + 1:
+            raise ChainBrokenError(position, f"stream {stream} version {version} out of order")
+        if _link(self.prev, row) != hash_:
+            raise ChainBrokenError(position, "hash does not match the stored event")
+        try:
+            record(row)
+        except VmledgerError as e:
+            raise ChainBrokenError(position, str(e)) from e
+        self.position, self.prev, self.versions[stream] = position, hash_, version
+
+
 async def verify_rows(
     fetch_all: Callable[..., Awaitable[list[tuple[Any, ...]]]],
     rows: Callable[[int], AsyncIterator[Row]],
@@ -67,26 +92,14 @@ async def verify_rows(
     Raises:
         ChainBrokenError: naming the first position that does not check out.
     """
-    prev, expected = GENESIS_HASH, from_position + 1
-    versions: dict[str, int] = {}
+    checker = ChainChecker(from_position)
     if from_position:
         found = await fetch_all("SELECT hash FROM events WHERE position = ?", (from_position,))
         if not found:
             raise ChainBrokenError(from_position, "no event at the starting position")
-        prev = found[0][0]
-        versions = dict(await fetch_all(
+        checker.prev = found[0][0]
+        checker.versions = dict(await fetch_all(
             "SELECT stream, max(version) FROM events WHERE position <= ? GROUP BY stream", (from_position,)))
     async for row in rows(from_position):
-        position, stream, version, hash_ = row[0], row[1], row[2], row[8]
-        if position != expected:
-            raise ChainBrokenError(expected, f"event missing (next stored position is {position})")
-        if version != versions.get(stream, 0) + 1:
-            raise ChainBrokenError(position, f"stream {stream} version {version} out of order")
-        if _link(prev, row) != hash_:
-            raise ChainBrokenError(position, "hash does not match the stored event")
-        try:
-            record(row)
-        except VmledgerError as e:
-            raise ChainBrokenError(position, str(e)) from e
-        prev, expected, versions[stream] = hash_, expected + 1, version
-    return expected - 1
+        checker.check(row)
+    return checker.position

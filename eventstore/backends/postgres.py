@@ -26,7 +26,7 @@ import asyncpg
 from asyncpg import exceptions as pg
 
 from eventstore.backends._common import CHUNK, COLUMNS, chained_rows, record, verify_rows
-from eventstore.errors import ConcurrencyError, StorageError
+from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError
 from eventstore.events import Event
 from eventstore.log import Metadata, Projector, RecordedEvent, timestamp
 
@@ -357,6 +357,25 @@ class PostgresEventLog:
             f"INSERT INTO events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", rows)
         return records
 
+    async def import_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert already-chained rows verbatim after the last event, with their projections.
+
+        The caller checks the chain (see `ChainChecker`); this checks only
+        that the rows continue the stored log.
+
+        Raises:
+            InvalidRequestError: the rows do not start right after the last stored event.
+            StorageError: PostgreSQL failed; nothing of these rows was written.
+        """
+        async with self._transaction() as conn:
+            head = await conn.fetchval("SELECT max(position) FROM events") or 0
+            if rows[0][0] != head + 1:
+                raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
+            await conn.executemany(
+                f"INSERT INTO events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", rows)
+            await self._projector.project(_Tx(conn), [record(tuple(r)) for r in rows])
+        self._wake()
+
     async def rebuild(self, feed: Callable[[RecordedEvent], None],
                       write: Callable[[Any], Awaitable[None]]) -> int:
         """Feed every event to `feed`, then run `write(tx)` in one write transaction.
@@ -454,7 +473,8 @@ class PostgresEventLog:
         )
         return [record(r) for r in rows]
 
-    async def _raw(self, from_position: int, to_position: int | None) -> AsyncIterator[tuple[Any, ...]]:
+    async def read_rows(self, from_position: int, to_position: int | None) -> AsyncIterator[tuple[Any, ...]]:
+        """Yield the stored rows after `from_position` up to `to_position`, in chunks, in order."""
         end = to_position if to_position is not None else 2**62
         while True:
             rows = await self.fetch_all(
@@ -472,7 +492,7 @@ class PostgresEventLog:
         self, *, from_position: int = 0, to_position: int | None = None
     ) -> AsyncIterator[RecordedEvent]:
         """Yield every event after `from_position` up to `to_position`, in chunks, in order."""
-        async for row in self._raw(from_position, to_position):
+        async for row in self.read_rows(from_position, to_position):
             yield record(row)
 
     async def _listen(self) -> None:
@@ -528,4 +548,4 @@ class PostgresEventLog:
         Raises:
             ChainBrokenError: naming the first position that does not check out.
         """
-        return await verify_rows(self.fetch_all, lambda p: self._raw(p, None), from_position)
+        return await verify_rows(self.fetch_all, lambda p: self.read_rows(p, None), from_position)

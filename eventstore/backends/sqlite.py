@@ -20,7 +20,7 @@ import aiosqlite
 import attrs
 
 from eventstore.backends._common import CHUNK, COLUMNS, chained_rows, record, verify_rows
-from eventstore.errors import ConcurrencyError, StorageError, VmledgerError
+from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError, VmledgerError
 from eventstore.events import Event
 from eventstore.log import Metadata, Projector, RecordedEvent, timestamp
 
@@ -226,8 +226,7 @@ class SQLiteEventLog:
                 if not isinstance(e, Exception):
                     raise
                 continue
-            self._appended.set()
-            self._appended = asyncio.Event()
+            self._wake()
             for a, outcome in zip(batch, outcomes):
                 if a.future.done():
                     continue
@@ -263,6 +262,30 @@ class SQLiteEventLog:
         rows, records = chained_rows(stream, expected, events, metadata, now, position, prev)
         await conn.executemany(f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return records
+
+    async def import_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert already-chained rows verbatim after the last event, with their projections.
+
+        The caller checks the chain (see `ChainChecker`); this checks only
+        that the rows continue the stored log.
+
+        Raises:
+            InvalidRequestError: the rows do not start right after the last stored event.
+            StorageError: SQLite failed; nothing of these rows was written.
+        """
+        async with self._transaction() as conn:
+            async with conn.execute("SELECT max(position) FROM events") as cur:
+                head = (await cur.fetchone())[0] or 0  # type: ignore[index]
+            if rows[0][0] != head + 1:
+                raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
+            await conn.executemany(f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            await self._projector.project(_Tx(conn), [record(r) for r in rows])
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake this process's subscribers after a commit."""
+        self._appended.set()
+        self._appended = asyncio.Event()
 
     async def rebuild(self, feed: Callable[[RecordedEvent], None],
                       write: Callable[[Any], Awaitable[None]]) -> int:
@@ -334,7 +357,8 @@ class SQLiteEventLog:
         )
         return [record(r) for r in rows]
 
-    async def _raw(self, from_position: int, to_position: int | None) -> AsyncIterator[tuple[Any, ...]]:
+    async def read_rows(self, from_position: int, to_position: int | None) -> AsyncIterator[tuple[Any, ...]]:
+        """Yield the stored rows after `from_position` up to `to_position`, in chunks, in order."""
         end = to_position if to_position is not None else 2**62
         while True:
             rows = await self.fetch_all(
@@ -352,7 +376,7 @@ class SQLiteEventLog:
         self, *, from_position: int = 0, to_position: int | None = None
     ) -> AsyncIterator[RecordedEvent]:
         """Yield every event after `from_position` up to `to_position`, in chunks, in order."""
-        async for row in self._raw(from_position, to_position):
+        async for row in self.read_rows(from_position, to_position):
             yield record(row)
 
     async def subscribe(self, *, from_position: int = 0) -> AsyncIterator[RecordedEvent]:
@@ -373,4 +397,4 @@ class SQLiteEventLog:
         Raises:
             ChainBrokenError: naming the first position that does not check out.
         """
-        return await verify_rows(self.fetch_all, lambda p: self._raw(p, None), from_position)
+        return await verify_rows(self.fetch_all, lambda p: self.read_rows(p, None), from_position)
