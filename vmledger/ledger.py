@@ -53,6 +53,7 @@ __all__ = ["Ledger"]
 
 _RETRIES = 20
 _IMPORT_CHUNK = 2000
+_MAX_ID = 128  # request ids and principals
 SYSTEM_PRINCIPAL = "vmledger"
 
 
@@ -289,6 +290,8 @@ class Ledger:
                 another request (nothing is written).
             UnknownDomainError, UnknownPropertyError: nothing is written.
         """
+        if request_id is not None:
+            check_text("request id", request_id, _MAX_ID)  # looked up before anything else
         request = SetRequest(
             request_id=self._new_id() if request_id is None else request_id, domain=name,
             property=prop, value=value, scope=scope, principal=principal, reason=reason,
@@ -360,6 +363,7 @@ class Ledger:
         Raises:
             InvalidRequestError: no request has that id.
         """
+        check_text("request id", request_id, _MAX_ID)
         found = await queries.history_records(self.log.fetch_all, request_id=request_id)
         if not found:
             raise InvalidRequestError(f"unknown request id {request_id!r}")
@@ -455,6 +459,8 @@ class Ledger:
         uuid = (await self._state(name)).uuid if name is not None else None
         if prop is not None:
             lookup(prop)
+        if principal is not None:
+            check_text("principal", principal, _MAX_ID)
         return await queries.history_records(
             self.log.fetch_all, uuid=uuid, prop=prop, principal=principal, since=since, until=until)
 
@@ -546,7 +552,7 @@ def _meta(principal: str) -> Metadata:
     Raises:
         InvalidRequestError: the principal is not valid text.
     """
-    return Metadata(principal=check_text("principal", principal, 128))
+    return Metadata(principal=check_text("principal", principal, _MAX_ID))
 
 
 def _resolve(state: DomainState, pending: Pending, actual: Value | None) -> tuple[Event, ...]:
