@@ -1,0 +1,127 @@
+"""The stored format: every event survives encode/decode, JSON is canonical, versions are guarded."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventstore.codec import UPCASTERS, decode, dumps, encode, loads
+from eventstore.errors import StorageError
+from eventstore.events import EVENT_TYPES, MediaTrayLocked
+from tests.strategies import devices, event_strategy, events
+
+SETTINGS = settings(database=None, deadline=None, max_examples=100)
+
+_names = st.sampled_from(sorted(EVENT_TYPES))
+
+
+@SETTINGS
+@given(st.data(), _names)
+def test_decode_inverts_encode(data: st.DataObject, name: str) -> None:
+    """Decoding an encoded event of any type gives back an equal event of the same class."""
+    event = data.draw(event_strategy(EVENT_TYPES[name]))
+    decoded = decode(*encode(event))
+    assert (type(decoded), decoded) == (type(event), event)
+
+
+@SETTINGS
+@given(events())
+def test_decode_accepts_parsed_data(event: object) -> None:
+    """Decoding from already-parsed JSON data gives the same event as decoding from the text."""
+    name, version, text = encode(event)  # type: ignore[arg-type]
+    assert decode(name, version, loads(text)) == decode(name, version, text)
+
+
+@SETTINGS
+@given(events())
+def test_encoding_is_canonical_and_stable(event: object) -> None:
+    """Encoding twice, or after a round trip, gives identical canonical text (sorted keys, no spaces)."""
+    name, version, text = encode(event)  # type: ignore[arg-type]
+    again = encode(decode(name, version, text))
+    assert (encode(event), again, dumps(loads(text))) == ((name, version, text), (name, version, text), text)  # type: ignore[arg-type]
+
+
+@SETTINGS
+@given(events())
+def test_encode_stores_the_class_name_and_version(event: object) -> None:
+    """The stored type and version are the class's `name` and `schema_version`, and name a known type."""
+    name, version, _ = encode(event)  # type: ignore[arg-type]
+    assert (name, version, EVENT_TYPES[name]) == (type(event).name, type(event).schema_version, type(event))
+
+
+@SETTINGS
+@given(st.text(max_size=30).filter(lambda n: n not in EVENT_TYPES))
+def test_unknown_type_raises_storage_error(name: str) -> None:
+    """A row whose type no event class has is a StorageError, not a KeyError."""
+    with pytest.raises(StorageError, match="unknown event type"):
+        decode(name, 1, "{}")
+
+
+@SETTINGS
+@given(st.data(), _names, st.integers(min_value=1, max_value=2**31))
+def test_newer_schema_version_raises_storage_error(data: st.DataObject, name: str, ahead: int) -> None:
+    """A row written by a newer vmledger (a higher schema version) is a StorageError."""
+    event = data.draw(event_strategy(EVENT_TYPES[name]))
+    stored_name, version, text = encode(event)
+    with pytest.raises(StorageError, match="newer than this vmledger knows"):
+        decode(stored_name, version + ahead, text)
+
+
+@SETTINGS
+@given(st.data(), _names)
+def test_data_that_does_not_fit_raises_storage_error(data: st.DataObject, name: str) -> None:
+    """A row whose data carries a field the class lacks is a StorageError."""
+    event = data.draw(event_strategy(EVENT_TYPES[name]))
+    stored_name, version, text = encode(event)
+    fields = {**loads(text), "no_such_field": 1}
+    with pytest.raises(StorageError, match="does not decode"):
+        decode(stored_name, version, dumps(fields))
+
+
+@attrs.frozen(kw_only=True)
+class _MediaTrayLockedV3(MediaTrayLocked):
+    """A future `MediaTrayLocked` at version 3, for exercising upcasters."""
+
+    schema_version: ClassVar[int] = 3
+
+
+def _v1_to_v2(data: dict) -> dict:
+    """Version 1 (in this test's story) called the device `drive`."""
+    return {"device_name": data["drive"]}
+
+
+def _v2_to_v3(data: dict) -> dict:
+    """Version 2 (in this test's story) called the device `device_name`."""
+    return {"device": data["device_name"]}
+
+
+@SETTINGS
+@given(devices())
+def test_registered_upcasters_are_applied_in_order(device: str) -> None:
+    """A version-1 row is upcast through every registered step to the current class."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(EVENT_TYPES, "MediaTrayLocked", _MediaTrayLockedV3)
+        mp.setitem(UPCASTERS, ("MediaTrayLocked", 1), _v1_to_v2)
+        mp.setitem(UPCASTERS, ("MediaTrayLocked", 2), _v2_to_v3)
+        from_v1 = decode("MediaTrayLocked", 1, dumps({"drive": device}))
+        from_v2 = decode("MediaTrayLocked", 2, {"device_name": device})
+        current = decode(*encode(_MediaTrayLockedV3(device=device)))
+    assert (type(from_v1), from_v1, from_v2, current) == (
+        _MediaTrayLockedV3, _MediaTrayLockedV3(device=device), from_v1, from_v1)
+
+
+def test_missing_upcaster_raises_storage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An old row with a gap in the upcaster chain is a StorageError naming the missing step."""
+    monkeypatch.setitem(EVENT_TYPES, "MediaTrayLocked", _MediaTrayLockedV3)
+    monkeypatch.setitem(UPCASTERS, ("MediaTrayLocked", 1), _v1_to_v2)
+    with pytest.raises(StorageError, match="no upcaster for MediaTrayLocked version 2"):
+        decode("MediaTrayLocked", 1, dumps({"drive": "hdc"}))
+
+
+def test_temporary_registrations_are_gone() -> None:
+    """The upcaster tests leave the real registry as they found it: v1 MediaTrayLocked, no upcasters."""
+    assert (EVENT_TYPES["MediaTrayLocked"], ("MediaTrayLocked", 1) in UPCASTERS) == (MediaTrayLocked, False)

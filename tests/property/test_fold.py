@@ -1,0 +1,264 @@
+"""The pure fold: snapshots round-trip, folding in chunks equals folding at once, drift is live != persistent.
+
+Event sequences are made the way the ledger makes them, by running the
+decisions (`decide_set`, `decide_persistent`, `decide_live`) on the state
+folded so far, interleaved with lifecycle and observation events; no database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventstore.catalogue import Cause, GuestType, Reason
+from eventstore.codec import dumps
+from eventstore.decisions import SetRequest, decide_live, decide_persistent, decide_set
+from eventstore.events import (
+    DomainDefined,
+    DomainStarted,
+    DomainStopped,
+    DomainUndefined,
+    Event,
+    GuestCapabilitiesObserved,
+    LiveValueObserved,
+    MediaTrayLocked,
+    MediaTrayUnlocked,
+)
+from eventstore.hypervisor import LiveResult
+from eventstore.log import Metadata, RecordedEvent
+from eventstore.state import DomainState, apply
+from projections.model import Model, history_from_row, state_from_json, state_to_json
+from tests.strategies import (
+    DEVICES,
+    DOMAIN_NAMES,
+    capability_pairs,
+    config_pairs,
+    observed_capability_pairs,
+    set_requests,
+    texts,
+    well_formed_value,
+)
+
+SETTINGS = settings(database=None, deadline=None, max_examples=60)
+BASE = datetime(2026, 1, 31, 12, 0, tzinfo=timezone.utc)
+Draw = Callable[[st.SearchStrategy[Any]], Any]
+
+
+@attrs.define
+class History:
+    """Records made by driving the decisions, with every state the fold passed through."""
+
+    records: list[RecordedEvent] = attrs.field(factory=list)
+    states: dict[str, DomainState] = attrs.field(factory=dict)
+    seen: list[DomainState] = attrs.field(factory=list)
+    pending: list[tuple[str, SetRequest]] = attrs.field(factory=list)
+    streams: int = 0
+    requests: int = 0
+
+    def append(self, stream: str, events: tuple[Event, ...] | list[Event], micro: int) -> None:
+        """Record `events` on `stream` at the next positions, folding each one."""
+        for event in events:
+            position = len(self.records) + 1
+            before = self.states.get(stream)
+            rec = RecordedEvent(
+                position=position, stream=stream, version=(before.version if before else 0) + 1,
+                event=event, metadata=Metadata(principal="test"),
+                recorded_at=BASE + timedelta(seconds=position, microseconds=micro),
+            )
+            self.states[stream] = apply(before, rec)
+            self.records.append(rec)
+            self.seen.append(self.states[stream])
+
+    def defined(self) -> list[str]:
+        """Return the streams of defined domains, in order of definition."""
+        return [u for u, s in self.states.items() if s.defined]
+
+
+def _live_results(request: SetRequest, state: DomainState) -> st.SearchStrategy[LiveResult]:
+    slot = state.live.get(request.property)
+    current = slot.value if slot else None
+    other = well_formed_value(request.property)
+    reasons = st.sampled_from(list(Reason))
+    return st.one_of(
+        st.just(LiveResult.applied(request.value)),
+        other.map(LiveResult.applied),  # "applied" but another value: a partial in disguise
+        other.map(lambda v: LiveResult.partial(v, "balloon stopped short")),
+        st.builds(LiveResult.refused, st.just(current), reasons, texts),
+        st.builds(LiveResult.failed, st.sampled_from((None, current)), reasons, texts),
+    )
+
+
+def _define(draw: Draw, h: History, micro: int) -> None:
+    taken = {h.states[u].name for u in h.defined()}
+    name = draw(st.sampled_from([n for n in DOMAIN_NAMES if n not in taken]))
+    h.streams += 1
+    h.append(f"uuid-{h.streams}", [DomainDefined(
+        domain=name, uuid=f"uuid-{h.streams}", guest_type=draw(st.sampled_from([g.value for g in GuestType])),
+        config=draw(config_pairs(devices=DEVICES)), capabilities=draw(capability_pairs()),
+    )], micro)
+
+
+def _start(draw: Draw, h: History, uuid: str, micro: int) -> None:
+    config = {k: s.value for k, s in h.states[uuid].persistent.items()}
+    if draw(st.sampled_from((False, False, True))):  # booted with a value changed behind the ledger's back
+        prop = draw(st.sampled_from(sorted(config)))
+        config[prop] = draw(well_formed_value(prop))
+    events: list[Event] = [DomainStarted(config=config)]
+    if draw(st.booleans()):
+        events.append(GuestCapabilitiesObserved(capabilities=draw(observed_capability_pairs())))
+    h.append(uuid, events, micro)
+
+
+def _set(draw: Draw, h: History, uuid: str, micro: int) -> None:
+    h.requests += 1
+    state = h.states[uuid]
+    request = draw(set_requests((state.name,), request_id=st.just(f"req-{h.requests}")))
+    decision = decide_set(request, state)
+    h.append(uuid, decision.events, micro)
+    if decision.persistent_value is not None:
+        error = draw(st.none() | texts)
+        h.append(uuid, decide_persistent(request, h.states[uuid], error), micro)
+    if decision.live_value is not None:
+        if draw(st.booleans()):
+            h.pending.append((uuid, request))  # the hypervisor has not answered yet
+        else:
+            result = draw(_live_results(request, h.states[uuid]))
+            h.append(uuid, decide_live(request, h.states[uuid], result), micro)
+
+
+def _resolve(draw: Draw, h: History, micro: int) -> None:
+    uuid, request = h.pending.pop(draw(st.integers(0, len(h.pending) - 1)))
+    result = draw(_live_results(request, h.states[uuid]))
+    h.append(uuid, decide_live(request, h.states[uuid], result), micro)
+
+
+def _observe(draw: Draw, h: History, uuid: str, micro: int) -> None:
+    state = h.states[uuid]
+    prop = draw(st.sampled_from(sorted(state.persistent)))
+    event = draw(st.one_of(
+        well_formed_value(prop).map(lambda v: LiveValueObserved(property=prop, value=v)),
+        observed_capability_pairs().map(lambda c: GuestCapabilitiesObserved(capabilities=c)),
+        st.sampled_from(DEVICES).map(lambda d: MediaTrayLocked(device=d)),
+        st.sampled_from(DEVICES).map(lambda d: MediaTrayUnlocked(device=d)),
+    ))
+    h.append(uuid, [event], micro)
+
+
+@st.composite
+def histories(draw: Draw, max_steps: int = 30) -> History:
+    """Return a history made by driving the decisions on the folded state, step by step."""
+    h = History()
+    for _ in range(draw(st.integers(0, max_steps))):
+        micro = draw(st.sampled_from((0, 1, 500_000, 999_999)))
+        defined = h.defined()
+        running = [u for u in defined if h.states[u].running]
+        stopped = [u for u in defined if not h.states[u].running]
+        actions = ["define"] if len(defined) < len(DOMAIN_NAMES) else []
+        actions += ["start", "undefine"] if stopped else []
+        actions += ["stop", "observe"] if running else []
+        actions += ["set"] * 4 if defined else []
+        actions += ["resolve"] if h.pending else []
+        if not actions:
+            break
+        action = draw(st.sampled_from(actions))
+        if action == "define":
+            _define(draw, h, micro)
+        elif action == "start":
+            _start(draw, h, draw(st.sampled_from(stopped)), micro)
+        elif action == "stop":
+            h.append(draw(st.sampled_from(running)), [DomainStopped()], micro)
+        elif action == "undefine":
+            h.append(draw(st.sampled_from(stopped)), [DomainUndefined()], micro)
+        elif action == "set":
+            _set(draw, h, draw(st.sampled_from(defined)), micro)
+        elif action == "resolve":
+            _resolve(draw, h, micro)
+        else:
+            _observe(draw, h, draw(st.sampled_from(running)), micro)
+    return h
+
+
+def _expected_drift(state: DomainState) -> list[tuple[str, str, str]]:
+    """Return `(property, persistent, live)` JSON wherever a running domain's live value differs."""
+    return [
+        (prop, dumps(slot.value), dumps(state.live[prop].value))
+        for prop, slot in sorted(state.persistent.items())
+        if state.running and prop in state.live and state.live[prop].value != slot.value
+    ]
+
+
+@SETTINGS
+@given(histories())
+def test_state_snapshot_round_trips(h: History) -> None:
+    """Every state the fold passes through survives `state_to_json` then `state_from_json`, text and all."""
+    texts_ = [state_to_json(s) for s in h.seen]
+    back = [state_from_json(t) for t in texts_]
+    assert (back, [state_to_json(s) for s in back]) == (h.seen, texts_)
+
+
+@SETTINGS
+@given(st.data(), histories())
+def test_fold_in_two_chunks_equals_fold_at_once(data: st.DataObject, h: History) -> None:
+    """Folding a model seeded from a prefix's snapshots and history rows over the rest gives the whole fold."""
+    split = data.draw(st.integers(0, len(h.records)), label="split")
+    whole = Model()
+    whole.feed_all(h.records)
+    first = Model()
+    first.feed_all(h.records[:split])
+    second = Model(
+        states={u: state_from_json(state_to_json(s)) for u, s in first.states.items()},
+        history={r: history_from_row(first.history_row(r)) for r in first.history},
+        position=first.position,
+    )
+    second.feed_all(h.records[split:])
+    assert (second.all_rows(), second.states, second.position, whole.states) == (
+        whole.all_rows(), whole.states, len(h.records), h.states)
+
+
+@SETTINGS
+@given(histories())
+def test_drift_rows_are_exactly_where_live_differs(h: History) -> None:
+    """After every event, drift rows are exactly the running domain's properties whose live value != persistent."""
+    model = Model()
+    seen_rows, expected_rows = [], []
+    for rec in h.records:
+        model.feed(rec)
+        seen_rows.append([row[1:4] for row in model.domain_rows(rec.stream)["drift"]])
+        expected_rows.append(_expected_drift(model.states[rec.stream]))
+    assert seen_rows == expected_rows
+
+
+@SETTINGS
+@given(histories())
+def test_drift_causes_are_known_and_in_flight_means_pending(h: History) -> None:
+    """Every drift cause is a known cause, and `in_flight` drift names a request still pending."""
+    model = Model()
+    causes = {c.value for c in Cause}
+    wrong = []
+    for rec in h.records:
+        model.feed(rec)
+        state = model.states[rec.stream]
+        wrong += [
+            (rec.position, prop, mark) for prop, _, _, mark in state.drifting()
+            if mark.cause not in causes
+            or (mark.cause == Cause.IN_FLIGHT.value and mark.request_id not in state.pending)
+        ]
+    assert wrong == []
+
+
+@SETTINGS
+@given(histories())
+def test_history_completes_exactly_when_no_scope_is_in_flight(h: History) -> None:
+    """A request's history record is complete exactly when the hypervisor has answered every scope."""
+    model = Model()
+    model.feed_all(h.records)
+    pending_ids = {request.request_id for _, request in h.pending}
+    summary = {
+        r["request_id"]: (r["completed_at"] is None, any(o["status"] == "in_flight" for o in r["outcomes"].values()))
+        for r in model.history.values()
+    }
+    assert summary == {r: (r in pending_ids, r in pending_ids) for r in summary}
