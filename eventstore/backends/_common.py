@@ -10,7 +10,7 @@ from eventstore.errors import ChainBrokenError, VmledgerError
 from eventstore.events import Event
 from eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, chain_hash, timestamp
 
-__all__ = ["COLUMNS", "CHUNK", "record", "chained_rows", "verify_rows", "ChainChecker"]
+__all__ = ["COLUMNS", "CHUNK", "record", "chained_rows", "verify_rows", "ChainChecker", "LogReads"]
 
 #: The columns of the events table, in row order.
 COLUMNS = "position, stream, version, type, schema_version, data, metadata, recorded_at, hash"
@@ -103,3 +103,58 @@ async def verify_rows(
     async for row in rows(from_position):
         checker.check(row)
     return checker.position
+
+
+class LogReads:
+    """The read methods both backends share, written over their `fetch_all` (`?` placeholders)."""
+
+    fetch_all: Callable[..., Awaitable[list[tuple[Any, ...]]]]
+
+    async def head(self) -> int:
+        """Return the position of the last event (0 for an empty log)."""
+        rows = await self.fetch_all("SELECT max(position) FROM events")
+        return rows[0][0] or 0
+
+    async def position_at(self, when: datetime) -> int:
+        """Return the position of the last event recorded at or before `when`."""
+        rows = await self.fetch_all(
+            "SELECT max(position) FROM events WHERE recorded_at <= ?", (timestamp(when),))
+        return rows[0][0] or 0
+
+    async def read_stream(self, stream: str, *, to_position: int | None = None) -> list[RecordedEvent]:
+        """Return the events of one stream up to `to_position`, oldest first."""
+        rows = await self.fetch_all(
+            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND position <= ? ORDER BY version",
+            (stream, to_position if to_position is not None else 2**62),
+        )
+        return [record(r) for r in rows]
+
+    async def read_rows(self, from_position: int, to_position: int | None) -> AsyncIterator[tuple[Any, ...]]:
+        """Yield the stored rows after `from_position` up to `to_position`, in chunks, in order."""
+        end = to_position if to_position is not None else 2**62
+        while True:
+            rows = await self.fetch_all(
+                f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? "
+                f"ORDER BY position LIMIT {CHUNK}",
+                (from_position, end),
+            )
+            for row in rows:
+                yield tuple(row)
+            if len(rows) < CHUNK:
+                return
+            from_position = rows[-1][0]
+
+    async def read_all(
+        self, *, from_position: int = 0, to_position: int | None = None
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield every event after `from_position` up to `to_position`, in chunks, in order."""
+        async for row in self.read_rows(from_position, to_position):
+            yield record(row)
+
+    async def verify_chain(self, *, from_position: int = 0) -> int:
+        """Check positions, stream versions and the hash chain; return the last position.
+
+        Raises:
+            ChainBrokenError: naming the first position that does not check out.
+        """
+        return await verify_rows(self.fetch_all, lambda p: self.read_rows(p, None), from_position)

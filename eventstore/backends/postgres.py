@@ -25,10 +25,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 import asyncpg
 from asyncpg import exceptions as pg
 
-from eventstore.backends._common import CHUNK, COLUMNS, chained_rows, record, verify_rows
+from eventstore.backends._common import COLUMNS, LogReads, chained_rows, record
 from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError
 from eventstore.events import Event
-from eventstore.log import Metadata, Projector, RecordedEvent, timestamp
+from eventstore.log import Metadata, Projector, RecordedEvent
 
 __all__ = ["PostgresEventLog", "CHANNEL", "APPEND_LOCK"]
 
@@ -167,7 +167,7 @@ async def _keep(conn: asyncpg.Connection) -> None:
     """
 
 
-class PostgresEventLog:
+class PostgresEventLog(LogReads):
     """An event log in one PostgreSQL database, with projection tables beside it.
 
     Use it as an async context manager.  `dsn` is a `postgresql://` URL as
@@ -454,47 +454,6 @@ class PostgresEventLog:
         except _DRIVER_ERRORS as e:
             raise _storage_error(e) from e
 
-    async def head(self) -> int:
-        """Return the position of the last event (0 for an empty log)."""
-        rows = await self.fetch_all("SELECT max(position) FROM events")
-        return rows[0][0] or 0
-
-    async def position_at(self, when: datetime) -> int:
-        """Return the position of the last event recorded at or before `when`."""
-        rows = await self.fetch_all(
-            "SELECT max(position) FROM events WHERE recorded_at <= ?", (timestamp(when),))
-        return rows[0][0] or 0
-
-    async def read_stream(self, stream: str, *, to_position: int | None = None) -> list[RecordedEvent]:
-        """Return the events of one stream up to `to_position`, oldest first."""
-        rows = await self.fetch_all(
-            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND position <= ? ORDER BY version",
-            (stream, to_position if to_position is not None else 2**62),
-        )
-        return [record(r) for r in rows]
-
-    async def read_rows(self, from_position: int, to_position: int | None) -> AsyncIterator[tuple[Any, ...]]:
-        """Yield the stored rows after `from_position` up to `to_position`, in chunks, in order."""
-        end = to_position if to_position is not None else 2**62
-        while True:
-            rows = await self.fetch_all(
-                f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? "
-                f"ORDER BY position LIMIT {CHUNK}",
-                (from_position, end),
-            )
-            for row in rows:
-                yield row
-            if len(rows) < CHUNK:
-                return
-            from_position = rows[-1][0]
-
-    async def read_all(
-        self, *, from_position: int = 0, to_position: int | None = None
-    ) -> AsyncIterator[RecordedEvent]:
-        """Yield every event after `from_position` up to `to_position`, in chunks, in order."""
-        async for row in self.read_rows(from_position, to_position):
-            yield record(row)
-
     async def _listen(self) -> None:
         """Make sure the listening connection is up (reconnecting after a loss)."""
         async with self._listen_lock:
@@ -541,11 +500,3 @@ class PostgresEventLog:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll):
                     await woken.wait()
-
-    async def verify_chain(self, *, from_position: int = 0) -> int:
-        """Check positions, stream versions and the hash chain; return the last position.
-
-        Raises:
-            ChainBrokenError: naming the first position that does not check out.
-        """
-        return await verify_rows(self.fetch_all, lambda p: self.read_rows(p, None), from_position)

@@ -19,10 +19,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 import aiosqlite
 import attrs
 
-from eventstore.backends._common import CHUNK, COLUMNS, chained_rows, record, verify_rows
+from eventstore.backends._common import COLUMNS, LogReads, chained_rows, record
 from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError, VmledgerError
 from eventstore.events import Event
-from eventstore.log import Metadata, Projector, RecordedEvent, timestamp
+from eventstore.log import Metadata, Projector, RecordedEvent
 
 __all__ = ["SQLiteEventLog"]
 
@@ -82,7 +82,7 @@ class _Tx:
         await self._conn.executemany(sql, rows)
 
 
-class SQLiteEventLog:
+class SQLiteEventLog(LogReads):
     """An event log in one SQLite file, with projection tables beside it.
 
     Use it as an async context manager.  `busy_timeout` bounds how long a
@@ -338,47 +338,6 @@ class SQLiteEventLog:
             finally:
                 await conn.execute("COMMIT")
 
-    async def head(self) -> int:
-        """Return the position of the last event (0 for an empty log)."""
-        rows = await self.fetch_all("SELECT max(position) FROM events")
-        return rows[0][0] or 0
-
-    async def position_at(self, when: datetime) -> int:
-        """Return the position of the last event recorded at or before `when`."""
-        rows = await self.fetch_all(
-            "SELECT max(position) FROM events WHERE recorded_at <= ?", (timestamp(when),))
-        return rows[0][0] or 0
-
-    async def read_stream(self, stream: str, *, to_position: int | None = None) -> list[RecordedEvent]:
-        """Return the events of one stream up to `to_position`, oldest first."""
-        rows = await self.fetch_all(
-            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND position <= ? ORDER BY version",
-            (stream, to_position if to_position is not None else 2**62),
-        )
-        return [record(r) for r in rows]
-
-    async def read_rows(self, from_position: int, to_position: int | None) -> AsyncIterator[tuple[Any, ...]]:
-        """Yield the stored rows after `from_position` up to `to_position`, in chunks, in order."""
-        end = to_position if to_position is not None else 2**62
-        while True:
-            rows = await self.fetch_all(
-                f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? "
-                f"ORDER BY position LIMIT {CHUNK}",
-                (from_position, end),
-            )
-            for row in rows:
-                yield row
-            if len(rows) < CHUNK:
-                return
-            from_position = rows[-1][0]
-
-    async def read_all(
-        self, *, from_position: int = 0, to_position: int | None = None
-    ) -> AsyncIterator[RecordedEvent]:
-        """Yield every event after `from_position` up to `to_position`, in chunks, in order."""
-        async for row in self.read_rows(from_position, to_position):
-            yield record(row)
-
     async def subscribe(self, *, from_position: int = 0) -> AsyncIterator[RecordedEvent]:
         """Yield every event after `from_position`, then follow new appends (from any process)."""
         last = from_position
@@ -390,11 +349,3 @@ class SQLiteEventLog:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_POLL_SECONDS):  # other processes append too
                     await woken.wait()
-
-    async def verify_chain(self, *, from_position: int = 0) -> int:
-        """Check positions, stream versions and the hash chain; return the last position.
-
-        Raises:
-            ChainBrokenError: naming the first position that does not check out.
-        """
-        return await verify_rows(self.fetch_all, lambda p: self.read_rows(p, None), from_position)
