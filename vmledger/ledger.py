@@ -75,6 +75,7 @@ class Ledger:
         self._clock = clock
         self._new_id = new_id
         self._timeout = hypervisor_timeout
+        self._locks: dict[str, asyncio.Lock] = {}
 
     # Helpers.
 
@@ -89,15 +90,28 @@ class Ledger:
                         meta: Metadata) -> list[RecordedEvent]:
         """Decide on fresh state and append; on a version conflict decide again."""
         for _ in range(_RETRIES):
-            state = await self._state(name)
-            events = decide(state)
-            if not events:
-                return []
-            try:
-                return await self._append(state, events, meta)
-            except ConcurrencyError:
-                continue
+            async with self._serial(name):
+                state = await self._state(name)
+                events = decide(state)
+                if not events:
+                    return []
+                try:
+                    return await self._append(state, events, meta)
+                except ConcurrencyError:
+                    continue
         raise ConcurrencyError(name, -1, -1)
+
+    def _serial(self, name: str) -> asyncio.Lock:
+        """Return the lock that orders this process's decisions on one domain.
+
+        Deciding on a state another task of this process is about to change
+        only earns a version conflict; other processes still race, and the
+        expected-version check settles those.
+        """
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
 
     # Lifecycle.
 
@@ -301,15 +315,16 @@ class Ledger:
         for _ in range(_RETRIES):
             if (seen := await self._seen(request)) is not None:
                 return seen
-            state = await self._find_for_request(request)
-            decision = decide_set(request, state)
-            try:
-                await self._append(state, decision.events, meta)
-                break
-            except ConcurrencyError:
-                continue
-            except DuplicateRequestError:
-                continue  # another caller recorded the same id first: report theirs
+            async with self._serial(name):
+                state = await self._find_for_request(request)
+                decision = decide_set(request, state)
+                try:
+                    await self._append(state, decision.events, meta)
+                    break
+                except ConcurrencyError:
+                    continue
+                except DuplicateRequestError:
+                    continue  # another caller recorded the same id first: report theirs
         else:
             raise ConcurrencyError(name, -1, -1)
         if decision.persistent_value is not None:
