@@ -361,8 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     table = asyncio.run(run(args))
     print(machine_line())
-    print(f"store: SQLite (WAL, synchronous=FULL); writes at {args.db or 'a temporary directory'}, "
-          f"rebuild in a temporary directory; hypervisor: simulated (JSON state file beside the database); "
+    writes = ("PostgreSQL (advisory-locked appends, fsync on)" if (args.db or "").startswith(("postgresql:", "postgres:"))
+              else "SQLite (WAL, synchronous=FULL)")
+    print(f"store for writes: {writes} at {args.db or 'a temporary directory'}; "
+          f"rebuild on SQLite in a temporary directory; hypervisor: simulated (JSON state file beside the database); "
           f"median of {args.repeat} run(s)")
     print()
     table.print()
