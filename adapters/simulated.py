@@ -311,7 +311,8 @@ class SimulatedHypervisor:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sim-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(state, f, sort_keys=True, indent=1)
+                # One compact string: json.dump with an indent encodes in pure Python, chunk by chunk.
+                f.write(json.dumps(state, sort_keys=True))
             # Atomic but not fsynced: a simulated host that forgets its last
             # change in a power cut is realistic enough, and the ledger's own
             # durability never rests on it.

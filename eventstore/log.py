@@ -15,6 +15,7 @@ __all__ = [
     "Metadata",
     "RecordedEvent",
     "Transaction",
+    "SyncTransaction",
     "Projector",
     "EventLog",
     "GENESIS_HASH",
@@ -105,11 +106,33 @@ class Transaction(Protocol):
         ...
 
 
+class SyncTransaction(Protocol):
+    """The same as `Transaction`, for a backend that writes from a thread of its own."""
+
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Return every row of a query inside the transaction."""
+        ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement inside the transaction."""
+        ...
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for many rows inside the transaction."""
+        ...
+
+
 class Projector(Protocol):
     """Updates read models in the same transaction as an append (declared here, wired by `open`)."""
 
+    schema: Sequence[str]
+
     async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
         """Apply freshly appended records to the projection tables."""
+        ...
+
+    def project_sync(self, tx: SyncTransaction, records: Sequence[RecordedEvent]) -> None:
+        """Do what `project` does, through a synchronous transaction."""
         ...
 
 

@@ -8,11 +8,11 @@ writes.  SQL here is plain enough for SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Generator, Sequence
 
 from eventstore.errors import ChainBrokenError, InvalidRequestError
 from eventstore.events import ChangeRequested, DomainDefined
-from eventstore.log import RecordedEvent, Transaction
+from eventstore.log import RecordedEvent, SyncTransaction, Transaction
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
 __all__ = ["SCHEMA", "TableProjector", "DuplicateRequestError", "expected_rows", "table_rows", "compare"]
@@ -63,14 +63,32 @@ def _select(table: str) -> str:
     return f"SELECT {', '.join(cols)} FROM {table} ORDER BY {', '.join(cols[:key])}"
 
 
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
+
+
+_SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all', ?) "
+                 "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
+
+
 async def _write_rows(tx: Transaction, rows: dict[str, list[tuple]]) -> None:
     for table, part in rows.items():
         if part:
             await tx.execute_many(_insert(table), part)
 
 
+#: One statement a projection update needs run: (Transaction method, SQL, parameters).
+Step = tuple[str, str, Sequence[Any]]
+
+
 class TableProjector:
-    """Keeps the projection tables in step with the log, inside each append."""
+    """Keeps the projection tables in step with the log, inside each append.
+
+    The update is written once, as a generator of statements (`_steps`), and
+    run by an async driver (`project`, for asyncpg) or a synchronous one
+    (`project_sync`, for a SQLite writer thread that commits a whole batch
+    in one hop), so both backends write the same rows.
+    """
 
     schema = SCHEMA
 
@@ -81,55 +99,72 @@ class TableProjector:
             DuplicateRequestError: a `…Requested` reuses a recorded request id.
             InvalidRequestError: a `DomainDefined` reuses the name of a defined domain.
         """
+        steps, reply = self._steps(records), None
+        while True:
+            try:
+                method, sql, params = steps.send(reply)
+            except StopIteration:
+                return
+            reply = await getattr(tx, method)(sql, params)
+
+    def project_sync(self, tx: SyncTransaction, records: Sequence[RecordedEvent]) -> None:
+        """Do what `project` does, through a synchronous transaction.
+
+        Raises:
+            DuplicateRequestError, InvalidRequestError: as `project`.
+        """
+        steps, reply = self._steps(records), None
+        while True:
+            try:
+                method, sql, params = steps.send(reply)
+            except StopIteration:
+                return
+            reply = getattr(tx, method)(sql, params)
+
+    def _steps(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
         model = Model()
         streams = sorted({r.stream for r in records})
-        for uuid in streams:
-            found = await tx.fetch_all("SELECT state FROM domains WHERE uuid = ?", (uuid,))
-            if found:
-                model.states[uuid] = state_from_json(found[0][0])
-        wanted = {r.event.request_id for r in records if hasattr(r.event, "request_id")}
-        for request_id in sorted(wanted):
-            found = await tx.fetch_all(_select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY"),
-                                       (request_id,))
-            if found:
-                model.history[request_id] = history_from_row(found[0])
+        found = yield ("fetch_all", f"SELECT state FROM domains WHERE uuid IN ({_marks(streams)})", streams)
+        for (text,) in found:
+            state = state_from_json(text)
+            model.states[state.uuid] = state
+        wanted = sorted({r.event.request_id for r in records if hasattr(r.event, "request_id")})
+        if wanted:
+            found = yield ("fetch_all", _select("history").replace(
+                " ORDER BY", f" WHERE request_id IN ({_marks(wanted)}) ORDER BY"), wanted)
+            for row in found:
+                model.history[row[0]] = history_from_row(row)
         for rec in records:
             e = rec.event
             if isinstance(e, ChangeRequested) and e.request_id in model.history:
                 raise DuplicateRequestError(e.request_id)
             if isinstance(e, DomainDefined):
-                taken = await tx.fetch_all(
-                    "SELECT uuid FROM domains WHERE name = ? AND defined = 1", (e.domain,))
+                taken = yield ("fetch_all", "SELECT uuid FROM domains WHERE name = ? AND defined = 1", (e.domain,))
                 if taken:
                     raise InvalidRequestError(f"domain {e.domain!r} is already defined")
             model.feed(rec)
         for table in ("domains", "persistent", "live", "drift"):
             column = "uuid" if table == "domains" else "domain"
-            await tx.execute_many(f"DELETE FROM {table} WHERE {column} = ?", [(u,) for u in streams])
+            yield ("execute", f"DELETE FROM {table} WHERE {column} IN ({_marks(streams)})", streams)
         rows: dict[str, list[tuple]] = defaultdict(list)
         for uuid in streams:
             for table, part in model.domain_rows(uuid).items():
                 rows[table].extend(part)
-        touched = sorted(wanted & set(model.history))
-        await tx.execute_many("DELETE FROM history WHERE request_id = ?", [(r,) for r in touched])
+        touched = [r for r in wanted if r in model.history]
+        if touched:
+            yield ("execute", f"DELETE FROM history WHERE request_id IN ({_marks(touched)})", touched)
         rows["history"] = [model.history_row(r) for r in touched]
-        await _write_rows(tx, rows)
-        await tx.execute(
-            "INSERT INTO projection_position (name, position) VALUES ('all', ?) "
-            "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-            (records[-1].position,),
-        )
+        for table, part in rows.items():
+            if part:
+                yield ("execute_many", _insert(table), part)
+        yield ("execute", _SET_POSITION, (records[-1].position,))
 
     async def replace_all(self, tx: Transaction, model: Model) -> None:
         """Replace every projection row with the rows of `model` (the rebuild's write)."""
         for table in TABLES:
             await tx.execute(f"DELETE FROM {table}")
         await _write_rows(tx, model.all_rows())
-        await tx.execute(
-            "INSERT INTO projection_position (name, position) VALUES ('all', ?) "
-            "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-            (model.position,),
-        )
+        await tx.execute(_SET_POSITION, (model.position,))
 
 
 async def expected_rows(records: AsyncIterator[RecordedEvent]) -> Model:

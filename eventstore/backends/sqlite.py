@@ -1,20 +1,25 @@
-"""The SQLite backend of the log, on aiosqlite: one file, WAL, durable commits.
+"""The SQLite backend of the log: one file, WAL, durable commits.
 
 One writer per database per process: `SQLiteEventLog` owns the only writing
-connection and serialises appends with a lock.  Each append is one
-`BEGIN IMMEDIATE` transaction holding the events, their hash links and the
-projection rows, committed with `synchronous=FULL`.  Reads use a second
-connection; WAL lets them run beside the writer, and a busy timeout lets
-several processes share the file.
+connection, a plain `sqlite3` connection used from one thread of its own.
+Appends that arrive together are committed together (group commit): the
+whole batch — events, hash links, projection rows — runs as one synchronous
+function in that thread, one `BEGIN IMMEDIATE` transaction committed with
+`synchronous=FULL`, so a batch costs one thread hop and one `fsync` however
+many statements it holds.  Reads use a second connection, through aiosqlite;
+WAL lets them run beside the writer, and a busy timeout lets several
+processes share the file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import aiosqlite
 import attrs
@@ -40,7 +45,12 @@ _SCHEMA = (
         UNIQUE (stream, version))""",
     "CREATE INDEX IF NOT EXISTS events_recorded_at ON events (recorded_at)",
 )
+_INSERT = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _POLL_SECONDS = 0.2
+#: Appends per group commit, at most.
+_MAX_BATCH = 256
+
+T = TypeVar("T")
 
 
 def _storage_error(e: sqlite3.Error) -> StorageError:
@@ -48,9 +58,6 @@ def _storage_error(e: sqlite3.Error) -> StorageError:
     if "locked" in text or "busy" in text:
         return StorageError(f"the database stayed locked by another writer past the busy timeout ({text})")
     return StorageError(f"SQLite: {text}")
-
-
-_MAX_BATCH = 256
 
 
 @attrs.define
@@ -65,21 +72,36 @@ class _Append:
     future: "asyncio.Future[list[RecordedEvent]]"
 
 
-class _Tx:
-    """The `Transaction` a projector writes through: the writer's open connection."""
+class _SyncTx:
+    """The `SyncTransaction` a projector writes through, in the writer thread."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._conn.execute(sql, params)
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+
+class _Tx:
+    """The `Transaction` of the rarer writes (rebuild, import): each statement one hop to the writer thread."""
+
+    def __init__(self, log: "SQLiteEventLog") -> None:
+        self._run, self._tx = log._run, _SyncTx(log._need_writer())
+
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        async with self._conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return await self._run(self._tx.fetch_all, sql, params)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        await self._conn.execute(sql, params)
+        await self._run(self._tx.execute, sql, params)
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._conn.executemany(sql, rows)
+        await self._run(self._tx.execute_many, sql, rows)
 
 
 class SQLiteEventLog(LogReads):
@@ -93,7 +115,8 @@ class SQLiteEventLog(LogReads):
         self.path = path
         self._projector = projector
         self._busy_ms = int(busy_timeout * 1000)
-        self._writer: aiosqlite.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
@@ -103,21 +126,16 @@ class SQLiteEventLog(LogReads):
         self.commits = 0
         self._flusher: asyncio.Task[None] | None = None
 
-    def _probe(self) -> None:
-        # aiosqlite leaves its worker thread signalling the event loop after a
-        # failed connect; opening once with sqlite3 first turns the common
-        # failures (missing directory, no permission) into a clean error.
-        sqlite3.connect(self.path).close()
-
     async def __aenter__(self) -> "SQLiteEventLog":
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="vmledger-sqlite-writer")
         try:
-            await asyncio.to_thread(self._probe)
-            self._writer = await self._connect()
-            await self._writer.execute("BEGIN IMMEDIATE")
-            for statement in (*_SCHEMA, *self._projector.schema):
-                await self._writer.execute(statement)
-            await self._writer.commit()
-            self._reader = await self._connect()
+            # The writer first: a plain connect turns the common failures
+            # (missing directory, no permission) into a clean error, where a
+            # failed aiosqlite connect leaves its worker thread behind.
+            self._writer = await self._run(self._open_writer)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            for pragma in self._pragmas():
+                await self._reader.execute(pragma)
         except sqlite3.Error as e:
             await self.aclose()
             raise _storage_error(e) from e
@@ -129,52 +147,76 @@ class SQLiteEventLog(LogReads):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+    def _pragmas(self) -> tuple[str, ...]:
+        return (f"PRAGMA busy_timeout = {self._busy_ms}", "PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL")
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = FULL")
+            for pragma in self._pragmas():
+                conn.execute(pragma)
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in (*_SCHEMA, *self._projector.schema):
+                conn.execute(statement)
+            conn.execute("COMMIT")
         except BaseException:
-            await conn.close()
+            conn.close()
             raise
         return conn
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` in the writer thread."""
+        if self._thread is None:
+            raise StorageError("the ledger is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(fn, *args))
 
     async def aclose(self) -> None:
         """Finish the appends under way, then close both connections."""
         if self._flusher is not None:
             with contextlib.suppress(Exception):
                 await self._flusher
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                await conn.close()
-        self._writer = self._reader = None
+        if self._reader is not None:
+            await self._reader.close()
+        if self._writer is not None:
+            await self._run(self._writer.close)
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+        self._writer = self._reader = self._thread = None
 
-    def _need(self, conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
-        if conn is None:
+    def _need_reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
             raise StorageError("the ledger is closed")
-        return conn
+        return self._reader
+
+    def _need_writer(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise StorageError("the ledger is closed")
+        return self._writer
 
     # Writing.
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self) -> AsyncIterator[_Tx]:
         """Hold the writer lock and one `BEGIN IMMEDIATE` transaction, committed durably."""
-        conn = self._need(self._writer)
+        tx = _Tx(self)
         async with self._lock:
             try:
-                await conn.execute("BEGIN IMMEDIATE")
+                await self._run(self._need_writer().execute, "BEGIN IMMEDIATE")
                 try:
-                    yield conn
-                    # A cancelled caller must not leave a commit half-awaited.
-                    await asyncio.shield(conn.commit())
+                    yield tx
+                    # A cancelled caller must not leave a commit half-done.
+                    await asyncio.shield(self._run(self._need_writer().execute, "COMMIT"))
                     self.commits += 1
                 except BaseException:
-                    if conn.in_transaction:
-                        await asyncio.shield(conn.rollback())
+                    await asyncio.shield(self._run(self._rollback))
                     raise
             except sqlite3.Error as e:
                 raise _storage_error(e) from e
+
+    def _rollback(self) -> None:
+        conn = self._need_writer()
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
     async def append(
         self,
@@ -200,7 +242,7 @@ class SQLiteEventLog(LogReads):
         """
         if not events:
             raise ValueError("append needs at least one event")
-        self._need(self._writer)
+        self._need_writer()
         item = _Append(stream=stream, expected=expected_version, events=tuple(events), metadata=metadata,
                        now=now, future=asyncio.get_running_loop().create_future())
         self._waiting.append(item)
@@ -213,13 +255,17 @@ class SQLiteEventLog(LogReads):
         while self._waiting:
             batch = [a for a in self._waiting[:_MAX_BATCH] if not a.future.done()]
             del self._waiting[:_MAX_BATCH]
-            outcomes: list[list[RecordedEvent] | Exception] = []
             try:
-                async with self._transaction() as conn:
-                    for a in batch:
-                        outcomes.append(await self._append_one(conn, a))
+                async with self._lock:
+                    # Shielded: once the thread runs the batch, it commits or rolls back whole.
+                    outcomes = await asyncio.shield(self._run(self._commit_batch, batch))
+                    self.commits += 1
             except BaseException as e:
-                failure = e if isinstance(e, Exception) else StorageError("the append was interrupted")
+                failure: BaseException = e
+                if isinstance(e, sqlite3.Error):
+                    failure = _storage_error(e)
+                elif not isinstance(e, Exception):
+                    failure = StorageError("the append was interrupted; its outcome is unknown")
                 for a in batch:
                     if not a.future.done():
                         a.future.set_exception(failure)
@@ -235,32 +281,36 @@ class SQLiteEventLog(LogReads):
                 else:
                     a.future.set_result(outcome)
 
-    async def _append_one(self, conn: aiosqlite.Connection, a: "_Append") -> list[RecordedEvent] | Exception:
-        """Write one append inside the batch's transaction, undone alone if it is refused."""
-        await conn.execute("SAVEPOINT append")
+    def _commit_batch(self, batch: list[_Append]) -> list[list[RecordedEvent] | Exception]:
+        """Write a batch of appends in one durable transaction (in the writer thread)."""
+        conn = self._need_writer()
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            records = await self._append_in_tx(conn, a.stream, a.expected, a.events, a.metadata, a.now)
-            await self._projector.project(_Tx(conn), records)
+            outcomes = [self._append_one(conn, a) for a in batch]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    def _append_one(self, conn: sqlite3.Connection, a: _Append) -> list[RecordedEvent] | Exception:
+        """Write one append inside the batch's transaction, undone alone if it is refused."""
+        conn.execute("SAVEPOINT append")
+        try:
+            actual = conn.execute("SELECT max(version) FROM events WHERE stream = ?", (a.stream,)).fetchone()[0] or 0
+            if actual != a.expected:
+                raise ConcurrencyError(a.stream, a.expected, actual)
+            last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
+            position, prev = (last[0], last[1]) if last else (0, None)
+            rows, records = chained_rows(a.stream, a.expected, a.events, a.metadata, a.now, position, prev)
+            conn.executemany(_INSERT, rows)
+            self._projector.project_sync(_SyncTx(conn), records)
         except (VmledgerError, ValueError, TypeError) as e:
-            await conn.execute("ROLLBACK TO append")
+            conn.execute("ROLLBACK TO append")
             return e
         finally:
-            await conn.execute("RELEASE append")
-        return records
-
-    async def _append_in_tx(
-        self, conn: aiosqlite.Connection, stream: str, expected: int,
-        events: Sequence[Event], metadata: Metadata, now: datetime,
-    ) -> list[RecordedEvent]:
-        async with conn.execute("SELECT max(version) FROM events WHERE stream = ?", (stream,)) as cur:
-            actual = (await cur.fetchone())[0] or 0  # type: ignore[index]
-        if actual != expected:
-            raise ConcurrencyError(stream, expected, actual)
-        async with conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1") as cur:
-            last = await cur.fetchone()
-        position, prev = (last[0], last[1]) if last else (0, None)
-        rows, records = chained_rows(stream, expected, events, metadata, now, position, prev)
-        await conn.executemany(f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.execute("RELEASE append")
         return records
 
     async def import_rows(self, rows: Sequence[Sequence[Any]]) -> None:
@@ -273,13 +323,12 @@ class SQLiteEventLog(LogReads):
             InvalidRequestError: the rows do not start right after the last stored event.
             StorageError: SQLite failed; nothing of these rows was written.
         """
-        async with self._transaction() as conn:
-            async with conn.execute("SELECT max(position) FROM events") as cur:
-                head = (await cur.fetchone())[0] or 0  # type: ignore[index]
+        async with self._transaction() as tx:
+            head = (await tx.fetch_all("SELECT max(position) FROM events"))[0][0] or 0
             if rows[0][0] != head + 1:
                 raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
-            await conn.executemany(f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            await self._projector.project(_Tx(conn), [record(r) for r in rows])
+            await tx.execute_many(_INSERT, rows)
+            await self._projector.project(tx, [record(r) for r in rows])
         self._wake()
 
     def _wake(self) -> None:
@@ -302,14 +351,12 @@ class SQLiteEventLog(LogReads):
         async for rec in self.read_all():
             feed(rec)
             last = rec.position
-        async with self._transaction() as conn:
-            async with conn.execute(
-                f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position", (last,)
-            ) as cur:
-                for row in await cur.fetchall():
-                    feed(record(row))
-                    last = row[0]
-            await write(_Tx(conn))
+        async with self._transaction() as tx:
+            for row in await tx.fetch_all(f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position",
+                                          (last,)):
+                feed(record(row))
+                last = row[0]
+            await write(tx)
         return last
 
     # Reading.
@@ -320,17 +367,16 @@ class SQLiteEventLog(LogReads):
         Raises:
             StorageError: SQLite failed.
         """
-        conn = self._need(self._reader)
+        conn = self._need_reader()
         try:
-            async with conn.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            return list(await conn.execute_fetchall(sql, params))
         except sqlite3.Error as e:
             raise _storage_error(e) from e
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator["SQLiteEventLog"]:
         """Hold one read transaction so that several queries see the same log position."""
-        conn = self._need(self._reader)
+        conn = self._need_reader()
         async with self._read_lock:
             await conn.execute("BEGIN")
             try:
