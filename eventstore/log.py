@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Protocol, Sequence
+from typing import Any, AsyncIterator, Callable, Generator, Protocol, Sequence, TypeVar
 
 import attrs
 
@@ -17,6 +17,9 @@ __all__ = [
     "Transaction",
     "SyncTransaction",
     "Projector",
+    "Step",
+    "run_steps",
+    "run_steps_sync",
     "EventLog",
     "GENESIS_HASH",
     "chain_hash",
@@ -122,6 +125,33 @@ class SyncTransaction(Protocol):
         ...
 
 
+#: One statement a step-wise writer needs run: (transaction method name, SQL, parameters).
+Step = tuple[str, str, Sequence[Any]]
+T = TypeVar("T")
+
+
+async def run_steps(tx: Transaction, steps: Generator[Step, Any, T]) -> T:
+    """Run each statement `steps` yields through `tx`, sending back its result; return the generator's value."""
+    reply = None
+    while True:
+        try:
+            method, sql, params = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        reply = await getattr(tx, method)(sql, params)
+
+
+def run_steps_sync(tx: SyncTransaction, steps: Generator[Step, Any, T]) -> T:
+    """Do what `run_steps` does, through a synchronous transaction."""
+    reply = None
+    while True:
+        try:
+            method, sql, params = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        reply = getattr(tx, method)(sql, params)
+
+
 class Projector(Protocol):
     """Updates read models in the same transaction as an append (declared here, wired by `open`)."""
 
@@ -133,6 +163,13 @@ class Projector(Protocol):
 
     def project_sync(self, tx: SyncTransaction, records: Sequence[RecordedEvent]) -> None:
         """Do what `project` does, through a synchronous transaction."""
+        ...
+
+    def rebuild(self, progress: Callable[[int, int], None] | None) -> Generator[Step, Any, int]:
+        """Yield the statements that replace every projection row with a fold of the whole log.
+
+        Runs inside one write transaction; returns the last position folded.
+        """
         ...
 
 

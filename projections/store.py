@@ -8,11 +8,12 @@ writes.  SQL here is plain enough for SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, AsyncIterator, Generator, Sequence
+from typing import Any, AsyncIterator, Callable, Generator, Sequence
 
 from eventstore.errors import ChainBrokenError, InvalidRequestError
-from eventstore.events import ChangeRequested, DomainDefined
-from eventstore.log import RecordedEvent, SyncTransaction, Transaction
+from eventstore.events import ChangeOutcome, ChangeRequested, DomainDefined
+from eventstore.backends._common import CHUNK, COLUMNS, record
+from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
 __all__ = ["SCHEMA", "TableProjector", "DuplicateRequestError", "expected_rows", "table_rows", "compare"]
@@ -67,27 +68,20 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
+_HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
+#: The rebuild's read: the next chunk of stored rows, in position order, up to a head.
+READ_CHUNK = f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT {CHUNK}"
 _SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all', ?) "
                  "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
-
-
-async def _write_rows(tx: Transaction, rows: dict[str, list[tuple]]) -> None:
-    for table, part in rows.items():
-        if part:
-            await tx.execute_many(_insert(table), part)
-
-
-#: One statement a projection update needs run: (Transaction method, SQL, parameters).
-Step = tuple[str, str, Sequence[Any]]
 
 
 class TableProjector:
     """Keeps the projection tables in step with the log, inside each append.
 
-    The update is written once, as a generator of statements (`_steps`), and
-    run by an async driver (`project`, for asyncpg) or a synchronous one
-    (`project_sync`, for a SQLite writer thread that commits a whole batch
-    in one hop), so both backends write the same rows.
+    Each update is written once, as a generator of statements (`_steps`,
+    `rebuild`), run by an async driver (for asyncpg) or a synchronous one (for
+    the SQLite writer thread, which commits a whole batch in one hop), so
+    both backends write the same rows.
     """
 
     schema = SCHEMA
@@ -99,13 +93,7 @@ class TableProjector:
             DuplicateRequestError: a `…Requested` reuses a recorded request id.
             InvalidRequestError: a `DomainDefined` reuses the name of a defined domain.
         """
-        steps, reply = self._steps(records), None
-        while True:
-            try:
-                method, sql, params = steps.send(reply)
-            except StopIteration:
-                return
-            reply = await getattr(tx, method)(sql, params)
+        await run_steps(tx, self._steps(records))
 
     def project_sync(self, tx: SyncTransaction, records: Sequence[RecordedEvent]) -> None:
         """Do what `project` does, through a synchronous transaction.
@@ -113,13 +101,7 @@ class TableProjector:
         Raises:
             DuplicateRequestError, InvalidRequestError: as `project`.
         """
-        steps, reply = self._steps(records), None
-        while True:
-            try:
-                method, sql, params = steps.send(reply)
-            except StopIteration:
-                return
-            reply = getattr(tx, method)(sql, params)
+        run_steps_sync(tx, self._steps(records))
 
     def _steps(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
         model = Model()
@@ -159,12 +141,44 @@ class TableProjector:
                 yield ("execute_many", _insert(table), part)
         yield ("execute", _SET_POSITION, (records[-1].position,))
 
-    async def replace_all(self, tx: Transaction, model: Model) -> None:
-        """Replace every projection row with the rows of `model` (the rebuild's write)."""
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> Generator[Step, Any, int]:
+        """Yield the statements that replace every projection row with a fold of the whole log.
+
+        The log is read in chunks inside the caller's write transaction, and
+        the history rows of completed requests are written as the fold goes,
+        so memory holds the domain states and the open requests, never the
+        whole history.  `progress(position, head)` is called after each chunk.
+        Returns the last position folded.
+        """
         for table in TABLES:
-            await tx.execute(f"DELETE FROM {table}")
-        await _write_rows(tx, model.all_rows())
-        await tx.execute(_SET_POSITION, (model.position,))
+            yield ("execute", f"DELETE FROM {table}", ())
+        head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
+        model, last = Model(), 0
+        while last < head:
+            rows = yield ("fetch_all", READ_CHUNK, (last, head))
+            for row in rows:
+                rec = record(row)
+                e = rec.event
+                if isinstance(e, ChangeOutcome) and e.request_id not in model.history:
+                    # A late outcome of a request already written: take its row back.
+                    found = yield ("fetch_all", _HISTORY_BY_ID, (e.request_id,))
+                    if found:
+                        model.history[e.request_id] = history_from_row(found[0])
+                        yield ("execute", "DELETE FROM history WHERE request_id = ?", (e.request_id,))
+                model.feed(rec)
+            last = rows[-1][0] if rows else head
+            done = [r for r, h in model.history.items() if h["completed_at"] is not None]
+            if done:
+                yield ("execute_many", _insert("history"), [model.history_row(r) for r in done])
+                for r in done:
+                    del model.history[r]
+            if progress is not None:
+                progress(last, head)
+        for table, part in model.all_rows().items():
+            if part:
+                yield ("execute_many", _insert(table), part)
+        yield ("execute", _SET_POSITION, (last,))
+        return last
 
 
 async def expected_rows(records: AsyncIterator[RecordedEvent]) -> Model:

@@ -543,10 +543,13 @@ class Ledger:
 
     # Maintenance.
 
-    async def rebuild(self) -> int:
-        """Rebuild every projection from the log; return the position rebuilt to."""
-        model = Model()
-        return await self.log.rebuild(model.feed, lambda tx: self._projector.replace_all(tx, model))
+    async def rebuild(self, *, progress: Callable[[int, int], None] | None = None) -> int:
+        """Rebuild every projection from the log; return the position rebuilt to.
+
+        `progress(position, head)` is called as the fold goes, possibly from
+        another thread.  Writers wait until the rebuild commits.
+        """
+        return await self.log.rebuild(progress)
 
     async def verify(self, *, from_position: int = 0) -> int:
         """Check the hash chain and that the projections equal a rebuild; return the head.

@@ -20,7 +20,7 @@ import contextvars
 import functools
 import re
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import asyncpg
 from asyncpg import exceptions as pg
@@ -28,7 +28,7 @@ from asyncpg import exceptions as pg
 from eventstore.backends._common import COLUMNS, LogReads, chained_rows, record
 from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError
 from eventstore.events import Event
-from eventstore.log import Metadata, Projector, RecordedEvent
+from eventstore.log import Metadata, Projector, RecordedEvent, run_steps
 
 __all__ = ["PostgresEventLog", "CHANNEL", "APPEND_LOCK"]
 
@@ -376,29 +376,17 @@ class PostgresEventLog(LogReads):
             await self._projector.project(_Tx(conn), [record(tuple(r)) for r in rows])
         self._wake()
 
-    async def rebuild(self, feed: Callable[[RecordedEvent], None],
-                      write: Callable[[Any], Awaitable[None]]) -> int:
-        """Feed every event to `feed`, then run `write(tx)` in one write transaction.
+    async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Replace every projection row with a fold of the whole log, in one write transaction.
 
-        The bulk of the log is read before the transaction; events appended
-        meanwhile (by any process) are fed inside it, under the append lock,
-        so nothing is missed.  Returns the last position fed.
+        The transaction holds the append lock, so appends wait meanwhile and
+        nothing is missed.  Returns the last position folded.
 
         Raises:
             StorageError: PostgreSQL failed; the projections are unchanged.
         """
-        last = 0
-        async for rec in self.read_all():
-            feed(rec)
-            last = rec.position
         async with self._transaction() as conn:
-            for row in await conn.fetch(
-                f"SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position", last
-            ):
-                feed(record(tuple(row)))
-                last = row[0]
-            await write(_Tx(conn))
-        return last
+            return await run_steps(_Tx(conn), self._projector.rebuild(progress))
 
     # Reading.
 

@@ -19,7 +19,7 @@ import functools
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 import aiosqlite
 import attrs
@@ -27,7 +27,7 @@ import attrs
 from eventstore.backends._common import COLUMNS, LogReads, chained_rows, record
 from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError, VmledgerError
 from eventstore.events import Event
-from eventstore.log import Metadata, Projector, RecordedEvent
+from eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync
 
 __all__ = ["SQLiteEventLog"]
 
@@ -86,22 +86,6 @@ class _SyncTx:
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
-
-
-class _Tx:
-    """The `Transaction` of the rarer writes (rebuild, import): each statement one hop to the writer thread."""
-
-    def __init__(self, log: "SQLiteEventLog") -> None:
-        self._run, self._tx = log._run, _SyncTx(log._need_writer())
-
-    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return await self._run(self._tx.fetch_all, sql, params)
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        await self._run(self._tx.execute, sql, params)
-
-    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._run(self._tx.execute_many, sql, rows)
 
 
 class SQLiteEventLog(LogReads):
@@ -195,28 +179,33 @@ class SQLiteEventLog(LogReads):
 
     # Writing.
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[_Tx]:
-        """Hold the writer lock and one `BEGIN IMMEDIATE` transaction, committed durably."""
-        tx = _Tx(self)
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(connection, *args)` in one durable write transaction, in the writer thread.
+
+        Raises:
+            StorageError: SQLite failed; nothing of `fn`'s writes was kept.
+        """
         async with self._lock:
             try:
-                await self._run(self._need_writer().execute, "BEGIN IMMEDIATE")
-                try:
-                    yield tx
-                    # A cancelled caller must not leave a commit half-done.
-                    await asyncio.shield(self._run(self._need_writer().execute, "COMMIT"))
-                    self.commits += 1
-                except BaseException:
-                    await asyncio.shield(self._run(self._rollback))
-                    raise
+                # Shielded: once the thread runs it, the transaction commits or rolls back whole.
+                result = await asyncio.shield(self._run(self._atomically, fn, *args))
             except sqlite3.Error as e:
                 raise _storage_error(e) from e
+            self.commits += 1
+        self._wake()
+        return result
 
-    def _rollback(self) -> None:
+    def _atomically(self, fn: Callable[..., T], *args: Any) -> T:
         conn = self._need_writer()
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn, *args)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
 
     async def append(
         self,
@@ -256,15 +245,10 @@ class SQLiteEventLog(LogReads):
             batch = [a for a in self._waiting[:_MAX_BATCH] if not a.future.done()]
             del self._waiting[:_MAX_BATCH]
             try:
-                async with self._lock:
-                    # Shielded: once the thread runs the batch, it commits or rolls back whole.
-                    outcomes = await asyncio.shield(self._run(self._commit_batch, batch))
-                    self.commits += 1
+                outcomes = await self._write(self._commit_batch, batch)
             except BaseException as e:
                 failure: BaseException = e
-                if isinstance(e, sqlite3.Error):
-                    failure = _storage_error(e)
-                elif not isinstance(e, Exception):
+                if not isinstance(e, Exception):
                     failure = StorageError("the append was interrupted; its outcome is unknown")
                 for a in batch:
                     if not a.future.done():
@@ -272,7 +256,6 @@ class SQLiteEventLog(LogReads):
                 if not isinstance(e, Exception):
                     raise
                 continue
-            self._wake()
             for a, outcome in zip(batch, outcomes):
                 if a.future.done():
                     continue
@@ -281,18 +264,9 @@ class SQLiteEventLog(LogReads):
                 else:
                     a.future.set_result(outcome)
 
-    def _commit_batch(self, batch: list[_Append]) -> list[list[RecordedEvent] | Exception]:
-        """Write a batch of appends in one durable transaction (in the writer thread)."""
-        conn = self._need_writer()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            outcomes = [self._append_one(conn, a) for a in batch]
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return outcomes
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Append]) -> list[list[RecordedEvent] | Exception]:
+        """Write a batch of appends, each refused or written whole (in the writer thread)."""
+        return [self._append_one(conn, a) for a in batch]
 
     def _append_one(self, conn: sqlite3.Connection, a: _Append) -> list[RecordedEvent] | Exception:
         """Write one append inside the batch's transaction, undone alone if it is refused."""
@@ -323,41 +297,31 @@ class SQLiteEventLog(LogReads):
             InvalidRequestError: the rows do not start right after the last stored event.
             StorageError: SQLite failed; nothing of these rows was written.
         """
-        async with self._transaction() as tx:
-            head = (await tx.fetch_all("SELECT max(position) FROM events"))[0][0] or 0
-            if rows[0][0] != head + 1:
-                raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
-            await tx.execute_many(_INSERT, rows)
-            await self._projector.project(tx, [record(r) for r in rows])
-        self._wake()
+        await self._write(self._import, rows)
+
+    def _import(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        head = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
+        if rows[0][0] != head + 1:
+            raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
+        conn.executemany(_INSERT, rows)
+        self._projector.project_sync(_SyncTx(conn), [record(r) for r in rows])
 
     def _wake(self) -> None:
         """Wake this process's subscribers after a commit."""
         self._appended.set()
         self._appended = asyncio.Event()
 
-    async def rebuild(self, feed: Callable[[RecordedEvent], None],
-                      write: Callable[[Any], Awaitable[None]]) -> int:
-        """Feed every event to `feed`, then run `write(tx)` in one write transaction.
+    async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Replace every projection row with a fold of the whole log, in one write transaction.
 
-        The bulk of the log is read before the transaction; events appended
-        meanwhile (by any process) are fed inside it, so nothing is missed.
-        Returns the last position fed.
+        Appends wait meanwhile (other processes up to their busy timeout), so
+        nothing is missed.  `progress(position, head)` is called from the
+        writer thread.  Returns the last position folded.
 
         Raises:
             StorageError: SQLite failed; the projections are unchanged.
         """
-        last = 0
-        async for rec in self.read_all():
-            feed(rec)
-            last = rec.position
-        async with self._transaction() as tx:
-            for row in await tx.fetch_all(f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position",
-                                          (last,)):
-                feed(record(row))
-                last = row[0]
-            await write(tx)
-        return last
+        return await self._write(lambda conn: run_steps_sync(_SyncTx(conn), self._projector.rebuild(progress)))
 
     # Reading.
 
