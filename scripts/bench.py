@@ -2,11 +2,12 @@
 
 Run from the repository root (the package installed, e.g. `pip install -e .`):
 
-    python scripts/bench.py                        # full default run, about 1.5 minutes on 2 cores
-    python scripts/bench.py --events 10000 --repeat 1   # a quick smoke run
+    pip install -e '.[bench]'                      # the peer (eventsourcing) and orjson
+    python scripts/bench.py                        # full default run, about 10 minutes on 2 cores
+    python scripts/bench.py --events 20000 --repeat 1 --requests 100   # a quick smoke run
     python scripts/bench.py --db /tmp/ledger.db    # write benchmarks on that file (or sqlite:///URL)
 
-It prints one plain table, headed by the machine line (CPU count, Python,
+It prints plain tables, headed by the machine line (CPU count, Python,
 SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
 `time.perf_counter`:
 
@@ -15,21 +16,31 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
 2. durable `set` requests/s with `--callers` concurrent callers (one
    `asyncio.gather`), scope `both`, spread over `--domains` running PV
    domains, and the committed events/s that implies (log head before/after);
-3. `rebuild` and `verify` events/s over a log of `--events` events, built in
-   bulk through `ledger.log.append` (one stream per domain, up to `--batch`
-   events per append) rather than through `set`, and the peak RSS.
+3. `rebuild` events/s over a log of `--events` events and `--rebuild-domains`
+   domains, built in bulk through `ledger.log.append` (up to `--batch` events
+   per append) rather than through `set`, timed in a child process whose peak
+   RSS is the figure shown;
+4. `open`, `drift`, `show NAME` and `get NAME memory` on that log and on a
+   log of `--small-events` events: their cost must not grow with the log;
+5. the peer, in the same run: the eventsourcing library on SQLite, one event
+   per `save` over 1,000 aggregates, and its replay of `--events` events
+   through its mapper; and raw sqlite3 as the limit: one event per durable
+   transaction, 100 per transaction, and a scan of the rebuild log decoding
+   every event with orjson.
 
+A second table gives each target of the speed issue as a ratio from this run.
 The write benchmarks use a fresh temporary directory, or `--db` when given
 (their domains then get a unique suffix, and are stopped and undefined at the
-end).  The rebuild benchmark always uses a temporary directory.  The
-simulated hypervisor keeps its state in `<db>.sim.json`, rewritten (and
-fsync'd) on every call that changes it, so it weighs on the write figures.
+end).  The others always use temporary directories.  The simulated hypervisor
+keeps its state in `<db>.sim.json`, rewritten on every call that changes it,
+so it weighs on the write figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import resource
@@ -173,7 +184,8 @@ async def timed_sets(ledger: vmledger.Ledger, calls: list[tuple[str, int]], scop
     return seconds, events, [r for part in done for r in part], gave_up
 
 
-async def bench_writes(url: str, args: argparse.Namespace, table: Table, cleanup: bool) -> None:
+async def bench_writes(url: str, args: argparse.Namespace, table: Table, results: dict[str, float],
+                       cleanup: bool) -> None:
     """Benchmarks 1 and 2 on the ledger at `url`."""
     tag = uuid.uuid4().hex[:6]
     stopped, running = f"bench-{tag}-off", f"bench-{tag}-seq"
@@ -212,6 +224,10 @@ async def bench_writes(url: str, args: argparse.Namespace, table: Table, cleanup
                 records += done
                 failed += gave_up
                 stale += await stale_records(ledger, done)
+            if (scope, callers) == ("persistent", 1):
+                results["persistent_requests"] = statistics.median(rates)
+            if callers > 1:
+                results["callers_events"] = statistics.median(event_rates)
             table.add(name, rates, "requests/s",
                       f"{n} requests/run, mean latency {statistics.median(latency):.1f} ms")
             table.add("  committed events", event_rates, "events/s",
@@ -296,28 +312,242 @@ async def timed(fn: Callable[[], Awaitable[int]]) -> tuple[float, int]:
     return time.perf_counter() - start, result
 
 
-async def bench_rebuild(args: argparse.Namespace, table: Table) -> None:
-    """Benchmark 3, in a temporary directory."""
+async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[str, float]) -> None:
+    """Benchmarks 3 and 4, in a temporary directory; the rebuild runs in a child process for its own peak RSS."""
     domains = min(args.rebuild_domains, max(1, args.events // 3))
     with tempfile.TemporaryDirectory(prefix="vmledger-bench-") as tmp:
-        async with vmledger.open(os.path.join(tmp, "rebuild.db")) as ledger:
-            progress(f"building a log of {args.events:,} events over {domains} domains")
-            seconds, appends = await build_log(ledger, args.events, domains, args.batch)
-            head = await ledger.log.head()
-            if head != args.events:
-                raise SystemExit(f"bench: built {head} events, wanted {args.events}")
-            table.note(f"bulk append via log.append ({domains} streams)", f"{head / seconds:,.0f}", "events/s",
-                       f"one run, {appends} appends, {seconds:.1f} s; RSS peak so far {peak_rss_mib():.0f} MiB")
-            for label, fn in (("rebuild", ledger.rebuild), ("verify (chain + projections)", ledger.verify)):
-                rates = []
-                for r in range(args.repeat):
-                    progress(f"{label}: run {r + 1}/{args.repeat}")
-                    seconds, position = await timed(fn)
-                    if position != head:
-                        raise SystemExit(f"bench: {label} reached {position}, head is {head}")
-                    rates.append(head / seconds)
-                table.add(f"{label}, {head:,} events", rates, "events/s",
-                          f"{head / statistics.median(rates):.1f} s; peak RSS {peak_rss_mib():.0f} MiB")
+        big, small = os.path.join(tmp, "rebuild.db"), os.path.join(tmp, "small.db")
+        for path, total, streams in ((small, args.small_events, min(domains, args.small_events // 3)),
+                                     (big, args.events, domains)):
+            async with vmledger.open(path) as ledger:
+                progress(f"building a log of {total:,} events over {streams:,} domains")
+                seconds, appends = await build_log(ledger, total, streams, args.batch)
+                if await ledger.log.head() != total:
+                    raise SystemExit(f"bench: built {await ledger.log.head()} events, wanted {total}")
+        table.note(f"bulk append via log.append ({domains:,} streams)", f"{total / seconds:,.0f}", "events/s",
+                   f"one run, {appends:,} appends of up to {args.batch} events, {seconds:.1f} s")
+        progress(f"rebuild: {args.repeat} run(s) in a child process")
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, os.path.abspath(__file__), "--child-rebuild", big, "--repeat", str(args.repeat),
+            stdout=asyncio.subprocess.PIPE)
+        out, _ = await child.communicate()
+        if child.returncode:
+            raise SystemExit(f"bench: the rebuild child failed with exit {child.returncode}")
+        measured = json.loads(out)
+        table.add(f"rebuild, {total:,} events, {domains:,} domains", measured["rates"], "events/s",
+                  f"{total / statistics.median(measured['rates']):.1f} s; peak RSS of the child "
+                  f"{measured['rss']:.0f} MiB")
+        results.update(rebuild=statistics.median(measured["rates"]), rebuild_rss=measured["rss"], rss_limit=256)
+        rates = []
+        for r in range(args.repeat):
+            progress(f"raw scan + orjson decode: run {r + 1}/{args.repeat}")
+            rates.append(await asyncio.to_thread(raw_scan_decode, big))
+        table.add(f"raw scan + orjson decode, {total:,} events", rates, "events/s")
+        results["raw_scan"] = statistics.median(rates)
+        for label, path in (("small", small), ("big", big)):
+            progress(f"open, drift, show, get on the {label} log")
+            costs = await read_costs(path, args.read_calls)
+            for key, value in costs.items():
+                results[f"{label}_{key}"] = value
+        for key in ("open", "drift", "show", "get"):
+            table.note(f"{key}: {args.small_events:,} vs {total:,} events",
+                       f"{results['big_' + key] * 1000:.2f}", "ms",
+                       f"at {args.small_events:,} events {results['small_' + key] * 1000:.2f} ms; "
+                       f"median of {args.read_calls} calls")
+
+
+async def child_rebuild(path: str, repeat: int) -> None:
+    """Time `rebuild` on an existing log `repeat` times; print the rates and this process's peak RSS as JSON."""
+    rates = []
+    async with vmledger.open(path) as ledger:
+        head = await ledger.log.head()
+        for _ in range(repeat):
+            seconds, position = await timed(ledger.rebuild)
+            if position != head:
+                raise SystemExit(f"bench: rebuild reached {position}, head is {head}")
+            rates.append(head / seconds)
+    print(json.dumps({"rates": rates, "rss": peak_rss_mib()}))
+
+
+# -- the peer and the limits: the eventsourcing library and raw sqlite3 -------------
+
+#: About 150 bytes, the payload size of the reference figures.
+PAYLOAD = "v" * 150
+
+
+def raw_connect(path: str) -> sqlite3.Connection:
+    """Return a plain sqlite3 connection set up as vmledger's writer is (WAL, synchronous=FULL)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS events (position INTEGER PRIMARY KEY, stream TEXT NOT NULL, "
+                 "version INTEGER NOT NULL, data TEXT NOT NULL, UNIQUE (stream, version))")
+    return conn
+
+
+def raw_writes(path: str, n: int, streams: int, per_tx: int) -> float:
+    """Insert `n` events over `streams` streams, `per_tx` per durable transaction; return events/s."""
+    conn = raw_connect(path)
+    rows = [(f"s{i % streams}", i // streams + 1, PAYLOAD) for i in range(n)]
+    start = time.perf_counter()
+    for k in range(0, n, per_tx):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO events (stream, version, data) VALUES (?, ?, ?)", rows[k:k + per_tx])
+        conn.execute("COMMIT")
+    seconds = time.perf_counter() - start
+    conn.close()
+    return n / seconds
+
+
+def raw_scan_decode(path: str) -> float:
+    """Read every stored event of a vmledger file and decode its data and metadata; return events/s."""
+    import orjson
+
+    conn = sqlite3.connect(path)
+    start, count = time.perf_counter(), 0
+    for data, meta in conn.execute("SELECT data, metadata FROM events ORDER BY position"):
+        orjson.loads(data), orjson.loads(meta)
+        count += 1
+    seconds = time.perf_counter() - start
+    conn.close()
+    return count / seconds
+
+
+def peer_app(path: str) -> Any:
+    """Return an eventsourcing application on a SQLite file (its defaults: WAL, synchronous=FULL)."""
+    from eventsourcing.application import Application
+
+    return Application(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path})
+
+
+def peer_aggregates(app: Any, streams: int) -> list[Any]:
+    """Create and save `streams` aggregates of the peer in one save; return them."""
+    from eventsourcing.domain import Aggregate
+
+    made = [Aggregate() for _ in range(streams)]
+    app.save(*made)
+    return made
+
+
+try:  # the peer is a benchmark-only dependency: pip install -e '.[bench]'
+    from eventsourcing.domain import Aggregate as _PeerAggregate
+
+    class PeerTicked(_PeerAggregate.Event):
+        """The peer's event: one ~150-byte payload."""
+
+        payload: str
+except ImportError:
+    _PeerAggregate = None
+
+
+def _tick(agg: Any) -> None:
+    agg.trigger_event(PeerTicked, payload=PAYLOAD)
+
+
+def peer_saves(path: str, n: int, streams: int) -> float:
+    """Save `n` events of the peer, one event per `save`, over `streams` aggregates; return events/s."""
+    app = peer_app(path)
+    aggs = peer_aggregates(app, streams)
+    start = time.perf_counter()
+    for i in range(n):
+        agg = aggs[i % streams]
+        _tick(agg)
+        app.save(agg)
+    seconds = time.perf_counter() - start
+    app.close()
+    return n / seconds
+
+
+def peer_replay(path: str, total: int, streams: int) -> float:
+    """Store `total` events with the peer (in bulk), then map every stored event back; return events/s."""
+    app = peer_app(path)
+    aggs = peer_aggregates(app, streams)
+    for _ in range(total // streams - 1):
+        for agg in aggs:
+            _tick(agg)
+        app.save(*aggs)
+    start, count, after = time.perf_counter(), 0, 0
+    while True:
+        page = app.recorder.select_notifications(after, 1000, inclusive_of_start=False)
+        for stored in page:
+            app.mapper.to_domain_event(stored)
+        count += len(page)
+        if len(page) < 1000:
+            break
+        after = page[-1].id
+    seconds = time.perf_counter() - start
+    app.close()
+    return count / seconds
+
+
+async def bench_peer(args: argparse.Namespace, table: Table, results: dict[str, float]) -> None:
+    """The peer's figures and raw sqlite3's, each the median of `--repeat` runs in fresh files."""
+    n, streams = args.peer_events, 1000
+    cases = [
+        ("peer: eventsourcing, 1 event per save", "peer_saves", lambda d: peer_saves(d, n, streams)),
+        ("raw sqlite3, 1 event per transaction", "raw_1", lambda d: raw_writes(d, n, streams, 1)),
+        ("raw sqlite3, 100 events per transaction", "raw_100", lambda d: raw_writes(d, n * 10, streams, 100)),
+        (f"peer: replay through its mapper, {args.events:,} events", "peer_replay",
+         lambda d: peer_replay(d, args.events, streams)),
+    ]
+    for name, key, fn in cases:
+        rates = []
+        for r in range(args.repeat):
+            progress(f"{name}: run {r + 1}/{args.repeat}")
+            with tempfile.TemporaryDirectory(prefix="vmledger-bench-") as tmp:
+                rates.append(await asyncio.to_thread(fn, os.path.join(tmp, "peer.db")))
+        table.add(name, rates, "events/s")
+        results[key] = statistics.median(rates)
+
+
+# -- 4: reads whose cost must not grow with the log -----------------------------------
+
+
+async def read_costs(path: str, calls: int) -> dict[str, float]:
+    """Return the median seconds of open, drift, show and get on the ledger at `path`."""
+    times: dict[str, list[float]] = {"open": [], "drift": [], "show": [], "get": []}
+    async with vmledger.open(path) as ledger:
+        name = (await ledger.domains())[0]["domain"]
+        for _ in range(calls):
+            for key, call in (("drift", ledger.drift), ("show", lambda: ledger.show(name)),
+                              ("get", lambda: ledger.get(name, "memory"))):
+                start = time.perf_counter()
+                await call()
+                times[key].append(time.perf_counter() - start)
+    for _ in range(max(calls // 10, 3)):
+        start = time.perf_counter()
+        async with vmledger.open(path) as ledger:
+            await ledger.log.head()
+        times["open"].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# -- the targets ------------------------------------------------------------------------
+
+
+def print_targets(results: dict[str, float]) -> None:
+    """Print each target of the speed issue as ours / reference = ratio against what is wanted."""
+    rows = []
+
+    def target(label: str, ours: str, ref: str, wanted: float, *, at_most: bool = False) -> None:
+        if ours in results and ref in results:
+            ratio = results[ours] / results[ref]
+            met = ratio <= wanted if at_most else ratio >= wanted
+            rows.append((label, f"{results[ours]:,.4g}", f"{results[ref]:,.4g}", f"{ratio:.2f}",
+                         f"{'<=' if at_most else '>='} {wanted:g}", "met" if met else "NOT met"))
+
+    target("1. 64 callers, both: events/s vs peer saves/s", "callers_events", "peer_saves", 5)
+    target("1. 64 callers, both: events/s vs raw 100/tx", "callers_events", "raw_100", 0.4)
+    target("2. 1 caller, persistent: requests/s vs peer saves/s", "persistent_requests", "peer_saves", 1.0)
+    target("3. rebuild events/s vs peer replay", "rebuild", "peer_replay", 2)
+    target("3. rebuild events/s vs raw scan + orjson decode", "rebuild", "raw_scan", 0.33)
+    target("3. rebuild peak RSS MiB vs 256 MiB", "rebuild_rss", "rss_limit", 1.0, at_most=True)
+    for key in ("open", "drift", "show", "get"):
+        target(f"4. {key} at the big log vs at the small log (s)", f"big_{key}", f"small_{key}", 1.2, at_most=True)
+    head = ("target", "ours", "reference", "ratio", "wanted", "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(6)]
+    for r in [head, *rows]:
+        print("  ".join(f"{c:<{w}}" if i in (0, 5) else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths))).rstrip())
 
 
 # -- main ------------------------------------------------------------------------
@@ -327,49 +557,66 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--db", help="database path or sqlite:/// URL for the write benchmarks "
                                 "(default: a fresh file in a temporary directory)")
-    p.add_argument("--events", type=int, default=100_000, help="events in the rebuild log (default 100000)")
+    p.add_argument("--events", type=int, default=1_000_000,
+                   help="events in the rebuild log, and in the peer's replay (default 1000000)")
+    p.add_argument("--small-events", type=int, default=10_000,
+                   help="events in the small log the read costs are compared with (default 10000)")
+    p.add_argument("--read-calls", type=int, default=200, help="calls per read-cost figure (default 200)")
+    p.add_argument("--peer-events", type=int, default=2000,
+                   help="events per run of the peer's saves and raw sqlite3 one-per-transaction (default 2000)")
+    p.add_argument("--child-rebuild", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is shown (default 3)")
     p.add_argument("--requests", type=int, default=500, help="set requests per write run (default 500)")
     p.add_argument("--callers", type=int, default=64, help="concurrent callers (default 64)")
     p.add_argument("--domains", type=int, default=50, help="running domains the callers share (default 50)")
-    p.add_argument("--rebuild-domains", type=int, default=1000, help="streams of the rebuild log (default 1000)")
+    p.add_argument("--rebuild-domains", type=int, default=10_000, help="streams of the rebuild log (default 10000)")
     p.add_argument("--batch", type=int, default=500, help="events per append when building the log (default 500)")
-    p.add_argument("--skip", choices=("writes", "rebuild"), action="append", default=[],
+    p.add_argument("--skip", choices=("writes", "rebuild", "peer"), action="append", default=[],
                    help="leave out one part (may be repeated)")
     args = p.parse_args(argv)
-    for name in ("events", "repeat", "requests", "callers", "domains", "rebuild_domains", "batch"):
+    for name in ("events", "small_events", "read_calls", "peer_events", "repeat", "requests", "callers",
+                 "domains", "rebuild_domains", "batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
 
 
-async def run(args: argparse.Namespace) -> Table:
-    table = Table()
+async def run(args: argparse.Namespace) -> tuple[Table, dict[str, float]]:
+    table, results = Table(), {}
     if "writes" not in args.skip:
         if args.db:
-            await bench_writes(args.db, args, table, cleanup=True)
+            await bench_writes(args.db, args, table, results, cleanup=True)
         else:
             with tempfile.TemporaryDirectory(prefix="vmledger-bench-") as tmp:
-                await bench_writes(os.path.join(tmp, "writes.db"), args, table, cleanup=False)
+                await bench_writes(os.path.join(tmp, "writes.db"), args, table, results, cleanup=False)
     if "rebuild" not in args.skip:
-        await bench_rebuild(args, table)
-    return table
+        await bench_rebuild(args, table, results)
+    if "peer" not in args.skip:
+        if _PeerAggregate is None:
+            raise SystemExit("bench: the peer is not installed: pip install -e '.[bench]' (or --skip peer)")
+        await bench_peer(args, table, results)
+    return table, results
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.child_rebuild:
+        asyncio.run(child_rebuild(args.child_rebuild, args.repeat))
+        return 0
     start = time.perf_counter()
-    table = asyncio.run(run(args))
+    table, results = asyncio.run(run(args))
     print(machine_line())
     writes = ("PostgreSQL (advisory-locked appends, fsync on)" if (args.db or "").startswith(("postgresql:", "postgres:"))
               else "SQLite (WAL, synchronous=FULL)")
     print(f"store for writes: {writes} at {args.db or 'a temporary directory'}; "
           f"rebuild on SQLite in a temporary directory; hypervisor: simulated (JSON state file beside the database); "
-          f"median of {args.repeat} run(s)")
+          f"peer: eventsourcing on SQLite (WAL, synchronous=FULL); median of {args.repeat} run(s)")
     print()
     table.print()
     print()
-    print(f"total {time.perf_counter() - start:.0f} s, peak RSS {peak_rss_mib():.0f} MiB")
+    print_targets(results)
+    print()
+    print(f"total {time.perf_counter() - start:.0f} s, peak RSS of this process {peak_rss_mib():.0f} MiB")
     return 0
 
 
