@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
@@ -20,14 +21,24 @@ CHUNK = 2000
 Row = Sequence[Any]
 
 
+# The events of one append share their metadata and time: decode each text once.
+@functools.lru_cache(maxsize=4096)
+def _metadata(text: str) -> Metadata:
+    return Metadata(**loads(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
 def record(row: Row) -> RecordedEvent:
     """Return the recorded event a stored row holds."""
     position, stream, version, type_, schema_version, data, metadata, recorded_at, hash_ = row
     return RecordedEvent(
         position=position, stream=stream, version=version,
         event=decode(type_, schema_version, data),
-        metadata=Metadata(**loads(metadata)),
-        recorded_at=datetime.fromisoformat(recorded_at), hash=hash_,
+        metadata=_metadata(metadata), recorded_at=_time(recorded_at), hash=hash_,
     )
 
 
