@@ -69,8 +69,7 @@ def _marks(values: Sequence[Any]) -> str:
 
 
 _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
-#: The rebuild's read: the next chunk of stored rows, in position order, up to a head.
-READ_CHUNK = f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT {CHUNK}"
+_READ_CHUNK = f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
 _SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all', ?) "
                  "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
 
@@ -85,6 +84,9 @@ class TableProjector:
     """
 
     schema = SCHEMA
+
+    def __init__(self, *, chunk: int = CHUNK) -> None:
+        self._chunk = chunk  # events per read of the rebuild
 
     async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
         """Fold `records` into the rows of the domains and requests they touch.
@@ -155,7 +157,7 @@ class TableProjector:
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
         model, last = Model(), 0
         while last < head:
-            rows = yield ("fetch_all", READ_CHUNK, (last, head))
+            rows = yield ("fetch_all", _READ_CHUNK, (last, head, self._chunk))
             for row in rows:
                 rec = record(row)
                 e = rec.event

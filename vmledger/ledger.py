@@ -47,7 +47,7 @@ from eventstore.log import Metadata, RecordedEvent
 from eventstore.state import DomainState, Pending
 from projections import queries
 from projections.model import Model, state_from_json
-from projections.store import DuplicateRequestError, TableProjector, compare, table_rows
+from projections.store import DuplicateRequestError, compare, table_rows
 
 __all__ = ["Ledger"]
 
@@ -71,7 +71,6 @@ class Ledger:
     ) -> None:
         self.log = log
         self.hypervisor = hypervisor
-        self._projector = TableProjector()
         self._clock = clock
         self._new_id = new_id
         self._timeout = hypervisor_timeout

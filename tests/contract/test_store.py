@@ -15,7 +15,9 @@ from eventstore.backends.sqlite import SQLiteEventLog
 from eventstore.errors import ChainBrokenError, ConcurrencyError, StorageError
 from eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveValueObserved
 from eventstore.log import Metadata
-from projections.store import TableProjector
+from eventstore.catalogue import Outcome
+from eventstore.events import change_event
+from projections.store import TableProjector, table_rows
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}
@@ -26,16 +28,16 @@ def _defined(name: str) -> DomainDefined:
 
 
 @contextlib.asynccontextmanager
-async def _sqlite(tmp: str) -> AsyncIterator[SQLiteEventLog]:
-    async with SQLiteEventLog(os.path.join(tmp, "store.db"), TableProjector(), busy_timeout=5) as log:
+async def _sqlite(tmp: str, projector: TableProjector | None = None) -> AsyncIterator[SQLiteEventLog]:
+    async with SQLiteEventLog(os.path.join(tmp, "store.db"), projector or TableProjector(), busy_timeout=5) as log:
         yield log
 
 
 @contextlib.asynccontextmanager
-async def _postgres(dsn: str) -> AsyncIterator[Any]:
+async def _postgres(dsn: str, projector: TableProjector | None = None) -> AsyncIterator[Any]:
     from eventstore.backends.postgres import PostgresEventLog  # only when asyncpg is there
 
-    async with PostgresEventLog(dsn, TableProjector(), busy_timeout=5) as log:
+    async with PostgresEventLog(dsn, projector or TableProjector(), busy_timeout=5) as log:
         yield log
 
 
@@ -46,7 +48,7 @@ BACKENDS: dict[str, Callable[[str], Any]] = {"sqlite": _sqlite, "postgres": _pos
 def store(request: pytest.FixtureRequest, tmp_path: Any) -> Callable[[], Any]:
     """Return a factory of opened logs on one fresh database of the backend under test."""
     where = request.getfixturevalue("pg_database") if request.param == "postgres" else str(tmp_path)
-    return lambda: BACKENDS[request.param](where)
+    return lambda projector=None: BACKENDS[request.param](where, projector)
 
 
 def run(coro: Any) -> Any:
@@ -65,6 +67,37 @@ def test_append_assigns_gap_free_positions_and_versions(store: Callable[[], Any]
 
     assert run(go()) == [(1, "a", 1, "DomainDefined"), (2, "a", 2, "DomainStarted"),
                          (3, "b", 1, "DomainDefined"), (4, "a", 3, "DomainStopped")]
+
+
+def test_rebuild_in_small_chunks_writes_the_rows_the_appends_wrote(store: Callable[..., Any]) -> None:
+    """A rebuild reading two events at a time writes exactly the incremental rows, late and open requests too."""
+    def change(outcome: Outcome, request_id: str, **fields: Any) -> Any:
+        return change_event("memory", outcome)(request_id=request_id, property="memory", **fields)
+
+    async def go() -> tuple[dict, dict]:
+        async with store() as log:
+            for name in ("a", "b"):
+                await log.append(name, 0, [_defined(name), DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            versions = {"a": 2, "b": 2}
+            for i in range(4):
+                for name in ("a", "b"):
+                    rid, size = f"{name}{i}", 2**29 + i
+                    steps = [change(Outcome.REQUESTED, rid, value=size, scope="both", principal="p"),
+                             change(Outcome.APPLIED, rid, scope="persistent", requested=size, value=size),
+                             change(Outcome.PARTIALLY_APPLIED, rid, scope="live", requested=size, value=size - 1)]
+                    for event in steps[:3 if i < 3 else 1]:  # the last requests stay in flight
+                        versions[name] += 1
+                        await log.append(name, versions[name] - 1, [event], Metadata(), now=T0 + timedelta(i))
+            # A second live outcome of a request completed long before.
+            await log.append("a", versions["a"], [change(Outcome.APPLIED, "a0", scope="live", requested=2**29,
+                                                         value=2**29)], Metadata(), now=T0 + timedelta(9))
+            incremental = await table_rows(log.fetch_all)
+        async with store(TableProjector(chunk=2)) as log:
+            position = await log.rebuild()
+            return incremental, {**await table_rows(log.fetch_all), "position": position}
+
+    incremental, rebuilt = run(go())
+    assert (rebuilt, len(incremental["history"])) == ({**incremental, "position": 25}, 8)
 
 
 def test_expected_version_conflict_writes_nothing(store: Callable[[], Any]) -> None:
