@@ -312,7 +312,8 @@ class Ledger:
         meta = Metadata(principal=principal, request_id=request.request_id,
                         correlation_id=request.request_id)
         for _ in range(_RETRIES):
-            if (seen := await self._seen(request)) is not None:
+            # A generated id is new: only a caller's id can have been recorded already.
+            if request_id is not None and (seen := await self._seen(request)) is not None:
                 return seen
             async with self._serial(name):
                 state = await self._find_for_request(request)
