@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from typing import Any, Callable
 
 from eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Kind, Reason
@@ -30,9 +31,13 @@ _UNSUPPORTED = {
     "memory": "guest has neither a balloon driver nor memory hotplug",
     "vcpus": "guest does not support vCPU hotplug",
 }
-_FAULT_KINDS = ("error", "timeout")
+_FAULT_KINDS = ("error", "timeout", "late")
 
 State = dict[str, Any]
+
+
+class _Late:
+    """A late fault was consumed: the change is applied, but only after `hang_seconds`."""
 
 
 class _Hang:
@@ -169,10 +174,17 @@ class SimulatedHypervisor:
             HypervisorError: the domain is unknown.
         """
         result = await self._run(lambda state: _apply_live(state, name, prop, value))
+        if isinstance(result, _Late):
+            # Like a blocking hypervisor call: the caller's timeout cannot stop the thread.
+            return await asyncio.to_thread(self._answer_late, name, prop, value)
         if isinstance(result, _Hang):
             await asyncio.sleep(self.hang_seconds)
             return LiveResult.failed(result.current, Reason.TIMEOUT, "hypervisor did not answer")
         return result
+
+    def _answer_late(self, name: str, prop: str, value: Value) -> LiveResult | _Hang:
+        time.sleep(self.hang_seconds)
+        return self._transact(lambda state: _apply_live(state, name, prop, value), True)
 
     async def observe(self, name: str) -> Observation:
         """Report the domain's live state, capabilities and tray locks.
@@ -267,10 +279,14 @@ class SimulatedHypervisor:
         await self._run(change)
 
     async def inject_fault(self, name: str, prop: str, kind: str) -> None:
-        """Make the next live change of `prop` fail with an `error` or hang until a `timeout`.
+        """Make the next live change of `prop` fail with an `error`, hang until a `timeout`, or answer `late`.
+
+        A `late` change waits `hang_seconds` in a thread that the caller's
+        timeout cannot stop, as a blocking hypervisor call does, then applies
+        the change and answers: an answer nobody may be waiting for.
 
         Raises:
-            InvalidRequestError: `kind` is neither `error` nor `timeout`.
+            InvalidRequestError: `kind` is not `error`, `timeout` or `late`.
             HypervisorError: the domain is unknown.
         """
         if kind not in _FAULT_KINDS:
@@ -370,6 +386,8 @@ def _apply_live(state: State, name: str, prop: str, value: Value) -> LiveResult 
         return LiveResult.failed(current, Reason.HYPERVISOR_ERROR, "injected hypervisor error")
     if fault == "timeout":
         return _Hang(current)
+    if fault == "late":
+        return _Late()
     if prop.startswith(MEDIA_PREFIX):
         device = prop[len(MEDIA_PREFIX) :]
         if prop not in live:
