@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable
 
 from eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Kind, Reason
-from eventstore.errors import HypervisorError, InvalidRequestError
+from eventstore.errors import HypervisorError, InvalidRequestError, VmledgerError
 from eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
 
 __all__ = ["SimulatedHypervisor"]
@@ -59,6 +59,8 @@ class SimulatedHypervisor:
         self.lock_path = self.state_path + ".lock"
         self.hang_seconds = 3600.0
         self._initial_free = host_free
+        self._queue: list[tuple[Callable[[State], Any], bool, asyncio.Future[Any]]] = []
+        self._worker: asyncio.Task[None] | None = None
 
     @classmethod
     def for_database(
@@ -301,17 +303,51 @@ class SimulatedHypervisor:
     # -- the state file ----------------------------------------------------------
 
     async def _run(self, fn: Callable[[State], Any], *, write: bool = True) -> Any:
-        return await asyncio.to_thread(self._transact, fn, write)
+        """Run `fn` on the state under the file lock; calls that arrive together share one load and save."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, write, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                answers = await asyncio.to_thread(self._transact_all, [(fn, write) for fn, write, _ in batch])
+            except BaseException as e:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(e if isinstance(e, Exception) else HypervisorError("interrupted"))
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            for (_, _, future), (ok, value) in zip(batch, answers):
+                if not future.done():
+                    future.set_result(value) if ok else future.set_exception(value)
 
     def _transact(self, fn: Callable[[State], Any], write: bool) -> Any:
+        (ok, value), = self._transact_all([(fn, write)])
+        if not ok:
+            raise value
+        return value
+
+    def _transact_all(self, calls: list[tuple[Callable[[State], Any], bool]]) -> list[tuple[bool, Any]]:
+        # Every change checks before it mutates, so one that raises leaves the
+        # state as it found it, and its neighbours' changes are saved alone.
         # The lock file, not the state file, is locked: os.replace swaps the latter.
         with open(self.lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            state = self._load()
-            result = fn(state)
-            if write:
+            state, answers, changed = self._load(), [], False
+            for fn, write in calls:
+                try:
+                    answers.append((True, fn(state)))
+                    changed = changed or write
+                except VmledgerError as e:
+                    answers.append((False, e))
+            if changed:
                 self._save(state)
-            return result
+            return answers
 
     def _load(self) -> State:
         try:
