@@ -20,8 +20,9 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    domains, built in bulk through `ledger.log.append` (up to `--batch` events
    per append) rather than through `set`, timed in a child process whose peak
    RSS is the figure shown;
-4. `open`, `drift`, `show NAME` and `get NAME memory` on that log and on a
-   log of `--small-events` events: their cost must not grow with the log;
+4. `open`, `drift`, `show NAME` and `get NAME memory` on one fleet of
+   `--read-domains` domains whose log holds `--small-events` events, then
+   grown to `--events`: their cost must not grow with the log;
 5. the peer, in the same run: the eventsourcing library on SQLite, one event
    per `save` over 1,000 aggregates, and its replay of `--events` events
    through its mapper; and raw sqlite3 as the limit: one event per durable
@@ -291,18 +292,25 @@ def domain_events(index: int, count: int) -> list[Event]:
     return events[:count]
 
 
-async def build_log(ledger: vmledger.Ledger, total: int, domains: int, batch: int) -> tuple[float, int]:
-    """Append `total` events over `domains` streams in batches; return (seconds, appends)."""
-    base, appends = datetime(2024, 1, 1, tzinfo=timezone.utc), 0
+async def build_log(ledger: vmledger.Ledger, total: int, domains: int, batch: int,
+                    have: list[int] | None = None) -> tuple[float, int]:
+    """Grow a log to `total` events over `domains` streams in batches; return (seconds, appends).
+
+    `have` holds the events each stream has already (from an earlier call),
+    and is updated, so a log can be measured small and then grown.
+    """
+    have = have if have is not None else [0] * domains
+    base, appends = datetime(2024, 1, 1, tzinfo=timezone.utc), sum(1 for h in have if h)
     meta = Metadata(principal=PRINCIPAL)
     start = time.perf_counter()
     for d in range(domains):
         count = total // domains + (d < total % domains)
         events = domain_events(d, count)
-        for version in range(0, len(events), batch):
+        for version in range(have[d], len(events), batch):
             appends += 1
             await ledger.log.append(f"{d:032x}", version, events[version:version + batch], meta,
                                     now=base + timedelta(seconds=appends))
+        have[d] = max(have[d], len(events))
     return time.perf_counter() - start, appends
 
 
@@ -316,15 +324,11 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
     """Benchmarks 3 and 4, in a temporary directory; the rebuild runs in a child process for its own peak RSS."""
     domains = min(args.rebuild_domains, max(1, args.events // 3))
     with tempfile.TemporaryDirectory(prefix="vmledger-bench-") as tmp:
-        big, small = os.path.join(tmp, "rebuild.db"), os.path.join(tmp, "small.db")
-        for path, total, streams in ((small, args.small_events, min(domains, args.small_events // 3)),
-                                     (big, args.events, domains)):
-            async with vmledger.open(path) as ledger:
-                progress(f"building a log of {total:,} events over {streams:,} domains")
-                seconds, appends = await build_log(ledger, total, streams, args.batch)
-                if await ledger.log.head() != total:
-                    raise SystemExit(f"bench: built {await ledger.log.head()} events, wanted {total}")
-        table.note(f"bulk append via log.append ({domains:,} streams)", f"{total / seconds:,.0f}", "events/s",
+        big = os.path.join(tmp, "rebuild.db")
+        async with vmledger.open(big) as ledger:
+            progress(f"building a log of {args.events:,} events over {domains:,} domains")
+            seconds, appends = await build_log(ledger, args.events, domains, args.batch)
+        table.note(f"bulk append via log.append ({domains:,} streams)", f"{args.events / seconds:,.0f}", "events/s",
                    f"one run, {appends:,} appends of up to {args.batch} events, {seconds:.1f} s")
         progress(f"rebuild: {args.repeat} run(s) in a child process")
         child = await asyncio.create_subprocess_exec(
@@ -334,26 +338,35 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
         if child.returncode:
             raise SystemExit(f"bench: the rebuild child failed with exit {child.returncode}")
         measured = json.loads(out)
-        table.add(f"rebuild, {total:,} events, {domains:,} domains", measured["rates"], "events/s",
-                  f"{total / statistics.median(measured['rates']):.1f} s; peak RSS of the child "
+        table.add(f"rebuild, {args.events:,} events, {domains:,} domains", measured["rates"], "events/s",
+                  f"{args.events / statistics.median(measured['rates']):.1f} s; peak RSS of the child "
                   f"{measured['rss']:.0f} MiB")
         results.update(rebuild=statistics.median(measured["rates"]), rebuild_rss=measured["rss"], rss_limit=256)
         rates = []
         for r in range(args.repeat):
             progress(f"raw scan + orjson decode: run {r + 1}/{args.repeat}")
             rates.append(await asyncio.to_thread(raw_scan_decode, big))
-        table.add(f"raw scan + orjson decode, {total:,} events", rates, "events/s")
+        table.add(f"raw scan + orjson decode, {args.events:,} events", rates, "events/s")
         results["raw_scan"] = statistics.median(rates)
-        for label, path in (("small", small), ("big", big)):
-            progress(f"open, drift, show, get on the {label} log")
-            costs = await read_costs(path, args.read_calls)
-            for key, value in costs.items():
+
+
+async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str, float]) -> None:
+    """Benchmark 4: one fleet of `--read-domains` domains, measured at `--small-events`, then grown to `--events`."""
+    domains = min(args.read_domains, max(1, args.small_events // 10))
+    have = [0] * domains
+    with tempfile.TemporaryDirectory(prefix="vmledger-bench-") as tmp:
+        path = os.path.join(tmp, "reads.db")
+        for label, total in (("small", args.small_events), ("big", args.events)):
+            async with vmledger.open(path) as ledger:
+                progress(f"growing the read log to {total:,} events over {domains:,} domains")
+                await build_log(ledger, total, domains, args.batch, have)
+            progress(f"open, drift, show, get at {total:,} events")
+            for key, value in (await read_costs(path, args.read_calls)).items():
                 results[f"{label}_{key}"] = value
-        for key in ("open", "drift", "show", "get"):
-            table.note(f"{key}: {args.small_events:,} vs {total:,} events",
-                       f"{results['big_' + key] * 1000:.2f}", "ms",
-                       f"at {args.small_events:,} events {results['small_' + key] * 1000:.2f} ms; "
-                       f"median of {args.read_calls} calls")
+    for key in ("open", "drift", "show", "get"):
+        table.note(f"{key}: {domains:,} domains, {args.events:,} events", f"{results['big_' + key] * 1000:.2f}",
+                   "ms", f"at {args.small_events:,} events {results['small_' + key] * 1000:.2f} ms; "
+                   f"median of {args.read_calls} calls")
 
 
 async def child_rebuild(path: str, repeat: int) -> None:
@@ -562,6 +575,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--small-events", type=int, default=10_000,
                    help="events in the small log the read costs are compared with (default 10000)")
     p.add_argument("--read-calls", type=int, default=200, help="calls per read-cost figure (default 200)")
+    p.add_argument("--read-domains", type=int, default=1000,
+                   help="domains of the log the read costs are measured on (default 1000)")
     p.add_argument("--peer-events", type=int, default=2000,
                    help="events per run of the peer's saves and raw sqlite3 one-per-transaction (default 2000)")
     p.add_argument("--child-rebuild", metavar="PATH", help=argparse.SUPPRESS)
@@ -571,10 +586,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--domains", type=int, default=50, help="running domains the callers share (default 50)")
     p.add_argument("--rebuild-domains", type=int, default=10_000, help="streams of the rebuild log (default 10000)")
     p.add_argument("--batch", type=int, default=500, help="events per append when building the log (default 500)")
-    p.add_argument("--skip", choices=("writes", "rebuild", "peer"), action="append", default=[],
+    p.add_argument("--skip", choices=("writes", "rebuild", "reads", "peer"), action="append", default=[],
                    help="leave out one part (may be repeated)")
     args = p.parse_args(argv)
-    for name in ("events", "small_events", "read_calls", "peer_events", "repeat", "requests", "callers",
+    for name in ("events", "small_events", "read_calls", "read_domains", "peer_events", "repeat", "requests", "callers",
                  "domains", "rebuild_domains", "batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -591,6 +606,8 @@ async def run(args: argparse.Namespace) -> tuple[Table, dict[str, float]]:
                 await bench_writes(os.path.join(tmp, "writes.db"), args, table, results, cleanup=False)
     if "rebuild" not in args.skip:
         await bench_rebuild(args, table, results)
+    if "reads" not in args.skip:
+        await bench_reads(args, table, results)
     if "peer" not in args.skip:
         if _PeerAggregate is None:
             raise SystemExit("bench: the peer is not installed: pip install -e '.[bench]' (or --skip peer)")
