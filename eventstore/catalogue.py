@@ -8,6 +8,7 @@ decisions, CLI help and documentation all read it.
 from __future__ import annotations
 
 import enum
+import unicodedata
 from typing import Union
 
 import attrs
@@ -28,6 +29,15 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_DEVICE_LENGTH",
     "MAX_PATH_LENGTH",
+    "MAX_REQUEST_ID_LENGTH",
+    "MAX_PRINCIPAL_LENGTH",
+    "MAX_REASON_LENGTH",
+    "MAX_STATE_LENGTH",
+    "MAX_BYTES",
+    "MAX_COUNT",
+    "MAX_POSITION",
+    "LIMITS",
+    "TEXT_RULE",
     "Value",
     "lookup",
     "media_property",
@@ -35,17 +45,56 @@ __all__ = [
     "check_name",
     "check_device",
     "check_text",
+    "check_request_id",
+    "check_principal",
+    "check_reason",
+    "check_position",
+    "shown",
 ]
 
 Value = Union[int, str]
 
 MEDIA_PREFIX = "media:"
+# Every limit on what a caller may send lives here; `LIMITS` documents them.
 MAX_NAME_LENGTH = 64
 MAX_DEVICE_LENGTH = 32
 MAX_PATH_LENGTH = 4096
+MAX_REQUEST_ID_LENGTH = 128
+MAX_PRINCIPAL_LENGTH = 128
+MAX_REASON_LENGTH = 1024
+MAX_STATE_LENGTH = 64
 #: Upper sanity bound for sizes (16 TiB) and counts; beyond it a value is malformed.
 MAX_BYTES = 16 * 2**40
 MAX_COUNT = 4096
+#: The largest log position a query may name: both backends store positions as signed 64-bit integers.
+MAX_POSITION = 2**63 - 1
+
+#: Bidirectional embedding, override and isolate controls: they reorder how a record reads on screen.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Control characters (C0, DEL, C1), lone surrogates, line and paragraph separators.
+_FORBIDDEN_CATEGORIES = frozenset(("Cc", "Cs", "Zl", "Zp"))
+
+TEXT_RULE = (
+    "Text (names, devices, paths, request ids, principals, reasons) is Unicode without control characters "
+    "(C0, DEL and C1), line or paragraph separators (U+2028, U+2029), bidirectional embedding, override and "
+    "isolate controls (U+202A to U+202E, U+2066 to U+2069) or lone surrogates; "
+    "lengths count code points.\n"
+    "Other Unicode, such as right-to-left text with its marks and combining characters, is kept as given."
+)
+
+#: What each kind of input may be, as docs/reference.md lists it.
+LIMITS: tuple[tuple[str, str], ...] = (
+    ("domain name", f"1 to {MAX_NAME_LENGTH} ASCII letters, digits, `.`, `_` and `-`, not starting with `-`"),
+    ("device name", f"1 to {MAX_DEVICE_LENGTH} ASCII letters and digits"),
+    ("media path", f"empty (eject), or an absolute path (starting with `/`) of at most {MAX_PATH_LENGTH} characters"),
+    ("request id", f"1 to {MAX_REQUEST_ID_LENGTH} characters"),
+    ("principal", f"1 to {MAX_PRINCIPAL_LENGTH} characters"),
+    ("reason", f"1 to {MAX_REASON_LENGTH} characters"),
+    ("state value", f"1 to {MAX_STATE_LENGTH} characters (a request for a computed property, recorded as refused)"),
+    ("size", f"a whole number of bytes from 0 to {MAX_BYTES} (16 TiB)"),
+    ("count", f"a whole number from 0 to {MAX_COUNT}"),
+    ("log position", f"a whole number from 0 to {MAX_POSITION}"),
+)
 
 
 class Kind(str, enum.Enum):
@@ -245,8 +294,10 @@ def lookup(name: str) -> Property:
 
     Raises:
         UnknownPropertyError: the name is not in the catalogue.
+        InvalidRequestError: the name is not text.
     """
-
+    if not isinstance(name, str):
+        raise InvalidRequestError(f"a property name must be text, not {type(name).__name__}")
     if name.startswith(MEDIA_PREFIX):
         check_device(name[len(MEDIA_PREFIX) :])
         return CATALOGUE["media"]
@@ -254,13 +305,19 @@ def lookup(name: str) -> Property:
     if entry is None or entry.name == "media":
         known = ", ".join(sorted(n for n in CATALOGUE if n != "media"))
         raise UnknownPropertyError(
-            f"unknown property {name!r} (known: {known}, media:DEVICE)"
+            f"unknown property {shown(name)} (known: {known}, media:DEVICE)"
         )
     return entry
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """Return `repr(value)` cut to about `limit` characters, for one-line error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_text(what: str, text: object, limit: int, *, allow_empty: bool = False) -> str:
-    """Return `text` if it is a string of at most `limit` characters, valid UTF-8, no control characters.
+    """Return `text` if it is a string of at most `limit` characters that `TEXT_RULE` allows.
 
     Raises:
         InvalidRequestError: naming `what` and the rule it breaks.
@@ -271,9 +328,52 @@ def check_text(what: str, text: object, limit: int, *, allow_empty: bool = False
         raise InvalidRequestError(f"{what} must not be empty")
     if len(text) > limit:
         raise InvalidRequestError(f"{what} is longer than {limit} characters")
-    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text):
-        raise InvalidRequestError(f"{what} must be valid UTF-8 without control characters")
+    bad = next((c for c in text if c in _BIDI_CONTROLS or unicodedata.category(c) in _FORBIDDEN_CATEGORIES), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"{what} must not contain U+{ord(bad):04X} (no control characters, line separators, "
+            "bidi controls or lone surrogates)")
     return text
+
+
+def check_request_id(request_id: object) -> str:
+    """Return `request_id` if it is valid: 1 to 128 characters of text.
+
+    Raises:
+        InvalidRequestError: it is not.
+    """
+    return check_text("request id", request_id, MAX_REQUEST_ID_LENGTH)
+
+
+def check_principal(principal: object) -> str:
+    """Return `principal` if it is valid: 1 to 128 characters of text.
+
+    Raises:
+        InvalidRequestError: it is not.
+    """
+    return check_text("principal", principal, MAX_PRINCIPAL_LENGTH)
+
+
+def check_reason(reason: object) -> str:
+    """Return `reason` if it is valid: 1 to 1024 characters of text.
+
+    Raises:
+        InvalidRequestError: it is not.
+    """
+    return check_text("reason", reason, MAX_REASON_LENGTH)
+
+
+def check_position(position: object) -> int:
+    """Return `position` if it is a whole number from 0 to `MAX_POSITION`.
+
+    Raises:
+        InvalidRequestError: it is not.
+    """
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise InvalidRequestError(f"a log position must be a whole number, not {shown(position)}")
+    if not 0 <= position <= MAX_POSITION:
+        raise InvalidRequestError(f"a log position must be between 0 and {MAX_POSITION}")
+    return position
 
 
 def check_name(name: object) -> str:
@@ -288,7 +388,7 @@ def check_name(name: object) -> str:
     text = check_text("domain name", name, MAX_NAME_LENGTH)
     if text.startswith("-") or not all(c.isascii() and (c.isalnum() or c in "._-") for c in text):
         raise InvalidRequestError(
-            f"invalid domain name {text!r}: use letters, digits, '.', '_' and '-'"
+            f"invalid domain name {text!r}: use ASCII letters, digits, '.', '_' and '-', not '-' first"
         )
     return text
 
@@ -315,9 +415,7 @@ def check_value(prop: Property, value: object) -> Value:
 
     if prop.type in ("bytes", "count"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidRequestError(
-                f"{prop.name} must be a whole number, not {value!r}"
-            )
+            raise InvalidRequestError(f"{prop.name} must be a whole number, not {shown(value)}")
         limit = MAX_BYTES if prop.type == "bytes" else MAX_COUNT
         if value < 0 or value > limit:
             raise InvalidRequestError(f"{prop.name} must be between 0 and {limit}")
@@ -325,6 +423,6 @@ def check_value(prop: Property, value: object) -> Value:
     if prop.type == "path":
         text = check_text("media path", value, MAX_PATH_LENGTH, allow_empty=True)
         if text and not text.startswith("/"):
-            raise InvalidRequestError(f"media path must be absolute, not {text!r}")
+            raise InvalidRequestError(f"media path must be absolute, not {shown(text)}")
         return text
-    return check_text(prop.name, value, MAX_NAME_LENGTH)
+    return check_text(prop.name, value, MAX_STATE_LENGTH)

@@ -13,16 +13,26 @@ from typing import Mapping, cast
 
 import attrs
 
-from eventstore.catalogue import Kind, Outcome, Property, Reason, Scope, check_name, check_text, check_value, lookup
+from eventstore.catalogue import (
+    Kind,
+    Outcome,
+    Property,
+    Reason,
+    Scope,
+    check_name,
+    check_principal,
+    check_reason,
+    check_request_id,
+    check_value,
+    lookup,
+    shown,
+)
 from eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
 from eventstore.events import Event, change_event
 from eventstore.hypervisor import LiveResult, Value
 from eventstore.state import DomainState, Slot, concerns_live, concerns_persistent
 
 __all__ = ["SetRequest", "Decision", "decide_set", "decide_persistent", "decide_live", "validate", "out_of_range"]
-
-_MAX_REQUEST_ID = 128
-_MAX_TEXT = 1024
 
 
 @attrs.frozen(kw_only=True)
@@ -58,13 +68,13 @@ def validate(request: SetRequest, state: DomainState | None) -> Property:
         UnknownPropertyError: no such property, or no such device on this domain.
     """
     check_name(request.domain)
-    check_text("request id", request.request_id, _MAX_REQUEST_ID)
-    check_text("principal", request.principal, _MAX_REQUEST_ID)
+    check_request_id(request.request_id)
+    check_principal(request.principal)
     if request.reason is not None:
-        check_text("reason", request.reason, _MAX_TEXT)
-    if request.scope not in {s.value for s in Scope}:
+        check_reason(request.reason)
+    if not isinstance(request.scope, str) or request.scope not in {s.value for s in Scope}:
         raise InvalidRequestError(
-            f"invalid scope {request.scope!r} (use live, persistent, both or current)"
+            f"invalid scope {shown(request.scope)} (use live, persistent, both or current)"
         )
     prop = lookup(request.property)
     check_value(prop, request.value)

@@ -13,7 +13,7 @@ import pathlib
 import sys
 from typing import Iterator
 
-from eventstore.catalogue import CATALOGUE, Cause, Outcome, Reason
+from eventstore.catalogue import CATALOGUE, LIMITS, TEXT_RULE, Cause, Outcome, Reason
 from eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested
 from vmledger.cli import build_parser
 
@@ -77,6 +77,12 @@ def render() -> str:
         name = "media:DEV" if p.name == "media" else p.name
         needs = " or ".join(sorted(c.value for c in p.live_needs)) or "-"
         lines.append(f"| `{name}` | {p.type} | {p.unit or '-'} | {p.kind.value} | {needs} | {p.description} |")
+    lines += ["", "## Limits", "",
+              "A request that breaks one of these limits is an invalid request: it writes nothing, "
+              "raises `InvalidRequestError`, and the command line exits 2.",
+              TEXT_RULE, "",
+              "| input | limit |", "|---|---|"]
+    lines += [f"| {what} | {rule} |" for what, rule in LIMITS]
     lines += ["", "## Events", "",
               "Change events are named `<Property>Change<Outcome>`.",
               f"`…{Outcome.REQUESTED.value}` carries: {', '.join(f'`{f.name}`' for f in ChangeRequested.__attrs_attrs__)}.",

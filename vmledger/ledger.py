@@ -17,7 +17,8 @@ from eventstore.catalogue import (
     Scope,
     check_device,
     check_name,
-    check_text,
+    check_principal,
+    check_request_id,
     check_value,
     lookup,
     media_property,
@@ -53,7 +54,6 @@ __all__ = ["Ledger"]
 
 _RETRIES = 20
 _IMPORT_CHUNK = 2000
-_MAX_ID = 128  # request ids and principals
 SYSTEM_PRINCIPAL = "vmledger"
 
 
@@ -304,7 +304,7 @@ class Ledger:
             UnknownDomainError, UnknownPropertyError: nothing is written.
         """
         if request_id is not None:
-            check_text("request id", request_id, _MAX_ID)  # looked up before anything else
+            check_request_id(request_id)  # looked up before anything else
         request = SetRequest(
             request_id=self._new_id() if request_id is None else request_id, domain=name,
             property=prop, value=value, scope=scope, principal=principal, reason=reason,
@@ -378,7 +378,7 @@ class Ledger:
         Raises:
             InvalidRequestError: no request has that id.
         """
-        check_text("request id", request_id, _MAX_ID)
+        check_request_id(request_id)
         found = await queries.history_records(self.log.fetch_all, request_id=request_id)
         if not found:
             raise InvalidRequestError(f"unknown request id {request_id!r}")
@@ -475,7 +475,7 @@ class Ledger:
         if prop is not None:
             lookup(prop)
         if principal is not None:
-            check_text("principal", principal, _MAX_ID)
+            check_principal(principal)
         return await queries.history_records(
             self.log.fetch_all, uuid=uuid, prop=prop, principal=principal, since=since, until=until)
 
@@ -570,7 +570,7 @@ def _meta(principal: str) -> Metadata:
     Raises:
         InvalidRequestError: the principal is not valid text.
     """
-    return Metadata(principal=check_text("principal", principal, _MAX_ID))
+    return Metadata(principal=check_principal(principal))
 
 
 def _resolve(state: DomainState, pending: Pending, actual: Value | None) -> tuple[Event, ...]:

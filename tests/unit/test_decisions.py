@@ -111,3 +111,10 @@ def test_persistent_write_error_is_failed() -> None:
     """A hypervisor error while writing the persistent config records a failed persistent outcome."""
     (event,) = decide_persistent(_request("vcpus", 3), _state(True), "disk full")
     assert (event.name, event.value, event.reason) == ("VcpusChangeFailed", 2, "hypervisor_error")
+
+
+@pytest.mark.parametrize("scope", [["both"], {"live": 1}, None, 1], ids=repr)
+def test_a_scope_that_is_not_text_is_invalid(scope: object) -> None:
+    """A scope of another type, unhashable ones included, is an InvalidRequestError (issue #6)."""
+    with pytest.raises(InvalidRequestError, match="^invalid scope "):
+        decide_set(_request("vcpus", 3, scope=scope), _state(True))  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from eventstore import catalogue
 from eventstore.catalogue import CATALOGUE, Cause, Reason
 from eventstore.events import EVENT_TYPES
 
@@ -33,6 +34,13 @@ def test_reference_is_generated_from_the_code() -> None:
 def test_every_name_is_documented(name: str) -> None:
     """Every catalogue property, event type, reason code and drift cause appears in the reference."""
     assert f"`{name}`" in REFERENCE
+
+
+@pytest.mark.parametrize("limit", sorted(n for n in catalogue.__all__ if n.startswith("MAX_")))
+def test_every_limit_is_documented(limit: str) -> None:
+    """Every limit the catalogue enforces appears, with its value, in the reference's limits table."""
+    table = REFERENCE.split("## Limits", 1)[1].split("\n## ", 1)[0]
+    assert f" {getattr(catalogue, limit)} " in table.replace("(", " ").replace(")", " ")
 
 
 def test_readme_python_example_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
