@@ -17,8 +17,14 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Kind, Reason
-from eventstore.errors import HypervisorError, InvalidRequestError, VmledgerError
+from eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Kind, Reason, shown
+from eventstore.errors import (
+    HypervisorError,
+    InvalidRequestError,
+    UnknownDomainError,
+    UnknownPropertyError,
+    VmledgerError,
+)
 from eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
 
 __all__ = ["SimulatedHypervisor"]
@@ -215,10 +221,12 @@ class SimulatedHypervisor:
         """Set the running domain's live memory out of band, taking it from the host pool.
 
         Raises:
+            UnknownDomainError: the simulator has no such domain.
             HypervisorError: not running, size out of range, or the host lacks the memory.
         """
 
         def change(state: State) -> None:
+            _named(state, name)
             live = _running(state, name)["live"]
             if size <= 0 or size > live.get("max_memory", 0):
                 raise HypervisorError(f"balloon size {size} is outside 1..max_memory")
@@ -254,7 +262,8 @@ class SimulatedHypervisor:
         """Lock the CD-ROM tray of `device`, as a guest does.
 
         Raises:
-            HypervisorError: the domain is not running or has no such device.
+            UnknownDomainError, UnknownPropertyError: no such domain, or it has no such device.
+            HypervisorError: the domain is not running.
         """
         await self._run(lambda state: _set_tray(state, name, device, locked=True))
 
@@ -262,7 +271,8 @@ class SimulatedHypervisor:
         """Unlock the CD-ROM tray of `device`.
 
         Raises:
-            HypervisorError: the domain is not running or has no such device.
+            UnknownDomainError, UnknownPropertyError: no such domain, or it has no such device.
+            HypervisorError: the domain is not running.
         """
         await self._run(lambda state: _set_tray(state, name, device, locked=False))
 
@@ -271,12 +281,12 @@ class SimulatedHypervisor:
 
         Raises:
             InvalidRequestError: `cap` is not a capability name.
-            HypervisorError: the domain is unknown.
+            UnknownDomainError: the simulator has no such domain.
         """
         key = _capability(cap)
 
         def change(state: State) -> None:
-            _domain(state, name)["capabilities"][key] = bool(on)
+            _named(state, name)["capabilities"][key] = bool(on)
 
         await self._run(change)
 
@@ -289,14 +299,14 @@ class SimulatedHypervisor:
 
         Raises:
             InvalidRequestError: `kind` is not `error`, `timeout` or `late`.
-            HypervisorError: the domain is unknown.
+            UnknownDomainError: the simulator has no such domain.
         """
         if kind not in _FAULT_KINDS:
             kinds = ", ".join(_FAULT_KINDS)
             raise InvalidRequestError(f"fault kind must be one of {kinds}, not {kind!r}")
 
         def change(state: State) -> None:
-            _domain(state, name)["faults"][prop] = kind
+            _named(state, name)["faults"][prop] = kind
 
         await self._run(change)
 
@@ -396,6 +406,14 @@ def _domain(state: State, name: str) -> dict[str, Any]:
     return dom
 
 
+def _named(state: State, name: str) -> dict[str, Any]:
+    """Return the domain a perturbation names: naming one the simulator lacks is the caller's mistake."""
+    dom = state["domains"].get(name)
+    if dom is None:
+        raise UnknownDomainError(f"unknown domain {shown(name)}")
+    return dom
+
+
 def _running(state: State, name: str) -> dict[str, Any]:
     dom = _domain(state, name)
     if not dom["running"]:
@@ -404,9 +422,10 @@ def _running(state: State, name: str) -> dict[str, Any]:
 
 
 def _set_tray(state: State, name: str, device: str, *, locked: bool) -> None:
+    _named(state, name)
     dom = _running(state, name)
     if MEDIA_PREFIX + device not in dom["live"]:
-        raise HypervisorError(f"domain {name!r} has no removable device {device}")
+        raise UnknownPropertyError(f"domain {name!r} has no removable device {shown(device)}")
     trays = set(dom["locked_trays"]) - {device}
     dom["locked_trays"] = sorted(trays | {device} if locked else trays)
 

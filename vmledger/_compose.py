@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import urllib.parse
 import uuid
@@ -13,6 +14,7 @@ from adapters.libvirt import LibvirtHypervisor
 from adapters.port import Hypervisor
 from adapters.simulated import SimulatedHypervisor
 from eventstore.backends.sqlite import SQLiteEventLog
+from eventstore.catalogue import shown
 from eventstore.errors import InvalidRequestError
 from projections.store import TableProjector
 from vmledger.ledger import Ledger
@@ -20,6 +22,7 @@ from vmledger.ledger import Ledger
 __all__ = ["open", "sqlite_path", "DEFAULT_DB"]
 
 DEFAULT_DB = "sqlite:///vmledger.db"
+_PORT_METHODS = ("define", "undefine", "start", "stop", "apply_persistent", "apply_live", "observe", "aclose")
 
 
 def sqlite_path(url: str) -> str:
@@ -29,17 +32,21 @@ def sqlite_path(url: str) -> str:
     `sqlite:////var/lib/ledger.db` absolute, as in SQLAlchemy.
 
     Raises:
-        InvalidRequestError: the URL names another scheme or no file.
+        InvalidRequestError: the URL names another scheme or no file, or holds a NUL.
     """
+    if not isinstance(url, str):
+        raise InvalidRequestError(f"a database URL must be text, not {type(url).__name__}")
+    if "\x00" in url:
+        raise InvalidRequestError(f"database URL {shown(url)} holds a NUL character")
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
     elif "://" in url:
         raise InvalidRequestError(
-            f"unsupported database URL {url!r} (use sqlite:///PATH, a path, or postgresql://...)")
+            f"unsupported database URL {shown(url)} (use sqlite:///PATH, a path, or postgresql://...)")
     else:
         path = url
     if not path or path.endswith(os.sep):
-        raise InvalidRequestError(f"database URL {url!r} names no file")
+        raise InvalidRequestError(f"database URL {shown(url)} names no file")
     return path
 
 
@@ -49,15 +56,24 @@ def _database_name(url: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
+def _seconds(what: str, value: object) -> float:
+    """Return `value` if it is a finite number of seconds above zero."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise InvalidRequestError(f"{what} must be a finite number of seconds above 0, not {shown(value)}")
+    return float(value)
+
+
 def _hypervisor(uri: str | Hypervisor, db_path: str, timeout: float) -> Hypervisor:
     if not isinstance(uri, str):
+        if not all(callable(getattr(uri, m, None)) for m in _PORT_METHODS):
+            raise InvalidRequestError(f"hypervisor must be 'sim', 'libvirt+URI' or an adapter, not {shown(uri)}")
         return uri
     if uri == "sim":
         return SimulatedHypervisor.for_database(db_path)
     if uri.startswith("libvirt+") and len(uri) > len("libvirt+"):
         return LibvirtHypervisor(uri[len("libvirt+"):], timeout=timeout)
     raise InvalidRequestError(
-        f"unsupported hypervisor {uri!r} (use sim, or libvirt+URI such as libvirt+qemu:///system)")
+        f"unsupported hypervisor {shown(uri)} (use sim, or libvirt+URI such as libvirt+qemu:///system)")
 
 
 @contextlib.asynccontextmanager
@@ -79,11 +95,14 @@ async def open(  # noqa: A001 - the public name the design promises
     `vmledger-<database>.sim.json` in the current directory.
 
     Raises:
-        InvalidRequestError: an unsupported URL or hypervisor.
+        InvalidRequestError: an unsupported URL or hypervisor, or a timeout that is
+            not a finite number of seconds above 0.
         StorageError: the database cannot be opened.
     """
+    hypervisor_timeout = _seconds("the hypervisor timeout", hypervisor_timeout)
+    busy_timeout = _seconds("the busy timeout", busy_timeout)
     log: Any
-    if url.startswith(("postgresql://", "postgres://")):
+    if isinstance(url, str) and url.startswith(("postgresql://", "postgres://")):
         try:
             from eventstore.backends.postgres import PostgresEventLog
         except ImportError as e:

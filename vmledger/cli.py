@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hypervisor", default=os.environ.get("VMLEDGER_HYPERVISOR", "sim"),
                         help="hypervisor: sim (simulated, state beside the database) or libvirt+URI, "
                         "e.g. libvirt+qemu:///system (env VMLEDGER_HYPERVISOR; default sim)")
-    parser.add_argument("--timeout", type=float, default=float(os.environ.get("VMLEDGER_TIMEOUT", "10")),
+    # A string default goes through `type` too, so a bad VMLEDGER_TIMEOUT is a usage error, not a crash.
+    parser.add_argument("--timeout", type=float, default=os.environ.get("VMLEDGER_TIMEOUT", "10"),
                         help="seconds to wait for the hypervisor before recording a timeout (env VMLEDGER_TIMEOUT; default %(default)s)")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -263,6 +264,8 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         cdroms = {}
         for spec in args.cdrom:
             dev, _, path = spec.partition("=")
+            if dev in cdroms:
+                raise InvalidRequestError(f"CD-ROM device {dev!r} is given twice")
             cdroms[dev] = path
         view = await ledger.define(
             args.name, guest_type=args.guest_type, memory=_units.parse_size(args.memory),

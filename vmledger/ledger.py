@@ -17,11 +17,13 @@ from eventstore.catalogue import (
     Scope,
     check_device,
     check_name,
+    check_position,
     check_principal,
     check_request_id,
     check_value,
     lookup,
     media_property,
+    shown,
 )
 from eventstore.decisions import SetRequest, decide_live, decide_persistent, decide_set, out_of_range
 from eventstore.errors import (
@@ -106,8 +108,11 @@ class Ledger:
         Deciding on a state another task of this process is about to change
         only earns a version conflict; other processes still race, and the
         expected-version check settles those.
+
+        Raises:
+            InvalidRequestError: `name` is not a valid domain name (a list, say, is no key at all).
         """
-        lock = self._locks.get(name)
+        lock = self._locks.get(check_name(name))
         if lock is None:
             lock = self._locks[name] = asyncio.Lock()
         return lock
@@ -136,8 +141,10 @@ class Ledger:
         """
         check_name(name)
         meta = _meta(principal)
-        if guest_type not in {g.value for g in GuestType}:
-            raise InvalidRequestError(f"invalid guest type {guest_type!r} (use pv or hvm)")
+        if not isinstance(guest_type, str) or guest_type not in {g.value for g in GuestType}:
+            raise InvalidRequestError(f"invalid guest type {shown(guest_type)} (use pv or hvm)")
+        if cdroms is not None and not isinstance(cdroms, Mapping):
+            raise InvalidRequestError(f"cdroms must map device names to media paths, not {shown(cdroms)}")
         config: dict[str, Value] = {
             "memory": memory, "max_memory": max_memory, "vcpus": vcpus,
             "max_vcpus": max_vcpus, "numa_nodes": numa_nodes,
@@ -425,12 +432,14 @@ class Ledger:
         return [queries.domain_view(s) for s in await queries.list_domains(self.log.fetch_all)]
 
     async def position_of(self, as_of: int | datetime) -> int:
-        """Return the log position an as-of argument names (a position or a time)."""
+        """Return the log position an as-of argument names (a position or a time).
+
+        Raises:
+            InvalidRequestError: neither a position from 0 to 2**63 - 1 nor a `datetime`.
+        """
         if isinstance(as_of, datetime):
             return await self.log.position_at(as_of)
-        if as_of < 0:
-            raise InvalidRequestError("a position is never negative")
-        return as_of
+        return check_position(as_of)
 
     async def model_at(self, position: int) -> Model:
         """Return the read model folded from the first `position` events."""
@@ -444,7 +453,10 @@ class Ledger:
 
         Raises:
             UnknownDomainError: `name` is not a defined domain (now, or at `as_of`).
+            InvalidRequestError: a malformed name or as-of argument.
         """
+        if name is not None:
+            check_name(name)
         if as_of is None:
             uuid = (await self._state(name)).uuid if name is not None else None
             return await queries.drift_rows(self.log.fetch_all, uuid)
@@ -470,7 +482,11 @@ class Ledger:
 
         Raises:
             UnknownDomainError: `name` is not a defined domain.
+            InvalidRequestError: `since` or `until` is not a `datetime`, or another argument is malformed.
         """
+        for bound in (since, until):
+            if bound is not None and not isinstance(bound, datetime):
+                raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
         uuid = (await self._state(name)).uuid if name is not None else None
         if prop is not None:
             lookup(prop)
@@ -480,12 +496,22 @@ class Ledger:
             self.log.fetch_all, uuid=uuid, prop=prop, principal=principal, since=since, until=until)
 
     def events(self, *, from_position: int = 0, to_position: int | None = None) -> AsyncIterator[RecordedEvent]:
-        """Yield recorded events after `from_position`, in order."""
-        return self.log.read_all(from_position=from_position, to_position=to_position)
+        """Yield recorded events after `from_position`, in order.
+
+        Raises:
+            InvalidRequestError: a position is not a whole number from 0 to 2**63 - 1.
+        """
+        if to_position is not None:
+            check_position(to_position)
+        return self.log.read_all(from_position=check_position(from_position), to_position=to_position)
 
     def subscribe(self, *, from_position: int = 0) -> AsyncIterator[RecordedEvent]:
-        """Yield every event after `from_position`, then follow new ones as they are appended."""
-        return self.log.subscribe(from_position=from_position)
+        """Yield every event after `from_position`, then follow new ones as they are appended.
+
+        Raises:
+            InvalidRequestError: the position is not a whole number from 0 to 2**63 - 1.
+        """
+        return self.log.subscribe(from_position=check_position(from_position))
 
     # Observation.
 
@@ -512,7 +538,12 @@ class Ledger:
     # Moving a ledger between databases.
 
     async def export(self, *, from_position: int = 0) -> AsyncIterator[str]:
-        """Yield the log as export lines (JSON, every stored field with its hash link), in order."""
+        """Yield the log as export lines (JSON, every stored field with its hash link), in order.
+
+        Raises:
+            InvalidRequestError: the position is not a whole number from 0 to 2**63 - 1.
+        """
+        check_position(from_position)
         async for row in self.log.read_rows(from_position, None):
             yield transfer.to_line(row)
 

@@ -8,7 +8,7 @@ import pytest
 
 from adapters.simulated import SimulatedHypervisor
 from eventstore.catalogue import Reason
-from eventstore.errors import HypervisorError, InvalidRequestError
+from eventstore.errors import HypervisorError, InvalidRequestError, UnknownDomainError, UnknownPropertyError
 from eventstore.hypervisor import DomainSpec, LiveResult, Observation
 
 GiB = 2**30
@@ -314,3 +314,22 @@ def test_lifecycle_errors_raise_hypervisor_error(tmp_path):
         return await sim.host_free()
 
     assert asyncio.run(scenario()) == 8 * GiB
+
+
+@pytest.mark.parametrize("perturb,error", [
+    (lambda sim: sim.balloon("nope", GiB), UnknownDomainError),
+    (lambda sim: sim.lock_tray("nope", "hdc"), UnknownDomainError),
+    (lambda sim: sim.unlock_tray("web", "hdx"), UnknownPropertyError),
+    (lambda sim: sim.set_capability("nope", "balloon", True), UnknownDomainError),
+    (lambda sim: sim.inject_fault("nope", "memory", "error"), UnknownDomainError),
+], ids=["balloon", "lock-tray", "unlock-tray-device", "capability", "fault"])
+def test_perturbing_what_the_simulator_lacks_is_a_caller_error(tmp_path, perturb, error):
+    """Perturbing an unknown domain or device is an invalid request (the CLI exits 2), not a hypervisor failure (issue #6)."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        with pytest.raises(error) as caught:
+            await perturb(sim)
+        return type(caught.value)
+
+    assert asyncio.run(scenario()) is error
