@@ -343,21 +343,30 @@ class SimulatedHypervisor:
         return value
 
     def _transact_all(self, calls: list[tuple[Callable[[State], Any], bool]]) -> list[tuple[bool, Any]]:
+        """Run each call on the state under the lock, and save what they changed.
+
+        Raises:
+            HypervisorError: the state file cannot be read or written (a full disk, say).
+        """
         # Every change checks before it mutates, so one that raises leaves the
         # state as it found it, and its neighbours' changes are saved alone.
         # The lock file, not the state file, is locked: os.replace swaps the latter.
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            state, answers, changed = self._load(), [], False
-            for fn, write in calls:
-                try:
-                    answers.append((True, fn(state)))
-                    changed = changed or write
-                except VmledgerError as e:
-                    answers.append((False, e))
-            if changed:
-                self._save(state)
-            return answers
+        try:
+            with open(self.lock_path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                state, answers, changed = self._load(), [], False
+                for fn, write in calls:
+                    try:
+                        answers.append((True, fn(state)))
+                        changed = changed or write
+                    except VmledgerError as e:
+                        answers.append((False, e))
+                if changed:
+                    self._save(state)
+                return answers
+        except OSError as e:
+            raise HypervisorError(
+                f"the simulator cannot keep its state in {self.state_path}: {e.strerror or e}") from e
 
     def _load(self) -> State:
         try:

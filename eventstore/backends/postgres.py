@@ -133,6 +133,11 @@ def _lost(e: BaseException) -> bool:
 def _storage_error(e: BaseException, *, committing: bool = False, connecting: bool = False) -> StorageError:
     if isinstance(e, pg.LockNotAvailableError):
         return StorageError(f"another writer held the append lock past the busy timeout ({e})")
+    if isinstance(e, pg.ReadOnlySQLTransactionError):
+        return StorageError(f"the database is read-only for this session (default_transaction_read_only, "
+                            f"or a standby server) ({e})")
+    if isinstance(e, pg.DiskFullError):
+        return StorageError(f"the database server's disk is full; the failed write was not stored ({e})")
     if _lost(e):
         what = "cannot connect to" if connecting else "lost the connection to"
         text = f"{what} PostgreSQL ({type(e).__name__}: {e})"

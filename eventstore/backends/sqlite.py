@@ -53,10 +53,31 @@ _MAX_BATCH = 256
 T = TypeVar("T")
 
 
+# SQLite's primary result codes (the low byte of an extended code).
+_SQLITE_READONLY, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 13, 14
+
+
 def _storage_error(e: sqlite3.Error) -> StorageError:
+    """Return the one-line `StorageError` that says what went wrong in words a user acts on, caused by `e`."""
+    error = _translate(e)
+    error.__cause__ = e  # also where the error crosses from the writer thread without a `raise ... from`
+    return error
+
+
+def _translate(e: sqlite3.Error) -> StorageError:
     text = str(e)
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
     if "locked" in text or "busy" in text:
         return StorageError(f"the database stayed locked by another writer past the busy timeout ({text})")
+    if code == _SQLITE_FULL:
+        return StorageError(f"the disk is full, or the database reached its size limit; "
+                            f"the failed write was not stored ({text})")
+    if code == _SQLITE_READONLY:
+        return StorageError(f"the database is read-only for this process: check the permissions of the file "
+                            f"and its directory, and the mount ({text})")
+    if code == _SQLITE_CANTOPEN:
+        return StorageError(f"cannot open the database file: the path must name a file in an existing, "
+                            f"writable directory ({text})")
     return StorageError(f"SQLite: {text}")
 
 
@@ -93,12 +114,17 @@ class SQLiteEventLog(LogReads):
 
     Use it as an async context manager.  `busy_timeout` bounds how long a
     writer waits for another process's transaction before `StorageError`.
+    `max_pages` caps the file at that many pages (SQLite's `max_page_count`,
+    which holds per connection): a write past it fails with `StorageError`
+    as on a full disk.  The tests use it to run out of space.
     """
 
-    def __init__(self, path: str, projector: Projector, *, busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: str, projector: Projector, *, busy_timeout: float = 30.0,
+                 max_pages: int | None = None) -> None:
         self.path = path
         self._projector = projector
         self._busy_ms = int(busy_timeout * 1000)
+        self._max_pages = None if max_pages is None else int(max_pages)
         self._thread: ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -132,7 +158,9 @@ class SQLiteEventLog(LogReads):
         await self.aclose()
 
     def _pragmas(self) -> tuple[str, ...]:
-        return (f"PRAGMA busy_timeout = {self._busy_ms}", "PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL")
+        cap = () if self._max_pages is None else (f"PRAGMA max_page_count = {self._max_pages}",)
+        return (f"PRAGMA busy_timeout = {self._busy_ms}", "PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL",
+                *cap)
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -284,7 +312,10 @@ class SQLiteEventLog(LogReads):
             conn.execute("ROLLBACK TO append")
             return e
         finally:
-            conn.execute("RELEASE append")
+            # SQLite may have rolled the whole transaction back itself (disk full, I/O error):
+            # releasing the savepoint then fails and would hide that error.
+            if conn.in_transaction:
+                conn.execute("RELEASE append")
         return records
 
     async def import_rows(self, rows: Sequence[Sequence[Any]]) -> None:

@@ -316,6 +316,15 @@ def test_lifecycle_errors_raise_hypervisor_error(tmp_path):
     assert asyncio.run(scenario()) == 8 * GiB
 
 
+def test_state_file_that_cannot_be_written_is_a_hypervisor_error(tmp_path):
+    """A state file the simulator cannot write (its directory gone, a full disk) raises HypervisorError, not OSError (issue #6)."""
+    sim = SimulatedHypervisor(tmp_path / "gone" / "sim.json")
+    with pytest.raises(HypervisorError) as caught:
+        asyncio.run(sim.define(_spec()))
+    assert str(caught.value) == (
+        f"the simulator cannot keep its state in {tmp_path / 'gone' / 'sim.json'}: No such file or directory")
+
+
 @pytest.mark.parametrize("perturb,error", [
     (lambda sim: sim.balloon("nope", GiB), UnknownDomainError),
     (lambda sim: sim.lock_tray("nope", "hdc"), UnknownDomainError),

@@ -1,0 +1,49 @@
+"""PostgreSQL when the database turns read-only: a clear error, and no committed event lost (issue #6)."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+
+import pytest
+
+import vmledger
+
+asyncpg = pytest.importorskip("asyncpg", reason="the asyncpg driver is not installed (pip install -e '.[test]')")
+
+GiB = 2**30
+READ_ONLY = ("the database is read-only for this session (default_transaction_read_only, or a standby server) "
+             "(cannot execute CREATE TABLE in a read-only transaction)")
+
+
+async def _read_only(dsn: str, on: bool) -> None:
+    """Make new sessions of the database read-only by default, or no longer."""
+    name = urllib.parse.urlsplit(dsn).path.lstrip("/")
+    conn = await asyncpg.connect(dsn, server_settings={"default_transaction_read_only": "off"})
+    try:
+        await conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {"on" if on else "off"}')
+    finally:
+        await conn.close()
+
+
+def test_read_only_database_is_a_storage_error_and_loses_nothing(pg_database: str, tmp_path: object,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database whose sessions are read-only makes opening the ledger a one-line StorageError; every event stays."""
+    monkeypatch.chdir(tmp_path)  # the simulator keeps its state in the current directory
+
+    async def go() -> tuple[list[str], str, list[str], int]:
+        async with vmledger.open(pg_database) as ledger:
+            await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=2, max_vcpus=4)
+            await ledger.start("web")
+            await ledger.set("web", "vcpus", 3)
+            committed = [line async for line in ledger.export()]
+        await _read_only(pg_database, True)
+        with pytest.raises(vmledger.StorageError) as caught:
+            async with vmledger.open(pg_database) as ledger:
+                await ledger.set("web", "vcpus", 4)
+        await _read_only(pg_database, False)
+        async with vmledger.open(pg_database) as ledger:
+            return committed, str(caught.value), [line async for line in ledger.export()], await ledger.verify()
+
+    committed, error, after, verified = asyncio.run(go())
+    assert (error, after, verified) == (READ_ONLY, committed, len(committed))

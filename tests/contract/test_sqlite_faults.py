@@ -1,0 +1,226 @@
+"""SQLite when the disk fills up or the file is read-only: a clear error, and no committed event lost (issue #6).
+
+A full disk is made two ways: the backend's `max_pages` cap (SQLite's
+per-connection `max_page_count`, the same `SQLITE_FULL` a full disk gives),
+which runs everywhere, and a real tmpfs of a few hundred KiB, which needs the
+right to mount.  A read-only database is a root-owned file without write
+permission, opened by a process that cannot override permissions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Iterator
+
+import pytest
+
+from adapters.simulated import SimulatedHypervisor
+from eventstore.backends.sqlite import SQLiteEventLog
+from eventstore.errors import StorageError
+from projections.store import TableProjector
+from vmledger.cli import main
+from vmledger.ledger import Ledger
+
+GiB = 2**30
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FULL = ("the disk is full, or the database reached its size limit; "
+        "the failed write was not stored (database or disk is full)")
+READ_ONLY = ("the database is read-only for this process: check the permissions of the file and its directory, "
+             "and the mount (attempt to write a readonly database)")
+#: What a `set` of vcpus on a running domain appends, in order; a full disk may cut it short anywhere.
+SET_EVENTS = ["VcpusChangeRequested", "VcpusChangeApplied", "VcpusChangeApplied"]
+#: Hypervisor timeout: an abandoned request is resolved by `observe` once it is older than twice this.
+TIMEOUT = 0.05
+
+
+@contextlib.asynccontextmanager
+async def _ledger(db: str, max_pages: int | None = None) -> AsyncIterator[Ledger]:
+    """Open the ledger at `db`, its file capped at `max_pages` pages if given."""
+    async with SQLiteEventLog(db, TableProjector(), max_pages=max_pages) as log:
+        yield Ledger(log, SimulatedHypervisor.for_database(db), clock=lambda: datetime.now(timezone.utc),
+                     new_id=lambda: uuid.uuid4().hex, hypervisor_timeout=TIMEOUT)
+
+
+async def _define_web(db: str) -> list[str]:
+    """Define and start `web` with one request recorded; return the export lines."""
+    async with _ledger(db) as ledger:
+        await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=2, max_vcpus=4)
+        await ledger.start("web")
+        await ledger.set("web", "vcpus", 3)
+        return [line async for line in ledger.export()]
+
+
+def _page_count(db: str) -> int:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("PRAGMA page_count").fetchone()[0]
+
+
+async def _fill(ledger: Ledger) -> tuple[list[str], StorageError]:
+    """Send requests with long reasons until one fails; return the export before that request, and its error."""
+    for i in range(1000):
+        before = [line async for line in ledger.export()]
+        try:
+            await ledger.set("web", "vcpus", 2 + i % 2, reason="filler " * 140)
+        except StorageError as e:
+            return before, e
+    raise AssertionError("the capped database never filled up")
+
+
+async def _recover(db: str) -> tuple[list[str], int, list[str]]:
+    """With space back: resolve what the failure left in flight, send one request; return export, verify, statuses."""
+    async with _ledger(db) as ledger:
+        await asyncio.sleep(3 * TIMEOUT)  # the failed request is now old enough for observe to resolve
+        await ledger.observe("web")
+        await ledger.set("web", "vcpus", 4)
+        statuses = sorted({o["status"] for r in await ledger.history("web") for o in r["outcomes"].values()})
+        return [line async for line in ledger.export()], await ledger.verify(), statuses
+
+
+def _full_then_recovered(db: str) -> tuple[Any, ...]:
+    """Fill a capped ledger until a request fails, then reopen it uncapped and recover; return what each step saw."""
+
+    async def go() -> tuple[Any, ...]:
+        committed = await _define_web(db)
+        async with _ledger(db, max_pages=_page_count(db)) as ledger:
+            before, error = await _fill(ledger)
+            after = [line async for line in ledger.export()]
+            verified_while_full = await ledger.verify()
+        return (committed, before, error, after, verified_while_full, *await _recover(db))
+
+    return asyncio.run(go())
+
+
+def test_full_disk_is_a_storage_error_that_keeps_every_committed_event(tmp_path: Any) -> None:
+    """On a full database `set` raises the disk-full StorageError, keeps every committed event, and verifies after."""
+    committed, before, error, after, verified_while_full, recovered, verified, _ = _full_then_recovered(
+        str(tmp_path / "l.db"))
+    added = [json.loads(line)["type"] for line in after[len(before):]]
+    assert (str(error), type(error.__cause__)) == (FULL, sqlite3.OperationalError)
+    assert (before[:len(committed)], after[:len(before)], recovered[:len(after)]) == (committed, before, after)
+    assert added in [SET_EVENTS[:n] for n in range(len(SET_EVENTS))]  # whole transactions, never the whole request
+    assert (verified_while_full, verified) == (len(after), len(recovered))
+
+
+@pytest.mark.xfail(strict=True, reason="issue #6: observe resolves only the live scope of an abandoned request; "
+                   "a persistent outcome that could not be stored stays in flight, and the hypervisor's persistent "
+                   "config keeps the new value the ledger does not show")
+def test_full_disk_leaves_no_scope_in_flight_once_space_is_back(tmp_path: Any) -> None:
+    """After the disk-full failure and `observe` with space back, every scope of every request has an outcome."""
+    *_, statuses = _full_then_recovered(str(tmp_path / "l.db"))
+    assert "in_flight" not in statuses
+
+
+def test_full_disk_fails_every_append_of_a_group_commit_alike(tmp_path: Any) -> None:
+    """Concurrent requests on a full database each succeed whole or raise the disk-full StorageError; all verifies."""
+    db = str(tmp_path / "l.db")
+
+    async def go() -> tuple[Any, ...]:
+        await _define_web(db)
+        async with _ledger(db, max_pages=_page_count(db)) as ledger:
+            before, _ = await _fill(ledger)
+            results = await asyncio.gather(
+                *(ledger.set("web", "vcpus", 2 + i % 3, reason="again " * 100) for i in range(8)),
+                return_exceptions=True)
+            after = [line async for line in ledger.export()]
+            return before, results, after, await ledger.verify()
+
+    before, results, after, verified = asyncio.run(go())
+    assert {str(r) for r in results if isinstance(r, BaseException)} == {FULL}
+    assert (after[:len(before)], verified) == (before, len(after))
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Any) -> Iterator[str]:
+    """Mount a 500 KiB tmpfs for the test and return its path; skip where mounting is not permitted."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=500k,mode=0700", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()}); the max_pages tests cover a full disk")
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _cli(db: str, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--db", db, "--timeout", str(TIMEOUT), *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_on_a_full_filesystem_exits_1_with_one_line_and_recovers(small_filesystem: str) -> None:
+    """On a really full filesystem `set` exits 1 naming the full disk; events survive and verify once space is back."""
+    db = os.path.join(small_filesystem, "l.db")
+    assert _cli(db, "define", "web", "--type", "pv", "--memory", "1GiB", "--max-memory", "4GiB",
+                "--vcpus", "2", "--max-vcpus", "4")[0] == 0
+    assert _cli(db, "start", "web")[0] == 0
+    committed = _cli(db, "export")[1]
+    for i in range(1000):
+        code, _, err = _cli(db, "set", "web", "vcpus", str(2 + i % 2), "--reason", "filler " * 140)
+        if code not in (0, 3):
+            break
+    full = (code, err, _cli(db, "export")[1].startswith(committed), _cli(db, "verify")[0])
+    subprocess.run(["mount", "-o", "remount,size=4m", small_filesystem], check=True)
+    asyncio.run(asyncio.sleep(3 * TIMEOUT))
+    recovered = [_cli(db, *args)[0] for args in (["observe", "web"], ["set", "web", "vcpus", "4"], ["verify"])]
+    assert full == (1, f"vmledger: {FULL}\n", True, 0)
+    assert (recovered, _cli(db, "export")[1].startswith(committed)) == ([0, 0, 0], True)
+
+
+# Drop the right to override file permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from the
+# bounding set, then exec: root then obeys the file's mode like any user.
+_WITHOUT_OVERRIDE = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "for cap in (1, 2):\n"
+    "    if libc.prctl(24, cap, 0, 0, 0) != 0:\n"  # PR_CAPBSET_DROP
+    "        sys.exit(f'cannot drop capability {cap}: errno {ctypes.get_errno()}')\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+)
+
+
+def _cli_without_write_permission(db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `vmledger` in a process that cannot override file permissions (root drops the capability)."""
+    prefix = ["-c", _WITHOUT_OVERRIDE] if os.geteuid() == 0 else []
+    return subprocess.run([sys.executable, *prefix, "-m", "vmledger.cli", "--db", db, *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+
+
+def test_read_only_database_is_a_storage_error_and_loses_nothing(tmp_path: Any) -> None:
+    """A database its process may not write makes `set` exit 1 naming the read-only file; every event stays."""
+    db = str(tmp_path / "ro" / "l.db")
+    os.mkdir(os.path.dirname(db))
+    committed = asyncio.run(_define_web(db))
+    os.chmod(db, 0o444)
+    os.chmod(os.path.dirname(db), 0o555)  # nor may it create the -wal and -shm files beside it
+    try:
+        proc = _cli_without_write_permission(db, "set", "web", "vcpus", "4")
+    finally:
+        os.chmod(os.path.dirname(db), 0o755)
+        os.chmod(db, 0o644)
+
+    async def after() -> tuple[list[str], int]:
+        async with _ledger(db) as ledger:
+            return [line async for line in ledger.export()], await ledger.verify()
+
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", f"vmledger: {READ_ONLY}\n")
+    assert asyncio.run(after()) == (committed, len(committed))
+
+
+def test_database_in_a_missing_directory_is_one_line_naming_the_path_rule(tmp_path: Any) -> None:
+    """A database path whose directory does not exist exits 1 with one line saying what the path must be."""
+    code, out, err = _cli(str(tmp_path / "gone" / "l.db"), "list")
+    assert (code, out, err) == (1, "", "vmledger: cannot open the database file: the path must name a file in an "
+                                       "existing, writable directory (unable to open database file)\n")
