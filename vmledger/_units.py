@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from eventstore.catalogue import Property
+from eventstore.catalogue import MAX_POSITION, Property, check_position, shown
 from eventstore.errors import InvalidRequestError
 
-__all__ = ["parse_size", "format_size", "parse_value", "format_value", "parse_time", "parse_count"]
+__all__ = ["parse_size", "format_size", "parse_value", "format_value", "parse_time", "parse_count", "parse_position"]
 
 _UNITS = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _SIZE = re.compile(r"([0-9]{1,20})(?:\.([0-9]{1,9}))? ?(B|KiB|MiB|GiB|TiB)?")
@@ -23,13 +23,13 @@ def parse_size(text: str) -> int:
     m = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
     if m is None:
         raise InvalidRequestError(
-            f"invalid size {text!r}: use bytes or a binary unit, e.g. 1073741824, 512MiB, 2GiB")
+            f"invalid size {shown(text)}: use bytes or a binary unit, e.g. 1073741824, 512MiB, 2GiB")
     whole, frac, unit = m.group(1), m.group(2) or "", m.group(3) or ""
     scale = _UNITS[unit]
     numerator = int(whole + frac) * scale
     denominator = 10 ** len(frac)
     if numerator % denominator:
-        raise InvalidRequestError(f"invalid size {text!r}: not a whole number of bytes")
+        raise InvalidRequestError(f"invalid size {shown(text)}: not a whole number of bytes")
     return numerator // denominator
 
 
@@ -50,8 +50,21 @@ def parse_count(text: str, what: str = "count") -> int:
         InvalidRequestError: anything else.
     """
     if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,9}", text.strip()):
-        raise InvalidRequestError(f"invalid {what} {text!r}: use a whole number")
+        raise InvalidRequestError(f"invalid {what} {shown(text)}: use a whole number")
     return int(text)
+
+
+def parse_position(text: str) -> int:
+    """Return the log position a command-line argument names.
+
+    Raises:
+        InvalidRequestError: not a whole number from 0 to 2**63 - 1.
+    """
+    digits = text.strip() if isinstance(text, str) else ""
+    # More digits than a 64-bit position holds are refused before int() reads them.
+    if not re.fullmatch(r"[0-9]{1,19}", digits):
+        raise InvalidRequestError(f"invalid log position {shown(text)}: use a whole number from 0 to {MAX_POSITION}")
+    return check_position(int(digits))
 
 
 def parse_value(prop: Property, text: str) -> int | str:
@@ -83,5 +96,5 @@ def parse_time(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
-        raise InvalidRequestError(f"invalid time {text!r}: use ISO 8601, e.g. 2026-01-31T12:00:00Z") from e
+        raise InvalidRequestError(f"invalid time {shown(text)}: use ISO 8601, e.g. 2026-01-31T12:00:00Z") from e
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)

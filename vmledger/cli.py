@@ -306,7 +306,8 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
     elif cmd == "drift":
         as_of = None
         if args.as_of is not None:
-            as_of = int(args.as_of) if args.as_of.isascii() and args.as_of.isdigit() else _units.parse_time(args.as_of)
+            digits = args.as_of.strip().isascii() and args.as_of.strip().isdigit()
+            as_of = _units.parse_position(args.as_of) if digits else _units.parse_time(args.as_of)
         rows = await ledger.drift(args.name, as_of=as_of)
         _print_json(rows) if as_json else _print_drift(rows)
     elif cmd == "history":
@@ -323,7 +324,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
             if not records:
                 print("no requests")
     elif cmd == "events":
-        start = _units.parse_count(args.from_position, "position")
+        start = _units.parse_position(args.from_position)
         stream = ledger.subscribe(from_position=start) if args.follow else ledger.events(from_position=start)
         async for rec in stream:
             print(json.dumps(_event_json(rec), ensure_ascii=False), flush=True)
@@ -350,7 +351,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
     elif cmd == "watch":
         await ledger.watch(principal=args.principal)
     elif cmd == "export":
-        async for line in ledger.export(from_position=_units.parse_count(args.from_position, "position")):
+        async for line in ledger.export(from_position=_units.parse_position(args.from_position)):
             print(line)
     elif cmd == "import":
         head = await ledger.import_lines(_export_file(args.file))
@@ -359,7 +360,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         position = await ledger.rebuild()
         print(f"rebuilt projections up to position {position}")
     elif cmd == "verify":
-        head = await ledger.verify(from_position=_units.parse_count(args.from_position, "position"))
+        head = await ledger.verify(from_position=_units.parse_position(args.from_position))
         print(f"ok: {head} events, chain intact, projections equal a rebuild")
     elif cmd == "sim":
         await _sim(ledger, args)

@@ -49,6 +49,7 @@ SPECIAL_NUMBERS = (
     "18446744073709551616", "9223372036854775808", "1.5", "0x10", "1_000", "+5", " 5 ", "5 ",
     "\u0661", "\uff15", "2GiB", "512MiB", "1.5GiB", "-2GiB", "99999999999999999999TiB",
     "17592186044417", "4097", "2026-01-31T12:00:00Z", "9999-12-31T23:59:59", "0001-01-01",
+    "9" * 19, "9" * 5000,
 )
 #: Any code point, lone surrogates included (argv carries them for undecodable bytes).
 ANY_CHAR = st.characters(codec=None, categories=None, exclude_categories=())
@@ -172,6 +173,7 @@ def test_cli_set_accepts_or_rejects_cleanly(shared_db: str, argv: list[str]) -> 
 @HOSTILE
 @given(argv=other_argv())
 @example(argv=["drift", "--as-of", "9" * 30])
+@example(argv=["drift", "--as-of", "9" * 5000])
 @example(argv=["--db", "/tmp/a\x00b.db", "list"])
 def test_cli_other_commands_accept_or_reject_cleanly(shared_db: str, argv: list[str]) -> None:
     """A hostile read, define or global option is answered, or exits 2 with one line on stderr and writes nothing."""
@@ -350,8 +352,11 @@ CONTROLS = "(no control characters, line separators, bidi controls or lone surro
 CLI_REGRESSIONS = {
     "nul-in-database-url": (["--db", "/tmp/a\x00b.db", "list"],
                             "database URL '/tmp/a\\x00b.db' holds a NUL character"),
-    "position-beyond-64-bits": (["drift", "--as-of", "9" * 30],
+    "position-beyond-64-bits": (["drift", "--as-of", "9" * 19],
                                 "a log position must be between 0 and 9223372036854775807"),
+    "position-beyond-int-digits": (["drift", "--as-of", "9" * 5000],
+                                   f"invalid log position '{'9' * 56}...: use a whole number from 0 to "
+                                   "9223372036854775807"),
     "nan-timeout": (["--timeout", "nan", "set", "web", "vcpus", "3"],
                     "the hypervisor timeout must be a finite number of seconds above 0, not nan"),
     "negative-timeout": (["--timeout", "-1", "set", "web", "vcpus", "3"],
