@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -167,10 +168,17 @@ class SQLiteEventLog(LogReads):
         try:
             for pragma in self._pragmas():
                 conn.execute(pragma)
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in (*_SCHEMA, *self._projector.schema):
-                conn.execute(statement)
-            conn.execute("COMMIT")
+            schema = (*_SCHEMA, *self._projector.schema)
+            # The schema's digest, kept in the file's user_version, tells whether
+            # the tables are there already: then opening writes nothing and takes
+            # no lock, so it never waits for another process's writer.
+            stamp = int.from_bytes(hashlib.sha256("\n".join(schema).encode()).digest()[:4], "big") >> 1
+            if conn.execute("PRAGMA user_version").fetchone()[0] != stamp:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in schema:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {stamp}")
+                conn.execute("COMMIT")
         except BaseException:
             conn.close()
             raise

@@ -207,3 +207,22 @@ def test_closed_or_unwritable_store_raises_storage_error(tmp_path: Any) -> None:
                 pass
 
     run(go())
+
+
+def test_opening_an_existing_sqlite_ledger_takes_no_write_lock(tmp_path: Any) -> None:
+    """Another process's open write transaction does not stop an existing SQLite ledger from opening and reading."""
+    path = os.path.join(tmp_path, "store.db")
+
+    async def go() -> int:
+        async with SQLiteEventLog(path, TableProjector()) as log:
+            await log.append("a", 0, [_defined("a")], Metadata(), now=T0)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            async with SQLiteEventLog(path, TableProjector(), busy_timeout=0.2) as log:
+                return await log.head()
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+
+    assert run(go()) == 1
