@@ -242,6 +242,10 @@ TAMPERINGS: dict[str, tuple[Tampering, int, str]] = {
     # A forged event whose hash fits its own fields but not the chain.
     "insert_unlinked": (_insert_unlinked, 4, "hash does not match the stored event"),
     "append_unlinked": (lambda rows: [*rows, _forged(7)], 7, "hash does not match the stored event"),
+    # Regression (issue #6): verify read only positions 1 to 2**62, so events stored outside passed unseen.
+    "before_first": (lambda rows: [_forged(0), *rows], 0, "an event is stored at position 0, before position 1"),
+    "far_past_head": (lambda rows: [*rows, _forged(2**62 + 1, rows[-1][HASH])],
+                      7, f"event missing (next stored position is {2**62 + 1})"),
 }
 
 
@@ -259,6 +263,17 @@ def test_verify_names_the_first_damaged_position(store: Store, tampering: str) -
     assert run(_tamper_story(store)) == 6
     store.rewrite(change)
     assert run(verify()) == (position, detail)
+
+
+def test_reads_reach_an_event_stored_far_past_the_head(store: Store) -> None:
+    """read_all and read_stream return an event stored past position 2**62, which they once cut off (issue #6)."""
+    async def read() -> tuple[list[int], list[int]]:
+        async with store() as log:
+            return [r.position async for r in log.read_all()], [r.position for r in await log.read_stream("x")]
+
+    run(_tamper_story(store))
+    store.rewrite(lambda rows: [*rows, _forged(2**62 + 1, rows[-1][HASH])])
+    assert run(read()) == ([1, 2, 3, 4, 5, 6, 2**62 + 1], [2**62 + 1])
 
 
 def test_closed_or_unwritable_store_raises_storage_error(tmp_path: Any) -> None:
