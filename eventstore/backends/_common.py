@@ -104,6 +104,10 @@ async def verify_rows(
         ChainBrokenError: naming the first position that does not check out.
     """
     checker = ChainChecker(from_position)
+    # Rows are read after a position, so one stored below the first would pass unseen.
+    lowest = (await fetch_all("SELECT min(position) FROM events"))[0][0]
+    if lowest is not None and lowest < 1:
+        raise ChainBrokenError(lowest, f"an event is stored at position {lowest}, before position 1")
     if from_position:
         found = await fetch_all("SELECT hash FROM events WHERE position = ?", (from_position,))
         if not found:
@@ -134,20 +138,19 @@ class LogReads:
 
     async def read_stream(self, stream: str, *, to_position: int | None = None) -> list[RecordedEvent]:
         """Return the events of one stream up to `to_position`, oldest first."""
+        # No stand-in bound for "to the end": any position is readable (issue #6).
+        bound, params = ("", (stream,)) if to_position is None else (" AND position <= ?", (stream, to_position))
         rows = await self.fetch_all(
-            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND position <= ? ORDER BY version",
-            (stream, to_position if to_position is not None else 2**62),
-        )
+            f"SELECT {COLUMNS} FROM events WHERE stream = ?{bound} ORDER BY version", params)
         return [record(r) for r in rows]
 
     async def read_rows(self, from_position: int, to_position: int | None) -> AsyncIterator[tuple[Any, ...]]:
         """Yield the stored rows after `from_position` up to `to_position`, in chunks, in order."""
-        end = to_position if to_position is not None else 2**62
+        bound = "" if to_position is None else " AND position <= ?"
         while True:
             rows = await self.fetch_all(
-                f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? "
-                f"ORDER BY position LIMIT {CHUNK}",
-                (from_position, end),
+                f"SELECT {COLUMNS} FROM events WHERE position > ?{bound} ORDER BY position LIMIT {CHUNK}",
+                (from_position,) if to_position is None else (from_position, to_position),
             )
             for row in rows:
                 yield tuple(row)

@@ -11,10 +11,11 @@ from typing import Any, AsyncIterator, Callable
 
 import pytest
 
+from eventstore.backends._common import COLUMNS
 from eventstore.backends.sqlite import SQLiteEventLog
 from eventstore.errors import ChainBrokenError, ConcurrencyError, StorageError
 from eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveValueObserved
-from eventstore.log import Metadata
+from eventstore.log import GENESIS_HASH, Metadata, chain_hash
 from eventstore.catalogue import Outcome
 from eventstore.events import change_event
 from projections.store import TableProjector, table_rows
@@ -41,14 +42,50 @@ async def _postgres(dsn: str, projector: TableProjector | None = None) -> AsyncI
         yield log
 
 
-BACKENDS: dict[str, Callable[[str], Any]] = {"sqlite": _sqlite, "postgres": _postgres}
+BACKENDS: dict[str, Callable[..., Any]] = {"sqlite": _sqlite, "postgres": _postgres}
+Row = list[Any]  # a stored event: position, stream, version, type, schema_version, data, metadata, recorded_at, hash
+
+
+class Store:
+    """Opens logs on one fresh database of a backend, and edits its events table behind their back."""
+
+    def __init__(self, backend: str, where: str) -> None:
+        self.backend = backend
+        self.where = where
+
+    def __call__(self, projector: TableProjector | None = None) -> Any:
+        """Return an async context manager of an opened log (with a projector other than the default)."""
+        return BACKENDS[self.backend](self.where, projector)
+
+    def rewrite(self, change: Callable[[list[Row]], list[Row]]) -> None:
+        """Replace the stored events by `change(rows)`, straight through the driver (sqlite3 or asyncpg)."""
+        if self.backend == "sqlite":
+            with contextlib.closing(sqlite3.connect(os.path.join(self.where, "store.db"))) as conn, conn:
+                rows = [list(r) for r in conn.execute(f"SELECT {COLUMNS} FROM events ORDER BY position")]
+                conn.execute("DELETE FROM events")
+                conn.executemany(f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", change(rows))
+        else:
+            run(self._rewrite_postgres(change))
+
+    async def _rewrite_postgres(self, change: Callable[[list[Row]], list[Row]]) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.where)
+        try:
+            async with conn.transaction():
+                rows = [list(r) for r in await conn.fetch(f"SELECT {COLUMNS} FROM events ORDER BY position")]
+                await conn.execute("DELETE FROM events")
+                await conn.executemany(
+                    f"INSERT INTO events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", change(rows))
+        finally:
+            await conn.close()
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def store(request: pytest.FixtureRequest, tmp_path: Any) -> Callable[[], Any]:
+def store(request: pytest.FixtureRequest, tmp_path: Any) -> Store:
     """Return a factory of opened logs on one fresh database of the backend under test."""
     where = request.getfixturevalue("pg_database") if request.param == "postgres" else str(tmp_path)
-    return lambda projector=None: BACKENDS[request.param](where, projector)
+    return Store(request.param, where)
 
 
 def run(coro: Any) -> Any:
@@ -56,7 +93,7 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def test_append_assigns_gap_free_positions_and_versions(store: Callable[[], Any]) -> None:
+def test_append_assigns_gap_free_positions_and_versions(store: Store) -> None:
     """Appends to several streams get consecutive global positions and per-stream versions."""
     async def go() -> list[tuple]:
         async with store() as log:
@@ -69,7 +106,7 @@ def test_append_assigns_gap_free_positions_and_versions(store: Callable[[], Any]
                          (3, "b", 1, "DomainDefined"), (4, "a", 3, "DomainStopped")]
 
 
-def test_rebuild_in_small_chunks_writes_the_rows_the_appends_wrote(store: Callable[..., Any]) -> None:
+def test_rebuild_in_small_chunks_writes_the_rows_the_appends_wrote(store: Store) -> None:
     """A rebuild reading two events at a time writes exactly the incremental rows, late and open requests too."""
     def change(outcome: Outcome, request_id: str, **fields: Any) -> Any:
         return change_event("memory", outcome)(request_id=request_id, property="memory", **fields)
@@ -100,7 +137,7 @@ def test_rebuild_in_small_chunks_writes_the_rows_the_appends_wrote(store: Callab
     assert (rebuilt, len(incremental["history"])) == ({**incremental, "position": 25}, 8)
 
 
-def test_expected_version_conflict_writes_nothing(store: Callable[[], Any]) -> None:
+def test_expected_version_conflict_writes_nothing(store: Store) -> None:
     """An append at a stale version raises ConcurrencyError and leaves the log unchanged."""
     async def go() -> tuple:
         async with store() as log:
@@ -112,7 +149,7 @@ def test_expected_version_conflict_writes_nothing(store: Callable[[], Any]) -> N
     assert run(go()) == (0, 1, 1)
 
 
-def test_concurrent_appends_are_serialised_without_gaps(store: Callable[[], Any]) -> None:
+def test_concurrent_appends_are_serialised_without_gaps(store: Store) -> None:
     """Many tasks appending at once produce positions 1..N with no gap or duplicate."""
     async def go() -> list[int]:
         async with store() as log:
@@ -123,7 +160,7 @@ def test_concurrent_appends_are_serialised_without_gaps(store: Callable[[], Any]
     assert run(go()) == list(range(1, 65))
 
 
-def test_read_stream_and_as_of(store: Callable[[], Any]) -> None:
+def test_read_stream_and_as_of(store: Store) -> None:
     """A stream reads oldest first, and up to a position or a time when asked."""
     async def go() -> tuple:
         async with store() as log:
@@ -138,7 +175,7 @@ def test_read_stream_and_as_of(store: Callable[[], Any]) -> None:
     assert run(go()) == ([1, 2], [1], 2)
 
 
-def test_subscribe_catches_up_then_follows(store: Callable[[], Any]) -> None:
+def test_subscribe_catches_up_then_follows(store: Store) -> None:
     """A subscriber gets the existing events, then each new append, exactly once and in order."""
     async def go() -> list[int]:
         async with store() as log:
@@ -162,37 +199,114 @@ def test_subscribe_catches_up_then_follows(store: Callable[[], Any]) -> None:
     assert run(go()) == [1, 2, 3, 4]
 
 
-def _tamper(path: str, sql: str) -> None:
-    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute(sql)
+POSITION, STREAM, VERSION, TYPE, SCHEMA_VERSION, DATA, METADATA, RECORDED_AT, HASH = range(9)
+Tampering = Callable[[list[Row]], list[Row]]
 
 
-@pytest.mark.parametrize("sql,position", [
-    ("UPDATE events SET data = replace(data, '1073741824', '1073741825') WHERE position = 2", 2),
-    ("UPDATE events SET metadata = '{\"principal\":\"eve\",\"request_id\":null,\"correlation_id\":null}' WHERE position = 3", 3),
-    ("UPDATE events SET recorded_at = '2030-01-01T00:00:00+00:00' WHERE position = 1", 1),
-    ("DELETE FROM events WHERE position = 2", 2),
-    ("UPDATE events SET position = 10 WHERE position = 3", 3),
-], ids=["data", "metadata", "time", "delete", "move"])
-def test_verify_names_the_first_damaged_position(tmp_path: Any, sql: str, position: int) -> None:
-    """Editing, deleting or moving a stored event breaks the chain at that event's position."""
-    path = str(tmp_path / "store.db")
+async def _tamper_story(store: Store) -> int:
+    """Append six events to streams `a` and `b`, interleaved; return the verified head."""
+    async with store() as log:
+        await log.append("a", 0, [_defined("a")], Metadata(principal="alice"), now=T0)
+        await log.append("b", 0, [_defined("b")], Metadata(principal="bob"), now=T0 + timedelta(seconds=1))
+        await log.append("a", 1, [DomainStarted(config=CONFIG), LiveValueObserved(property="memory", value=2**29)],
+                         Metadata(), now=T0 + timedelta(seconds=2))
+        await log.append("b", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0 + timedelta(seconds=3))
+        await log.append("a", 3, [DomainStopped()], Metadata(principal="alice"), now=T0 + timedelta(seconds=4))
+        return await log.verify_chain()
 
-    async def write() -> int:
-        async with SQLiteEventLog(path, TableProjector()) as log:
-            await log.append("a", 0, [_defined("a"), DomainStarted(config=CONFIG)], Metadata(), now=T0)
-            await log.append("a", 2, [DomainStopped(), DomainStarted(config=CONFIG)], Metadata(), now=T0)
-            return await log.verify_chain()
 
-    async def verify() -> int:
-        async with SQLiteEventLog(path, TableProjector()) as log:
+def _relinked(prev: str, row: Row) -> Row:
+    """Return `row` with the hash a forger computes: right for its own fields, linked to `prev`."""
+    p, stream, version, type_, schema_version, data, metadata, recorded_at = row[:8]
+    return [*row[:8], chain_hash(prev, position=p, stream=stream, version=version, type=type_,
+                                 schema_version=schema_version, data=data, metadata=metadata,
+                                 recorded_at=recorded_at)]
+
+
+def _forged(position: int, prev: str = GENESIS_HASH) -> Row:
+    """Return a forged `DomainStopped` of a new stream `x` at `position`, hashed over its own fields."""
+    return _relinked(prev, [position, "x", 1, "DomainStopped", 1, "{}",
+                            '{"correlation_id":null,"principal":"mallory","request_id":null}',
+                            "2026-01-01T00:00:09.000000+00:00", ""])
+
+
+def _edit(position: int, column: int, value: Any) -> Tampering:
+    """Return a tampering that sets one stored field of the event at `position`."""
+    def change(rows: list[Row]) -> list[Row]:
+        rows[position - 1][column] = value
+        return rows
+    return change
+
+
+def _swap(rows: list[Row]) -> list[Row]:
+    rows[2][POSITION], rows[4][POSITION] = 5, 3  # a's DomainStarted and b's: stream versions still fit
+    return rows
+
+
+def _insert_linked(rows: list[Row]) -> list[Row]:
+    shifted = [[r[0] + 1, *r[1:]] for r in rows[3:]]
+    return [*rows[:3], _forged(4, rows[2][HASH]), *shifted]
+
+
+def _insert_unlinked(rows: list[Row]) -> list[Row]:
+    return [*rows[:3], _forged(4), *[[r[0] + 1, *r[1:]] for r in rows[3:]]]
+
+
+# (tampering, first bad position, what verify says about it)
+TAMPERINGS: dict[str, tuple[Tampering, int, str]] = {
+    # Each stored field of an event, edited in turn.
+    "position": (_edit(3, POSITION, 10), 3, "event missing (next stored position is 4)"),
+    "stream": (_edit(2, STREAM, "c"), 2, "hash does not match the stored event"),
+    "version": (_edit(5, VERSION, 3), 5, "stream b version 3 out of order"),
+    "type": (_edit(6, TYPE, "DomainUndefined"), 6, "hash does not match the stored event"),
+    "schema_version": (_edit(4, SCHEMA_VERSION, 0), 4, "hash does not match the stored event"),
+    "data": (lambda rows: _edit(3, DATA, rows[2][DATA].replace("1073741824", "1073741825"))(rows),
+             3, "hash does not match the stored event"),
+    "metadata": (_edit(2, METADATA, '{"correlation_id":null,"principal":"eve","request_id":null}'),
+                 2, "hash does not match the stored event"),
+    "recorded_at": (_edit(1, RECORDED_AT, "2030-01-01T00:00:00.000000+00:00"),
+                    1, "hash does not match the stored event"),
+    "hash": (_edit(4, HASH, "f" * 64), 4, "hash does not match the stored event"),
+    # Whole events removed, added or moved.
+    "delete": (lambda rows: [r for r in rows if r[POSITION] != 2], 2, "event missing (next stored position is 3)"),
+    "reorder": (_swap, 3, "hash does not match the stored event"),
+    # A forged event linked to its predecessor: the link of the event after it breaks.
+    "insert_linked": (_insert_linked, 5, "hash does not match the stored event"),
+    # A forged event whose hash fits its own fields but not the chain.
+    "insert_unlinked": (_insert_unlinked, 4, "hash does not match the stored event"),
+    "append_unlinked": (lambda rows: [*rows, _forged(7)], 7, "hash does not match the stored event"),
+    # Regression (issue #6): verify read only positions 1 to 2**62, so events stored outside passed unseen.
+    "before_first": (lambda rows: [_forged(0), *rows], 0, "an event is stored at position 0, before position 1"),
+    "far_past_head": (lambda rows: [*rows, _forged(2**62 + 1, rows[-1][HASH])],
+                      7, f"event missing (next stored position is {2**62 + 1})"),
+}
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERINGS))
+def test_verify_names_the_first_damaged_position(store: Store, tampering: str) -> None:
+    """Editing any stored field, or deleting, forging or reordering events, fails verify at the first bad position."""
+    change, position, detail = TAMPERINGS[tampering]
+
+    async def verify() -> tuple[int, str]:
+        async with store() as log:
             with pytest.raises(ChainBrokenError) as caught:
                 await log.verify_chain()
-            return caught.value.position
+            return caught.value.position, caught.value.detail
 
-    assert run(write()) == 4
-    _tamper(path, sql)
-    assert run(verify()) == position
+    assert run(_tamper_story(store)) == 6
+    store.rewrite(change)
+    assert run(verify()) == (position, detail)
+
+
+def test_reads_reach_an_event_stored_far_past_the_head(store: Store) -> None:
+    """read_all and read_stream return an event stored past position 2**62, which they once cut off (issue #6)."""
+    async def read() -> tuple[list[int], list[int]]:
+        async with store() as log:
+            return [r.position async for r in log.read_all()], [r.position for r in await log.read_stream("x")]
+
+    run(_tamper_story(store))
+    store.rewrite(lambda rows: [*rows, _forged(2**62 + 1, rows[-1][HASH])])
+    assert run(read()) == ([1, 2, 3, 4, 5, 6, 2**62 + 1], [2**62 + 1])
 
 
 def test_closed_or_unwritable_store_raises_storage_error(tmp_path: Any) -> None:
