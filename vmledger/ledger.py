@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from datetime import datetime, timedelta
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
@@ -76,7 +77,8 @@ class Ledger:
         self._clock = clock
         self._new_id = new_id
         self._timeout = hypervisor_timeout
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Weak: a lock lives while a task holds or awaits it, so names asked for once do not pile up.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # Helpers.
 

@@ -59,3 +59,20 @@ def test_late_answer_is_observed_as_external_and_never_rewrites_the_outcome(tmp_
 
     assert asyncio.run(go()) == ("timeout", ["LiveValueObserved"], [("memory", "external", 2 * GiB)],
                                  ["in_flight", "failed"], "failed", True)
+
+
+def test_domain_locks_do_not_pile_up(tmp_path: Any) -> None:
+    """The per-domain locks of requests that have finished, unknown domains included, are not kept."""
+    async def go() -> tuple[int, int]:
+        async with vmledger.open(f"sqlite:///{tmp_path}/ledger.db") as ledger:
+            await _web(ledger)
+            unknown = 0
+            for i in range(50):
+                try:
+                    await ledger.set(f"nope{i}", "memory", GiB)
+                except vmledger.UnknownDomainError:
+                    unknown += 1
+            await ledger.set("web", "vcpus", 2)
+            return unknown, len(ledger._locks)
+
+    assert asyncio.run(go()) == (50, 0)
