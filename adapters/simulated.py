@@ -175,7 +175,7 @@ class SimulatedHypervisor:
         return result
 
     async def observe(self, name: str) -> Observation:
-        """Report the domain's live state, capabilities and tray locks.
+        """Report the domain's live state, capabilities, tray locks and persistent config.
 
         Raises:
             HypervisorError: the domain is unknown.
@@ -188,6 +188,7 @@ class SimulatedHypervisor:
                 live=tuple(sorted(dom["live"].items())),
                 capabilities=tuple(sorted(dom["capabilities"].items())),
                 locked_trays=frozenset(dom["locked_trays"]),
+                persistent=tuple(sorted(dom["persistent"].items())),
             )
 
         return await self._run(read, write=False)
