@@ -389,7 +389,7 @@ class LibvirtHypervisor:
         return dict(_parse_config(dom.XMLDesc(0))).get(prop)
 
     async def observe(self, name: str) -> Observation:
-        """Report the domain's live config (from its live XML), capabilities and tray locks.
+        """Report the domain's live config (from its live XML), capabilities and persistent config.
 
         libvirt reports no tray locks, so `locked_trays` is always empty.
 
@@ -405,6 +405,7 @@ class LibvirtHypervisor:
                 running=running,
                 live=_parse_config(xml) if running else (),
                 capabilities=_capabilities(xml),
+                persistent=_parse_config(dom.XMLDesc(self._libvirt.VIR_DOMAIN_XML_INACTIVE)),
             )
 
         return await self._lifecycle(work)

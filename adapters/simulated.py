@@ -195,7 +195,7 @@ class SimulatedHypervisor:
         return self._transact(lambda state: _apply_live(state, name, prop, value), True)
 
     async def observe(self, name: str) -> Observation:
-        """Report the domain's live state, capabilities and tray locks.
+        """Report the domain's live state, capabilities, tray locks and persistent config.
 
         Raises:
             HypervisorError: the domain is unknown.
@@ -208,6 +208,7 @@ class SimulatedHypervisor:
                 live=tuple(sorted(dom["live"].items())),
                 capabilities=tuple(sorted(dom["capabilities"].items())),
                 locked_trays=frozenset(dom["locked_trays"]),
+                persistent=tuple(sorted(dom["persistent"].items())),
             )
 
         return await self._run(read, write=False)

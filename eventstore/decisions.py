@@ -9,6 +9,7 @@ the live outcome event.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Mapping, cast
 
 import attrs
@@ -28,11 +29,27 @@ from eventstore.catalogue import (
     shown,
 )
 from eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
-from eventstore.events import Event, change_event
-from eventstore.hypervisor import LiveResult, Value
-from eventstore.state import DomainState, Slot, concerns_live, concerns_persistent
+from eventstore.events import (
+    DomainStarted,
+    DomainStopped,
+    DomainUndefined,
+    Event,
+    GuestCapabilitiesObserved,
+    LiveValueObserved,
+    MediaTrayLocked,
+    MediaTrayUnlocked,
+    change_event,
+)
+from eventstore.hypervisor import LiveResult, Observation, Value
+from eventstore.state import DomainState, Pending, Slot, concerns_live, concerns_persistent
 
-__all__ = ["SetRequest", "Decision", "decide_set", "decide_persistent", "decide_live", "validate", "out_of_range"]
+__all__ = [
+    "SetRequest", "Decision", "decide_set", "decide_persistent", "decide_live", "decide_stop",
+    "decide_undefine", "decide_observed", "validate", "out_of_range",
+]
+
+#: Who resolves a request its caller left unfinished.
+RESOLVER = "vmledger"
 
 
 @attrs.frozen(kw_only=True)
@@ -184,3 +201,101 @@ def decide_live(request: SetRequest, state: DomainState, result: LiveResult) -> 
         raise ValueError("a live result cannot be Requested")
     return (_outcome(request, Scope.LIVE.value, outcome, in_force, result.reason, result.message),)
 
+
+
+def _awaiting(state: DomainState, scope: str) -> list[Pending]:
+    """Return the pending requests still awaiting an outcome in `scope`, oldest first."""
+    return sorted((p for p in state.pending.values() if p.awaits(scope)), key=lambda p: p.position)
+
+
+def _as_request(state: DomainState, pending: Pending, scope: str) -> SetRequest:
+    return SetRequest(request_id=pending.request_id, domain=state.name, property=pending.property,
+                      value=pending.requested, scope=scope, principal=RESOLVER)
+
+
+def _live_gone(state: DomainState) -> list[Event]:
+    """Fail the live outcome of every pending request: a stopped domain has no live value left to ask about."""
+    return [
+        _outcome(_as_request(state, p, Scope.LIVE.value), Scope.LIVE.value, Outcome.FAILED, None,
+                 Reason.DOMAIN_NOT_RUNNING,
+                 "the domain stopped before this request's live outcome was recorded; its live value is gone")
+        for p in _awaiting(state, Scope.LIVE.value)
+    ]
+
+
+def decide_stop(state: DomainState) -> list[Event]:
+    """Return the events of a domain that stopped: pending live outcomes failed, then `DomainStopped`."""
+    return [*_live_gone(state), DomainStopped()]
+
+
+def decide_undefine(state: DomainState) -> list[Event]:
+    """Return the events of a domain undefined: pending outcomes failed, then `DomainUndefined`."""
+    gone = "the domain was undefined before this request's persistent outcome was recorded"
+    return [
+        *_live_gone(state),
+        *(_outcome(_as_request(state, p, Scope.PERSISTENT.value), Scope.PERSISTENT.value, Outcome.FAILED, None,
+                   Reason.HYPERVISOR_ERROR, gone)
+          for p in _awaiting(state, Scope.PERSISTENT.value)),
+        DomainUndefined(),
+    ]
+
+
+def _resolve_persistent(state: DomainState, pending: Pending, actual: Value | None) -> Event:
+    """Decide the persistent outcome of an abandoned request from the config the hypervisor really holds."""
+    request = _as_request(state, pending, Scope.PERSISTENT.value)
+    if actual == pending.requested:
+        return _outcome(request, Scope.PERSISTENT.value, Outcome.APPLIED, actual)
+    return _outcome(request, Scope.PERSISTENT.value, Outcome.FAILED, actual, Reason.HYPERVISOR_ERROR,
+                    "the request's outcome was never recorded; the persistent config kept its value")
+
+
+def _resolve_live(state: DomainState, pending: Pending, actual: Value | None) -> tuple[Event, ...]:
+    """Decide the live outcome of an abandoned request from the value the running domain really has."""
+    before = state.live.get(pending.property)
+    if actual == pending.requested:
+        result = LiveResult.applied(actual)
+    elif actual is not None and before is not None and actual != before.value:
+        result = LiveResult.partial(actual, "resolved by observation")
+    else:
+        result = LiveResult.failed(actual, Reason.HYPERVISOR_ERROR,
+                                   "the request's outcome was never recorded; the domain kept its value")
+    return decide_live(_as_request(state, pending, Scope.LIVE.value), state, result)
+
+
+def decide_observed(state: DomainState, observation: Observation, stale_before: datetime) -> list[Event]:
+    """Return the events that bring the log in line with what the hypervisor reports.
+
+    A request recorded before `stale_before` whose caller never recorded an
+    outcome is abandoned: its outcome is decided from what the hypervisor
+    really holds (the persistent config, the running domain's live value),
+    never guessed; a younger one may still have its caller waiting on the
+    hypervisor, and is left alone.  A stopped domain fails every pending
+    live outcome at once: its live value is gone, whatever the caller saw.
+    """
+    events: list[Event] = []
+    persistent = dict(observation.persistent)
+    for pending in _awaiting(state, Scope.PERSISTENT.value):
+        if pending.at < stale_before and pending.property in persistent:
+            events.append(_resolve_persistent(state, pending, persistent[pending.property]))
+    if not observation.running:
+        return events + (decide_stop(state) if state.running else _live_gone(state))
+    if not state.running:
+        return events + _live_gone(state) + [DomainStarted(config=observation.live)]
+    live = dict(observation.live)
+    awaited = set()
+    for pending in _awaiting(state, Scope.LIVE.value):
+        awaited.add(pending.property)
+        if pending.at < stale_before:
+            events += _resolve_live(state, pending, live.get(pending.property))
+    caps = {k: v for k, v in observation.capabilities if state.capabilities.get(k) != v}
+    if caps:
+        events.append(GuestCapabilitiesObserved(capabilities=caps))
+    for device in sorted(observation.locked_trays - state.locked_trays):
+        events.append(MediaTrayLocked(device=device))
+    for device in sorted(state.locked_trays - observation.locked_trays):
+        events.append(MediaTrayUnlocked(device=device))
+    for prop, value in sorted(live.items()):
+        slot = state.live.get(prop)
+        if prop not in awaited and (slot is None or slot.value != value):
+            events.append(LiveValueObserved(property=prop, value=value))
+    return events

@@ -66,3 +66,5 @@ class Observation:
     live: tuple  # tuple[tuple[str, Value], ...]; empty when not running
     capabilities: tuple  # tuple[tuple[str, bool | None], ...]
     locked_trays: frozenset[str] = frozenset()
+    #: The config the domain boots with next, as pairs; a property left out is not known.
+    persistent: tuple = ()

@@ -51,14 +51,25 @@ class Mark:
 
 @attrs.frozen(kw_only=True)
 class Pending:
-    """A request whose live outcome is not yet recorded."""
+    """A request with a scope whose outcome is not yet recorded.
+
+    Only an outcome ends it: a stop, start or undefinition leaves it pending,
+    as its history record stays in flight, so the decisions that stop or
+    observe a domain see it and record its outcome.
+    """
 
     request_id: str
     property: str
     requested: Value
     position: int
     at: datetime
+    #: The scopes (`persistent`, `live`) still without an outcome; never empty.
+    awaiting: frozenset[str]
     persistent_status: str | None = None
+
+    def awaits(self, scope: str) -> bool:
+        """Tell whether the outcome of `scope` is still to be recorded."""
+        return scope in self.awaiting
 
 
 @attrs.frozen(kw_only=True)
@@ -142,23 +153,36 @@ def _start_marks(state: DomainState, live: dict[str, Slot], rec: RecordedEvent) 
 
 
 def _requested(state: DomainState, e: ChangeRequested, rec: RecordedEvent) -> DomainState:
-    if not concerns_live(e.scope, state.running) or not state.running:
-        return state
+    # The scopes the history record shows in flight; outcomes in the same append end them.
+    awaiting = frozenset(scope for scope, concerned in (
+        (Scope.PERSISTENT.value, concerns_persistent(e.scope, state.running)),
+        (Scope.LIVE.value, concerns_live(e.scope, state.running)),
+    ) if concerned)
     pending = Pending(
         request_id=e.request_id, property=e.property, requested=e.value,
-        position=rec.position, at=rec.recorded_at,
+        position=rec.position, at=rec.recorded_at, awaiting=awaiting,
     )
     return attrs.evolve(state, pending=_with(state.pending, e.request_id, pending))
+
+
+def _settled(state: DomainState, e: ChangeOutcome) -> tuple[DomainState, Pending | None]:
+    """Return the state with `e`'s scope no longer awaited, and the request's pending entry before."""
+    pending = state.pending.get(e.request_id)
+    if pending is None:
+        return state, None
+    awaiting = pending.awaiting - {e.scope}
+    status = e.outcome.status if e.scope == Scope.PERSISTENT.value else pending.persistent_status
+    if not awaiting:
+        return attrs.evolve(state, pending=_without(state.pending, e.request_id)), pending
+    still = attrs.evolve(pending, awaiting=awaiting, persistent_status=status)
+    return attrs.evolve(state, pending=_with(state.pending, e.request_id, still)), pending
 
 
 def _outcome(state: DomainState, e: ChangeOutcome, rec: RecordedEvent) -> DomainState:
     prop, applied = e.property, e.outcome in (Outcome.APPLIED, Outcome.PARTIALLY_APPLIED)
     mark = lambda cause: Mark(cause=cause, request_id=e.request_id, position=rec.position, at=rec.recorded_at)  # noqa: E731
+    state, pending = _settled(state, e)
     if e.scope == Scope.PERSISTENT.value:
-        pending = state.pending.get(e.request_id)
-        if pending is not None:
-            pending = attrs.evolve(pending, persistent_status=e.outcome.status)
-            state = attrs.evolve(state, pending=_with(state.pending, e.request_id, pending))
         if not applied or e.value is None:
             return state
         state = attrs.evolve(
@@ -166,12 +190,11 @@ def _outcome(state: DomainState, e: ChangeOutcome, rec: RecordedEvent) -> Domain
             persistent=_with(state.persistent, prop, Slot(value=e.value, position=rec.position, request_id=e.request_id)),
         )
         if state.running:
-            cause = Cause.IN_FLIGHT if pending is not None else Cause.REQUIRES_RESTART
+            live_to_come = pending is not None and pending.awaits(Scope.LIVE.value)
+            cause = Cause.IN_FLIGHT if live_to_come else Cause.REQUIRES_RESTART
             state = attrs.evolve(state, marks=_with(state.marks, prop, mark(cause.value)))
         return state
     # Live scope.
-    pending = state.pending.get(e.request_id)
-    state = attrs.evolve(state, pending=_without(state.pending, e.request_id))
     if not state.running:
         return state
     if applied and e.value is not None:
@@ -206,12 +229,11 @@ def apply(state: DomainState | None, rec: RecordedEvent) -> DomainState:
     elif isinstance(e, DomainStarted):
         live = _slots(e.config, rec.position)
         new = attrs.evolve(
-            state, running=True, live=live, marks=_start_marks(state, live, rec),
-            locked_trays=frozenset(), pending={},
+            state, running=True, live=live, marks=_start_marks(state, live, rec), locked_trays=frozenset(),
         )
     elif isinstance(e, (DomainStopped, DomainUndefined)):
         new = attrs.evolve(
-            state, running=False, live={}, marks={}, locked_trays=frozenset(), pending={},
+            state, running=False, live={}, marks={}, locked_trays=frozenset(),
             defined=not isinstance(e, DomainUndefined),
         )
     elif isinstance(e, GuestCapabilitiesObserved):

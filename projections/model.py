@@ -49,7 +49,7 @@ def state_to_json(state: DomainState) -> str:
         "marks": {k: [m.cause, m.request_id, m.position, _iso(m.at)] for k, m in state.marks.items()},
         "capabilities": dict(state.capabilities),
         "locked_trays": sorted(state.locked_trays),
-        "pending": {k: [p.property, p.requested, p.position, _iso(p.at), p.persistent_status]
+        "pending": {k: [p.property, p.requested, p.position, _iso(p.at), sorted(p.awaiting), p.persistent_status]
                     for k, p in state.pending.items()},
     })
 
@@ -69,8 +69,8 @@ def state_from_json(text: str) -> DomainState:
                for k, (c, r, p, t) in d["marks"].items()},
         capabilities=d["capabilities"], locked_trays=frozenset(d["locked_trays"]),
         pending={k: Pending(request_id=k, property=prop, requested=req, position=p,
-                            at=datetime.fromisoformat(t), persistent_status=ps)
-                 for k, (prop, req, p, t, ps) in d["pending"].items()},
+                            at=datetime.fromisoformat(t), awaiting=frozenset(aw), persistent_status=ps)
+                 for k, (prop, req, p, t, aw, ps) in d["pending"].items()},
     )
 
 

@@ -94,6 +94,10 @@ async def open(  # noqa: A001 - the public name the design promises
     PostgreSQL the simulated hypervisor keeps its state in
     `vmledger-<database>.sim.json` in the current directory.
 
+    Opening never calls the hypervisor: requests a dead process left without
+    an outcome are resolved by `Ledger.observe`, not here, so that opening
+    works while the hypervisor is down and reads never write.
+
     Raises:
         InvalidRequestError: an unsupported URL or hypervisor, or a timeout that is
             not a finite number of seconds above 0.

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true", help="keep printing new events")
     json_flag(p)
 
-    p = command("observe", "record out-of-band changes the hypervisor reports")
+    p = command("observe", "record out-of-band changes the hypervisor reports; resolve abandoned requests")
     p.add_argument("name", nargs="?")
     json_flag(p)
 

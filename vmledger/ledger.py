@@ -26,7 +26,16 @@ from eventstore.catalogue import (
     media_property,
     shown,
 )
-from eventstore.decisions import SetRequest, decide_live, decide_persistent, decide_set, out_of_range
+from eventstore.decisions import (
+    SetRequest,
+    decide_live,
+    decide_observed,
+    decide_persistent,
+    decide_set,
+    decide_stop,
+    decide_undefine,
+    out_of_range,
+)
 from eventstore.errors import (
     ConcurrencyError,
     InvalidRequestError,
@@ -34,21 +43,11 @@ from eventstore.errors import (
     UnknownPropertyError,
     VmledgerError,
 )
-from eventstore.events import (
-    DomainDefined,
-    DomainStarted,
-    DomainStopped,
-    DomainUndefined,
-    Event,
-    GuestCapabilitiesObserved,
-    LiveValueObserved,
-    MediaTrayLocked,
-    MediaTrayUnlocked,
-)
+from eventstore.events import DomainDefined, DomainStarted, Event, GuestCapabilitiesObserved
 from eventstore.hypervisor import DomainSpec, LiveResult, Value
 from eventstore import transfer
 from eventstore.log import Metadata, RecordedEvent
-from eventstore.state import DomainState, Pending
+from eventstore.state import DomainState
 from projections import queries
 from projections.model import Model, state_from_json
 from projections.store import DuplicateRequestError, compare, table_rows
@@ -205,6 +204,9 @@ class Ledger:
     async def stop(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> dict[str, Any]:
         """Shut a domain off and record `DomainStopped`.
 
+        A request still waiting for its live outcome gets it first: `…Failed`
+        with reason `domain_not_running`, since its live value is gone.
+
         Raises:
             UnknownDomainError: no such domain.
             InvalidRequestError: the domain is not running.
@@ -215,11 +217,14 @@ class Ledger:
         if not state.running:
             raise InvalidRequestError(f"domain {name!r} is not running")
         await self.hypervisor.stop(name)
-        await self._retrying(name, lambda s: [DomainStopped()], meta)
+        await self._retrying(name, decide_stop, meta)
         return await self.show(name)
 
     async def undefine(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> None:
         """Remove a stopped domain and record `DomainUndefined`; its stream stays for audit.
+
+        A request still waiting for an outcome gets it first: `…Failed`, since
+        the config it concerned is gone.
 
         Raises:
             UnknownDomainError: no such domain.
@@ -230,7 +235,7 @@ class Ledger:
         if state.running:
             raise InvalidRequestError(f"domain {name!r} is running; stop it first")
         await self.hypervisor.undefine(name)
-        await self._retrying(name, lambda s: [DomainUndefined()], meta)
+        await self._retrying(name, decide_undefine, meta)
 
     async def adopt(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> dict[str, Any]:
         """Record a domain the hypervisor already has; return its view.
@@ -342,14 +347,13 @@ class Ledger:
                 await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
             except VmledgerError as e:
                 error = str(e)
-            await self._retrying(name, lambda s: decide_persistent(request, s, error), meta)
+            await self._retrying(
+                name, lambda s: decide_persistent(request, s, error) if _awaits(s, request, Scope.PERSISTENT.value) else (),
+                meta)
         if decision.live_value is not None:
             result = await self._apply_live(name, prop, decision.live_value)
-            # `observe` may have resolved an abandoned-looking request meanwhile:
-            # never record a second live outcome for it.
             await self._retrying(
-                name, lambda s: decide_live(request, s, result) if request.request_id in s.pending or not s.running else (),
-                meta)
+                name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (), meta)
         return await self.request(request.request_id)
 
     async def _find_for_request(self, request: SetRequest) -> DomainState | None:
@@ -518,10 +522,15 @@ class Ledger:
     # Observation.
 
     async def observe(self, name: str | None = None, *, principal: str = SYSTEM_PRINCIPAL) -> list[RecordedEvent]:
-        """Compare the hypervisor's live state with the log and record what differs.
+        """Compare the hypervisor's state with the log and record what differs.
 
-        Requests left without a live outcome (their caller died) are resolved
-        from the value the domain really has.
+        This is how a request its caller never finished (the process died
+        between `…Requested` and an outcome) is resolved; `vmledger.open`
+        does not do it.  Once older than twice the hypervisor timeout, such a
+        request gets its outcome from what the hypervisor really holds: the
+        live value of the running domain, the persistent config.  A domain
+        found stopped fails every pending live outcome (reason
+        `domain_not_running`), as its live value is gone.
 
         Raises:
             UnknownDomainError: `name` is not a defined domain.
@@ -534,7 +543,7 @@ class Ledger:
             await self._state(domain)
             observation = await self.hypervisor.observe(domain)
             recorded += await self._retrying(
-                domain, lambda s: _observed(s, observation, stale_before), _meta(principal))
+                domain, lambda s: decide_observed(s, observation, stale_before), _meta(principal))
         return recorded
 
     # Moving a ledger between databases.
@@ -606,43 +615,10 @@ def _meta(principal: str) -> Metadata:
     return Metadata(principal=check_principal(principal))
 
 
-def _resolve(state: DomainState, pending: Pending, actual: Value | None) -> tuple[Event, ...]:
-    """Decide the live outcome of a request its caller never finished, from the real value."""
-    request = SetRequest(request_id=pending.request_id, domain=state.name, property=pending.property,
-                         value=pending.requested, scope=Scope.LIVE.value, principal=SYSTEM_PRINCIPAL)
-    before = state.live.get(pending.property)
-    if actual == pending.requested:
-        result = LiveResult.applied(actual)
-    elif actual is not None and before is not None and actual != before.value:
-        result = LiveResult.partial(actual, "resolved by observation")
-    else:
-        result = LiveResult.failed(actual, Reason.HYPERVISOR_ERROR,
-                                   "the request's outcome was never recorded; the domain kept its value")
-    return decide_live(request, state, result)
+def _awaits(state: DomainState, request: SetRequest, scope: str) -> bool:
+    """Tell whether `request` still awaits its outcome in `scope`.
 
-
-def _observed(state: DomainState, observation: Any, stale_before: datetime) -> list[Event]:
-    """Return the events that bring the log in line with what the hypervisor reports."""
-    events: list[Event] = []
-    live = dict(observation.live)
-    if observation.running and not state.running:
-        return [DomainStarted(config=observation.live)]
-    if not observation.running:
-        return [DomainStopped()] if state.running else []
-    resolved = set()
-    for pending in sorted(state.pending.values(), key=lambda p: p.position):
-        resolved.add(pending.property)
-        if pending.at < stale_before:
-            events += _resolve(state, pending, live.get(pending.property))
-    caps = {k: v for k, v in observation.capabilities if state.capabilities.get(k) != v}
-    if caps:
-        events.append(GuestCapabilitiesObserved(capabilities=caps))
-    for device in sorted(observation.locked_trays - state.locked_trays):
-        events.append(MediaTrayLocked(device=device))
-    for device in sorted(state.locked_trays - observation.locked_trays):
-        events.append(MediaTrayUnlocked(device=device))
-    for prop, value in sorted(live.items()):
-        slot = state.live.get(prop)
-        if prop not in resolved and (slot is None or slot.value != value):
-            events.append(LiveValueObserved(property=prop, value=value))
-    return events
+    A stop or `observe` may have recorded it meanwhile: never record a second one.
+    """
+    pending = state.pending.get(request.request_id)
+    return pending is not None and pending.awaits(scope)

@@ -110,11 +110,8 @@ def test_full_disk_is_a_storage_error_that_keeps_every_committed_event(tmp_path:
     assert (verified_while_full, verified) == (len(after), len(recovered))
 
 
-@pytest.mark.xfail(strict=True, reason="issue #6: observe resolves only the live scope of an abandoned request; "
-                   "a persistent outcome that could not be stored stays in flight, and the hypervisor's persistent "
-                   "config keeps the new value the ledger does not show")
 def test_full_disk_leaves_no_scope_in_flight_once_space_is_back(tmp_path: Any) -> None:
-    """After the disk-full failure and `observe` with space back, every scope of every request has an outcome."""
+    """After the disk-full failure and `observe` with space back, every scope of every request has an outcome (issue #6)."""
     *_, statuses = _full_then_recovered(str(tmp_path / "l.db"))
     assert "in_flight" not in statuses
 

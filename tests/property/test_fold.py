@@ -1,8 +1,9 @@
 """The pure fold: snapshots round-trip, folding in chunks equals folding at once, drift is live != persistent.
 
 Event sequences are made the way the ledger makes them, by running the
-decisions (`decide_set`, `decide_persistent`, `decide_live`) on the state
-folded so far, interleaved with lifecycle and observation events; no database.
+decisions (`decide_set`, `decide_persistent`, `decide_live`, `decide_stop`,
+`decide_undefine`, `decide_observed`) on the state folded so far, interleaved
+with lifecycle and observation events; callers may die mid-request; no database.
 """
 
 from __future__ import annotations
@@ -16,19 +17,26 @@ from hypothesis import strategies as st
 
 from eventstore.catalogue import Cause, GuestType, Reason
 from eventstore.codec import dumps
-from eventstore.decisions import SetRequest, decide_live, decide_persistent, decide_set
+from eventstore.decisions import (
+    SetRequest,
+    decide_live,
+    decide_observed,
+    decide_persistent,
+    decide_set,
+    decide_stop,
+    decide_undefine,
+)
 from eventstore.events import (
+    ChangeOutcome,
     DomainDefined,
     DomainStarted,
-    DomainStopped,
-    DomainUndefined,
     Event,
     GuestCapabilitiesObserved,
     LiveValueObserved,
     MediaTrayLocked,
     MediaTrayUnlocked,
 )
-from eventstore.hypervisor import LiveResult
+from eventstore.hypervisor import LiveResult, Observation
 from eventstore.log import Metadata, RecordedEvent
 from eventstore.state import DomainState, apply
 from projections.model import Model, history_from_row, state_from_json, state_to_json
@@ -45,6 +53,8 @@ from tests.strategies import (
 
 SETTINGS = settings(database=None, deadline=None, max_examples=60)
 BASE = datetime(2026, 1, 31, 12, 0, tzinfo=timezone.utc)
+#: A time after every record a history makes: every request is abandoned by then.
+LATER = BASE + timedelta(days=1)
 Draw = Callable[[st.SearchStrategy[Any]], Any]
 
 
@@ -55,6 +65,7 @@ class History:
     records: list[RecordedEvent] = attrs.field(factory=list)
     states: dict[str, DomainState] = attrs.field(factory=dict)
     seen: list[DomainState] = attrs.field(factory=list)
+    #: Requests whose caller still waits for the hypervisor's live answer.
     pending: list[tuple[str, SetRequest]] = attrs.field(factory=list)
     streams: int = 0
     requests: int = 0
@@ -119,9 +130,15 @@ def _set(draw: Draw, h: History, uuid: str, micro: int) -> None:
     request = draw(set_requests((state.name,), request_id=st.just(f"req-{h.requests}")))
     decision = decide_set(request, state)
     h.append(uuid, decision.events, micro)
+    # The caller may die right after `…Requested` or after the persistent outcome.
+    dies = draw(st.sampled_from((None, None, None, "requested", "persistent")))
+    if dies == "requested":
+        return
     if decision.persistent_value is not None:
         error = draw(st.none() | texts)
         h.append(uuid, decide_persistent(request, h.states[uuid], error), micro)
+    if dies == "persistent":
+        return
     if decision.live_value is not None:
         if draw(st.booleans()):
             h.pending.append((uuid, request))  # the hypervisor has not answered yet
@@ -133,7 +150,30 @@ def _set(draw: Draw, h: History, uuid: str, micro: int) -> None:
 def _resolve(draw: Draw, h: History, micro: int) -> None:
     uuid, request = h.pending.pop(draw(st.integers(0, len(h.pending) - 1)))
     result = draw(_live_results(request, h.states[uuid]))
-    h.append(uuid, decide_live(request, h.states[uuid], result), micro)
+    pending = h.states[uuid].pending.get(request.request_id)
+    if pending is not None and pending.awaits("live"):  # a stop or observe may have recorded it: as the ledger does
+        h.append(uuid, decide_live(request, h.states[uuid], result), micro)
+
+
+def _observation(draw: Draw, state: DomainState) -> Observation:
+    """Return what a hypervisor may report: running or not, pending requests' values taken or not."""
+    persistent = {k: s.value for k, s in state.persistent.items()}
+    live = {k: s.value for k, s in state.live.items()} if state.running else dict(persistent)
+    for p in state.pending.values():
+        values = st.just(p.requested) | well_formed_value(p.property)
+        live[p.property] = draw(values)
+        persistent[p.property] = draw(values)
+    running = draw(st.booleans())
+    return Observation(running=running, live=tuple(sorted(live.items())) if running else (),
+                       capabilities=(), persistent=tuple(sorted(persistent.items())))
+
+
+def _observe_hypervisor(draw: Draw, h: History, uuid: str, micro: int) -> None:
+    state = h.states[uuid]
+    stale_before = draw(st.sampled_from((BASE, LATER)))
+    events = decide_observed(state, _observation(draw, state), stale_before)
+    if events:
+        h.append(uuid, events, micro)
 
 
 def _observe(draw: Draw, h: History, uuid: str, micro: int) -> None:
@@ -160,7 +200,7 @@ def histories(draw: Draw, max_steps: int = 30) -> History:
         actions = ["define"] if len(defined) < len(DOMAIN_NAMES) else []
         actions += ["start", "undefine"] if stopped else []
         actions += ["stop", "observe"] if running else []
-        actions += ["set"] * 4 if defined else []
+        actions += ["set"] * 4 + ["observe_hypervisor"] if defined else []
         actions += ["resolve"] if h.pending else []
         if not actions:
             break
@@ -170,9 +210,13 @@ def histories(draw: Draw, max_steps: int = 30) -> History:
         elif action == "start":
             _start(draw, h, draw(st.sampled_from(stopped)), micro)
         elif action == "stop":
-            h.append(draw(st.sampled_from(running)), [DomainStopped()], micro)
+            uuid = draw(st.sampled_from(running))
+            h.append(uuid, decide_stop(h.states[uuid]), micro)
         elif action == "undefine":
-            h.append(draw(st.sampled_from(stopped)), [DomainUndefined()], micro)
+            uuid = draw(st.sampled_from(stopped))
+            h.append(uuid, decide_undefine(h.states[uuid]), micro)
+        elif action == "observe_hypervisor":
+            _observe_hypervisor(draw, h, draw(st.sampled_from(defined)), micro)
         elif action == "set":
             _set(draw, h, draw(st.sampled_from(defined)), micro)
         elif action == "resolve":
@@ -250,15 +294,43 @@ def test_drift_causes_are_known_and_in_flight_means_pending(h: History) -> None:
     assert wrong == []
 
 
+def _in_flight(model: Model) -> set[tuple[str, str, str]]:
+    """Return `(stream, request id, scope)` of every history outcome still in flight."""
+    return {(r["domain"], r["request_id"], scope) for r in model.history.values()
+            for scope, o in r["outcomes"].items() if o["status"] == "in_flight"}
+
+
+def _awaited(model: Model) -> set[tuple[str, str, str]]:
+    """Return `(stream, request id, scope)` of every scope the domain states still await."""
+    return {(u, p.request_id, scope) for u, s in model.states.items()
+            for p in s.pending.values() for scope in p.awaiting}
+
+
 @SETTINGS
 @given(histories())
-def test_history_completes_exactly_when_no_scope_is_in_flight(h: History) -> None:
-    """A request's history record is complete exactly when the hypervisor has answered every scope."""
+def test_pending_is_exactly_what_history_shows_in_flight(h: History) -> None:
+    """After every event (stops and undefinitions included) the states await exactly the scopes history shows in flight, and no scope gets two outcomes."""
+    model = Model()
+    mismatches = []
+    for rec in h.records:
+        model.feed(rec)
+        if _awaited(model) != _in_flight(model):
+            mismatches.append(rec.position)
+    outcomes = [(r.event.request_id, r.event.scope) for r in h.records if isinstance(r.event, ChangeOutcome)]
+    completed = {r["request_id"]: r["completed_at"] is not None for r in model.history.values()}
+    assert (mismatches, len(outcomes), completed) == (
+        [], len(set(outcomes)), {r: not any(i[1] == r for i in _in_flight(model)) for r in completed})
+
+
+@SETTINGS
+@given(st.data(), histories())
+def test_observing_every_domain_resolves_every_abandoned_request(data: st.DataObject, h: History) -> None:
+    """Once every request is older than the staleness bound, observing each defined domain leaves nothing in flight."""
+    for uuid in h.defined():
+        state = h.states[uuid]
+        events = decide_observed(state, _observation(data.draw, state), LATER)
+        if events:
+            h.append(uuid, events, 0)
     model = Model()
     model.feed_all(h.records)
-    pending_ids = {request.request_id for _, request in h.pending}
-    summary = {
-        r["request_id"]: (r["completed_at"] is None, any(o["status"] == "in_flight" for o in r["outcomes"].values()))
-        for r in model.history.values()
-    }
-    assert summary == {r: (r in pending_ids, r in pending_ids) for r in summary}
+    assert (_in_flight(model), _awaited(model)) == (set(), set())

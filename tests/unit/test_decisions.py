@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from eventstore.catalogue import Outcome, Reason
-from eventstore.decisions import SetRequest, decide_live, decide_persistent, decide_set
+from eventstore.decisions import SetRequest, decide_live, decide_observed, decide_persistent, decide_set
 from eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
 from eventstore.events import DomainDefined, DomainStarted
-from eventstore.hypervisor import LiveResult
+from eventstore.hypervisor import LiveResult, Observation
 from eventstore.log import Metadata, RecordedEvent
-from eventstore.state import DomainState, fold
+from eventstore.state import DomainState, apply, fold
 
 GiB = 2**30
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -118,3 +118,18 @@ def test_a_scope_that_is_not_text_is_invalid(scope: object) -> None:
     """A scope of another type, unhashable ones included, is an InvalidRequestError (issue #6)."""
     with pytest.raises(InvalidRequestError, match="^invalid scope "):
         decide_set(_request("vcpus", 3, scope=scope), _state(True))  # type: ignore[arg-type]
+
+
+def test_observe_leaves_a_young_request_to_its_caller_and_resolves_an_old_one() -> None:
+    """An unanswered request younger than the staleness bound gets no outcome from observe; an older one gets both."""
+    state = _state(True)
+    (requested,) = decide_set(_request("vcpus", 3), state).events
+    state = apply(state, RecordedEvent(position=3, stream="u1", version=3, event=requested, metadata=Metadata(),
+                                       recorded_at=T0))
+    config = {**CONFIG, "vcpus": 3}
+    seen = Observation(running=True, live=tuple(sorted(config.items())), capabilities=(("balloon", True),),
+                       persistent=tuple(sorted(config.items())))
+    young = decide_observed(state, seen, T0)
+    old = decide_observed(state, seen, T0 + timedelta(microseconds=1))
+    assert (_summary(young), _summary(old)) == (
+        [], [("VcpusChangeApplied", "persistent", None), ("VcpusChangeApplied", "live", None)])

@@ -230,7 +230,7 @@ def test_start_without_enough_host_memory_fails(tmp_path):
 
 
 def test_observe_reports_balloon(tmp_path):
-    """Observe reports the live memory that balloon() set behind the ledger's back."""
+    """Observe reports the live memory that balloon() set behind the ledger's back, beside the persistent config."""
 
     async def scenario():
         sim = await _running(tmp_path / "sim.json")
@@ -250,6 +250,14 @@ def test_observe_reports_balloon(tmp_path):
         ),
         capabilities=(("balloon", True), ("memory_hotplug", False), ("vcpu_hotplug", True)),
         locked_trays=frozenset({"hdc"}),
+        persistent=(
+            ("max_memory", 4 * GiB),
+            ("max_vcpus", 4),
+            ("media:hdc", "/iso/a.iso"),
+            ("memory", 1 * GiB),
+            ("numa_nodes", 1),
+            ("vcpus", 2),
+        ),
     )
     assert asyncio.run(scenario()) == (expected, 7 * GiB + 512 * MiB)
 
