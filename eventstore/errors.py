@@ -33,10 +33,9 @@ class UnknownPropertyError(InvalidRequestError):
 class ConcurrencyError(VmledgerError):
     """Raised when a stream moved past the version an append expected."""
 
-    def __init__(self, stream: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"stream {stream} is at version {actual}, not the expected {expected}"
-        )
+    def __init__(self, stream: str, expected: int, actual: int, *, detail: str | None = None) -> None:
+        conflict = f"stream {stream} is at version {actual}, not the expected {expected}"
+        super().__init__(f"{detail} (last: {conflict})" if detail else conflict)
         self.stream = stream
         self.expected = expected
         self.actual = actual

@@ -99,9 +99,9 @@ class Ledger:
                     return []
                 try:
                     return await self._append(state, events, meta)
-                except ConcurrencyError:
-                    continue
-        raise ConcurrencyError(name, -1, -1)
+                except ConcurrencyError as e:
+                    conflict = e
+        raise _contended(name, conflict)
 
     def _serial(self, name: str) -> asyncio.Lock:
         """Return the lock that orders this process's decisions on one domain.
@@ -335,12 +335,13 @@ class Ledger:
                 try:
                     await self._append(state, decision.events, meta)
                     break
-                except ConcurrencyError:
+                except ConcurrencyError as e:
+                    conflict = e
                     continue
                 except DuplicateRequestError:
                     continue  # another caller recorded the same id first: report theirs
         else:
-            raise ConcurrencyError(name, -1, -1)
+            raise _contended(name, conflict)
         if decision.persistent_value is not None:
             error = None
             try:
@@ -622,3 +623,9 @@ def _awaits(state: DomainState, request: SetRequest, scope: str) -> bool:
     """
     pending = state.pending.get(request.request_id)
     return pending is not None and pending.awaits(scope)
+
+
+def _contended(name: str, conflict: ConcurrencyError) -> ConcurrencyError:
+    """Return the error of a request that lost every race for its domain's stream."""
+    return ConcurrencyError(conflict.stream, conflict.expected, conflict.actual, detail=(
+        f"gave up after {_RETRIES} attempts: other writers changed domain {name!r} each time"))
