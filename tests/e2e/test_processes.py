@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from typing import Any
+
+import pytest
 
 import vmledger
 
@@ -17,6 +20,22 @@ async def main(db, tag, n):
     async with vmledger.open(db, busy_timeout=60) as ledger:
         for i in range(n):
             await ledger.set(("a", "b")[i % 2], "vcpus", 1 + (i % 4), request_id=f"{tag}-{i}", principal=tag)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+#: One process's share of the four-process test: scopes in turn on domains `a`, `b` (running) and `c` (stopped).
+MANY = """
+import asyncio, sys
+import vmledger
+
+SCOPES = ("both", "persistent", "live", "current")
+
+async def main(db, tag, n):
+    async with vmledger.open(db) as ledger:
+        for i in range(n):
+            await ledger.set("abc"[i % 3], "vcpus", 1 + (i % 4), scope=SCOPES[i % 4],
+                             request_id=f"{tag}-{i}", principal=tag)
 
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
@@ -44,3 +63,72 @@ def test_two_processes_writing_the_same_domains(tmp_path: Any) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, db, tag, "40"]) for tag in ("p1", "p2")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert asyncio.run(check()) == (80, 80, True, {"applied"})
+
+
+@pytest.mark.slow
+def test_four_processes_writing_one_file(tmp_path: Any) -> None:
+    """Four processes x 1,000 requests on shared domains of one SQLite file: all recorded once, none failed, gap-free, verified."""
+    db = str(tmp_path / "shared.db")
+
+    async def setup() -> None:
+        async with vmledger.open(db) as ledger:
+            for name in ("a", "b", "c"):
+                await ledger.define(name, guest_type="pv", memory=2**30, max_memory=2**31, vcpus=1, max_vcpus=4)
+            await ledger.start("a")
+            await ledger.start("b")
+
+    async def check() -> tuple:
+        async with vmledger.open(db) as ledger:
+            history = await ledger.history()
+            positions = [r.position async for r in ledger.events()]
+            head = await ledger.verify()
+            statuses = {(r["domain"], s, o["status"]) for r in history for s, o in r["outcomes"].items()}
+            return len(history), positions == list(range(1, head + 1)), statuses
+
+    asyncio.run(setup())
+    procs = [subprocess.Popen([sys.executable, "-c", MANY, db, f"p{p}", "1000"], stderr=subprocess.PIPE, text=True)
+             for p in range(4)]
+    outcomes = [(p.communicate(timeout=300)[1], p.returncode) for p in procs]
+    assert outcomes == [("", 0)] * 4
+    assert asyncio.run(check()) == (4000, True, {
+        ("a", "persistent", "applied"), ("a", "live", "applied"), ("b", "persistent", "applied"),
+        ("b", "live", "applied"), ("c", "persistent", "applied"), ("c", "live", "refused")})
+
+
+HOLDER = """
+import sqlite3, sys, time
+input()  # wait for the ledger to open first: opening takes the write lock too
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_file_locked_past_the_busy_timeout_is_a_clear_error(tmp_path: Any) -> None:
+    """A request meeting a write lock held past the busy timeout raises StorageError saying so, writes nothing, and succeeds once the lock goes."""
+    db = str(tmp_path / "l.db")
+
+    async def go(holder: subprocess.Popen) -> tuple:
+        async with vmledger.open(db, busy_timeout=0.3) as ledger:
+            await ledger.define("a", guest_type="pv", memory=2**30, max_memory=2**31, vcpus=1, max_vcpus=4)
+            head = await ledger.log.head()
+            assert holder.stdin is not None and holder.stdout is not None
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            locked = holder.stdout.readline()
+            start = time.monotonic()
+            with pytest.raises(vmledger.StorageError) as caught:
+                await ledger.set("a", "vcpus", 2, scope="persistent", request_id="r1")
+            waited = time.monotonic() - start
+            holder.kill()
+            holder.wait()
+            record = await ledger.set("a", "vcpus", 2, scope="persistent", request_id="r1")
+            return (locked, str(caught.value), 0.3 <= waited < 10, await ledger.log.head() - head,
+                    record["outcomes"]["persistent"]["status"])
+
+    with subprocess.Popen([sys.executable, "-c", HOLDER, db], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as holder:
+        assert asyncio.run(go(holder)) == (
+            "locked\n", "the database stayed locked by another writer past the busy timeout (database is locked)",
+            True, 2, "applied")
