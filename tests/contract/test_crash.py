@@ -17,6 +17,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -75,12 +76,15 @@ def _kill_round(url: str, tag: str, rng: random.Random, cwd: str) -> str:
     proc = subprocess.Popen([sys.executable, WRITER, url, tag, str(rng.randrange(2**32))], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     assert proc.stdout is not None and proc.stderr is not None
+    watchdog = threading.Timer(60, proc.kill)  # a hung writer fails the round instead of the whole run
+    watchdog.start()
     try:
         assert proc.stdout.readline() == b"ready\n"
         if rng.random() < 0.6:
             how = "in a commit"
             for _ in range(rng.randint(1, 60)):
                 if proc.stdout.readline() != b"append\n":
+                    how = "after the writer stopped announcing"  # died or hung: fails the test below
                     break
             time.sleep(rng.uniform(0, 0.001))
         else:
@@ -90,6 +94,7 @@ def _kill_round(url: str, tag: str, rng: random.Random, cwd: str) -> str:
         proc.wait(timeout=60)
         err = proc.stderr.read().decode()
     finally:
+        watchdog.cancel()
         proc.kill()
         proc.wait()
         proc.stdout.close()
