@@ -7,7 +7,7 @@ frozen classes are never mutated: every change builds new ones.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Any, Mapping
 
 import attrs
 
@@ -115,6 +115,16 @@ class DomainState:
         return rows
 
 
+def _evolve(state: DomainState, **changes: Any) -> DomainState:
+    """Return `attrs.evolve(state, **changes)` without its per-call introspection: the fold's hot path."""
+    values = {name: getattr(state, name) for name in _STATE_FIELDS}
+    values.update(changes)
+    return DomainState(**values)
+
+
+_STATE_FIELDS = tuple(a.name for a in attrs.fields(DomainState))
+
+
 def concerns_live(scope: str, running: bool) -> bool:
     """Tell whether a request with `scope` concerns the live config."""
     return scope == Scope.LIVE.value or (running and scope in (Scope.BOTH.value, Scope.CURRENT.value))
@@ -162,7 +172,7 @@ def _requested(state: DomainState, e: ChangeRequested, rec: RecordedEvent) -> Do
         request_id=e.request_id, property=e.property, requested=e.value,
         position=rec.position, at=rec.recorded_at, awaiting=awaiting,
     )
-    return attrs.evolve(state, pending=_with(state.pending, e.request_id, pending))
+    return _evolve(state, pending=_with(state.pending, e.request_id, pending))
 
 
 def _settled(state: DomainState, e: ChangeOutcome) -> tuple[DomainState, Pending | None]:
@@ -173,9 +183,9 @@ def _settled(state: DomainState, e: ChangeOutcome) -> tuple[DomainState, Pending
     awaiting = pending.awaiting - {e.scope}
     status = e.outcome.status if e.scope == Scope.PERSISTENT.value else pending.persistent_status
     if not awaiting:
-        return attrs.evolve(state, pending=_without(state.pending, e.request_id)), pending
+        return _evolve(state, pending=_without(state.pending, e.request_id)), pending
     still = attrs.evolve(pending, awaiting=awaiting, persistent_status=status)
-    return attrs.evolve(state, pending=_with(state.pending, e.request_id, still)), pending
+    return _evolve(state, pending=_with(state.pending, e.request_id, still)), pending
 
 
 def _outcome(state: DomainState, e: ChangeOutcome, rec: RecordedEvent) -> DomainState:
@@ -185,20 +195,20 @@ def _outcome(state: DomainState, e: ChangeOutcome, rec: RecordedEvent) -> Domain
     if e.scope == Scope.PERSISTENT.value:
         if not applied or e.value is None:
             return state
-        state = attrs.evolve(
+        state = _evolve(
             state,
             persistent=_with(state.persistent, prop, Slot(value=e.value, position=rec.position, request_id=e.request_id)),
         )
         if state.running:
             live_to_come = pending is not None and pending.awaits(Scope.LIVE.value)
             cause = Cause.IN_FLIGHT if live_to_come else Cause.REQUIRES_RESTART
-            state = attrs.evolve(state, marks=_with(state.marks, prop, mark(cause.value)))
+            state = _evolve(state, marks=_with(state.marks, prop, mark(cause.value)))
         return state
     # Live scope.
     if not state.running:
         return state
     if applied and e.value is not None:
-        state = attrs.evolve(
+        state = _evolve(
             state,
             live=_with(state.live, prop, Slot(value=e.value, position=rec.position, request_id=e.request_id)),
         )
@@ -213,7 +223,7 @@ def _outcome(state: DomainState, e: ChangeOutcome, rec: RecordedEvent) -> Domain
         cause = Cause.REFUSED.value
     else:
         cause = Cause.FAILED.value
-    return attrs.evolve(state, marks=_with(state.marks, prop, mark(cause)))
+    return _evolve(state, marks=_with(state.marks, prop, mark(cause)))
 
 
 def apply(state: DomainState | None, rec: RecordedEvent) -> DomainState:
@@ -228,22 +238,22 @@ def apply(state: DomainState | None, rec: RecordedEvent) -> DomainState:
         raise ValueError(f"{e.name} at position {rec.position} precedes DomainDefined")
     elif isinstance(e, DomainStarted):
         live = _slots(e.config, rec.position)
-        new = attrs.evolve(
+        new = _evolve(
             state, running=True, live=live, marks=_start_marks(state, live, rec), locked_trays=frozenset(),
         )
     elif isinstance(e, (DomainStopped, DomainUndefined)):
-        new = attrs.evolve(
+        new = _evolve(
             state, running=False, live={}, marks={}, locked_trays=frozenset(),
             defined=not isinstance(e, DomainUndefined),
         )
     elif isinstance(e, GuestCapabilitiesObserved):
-        new = attrs.evolve(state, capabilities={**state.capabilities, **dict(e.capabilities)})
+        new = _evolve(state, capabilities={**state.capabilities, **dict(e.capabilities)})
     elif isinstance(e, MediaTrayLocked):
-        new = attrs.evolve(state, locked_trays=state.locked_trays | {e.device})
+        new = _evolve(state, locked_trays=state.locked_trays | {e.device})
     elif isinstance(e, MediaTrayUnlocked):
-        new = attrs.evolve(state, locked_trays=state.locked_trays - {e.device})
+        new = _evolve(state, locked_trays=state.locked_trays - {e.device})
     elif isinstance(e, LiveValueObserved):
-        new = attrs.evolve(
+        new = _evolve(
             state,
             live=_with(state.live, e.property, Slot(value=e.value, position=rec.position)),
             marks=_with(state.marks, e.property, Mark(
@@ -256,7 +266,7 @@ def apply(state: DomainState | None, rec: RecordedEvent) -> DomainState:
         new = _outcome(state, e, rec)
     else:
         raise ValueError(f"no fold for {e.name}")
-    return attrs.evolve(new, version=rec.version, position=rec.position)
+    return _evolve(new, version=rec.version, position=rec.position)
 
 
 def fold(records: "list[RecordedEvent] | tuple[RecordedEvent, ...]", state: DomainState | None = None) -> DomainState | None:
