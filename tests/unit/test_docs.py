@@ -51,3 +51,15 @@ def test_readme_python_example_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPat
     exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
     out = capsys.readouterr().out
     assert out.endswith("4 MemoryChangeRequested\n5 MemoryChangeApplied\n6 MemoryChangeApplied\n")
+
+
+GUARANTEES = (ROOT / "docs" / "guarantees.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("named", sorted(set(re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", GUARANTEES))),
+                         ids=lambda n: "::".join(filter(None, n)))
+def test_every_test_the_guarantees_name_exists(named: tuple[str, str]) -> None:
+    """Each test docs/guarantees.md names as a promise's proof is a test in the suite."""
+    path, name = named
+    source = (ROOT / path).read_text(encoding="utf-8")
+    assert not name or re.search(rf"^(?:async )?def {name}\(|^class {name}\b|^    def {name}\(", source, re.M)
