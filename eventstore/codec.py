@@ -55,20 +55,22 @@ def decode(name: str, schema_version: int, data: str | dict[str, Any]) -> Event:
     cls = EVENT_TYPES.get(name)
     if cls is None:
         raise StorageError(f"unknown event type {name!r} in the log")
-    fields = loads(data) if isinstance(data, str) else dict(data)
     version = schema_version
     if version > cls.schema_version:
         raise StorageError(
             f"{name} version {version} is newer than this vmledger knows "
             f"({cls.schema_version}); upgrade vmledger"
         )
-    while version < cls.schema_version:
-        upcast = UPCASTERS.get((name, version))
-        if upcast is None:
-            raise StorageError(f"no upcaster for {name} version {version}")
-        fields = upcast(fields)
-        version += 1
     try:
+        fields = loads(data) if isinstance(data, str) else dict(data)
+        if not isinstance(fields, dict):
+            raise ValueError("not a JSON object")
+        while version < cls.schema_version:
+            upcast = UPCASTERS.get((name, version))
+            if upcast is None:
+                raise StorageError(f"no upcaster for {name} version {version}")
+            fields = upcast(fields)
+            version += 1
         return cls(**fields)
-    except (TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise StorageError(f"stored {name} does not decode: {e}") from e

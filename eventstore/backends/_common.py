@@ -6,8 +6,10 @@ import functools
 from datetime import datetime
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
+import attrs
+
 from eventstore.codec import decode, dumps, encode, loads
-from eventstore.errors import ChainBrokenError, VmledgerError
+from eventstore.errors import ChainBrokenError, StorageError, VmledgerError
 from eventstore.events import Event
 from eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, chain_hash, timestamp
 
@@ -21,19 +23,43 @@ CHUNK = 2000
 Row = Sequence[Any]
 
 
+_METADATA_FIELDS = frozenset(f.name for f in attrs.fields(Metadata))
+
+
 # The events of one append share their metadata and time: decode each text once.
 @functools.lru_cache(maxsize=4096)
 def _metadata(text: str) -> Metadata:
-    return Metadata(**loads(text))
+    try:
+        fields = loads(text)
+    except (TypeError, ValueError):
+        fields = None
+    if not isinstance(fields, dict):
+        raise StorageError("stored metadata does not decode: not a JSON object")
+    for key, value in sorted(fields.items()):
+        if key not in _METADATA_FIELDS:
+            raise StorageError(f"stored metadata does not decode: unexpected field {key}")
+        if value is not None and not isinstance(value, str):
+            raise StorageError(f"stored metadata does not decode: {key} is not text")
+    return Metadata(**fields)
 
 
 @functools.lru_cache(maxsize=4096)
 def _time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        when = None
+    if when is None or when.tzinfo is None:  # a naive time would not compare with the others
+        raise StorageError(f"stored time does not decode: {text!r}")
+    return when
 
 
 def record(row: Row) -> RecordedEvent:
-    """Return the recorded event a stored row holds."""
+    """Return the recorded event a stored row holds.
+
+    Raises:
+        StorageError: its data, metadata or time does not decode.
+    """
     position, stream, version, type_, schema_version, data, metadata, recorded_at, hash_ = row
     return RecordedEvent(
         position=position, stream=stream, version=version,

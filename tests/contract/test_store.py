@@ -279,6 +279,15 @@ TAMPERINGS: dict[str, tuple[Tampering, int, str]] = {
     "before_first": (lambda rows: [_forged(0), *rows], 0, "an event is stored at position 0, before position 1"),
     "far_past_head": (lambda rows: [*rows, _forged(2**62 + 1, rows[-1][HASH])],
                       7, f"event missing (next stored position is {2**62 + 1})"),
+    # Regression (issue #6): a linked event whose data, metadata or time does not decode raised a bare
+    # TypeError or ValueError instead of naming its position.
+    "undecodable_metadata": (lambda rows: [*rows, _relinked(rows[-1][HASH], [*_forged(7)[:6], '{"role":"admin"}', *_forged(7)[7:]])],
+                             7, "stored metadata does not decode: unexpected field role"),
+    "undecodable_time": (lambda rows: [*rows, _relinked(rows[-1][HASH], [*_forged(7)[:7], "yesterday", ""])],
+                         7, "stored time does not decode: 'yesterday'"),
+    "undecodable_data": (lambda rows: [*rows, _relinked(rows[-1][HASH], [*_forged(7)[:5], "{", *_forged(7)[6:]])],
+                         7, "stored DomainStopped does not decode: Expecting property name enclosed in double quotes: "
+                         "line 1 column 2 (char 1)"),
 }
 
 
