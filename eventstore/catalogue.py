@@ -8,6 +8,7 @@ decisions, CLI help and documentation all read it.
 from __future__ import annotations
 
 import enum
+import math
 import unicodedata
 from typing import Union
 
@@ -49,6 +50,7 @@ __all__ = [
     "check_principal",
     "check_reason",
     "check_position",
+    "check_seconds",
     "shown",
 ]
 
@@ -374,6 +376,17 @@ def check_position(position: object) -> int:
     if not 0 <= position <= MAX_POSITION:
         raise InvalidRequestError(f"a log position must be between 0 and {MAX_POSITION}")
     return position
+
+
+def check_seconds(what: str, value: object) -> float:
+    """Return `value` as a float if it is a finite number of seconds above 0.
+
+    Raises:
+        InvalidRequestError: naming `what`, when it is not.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise InvalidRequestError(f"{what} must be a finite number of seconds above 0, not {shown(value)}")
+    return float(value)
 
 
 def check_name(name: object) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import urllib.parse
 import uuid
@@ -14,7 +13,7 @@ from adapters.libvirt import LibvirtHypervisor
 from adapters.port import Hypervisor
 from adapters.simulated import SimulatedHypervisor
 from eventstore.backends.sqlite import SQLiteEventLog
-from eventstore.catalogue import shown
+from eventstore.catalogue import check_seconds, shown
 from eventstore.errors import InvalidRequestError
 from projections.store import TableProjector
 from vmledger.ledger import Ledger
@@ -54,13 +53,6 @@ def _database_name(url: str) -> str:
     """Return a file-name-safe name for a server database URL (its database name)."""
     name = urllib.parse.urlsplit(url).path.lstrip("/") or "postgres"
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-
-
-def _seconds(what: str, value: object) -> float:
-    """Return `value` if it is a finite number of seconds above zero."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise InvalidRequestError(f"{what} must be a finite number of seconds above 0, not {shown(value)}")
-    return float(value)
 
 
 def _hypervisor(uri: str | Hypervisor, db_path: str, timeout: float) -> Hypervisor:
@@ -103,8 +95,8 @@ async def open(  # noqa: A001 - the public name the design promises
             not a finite number of seconds above 0.
         StorageError: the database cannot be opened.
     """
-    hypervisor_timeout = _seconds("the hypervisor timeout", hypervisor_timeout)
-    busy_timeout = _seconds("the busy timeout", busy_timeout)
+    hypervisor_timeout = check_seconds("the hypervisor timeout", hypervisor_timeout)
+    busy_timeout = check_seconds("the busy timeout", busy_timeout)
     log: Any
     if isinstance(url, str) and url.startswith(("postgresql://", "postgres://")):
         try:
