@@ -11,13 +11,14 @@ import argparse
 import asyncio
 import getpass
 import json
+import logging
 import os
 import sys
 import traceback
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import vmledger
-from eventstore.catalogue import CATALOGUE, Capability, Scope, lookup
+from eventstore.catalogue import CATALOGUE, Capability, Scope, check_seconds, lookup, shown
 from eventstore.codec import loads
 from eventstore.errors import ChainBrokenError, InvalidRequestError, VmledgerError
 from eventstore.log import RecordedEvent
@@ -41,6 +42,15 @@ def _default_principal() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def _interval(text: str) -> float:
+    """Return the seconds `watch --interval` names: a finite number above 0."""
+    try:
+        return check_seconds("the watch interval", float(text))
+    except (ValueError, InvalidRequestError) as e:
+        raise argparse.ArgumentTypeError(
+            str(e) if isinstance(e, InvalidRequestError) else f"invalid number of seconds {shown(text)}") from e
 
 
 def _property_help() -> str:
@@ -148,8 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every domain the hypervisor lists that the ledger does not record yet")
     p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
     json_flag(p)
-    p = command("watch", "record out-of-band changes as the hypervisor announces them, until interrupted")
+    p = command("watch", "record out-of-band changes until interrupted: at start, as the hypervisor "
+                "announces them, and in a sweep of every domain every --interval seconds")
     p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
+    p.add_argument("--interval", type=_interval, default="60", metavar="SECONDS",
+                   help="seconds between sweeps that observe every domain (default %(default)s)")
 
     p = command("export", "print the log as JSON lines with every stored field and hash link")
     p.add_argument("--from", dest="from_position", default="0", help="start after this position")
@@ -349,7 +362,9 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         if not views and not as_json:
             print("nothing to adopt")
     elif cmd == "watch":
-        await ledger.watch(principal=args.principal)
+        # The watch logs a domain it cannot observe and goes on: one line on stderr each time.
+        logging.basicConfig(format="vmledger: %(message)s")
+        await ledger.watch(principal=args.principal, interval=args.interval)
     elif cmd == "export":
         async for line in ledger.export(from_position=_units.parse_position(args.from_position)):
             print(line)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import weakref
 from datetime import datetime, timedelta
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping
@@ -21,6 +23,7 @@ from eventstore.catalogue import (
     check_position,
     check_principal,
     check_request_id,
+    check_seconds,
     check_value,
     lookup,
     media_property,
@@ -57,6 +60,7 @@ __all__ = ["Ledger"]
 _RETRIES = 20
 _IMPORT_CHUNK = 2000
 SYSTEM_PRINCIPAL = "vmledger"
+_log = logging.getLogger("vmledger")
 
 
 class Ledger:
@@ -278,21 +282,75 @@ class Ledger:
         known = {d["domain"] for d in await self.domains()}
         return [await self.adopt(n, principal=principal) for n in await list_domains() if n not in known]
 
-    async def watch(self, *, principal: str = SYSTEM_PRINCIPAL) -> None:
-        """Record out-of-band changes as the hypervisor announces them, until cancelled.
+    async def watch(self, *, principal: str = SYSTEM_PRINCIPAL, interval: float = 60.0) -> None:
+        """Record out-of-band changes until cancelled: at start, when announced, and every `interval` seconds.
+
+        Watching starts with one observation of every domain, which records
+        what changed while nobody watched.  Then the domain of each
+        notification the hypervisor sends (libvirt: lifecycle, balloon and
+        tray events) is observed, and every domain is observed again
+        `interval` seconds after the previous sweep ended: no hypervisor
+        announces every change (libvirt's test driver announces no memory or
+        vCPU change at all), and libvirt does not replay the events it sent
+        while a connection was down.  A hypervisor without notifications,
+        such as the simulated one, is watched by these sweeps alone.
+
+        Each observation is `observe`'s, so a request younger than twice the
+        hypervisor timeout is left to its caller.  A domain whose observation
+        fails is logged as one warning (logger `vmledger`) and skipped; the
+        watch goes on.
 
         Raises:
-            InvalidRequestError: the hypervisor sends no notifications.
+            InvalidRequestError: `interval` is not a finite number of seconds
+                above 0, or `principal` is not valid text.
+            HypervisorError: the hypervisor's notifications cannot be subscribed to.
         """
+        check_principal(principal)
+        interval = check_seconds("the watch interval", interval)
         notifications = getattr(self.hypervisor, "notifications", None)
-        if notifications is None:
-            raise InvalidRequestError("this hypervisor sends no notifications (use libvirt+URI)")
-        async with notifications() as events:
-            async for domain, _kind, _detail in events:
-                try:
-                    await self.observe(domain, principal=principal)
-                except UnknownDomainError:
-                    continue  # a domain the ledger does not record (yet)
+        async with contextlib.AsyncExitStack() as stack:
+            # Subscribed before the first sweep: a change made during it is seen by it or announced.
+            events = None if notifications is None else await stack.enter_async_context(notifications())
+            await self._sweep(principal)
+            loop = asyncio.get_running_loop()
+            due = loop.time() + interval
+            announced: asyncio.Future[tuple[str, str, Value]] | None = None
+            # One observation at a time: of two racing observations of a domain,
+            # the one that read the hypervisor first could record its older state last.
+            try:
+                while True:
+                    if events is not None and announced is None:
+                        announced = asyncio.ensure_future(anext(events))
+                    if announced is None:
+                        await asyncio.sleep(due - loop.time())
+                    else:
+                        await asyncio.wait((announced,), timeout=max(0.0, due - loop.time()))
+                    if announced is not None and announced.done():
+                        domain, _kind, _detail = announced.result()
+                        announced = None
+                        await self._watch_one(domain, principal)
+                    if loop.time() >= due:
+                        await self._sweep(principal)
+                        due = loop.time() + interval
+            finally:
+                if announced is not None:
+                    announced.cancel()
+                    # The subscription closes next: let the read it was waiting on end first.
+                    await asyncio.wait((announced,))
+
+    async def _sweep(self, principal: str) -> None:
+        """Observe every defined domain, one at a time."""
+        for view in await self.domains():
+            await self._watch_one(view["domain"], principal)
+
+    async def _watch_one(self, name: str, principal: str) -> None:
+        """Observe one domain for `watch`; a failure is logged, never raised."""
+        try:
+            await self.observe(name, principal=principal)
+        except InvalidRequestError:
+            pass  # announced by the hypervisor, but not (or no longer) recorded by the ledger, or a name it cannot hold
+        except VmledgerError as e:
+            _log.warning("watch: cannot observe domain %r: %s", name, e)
 
     # Requests.
 

@@ -122,3 +122,36 @@ def test_a_caller_answered_after_a_stop_records_no_second_outcome(tmp_path: Any)
     assert asyncio.run(go()) == (
         {"live": ("failed", None, "domain_not_running", GONE)},
         ["VcpusChangeRequested", "VcpusChangeFailed", "DomainStopped"])
+
+
+async def _until_memory(ledger: vmledger.Ledger, size: int) -> None:
+    """Wait, at most ten seconds, until the ledger records `size` as web's live memory."""
+    async with asyncio.timeout(10):
+        while (await ledger.get("web", "memory", scope="live"))["value"] != size:
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("timeout,expected,types", [
+    (60, ("in_flight", None, None, None), ["LiveValueObserved", "LiveValueObserved"]),
+    (0.1, ("applied", 2, None, None), ["VcpusChangeApplied", "LiveValueObserved", "LiveValueObserved"]),
+], ids=["young-left-to-its-caller", "abandoned-resolved"])
+def test_watch_resolves_only_a_request_older_than_twice_the_timeout(
+        tmp_path: Any, timeout: float, expected: tuple, types: list[str]) -> None:
+    """watch's start pass and sweeps resolve a request five seconds old only when twice the hypervisor timeout is shorter (issue #6)."""
+
+    async def go() -> tuple:
+        async with vmledger.open(str(tmp_path / "l.db"), hypervisor_timeout=timeout) as ledger:
+            await _ledger_with(ledger, running=True)
+            await _orphan(ledger, "orphan", "vcpus", 2, "live")
+            await ledger.hypervisor.apply_live("web", "vcpus", 2)  # the call did reach the hypervisor
+            await ledger.hypervisor.balloon("web", 2 * GiB)
+            watch = asyncio.create_task(ledger.watch(interval=0.05))
+            await _until_memory(ledger, 2 * GiB)  # the start pass is over
+            await ledger.hypervisor.balloon("web", 3 * GiB)
+            await _until_memory(ledger, 3 * GiB)  # and a sweep after it
+            watch.cancel()
+            await asyncio.wait((watch,))
+            return (_outcomes(await ledger.request("orphan")), [r.type async for r in ledger.events(from_position=3)],
+                    watch.cancelled())
+
+    assert asyncio.run(go()) == ({"live": expected}, ["VcpusChangeRequested", *types], True)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -156,6 +158,39 @@ def test_out_of_band_balloon_is_external(cli: Cli) -> None:
         ("memory", "external", 900 * MiB, None)]
     code, out, _ = cli("observe", "web")
     assert (code, out.strip()) == (0, "nothing new")
+
+
+def test_watch_records_an_out_of_band_balloon_and_stops_on_interrupt(cli: Cli) -> None:
+    """`vmledger watch --interval` on the simulator records a balloon change by its sweeps and exits 130, silent, on SIGINT."""
+    proc = subprocess.Popen([sys.executable, "-m", "vmledger.cli", "--db", cli.db, "watch", "--interval", "0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert cli("sim", "balloon", "web", "900MiB")[0] == 0
+        deadline = time.monotonic() + 30
+        while cli.json("drift", "web")[1] == [] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        drift = cli.json("drift", "web")[1]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert [(d["property"], d["cause"], d["live"], d["request_id"]) for d in drift] == [
+        ("memory", "external", 900 * MiB, None)]
+    assert (proc.returncode, out, err) == (130, "", "")
+
+
+@pytest.mark.parametrize("interval,message", [
+    ("nan", "the watch interval must be a finite number of seconds above 0, not nan"),
+    ("0", "the watch interval must be a finite number of seconds above 0, not 0.0"),
+    ("-1", "the watch interval must be a finite number of seconds above 0, not -1.0"),
+    ("inf", "the watch interval must be a finite number of seconds above 0, not inf"),
+    ("1m", "invalid number of seconds '1m'"),
+])
+def test_watch_interval_must_be_a_positive_number_of_seconds(cli: Cli, interval: str, message: str) -> None:
+    """`watch --interval` other than a finite number of seconds above 0 exits 2 with one line and writes nothing."""
+    before = cli.head()
+    assert cli("watch", "--interval", interval) == (
+        2, "", f"vmledger: error: argument --interval: {message} (see 'vmledger watch --help')\n")
+    assert cli.head() == before
 
 
 def test_hypervisor_timeout_fails_and_never_stays_in_flight(cli: Cli) -> None:

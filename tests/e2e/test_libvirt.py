@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import pathlib
 import re
@@ -29,7 +30,8 @@ except ImportError as e:
 import vmledger
 from adapters.libvirt import INSTALL_HINT, LibvirtHypervisor
 from eventstore.catalogue import Reason
-from eventstore.errors import HypervisorError
+from eventstore.errors import HypervisorError, InvalidRequestError
+from eventstore.events import LiveValueObserved
 from eventstore.hypervisor import DomainSpec, LiveResult
 from vmledger import Ledger
 
@@ -315,6 +317,131 @@ def test_lifecycle_notification_reaches_the_ledger(tmp_path: pathlib.Path) -> No
                 domain, kind, detail = await anext(events)
         assert (domain, kind, detail) == ("web", "lifecycle", "stopped")
         assert [r.event.name for r in await ledger.observe(domain)] == ["DomainStopped"]
+
+    run(tmp_path, scenario)
+
+
+@contextlib.asynccontextmanager
+async def watching(ledger: Ledger, interval: float) -> AsyncIterator[None]:
+    """Run `ledger.watch(interval=...)` as a task for the block, then cancel it and check that it stopped cleanly."""
+    task = asyncio.create_task(ledger.watch(interval=interval))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.wait((task,))
+    assert (task.cancelled(), task.done()) == (True, True)
+
+
+async def until(check: Callable[[], Awaitable[Any]], expected: Any, seconds: float = 10.0) -> float:
+    """Poll `check()` until it returns `expected`, for at most `seconds`; return how long it took."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    got = await check()
+    while got != expected and loop.time() - began < seconds:
+        await asyncio.sleep(0.02)
+        got = await check()
+    assert got == expected
+    return loop.time() - began
+
+
+async def watch_began(ledger: Ledger, conn: Any) -> None:
+    """Change web's live vCPUs behind the ledger's back and wait until the watch's start pass records it.
+
+    `web` sorts last, so once it is recorded the start pass is over; the test
+    driver announces no vCPU change, so only an observation can record it.
+    """
+    await asyncio.to_thread(conn.lookupByName("web").setVcpusFlags, 3, LIVE)
+    await until(lambda: _drift_of(ledger, "web"), [("web", "vcpus", 2, 3, "external")])
+
+
+async def _drift_of(ledger: Ledger, name: str) -> list[tuple]:
+    return drift(await ledger.drift(name))
+
+
+def test_watch_start_pass_records_a_change_made_before_it(tmp_path: pathlib.Path) -> None:
+    """A memory change made through libvirt before watch starts is recorded by watch's start pass, with no sweep due."""
+
+    async def scenario(ledger: Ledger, hv: LibvirtHypervisor, conn: Any) -> None:
+        conn.lookupByName("web").setMemoryFlags(1536 * MiB // KiB, LIVE)
+        async with watching(ledger, interval=3600):
+            await until(lambda: _drift_of(ledger, "web"), [("web", "memory", 1 * GiB, 1536 * MiB, "external")])
+        assert [(r.type, r.metadata.principal) async for r in ledger.events(from_position=5)] == [
+            ("LiveValueObserved", "vmledger")]
+
+    run(tmp_path, scenario)
+
+
+def test_watch_sweep_records_a_change_the_driver_never_announces(tmp_path: pathlib.Path) -> None:
+    """Memory changed through libvirt while watch runs shows as external drift with libvirt's value, without observe (issue 3)."""
+
+    async def scenario(ledger: Ledger, hv: LibvirtHypervisor, conn: Any) -> None:
+        async with watching(ledger, interval=0.2):
+            await watch_began(ledger, conn)
+            await asyncio.to_thread(conn.lookupByName("web").setMemoryFlags, 1536 * MiB // KiB, LIVE)
+            took = await until(lambda: _drift_of(ledger, "web"), [
+                ("web", "memory", 1 * GiB, 1536 * MiB, "external"), ("web", "vcpus", 2, 3, "external")])
+        assert took < 2.0
+        assert [r.event async for r in ledger.events(from_position=5)] == [
+            LiveValueObserved(property="vcpus", value=3), LiveValueObserved(property="memory", value=1536 * MiB)]
+
+    run(tmp_path, scenario)
+
+
+def test_watch_records_a_domain_stopped_outside_as_announced(tmp_path: pathlib.Path) -> None:
+    """A domain destroyed through libvirt while watch runs is recorded stopped from libvirt's lifecycle event, with no sweep due."""
+
+    async def scenario(ledger: Ledger, hv: LibvirtHypervisor, conn: Any) -> None:
+        async with watching(ledger, interval=3600):
+            await watch_began(ledger, conn)
+            await asyncio.to_thread(conn.lookupByName("web").destroy)
+            await until(lambda: _power_state(ledger, "web"), "shut off")
+        assert [r.type async for r in ledger.events(from_position=5)] == ["LiveValueObserved", "DomainStopped"]
+
+    run(tmp_path, scenario)
+
+
+async def _power_state(ledger: Ledger, name: str) -> str:
+    return (await ledger.show(name))["power_state"]
+
+
+def test_watch_goes_on_when_one_domain_cannot_be_observed(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A domain undefined behind the ledger's back is logged in one line per observation, and the sweeps go on recording others."""
+
+    async def scenario(ledger: Ledger, hv: LibvirtHypervisor, conn: Any) -> None:
+        batch = conn.lookupByName("batch")
+        xml = batch.XMLDesc(INACTIVE)
+        async with watching(ledger, interval=0.1):
+            await watch_began(ledger, conn)
+            await asyncio.to_thread(batch.undefine)
+            await until(lambda: _logged(caplog), True)
+            await asyncio.to_thread(conn.lookupByName("web").setMemoryFlags, 1536 * MiB // KiB, LIVE)
+            await until(lambda: _drift_of(ledger, "web"), [
+                ("web", "memory", 1 * GiB, 1536 * MiB, "external"), ("web", "vcpus", 2, 3, "external")])
+            await asyncio.to_thread(conn.defineXML, xml)  # back, so that the ledger mirrors libvirt again
+        assert {(r.name, r.levelname, r.getMessage()) for r in caplog.records} == {(
+            "vmledger", "WARNING",
+            f"watch: cannot observe domain 'batch': libvirt at {URI} has no domain 'batch': "
+            "Domain not found (VIR_ERR_NO_DOMAIN, code 42)")}
+
+    run(tmp_path, scenario)
+
+
+async def _logged(caplog: pytest.LogCaptureFixture) -> bool:
+    return bool(caplog.records)
+
+
+def test_watch_refuses_an_interval_that_is_not_a_positive_number_of_seconds(tmp_path: pathlib.Path) -> None:
+    """watch raises InvalidRequestError for an interval of 0, -1, nan or inf, or one that is no number, before watching."""
+
+    async def scenario(ledger: Ledger, hv: LibvirtHypervisor, conn: Any) -> None:
+        messages = []
+        for interval in (0, -1.0, math.nan, math.inf, "60", True):
+            with pytest.raises(InvalidRequestError) as raised:
+                await ledger.watch(interval=interval)  # type: ignore[arg-type]
+            messages.append(str(raised.value))
+        assert messages == [f"the watch interval must be a finite number of seconds above 0, not {v}"
+                            for v in ("0", "-1.0", "nan", "inf", "'60'", "True")]
 
     run(tmp_path, scenario)
 
