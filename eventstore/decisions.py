@@ -38,6 +38,7 @@ from eventstore.events import (
     LiveValueObserved,
     MediaTrayLocked,
     MediaTrayUnlocked,
+    PersistentValueObserved,
     change_event,
 )
 from eventstore.hypervisor import LiveResult, Observation, Value
@@ -262,6 +263,20 @@ def _resolve_live(state: DomainState, pending: Pending, actual: Value | None) ->
     return decide_live(_as_request(state, pending, Scope.LIVE.value), state, result)
 
 
+def _persistent_observed(state: DomainState, persistent: Mapping[str, Value], awaited: set[str]) -> list[Event]:
+    """Return a `PersistentValueObserved` for each persistent value the hypervisor holds that the log does not explain.
+
+    Only properties the persistent projection holds are compared (a CD-ROM
+    added or removed behind the ledger's back is not a value change), and
+    not one a request awaits: its caller, or its resolution, records it.
+    """
+    return [
+        PersistentValueObserved(property=prop, value=value)
+        for prop, value in sorted(persistent.items())
+        if prop not in awaited and prop in state.persistent and state.persistent[prop].value != value
+    ]
+
+
 def decide_observed(state: DomainState, observation: Observation, stale_before: datetime) -> list[Event]:
     """Return the events that bring the log in line with what the hypervisor reports.
 
@@ -271,12 +286,18 @@ def decide_observed(state: DomainState, observation: Observation, stale_before: 
     never guessed; a younger one may still have its caller waiting on the
     hypervisor, and is left alone.  A stopped domain fails every pending
     live outcome at once: its live value is gone, whatever the caller saw.
+    A persistent or live value that differs from the log's and that no
+    request awaits was changed behind the ledger's back: it is recorded as
+    observed (`PersistentValueObserved`, `LiveValueObserved`).
     """
     events: list[Event] = []
     persistent = dict(observation.persistent)
+    awaited_persistent = set()
     for pending in _awaiting(state, Scope.PERSISTENT.value):
+        awaited_persistent.add(pending.property)
         if pending.at < stale_before and pending.property in persistent:
             events.append(_resolve_persistent(state, pending, persistent[pending.property]))
+    events += _persistent_observed(state, persistent, awaited_persistent)
     if not observation.running:
         return events + (decide_stop(state) if state.running else _live_gone(state))
     if not state.running:

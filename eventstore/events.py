@@ -25,6 +25,7 @@ __all__ = [
     "MediaTrayLocked",
     "MediaTrayUnlocked",
     "LiveValueObserved",
+    "PersistentValueObserved",
     "ChangeRequested",
     "ChangeOutcome",
     "EVENT_TYPES",
@@ -135,6 +136,15 @@ class LiveValueObserved(Event):
 
 
 @attrs.frozen(kw_only=True)
+class PersistentValueObserved(Event):
+    """The hypervisor reported a persistent value the log did not explain: the config was changed out of band."""
+
+    name: ClassVar[str] = "PersistentValueObserved"
+    property: str = attrs.field(validator=v.instance_of(str))
+    value: Value = attrs.field(validator=_value)
+
+
+@attrs.frozen(kw_only=True)
 class ChangeRequested(Event):
     """Base of `<Property>ChangeRequested`: somebody asked for a change."""
 
@@ -201,6 +211,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MediaTrayLocked,
         MediaTrayUnlocked,
         LiveValueObserved,
+        PersistentValueObserved,
     )
 }
 EVENT_TYPES.update(_change_events())

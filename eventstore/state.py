@@ -23,6 +23,7 @@ from eventstore.events import (
     LiveValueObserved,
     MediaTrayLocked,
     MediaTrayUnlocked,
+    PersistentValueObserved,
 )
 from eventstore.hypervisor import Value
 from eventstore.log import RecordedEvent
@@ -260,6 +261,12 @@ def apply(state: DomainState | None, rec: RecordedEvent) -> DomainState:
                 cause=Cause.EXTERNAL.value, request_id=None, position=rec.position, at=rec.recorded_at,
             )),
         )
+    elif isinstance(e, PersistentValueObserved):
+        new = _evolve(state, persistent=_with(state.persistent, e.property, Slot(value=e.value, position=rec.position)))
+        if state.running:  # the live value now differs from the config, or agrees again, because of this change
+            new = _evolve(new, marks=_with(state.marks, e.property, Mark(
+                cause=Cause.EXTERNAL.value, request_id=None, position=rec.position, at=rec.recorded_at,
+            )))
     elif isinstance(e, ChangeRequested):
         new = _requested(state, e, rec)
     elif isinstance(e, ChangeOutcome):

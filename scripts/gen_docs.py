@@ -37,7 +37,7 @@ CAUSES = {
     Cause.REFUSED: "a live change was refused",
     Cause.REQUIRES_RESTART: "a persistent change takes effect at the next boot",
     Cause.FAILED: "a live change failed (error or timeout)",
-    Cause.EXTERNAL: "the live value was changed outside the ledger, and observed",
+    Cause.EXTERNAL: "the live value or the persistent config was changed outside the ledger, and observed",
     Cause.IN_FLIGHT: "the persistent change is recorded and the live outcome not yet",
     Cause.LIVE_ONLY: "a change was asked for the live config only",
 }

@@ -34,6 +34,7 @@ from eventstore.events import (
     LiveValueObserved,
     MediaTrayLocked,
     MediaTrayUnlocked,
+    PersistentValueObserved,
 )
 
 __all__ = [
@@ -289,6 +290,7 @@ _LIFECYCLE: dict[type[Event], Callable[[], st.SearchStrategy[Event]]] = {
     MediaTrayLocked: lambda: st.builds(MediaTrayLocked, device=devices()),
     MediaTrayUnlocked: lambda: st.builds(MediaTrayUnlocked, device=devices()),
     LiveValueObserved: lambda: st.builds(LiveValueObserved, property=property_names(), value=values()),
+    PersistentValueObserved: lambda: st.builds(PersistentValueObserved, property=property_names(), value=values()),
 }
 
 

@@ -39,6 +39,7 @@ KiB, MiB, GiB = 2**10, 2**20, 2**30
 NODE = pathlib.Path(__file__).resolve().parent.parent / "data" / "libvirt-node.xml"
 URI = "test://" + str(NODE)
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
 INACTIVE = libvirt.VIR_DOMAIN_XML_INACTIVE
 
 WEB = {"max_memory": 4 * GiB, "max_vcpus": 4, "media:hdc": "/srv/iso/install.iso",
@@ -301,6 +302,33 @@ def test_external_memory_change_observed_as_drift(tmp_path: pathlib.Path) -> Non
             ("LiveValueObserved", "memory", 1536 * MiB)]
         assert drift(await ledger.drift()) == [("web", "memory", 1 * GiB, 1536 * MiB, "external")]
         assert await ledger.observe() == []
+
+    run(tmp_path, scenario)
+
+
+def test_external_config_change_observed_into_the_persistent_projection(tmp_path: pathlib.Path) -> None:
+    """Inactive config changed through libvirt behind the ledger's back is recorded by observe, drifts external while running, and boots."""
+
+    async def scenario(ledger: Ledger, hv: LibvirtHypervisor, conn: Any) -> None:
+        web, batch = conn.lookupByName("web"), conn.lookupByName("batch")
+        web.setMemoryFlags(6 * GiB // KiB, CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
+        web.setMemoryFlags(3 * GiB // KiB, CONFIG)
+        web.setVcpusFlags(3, CONFIG)
+        batch.setMaxMemory(3 * GiB // KiB)
+        batch.setVcpusFlags(4, CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+        recorded = await ledger.observe()
+        assert [(r.event.name, r.event.property, r.event.value) for r in recorded] == [
+            ("PersistentValueObserved", "max_memory", 3 * GiB), ("PersistentValueObserved", "max_vcpus", 4),
+            ("PersistentValueObserved", "max_memory", 6 * GiB), ("PersistentValueObserved", "memory", 3 * GiB),
+            ("PersistentValueObserved", "vcpus", 3)]
+        assert drift(await ledger.drift()) == [
+            ("web", "max_memory", 6 * GiB, 4 * GiB, "external"), ("web", "memory", 3 * GiB, 1 * GiB, "external"),
+            ("web", "vcpus", 3, 2, "external")]
+        assert await ledger.observe() == []
+        await assert_mirrors(ledger, hv)
+        await ledger.stop("web")
+        await ledger.start("web")
+        assert (drift(await ledger.drift()), web.info()[1:4]) == ([], [6 * GiB // KiB, 3 * GiB // KiB, 3])
 
     run(tmp_path, scenario)
 

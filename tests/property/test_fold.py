@@ -35,6 +35,7 @@ from eventstore.events import (
     LiveValueObserved,
     MediaTrayLocked,
     MediaTrayUnlocked,
+    PersistentValueObserved,
 )
 from eventstore.hypervisor import LiveResult, Observation
 from eventstore.log import Metadata, RecordedEvent
@@ -156,9 +157,12 @@ def _resolve(draw: Draw, h: History, micro: int) -> None:
 
 
 def _observation(draw: Draw, state: DomainState) -> Observation:
-    """Return what a hypervisor may report: running or not, pending requests' values taken or not."""
+    """Return what a hypervisor may report: running or not, pending requests' values taken or not, its config changed or not."""
     persistent = {k: s.value for k, s in state.persistent.items()}
     live = {k: s.value for k, s in state.live.items()} if state.running else dict(persistent)
+    if draw(st.booleans()):  # the config was changed behind the ledger's back
+        prop = draw(st.sampled_from(sorted(persistent)))
+        persistent[prop] = draw(well_formed_value(prop))
     for p in state.pending.values():
         values = st.just(p.requested) | well_formed_value(p.property)
         live[p.property] = draw(values)
@@ -181,6 +185,7 @@ def _observe(draw: Draw, h: History, uuid: str, micro: int) -> None:
     prop = draw(st.sampled_from(sorted(state.persistent)))
     event = draw(st.one_of(
         well_formed_value(prop).map(lambda v: LiveValueObserved(property=prop, value=v)),
+        well_formed_value(prop).map(lambda v: PersistentValueObserved(property=prop, value=v)),
         observed_capability_pairs().map(lambda c: GuestCapabilitiesObserved(capabilities=c)),
         st.sampled_from(DEVICES).map(lambda d: MediaTrayLocked(device=d)),
         st.sampled_from(DEVICES).map(lambda d: MediaTrayUnlocked(device=d)),

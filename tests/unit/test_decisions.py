@@ -9,7 +9,7 @@ import pytest
 from eventstore.catalogue import Outcome, Reason
 from eventstore.decisions import SetRequest, decide_live, decide_observed, decide_persistent, decide_set
 from eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
-from eventstore.events import DomainDefined, DomainStarted
+from eventstore.events import DomainDefined, DomainStarted, PersistentValueObserved
 from eventstore.hypervisor import LiveResult, Observation
 from eventstore.log import Metadata, RecordedEvent
 from eventstore.state import DomainState, apply, fold
@@ -133,3 +133,38 @@ def test_observe_leaves_a_young_request_to_its_caller_and_resolves_an_old_one() 
     old = decide_observed(state, seen, T0 + timedelta(microseconds=1))
     assert (_summary(young), _summary(old)) == (
         [], [("VcpusChangeApplied", "persistent", None), ("VcpusChangeApplied", "live", None)])
+
+
+def _seen(running: bool, live: dict, persistent: dict) -> Observation:
+    return Observation(running=running, live=tuple(sorted(live.items())) if running else (),
+                       capabilities=(("balloon", True),), persistent=tuple(sorted(persistent.items())))
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
+def test_observe_records_a_persistent_value_changed_out_of_band(running: bool) -> None:
+    """Persistent values the hypervisor holds that differ from the log's are recorded as PersistentValueObserved, running or not."""
+    config = {**CONFIG, "vcpus": 3, "max_vcpus": 6, "media:hdd": "/iso/new.iso"}
+    assert decide_observed(_state(running), _seen(running, CONFIG, config), T0) == [
+        PersistentValueObserved(property="max_vcpus", value=6), PersistentValueObserved(property="vcpus", value=3)]
+
+
+def test_observe_leaves_a_persistent_value_a_request_awaits() -> None:
+    """A persistent value differing for a property whose request awaits its persistent outcome is left to that request."""
+    state = _state(False)
+    (requested,) = decide_set(_request("vcpus", 3), state).events
+    state = apply(state, RecordedEvent(position=2, stream="u1", version=2, event=requested, metadata=Metadata(),
+                                       recorded_at=T0))
+    config = {**CONFIG, "vcpus": 3, "memory": 2 * GiB}
+    assert decide_observed(state, _seen(False, CONFIG, config), T0) == [
+        PersistentValueObserved(property="memory", value=2 * GiB)]
+
+
+def test_persistent_value_observed_updates_the_config_and_drifts_external() -> None:
+    """Folding PersistentValueObserved sets the persistent value; on a running domain the difference drifts external."""
+    records = [RecordedEvent(position=3, stream="u1", version=3, event=PersistentValueObserved(property="vcpus", value=3),
+                             metadata=Metadata(), recorded_at=T0 + timedelta(seconds=1))]
+    running, stopped = fold(records, _state(True)), fold(records, _state(False))
+    assert running is not None and stopped is not None
+    assert [(p, s.value, s.position, s.request_id, l.value, m.cause, m.request_id, m.position)
+            for p, s, l, m in running.drifting()] == [("vcpus", 3, 3, None, 2, "external", None, 3)]
+    assert (stopped.persistent["vcpus"].value, stopped.marks, stopped.drifting()) == (3, {}, [])
