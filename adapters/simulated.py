@@ -17,7 +17,17 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Kind, Reason, shown
+from eventstore.catalogue import (
+    CATALOGUE,
+    MEDIA_PREFIX,
+    Capability,
+    GuestType,
+    Kind,
+    Reason,
+    check_value,
+    lookup,
+    shown,
+)
 from eventstore.errors import (
     HypervisorError,
     InvalidRequestError,
@@ -236,6 +246,31 @@ class SimulatedHypervisor:
                 raise HypervisorError("not enough free host memory")
             state["host_free"] -= delta
             live["memory"] = size
+
+        await self._run(change)
+
+    async def configure(self, name: str, prop: str, value: Value) -> None:
+        """Change one value of the config the domain boots with next out of band, as `virsh setmem --config` does.
+
+        Raises:
+            InvalidRequestError: the value does not fit the property.
+            UnknownDomainError: the simulator has no such domain.
+            UnknownPropertyError: the domain's config has no such property.
+            HypervisorError: the value breaks its bounds in that config.
+        """
+        entry = lookup(prop)
+        check_value(entry, value)
+
+        def change(state: State) -> None:
+            config = _named(state, name)["persistent"]
+            if prop not in config:
+                raise UnknownPropertyError(f"domain {name!r} has no {shown(prop)} in its config")
+            if isinstance(value, int) and not (
+                    value >= entry.minimum
+                    and (not entry.upper or value <= config[entry.upper])
+                    and (not entry.lower or value >= config[entry.lower])):
+                raise HypervisorError(f"{prop} {value} is outside its bounds in the config of {name!r}")
+            config[prop] = value
 
         await self._run(change)
 

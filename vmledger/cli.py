@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     simsub = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION", parser_class=_Parser)
     s = simsub.add_parser("balloon", help="set a running domain's live memory")
     s.add_argument("name"), s.add_argument("size")
+    s = simsub.add_parser("config", help="change a value of the config a domain boots with next")
+    s.add_argument("name"), s.add_argument("property"), s.add_argument("value")
     s = simsub.add_parser("host-free", help="set the host's free memory pool")
     s.add_argument("size")
     for action in ("lock-tray", "unlock-tray"):
@@ -406,6 +408,8 @@ async def _sim(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
     action = args.sim_command
     if action == "balloon":
         await sim.balloon(args.name, _units.parse_size(args.size))
+    elif action == "config":
+        await sim.configure(args.name, args.property, _units.parse_value(lookup(args.property), args.value))
     elif action == "host-free":
         await sim.set_host_free(_units.parse_size(args.size))
     elif action == "lock-tray":

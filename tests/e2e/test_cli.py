@@ -160,6 +160,21 @@ def test_out_of_band_balloon_is_external(cli: Cli) -> None:
     assert (code, out.strip()) == (0, "nothing new")
 
 
+def test_out_of_band_config_change_is_observed_into_the_persistent_config(cli: Cli) -> None:
+    """A config change behind the ledger's back, once observed, is the persistent value and drifts external while running."""
+    assert cli("sim", "config", "web", "vcpus", "3")[:2] == (0, "sim config: done\n")
+    assert cli("sim", "config", "web", "memory", "8GiB") == (
+        1, "", "vmledger: memory 8589934592 is outside its bounds in the config of 'web'\n")
+    code, out = cli.json("observe")
+    assert (code, [(e["type"], e["data"]) for e in out]) == (
+        0, [("PersistentValueObserved", {"property": "vcpus", "value": 3})])
+    drift = cli.json("drift")[1]
+    assert [(d["domain"], d["property"], d["cause"], d["persistent"], d["live"], d["request_id"]) for d in drift] == [
+        ("web", "vcpus", "external", 3, 2, None)]
+    assert cli.json("get", "web", "vcpus", "--scope", "persistent")[1]["value"] == 3
+    assert cli("observe")[:2] == (0, "nothing new\n")
+
+
 def test_watch_records_an_out_of_band_balloon_and_stops_on_interrupt(cli: Cli) -> None:
     """`vmledger watch --interval` on the simulator records a balloon change by its sweeps and exits 130, silent, on SIGINT."""
     proc = subprocess.Popen([sys.executable, "-m", "vmledger.cli", "--db", cli.db, "watch", "--interval", "0.1"],

@@ -2,8 +2,8 @@
 
 Rules define, start, stop and undefine domains, set properties (in and out of
 range, well-formed or not, in every scope), observe, rebuild, and perturb the
-simulator behind the ledger's back (balloon, host pool, trays, capabilities,
-injected faults).  After every step the invariants of STYLE.md hold: the chain
+simulator behind the ledger's back (balloon, persistent config, host pool,
+trays, capabilities, injected faults).  After every step the invariants of STYLE.md hold: the chain
 verifies and the projections equal a rebuild, positions have no gaps, drift is
 exactly live != persistent, no request is left in flight, and drift as of the
 head equals drift now.  At the end, drift as of every earlier head equals the
@@ -75,7 +75,8 @@ class LedgerMachine(RuleBasedStateMachine):
         #: (head, drift()) after every step, for the as-of check at the end.
         self.points: list[tuple[int, list[dict[str, Any]]]] = []
         #: name -> what the simulator changed behind the ledger's back since it last looked
-        #: ("live", "trays", "capabilities"); an observe, start or stop brings them back in line.
+        #: ("live", "trays", "capabilities", "persistent"); an observe brings them all back in line,
+        #: a start or stop all but "persistent".
         self.unseen: dict[str, set[str]] = {}
         #: (name, property, value, scope, request id) of every recorded set.
         self.requests: list[tuple[str, str, Any, str, str]] = []
@@ -154,12 +155,16 @@ class LedgerMachine(RuleBasedStateMachine):
         self.start(data.draw(st.sampled_from(self._stopped()), label="name"))
 
     def start(self, name: str) -> None:
-        memory = self._persistent(name)["memory"]
+        memory = dict(self.run(self.sim.observe(name)).persistent)["memory"]  # what the simulator boots with
         expected = vmledger.HypervisorError if memory > self.run(self.sim.host_free()) else NoError
         error, moved, _ = self.attempt(self.ledger.start(name))
         assert (error, moved > 0, moved == 0) == (expected, expected is NoError, expected is not NoError)
         self.domains[name] = error is NoError
-        self.unseen.pop(name, None)
+        self._lifecycle_seen(name)
+
+    def _lifecycle_seen(self, name: str) -> None:
+        """Forget what a start or stop brought back in line: all but an unseen config change."""
+        self.unseen[name] = self.unseen.get(name, set()) & {"persistent"}
 
     @precondition(lambda self: self._running())
     @rule(data=st.data())
@@ -168,7 +173,7 @@ class LedgerMachine(RuleBasedStateMachine):
         name = data.draw(st.sampled_from(self._running()), label="name")
         assert self.attempt(self.ledger.stop(name))[:2] == (NoError, 1)
         self.domains[name] = False
-        self.unseen.pop(name, None)
+        self._lifecycle_seen(name)
 
     @precondition(lambda self: self._stopped())
     @rule(data=st.data())
@@ -177,6 +182,7 @@ class LedgerMachine(RuleBasedStateMachine):
         name = data.draw(st.sampled_from(self._stopped()), label="name")
         assert self.attempt(self.ledger.undefine(name)) == (NoError, 1, None)
         del self.domains[name]
+        self.unseen.pop(name, None)
 
     @rule(data=st.data())
     def try_wrong_lifecycle(self, data: st.DataObject) -> None:
@@ -274,6 +280,21 @@ class LedgerMachine(RuleBasedStateMachine):
         self.unseen.setdefault(name, set()).update({"live"} if fits else set())
 
     @precondition(lambda self: self.domains)
+    @rule(data=st.data(), prop=st.sampled_from(("memory", "max_memory", "vcpus", "max_vcpus", "media:hdc")))
+    def configure(self, data: st.DataObject, prop: str) -> None:
+        """Change a domain's persistent config out of band; the simulator refuses a value out of bounds; the log never moves."""
+        name = data.draw(st.sampled_from(sorted(self.domains)), label="name")
+        value = data.draw(well_formed_value(prop, curated=True), label="value")
+        config = dict(self.run(self.sim.observe(name)).persistent)
+        upper, lower = {"memory": ("max_memory", None), "max_memory": (None, "memory"),
+                        "vcpus": ("max_vcpus", None), "max_vcpus": (None, "vcpus")}.get(prop, (None, None))
+        fits = prop.startswith("media:") or (
+            value >= 1 and (upper is None or value <= config[upper]) and (lower is None or value >= config[lower]))
+        assert self.attempt(self.sim.configure(name, prop, value)) == (
+            NoError if fits else vmledger.HypervisorError, 0, None)
+        self.unseen.setdefault(name, set()).update({"persistent"} if fits else set())
+
+    @precondition(lambda self: self.domains)
     @rule(data=st.data(), kind=st.sampled_from(("host_free", "host_free", "tray", "tray", "capability", "error", "timeout")))
     def perturb(self, data: st.DataObject, kind: str) -> None:
         """Resize the host pool, lock or unlock a tray, flip a capability or inject a fault; the log never moves."""
@@ -342,14 +363,16 @@ class LedgerMachine(RuleBasedStateMachine):
         return {p["property"]: p["persistent"] for p in view["properties"]}
 
     def _ledger_views(self, names: list[str]) -> dict[str, Any]:
-        """Return what the ledger says of each domain's live side: running, live values, capabilities, trays."""
+        """Return what the ledger says of each domain: running, live values, capabilities, trays, persistent config."""
         out = {}
         for name in names:
             view = self.run(self.ledger.show(name))
             running = view["power_state"] == "running"
             live = {p["property"]: p["live"] for p in view["properties"] if p["live"] is not None}
             out[name] = {"running": running, "live": live, "trays": view["locked_trays"],
-                         "capabilities": view["capabilities"] if running else None}
+                         "capabilities": view["capabilities"] if running else None,
+                         "persistent": {p["property"]: p["persistent"] for p in view["properties"]
+                                        if p["persistent"] is not None}}
         return out
 
     def _sim_views(self, names: list[str]) -> dict[str, Any]:
@@ -359,7 +382,7 @@ class LedgerMachine(RuleBasedStateMachine):
             seen = self.run(self.sim.observe(name))
             caps = dict(sorted(seen.capabilities)) if seen.running else None
             out[name] = {"running": seen.running, "live": dict(seen.live), "trays": sorted(seen.locked_trays),
-                         "capabilities": caps}
+                         "capabilities": caps, "persistent": dict(seen.persistent)}
         return out
 
 
