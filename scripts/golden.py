@@ -46,7 +46,7 @@ LIFECYCLE: dict[str, dict[str, Any]] = {
     "GuestCapabilitiesObserved": {"capabilities": {"memory_hotplug": False, "vcpu_hotplug": True}},
     "MediaTrayLocked": {"device": "hdc"},
     "MediaTrayUnlocked": {"device": "hdc"},
-    "LiveValueObserved": {"property": "memory", "value": 900 * MiB},
+    "LiveValueObserved": {"property": "memory", "value": 900 * MiB, "previous": 1124 * MiB},
 }
 
 #: Per catalogue property: the property name, the value asked for, and the value in force before.
