@@ -18,8 +18,16 @@ from eventstore.events import EVENT_TYPES, Event, _pairs
 
 __all__ = ["encode", "decode", "dumps", "loads", "UPCASTERS"]
 
+
+def _live_value_observed_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Add `previous` as None: version 1 did not record the live value the log held before."""
+    return {**data, "previous": None}
+
+
 #: Upcasters: `(name, from_version) -> function(data) -> data at from_version + 1`.
-UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("LiveValueObserved", 1): _live_value_observed_v1,
+}
 
 
 def dumps(obj: Any) -> str:

@@ -318,5 +318,5 @@ def decide_observed(state: DomainState, observation: Observation, stale_before: 
     for prop, value in sorted(live.items()):
         slot = state.live.get(prop)
         if prop not in awaited and (slot is None or slot.value != value):
-            events.append(LiveValueObserved(property=prop, value=value))
+            events.append(LiveValueObserved(property=prop, value=value, previous=slot.value if slot else None))
     return events

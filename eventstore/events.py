@@ -128,11 +128,19 @@ class MediaTrayUnlocked(Event):
 
 @attrs.frozen(kw_only=True)
 class LiveValueObserved(Event):
-    """The hypervisor reported a live value the log did not explain: an out-of-band change."""
+    """The hypervisor reported a live value the log did not explain; `previous` is the one the log held, or None.
+
+    An observation records an out-of-band change.  `previous` is the live
+    value the log held for the property just before (None when it held
+    none); version 2 added it, and a version-1 row, which did not record it,
+    is read with `previous` None.
+    """
 
     name: ClassVar[str] = "LiveValueObserved"
+    schema_version: ClassVar[int] = 2
     property: str = attrs.field(validator=v.instance_of(str))
     value: Value = attrs.field(validator=_value)
+    previous: Value | None = attrs.field(validator=v.optional(_value))
 
 
 @attrs.frozen(kw_only=True)

@@ -7,16 +7,19 @@ writes.  SQL here is plain enough for SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from typing import Any, AsyncIterator, Callable, Generator, Sequence
 
+from eventstore.codec import dumps
 from eventstore.errors import ChainBrokenError, InvalidRequestError
 from eventstore.events import ChangeOutcome, ChangeRequested, DomainDefined
 from eventstore.backends._common import CHUNK, COLUMNS, record
 from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
-__all__ = ["SCHEMA", "TableProjector", "DuplicateRequestError", "expected_rows", "table_rows", "compare"]
+__all__ = ["SCHEMA", "TableProjector", "DuplicateRequestError", "expected_rows", "table_rows", "compare",
+           "rows_by_domain", "digest"]
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS domains (
@@ -194,6 +197,25 @@ async def expected_rows(records: AsyncIterator[RecordedEvent]) -> Model:
 async def table_rows(fetch_all: Any) -> dict[str, list[tuple]]:
     """Return every stored projection row, sorted by key, through a read function."""
     return {table: [tuple(r) for r in await fetch_all(_select(table), ())] for table in TABLES}
+
+
+# Every projection row belongs to one domain (its stream): the column that names it.
+_DOMAIN_COLUMN = {table: cols.index("uuid" if table == "domains" else "domain") for table, (cols, _) in TABLES.items()}
+
+
+def rows_by_domain(rows: dict[str, list[tuple]]) -> dict[str, dict[str, list[tuple]]]:
+    """Return projection rows grouped by domain, each group with every table in key order."""
+    grouped: dict[str, dict[str, list[tuple]]] = defaultdict(lambda: {table: [] for table in TABLES})
+    for table, part in rows.items():
+        column = _DOMAIN_COLUMN[table]
+        for row in part:
+            grouped[row[column]][table].append(row)
+    return dict(grouped)
+
+
+def digest(rows: dict[str, list[tuple]]) -> str:
+    """Return the SHA-256 digest of one domain's projection rows."""
+    return hashlib.sha256(dumps([[table, rows.get(table, [])] for table in TABLES]).encode()).hexdigest()
 
 
 def compare(expected: dict[str, list[tuple]], actual: dict[str, list[tuple]]) -> None:

@@ -14,6 +14,7 @@ import sys
 from typing import Iterator
 
 from eventstore.catalogue import CATALOGUE, LIMITS, TEXT_RULE, Cause, Outcome, Reason
+from eventstore.codec import UPCASTERS
 from eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested
 from vmledger.cli import build_parser
 
@@ -92,6 +93,11 @@ def render() -> str:
     for name, cls in EVENT_TYPES.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         lines.append(f"| `{name}` | {cls.schema_version} | {doc} |")
+    lines += ["", "### Older schema versions", "",
+              "Stored rows are never rewritten: a row of an older version is upcast to the current one when it is read.", "",
+              "| event | version read | upcast to the next version |", "|---|---|---|"]
+    for (name, version), upcast in sorted(UPCASTERS.items()):
+        lines.append(f"| `{name}` | {version} | {(upcast.__doc__ or '').strip().splitlines()[0]} |")
     lines += ["", "## Reason codes", "", "| reason | meaning |", "|---|---|"]
     lines += [f"| `{r.value}` | {REASONS[r]} |" for r in Reason]
     lines += ["", "## Drift causes", "", "| cause | meaning |", "|---|---|"]

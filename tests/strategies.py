@@ -289,7 +289,8 @@ _LIFECYCLE: dict[type[Event], Callable[[], st.SearchStrategy[Event]]] = {
         GuestCapabilitiesObserved, capabilities=capability_pairs()),
     MediaTrayLocked: lambda: st.builds(MediaTrayLocked, device=devices()),
     MediaTrayUnlocked: lambda: st.builds(MediaTrayUnlocked, device=devices()),
-    LiveValueObserved: lambda: st.builds(LiveValueObserved, property=property_names(), value=values()),
+    LiveValueObserved: lambda: st.builds(
+        LiveValueObserved, property=property_names(), value=values(), previous=st.none() | values()),
     PersistentValueObserved: lambda: st.builds(PersistentValueObserved, property=property_names(), value=values()),
 }
 

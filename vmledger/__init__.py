@@ -2,7 +2,7 @@
 
 `async with vmledger.open("sqlite:///ledger.db") as ledger:` then `define`,
 `start`, `set`, `get`, `show`, `drift`, `history`, `subscribe`, `observe`,
-`rebuild` and `verify`.
+`rebuild`, `verify` and `checkpoint`.
 """
 
 from eventstore.errors import (
@@ -15,12 +15,14 @@ from eventstore.errors import (
     UnknownPropertyError,
     VmledgerError,
 )
+from vmledger._checkpoint import Checkpoint
 from vmledger._compose import open
 from vmledger.ledger import Ledger
 
 __all__ = [
     "open",
     "Ledger",
+    "Checkpoint",
     "VmledgerError",
     "InvalidRequestError",
     "UnknownDomainError",

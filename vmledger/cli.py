@@ -23,6 +23,7 @@ from eventstore.codec import loads
 from eventstore.errors import ChainBrokenError, InvalidRequestError, VmledgerError
 from eventstore.log import RecordedEvent
 from vmledger import _units
+from vmledger._checkpoint import read_checkpoint, write_checkpoint
 from vmledger._compose import DEFAULT_DB
 
 __all__ = ["main", "build_parser"]
@@ -171,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("rebuild", "rebuild every projection from the log")
     p = command("verify", "check the hash chain and that projections equal a rebuild")
-    p.add_argument("--from", dest="from_position", default="0", help="trust the chain up to this position")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="from_position", default="0", help="trust the chain up to this position")
+    start.add_argument("--checkpoint", metavar="FILE",
+                       help="check only what changed since the checkpoint saved in FILE (all of it if FILE "
+                            "does not exist yet), then save a new checkpoint there")
 
     p = command("demo", "play the story of the README in a fresh ledger and print a report")
 
@@ -377,11 +382,24 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         position = await ledger.rebuild()
         print(f"rebuilt projections up to position {position}")
     elif cmd == "verify":
-        head = await ledger.verify(from_position=_units.parse_position(args.from_position))
-        print(f"ok: {head} events, chain intact, projections equal a rebuild")
+        await _verify(ledger, args)
     elif cmd == "sim":
         await _sim(ledger, args)
     return EXIT_OK
+
+
+async def _verify(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
+    """Verify the whole ledger, from a position, or since a saved checkpoint (saving the new one)."""
+    if args.checkpoint is None:
+        head = await ledger.verify(from_position=_units.parse_position(args.from_position))
+        print(f"ok: {head} events, chain intact, projections equal a rebuild")
+        return
+    since = read_checkpoint(args.checkpoint)
+    checkpoint = await ledger.checkpoint(since)
+    write_checkpoint(args.checkpoint, checkpoint)
+    checked = f"since the checkpoint at position {since.position}" if since else "in full"
+    print(f"ok: {checkpoint.position} events, chain intact, projections equal a rebuild "
+          f"(checked {checked}); checkpoint saved to {args.checkpoint}")
 
 
 def _export_file(name: str) -> Callable[[], Iterable[str]]:

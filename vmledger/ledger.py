@@ -40,6 +40,7 @@ from eventstore.decisions import (
     out_of_range,
 )
 from eventstore.errors import (
+    ChainBrokenError,
     ConcurrencyError,
     InvalidRequestError,
     UnknownDomainError,
@@ -53,7 +54,8 @@ from eventstore.log import Metadata, RecordedEvent
 from eventstore.state import DomainState
 from projections import queries
 from projections.model import Model, state_from_json
-from projections.store import DuplicateRequestError, compare, table_rows
+from projections.store import DuplicateRequestError, compare, digest, rows_by_domain, table_rows
+from vmledger._checkpoint import Checkpoint
 
 __all__ = ["Ledger"]
 
@@ -655,14 +657,75 @@ class Ledger:
     async def verify(self, *, from_position: int = 0) -> int:
         """Check the hash chain and that the projections equal a rebuild; return the head.
 
+        With `from_position`, the chain is trusted up to that position and
+        recomputed from there; the projections are still compared whole.
+
         Raises:
             ChainBrokenError: naming the first position that does not check out.
+            InvalidRequestError: the position is not a whole number, or past the head.
         """
+        return (await self._verify(check_position(from_position), None)).position
+
+    async def checkpoint(self, since: Checkpoint | None = None) -> Checkpoint:
+        """Verify the ledger, only what changed after `since` if given; return a checkpoint of it.
+
+        Without `since` this is `verify()`.  With it, the event at the
+        checkpoint's position must still carry the checkpoint's hash (so the
+        log was neither cut short nor rewritten up to there), the chain is
+        recomputed from there, the domains with later events are refolded
+        from their own streams, and every other domain's projection rows
+        must still match the checkpoint's digest.  The cost is the new
+        events, the streams they touch, and one scan of the projections.
+
+        Raises:
+            ChainBrokenError: naming the first position that does not check out.
+            InvalidRequestError: `since` is not a checkpoint.
+        """
+        if since is not None and not isinstance(since, Checkpoint):
+            raise InvalidRequestError(f"since must be a Checkpoint, not {type(since).__name__}")
+        return await self._verify(since.position if since else 0, since)
+
+    async def _verify(self, start: int, since: Checkpoint | None) -> Checkpoint:
         async with self.log.snapshot():
-            head = await self.log.verify_chain(from_position=from_position)
-            model = await self.model_at(head)
-            compare(model.all_rows(), await table_rows(self.log.fetch_all))
-        return head
+            head = await self.log.head()
+            if since is not None and since.position > head:
+                raise ChainBrokenError(head + 1, (
+                    f"the log ends at position {head}, before the checkpoint's position {since.position}: "
+                    "events were removed"))
+            if start > head:
+                raise InvalidRequestError(f"position {start} is past the head of the log ({head})")
+            if since is not None and since.position and await self._hash_at(since.position) != since.hash:
+                raise ChainBrokenError(since.position, "the event differs from the checkpoint's: the log was rewritten")
+            head = await self.log.verify_chain(from_position=start)
+            stored = await table_rows(self.log.fetch_all)
+            domains = rows_by_domain(stored)
+            if since is None:
+                compare((await self.model_at(head)).all_rows(), stored)
+            else:
+                await self._compare_since(since, domains)
+            return Checkpoint(position=head, hash=await self._hash_at(head),
+                              domains={uuid: digest(rows) for uuid, rows in domains.items()})
+
+    async def _hash_at(self, position: int) -> str:
+        rows = await self.log.fetch_all("SELECT hash FROM events WHERE position = ?", (position,))
+        return rows[0][0] if rows else ""
+
+    async def _compare_since(self, since: Checkpoint, domains: dict[str, dict[str, list[tuple]]]) -> None:
+        """Refold the domains with events after `since`; check every other one against its digest."""
+        touched = {row[0] for row in await self.log.fetch_all(
+            "SELECT DISTINCT stream FROM events WHERE position > ?", (since.position,))}
+        empty: dict[str, list[tuple]] = {}
+        for uuid in sorted(set(domains) | set(since.domains) | touched):
+            rows = domains.get(uuid, empty)
+            if uuid in touched:
+                model = Model()
+                model.feed_all(await self.log.read_stream(uuid))
+                want = model.all_rows()
+                compare(want, {table: rows.get(table, []) for table in want})
+            elif since.domains.get(uuid) != digest(rows):
+                name = rows["domains"][0][1] if rows.get("domains") else uuid
+                raise ChainBrokenError(since.position, (
+                    f"projection rows of domain {name} changed since the checkpoint, with no event of its own"))
 
 
 def _meta(principal: str) -> Metadata:

@@ -191,7 +191,7 @@ def test_subscribe_catches_up_then_follows(store: Store) -> None:
             task = asyncio.create_task(follow())
             await asyncio.sleep(0.05)
             await log.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0)
-            await log.append("b", 0, [_defined("b"), LiveValueObserved(property="memory", value=1)],
+            await log.append("b", 0, [_defined("b"), LiveValueObserved(property="memory", value=1, previous=None)],
                              Metadata(), now=T0)
             await asyncio.wait_for(task, 5)
             return seen
@@ -208,7 +208,7 @@ async def _tamper_story(store: Store) -> int:
     async with store() as log:
         await log.append("a", 0, [_defined("a")], Metadata(principal="alice"), now=T0)
         await log.append("b", 0, [_defined("b")], Metadata(principal="bob"), now=T0 + timedelta(seconds=1))
-        await log.append("a", 1, [DomainStarted(config=CONFIG), LiveValueObserved(property="memory", value=2**29)],
+        await log.append("a", 1, [DomainStarted(config=CONFIG), LiveValueObserved(property="memory", value=2**29, previous=2**30)],
                          Metadata(), now=T0 + timedelta(seconds=2))
         await log.append("b", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0 + timedelta(seconds=3))
         await log.append("a", 3, [DomainStopped()], Metadata(principal="alice"), now=T0 + timedelta(seconds=4))

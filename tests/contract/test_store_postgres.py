@@ -138,7 +138,7 @@ def test_notify_wakes_a_subscriber_of_another_connection(pg_database: str) -> No
             loop = asyncio.get_running_loop()
             started = loop.time()
             await writer.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0)
-            await writer.append("a", 2, [LiveValueObserved(property="memory", value=1)], Metadata(), now=T0)
+            await writer.append("a", 2, [LiveValueObserved(property="memory", value=1, previous=2**30)], Metadata(), now=T0)
             await asyncio.wait_for(task, 10)
             return seen, loop.time() - started
 
@@ -286,7 +286,7 @@ def test_hash_chain_and_rows_are_the_same_on_both_backends(pg_database: str, tmp
         await log.append("a", 0, [_defined("a"), DomainStarted(config=CONFIG)],
                          Metadata(principal="p", request_id="r1"), now=T0)
         await log.append("b", 0, [_defined("b")], Metadata(), now=T0)
-        await log.append("a", 2, [LiveValueObserved(property="memory", value=2**29)], Metadata(), now=T0)
+        await log.append("a", 2, [LiveValueObserved(property="memory", value=2**29, previous=2**30)], Metadata(), now=T0)
         await log.append("a", 3, [DomainStopped()], Metadata(principal="é ☃"), now=T0)
         async with log.snapshot():
             hashes = [(r.position, r.hash) async for r in log.read_all()]

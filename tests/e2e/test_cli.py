@@ -266,6 +266,39 @@ def test_rebuild_verify_and_tampering(cli: Cli, tmp_path: Any) -> None:
     assert (code, f"position {position}:" in err, len(err.splitlines())) == (4, True, 1)
 
 
+def test_verify_checkpoint_file(cli: Cli, tmp_path: Any) -> None:
+    """`verify --checkpoint FILE` checks in full and saves; the next run checks since it and saves anew."""
+    file = tmp_path / "ledger.checkpoint"
+    path = str(file)
+    head = cli.head()
+    first = cli("verify", "--checkpoint", path)
+    saved = json.loads(file.read_text(encoding="utf-8"))
+    cli.json("set", "web", "memory", "2GiB")
+    second = cli("verify", "--checkpoint", path)
+    assert (first, second, saved["position"], json.loads(file.read_text(encoding="utf-8"))["position"]) == (
+        (0, f"ok: {head} events, chain intact, projections equal a rebuild (checked in full); "
+            f"checkpoint saved to {path}\n", ""),
+        (0, f"ok: {head + 3} events, chain intact, projections equal a rebuild (checked since the checkpoint "
+            f"at position {head}); checkpoint saved to {path}\n", ""),
+        head, head + 3)
+
+
+@pytest.mark.parametrize("text", ["", "{}", "not json", '{"format":"vmledger-checkpoint/1","position":-1}'])
+def test_verify_refuses_a_damaged_checkpoint_file_and_keeps_it(cli: Cli, tmp_path: Any, text: str) -> None:
+    """A file that holds no checkpoint exits 2 with one line, and is left as it was."""
+    path = tmp_path / "ledger.checkpoint"
+    path.write_text(text, encoding="utf-8")
+    code, out, err = cli("verify", "--checkpoint", str(path))
+    assert (code, out, len(err.splitlines()), path.read_text(encoding="utf-8")) == (2, "", 1, text)
+
+
+@pytest.mark.parametrize("args", [["--from", "99"], ["--from", "-1"], ["--from", "1", "--checkpoint", "c"]])
+def test_verify_refuses_a_bad_start(cli: Cli, args: list[str]) -> None:
+    """A start past the head, a negative one, or both a start and a checkpoint exit 2 with one line."""
+    code, out, err = cli("verify", *args)
+    assert (code, out, len(err.splitlines())) == (2, "", 1)
+
+
 def test_console_script_errors_are_one_line(tmp_path: Any) -> None:
     """The installed `vmledger` script exits 2 with one line and no traceback for an unknown domain."""
     proc = subprocess.run(

@@ -411,7 +411,8 @@ def test_watch_sweep_records_a_change_the_driver_never_announces(tmp_path: pathl
                 ("web", "memory", 1 * GiB, 1536 * MiB, "external"), ("web", "vcpus", 2, 3, "external")])
         assert took < 2.0
         assert [r.event async for r in ledger.events(from_position=5)] == [
-            LiveValueObserved(property="vcpus", value=3), LiveValueObserved(property="memory", value=1536 * MiB)]
+            LiveValueObserved(property="vcpus", value=3, previous=2),
+            LiveValueObserved(property="memory", value=1536 * MiB, previous=1 * GiB)]
 
     run(tmp_path, scenario)
 

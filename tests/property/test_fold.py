@@ -183,8 +183,9 @@ def _observe_hypervisor(draw: Draw, h: History, uuid: str, micro: int) -> None:
 def _observe(draw: Draw, h: History, uuid: str, micro: int) -> None:
     state = h.states[uuid]
     prop = draw(st.sampled_from(sorted(state.persistent)))
+    held = state.live[prop].value if prop in state.live else None
     event = draw(st.one_of(
-        well_formed_value(prop).map(lambda v: LiveValueObserved(property=prop, value=v)),
+        well_formed_value(prop).map(lambda v: LiveValueObserved(property=prop, value=v, previous=held)),
         well_formed_value(prop).map(lambda v: PersistentValueObserved(property=prop, value=v)),
         observed_capability_pairs().map(lambda c: GuestCapabilitiesObserved(capabilities=c)),
         st.sampled_from(DEVICES).map(lambda d: MediaTrayLocked(device=d)),

@@ -9,7 +9,7 @@ import pytest
 from eventstore.catalogue import Outcome, Reason
 from eventstore.decisions import SetRequest, decide_live, decide_observed, decide_persistent, decide_set
 from eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
-from eventstore.events import DomainDefined, DomainStarted, PersistentValueObserved
+from eventstore.events import DomainDefined, DomainStarted, LiveValueObserved, PersistentValueObserved
 from eventstore.hypervisor import LiveResult, Observation
 from eventstore.log import Metadata, RecordedEvent
 from eventstore.state import DomainState, apply, fold
@@ -133,6 +133,16 @@ def test_observe_leaves_a_young_request_to_its_caller_and_resolves_an_old_one() 
     old = decide_observed(state, seen, T0 + timedelta(microseconds=1))
     assert (_summary(young), _summary(old)) == (
         [], [("VcpusChangeApplied", "persistent", None), ("VcpusChangeApplied", "live", None)])
+
+
+def test_observed_live_value_records_the_value_the_log_held() -> None:
+    """An out-of-band live value is recorded with the live value the log held before, or None where it held none."""
+    live = {**CONFIG, "memory": 2 * GiB, "memory_actual": 900 * 2**20}
+    seen = Observation(running=True, live=tuple(sorted(live.items())), capabilities=(("balloon", True),))
+    assert decide_observed(_state(True), seen, T0) == [
+        LiveValueObserved(property="memory", value=2 * GiB, previous=GiB),
+        LiveValueObserved(property="memory_actual", value=900 * 2**20, previous=None),
+    ]
 
 
 def _seen(running: bool, live: dict, persistent: dict) -> Observation:

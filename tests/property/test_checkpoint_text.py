@@ -1,0 +1,34 @@
+"""The checkpoint file: every checkpoint survives its text, and no damaged text passes for one."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventstore.catalogue import MAX_POSITION
+from eventstore.errors import InvalidRequestError
+from vmledger import Checkpoint
+
+SETTINGS = settings(database=None, deadline=None, max_examples=100)
+_hex = st.text("0123456789abcdef", min_size=64, max_size=64)
+checkpoints = st.builds(Checkpoint, position=st.integers(0, MAX_POSITION), hash=_hex,
+                        domains=st.dictionaries(st.text(min_size=1, max_size=40), _hex, max_size=20))
+
+
+@SETTINGS
+@given(checkpoints)
+def test_from_text_inverts_to_text(checkpoint: Checkpoint) -> None:
+    """A checkpoint read back from its text equals the checkpoint, on one line."""
+    text = checkpoint.to_text()
+    assert (Checkpoint.from_text(text), text.count("\n")) == (checkpoint, 1)
+
+
+@SETTINGS
+@given(checkpoints, st.data())
+def test_a_cut_text_is_refused(checkpoint: Checkpoint, data: st.DataObject) -> None:
+    """A checkpoint text cut short anywhere is refused, never read as another checkpoint."""
+    text = checkpoint.to_text().strip()
+    cut = data.draw(st.integers(0, len(text) - 1))
+    with pytest.raises(InvalidRequestError):
+        Checkpoint.from_text(text[:cut])

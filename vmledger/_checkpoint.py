@@ -1,0 +1,99 @@
+"""Checkpoints: what one `verify` proved, kept so that the next one checks only what is new.
+
+A checkpoint holds the verified head, the hash of the event there, and a digest
+of each domain's projection rows.  The next verify recomputes the chain from
+the head on, refolds only the domains that have events past it, and compares
+every other domain's rows with its digest.  It is worth what the place it is
+kept in is worth: keep it where whoever can write the database cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+import attrs
+
+from eventstore.catalogue import MAX_POSITION
+from eventstore.errors import InvalidRequestError, StorageError
+
+__all__ = ["Checkpoint", "read_checkpoint", "write_checkpoint"]
+
+_FORMAT = "vmledger-checkpoint/1"
+
+
+@attrs.frozen(kw_only=True)
+class Checkpoint:
+    """What a verify proved: the head position, its hash, and each domain's projection digest."""
+
+    position: int
+    hash: str
+    domains: Mapping[str, str] = attrs.field(converter=lambda d: dict(sorted(d.items())))
+
+    def to_text(self) -> str:
+        """Return the checkpoint as one line of JSON."""
+        return json.dumps({"format": _FORMAT, "position": self.position, "hash": self.hash,
+                           "domains": self.domains}, sort_keys=True, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str) -> "Checkpoint":
+        """Return the checkpoint a text holds.
+
+        Raises:
+            InvalidRequestError: the text is not a checkpoint.
+        """
+        try:
+            d: Any = json.loads(text)
+        except ValueError:
+            d = None
+        if not (isinstance(d, dict) and d.get("format") == _FORMAT):
+            raise InvalidRequestError(f"not a vmledger checkpoint (format {_FORMAT})")
+        position, hash_, domains = d.get("position"), d.get("hash"), d.get("domains")
+        if (isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= MAX_POSITION
+                or not isinstance(hash_, str) or not isinstance(domains, dict)
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in domains.items())):
+            raise InvalidRequestError("damaged vmledger checkpoint: position, hash or domains malformed")
+        return cls(position=position, hash=hash_, domains=domains)
+
+
+def read_checkpoint(path: str) -> Checkpoint | None:
+    """Return the checkpoint saved at `path`, or None if there is none yet.
+
+    Raises:
+        InvalidRequestError: the file cannot be read or holds no checkpoint.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidRequestError(f"cannot read checkpoint {path}: {getattr(e, 'strerror', None) or e}") from e
+    try:
+        return Checkpoint.from_text(text)
+    except InvalidRequestError as e:
+        raise InvalidRequestError(f"{path}: {e}") from None
+
+
+def write_checkpoint(path: str, checkpoint: Checkpoint) -> None:
+    """Save `checkpoint` at `path` durably, replacing the old one in one step.
+
+    Raises:
+        StorageError: the file cannot be written.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(checkpoint.to_text())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise StorageError(f"cannot write checkpoint {path}: {e.strerror or e}") from e
