@@ -198,7 +198,8 @@ class Ledger:
         observed = await self.hypervisor.observe(name)
 
         def decide(state: DomainState) -> list[Event]:
-            events: list[Event] = [DomainStarted(config=live)]
+            # An observer (`watch`, `observe`) may have recorded this start meanwhile.
+            events: list[Event] = [] if state.running else [DomainStarted(config=live)]
             caps = {k: v for k, v in observed.capabilities if state.capabilities.get(k) != v}
             if caps:
                 events.append(GuestCapabilitiesObserved(capabilities=caps))
@@ -223,7 +224,8 @@ class Ledger:
         if not state.running:
             raise InvalidRequestError(f"domain {name!r} is not running")
         await self.hypervisor.stop(name)
-        await self._retrying(name, decide_stop, meta)
+        # An observer may have recorded this stop meanwhile.
+        await self._retrying(name, lambda s: decide_stop(s) if s.running else [], meta)
         return await self.show(name)
 
     async def undefine(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> None:
@@ -601,11 +603,32 @@ class Ledger:
         stale_before = self._clock() - timedelta(seconds=2 * self._timeout)
         recorded: list[RecordedEvent] = []
         for domain in names:
-            await self._state(domain)
-            observation = await self.hypervisor.observe(domain)
-            recorded += await self._retrying(
-                domain, lambda s: decide_observed(s, observation, stale_before), _meta(principal))
+            recorded += await self._observe_one(domain, stale_before, _meta(principal))
         return recorded
+
+    async def _observe_one(self, name: str, stale_before: datetime, meta: Metadata) -> list[RecordedEvent]:
+        """Observe one domain and record what differs, deciding only on the state the observation followed.
+
+        An observation read before another caller recorded a change (a stop,
+        say) would undo that change in the log: when the log moved while the
+        hypervisor was read, read it again.
+        """
+        for _ in range(_RETRIES):
+            version = (await self._state(name)).version
+            observation = await self.hypervisor.observe(name)
+            async with self._serial(name):
+                state = await self._state(name)
+                if state.version != version:
+                    conflict = ConcurrencyError(state.uuid, version, state.version)
+                    continue
+                events = decide_observed(state, observation, stale_before)
+                if not events:
+                    return []
+                try:
+                    return await self._append(state, events, meta)
+                except ConcurrencyError as e:
+                    conflict = e
+        raise _contended(name, conflict)
 
     # Moving a ledger between databases.
 
