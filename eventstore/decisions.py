@@ -271,7 +271,7 @@ def _persistent_observed(state: DomainState, persistent: Mapping[str, Value], aw
     not one a request awaits: its caller, or its resolution, records it.
     """
     return [
-        PersistentValueObserved(property=prop, value=value)
+        PersistentValueObserved(property=prop, value=value, previous=state.persistent[prop].value)
         for prop, value in sorted(persistent.items())
         if prop not in awaited and prop in state.persistent and state.persistent[prop].value != value
     ]

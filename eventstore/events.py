@@ -145,11 +145,15 @@ class LiveValueObserved(Event):
 
 @attrs.frozen(kw_only=True)
 class PersistentValueObserved(Event):
-    """The hypervisor reported a persistent value the log did not explain: the config was changed out of band."""
+    """The hypervisor reported a persistent value the log did not explain; `previous` is the one the log held.
+
+    An observation records a change to the config made out of band.
+    """
 
     name: ClassVar[str] = "PersistentValueObserved"
     property: str = attrs.field(validator=v.instance_of(str))
     value: Value = attrs.field(validator=_value)
+    previous: Value | None = attrs.field(validator=v.optional(_value))
 
 
 @attrs.frozen(kw_only=True)

@@ -47,7 +47,7 @@ LIFECYCLE: dict[str, dict[str, Any]] = {
     "MediaTrayLocked": {"device": "hdc"},
     "MediaTrayUnlocked": {"device": "hdc"},
     "LiveValueObserved": {"property": "memory", "value": 900 * MiB, "previous": 1124 * MiB},
-    "PersistentValueObserved": {"property": "vcpus", "value": 3},
+    "PersistentValueObserved": {"property": "vcpus", "value": 3, "previous": 2},
 }
 
 #: Per catalogue property: the property name, the value asked for, and the value in force before.

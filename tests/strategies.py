@@ -291,7 +291,8 @@ _LIFECYCLE: dict[type[Event], Callable[[], st.SearchStrategy[Event]]] = {
     MediaTrayUnlocked: lambda: st.builds(MediaTrayUnlocked, device=devices()),
     LiveValueObserved: lambda: st.builds(
         LiveValueObserved, property=property_names(), value=values(), previous=st.none() | values()),
-    PersistentValueObserved: lambda: st.builds(PersistentValueObserved, property=property_names(), value=values()),
+    PersistentValueObserved: lambda: st.builds(PersistentValueObserved, property=property_names(), value=values(),
+                                               previous=st.none() | values()),
 }
 
 

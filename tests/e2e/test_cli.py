@@ -167,7 +167,7 @@ def test_out_of_band_config_change_is_observed_into_the_persistent_config(cli: C
         1, "", "vmledger: memory 8589934592 is outside its bounds in the config of 'web'\n")
     code, out = cli.json("observe")
     assert (code, [(e["type"], e["data"]) for e in out]) == (
-        0, [("PersistentValueObserved", {"property": "vcpus", "value": 3})])
+        0, [("PersistentValueObserved", {"previous": 2, "property": "vcpus", "value": 3})])
     drift = cli.json("drift")[1]
     assert [(d["domain"], d["property"], d["cause"], d["persistent"], d["live"], d["request_id"]) for d in drift] == [
         ("web", "vcpus", "external", 3, 2, None)]

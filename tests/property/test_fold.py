@@ -184,9 +184,10 @@ def _observe(draw: Draw, h: History, uuid: str, micro: int) -> None:
     state = h.states[uuid]
     prop = draw(st.sampled_from(sorted(state.persistent)))
     held = state.live[prop].value if prop in state.live else None
+    configured = state.persistent[prop].value
     event = draw(st.one_of(
         well_formed_value(prop).map(lambda v: LiveValueObserved(property=prop, value=v, previous=held)),
-        well_formed_value(prop).map(lambda v: PersistentValueObserved(property=prop, value=v)),
+        well_formed_value(prop).map(lambda v: PersistentValueObserved(property=prop, value=v, previous=configured)),
         observed_capability_pairs().map(lambda c: GuestCapabilitiesObserved(capabilities=c)),
         st.sampled_from(DEVICES).map(lambda d: MediaTrayLocked(device=d)),
         st.sampled_from(DEVICES).map(lambda d: MediaTrayUnlocked(device=d)),

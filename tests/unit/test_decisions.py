@@ -155,7 +155,8 @@ def test_observe_records_a_persistent_value_changed_out_of_band(running: bool) -
     """Persistent values the hypervisor holds that differ from the log's are recorded as PersistentValueObserved, running or not."""
     config = {**CONFIG, "vcpus": 3, "max_vcpus": 6, "media:hdd": "/iso/new.iso"}
     assert decide_observed(_state(running), _seen(running, CONFIG, config), T0) == [
-        PersistentValueObserved(property="max_vcpus", value=6), PersistentValueObserved(property="vcpus", value=3)]
+        PersistentValueObserved(property="max_vcpus", value=6, previous=CONFIG["max_vcpus"]),
+        PersistentValueObserved(property="vcpus", value=3, previous=CONFIG["vcpus"])]
 
 
 def test_observe_leaves_a_persistent_value_a_request_awaits() -> None:
@@ -166,12 +167,12 @@ def test_observe_leaves_a_persistent_value_a_request_awaits() -> None:
                                        recorded_at=T0))
     config = {**CONFIG, "vcpus": 3, "memory": 2 * GiB}
     assert decide_observed(state, _seen(False, CONFIG, config), T0) == [
-        PersistentValueObserved(property="memory", value=2 * GiB)]
+        PersistentValueObserved(property="memory", value=2 * GiB, previous=CONFIG["memory"])]
 
 
 def test_persistent_value_observed_updates_the_config_and_drifts_external() -> None:
     """Folding PersistentValueObserved sets the persistent value; on a running domain the difference drifts external."""
-    records = [RecordedEvent(position=3, stream="u1", version=3, event=PersistentValueObserved(property="vcpus", value=3),
+    records = [RecordedEvent(position=3, stream="u1", version=3, event=PersistentValueObserved(property="vcpus", value=3, previous=2),
                              metadata=Metadata(), recorded_at=T0 + timedelta(seconds=1))]
     running, stopped = fold(records, _state(True)), fold(records, _state(False))
     assert running is not None and stopped is not None
