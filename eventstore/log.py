@@ -104,6 +104,10 @@ class Transaction(Protocol):
         """Run one statement inside the transaction."""
         ...
 
+    async def execute_all(self, statements: Sequence[str], params: Sequence[Any] = ()) -> None:
+        """Run statements that take the same parameters, in order; in one round trip where the driver can."""
+        ...
+
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one statement for many rows inside the transaction."""
         ...
@@ -120,13 +124,17 @@ class SyncTransaction(Protocol):
         """Run one statement inside the transaction."""
         ...
 
+    def execute_all(self, statements: Sequence[str], params: Sequence[Any] = ()) -> None:
+        """Run statements that take the same parameters, in order."""
+        ...
+
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one statement for many rows inside the transaction."""
         ...
 
 
-#: One statement a step-wise writer needs run: (transaction method name, SQL, parameters).
-Step = tuple[str, str, Sequence[Any]]
+#: What a step-wise writer needs run: (transaction method name, its SQL or statements, parameters or rows).
+Step = tuple[str, Any, Sequence[Any]]
 T = TypeVar("T")
 
 

@@ -130,9 +130,9 @@ class TableProjector:
                 if taken:
                     raise InvalidRequestError(f"domain {e.domain!r} is already defined")
             model.feed(rec)
-        for table in ("domains", "persistent", "live", "drift"):
-            column = "uuid" if table == "domains" else "domain"
-            yield ("execute", f"DELETE FROM {table} WHERE {column} IN ({_marks(streams)})", streams)
+        yield ("execute_all", tuple(f"DELETE FROM {table} WHERE {'uuid' if table == 'domains' else 'domain'} "
+                                    f"IN ({_marks(streams)})" for table in ("domains", "persistent", "live", "drift")),
+               streams)
         rows: dict[str, list[tuple]] = defaultdict(list)
         for uuid in streams:
             for table, part in model.domain_rows(uuid).items():

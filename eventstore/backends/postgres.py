@@ -147,6 +147,12 @@ def _storage_error(e: BaseException, *, committing: bool = False, connecting: bo
     return StorageError(f"PostgreSQL: {type(e).__name__}: {e}")
 
 
+# The stream's version and the log's last position and hash, in one round trip under the lock.
+_VERSION_AND_LAST = """SELECT coalesce((SELECT max(version) FROM events WHERE stream = $1), 0),
+    coalesce(last.position, 0), last.hash
+    FROM (SELECT 1) AS one LEFT JOIN (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS last ON true"""
+
+
 class _Tx:
     """The `Transaction` a projector writes through: the writer's open connection."""
 
@@ -158,6 +164,13 @@ class _Tx:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         await self._conn.execute(_pg(sql), *params)
+
+    async def execute_all(self, statements: Sequence[str], params: Sequence[Any] = ()) -> None:
+        # One round trip under the append lock instead of one per statement: data-modifying
+        # statements in WITH each run once, to completion (each numbers the shared parameters anew).
+        *first, last = [_pg(sql) for sql in statements]
+        head = "WITH " + ", ".join(f"s{i} AS ({sql})" for i, sql in enumerate(first)) + " " if first else ""
+        await self._conn.execute(head + last, *params)
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -352,11 +365,9 @@ class PostgresEventLog(LogReads):
         self, conn: asyncpg.Connection, stream: str, expected: int,
         events: Sequence[Event], metadata: Metadata, now: datetime,
     ) -> list[RecordedEvent]:
-        actual = await conn.fetchval("SELECT max(version) FROM events WHERE stream = $1", stream) or 0
+        actual, position, prev = await conn.fetchrow(_VERSION_AND_LAST, stream)
         if actual != expected:
             raise ConcurrencyError(stream, expected, actual)
-        last = await conn.fetchrow("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
-        position, prev = (last[0], last[1]) if last else (0, None)
         rows, records = chained_rows(stream, expected, events, metadata, now, position, prev)
         await conn.executemany(
             f"INSERT INTO events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", rows)
