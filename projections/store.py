@@ -11,9 +11,10 @@ from collections import defaultdict
 from typing import Any, AsyncIterator, Callable, Generator, Sequence
 
 from eventstore.errors import ChainBrokenError, InvalidRequestError
-from eventstore.events import ChangeOutcome, ChangeRequested, DomainDefined
+from eventstore.events import ChangeRequested, DomainDefined
 from eventstore.backends._common import CHUNK, COLUMNS, record
 from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
+from projections._replay import Replay
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
 __all__ = ["SCHEMA", "TableProjector", "DuplicateRequestError", "expected_rows", "table_rows", "compare"]
@@ -155,28 +156,27 @@ class TableProjector:
         for table in TABLES:
             yield ("execute", f"DELETE FROM {table}", ())
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
-        model, last = Model(), 0
+        replay, last = Replay(), 0
         while last < head:
             rows = yield ("fetch_all", _READ_CHUNK, (last, head, self._chunk))
-            for row in rows:
-                rec = record(row)
-                e = rec.event
-                if isinstance(e, ChangeOutcome) and e.request_id not in model.history:
-                    # A late outcome of a request already written: take its row back.
-                    found = yield ("fetch_all", _HISTORY_BY_ID, (e.request_id,))
-                    if found:
-                        model.history[e.request_id] = history_from_row(found[0])
-                        yield ("execute", "DELETE FROM history WHERE request_id = ?", (e.request_id,))
-                model.feed(rec)
+            folding, found = replay.fold([record(row) for row in rows]), None
+            while True:
+                try:
+                    request_id = folding.send(found)
+                except StopIteration:
+                    break
+                # A late outcome of a request already written: take its row back.
+                stored = yield ("fetch_all", _HISTORY_BY_ID, (request_id,))
+                found = history_from_row(stored[0]) if stored else None
+                if stored:
+                    yield ("execute", "DELETE FROM history WHERE request_id = ?", (request_id,))
             last = rows[-1][0] if rows else head
-            done = [r for r, h in model.history.items() if h["completed_at"] is not None]
+            done = replay.completed()
             if done:
-                yield ("execute_many", _insert("history"), [model.history_row(r) for r in done])
-                for r in done:
-                    del model.history[r]
+                yield ("execute_many", _insert("history"), done)
             if progress is not None:
                 progress(last, head)
-        for table, part in model.all_rows().items():
+        for table, part in replay.rows():
             if part:
                 yield ("execute_many", _insert(table), part)
         yield ("execute", _SET_POSITION, (last,))

@@ -8,12 +8,15 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import attrs
 
+from eventstore.catalogue import Outcome
 from eventstore.codec import decode, dumps, encode, loads
 from eventstore.errors import ChainBrokenError, StorageError, VmledgerError
-from eventstore.events import Event
+from eventstore.events import ChangeOutcome, ChangeRequested, Event
 from eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, chain_hash, timestamp
 
-__all__ = ["COLUMNS", "CHUNK", "record", "chained_rows", "verify_rows", "ChainChecker", "LogReads"]
+__all__ = [
+    "COLUMNS", "CHUNK", "Change", "record", "as_change", "chained_rows", "verify_rows", "ChainChecker", "LogReads",
+]
 
 #: The columns of the events table, in row order.
 COLUMNS = "position, stream, version, type, schema_version, data, metadata, recorded_at, hash"
@@ -66,6 +69,30 @@ def record(row: Row) -> RecordedEvent:
         event=decode(type_, schema_version, data),
         metadata=_metadata(metadata), recorded_at=_time(recorded_at), hash=hash_,
     )
+
+
+#: A change event as the rebuild folds it, a plain tuple for speed: `(position, stream,
+#: version, recorded_at, recorded_at as `timestamp` writes it, type name, status of
+#: its outcome, request_id, property, scope, requested, value, reason, principal or
+#: message)`.  A `…Requested` has the status `Outcome.REQUESTED.status`, its asked
+#: value in `requested`, `value` None, and its principal last; an outcome has its
+#: message last.
+Change = tuple
+
+_IN_FLIGHT = Outcome.REQUESTED.status
+
+
+def as_change(rec: RecordedEvent) -> Change | None:
+    """Return a change event's record as a `Change`, or None for any other event."""
+    e = rec.event
+    if isinstance(e, ChangeRequested):
+        status, requested, value, extra = _IN_FLIGHT, e.value, None, e.principal
+    elif isinstance(e, ChangeOutcome):
+        status, requested, value, extra = e.outcome.status, e.requested, e.value, e.message
+    else:
+        return None
+    return (rec.position, rec.stream, rec.version, rec.recorded_at, timestamp(rec.recorded_at), e.name, status,
+            e.request_id, e.property, e.scope, requested, value, e.reason, extra)
 
 
 def _link(prev: str, row: Row) -> str:
