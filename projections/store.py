@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable, Generator, Sequence
 
 from eventstore.errors import ChainBrokenError, InvalidRequestError
 from eventstore.events import ChangeRequested, DomainDefined
-from eventstore.backends._common import CHUNK, COLUMNS, record
+from eventstore.backends._common import CHUNK, SCAN_COLUMNS, scan
 from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from projections._replay import Replay
 from projections.model import TABLES, Model, history_from_row, state_from_json
@@ -70,7 +70,7 @@ def _marks(values: Sequence[Any]) -> str:
 
 
 _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
-_READ_CHUNK = f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
+_READ_CHUNK = f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
 _SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all', ?) "
                  "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
 
@@ -159,7 +159,7 @@ class TableProjector:
         replay, last = Replay(), 0
         while last < head:
             rows = yield ("fetch_all", _READ_CHUNK, (last, head, self._chunk))
-            folding, found = replay.fold([record(row) for row in rows]), None
+            folding, found = replay.fold(scan(rows)), None
             while True:
                 try:
                     request_id = folding.send(found)

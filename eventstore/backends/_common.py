@@ -8,18 +8,26 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import attrs
 
-from eventstore.catalogue import Outcome
+from eventstore.catalogue import Outcome, Reason, Scope
 from eventstore.codec import decode, dumps, encode, loads
 from eventstore.errors import ChainBrokenError, StorageError, VmledgerError
-from eventstore.events import ChangeOutcome, ChangeRequested, Event
+from eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested, Event
 from eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, chain_hash, timestamp
 
+try:  # orjson (the `bench` extra) parses faster; whatever it refuses goes through `record`.
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _fast_loads = loads
+
 __all__ = [
-    "COLUMNS", "CHUNK", "Change", "record", "as_change", "chained_rows", "verify_rows", "ChainChecker", "LogReads",
+    "COLUMNS", "SCAN_COLUMNS", "CHUNK", "Change", "record", "scan", "as_change",
+    "chained_rows", "verify_rows", "ChainChecker", "LogReads",
 ]
 
 #: The columns of the events table, in row order.
 COLUMNS = "position, stream, version, type, schema_version, data, metadata, recorded_at, hash"
+#: The columns `scan` reads: all but the hash, which no fold needs.
+SCAN_COLUMNS = COLUMNS.removesuffix(", hash")
 #: How many events a backend reads per query when it streams the log.
 CHUNK = 2000
 
@@ -71,7 +79,7 @@ def record(row: Row) -> RecordedEvent:
     )
 
 
-#: A change event as the rebuild folds it, a plain tuple for speed: `(position, stream,
+#: A change event as `scan` returns it, a plain tuple for speed: `(position, stream,
 #: version, recorded_at, recorded_at as `timestamp` writes it, type name, status of
 #: its outcome, request_id, property, scope, requested, value, reason, principal or
 #: message)`.  A `…Requested` has the status `Outcome.REQUESTED.status`, its asked
@@ -79,11 +87,97 @@ def record(row: Row) -> RecordedEvent:
 #: message last.
 Change = tuple
 
+_REQUESTED, _OUTCOME = "requested", "outcome"
 _IN_FLIGHT = Outcome.REQUESTED.status
+_SCOPES = frozenset(s.value for s in Scope)
+_OUTCOME_SCOPES = frozenset((Scope.LIVE.value, Scope.PERSISTENT.value))
+_REASONS = frozenset(r.value for r in Reason)
+
+
+def _shape(cls: type) -> tuple[frozenset[str], frozenset[str]]:
+    """Return the required and the optional field names of an attrs class."""
+    fields = attrs.fields(cls)
+    required = frozenset(f.name for f in fields if f.default is attrs.NOTHING)
+    return required, frozenset(f.name for f in fields) - required
+
+
+# `scan` checks the data of these shapes itself, exactly as strictly as the
+# classes' validators or more; a class whose fields differ keeps to `record`.
+_SHAPES = {
+    _REQUESTED: (frozenset({"request_id", "property", "value", "scope", "principal"}), frozenset({"reason"})),
+    _OUTCOME: (frozenset({"request_id", "property", "scope", "requested", "value"}), frozenset({"reason", "message"})),
+}
+#: Type name -> (schema version, outcome status, shape) of the change events `scan` decodes itself.
+_FAST = {
+    name: (cls.schema_version, cls.outcome.status, kind)
+    for name, cls in EVENT_TYPES.items()
+    for kind, base in ((_REQUESTED, ChangeRequested), (_OUTCOME, ChangeOutcome))
+    if issubclass(cls, base) and _shape(cls) == _SHAPES[kind]
+}
+_TIMES: dict[str, tuple[datetime, str]] = {}
+_UNSEEN = object()
+
+
+def scan(rows: Sequence[Row]) -> list[Change | RecordedEvent]:
+    """Return what each row of `SCAN_COLUMNS` holds: a `Change` for a current change event, else a `RecordedEvent`.
+
+    It is `record` without building event objects for the events a log holds
+    most, for the rebuild: a row that does not fit exactly what the classes
+    accept goes through `record`, so it decodes as there or raises the same
+    error.  The records it makes have no hash.
+
+    Raises:
+        StorageError: a row's data, metadata or time does not decode.
+    """
+    out: list[Change | RecordedEvent] = []
+    append, fast, times, last_meta = out.append, _FAST, _TIMES, _UNSEEN
+    for row in rows:
+        position, stream, version, type_, schema_version, data, metadata, recorded_at = row
+        spec = fast.get(type_)
+        if spec is None or schema_version != spec[0] or data.__class__ is not str:
+            append(record((*row, "")))
+            continue
+        try:
+            d = _fast_loads(data)
+        except ValueError:
+            d = None
+        if d.__class__ is not dict:
+            append(record((*row, "")))
+            continue
+        # Only text, integers and null are taken here: JSON parsers agree on them
+        # (orjson reads integers beyond 64 bits as floats, which fall through).
+        request_id, prop, scope, reason = d.get("request_id"), d.get("property"), d.get("scope"), d.get("reason")
+        if spec[2] is _REQUESTED:
+            requested, value, extra = d.get("value"), None, d.get("principal")
+            valid = (len(d) == 5 + ("reason" in d) and scope.__class__ is str and scope in _SCOPES
+                     and extra.__class__ is str and (reason is None or reason.__class__ is str))
+        else:
+            requested, value, extra = d.get("requested"), d.get("value"), d.get("message")
+            valid = (len(d) == 5 + ("reason" in d) + ("message" in d) and "value" in d
+                     and scope.__class__ is str and scope in _OUTCOME_SCOPES
+                     and (value is None or value.__class__ is int or value.__class__ is str)
+                     and (reason is None or (reason.__class__ is str and reason in _REASONS))
+                     and (extra is None or extra.__class__ is str))
+        if not (valid and request_id.__class__ is str and prop.__class__ is str
+                and (requested.__class__ is int or requested.__class__ is str)):
+            append(record((*row, "")))
+            continue
+        if metadata != last_meta:  # the events of one append share it
+            _metadata(metadata)
+            last_meta = metadata
+        when = times.get(recorded_at)
+        if when is None:
+            if len(times) >= 4096:
+                times.clear()
+            at = _time(recorded_at)
+            when = times[recorded_at] = (at, timestamp(at))
+        append((position, stream, version, when[0], when[1], type_, spec[1], request_id, prop, scope,
+                requested, value, reason, extra))
+    return out
 
 
 def as_change(rec: RecordedEvent) -> Change | None:
-    """Return a change event's record as a `Change`, or None for any other event."""
+    """Return a change event's record as the `Change` `scan` makes of its row, or None for any other event."""
     e = rec.event
     if isinstance(e, ChangeRequested):
         status, requested, value, extra = _IN_FLIGHT, e.value, None, e.principal
