@@ -43,8 +43,8 @@ from eventstore.events import (
 )
 from eventstore.hypervisor import LiveResult, Observation
 from eventstore.log import Metadata, RecordedEvent, timestamp
-from eventstore.state import DomainState, apply
-from projections._replay import Replay
+from eventstore.state import DomainState, Slot, apply
+from projections._replay import Replay, _Domain, _dumps, _json
 from projections.model import TABLES, Model, history_from_row, state_from_json, state_to_json
 from tests.strategies import (
     DEVICES,
@@ -512,3 +512,27 @@ def test_rebuild_fold_equals_the_model_on_any_log(
     """On logs with change events in any order and outcome, the rebuild's fold gives the model's rows, and its states after every chunk."""
     rows = [_stored(r) for r in records]
     assert _folded(lambda: _replayed(rows, size, via_record)) == _folded(lambda: _modelled(records, size))
+
+
+def test_rebuild_rows_write_float_values_as_json_does() -> None:
+    """A domain whose config holds a float (which orjson would write as 1e16) gets the model's rows, text for text."""
+    state = DomainState(uuid="u", name="web", guest_type="pv", running=True, capabilities={"balloon": 0.5},
+                        persistent={"memory": Slot(value=1e16, position=1)}, live={"memory": Slot(value=2, position=2)})
+    assert (_Domain(state).rows(), _Domain(state).rows()["drift"][0][2]) == (
+        Model(states={"u": state}).domain_rows("u"), "1e+16")
+
+
+_ANY_TEXT = st.text(st.characters(codec=None, categories=None, exclude_categories=()), max_size=6)
+#: JSON values without floats: what history records and snapshots hold, lone surrogates and huge integers too.
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(2**63, 2**70) | _ANY_TEXT,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_ANY_TEXT, kids, max_size=3),
+    max_leaves=8,
+)
+
+
+@SETTINGS
+@given(_JSON_VALUES)
+def test_rebuild_json_is_codec_json(value: Any) -> None:
+    """The rebuild's JSON writers (orjson where installed) write any value but floats as `codec.dumps` does."""
+    assert (_dumps(value), _json(value)) == (dumps(value), dumps(value))
