@@ -19,7 +19,7 @@ from typing import Any, Generator, Iterable, Iterator
 
 from eventstore.backends._common import Change, as_change
 from eventstore.catalogue import Cause, Outcome, Reason, Scope
-from eventstore.codec import dumps
+from eventstore.codec import dumps, loads
 from eventstore.log import RecordedEvent, timestamp
 from eventstore.state import DomainState, Mark, Pending, Slot, apply
 from projections.model import TABLES
@@ -46,6 +46,8 @@ _C_EXTERNAL = Cause.EXTERNAL.value
 _NEVER = timestamp(datetime.min.replace(tzinfo=timezone.utc))
 # The values orjson writes as `codec.dumps` does (with the limits `_dumps` catches).
 _PLAIN = frozenset((str, int, bool, type(None)))
+# The columns of a history row that a record holds as objects, not JSON.
+_OUTCOMES, _COMPLETED_AT = TABLES["history"][0].index("outcomes"), TABLES["history"][0].index("completed_at")
 # Domains turned into rows per batch at the end: bounds the rows held at once.
 _ROWS_BATCH = 1000
 
@@ -120,19 +122,23 @@ class _Domain:
 
 
 class Replay:
-    """Domain states and open requests' history records, fed change events and records in log order."""
+    """Domain states and open requests' history records, fed change events and records in log order.
+
+    A history record is a list in the columns of its row, its requested
+    value and outcomes not yet written as JSON.
+    """
 
     def __init__(self) -> None:
         self.domains: dict[str, _Domain] = {}
-        self.history: dict[str, dict[str, Any]] = {}
+        self.history: dict[str, list[Any]] = {}
         self._completed: list[str] = []  # requests completed since the last `completed()`
 
-    def fold(self, items: list[Change | RecordedEvent]) -> Generator[str, dict[str, Any] | None, None]:
+    def fold(self, items: list[Change | RecordedEvent]) -> Generator[str, tuple | None, None]:
         """Fold `items` in order.
 
         An outcome of a request whose record is not held (the caller wrote it
-        out, completed) yields the request id; send back its stored record, or
-        None if there is none.
+        out, completed) yields the request id; send back its stored history
+        row, or None if there is none.
 
         Raises:
             ValueError: an event precedes its domain's definition, or an
@@ -148,32 +154,41 @@ class Replay:
                     continue
             (position, stream, version, at, at_text, name, status, request_id, prop, scope,
              requested, value, reason, extra) = item
-            if status != _IN_FLIGHT and request_id not in history:
+            if status == _IN_FLIGHT:
+                w = domains.get(stream)
+                if w is None:
+                    raise ValueError(f"{name} at position {position} precedes DomainDefined")
+                # eventstore.state._requested (concerns_persistent, concerns_live), and the
+                # history record Model.feed starts with an outcome in flight per scope awaited.
+                if scope == _BOTH:
+                    awaiting = _AW_BOTH if w.running else _AW_PERSISTENT
+                elif scope == _PERSISTENT:
+                    awaiting = _AW_PERSISTENT
+                elif scope == _LIVE:
+                    awaiting = _AW_LIVE
+                else:  # current
+                    awaiting = _AW_LIVE if w.running else _AW_PERSISTENT
+                if awaiting is _AW_BOTH:
+                    outcomes = {_PERSISTENT: {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None},
+                                _LIVE: {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None}}
+                elif awaiting is _AW_PERSISTENT:
+                    outcomes = {_PERSISTENT: {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None}}
+                else:
+                    outcomes = {_LIVE: {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None}}
+                w.pending[request_id] = [prop, requested, position, at, awaiting, None, at_text]
+                w.version, w.position = version, position
+                history[request_id] = [request_id, stream, w.name, prop, requested, scope, extra, reason,
+                                       at_text, position, outcomes, None]
+                continue
+            record = history.get(request_id)
+            if record is None:  # a late outcome of a request written out: take its row back
                 found = yield request_id
                 if found is not None:
-                    history[request_id] = found
+                    record = history[request_id] = _record(found)
             w = domains.get(stream)
             if w is None:
                 raise ValueError(f"{name} at position {position} precedes DomainDefined")
             running = w.running
-            if status == _IN_FLIGHT:
-                # eventstore.state._requested, and the history record Model.feed starts.
-                persistent = scope == _PERSISTENT or scope == _BOTH or (scope == _CURRENT and not running)
-                live = scope == _LIVE or (running and (scope == _BOTH or scope == _CURRENT))
-                awaiting = _AWAITING[persistent, live]
-                w.pending[request_id] = [prop, requested, position, at, awaiting, None, at_text]
-                w.version, w.position = version, position
-                scopes = {}
-                if persistent:
-                    scopes[_PERSISTENT] = {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None}
-                if live:
-                    scopes[_LIVE] = {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None}
-                history[request_id] = {
-                    "request_id": request_id, "domain": stream, "domain_name": w.name, "property": prop,
-                    "requested": requested, "scope": scope, "principal": extra, "reason": reason,
-                    "requested_at": at_text, "position": position, "outcomes": scopes, "completed_at": None,
-                }
-                continue
             # eventstore.state._settled: the request's pending entry before, and after.
             pending = w.pending.get(request_id)
             if pending is not None:
@@ -185,22 +200,23 @@ class Replay:
                                              status if scope == _PERSISTENT else pending[5], pending[6]]
                 else:
                     del w.pending[request_id]
-            applied = status == _APPLIED or status == _PARTIAL
             # eventstore.state._outcome.
             if scope == _PERSISTENT:
-                if applied and value is not None:
+                if value is not None and (status == _APPLIED or status == _PARTIAL):
                     w.persistent[prop] = (value, position, request_id)
                     if running:
                         cause = (_C_IN_FLIGHT if pending is not None and _LIVE in pending[4]
                                  else _C_REQUIRES_RESTART)
                         w.marks[prop] = (cause, request_id, position, at, at_text)
             elif running:
-                if applied and value is not None:
-                    w.live[prop] = (value, position, request_id)
                 if status == _APPLIED:
+                    if value is not None:
+                        w.live[prop] = (value, position, request_id)
                     first = pending[5] if pending is not None else None
                     cause = first if first in _REFUSED_FIRST else _C_LIVE_ONLY
                 elif status == _PARTIAL:
+                    if value is not None:
+                        w.live[prop] = (value, position, request_id)
                     cause = _C_PARTIAL
                 elif reason == _REQUIRES_RESTART:
                     cause = _C_REQUIRES_RESTART
@@ -210,18 +226,16 @@ class Replay:
                     cause = _C_FAILED
                 w.marks[prop] = (cause, request_id, position, at, at_text)
             w.version, w.position = version, position
-            # The history record, as Model.feed completes it.
-            record = history.get(request_id)
+            # The history record, as Model.feed completes it: once no scope is in flight.
             if record is None:
                 raise ValueError(f"outcome at position {position} for unknown request {request_id}")
-            outcomes = record["outcomes"]
+            outcomes = record[_OUTCOMES]
             outcomes[scope] = {"status": status, "value": value, "reason": reason, "message": extra}
             for o in outcomes.values():
                 if o["status"] == _IN_FLIGHT:
-                    record["completed_at"] = None
                     break
             else:
-                record["completed_at"] = at_text
+                record[_COMPLETED_AT] = at_text
                 completed.append(request_id)
 
     def _apply(self, rec: RecordedEvent) -> None:
@@ -234,7 +248,7 @@ class Replay:
         rows = []
         for request_id in self._completed:
             record = self.history.get(request_id)
-            if record is not None and record["completed_at"] is not None:
+            if record is not None and record[_COMPLETED_AT] is not None:
                 rows.append(_history_row(record))
                 del self.history[request_id]
         self._completed = []
@@ -285,16 +299,18 @@ def _json(value: Any) -> str:
     return dumps(value)
 
 
-def _history_row(r: dict[str, Any]) -> tuple:
-    """Return `model.history_row(r)`."""
-    return (r["request_id"], r["domain"], r["domain_name"], r["property"], _json(r["requested"]),
-            r["scope"], r["principal"], r["reason"], r["requested_at"], r["position"],
-            _dumps(r["outcomes"]), r["completed_at"])
+def _history_row(r: list[Any]) -> tuple:
+    """Return the history row of a record, as `Model.history_row` writes it."""
+    return (r[0], r[1], r[2], r[3], _json(r[4]), r[5], r[6], r[7], r[8], r[9], _dumps(r[_OUTCOMES]), r[_COMPLETED_AT])
 
 
-_AWAITING = {
-    (p, l): frozenset(s for s, wanted in ((_PERSISTENT, p), (_LIVE, l)) if wanted)
-    for p in (False, True) for l in (False, True)
-}
-# `awaiting - {scope}` for the sets `_AWAITING` makes.
-_WITHOUT = {(aw, scope): aw - {scope} for aw in _AWAITING.values() for scope in (_PERSISTENT, _LIVE)}
+def _record(row: tuple) -> list[Any]:
+    """Return the record of a stored history row."""
+    record = list(row)
+    record[4], record[_OUTCOMES] = loads(record[4]), loads(record[_OUTCOMES])
+    return record
+
+
+_AW_BOTH, _AW_PERSISTENT, _AW_LIVE = frozenset((_PERSISTENT, _LIVE)), frozenset((_PERSISTENT,)), frozenset((_LIVE,))
+# `awaiting - {scope}` for the sets a request starts with.
+_WITHOUT = {(aw, scope): aw - {scope} for aw in (_AW_BOTH, _AW_PERSISTENT, _AW_LIVE) for scope in (_PERSISTENT, _LIVE)}

@@ -167,7 +167,7 @@ class TableProjector:
                     break
                 # A late outcome of a request already written: take its row back.
                 stored = yield ("fetch_all", _HISTORY_BY_ID, (request_id,))
-                found = history_from_row(stored[0]) if stored else None
+                found = tuple(stored[0]) if stored else None
                 if stored:
                     yield ("execute", "DELETE FROM history WHERE request_id = ?", (request_id,))
             last = rows[-1][0] if rows else head

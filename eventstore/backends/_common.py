@@ -92,6 +92,7 @@ _IN_FLIGHT = Outcome.REQUESTED.status
 _SCOPES = frozenset(s.value for s in Scope)
 _OUTCOME_SCOPES = frozenset((Scope.LIVE.value, Scope.PERSISTENT.value))
 _REASONS = frozenset(r.value for r in Reason)
+_VALUE_TYPES = frozenset((int, str))  # exactly: a bool is an int to the classes, and takes `record`
 
 
 def _shape(cls: type) -> tuple[frozenset[str], frozenset[str]]:
@@ -101,15 +102,15 @@ def _shape(cls: type) -> tuple[frozenset[str], frozenset[str]]:
     return required, frozenset(f.name for f in fields) - required
 
 
-# `scan` checks the data of these shapes itself, exactly as strictly as the
-# classes' validators or more; a class whose fields differ keeps to `record`.
+# `scan` checks the data of these shapes itself, as strictly as the classes'
+# validators or more; a class whose fields differ keeps to `record`.
 _SHAPES = {
     _REQUESTED: (frozenset({"request_id", "property", "value", "scope", "principal"}), frozenset({"reason"})),
     _OUTCOME: (frozenset({"request_id", "property", "scope", "requested", "value"}), frozenset({"reason", "message"})),
 }
-#: Type name -> (schema version, outcome status, shape) of the change events `scan` decodes itself.
+#: Type name -> (schema version, outcome status, shape, field count) of the change events `scan` decodes itself.
 _FAST = {
-    name: (cls.schema_version, cls.outcome.status, kind)
+    name: (cls.schema_version, cls.outcome.status, kind, len(attrs.fields(cls)))
     for name, cls in EVENT_TYPES.items()
     for kind, base in ((_REQUESTED, ChangeRequested), (_OUTCOME, ChangeOutcome))
     if issubclass(cls, base) and _shape(cls) == _SHAPES[kind]
@@ -122,15 +123,18 @@ def scan(rows: Sequence[Row]) -> list[Change | RecordedEvent]:
     """Return what each row of `SCAN_COLUMNS` holds: a `Change` for a current change event, else a `RecordedEvent`.
 
     It is `record` without building event objects for the events a log holds
-    most, for the rebuild: a row that does not fit exactly what the classes
-    accept goes through `record`, so it decodes as there or raises the same
-    error.  The records it makes have no hash.
+    most, for the rebuild: a row whose data is not exactly what the encoder
+    writes and the classes accept (every field present, of the right type)
+    goes through `record`, so it decodes as there or raises the same error.
+    The records it makes have no hash.
 
     Raises:
         StorageError: a row's data, metadata or time does not decode.
     """
     out: list[Change | RecordedEvent] = []
-    append, fast, times, last_meta = out.append, _FAST, _TIMES, _UNSEEN
+    append, fast, times, loads_ = out.append, _FAST, _TIMES, _fast_loads
+    last_meta = last_time = _UNSEEN
+    when: tuple[datetime, str] = (datetime.min, "")
     for row in rows:
         position, stream, version, type_, schema_version, data, metadata, recorded_at = row
         spec = fast.get(type_)
@@ -138,39 +142,39 @@ def scan(rows: Sequence[Row]) -> list[Change | RecordedEvent]:
             append(record((*row, "")))
             continue
         try:
-            d = _fast_loads(data)
-        except ValueError:
-            d = None
-        if d.__class__ is not dict:
+            d = loads_(data)
+            # Only text, integers and null are taken from the parse: JSON parsers agree on
+            # them (orjson reads integers beyond 64 bits as floats, which fall through).
+            # A missing field raises KeyError, an unhashable scope or reason TypeError.
+            if len(d) != spec[3]:
+                raise KeyError
+            request_id, prop, scope, reason = d["request_id"], d["property"], d["scope"], d["reason"]
+            if spec[2] is _REQUESTED:
+                requested, value, extra = d["value"], None, d["principal"]
+                valid = (scope in _SCOPES and extra.__class__ is str
+                         and (reason is None or reason.__class__ is str))
+            else:
+                requested, value, extra = d["requested"], d["value"], d["message"]
+                valid = (scope in _OUTCOME_SCOPES and (value is None or value.__class__ in _VALUE_TYPES)
+                         and (reason is None or reason in _REASONS) and (extra is None or extra.__class__ is str))
+            valid = (valid and request_id.__class__ is str and prop.__class__ is str
+                     and requested.__class__ in _VALUE_TYPES)
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
             append(record((*row, "")))
             continue
-        # Only text, integers and null are taken here: JSON parsers agree on them
-        # (orjson reads integers beyond 64 bits as floats, which fall through).
-        request_id, prop, scope, reason = d.get("request_id"), d.get("property"), d.get("scope"), d.get("reason")
-        if spec[2] is _REQUESTED:
-            requested, value, extra = d.get("value"), None, d.get("principal")
-            valid = (len(d) == 5 + ("reason" in d) and scope.__class__ is str and scope in _SCOPES
-                     and extra.__class__ is str and (reason is None or reason.__class__ is str))
-        else:
-            requested, value, extra = d.get("requested"), d.get("value"), d.get("message")
-            valid = (len(d) == 5 + ("reason" in d) + ("message" in d) and "value" in d
-                     and scope.__class__ is str and scope in _OUTCOME_SCOPES
-                     and (value is None or value.__class__ is int or value.__class__ is str)
-                     and (reason is None or (reason.__class__ is str and reason in _REASONS))
-                     and (extra is None or extra.__class__ is str))
-        if not (valid and request_id.__class__ is str and prop.__class__ is str
-                and (requested.__class__ is int or requested.__class__ is str)):
-            append(record((*row, "")))
-            continue
-        if metadata != last_meta:  # the events of one append share it
+        if metadata != last_meta:  # the events of one append share it, and its time
             _metadata(metadata)
             last_meta = metadata
-        when = times.get(recorded_at)
-        if when is None:
-            if len(times) >= 4096:
-                times.clear()
-            at = _time(recorded_at)
-            when = times[recorded_at] = (at, timestamp(at))
+        if recorded_at != last_time:
+            when = times.get(recorded_at)  # type: ignore[assignment]
+            if when is None:
+                if len(times) >= 4096:
+                    times.clear()
+                at = _time(recorded_at)
+                when = times[recorded_at] = (at, timestamp(at))
+            last_time = recorded_at
         append((position, stream, version, when[0], when[1], type_, spec[1], request_id, prop, scope,
                 requested, value, reason, extra))
     return out

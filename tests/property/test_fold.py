@@ -375,8 +375,7 @@ def _replayed(rows: list[tuple[Any, ...]], size: int, via_record: set[int]) -> t
                 request_id = folding.send(found)
             except StopIteration:
                 break
-            row = written.pop(request_id, None)
-            found = None if row is None else history_from_row(row)
+            found = written.pop(request_id, None)
         written.update((row[0], row) for row in replay.completed())
         states.append({u: w.state() for u, w in replay.domains.items()})
     tables: dict[str, list[tuple]] = {t: [] for t in TABLES}
