@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable, Generator, Sequence
 
 from eventstore.errors import ChainBrokenError, InvalidRequestError
 from eventstore.events import ChangeRequested, DomainDefined
-from eventstore.backends._common import CHUNK, SCAN_COLUMNS, scan
+from eventstore.backends._common import CHUNK, SCAN_COLUMNS
 from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from projections._replay import Replay
 from projections.model import TABLES, Model, history_from_row, state_from_json
@@ -159,17 +159,13 @@ class TableProjector:
         replay, last = Replay(), 0
         while last < head:
             rows = yield ("fetch_all", _READ_CHUNK, (last, head, self._chunk))
-            folding, found = replay.fold(scan(rows)), None
-            while True:
-                try:
-                    request_id = folding.send(found)
-                except StopIteration:
-                    break
+            request_id = replay.fold(rows)
+            while request_id is not None:
                 # A late outcome of a request already written: take its row back.
                 stored = yield ("fetch_all", _HISTORY_BY_ID, (request_id,))
-                found = tuple(stored[0]) if stored else None
                 if stored:
                     yield ("execute", "DELETE FROM history WHERE request_id = ?", (request_id,))
+                request_id = replay.resume(tuple(stored[0]) if stored else None)
             last = rows[-1][0] if rows else head
             done = replay.completed()
             if done:
