@@ -13,9 +13,10 @@ from typing import Any, AsyncIterator, Callable, Generator, Sequence
 
 from eventstore.codec import dumps
 from eventstore.errors import ChainBrokenError, InvalidRequestError
-from eventstore.events import ChangeOutcome, ChangeRequested, DomainDefined
-from eventstore.backends._common import CHUNK, COLUMNS, record
+from eventstore.events import ChangeRequested, DomainDefined
+from eventstore.backends._common import CHUNK, SCAN_COLUMNS
 from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
+from projections._replay import Replay
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
 __all__ = ["SCHEMA", "TableProjector", "DuplicateRequestError", "expected_rows", "table_rows", "compare",
@@ -72,7 +73,7 @@ def _marks(values: Sequence[Any]) -> str:
 
 
 _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
-_READ_CHUNK = f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
+_READ_CHUNK = f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
 _SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all', ?) "
                  "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
 
@@ -158,28 +159,23 @@ class TableProjector:
         for table in TABLES:
             yield ("execute", f"DELETE FROM {table}", ())
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
-        model, last = Model(), 0
+        replay, last = Replay(), 0
         while last < head:
             rows = yield ("fetch_all", _READ_CHUNK, (last, head, self._chunk))
-            for row in rows:
-                rec = record(row)
-                e = rec.event
-                if isinstance(e, ChangeOutcome) and e.request_id not in model.history:
-                    # A late outcome of a request already written: take its row back.
-                    found = yield ("fetch_all", _HISTORY_BY_ID, (e.request_id,))
-                    if found:
-                        model.history[e.request_id] = history_from_row(found[0])
-                        yield ("execute", "DELETE FROM history WHERE request_id = ?", (e.request_id,))
-                model.feed(rec)
+            request_id = replay.fold(rows)
+            while request_id is not None:
+                # A late outcome of a request already written: take its row back.
+                stored = yield ("fetch_all", _HISTORY_BY_ID, (request_id,))
+                if stored:
+                    yield ("execute", "DELETE FROM history WHERE request_id = ?", (request_id,))
+                request_id = replay.resume(tuple(stored[0]) if stored else None)
             last = rows[-1][0] if rows else head
-            done = [r for r, h in model.history.items() if h["completed_at"] is not None]
+            done = replay.completed()
             if done:
-                yield ("execute_many", _insert("history"), [model.history_row(r) for r in done])
-                for r in done:
-                    del model.history[r]
+                yield ("execute_many", _insert("history"), done)
             if progress is not None:
                 progress(last, head)
-        for table, part in model.all_rows().items():
+        for table, part in replay.rows():
             if part:
                 yield ("execute_many", _insert(table), part)
         yield ("execute", _SET_POSITION, (last,))

@@ -1,0 +1,133 @@
+"""The rebuild's decoding: `scan` reads every stored row as `record` does, with orjson or without.
+
+Rows start from encoded events of every type and are then broken the ways a
+stored row can be: fields dropped, added or given values of the wrong type
+(booleans, floats, integers beyond 64 bits, lone surrogates, lists), data
+that is no JSON object or no JSON at all, other schema versions and type
+names, and metadata or times that do not decode.  Whatever the row, `scan`
+must give what `record` gives, or raise the same error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from typing import Any, Callable
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from eventstore.backends import _common
+from eventstore.backends._common import as_change, record, scan
+from eventstore.codec import dumps, encode, loads
+from eventstore.events import EVENT_TYPES
+from eventstore.log import RecordedEvent
+from tests.strategies import events
+
+SETTINGS = settings(database=None, deadline=None, max_examples=300)
+META = dumps({"correlation_id": None, "principal": "p", "request_id": None})
+AT = "2026-01-31T12:00:00.000000+00:00"
+
+_hostile_text = st.one_of(st.text(max_size=8), st.sampled_from(("\ud800", "a\udcffb", "\x00", "\u2028")))
+_hostile_value = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(2**63, 2**70), st.integers(-2**70, -2**63),
+    st.floats(allow_nan=False, allow_infinity=False), _hostile_text,
+    st.sampled_from(("live", "persistent", "both", "current", "tray_locked", "requires_restart", "bogus")),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_ORJSON = importlib.util.find_spec("orjson") is not None
+#: The parsers `scan` may run on: json stands in for orjson where orjson is not installed.
+LOADERS = [
+    pytest.param("orjson", marks=pytest.mark.skipif(not _ORJSON, reason="orjson (the bench extra) is not installed")),
+    "json",
+]
+#: Texts that json reads and orjson does not, or reads otherwise.
+_ODD_JSON = ("NaN", "Infinity", "-Infinity", "1e400", '"\\ud800"', "18446744073709551616")
+
+
+@st.composite
+def _data(draw: Callable[[st.SearchStrategy[Any]], Any], fields: dict[str, Any]) -> str:
+    """Return the JSON text of `fields`, broken in one of the ways stored data can be, or not at all."""
+    how = draw(st.sampled_from(("as is", "value", "value", "drop", "add", "text", "odd")))
+    fields = dict(fields)
+    if how == "value" and fields:
+        fields[draw(st.sampled_from(sorted(fields)))] = draw(_hostile_value)
+    elif how == "drop" and fields:
+        del fields[draw(st.sampled_from(sorted(fields)))]
+    elif how == "add":
+        fields[draw(st.sampled_from(("extra", "reason", "message", "principal", "requested")))] = draw(_hostile_value)
+    elif how == "text":
+        return draw(st.sampled_from(("[]", "1", "null", '"x"', "{", "", "{}", "{\"a\":1,}")))
+    elif how == "odd" and fields:
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        key = draw(st.sampled_from(sorted(fields)))
+        return text.replace(json.dumps(fields[key]), draw(st.sampled_from(_ODD_JSON)), 1)
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@st.composite
+def rows(draw: Callable[[st.SearchStrategy[Any]], Any]) -> tuple[Any, ...]:
+    """Return a stored row (`SCAN_COLUMNS`) of any event, often broken."""
+    event = draw(events())
+    name, version, text = encode(event)
+    data = draw(_data(loads(text)))
+    name = draw(st.sampled_from((name, name, name, "NoSuchEvent", "MemoryChangeApplied", "VcpusChangeRequested")))
+    version = draw(st.sampled_from((version, version, version, 0, 2, True)))
+    metadata = draw(st.sampled_from((META, META, META, "{", "[]", '{"principal":1}', '{"who":"x"}')))
+    at = draw(st.sampled_from((AT, AT, AT, "2026-01-31T12:00:00", "yesterday", "2026-01-31T12:00:00+02:00")))
+    return (draw(st.integers(1, 2**63)), "stream", draw(st.integers(1, 9)), name, version, data, metadata, at)
+
+
+def _outcome(fn: Callable[[], Any]) -> tuple[Any, ...]:
+    """Return what `fn()` gives, typed, or the type and text of what it raises."""
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - the error itself is what is compared
+        return ("raised", type(e), str(e))
+    return ("gave", [(type(x), x) for x in result])
+
+
+def _typed(result: list[Any]) -> list[Any]:
+    """Return scanned items as `Change`s where they are changes, each field beside its type (True is not 1)."""
+    typed = []
+    for item in result:
+        change = as_change(item) if isinstance(item, RecordedEvent) else item
+        typed.append(item if change is None else [(type(f), f) for f in change])
+    return typed
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@SETTINGS
+@given(row=rows())
+@example(row=(1, "s", 1, "MemoryChangeRequested", 1, '{"principal":"p","property":"memory","request_id":"r",'
+              '"scope":"both","value":18446744073709551616}', META, AT))
+@example(row=(1, "s", 1, "MemoryChangeApplied", 1, '{"property":"memory","request_id":"r","requested":1,'
+              '"scope":"live","value":true}', META, AT))
+@example(row=(1, "s", 1, "MediaChangeRefused", 1, '{"message":"\\ud800","property":"media:hdc","reason":null,'
+              '"request_id":"r","requested":"","scope":"live","value":null}', META, AT))
+@example(row=(1, "s", 1, "VcpusChangeFailed", 1, '{"property":"vcpus","request_id":"r","requested":1,'
+              '"scope":"both","value":null}', META, AT))
+@example(row=(1, "s", 1, "VcpusChangeFailed", 1, '{"property":"vcpus","reason":"bogus","request_id":"r",'
+              '"requested":1,"scope":"live","value":null}', META, AT))
+@example(row=(1, "s", 1, "VcpusChangeRequested", 1, '{"principal":"p","property":"vcpus","request_id":"r",'
+              '"scope":"live","value":2,"who":"x"}', META, AT))
+def test_scan_reads_each_row_as_record_does(loader: str, row: tuple[Any, ...]) -> None:
+    """A stored row, well formed or broken, scans to what `record` makes of it, or to the same error."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_common, "_fast_loads", __import__(loader).loads)
+        scanned = _outcome(lambda: _typed(scan([row])))
+    assert scanned == _outcome(lambda: _typed([record((*row, ""))]))
+
+
+@SETTINGS
+@given(st.lists(rows(), min_size=2, max_size=6))
+def test_scan_of_many_rows_raises_at_the_first_that_does_not_decode(batch: list[tuple[Any, ...]]) -> None:
+    """Scanning rows together gives each row's result, or the error of the first row that does not decode."""
+    assert _outcome(lambda: _typed(scan(batch))) == _outcome(lambda: _typed([record((*row, "")) for row in batch]))
+
+
+def test_every_change_event_is_scanned_without_record() -> None:
+    """Every change event type of the catalogue is decoded by `scan` itself, none left to `record` (a guard on their fields)."""
+    changes = {name for name, cls in EVENT_TYPES.items() if "Change" in name}
+    assert set(_common._FAST) == changes
