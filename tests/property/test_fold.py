@@ -470,7 +470,8 @@ def any_logs(draw: Draw, max_events: int = 40) -> list[RecordedEvent]:
             event = draw(st.sampled_from((DomainStopped(), DomainUndefined())))
         else:
             event = draw(st.one_of(
-                well_formed_value(prop).map(lambda v: LiveValueObserved(property=prop, value=v)),
+                well_formed_value(prop).map(lambda v: LiveValueObserved(property=prop, value=v, previous=None)),
+                well_formed_value(prop).map(lambda v: PersistentValueObserved(property=prop, value=v, previous=None)),
                 observed_capability_pairs().map(lambda c: GuestCapabilitiesObserved(capabilities=c)),
                 st.sampled_from((MediaTrayLocked(device="hdc"), MediaTrayUnlocked(device="hdc"))),
             ))
