@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Callable, Generator, Sequence
 from eventstore.codec import dumps
 from eventstore.errors import ChainBrokenError, InvalidRequestError
 from eventstore.events import ChangeRequested, DomainDefined
+from eventstore.state import DomainState
 from eventstore.backends._common import CHUNK, SCAN_COLUMNS
 from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from projections._replay import Replay
@@ -72,6 +73,32 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
+def _upsert(table: str) -> str:
+    cols, key = TABLES[table]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in cols[key:])
+    return f"{_insert(table)} ON CONFLICT ({', '.join(cols[:key])}) DO UPDATE SET {updates}"
+
+
+def _delete(table: str) -> str:
+    cols, key = TABLES[table]
+    return f"DELETE FROM {table} WHERE {' AND '.join(f'{c} = ?' for c in cols[:key])}"
+
+
+def _diff(table: str, old: Sequence[tuple], new: Sequence[tuple],
+          gone: dict[str, list[tuple]], changed: dict[str, list[tuple]]) -> None:
+    """Add to `gone` the keys of `old` rows that `new` lacks, and to `changed` the `new` rows not in `old`."""
+    key = TABLES[table][1]
+    was = {row[:key]: row for row in old}
+    for row in new:
+        if was.pop(row[:key], None) != row:
+            changed[table].append(row)
+    gone[table].extend(was)
+
+
+_UPSERT = {table: _upsert(table) for table in TABLES}
+_DELETE = {table: _delete(table) for table in TABLES}
+#: Domains whose parsed state a projector keeps: a fleet's busy domains, in bounded memory.
+_CACHED_STATES = 4096
 _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
 _READ_CHUNK = f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
 _SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all', ?) "
@@ -91,6 +118,8 @@ class TableProjector:
 
     def __init__(self, *, chunk: int = CHUNK) -> None:
         self._chunk = chunk  # events per read of the rebuild
+        #: Domain uuid -> (state, rows) of the snapshot this projector wrote or read last, newest last.
+        self._states: dict[str, tuple[DomainState, dict[str, list[tuple]]]] = {}
 
     async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
         """Fold `records` into the rows of the domains and requests they touch.
@@ -112,16 +141,18 @@ class TableProjector:
     def _steps(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
         model = Model()
         streams = sorted({r.stream for r in records})
-        found = yield ("fetch_all", f"SELECT state FROM domains WHERE uuid IN ({_marks(streams)})", streams)
-        for (text,) in found:
-            state = state_from_json(text)
-            model.states[state.uuid] = state
+        found = yield ("fetch_all", f"SELECT uuid, state FROM domains WHERE uuid IN ({_marks(streams)})", streams)
+        before: dict[str, dict[str, list[tuple]]] = {}
+        for uuid, text in found:
+            model.states[uuid], before[uuid] = self._parsed(uuid, text)
         wanted = sorted({r.event.request_id for r in records if hasattr(r.event, "request_id")})
+        stored_history: dict[str, tuple] = {}
         if wanted:
             found = yield ("fetch_all", _select("history").replace(
                 " ORDER BY", f" WHERE request_id IN ({_marks(wanted)}) ORDER BY"), wanted)
             for row in found:
                 model.history[row[0]] = history_from_row(row)
+                stored_history[row[0]] = tuple(row)
         for rec in records:
             e = rec.event
             if isinstance(e, ChangeRequested) and e.request_id in model.history:
@@ -131,21 +162,47 @@ class TableProjector:
                 if taken:
                     raise InvalidRequestError(f"domain {e.domain!r} is already defined")
             model.feed(rec)
-        yield ("execute_all", tuple(f"DELETE FROM {table} WHERE {'uuid' if table == 'domains' else 'domain'} "
-                                    f"IN ({_marks(streams)})" for table in ("domains", "persistent", "live", "drift")),
-               streams)
-        rows: dict[str, list[tuple]] = defaultdict(list)
+        # Only the rows that changed are written: an append touches a few of a domain's rows.
+        gone: dict[str, list[tuple]] = defaultdict(list)
+        changed: dict[str, list[tuple]] = defaultdict(list)
         for uuid in streams:
-            for table, part in model.domain_rows(uuid).items():
-                rows[table].extend(part)
-        touched = [r for r in wanted if r in model.history]
-        if touched:
-            yield ("execute", f"DELETE FROM history WHERE request_id IN ({_marks(touched)})", touched)
-        rows["history"] = [model.history_row(r) for r in touched]
-        for table, part in rows.items():
+            rows = model.domain_rows(uuid)
+            self._remember(uuid, model.states[uuid], rows)
+            for table, part in rows.items():
+                _diff(table, before.get(uuid, {}).get(table, ()), part, gone, changed)
+        _diff("history", [stored_history[r] for r in wanted if r in stored_history],
+              [model.history_row(r) for r in wanted if r in model.history], gone, changed)
+        # Undefined domains first: a name is unique among defined ones at every row written.
+        changed["domains"].sort(key=lambda row: row[3])
+        for table, keys in gone.items():
+            if keys:
+                yield ("execute_many", _DELETE[table], keys)
+        for table, part in changed.items():
             if part:
-                yield ("execute_many", _insert(table), part)
+                yield ("execute_many", _UPSERT[table], part)
         yield ("execute", _SET_POSITION, (records[-1].position,))
+
+    def _parsed(self, uuid: str, text: str) -> tuple[DomainState, dict[str, list[tuple]]]:
+        """Return the state a stored snapshot holds and the rows it stands for, from the cache if it holds `text`."""
+        hit = self._states.get(uuid)
+        if hit is not None and hit[1]["domains"][0][-1] == text:
+            return hit
+        state = state_from_json(text)
+        rows = Model(states={uuid: state}).domain_rows(uuid)
+        # The stored text, whichever version of vmledger wrote it, is what the row holds.
+        rows["domains"] = [rows["domains"][0][:-1] + (text,)]
+        return state, rows
+
+    def _remember(self, uuid: str, state: DomainState, rows: dict[str, list[tuple]]) -> None:
+        """Keep a domain's newest state and rows; the oldest entry goes past `_CACHED_STATES`.
+
+        An entry is used only while the stored snapshot text equals its own,
+        so a write by another process, or one rolled back, costs a parse, never a wrong row.
+        """
+        self._states.pop(uuid, None)
+        self._states[uuid] = (state, rows)
+        if len(self._states) > _CACHED_STATES:
+            del self._states[next(iter(self._states))]
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> Generator[Step, Any, int]:
         """Yield the statements that replace every projection row with a fold of the whole log.

@@ -18,7 +18,7 @@ from eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveV
 from eventstore.log import GENESIS_HASH, Metadata, chain_hash
 from eventstore.catalogue import Outcome
 from eventstore.events import change_event
-from projections.store import TableProjector, table_rows
+from projections.store import DuplicateRequestError, TableProjector, table_rows
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}
@@ -135,6 +135,38 @@ def test_rebuild_in_small_chunks_writes_the_rows_the_appends_wrote(store: Store)
 
     incremental, rebuilt = run(go())
     assert (rebuilt, len(incremental["history"])) == ({**incremental, "position": 25}, 8)
+
+
+def test_two_logs_taking_turns_on_one_stream_write_the_rows_a_rebuild_writes(store: Store) -> None:
+    """Each log remembers the domain states it wrote: the other's writes and a refused append make it read again."""
+    def change(outcome: Outcome, request_id: str, **fields: Any) -> Any:
+        return change_event("memory", outcome)(request_id=request_id, property="memory", **fields)
+
+    async def go() -> tuple[dict, dict]:
+        async with store() as first, store() as second:
+            await first.append("a", 0, [_defined("a"), DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            version = 2
+            for i in range(6):
+                asks, answers = (first, second) if i % 2 else (second, first)
+                rid, size = f"r{i}", 2**29 + i
+                await asks.append("a", version, [change(Outcome.REQUESTED, rid, value=size, scope="both",
+                                                        principal="p")], Metadata(), now=T0 + timedelta(i))
+                with pytest.raises(DuplicateRequestError):  # rolled back after the projector folded it
+                    await answers.append("a", version + 1, [change(Outcome.REQUESTED, rid, value=size,
+                                                                   scope="both", principal="p")],
+                                         Metadata(), now=T0)
+                await answers.append("a", version + 1, [
+                    change(Outcome.APPLIED, rid, scope="persistent", requested=size, value=size),
+                    change(Outcome.PARTIALLY_APPLIED, rid, scope="live", requested=size, value=size - i),
+                ], Metadata(), now=T0 + timedelta(i, 1))
+                version += 3
+            incremental = await table_rows(first.fetch_all)
+            await second.rebuild()
+            return incremental, await table_rows(first.fetch_all)
+
+    incremental, rebuilt = run(go())
+    assert incremental == rebuilt
+    assert len(incremental["history"]) == 6 and len(incremental["drift"]) == 1
 
 
 def test_expected_version_conflict_writes_nothing(store: Store) -> None:

@@ -40,6 +40,7 @@ class _HoldingProjector(TableProjector):
     """A projector that keeps the append's transaction open for a while when it touches one stream."""
 
     def __init__(self, stream: str, seconds: float) -> None:
+        super().__init__()
         self.stream = stream
         self.seconds = seconds
         self.holding = asyncio.Event()
