@@ -306,18 +306,24 @@ class SQLiteEventLog(LogReads):
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Append]) -> list[list[RecordedEvent] | Exception]:
         """Write a batch of appends, each refused or written whole (in the writer thread)."""
-        return [self._append_one(conn, a) for a in batch]
+        # The transaction holds the write lock: the log's end moves only with this batch's appends.
+        last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone() or (0, None)
+        outcomes: list[list[RecordedEvent] | Exception] = []
+        for a in batch:
+            outcomes.append(outcome := self._append_one(conn, a, last))
+            if not isinstance(outcome, Exception):
+                last = (outcome[-1].position, outcome[-1].hash)
+        return outcomes
 
-    def _append_one(self, conn: sqlite3.Connection, a: _Append) -> list[RecordedEvent] | Exception:
-        """Write one append inside the batch's transaction, undone alone if it is refused."""
+    def _append_one(self, conn: sqlite3.Connection, a: _Append,
+                    last: tuple[int, str | None]) -> list[RecordedEvent] | Exception:
+        """Write one append after `last` (position, hash) inside the batch's transaction, undone alone if refused."""
         conn.execute("SAVEPOINT append")
         try:
             actual = conn.execute("SELECT max(version) FROM events WHERE stream = ?", (a.stream,)).fetchone()[0] or 0
             if actual != a.expected:
                 raise ConcurrencyError(a.stream, a.expected, actual)
-            last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
-            position, prev = (last[0], last[1]) if last else (0, None)
-            rows, records = chained_rows(a.stream, a.expected, a.events, a.metadata, a.now, position, prev)
+            rows, records = chained_rows(a.stream, a.expected, a.events, a.metadata, a.now, *last)
             conn.executemany(_INSERT, rows)
             self._projector.project_sync(_SyncTx(conn), records)
         except (VmledgerError, ValueError, TypeError) as e:
