@@ -7,7 +7,7 @@ import contextlib
 import logging
 import weakref
 from datetime import datetime, timedelta
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar, cast
 
 from adapters.port import Hypervisor
 from eventstore.catalogue import (
@@ -51,7 +51,7 @@ from eventstore.events import DomainDefined, DomainStarted, Event, GuestCapabili
 from eventstore.hypervisor import DomainSpec, LiveResult, Value
 from eventstore import transfer
 from eventstore.log import Metadata, RecordedEvent
-from eventstore.state import DomainState
+from eventstore.state import DomainState, apply
 from projections import queries
 from projections.model import Model, state_from_json
 from projections.store import DuplicateRequestError, compare, digest, rows_by_domain, table_rows
@@ -60,6 +60,9 @@ from vmledger._checkpoint import Checkpoint
 __all__ = ["Ledger"]
 
 _RETRIES = 20
+#: Domain states remembered for the next decision, at most (the oldest is forgotten first).
+_KNOWN_STATES = 4096
+D = TypeVar("D")
 _IMPORT_CHUNK = 2000
 SYSTEM_PRINCIPAL = "vmledger"
 _log = logging.getLogger("vmledger")
@@ -84,6 +87,8 @@ class Ledger:
         self._timeout = hypervisor_timeout
         # Weak: a lock lives while a task holds or awaits it, so names asked for once do not pile up.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        #: Domain name -> the state this process's last append to it made, oldest first.
+        self._known: dict[str, DomainState] = {}
 
     # Helpers.
 
@@ -92,15 +97,47 @@ class Ledger:
 
     async def _append(self, state: DomainState, events: list[Event] | tuple[Event, ...],
                       meta: Metadata) -> list[RecordedEvent]:
-        return await self.log.append(state.uuid, state.version, events, meta, now=self._clock())
+        """Append at `state`'s version, and remember the state the events make for the next decision."""
+        try:
+            recorded = await self.log.append(state.uuid, state.version, events, meta, now=self._clock())
+        except BaseException:
+            self._known.pop(state.name, None)
+            raise
+        for rec in recorded:
+            state = apply(state, rec)
+        self._known.pop(state.name, None)
+        if state.defined:
+            self._known[state.name] = state
+            if len(self._known) > _KNOWN_STATES:
+                del self._known[next(iter(self._known))]
+        return recorded
+
+    async def _decide(self, name: str, read: Callable[[str], Awaitable[DomainState | None]],
+                      decide: Callable[[DomainState | None], D]) -> tuple[DomainState | None, D]:
+        """Return a domain's state and what `decide` makes of it, for an append at that state's version.
+
+        The state this process's last append made is used unread when
+        `decide` makes something of it (events, or a `Decision`).  Another
+        process may have appended since: the append's version check then
+        refuses it, and the caller decides again on a fresh read.  A decision
+        that raises, or finds nothing to write, on a remembered state is made
+        again on a fresh one, since a stale state must never stop a write.
+        """
+        known = self._known.pop(name, None)
+        if known is not None:
+            with contextlib.suppress(VmledgerError):
+                if made := decide(known):
+                    self._known[name] = known
+                    return known, made
+        state = await read(name)
+        return state, decide(state)
 
     async def _retrying(self, name: str, decide: Callable[[DomainState], list[Event] | tuple[Event, ...]],
                         meta: Metadata) -> list[RecordedEvent]:
-        """Decide on fresh state and append; on a version conflict decide again."""
+        """Decide and append; on a version conflict decide again on a fresh read."""
         for _ in range(_RETRIES):
             async with self._serial(name):
-                state = await self._state(name)
-                events = decide(state)
+                state, events = await self._decide(name, self._state, decide)
                 if not events:
                     return []
                 try:
@@ -392,10 +429,10 @@ class Ledger:
             if request_id is not None and (seen := await self._seen(request)) is not None:
                 return seen
             async with self._serial(name):
-                state = await self._find_for_request(request)
-                decision = decide_set(request, state)
+                state, decision = await self._decide(name, self._find_for_request,
+                                                     lambda s: decide_set(request, s))
                 try:
-                    await self._append(state, decision.events, meta)
+                    await self._append(cast(DomainState, state), decision.events, meta)
                     break
                 except ConcurrencyError as e:
                     conflict = e
@@ -419,10 +456,9 @@ class Ledger:
                 name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (), meta)
         return await self.request(request.request_id)
 
-    async def _find_for_request(self, request: SetRequest) -> DomainState | None:
-        check_name(request.domain)
-        rows = await self.log.fetch_all(
-            "SELECT state FROM domains WHERE name = ? AND defined = 1", (request.domain,))
+    async def _find_for_request(self, name: str) -> DomainState | None:
+        check_name(name)
+        rows = await self.log.fetch_all("SELECT state FROM domains WHERE name = ? AND defined = 1", (name,))
         return state_from_json(rows[0][0]) if rows else None
 
     async def _seen(self, request: SetRequest) -> dict[str, Any] | None:
