@@ -132,3 +132,32 @@ def test_a_file_locked_past_the_busy_timeout_is_a_clear_error(tmp_path: Any) -> 
         assert asyncio.run(go(holder)) == (
             "locked\n", "the database stayed locked by another writer past the busy timeout (database is locked)",
             True, 2, "applied")
+
+
+def test_a_ledger_decides_on_what_another_wrote_since_its_own_last_append(tmp_path: Any) -> None:
+    """Two ledgers on one file take turns: each set is decided on the log as it is, not as its ledger last left it."""
+    db = str(tmp_path / "shared.db")
+    spec = dict(guest_type="pv", memory=2**30, max_memory=2**32, vcpus=1, max_vcpus=4)
+
+    async def go() -> tuple:
+        async with vmledger.open(db) as a, vmledger.open(db) as b:
+            await a.define("web", **spec)
+            await a.set("web", "memory", 2**31, scope="persistent")
+            await b.set("web", "memory", 2**30, scope="persistent")
+            # `a` last saw 2 GiB: asking for it again must change the config, not find it done.
+            again = await a.set("web", "memory", 2**31, scope="persistent")
+            memory = _persistent(await b.show("web"))["memory"]
+            # `b` replaces the domain by one with a CD-ROM drive, which `a` has never seen.
+            await b.undefine("web")
+            await b.define("web", **spec, cdroms={"hdc": ""})
+            media = await a.set("web", "media:hdc", "/iso/a.iso", scope="persistent")
+            with pytest.raises(vmledger.UnknownPropertyError):
+                await b.set("web", "media:hdd", "/iso/a.iso", scope="persistent")
+            return (again["outcomes"]["persistent"]["status"], memory, media["outcomes"]["persistent"]["status"],
+                    _persistent(await b.show("web"))["media:hdc"], await b.verify() > 0)
+
+    assert asyncio.run(go()) == ("applied", 2**31, "applied", "/iso/a.iso", True)
+
+
+def _persistent(shown: dict[str, Any]) -> dict[str, Any]:
+    return {p["property"]: p["persistent"] for p in shown["properties"]}
