@@ -30,9 +30,13 @@ UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+# One encoder for every call: `json.dumps` with options builds a new one each time.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(obj: Any) -> str:
     """Return the canonical JSON text of `obj` (sorted keys, no spaces, UTF-8 kept)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODE(obj)
 
 
 def loads(text: str) -> Any:
