@@ -21,8 +21,9 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    per append) rather than through `set`, timed in a child process whose peak
    RSS is the figure shown;
 4. `open`, `drift`, `show NAME` and `get NAME memory` on one fleet of
-   `--read-domains` domains whose log holds `--small-events` events, then
-   grown to `--events`: their cost must not grow with the log;
+   `--read-domains` domains whose log holds `--small-events` events, and on a
+   copy of it grown to `--events`, the two measured call for call in turn:
+   their cost must not grow with the log;
 5. the peer, in the same run: the eventsourcing library on SQLite, one event
    per `save` over 1,000 aggregates, and its replay of `--events` events
    through its mapper; and raw sqlite3 as the limit: one event per durable
@@ -41,10 +42,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import resource
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -351,22 +354,29 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
 
 
 async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str, float]) -> None:
-    """Benchmark 4: one fleet of `--read-domains` domains, measured at `--small-events`, then grown to `--events`."""
+    """Benchmark 4: one fleet of `--read-domains` domains, its log at `--small-events` and a copy grown to `--events`.
+
+    The two logs are measured side by side, call for call, so that a slow
+    spell of a shared machine weighs on both alike.
+    """
     domains = min(args.read_domains, max(1, args.small_events // 10))
     have = [0] * domains
     with tempfile.TemporaryDirectory(prefix="vmledger-bench-") as tmp:
-        path = os.path.join(tmp, "reads.db")
-        for label, total in (("small", args.small_events), ("big", args.events)):
+        small, big = os.path.join(tmp, "small.db"), os.path.join(tmp, "big.db")
+        for path, total in ((small, args.small_events), (big, args.events)):
+            if path == big:
+                shutil.copyfile(small, big)
             async with vmledger.open(path) as ledger:
-                progress(f"growing the read log to {total:,} events over {domains:,} domains")
+                progress(f"growing a read log to {total:,} events over {domains:,} domains")
                 await build_log(ledger, total, domains, args.batch, have)
-            progress(f"open, drift, show, get at {total:,} events")
-            for key, value in (await read_costs(path, args.read_calls)).items():
+        progress(f"open, drift, show, get at {args.small_events:,} and {args.events:,} events, in turn")
+        for label, costs in zip(("small", "big"), await read_costs([small, big], args.read_calls)):
+            for key, value in costs.items():
                 results[f"{label}_{key}"] = value
     for key in ("open", "drift", "show", "get"):
         table.note(f"{key}: {domains:,} domains, {args.events:,} events", f"{results['big_' + key] * 1000:.2f}",
                    "ms", f"at {args.small_events:,} events {results['small_' + key] * 1000:.2f} ms; "
-                   f"median of {args.read_calls} calls")
+                   f"median of {args.read_calls} calls, the two logs in turn")
 
 
 async def child_rebuild(path: str, repeat: int) -> None:
@@ -516,23 +526,26 @@ async def bench_peer(args: argparse.Namespace, table: Table, results: dict[str, 
 # -- 4: reads whose cost must not grow with the log -----------------------------------
 
 
-async def read_costs(path: str, calls: int) -> dict[str, float]:
-    """Return the median seconds of open, drift, show and get on the ledger at `path`."""
-    times: dict[str, list[float]] = {"open": [], "drift": [], "show": [], "get": []}
-    async with vmledger.open(path) as ledger:
-        name = (await ledger.domains())[0]["domain"]
+async def read_costs(paths: list[str], calls: int) -> list[dict[str, float]]:
+    """Return, for each ledger in `paths`, the median seconds of open, drift, show and get, each call made on all in turn."""
+    times: list[dict[str, list[float]]] = [{"open": [], "drift": [], "show": [], "get": []} for _ in paths]
+    async with contextlib.AsyncExitStack() as stack:
+        ledgers = [await stack.enter_async_context(vmledger.open(path)) for path in paths]
+        names = [(await ledger.domains())[0]["domain"] for ledger in ledgers]
         for _ in range(calls):
-            for key, call in (("drift", ledger.drift), ("show", lambda: ledger.show(name)),
-                              ("get", lambda: ledger.get(name, "memory"))):
-                start = time.perf_counter()
-                await call()
-                times[key].append(time.perf_counter() - start)
+            for ledger, name, own in zip(ledgers, names, times):
+                for key, call in (("drift", ledger.drift), ("show", lambda: ledger.show(name)),
+                                  ("get", lambda: ledger.get(name, "memory"))):
+                    start = time.perf_counter()
+                    await call()
+                    own[key].append(time.perf_counter() - start)
     for _ in range(max(calls // 10, 3)):
-        start = time.perf_counter()
-        async with vmledger.open(path) as ledger:
-            await ledger.log.head()
-        times["open"].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+        for path, own in zip(paths, times):
+            start = time.perf_counter()
+            async with vmledger.open(path) as ledger:
+                await ledger.log.head()
+            own["open"].append(time.perf_counter() - start)
+    return [{k: statistics.median(v) for k, v in own.items()} for own in times]
 
 
 # -- the targets ------------------------------------------------------------------------
