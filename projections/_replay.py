@@ -16,21 +16,15 @@ from __future__ import annotations
 import contextlib
 import gc
 from datetime import datetime, timezone
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
-from typing import Any, Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 from eventstore.backends._common import Change, as_change, scan
 from eventstore.catalogue import Cause, Outcome, Reason, Scope
 from eventstore.codec import dumps, loads
+from eventstore.codec import dumps_plain as _dumps, dumps_value as _json, plain as _plain
 from eventstore.log import RecordedEvent, timestamp
 from eventstore.state import DomainState, Mark, Pending, Slot, apply
 from projections.model import TABLES
-
-try:  # orjson (the `bench` extra) writes JSON faster, and the same text: see `_dumps`.
-    from orjson import OPT_SORT_KEYS
-    from orjson import dumps as _orjson_dumps
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson_dumps = None
 
 __all__ = ["Replay"]
 
@@ -46,8 +40,6 @@ _C_IN_FLIGHT, _C_REQUIRES_RESTART, _C_LIVE_ONLY, _C_PARTIAL, _C_REFUSED, _C_FAIL
 _C_EXTERNAL = Cause.EXTERNAL.value
 # The time `DomainState.drifting` gives a drift with no mark.
 _NEVER = timestamp(datetime.min.replace(tzinfo=timezone.utc))
-# The values orjson writes as `codec.dumps` does (with the limits `_dumps` catches).
-_PLAIN = frozenset((str, int, bool, type(None)))
 # The columns of a history row that a record holds as objects, not JSON.
 _OUTCOMES, _COMPLETED_AT = TABLES["history"][0].index("outcomes"), TABLES["history"][0].index("completed_at")
 # Domains turned into rows per batch at the end: bounds the rows held at once.
@@ -310,39 +302,6 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def _dumps(obj: Any) -> str:
-    """Return `codec.dumps(obj)` for an object holding no float, through orjson when it is installed.
-
-    For text, integers within 64 bits, booleans, null, and lists and dicts
-    of them with text keys, orjson with sorted keys writes the very text of
-    `codec.dumps`; it refuses other integers and lone surrogates, which take
-    `dumps`.  It writes floats differently (`1e16`, not `1e+16`), so callers
-    keep them away: history outcomes hold only what the event classes admit
-    (integers and text), and a snapshot is checked first.
-    """
-    if _orjson_dumps is not None:
-        try:
-            return _orjson_dumps(obj, option=OPT_SORT_KEYS).decode()
-        except TypeError:
-            pass
-    return dumps(obj)
-
-
-def _plain(values: Iterable[Any]) -> bool:
-    """Tell whether `_dumps` may write every one of `values` (a config value may be a float, or hold one)."""
-    return all(v.__class__ in _PLAIN for v in values)
-
-
-def _json(value: Any) -> str:
-    """Return `codec.dumps(value)`, quicker for text and integers (written as `json` writes them)."""
-    kind = value.__class__
-    if kind is str:
-        return encode_basestring(value)
-    if kind is int:
-        return int.__repr__(value)
-    return dumps(value)
 
 
 def _history_row(r: list[Any]) -> tuple:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import attrs
 
 from eventstore.catalogue import Outcome
-from eventstore.codec import dumps, loads
+from eventstore.codec import dumps, dumps_plain, dumps_value, loads, plain
 from eventstore.events import ChangeOutcome, ChangeRequested
 from eventstore.log import RecordedEvent, timestamp
 from eventstore.state import DomainState, Mark, Pending, Slot, apply, concerns_live, concerns_persistent
@@ -41,7 +41,7 @@ def state_to_json(state: DomainState) -> str:
     def slots(m: Any) -> dict:
         return {k: [s.value, s.position, s.request_id] for k, s in m.items()}
 
-    return dumps({
+    snapshot = {
         "uuid": state.uuid, "name": state.name, "guest_type": state.guest_type,
         "defined": state.defined, "running": state.running,
         "version": state.version, "position": state.position,
@@ -51,7 +51,11 @@ def state_to_json(state: DomainState) -> str:
         "locked_trays": sorted(state.locked_trays),
         "pending": {k: [p.property, p.requested, p.position, _iso(p.at), sorted(p.awaiting), p.persistent_status]
                     for k, p in state.pending.items()},
-    })
+    }
+    if (plain(s.value for s in state.persistent.values()) and plain(s.value for s in state.live.values())
+            and plain(state.capabilities.values()) and plain(p.requested for p in state.pending.values())):
+        return dumps_plain(snapshot)
+    return dumps(snapshot)
 
 
 def state_from_json(text: str) -> DomainState:
@@ -130,11 +134,11 @@ class Model:
         rows: dict[str, list[tuple]] = {
             "domains": [(s.uuid, s.name, s.guest_type, int(s.defined), int(s.running),
                          s.version, s.position, state_to_json(s))],
-            "persistent": [(uuid, k, dumps(v.value), v.position, v.request_id)
+            "persistent": [(uuid, k, dumps_value(v.value), v.position, v.request_id)
                            for k, v in sorted(s.persistent.items())],
-            "live": [(uuid, k, dumps(v.value), v.position, v.request_id)
+            "live": [(uuid, k, dumps_value(v.value), v.position, v.request_id)
                      for k, v in sorted(s.live.items())] if s.running else [],
-            "drift": [(uuid, prop, dumps(p.value), dumps(l.value), m.cause, m.request_id,
+            "drift": [(uuid, prop, dumps_value(p.value), dumps_value(l.value), m.cause, m.request_id,
                        m.position, _iso(m.at)) for prop, p, l, m in s.drifting()],
         }
         return rows
@@ -142,9 +146,10 @@ class Model:
     def history_row(self, request_id: str) -> tuple:
         """Return the history row of one request."""
         r = self.history[request_id]
-        return (r["request_id"], r["domain"], r["domain_name"], r["property"], dumps(r["requested"]),
+        # Outcomes hold only what the event classes admit: text, integers, null.
+        return (r["request_id"], r["domain"], r["domain_name"], r["property"], dumps_value(r["requested"]),
                 r["scope"], r["principal"], r["reason"], r["requested_at"], r["position"],
-                dumps(r["outcomes"]), r["completed_at"])
+                dumps_plain(r["outcomes"]), r["completed_at"])
 
     def all_rows(self) -> dict[str, list[tuple]]:
         """Return every row of every projection table, sorted by key."""

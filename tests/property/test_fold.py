@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from eventstore.backends._common import record, scan
 from eventstore.catalogue import Cause, GuestType, Outcome, Reason
-from eventstore.codec import dumps, encode
+from eventstore.codec import dumps, dumps_plain, dumps_value, encode
 from eventstore.decisions import (
     SetRequest,
     decide_live,
@@ -47,7 +47,7 @@ from eventstore.events import (
 from eventstore.hypervisor import LiveResult, Observation
 from eventstore.log import Metadata, RecordedEvent, timestamp
 from eventstore.state import DomainState, Slot, apply
-from projections._replay import Replay, _Domain, _dumps, _json
+from projections._replay import Replay, _Domain
 from projections.model import TABLES, Model, history_from_row, state_from_json, state_to_json
 from tests.strategies import (
     DEVICES,
@@ -555,6 +555,6 @@ _JSON_VALUES = st.recursive(
 
 @SETTINGS
 @given(_JSON_VALUES)
-def test_rebuild_json_is_codec_json(value: Any) -> None:
-    """The rebuild's JSON writers (orjson where installed) write any value but floats as `codec.dumps` does."""
-    assert (_dumps(value), _json(value)) == (dumps(value), dumps(value))
+def test_fast_json_is_codec_json(value: Any) -> None:
+    """The projections' quick JSON writers (orjson where installed) write any value but floats as `codec.dumps` does."""
+    assert (dumps_plain(value), dumps_value(value)) == (dumps(value), dumps(value))
