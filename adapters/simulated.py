@@ -15,7 +15,8 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Callable
+import uuid
+from typing import IO, Any, Callable
 
 from eventstore.catalogue import (
     CATALOGUE,
@@ -77,6 +78,8 @@ class SimulatedHypervisor:
         self._initial_free = host_free
         self._queue: list[tuple[Callable[[State], Any], bool, asyncio.Future[Any]]] = []
         self._worker: asyncio.Task[None] | None = None
+        #: (stamp, state) of the file as this adapter last read or wrote it: see `_stamp`.
+        self._cache: tuple[tuple, State] | None = None
 
     @classmethod
     def for_database(
@@ -387,10 +390,14 @@ class SimulatedHypervisor:
         # Every change checks before it mutates, so one that raises leaves the
         # state as it found it, and its neighbours' changes are saved alone.
         # The lock file, not the state file, is locked: os.replace swaps the latter.
+        # The state parsed last time is used again while the file is as this
+        # adapter left it; it is dropped whenever a call or a save fails.
         try:
-            with open(self.lock_path, "a") as lock:
+            with open(self.lock_path, "a+", encoding="utf-8") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                state, answers, changed = self._load(), [], False
+                stamp, (cached, self._cache) = self._stamp(lock), (self._cache, None)
+                state = cached[1] if cached is not None and cached[0] == stamp else self._load()
+                answers, changed = [], False
                 for fn, write in calls:
                     try:
                         answers.append((True, fn(state)))
@@ -398,7 +405,8 @@ class SimulatedHypervisor:
                     except VmledgerError as e:
                         answers.append((False, e))
                 if changed:
-                    self._save(state)
+                    stamp = self._save(state, lock)
+                self._cache = (stamp, state)
                 return answers
         except OSError as e:
             raise HypervisorError(
@@ -413,7 +421,29 @@ class SimulatedHypervisor:
         except ValueError as e:
             raise HypervisorError(f"simulator state {self.state_path} is damaged: {e}") from e
 
-    def _save(self, state: State) -> None:
+    def _stamp(self, lock: IO[str]) -> tuple:
+        """Return what tells one version of the state file from another (called under the lock).
+
+        That is the token the last save wrote into the lock file, and the
+        file's inode, modification time and size: the token tells saves
+        apart where the file system reuses an inode within one tick of its
+        clock, and the file's own marks catch an edit by hand.
+        """
+        lock.seek(0)
+        token = lock.read()
+        try:
+            st = os.stat(self.state_path)
+        except FileNotFoundError:
+            return token, None
+        return token, st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _save(self, state: State, lock: IO[str]) -> tuple:
+        """Replace the state file with `state`; return its new stamp (called under the lock)."""
+        # A new token first: whatever happens next, no reader takes its cached state for the file.
+        lock.seek(0)
+        lock.truncate()
+        lock.write(uuid.uuid4().hex)
+        lock.flush()
         directory = os.path.dirname(os.path.abspath(self.state_path))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sim-", suffix=".tmp")
         try:
@@ -427,6 +457,7 @@ class SimulatedHypervisor:
         except BaseException:
             os.unlink(tmp)
             raise
+        return self._stamp(lock)
 
 
 def _guest_type(text: str) -> GuestType:

@@ -25,7 +25,8 @@ import pytest
 
 from adapters.simulated import SimulatedHypervisor
 from eventstore.backends.sqlite import SQLiteEventLog
-from eventstore.errors import StorageError
+from eventstore.errors import HypervisorError, StorageError
+from eventstore.hypervisor import DomainSpec
 from projections.store import TableProjector
 from vmledger.cli import main
 from vmledger.ledger import Ledger
@@ -221,3 +222,26 @@ def test_database_in_a_missing_directory_is_one_line_naming_the_path_rule(tmp_pa
     code, out, err = _cli(str(tmp_path / "gone" / "l.db"), "list")
     assert (code, out, err) == (1, "", "vmledger: cannot open the database file: the path must name a file in an "
                                        "existing, writable directory (unable to open database file)\n")
+
+
+def test_a_simulator_save_that_fails_on_a_full_filesystem_changes_nothing(small_filesystem: str) -> None:
+    """A change the simulator cannot save fails, and the same adapter's next call sees the state as it was."""
+    sim = SimulatedHypervisor(os.path.join(small_filesystem, "sim.json"))
+    filler = os.path.join(small_filesystem, "filler")
+    spec = DomainSpec(name="web", uuid="u", guest_type="pv", capabilities=(),
+                      config=(("max_memory", 4 * 2**30), ("max_vcpus", 4), ("memory", 2**30), ("numa_nodes", 1),
+                              ("vcpus", 2)))
+
+    async def go() -> tuple:
+        await sim.define(spec)
+        await sim.start("web")
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        with pytest.raises(HypervisorError, match="cannot keep its state"):
+            await sim.apply_live("web", "vcpus", 4)
+        os.unlink(filler)
+        return dict((await sim.observe("web")).live)["vcpus"], (await sim.apply_live("web", "vcpus", 3)).value
+
+    assert asyncio.run(go()) == (2, 3)
