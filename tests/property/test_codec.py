@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from datetime import datetime, timedelta, timezone
 from typing import ClassVar
 
 import attrs
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 from eventstore.codec import UPCASTERS, decode, dumps, encode, loads
 from eventstore.errors import StorageError
 from eventstore.events import EVENT_TYPES, LiveValueObserved, MediaTrayLocked
+from eventstore.log import chain_hash, timestamp
 from eventstore.hypervisor import Value
 from tests.strategies import devices, event_strategy, events, property_names, values
 
@@ -152,3 +155,21 @@ def test_missing_upcaster_raises_storage_error(monkeypatch: pytest.MonkeyPatch) 
 def test_temporary_registrations_are_gone() -> None:
     """The upcaster tests leave the real registry as they found it: v1 MediaTrayLocked, only the real upcasters."""
     assert (EVENT_TYPES["MediaTrayLocked"], sorted(UPCASTERS)) == (MediaTrayLocked, [("LiveValueObserved", 1)])
+
+
+@given(st.lists(st.none() | st.booleans() | st.integers() | st.floats()
+                | st.text(st.characters(exclude_categories=("Cs",))), min_size=9, max_size=9))
+def test_chain_hash_is_the_sha256_of_the_dumps_of_its_fields(fields: list) -> None:
+    """`chain_hash` writes its fields as `dumps` writes their list, whatever a stored row holds."""
+    prev, position, stream, version, type_, schema_version, data, metadata, recorded_at = fields
+    assert chain_hash(prev, position=position, stream=stream, version=version, type=type_,
+                      schema_version=schema_version, data=data, metadata=metadata,
+                      recorded_at=recorded_at) == hashlib.sha256(dumps(fields).encode("utf-8")).hexdigest()
+
+
+@given(st.datetimes(datetime(2, 1, 1), datetime(9998, 1, 1)), st.sampled_from([None, timezone.utc, timezone(timedelta(hours=-5)), timezone(timedelta(0), "Z")]))
+def test_timestamp_is_the_utc_time_in_microseconds(when: datetime, tz: timezone | None) -> None:
+    """Any aware time is written as its UTC instant, a naive one as UTC, always to the microsecond."""
+    when = when.replace(tzinfo=tz)
+    reference = (when.replace(tzinfo=timezone.utc) if tz is None else when).astimezone(timezone.utc)
+    assert timestamp(when) == reference.isoformat(timespec="microseconds")
