@@ -281,7 +281,7 @@ def _optional(check: Any) -> Any:
 PARAMETERS: dict[str, tuple[tuple[str, Any], ...]] = {
     "set": (("name", _text), ("prop", _text), ("value", lambda v: _whole(v) or _text(v))),
     "get": (("name", _text), ("prop", _text)),
-    "show": (("name", _text),), "observe": (("name", _text),), "start": (("name", _text),),
+    "show": (("name", _text),), "observe": (("name", _optional(_text)),), "start": (("name", _text),),
     "stop": (("name", _text),), "request": (("request_id", _text),), "events": (),
     "history": (("name", _optional(_text)), ("prop", _optional(_text))),
     "drift": (("name", _optional(_text)),),
@@ -326,6 +326,7 @@ def api_verdict(db: str, method: str, args: tuple[Any, ...], kwargs: dict[str, A
 @example(call=("set", ("web", 5, 3), {}))
 @example(call=("set", ("web", "vcpus", 3), {"scope": ["both"]}))
 @example(call=("get", ("web", None), {}))
+@example(call=("observe", (None,), {}))
 @example(call=("history", ("web", ["memory"]), {}))
 @example(call=("history", (), {"since": "2020"}))
 @example(call=("drift", (None,), {"as_of": 2**63}))
