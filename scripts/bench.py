@@ -16,6 +16,8 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
 2. durable `set` requests/s with `--callers` concurrent callers (one
    `asyncio.gather`), scope `both`, spread over `--domains` running PV
    domains, and the committed events/s that implies (log head before/after);
+   each write figure notes the process's CPU time per request, all threads
+   together, which a busy shared machine disturbs less than the rates;
 3. `rebuild` events/s over a log of `--events` events and `--rebuild-domains`
    domains, built in bulk through `ledger.log.append` (up to `--batch` events
    per append) rather than through `set`, timed in a child process whose peak
@@ -157,10 +159,12 @@ async def stale_records(ledger: vmledger.Ledger, records: list[dict[str, Any]]) 
 
 
 async def timed_sets(ledger: vmledger.Ledger, calls: list[tuple[str, int]], scope: str,
-                     callers: int) -> tuple[float, int, list[dict[str, Any]], int]:
+                     callers: int) -> tuple[float, float, int, list[dict[str, Any]], int]:
     """Run `set(domain, "memory", size)` for every call with `callers` tasks.
 
-    Returns (seconds, events committed, history records, requests that gave up).
+    Returns (seconds, CPU seconds of the process, events committed, history
+    records, requests that gave up).  CPU time, all threads together, is
+    the steadier figure where the machine is shared.
     A request that gives up is one whose `set` ran out of retries on version
     conflicts (`ConcurrencyError`); the others go on.
     """
@@ -178,14 +182,14 @@ async def timed_sets(ledger: vmledger.Ledger, calls: list[tuple[str, int]], scop
         return done
 
     before = await ledger.log.head()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if callers == 1:
         done = [await caller(calls)]
     else:
         done = await asyncio.gather(*(caller(s) for s in shares))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     events = await ledger.log.head() - before
-    return seconds, events, [r for part in done for r in part], gave_up
+    return seconds, cpu, events, [r for part in done for r in part], gave_up
 
 
 async def bench_writes(url: str, args: argparse.Namespace, table: Table, results: dict[str, float],
@@ -216,15 +220,16 @@ async def bench_writes(url: str, args: argparse.Namespace, table: Table, results
         ]
         counter = AppendCounter(ledger.log)
         for name, scope, callers, make in cases:
-            rates, event_rates, records, latency, failed, stale = [], [], [], [], 0, 0
+            rates, event_rates, records, latency, cpu, failed, stale = [], [], [], [], [], 0, 0
             counter.appends = counter.conflicts = 0
             for r in range(args.repeat):
                 progress(f"{name}: run {r + 1}/{args.repeat}, {n} requests")
-                seconds, events, done, gave_up = await timed_sets(ledger, make(r + 1), scope, callers)
+                seconds, cpu_seconds, events, done, gave_up = await timed_sets(ledger, make(r + 1), scope, callers)
                 rates.append(len(done) / seconds)
                 event_rates.append(events / seconds)
                 # Little's law: callers in flight / completion rate.
                 latency.append(seconds / max(len(done), 1) * 1000 * callers)
+                cpu.append(cpu_seconds / max(len(done), 1) * 1000)
                 records += done
                 failed += gave_up
                 stale += await stale_records(ledger, done)
@@ -233,7 +238,8 @@ async def bench_writes(url: str, args: argparse.Namespace, table: Table, results
             if callers > 1:
                 results["callers_events"] = statistics.median(event_rates)
             table.add(name, rates, "requests/s",
-                      f"{n} requests/run, mean latency {statistics.median(latency):.1f} ms")
+                      f"{n} requests/run, mean latency {statistics.median(latency):.1f} ms, "
+                      f"CPU {statistics.median(cpu):.2f} ms/request")
             table.add("  committed events", event_rates, "events/s",
                       f"{counter.appends / max(len(records), 1):.2f} appends/request, "
                       f"{counter.conflicts} version conflicts retried")
