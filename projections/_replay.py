@@ -20,8 +20,7 @@ from typing import Any, Callable, Generator, Iterator, Sequence
 
 from eventstore.backends._common import Change, as_change, scan
 from eventstore.catalogue import Cause, Outcome, Reason, Scope
-from eventstore.codec import dumps, loads
-from eventstore.codec import dumps_plain as _dumps, dumps_value as _json, plain as _plain
+from eventstore.codec import dumps, dumps_plain, dumps_value, loads, plain
 from eventstore.log import RecordedEvent, timestamp
 from eventstore.state import DomainState, Mark, Pending, Slot, apply
 from projections.model import TABLES
@@ -96,8 +95,8 @@ class _Domain:
             "pending": {k: [prop, req, p, t, sorted(aw), st]
                         for k, (prop, req, p, _, aw, st, t) in self.pending.items()},
         }
-        plain = (_plain(v for v, _, _ in persistent.values()) and _plain(v for v, _, _ in live.values())
-                 and _plain(self.capabilities.values()) and _plain(p[1] for p in self.pending.values()))
+        is_plain = (plain(v for v, _, _ in persistent.values()) and plain(v for v, _, _ in live.values())
+                    and plain(self.capabilities.values()) and plain(p[1] for p in self.pending.values()))
         drift = []
         if running:
             for prop, (value, _, _) in sorted(persistent.items()):
@@ -105,12 +104,12 @@ class _Domain:
                 if seen is None or seen[0] == value:
                     continue
                 cause, request_id, since, _, at = marks.get(prop) or (_C_EXTERNAL, None, seen[1], None, _NEVER)
-                drift.append((uuid, prop, _json(value), _json(seen[0]), cause, request_id, since, at))
+                drift.append((uuid, prop, dumps_value(value), dumps_value(seen[0]), cause, request_id, since, at))
         return {
             "domains": [(uuid, self.name, self.guest_type, int(self.defined), int(running),
-                         self.version, self.position, _dumps(snapshot) if plain else dumps(snapshot))],
-            "persistent": [(uuid, k, _json(v), p, r) for k, (v, p, r) in sorted(persistent.items())],
-            "live": [(uuid, k, _json(v), p, r) for k, (v, p, r) in sorted(live.items())] if running else [],
+                         self.version, self.position, dumps_plain(snapshot) if is_plain else dumps(snapshot))],
+            "persistent": [(uuid, k, dumps_value(v), p, r) for k, (v, p, r) in sorted(persistent.items())],
+            "live": [(uuid, k, dumps_value(v), p, r) for k, (v, p, r) in sorted(live.items())] if running else [],
             "drift": drift,
         }
 
@@ -306,7 +305,8 @@ def _collector_paused() -> Iterator[None]:
 
 def _history_row(r: list[Any]) -> tuple:
     """Return the history row of a record, as `Model.history_row` writes it."""
-    return (r[0], r[1], r[2], r[3], _json(r[4]), r[5], r[6], r[7], r[8], r[9], _dumps(r[_OUTCOMES]), r[_COMPLETED_AT])
+    return (r[0], r[1], r[2], r[3], dumps_value(r[4]), r[5], r[6], r[7], r[8], r[9], dumps_plain(r[_OUTCOMES]),
+            r[_COMPLETED_AT])
 
 
 def _record(row: tuple) -> list[Any]:
