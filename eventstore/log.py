@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Generator, Protocol, Sequence, TypeVar
@@ -142,25 +143,30 @@ T = TypeVar("T")
 
 
 async def run_steps(tx: Transaction, steps: Generator[Step, Any, T]) -> T:
-    """Run each statement `steps` yields through `tx`, sending back its result; return the generator's value."""
+    """Run each statement `steps` yields through `tx`, sending back its result; return the generator's value.
+
+    A failed statement closes the generator, so its `finally` blocks run then.
+    """
     reply = None
-    while True:
-        try:
-            method, sql, params = steps.send(reply)
-        except StopIteration as done:
-            return done.value
-        reply = await getattr(tx, method)(sql, params)
+    with contextlib.closing(steps):
+        while True:
+            try:
+                method, sql, params = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+            reply = await getattr(tx, method)(sql, params)
 
 
 def run_steps_sync(tx: SyncTransaction, steps: Generator[Step, Any, T]) -> T:
     """Do what `run_steps` does, through a synchronous transaction."""
     reply = None
-    while True:
-        try:
-            method, sql, params = steps.send(reply)
-        except StopIteration as done:
-            return done.value
-        reply = getattr(tx, method)(sql, params)
+    with contextlib.closing(steps):
+        while True:
+            try:
+                method, sql, params = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+            reply = getattr(tx, method)(sql, params)
 
 
 class Projector(Protocol):
@@ -176,10 +182,13 @@ class Projector(Protocol):
         """Do what `project` does, through a synchronous transaction."""
         ...
 
-    def rebuild(self, progress: Callable[[int, int], None] | None) -> Generator[Step, Any, int]:
+    def rebuild(self, progress: Callable[[int, int], None] | None,
+                parts: Any = None) -> Generator[Step, Any, int]:
         """Yield the statements that replace every projection row with a fold of the whole log.
 
         Runs inside one write transaction; returns the last position folded.
+        `parts`, if given, reads parts of the log from other processes (see
+        `projections._parts.PartRows`), which may fold them there.
         """
         ...
 

@@ -8,6 +8,7 @@ writes.  SQL here is plain enough for SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from typing import Any, AsyncIterator, Callable, Generator, Sequence
 
@@ -17,6 +18,7 @@ from eventstore.events import ChangeRequested, DomainDefined
 from eventstore.state import DomainState
 from eventstore.backends._common import CHUNK, SCAN_COLUMNS
 from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
+from projections._parts import PartRows, fold_in_parts
 from projections._replay import Replay
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
@@ -101,8 +103,19 @@ _DELETE = {table: _delete(table) for table in TABLES}
 _CACHED_STATES = 4096
 _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
 _READ_CHUNK = f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
+#: Events from which a rebuild given a way to read parts folds in worker processes: below, starting them costs more.
+_PARTS_FROM = 100_000
 _SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all', ?) "
                  "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
+
+
+def _cpus() -> int:
+    """Return the CPUs this process may run on, at most 4: a rebuild's worker processes, one per CPU."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    return min(count, 4)
 
 
 class TableProjector:
@@ -116,8 +129,11 @@ class TableProjector:
 
     schema = SCHEMA
 
-    def __init__(self, *, chunk: int = CHUNK) -> None:
+    def __init__(self, *, chunk: int = CHUNK, parts: int | None = None, parts_from: int = _PARTS_FROM) -> None:
         self._chunk = chunk  # events per read of the rebuild
+        #: Worker processes a rebuild of `parts_from` events or more folds in, given a way to read parts.
+        self.parts = _cpus() if parts is None else parts
+        self._parts_from = parts_from
         #: Domain uuid -> (state, rows) of the snapshot this projector wrote or read last, newest last.
         self._states: dict[str, tuple[DomainState, dict[str, list[tuple]]]] = {}
 
@@ -204,7 +220,8 @@ class TableProjector:
         if len(self._states) > _CACHED_STATES:
             del self._states[next(iter(self._states))]
 
-    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> Generator[Step, Any, int]:
+    def rebuild(self, progress: Callable[[int, int], None] | None = None,
+                parts: PartRows | None = None) -> Generator[Step, Any, int]:
         """Yield the statements that replace every projection row with a fold of the whole log.
 
         The log is read in chunks inside the caller's write transaction, and
@@ -212,10 +229,21 @@ class TableProjector:
         so memory holds the domain states and the open requests, never the
         whole history.  `progress(position, head)` is called after each chunk.
         Returns the last position folded.
+
+        Given `parts`, a way for other processes to read the log, a log of
+        `parts_from` events or more is folded by worker processes, a part of
+        the streams each, while this one writes their rows (see
+        `projections._parts`); the rows are the same.
         """
         for table in TABLES:
             yield ("execute", f"DELETE FROM {table}", ())
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
+        if parts is not None and self.parts > 1 and head >= self._parts_from:
+            if (yield from fold_in_parts(parts, self.parts, head, self._chunk, _insert, _HISTORY_BY_ID, progress)):
+                yield ("execute", _SET_POSITION, (head,))
+                return head
+            for table in TABLES:
+                yield ("execute", f"DELETE FROM {table}", ())
         replay, last = Replay(), 0
         while last < head:
             rows = yield ("fetch_all", _READ_CHUNK, (last, head, self._chunk))

@@ -7,6 +7,7 @@ of range), because a refused request must still be recordable.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from eventstore.catalogue import (
     MAX_COUNT,
     Capability,
     GuestType,
+    Outcome,
     Reason,
     Scope,
     media_property,
@@ -35,9 +37,14 @@ from eventstore.events import (
     MediaTrayLocked,
     MediaTrayUnlocked,
     PersistentValueObserved,
+    change_event,
 )
+from eventstore.log import Metadata, RecordedEvent
 
 __all__ = [
+    "any_logs",
+    "recorded",
+    "LOG_START",
     "KiB",
     "MiB",
     "GiB",
@@ -310,3 +317,75 @@ def event_strategy(cls: type[Event]) -> st.SearchStrategy[Event]:
 def events() -> st.SearchStrategy[Event]:
     """Return valid events of every type in `EVENT_TYPES`."""
     return st.sampled_from(sorted(EVENT_TYPES)).flatmap(lambda name: event_strategy(EVENT_TYPES[name]))
+
+
+#: The time of the first event of a log `recorded` makes.
+LOG_START = datetime(2026, 1, 31, 12, 0, tzinfo=timezone.utc)
+#: The properties of `any_logs`: few, so that outcomes meet each other.
+_ANY_PROPS = ("memory", "vcpus", "media:hdc")
+
+
+@st.composite
+def any_logs(draw: Any, max_events: int = 40) -> list[RecordedEvent]:
+    """Return a log of two domains whose change events come in any order, with any outcome, in any scope.
+
+    Decisions never write most of these sequences (a live outcome before the
+    persistent one, a second outcome, a `current` request while stopped...),
+    but a rebuild must fold whatever the log holds as the incremental path did.
+    Request ids are unique, as the incremental path ensures.
+    """
+    events: list[tuple[str, Event]] = []
+    for uuid in ("a", "b"):
+        config = draw(config_pairs(devices=DEVICES))
+        events.append((uuid, DomainDefined(domain=uuid, uuid=uuid, guest_type="pv", config=config,
+                                           capabilities=draw(capability_pairs()))))
+        if draw(st.booleans()):
+            events.append((uuid, DomainStarted(config=config)))
+    requested: list[tuple[str, str]] = []  # request ids and their domains
+    for _ in range(draw(st.integers(0, max_events))):
+        uuid, prop = draw(st.sampled_from(("a", "b"))), draw(st.sampled_from(_ANY_PROPS))
+        kind = draw(st.sampled_from(
+            ("request", "request", "outcome", "outcome", "outcome", "start", "stop", "other")))
+        if kind == "request" or (kind == "outcome" and not requested):
+            request_id = f"r{len(requested)}"
+            requested.append((request_id, uuid))
+            event: Event = change_event(prop, Outcome.REQUESTED)(
+                request_id=request_id, property=prop, value=draw(well_formed_value(prop)),
+                scope=draw(st.sampled_from(("live", "persistent", "both", "current"))), principal="p",
+                reason=draw(st.none() | texts))
+        elif kind == "outcome":
+            # Mostly on the request's own domain, where it is pending.
+            request_id, home = draw(st.sampled_from(requested[-3:]) | st.sampled_from(requested))
+            uuid = draw(st.sampled_from((home, home, home, uuid)))
+            outcome = draw(st.sampled_from([o for o in Outcome if o is not Outcome.REQUESTED]))
+            event = change_event(prop, outcome)(
+                request_id=request_id, property=prop,
+                scope=draw(st.sampled_from(("live", "persistent"))), requested=draw(well_formed_value(prop)),
+                value=draw(st.none() | well_formed_value(prop)),
+                reason=draw(st.none() | st.just(Reason.REQUIRES_RESTART.value) | reasons()),
+                message=draw(st.none() | texts))
+        elif kind == "start":
+            event = DomainStarted(config=draw(config_pairs(devices=DEVICES)))
+        elif kind == "stop":
+            event = draw(st.sampled_from((DomainStopped(), DomainUndefined())))
+        else:
+            event = draw(st.one_of(
+                well_formed_value(prop).map(lambda v: LiveValueObserved(property=prop, value=v, previous=None)),
+                well_formed_value(prop).map(lambda v: PersistentValueObserved(property=prop, value=v, previous=None)),
+                observed_capability_pairs().map(lambda c: GuestCapabilitiesObserved(capabilities=c)),
+                st.sampled_from((MediaTrayLocked(device="hdc"), MediaTrayUnlocked(device="hdc"))),
+            ))
+        events.append((uuid, event))
+    return recorded(events)
+
+
+def recorded(events: list[tuple[str, Event]]) -> list[RecordedEvent]:
+    """Return `(stream, event)`s recorded in order, two to a second."""
+    versions: dict[str, int] = {}
+    records = []
+    for position, (uuid, event) in enumerate(events, start=1):
+        versions[uuid] = versions.get(uuid, 0) + 1
+        records.append(RecordedEvent(position=position, stream=uuid, version=versions[uuid], event=event,
+                                     metadata=Metadata(principal="p"),
+                                     recorded_at=LOG_START + timedelta(seconds=position // 2)))
+    return records

@@ -17,15 +17,16 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
 
 import aiosqlite
 import attrs
 
-from eventstore.backends._common import COLUMNS, LogReads, chained_rows, record
+from eventstore.backends._common import COLUMNS, SCAN_COLUMNS, LogReads, chained_rows, record
 from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError, VmledgerError
 from eventstore.events import Event
 from eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync
@@ -112,6 +113,36 @@ class _SyncTx:
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
+
+
+# A part of the log, for a rebuild's worker process: the streams whose last character's code point
+# modulo the parts is the part's number (`projections._parts.part_of`).
+_PART_ROWS = (f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND position <= ? "
+              "AND coalesce(unicode(substr(stream, -1)), 0) % ? = ? ORDER BY position LIMIT ?")
+
+
+@attrs.frozen
+class _PartRows:
+    """Reads a part of the log through a connection of its own: picklable, for a rebuild's worker process.
+
+    The rebuilding writer holds the write lock meanwhile, so every chunk
+    read sees the log it folds.
+    """
+
+    path: str
+    busy_ms: int
+
+    def __call__(self, part: int, parts: int, head: int, chunk: int) -> Iterator[list[tuple[Any, ...]]]:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_ms}")
+            conn.execute("PRAGMA query_only = 1")
+            last = 0
+            while rows := conn.execute(_PART_ROWS, (last, head, parts, part, chunk)).fetchall():
+                yield rows
+                last = rows[-1][0]
+        finally:
+            conn.close()
 
 
 class SQLiteEventLog(LogReads):
@@ -365,12 +396,14 @@ class SQLiteEventLog(LogReads):
 
         Appends wait meanwhile (other processes up to their busy timeout), so
         nothing is missed.  `progress(position, head)` is called from the
-        writer thread.  Returns the last position folded.
+        writer thread.  Returns the last position folded.  A long log is
+        folded by worker processes that read the file themselves.
 
         Raises:
             StorageError: SQLite failed; the projections are unchanged.
         """
-        return await self._write(lambda conn: run_steps_sync(_SyncTx(conn), self._projector.rebuild(progress)))
+        parts = None if self.path == ":memory:" else _PartRows(os.path.abspath(self.path), self._busy_ms)
+        return await self._write(lambda conn: run_steps_sync(_SyncTx(conn), self._projector.rebuild(progress, parts)))
 
     # Reading.
 

@@ -10,7 +10,7 @@ The rebuild's own fold (`Replay`) is held equal to `Model` on the same sequences
 from __future__ import annotations
 
 import gc
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any, Callable
 
 import attrs
@@ -34,8 +34,6 @@ from eventstore.events import (
     ChangeOutcome,
     DomainDefined,
     DomainStarted,
-    DomainStopped,
-    DomainUndefined,
     Event,
     GuestCapabilitiesObserved,
     LiveValueObserved,
@@ -52,17 +50,19 @@ from projections.model import TABLES, Model, history_from_row, state_from_json, 
 from tests.strategies import (
     DEVICES,
     DOMAIN_NAMES,
+    LOG_START,
+    any_logs,
     capability_pairs,
     config_pairs,
     observed_capability_pairs,
-    reasons,
     set_requests,
+    recorded,
     texts,
     well_formed_value,
 )
 
 SETTINGS = settings(database=None, deadline=None, max_examples=60)
-BASE = datetime(2026, 1, 31, 12, 0, tzinfo=timezone.utc)
+BASE = LOG_START
 #: A time after every record a history makes: every request is abandoned by then.
 LATER = BASE + timedelta(days=1)
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -421,76 +421,6 @@ def test_rebuild_fold_equals_the_model(data: st.DataObject, h: History) -> None:
     assert _folded(lambda: _replayed(rows, size, via_record)) == _folded(lambda: _modelled(records, size))
 
 
-#: The properties of `any_logs`: few, so that outcomes meet each other.
-_ANY_PROPS = ("memory", "vcpus", "media:hdc")
-
-
-@st.composite
-def any_logs(draw: Draw, max_events: int = 40) -> list[RecordedEvent]:
-    """Return a log of two domains whose change events come in any order, with any outcome, in any scope.
-
-    Decisions never write most of these sequences (a live outcome before the
-    persistent one, a second outcome, a `current` request while stopped...),
-    but a rebuild must fold whatever the log holds as the incremental path did.
-    Request ids are unique, as the incremental path ensures.
-    """
-    events: list[tuple[str, Event]] = []
-    for uuid in ("a", "b"):
-        config = draw(config_pairs(devices=DEVICES))
-        events.append((uuid, DomainDefined(domain=uuid, uuid=uuid, guest_type="pv", config=config,
-                                           capabilities=draw(capability_pairs()))))
-        if draw(st.booleans()):
-            events.append((uuid, DomainStarted(config=config)))
-    requested: list[tuple[str, str]] = []  # request ids and their domains
-    for _ in range(draw(st.integers(0, max_events))):
-        uuid, prop = draw(st.sampled_from(("a", "b"))), draw(st.sampled_from(_ANY_PROPS))
-        kind = draw(st.sampled_from(
-            ("request", "request", "outcome", "outcome", "outcome", "start", "stop", "other")))
-        if kind == "request" or (kind == "outcome" and not requested):
-            request_id = f"r{len(requested)}"
-            requested.append((request_id, uuid))
-            event: Event = change_event(prop, Outcome.REQUESTED)(
-                request_id=request_id, property=prop, value=draw(well_formed_value(prop)),
-                scope=draw(st.sampled_from(("live", "persistent", "both", "current"))), principal="p",
-                reason=draw(st.none() | texts))
-        elif kind == "outcome":
-            # Mostly on the request's own domain, where it is pending.
-            request_id, home = draw(st.sampled_from(requested[-3:]) | st.sampled_from(requested))
-            uuid = draw(st.sampled_from((home, home, home, uuid)))
-            outcome = draw(st.sampled_from([o for o in Outcome if o is not Outcome.REQUESTED]))
-            event = change_event(prop, outcome)(
-                request_id=request_id, property=prop,
-                scope=draw(st.sampled_from(("live", "persistent"))), requested=draw(well_formed_value(prop)),
-                value=draw(st.none() | well_formed_value(prop)),
-                reason=draw(st.none() | st.just(Reason.REQUIRES_RESTART.value) | reasons()),
-                message=draw(st.none() | texts))
-        elif kind == "start":
-            event = DomainStarted(config=draw(config_pairs(devices=DEVICES)))
-        elif kind == "stop":
-            event = draw(st.sampled_from((DomainStopped(), DomainUndefined())))
-        else:
-            event = draw(st.one_of(
-                well_formed_value(prop).map(lambda v: LiveValueObserved(property=prop, value=v, previous=None)),
-                well_formed_value(prop).map(lambda v: PersistentValueObserved(property=prop, value=v, previous=None)),
-                observed_capability_pairs().map(lambda c: GuestCapabilitiesObserved(capabilities=c)),
-                st.sampled_from((MediaTrayLocked(device="hdc"), MediaTrayUnlocked(device="hdc"))),
-            ))
-        events.append((uuid, event))
-    return _log(events)
-
-
-def _log(events: list[tuple[str, Event]]) -> list[RecordedEvent]:
-    """Return `(stream, event)`s recorded in order, two to a second."""
-    versions: dict[str, int] = {}
-    records = []
-    for position, (uuid, event) in enumerate(events, start=1):
-        versions[uuid] = versions.get(uuid, 0) + 1
-        records.append(RecordedEvent(position=position, stream=uuid, version=versions[uuid], event=event,
-                                     metadata=Metadata(principal="p"),
-                                     recorded_at=BASE + timedelta(seconds=position // 2)))
-    return records
-
-
 def _request(scope: str, *outcomes: tuple[Outcome, str]) -> list[tuple[str, Event]]:
     """Return a `memory` request `r` on running domain `a`, and its outcomes `(outcome, scope)` in order."""
     config = {"memory": 2**30, "max_memory": 2**31}
@@ -507,12 +437,12 @@ def _request(scope: str, *outcomes: tuple[Outcome, str]) -> list[tuple[str, Even
 @SETTINGS
 @given(any_logs(), st.integers(1, 3) | st.integers(1, 40), st.sets(st.integers(0, 40)))
 # Live applied after the persistent scope was refused: the drift's cause is the refusal.
-@example(records=_log(_request("both", (Outcome.REFUSED, "persistent"), (Outcome.APPLIED, "live"))),
+@example(records=recorded(_request("both", (Outcome.REFUSED, "persistent"), (Outcome.APPLIED, "live"))),
          size=1, via_record=set())
 # Persistent applied first while the live outcome is awaited, or not: in flight, or requires restart.
-@example(records=_log(_request("both", (Outcome.APPLIED, "persistent"))), size=1, via_record=set())
-@example(records=_log(_request("persistent", (Outcome.APPLIED, "persistent"))), size=1, via_record=set())
-def test_rebuild_fold_equals_the_model_on_any_log(
+@example(records=recorded(_request("both", (Outcome.APPLIED, "persistent"))), size=1, via_record=set())
+@example(records=recorded(_request("persistent", (Outcome.APPLIED, "persistent"))), size=1, via_record=set())
+def test_rebuild_fold_equals_the_model_on_anyrecorded(
     records: list[RecordedEvent], size: int, via_record: set[int],
 ) -> None:
     """On logs with change events in any order and outcome, the rebuild's fold gives the model's rows, and its states after every chunk."""
@@ -522,7 +452,7 @@ def test_rebuild_fold_equals_the_model_on_any_log(
 
 def test_rebuild_fold_leaves_the_collector_as_it_found_it() -> None:
     """A fold that fails midway leaves the cyclic garbage collector running, or paused if its caller had paused it."""
-    rows = [_stored(r) for r in _log(_request("both", (Outcome.APPLIED, "persistent")))]
+    rows = [_stored(r) for r in recorded(_request("both", (Outcome.APPLIED, "persistent")))]
     rows = rows[:3] + [(4, "b", 1, *rows[3][3:])]  # an outcome on a stream never defined
     seen = []
     try:

@@ -1,0 +1,184 @@
+"""The rebuild's fold split across worker processes, by stream.
+
+Domains fold independently, and a request's events lie on its domain's
+stream, so the streams of a log can be split into parts, each folded by a
+`Replay` in a process of its own, while the rebuilding process writes the
+rows they send.  The split is by the last character of the stream name (a
+domain's uuid), in SQL and here alike (`part_of`).
+
+Any part that cannot be folded alone ends the split fold, and the caller
+folds the whole log in one process instead: an outcome on another domain's
+stream than its request's (the store accepts it, no decision writes it), an
+outcome of an unknown request, a row that does not decode, or a worker that
+fails to start or stops.  So the rows and the errors of a rebuild are those
+of the one-process fold, whatever happens here.
+
+A worker is `python -c` running `work`, with two pipe file descriptors;
+the messages are `multiprocessing.connection` pickles:
+
+- to the worker: `(rows, part, parts, head, chunk)` first, where `rows` is a
+  picklable callable yielding the part's stored rows in chunks, then the
+  stored history row of each request it asks for (or None);
+- from the worker: `("need", request_id)`, `("rows", table, rows, position)`
+  (position None for the last rows), `("done",)`, or a traceback's text in
+  `("unfolded", text)` (the log's fault: a row or an event the fold refuses)
+  or `("failed", text)` (anything else, which the parent logs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import traceback
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Generator, Iterator, Protocol
+
+from eventstore.errors import VmledgerError
+from eventstore.log import Step
+from projections._replay import Replay
+
+__all__ = ["PartRows", "part_of", "fold_in_parts", "work"]
+
+_log = logging.getLogger("vmledger")
+#: The root the worker imports `projections` and `eventstore` from: where this process did.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The worker's main, first on its path the root this process imported from, whatever its working directory holds.
+_MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); from multiprocessing.connection import Connection; "
+         "from projections._parts import work; "
+         "work(Connection(int(sys.argv[2]), writable=False), Connection(int(sys.argv[3]), readable=False))")
+
+
+class PartRows(Protocol):
+    """Reads one part of the log in a worker process; picklable, so the worker gets its own copy."""
+
+    def __call__(self, part: int, parts: int, head: int, chunk: int) -> Iterator[list[tuple[Any, ...]]]:
+        """Yield, in chunks of at most `chunk` rows in position order, the `SCAN_COLUMNS` rows up to `head` of the streams `part_of(stream, parts) == part`."""
+        ...
+
+
+def part_of(stream: str, parts: int) -> int:
+    """Return the part a stream's events fold in: its last character's code point modulo `parts` (0 for '')."""
+    return (ord(stream[-1]) if stream else 0) % parts
+
+
+def fold_in_parts(rows: PartRows, parts: int, head: int, chunk: int, insert: Callable[[str], str],
+                  history_by_id: str, progress: Callable[[int, int], None] | None
+                  ) -> Generator[Step, Any, bool]:
+    """Yield the statements that write the rows of `parts` workers' folds of the log up to `head`.
+
+    Returns True once every part is folded and written, False when the log
+    must be folded in one process instead (see the module's docstring); the
+    rows written so far must then be deleted.  `insert(table)` is the SQL
+    inserting a row of `table`, `history_by_id` the query of one stored
+    history row by request id.
+    """
+    workers: list[_Worker] = []
+    try:
+        for part in range(parts):
+            workers.append(_Worker.start((rows, part, parts, head, chunk)))
+        reached = [0] * parts
+        running = {w.output: i for i, w in enumerate(workers)}
+        while running:
+            for ready in wait(list(running)):
+                i = running[ready]
+                message = workers[i].receive()
+                kind = message[0]
+                if kind == "rows":
+                    _, table, part_rows, position = message
+                    if part_rows:
+                        yield ("execute_many", insert(table), part_rows)
+                    if position is not None:
+                        reached[i] = position
+                        if progress is not None:
+                            progress(min(reached), head)
+                elif kind == "done":
+                    del running[ready]
+                    reached[i] = head
+                    if progress is not None:
+                        progress(min(reached), head)
+                elif kind == "need":
+                    request_id = message[1]
+                    stored = yield ("fetch_all", history_by_id, (request_id,))
+                    # The request's row is this part's own only if its domain folds here.
+                    if not stored or part_of(stored[0][1], parts) != i:
+                        return False
+                    yield ("execute", "DELETE FROM history WHERE request_id = ?", (request_id,))
+                    workers[i].send(tuple(stored[0]))
+                elif kind == "unfolded":
+                    _log.debug("rebuild: part %d folds in one process instead: %s", i, message[1])
+                    return False
+                else:
+                    raise OSError(message[1].strip().splitlines()[-1])
+        return True
+    except (OSError, EOFError) as e:
+        _log.warning("rebuild: the worker processes failed (%s); folding in one process", e)
+        return False
+    finally:
+        for w in workers:
+            w.stop()
+
+
+class _Worker:
+    """One worker process and the two pipes to it."""
+
+    def __init__(self, process: subprocess.Popen[bytes], input_: Connection, output: Connection) -> None:
+        self.process, self.input, self.output = process, input_, output
+
+    @classmethod
+    def start(cls, spec: tuple[Any, ...]) -> "_Worker":
+        child_in, parent_out = os.pipe()
+        parent_in, child_out = os.pipe()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _MAIN, _ROOT, str(child_in), str(child_out)], pass_fds=(child_in, child_out),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)  # a terminal's Ctrl-C stops the rebuild's process, which stops these
+        except BaseException:
+            os.close(parent_in)
+            os.close(parent_out)
+            raise
+        finally:  # the child has its own copies
+            os.close(child_in)
+            os.close(child_out)
+        worker = cls(process, Connection(parent_out, readable=False), Connection(parent_in, writable=False))
+        worker.send(spec)
+        return worker
+
+    def send(self, message: Any) -> None:
+        self.input.send(message)
+
+    def receive(self) -> tuple[Any, ...]:
+        return self.output.recv()
+
+    def stop(self) -> None:
+        """End the process, whatever it is doing, and close the pipes."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.input.close()
+        self.output.close()
+
+
+def work(input_: Connection, output: Connection) -> None:
+    """Fold one part and send its rows (the worker process's main)."""
+    rows, part, parts, head, chunk = input_.recv()
+    replay = Replay()
+    try:
+        for chunk_rows in rows(part, parts, head, chunk):
+            request_id = replay.fold(chunk_rows)
+            while request_id is not None:
+                output.send(("need", request_id))
+                request_id = replay.resume(input_.recv())
+            output.send(("rows", "history", replay.completed(), chunk_rows[-1][0]))
+        for table, table_rows in replay.rows():
+            output.send(("rows", table, table_rows, None))
+    except (ValueError, VmledgerError):  # the log's: the parent folds in one process and raises it there
+        output.send(("unfolded", traceback.format_exc()))
+        return
+    except Exception:
+        output.send(("failed", traceback.format_exc()))
+        return
+    output.send(("done",))
+

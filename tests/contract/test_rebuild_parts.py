@@ -1,0 +1,203 @@
+"""A rebuild folded by worker processes, a part of the streams each, writes what one process's fold writes (SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import tempfile
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import projections._parts
+from eventstore.backends._common import COLUMNS
+from eventstore.backends.sqlite import SQLiteEventLog
+from eventstore.catalogue import Outcome
+from eventstore.codec import dumps, encode
+from eventstore.errors import StorageError
+from eventstore.events import DomainDefined, DomainStarted, Event, change_event
+from eventstore.log import Metadata, RecordedEvent, timestamp
+from projections._parts import part_of
+from projections.store import TableProjector, table_rows
+from tests.strategies import LOG_START, any_logs, recorded
+
+CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}
+
+
+def _row(rec: RecordedEvent) -> tuple[Any, ...]:
+    """Return the stored row of a record; its hash is not a rebuild's business."""
+    return (rec.position, rec.stream, rec.version, *encode(rec.event), dumps(rec.metadata.to_dict()),
+            timestamp(rec.recorded_at), "")
+
+
+def _stored(path: str, rows: list[tuple[Any, ...]]) -> None:
+    """Make a ledger file at `path` whose events table holds `rows`, and whose projections are empty."""
+    async def schema() -> None:
+        async with SQLiteEventLog(path, TableProjector()):
+            pass
+
+    asyncio.run(schema())
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.executemany(f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def _rebuilt(path: str, projector: TableProjector) -> tuple[Any, ...]:
+    """Rebuild the file's projections; return the position and every row, or the error's type and text."""
+    async def go() -> tuple[Any, ...]:
+        async with SQLiteEventLog(path, projector) as log:
+            try:
+                position = await log.rebuild()
+            except (ValueError, StorageError) as e:
+                return ("raised", type(e), str(e), await table_rows(log.fetch_all))
+            return ("rebuilt", position, await table_rows(log.fetch_all))
+
+    return asyncio.run(go())
+
+
+def _both(rows: list[tuple[Any, ...]], parts: int = 2, chunk: int = 3) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Return what a rebuild in one process and one in `parts` worker processes make of a file holding `rows`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ledger.db")
+        _stored(path, rows)
+        alone = _rebuilt(path, TableProjector(chunk=chunk, parts=1))
+        split = _rebuilt(path, TableProjector(chunk=chunk, parts=parts, parts_from=0))
+    return alone, split
+
+
+def _change(outcome: Outcome, request_id: str, **fields: Any) -> Event:
+    return change_event("memory", outcome)(request_id=request_id, property="memory", **fields)
+
+
+def _fleet() -> list[tuple[str, Event]]:
+    """Return the events of six running domains, three requests each, one completing late, the last still open."""
+    events: list[tuple[str, Event]] = []
+    names = [f"domain-{c}" for c in "abcdef"]
+    for name in names:
+        events += [(name, DomainDefined(domain=name, uuid=name, guest_type="pv", config=CONFIG, capabilities={})),
+                   (name, DomainStarted(config=CONFIG))]
+    for i in range(3):
+        for name in names:
+            rid, size = f"{name}-{i}", 2**29 + i
+            events.append((name, _change(Outcome.REQUESTED, rid, value=size, scope="both", principal="p")))
+            if i < 2:
+                events += [(name, _change(Outcome.APPLIED, rid, scope="persistent", requested=size, value=size)),
+                           (name, _change(Outcome.PARTIALLY_APPLIED, rid, scope="live", requested=size,
+                                          value=size - 1))]
+    for name in names:  # a second live outcome of a request completed long before
+        events.append((name, _change(Outcome.APPLIED, f"{name}-0", scope="live", requested=2**29, value=2**29)))
+    return events
+
+
+_TWO = [("a", DomainDefined(domain="a", uuid="a", guest_type="pv", config=CONFIG, capabilities={})),
+        ("b", DomainDefined(domain="b", uuid="b", guest_type="pv", config=CONFIG, capabilities={}))]
+_ASKED = ("a", _change(Outcome.REQUESTED, "r", value=2**29, scope="persistent", principal="p"))
+# Outcomes on another domain's stream than their request's: the parts cannot fold them alone,
+# whether the request is open, or complete and written out, when the other part reaches them.
+_ACROSS = recorded([*_TWO, _ASKED, ("b", _change(Outcome.APPLIED, "r", scope="persistent", requested=2**29,
+                                                 value=2**29))])
+_ACROSS_LATE = recorded([
+    *_TWO, _ASKED, ("a", _change(Outcome.APPLIED, "r", scope="persistent", requested=2**29, value=2**29)),
+    ("b", _change(Outcome.REFUSED, "r", scope="live", requested=2**29, value=None)),
+    ("a", _change(Outcome.FAILED, "r", scope="live", requested=2**29, value=None)),
+])
+
+
+@settings(database=None, deadline=None, max_examples=20)
+@given(any_logs(), st.integers(1, 4) | st.integers(1, 60), st.integers(2, 3))
+@example(records=_ACROSS, chunk=1, parts=2)
+@example(records=_ACROSS_LATE, chunk=1, parts=2)
+def test_a_rebuild_in_parts_writes_the_rows_of_one_process_or_raises_its_error(
+    records: list[RecordedEvent], chunk: int, parts: int,
+) -> None:
+    """On any log, worker processes folding a part of the streams each write the rows, and raise the error, of one process's fold."""
+    alone, split = _both([_row(r) for r in records], parts, chunk)
+    assert split == alone
+
+
+def test_the_two_domains_of_the_logs_fold_in_different_parts() -> None:
+    """The generated logs' domains `a` and `b` fold in different worker processes, so their property tests split."""
+    assert (part_of("a", 2), part_of("b", 2), part_of("", 2)) == (1, 0, 0)
+
+
+def test_a_rebuild_in_parts_writes_the_rows_the_appends_wrote(tmp_path: Any) -> None:
+    """Three worker processes rebuild a fleet's rows, late outcomes and open requests too, as the appends wrote them, reporting progress up to the head."""
+    path = str(tmp_path / "ledger.db")
+    seen: list[tuple[int, int]] = []
+
+    async def go() -> tuple[dict, int, dict]:
+        async with SQLiteEventLog(path, TableProjector()) as log:
+            for rec in recorded(_fleet()):
+                await log.append(rec.stream, rec.version - 1, [rec.event], Metadata(principal="p"),
+                                 now=LOG_START + timedelta(seconds=rec.position))
+            incremental = await table_rows(log.fetch_all)
+        async with SQLiteEventLog(path, TableProjector(chunk=4, parts=3, parts_from=0)) as log:
+            position = await log.rebuild(lambda at, head: seen.append((at, head)))
+            return incremental, position, await table_rows(log.fetch_all)
+
+    incremental, position, rebuilt = asyncio.run(go())
+    heads = {head for _, head in seen}
+    assert (rebuilt, position, heads, seen[-1][0], [at for at, _ in seen] == sorted(at for at, _ in seen)) == (
+        incremental, 60, {60}, 60, True)
+    assert {part_of(f"domain-{c}", 3) for c in "abcdef"} == {0, 1, 2}  # every worker has domains to fold
+
+
+def test_a_rebuild_whose_workers_cannot_start_folds_in_one_process(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rebuild whose worker processes fail to start (no interpreter at the path, a fault made by patching it) still writes the right rows, and logs why."""
+    path = str(tmp_path / "ledger.db")
+    _stored(path, [_row(r) for r in recorded(_fleet())])
+    alone = _rebuilt(path, TableProjector(parts=1))
+    monkeypatch.setattr(projections._parts.sys, "executable", str(tmp_path / "no-python"))
+    with caplog.at_level(logging.WARNING, logger="vmledger"):
+        split = _rebuilt(path, TableProjector(parts=2, parts_from=0))
+    assert (split, [r.message.split(" (")[0] for r in caplog.records]) == (
+        alone, ["rebuild: the worker processes failed"])
+
+
+def test_a_rebuild_in_parts_of_a_row_that_does_not_decode_raises_and_changes_nothing(tmp_path: Any) -> None:
+    """A row whose data does not decode fails the rebuild in parts as in one process, and the projection rows stay as they were."""
+    path = str(tmp_path / "ledger.db")
+    rows = [_row(r) for r in recorded(_fleet())]
+    _stored(path, rows)
+    before = _rebuilt(path, TableProjector(parts=1))
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE events SET data = '{not json' WHERE position = 40")
+    split = _rebuilt(path, TableProjector(parts=2, parts_from=0))
+    alone = _rebuilt(path, TableProjector(parts=1))
+    assert (split[:2], split == alone, split[3]) == (("raised", StorageError), True, before[2])
+
+
+def _children() -> set[str]:
+    """Return the process ids of this process's children, zombies too, from /proc."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.add(pid)
+    return found
+
+
+def test_a_rebuild_in_parts_that_fails_to_write_stops_its_workers_and_changes_nothing(tmp_path: Any) -> None:
+    """A rebuild in parts on a file too small for its rows fails as a full disk, leaves no worker process running, and writes no row."""
+    path = str(tmp_path / "ledger.db")
+    _stored(path, [_row(r) for r in recorded(_fleet())])
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    before = _children()
+
+    async def go() -> tuple[str, dict]:
+        async with SQLiteEventLog(path, TableProjector(chunk=4, parts=2, parts_from=0), max_pages=pages) as log:
+            with pytest.raises(StorageError) as raised:
+                await log.rebuild()
+            return str(raised.value), await table_rows(log.fetch_all)
+
+    message, rows = asyncio.run(go())
+    assert (message.startswith("the disk is full"), rows, _children() - before) == (
+        True, {table: [] for table in rows}, set())
