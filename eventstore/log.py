@@ -169,6 +169,18 @@ def run_steps_sync(tx: SyncTransaction, steps: Generator[Step, Any, T]) -> T:
             reply = getattr(tx, method)(sql, params)
 
 
+class ProjectionBatch(Protocol):
+    """The projection of the appends of one transaction (from `Projector.batch_sync`)."""
+
+    def add(self, records: Sequence[RecordedEvent]) -> None:
+        """Fold one append's records, or refuse them whole with the error `project` raises, changing nothing."""
+        ...
+
+    def write(self) -> None:
+        """Write the rows the added appends changed."""
+        ...
+
+
 class Projector(Protocol):
     """Updates read models in the same transaction as an append (declared here, wired by `open`)."""
 
@@ -180,6 +192,10 @@ class Projector(Protocol):
 
     def project_sync(self, tx: SyncTransaction, records: Sequence[RecordedEvent]) -> None:
         """Do what `project` does, through a synchronous transaction."""
+        ...
+
+    def batch_sync(self, tx: SyncTransaction, streams: Sequence[str], request_ids: Sequence[str]) -> "ProjectionBatch":
+        """Start projecting several appends to `streams`, naming `request_ids`, in one transaction."""
         ...
 
     def rebuild(self, progress: Callable[[int, int], None] | None,

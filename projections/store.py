@@ -22,7 +22,7 @@ from projections._parts import PartRows, fold_in_parts
 from projections._replay import Replay
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
-__all__ = ["SCHEMA", "TableProjector", "DuplicateRequestError", "expected_rows", "table_rows", "compare",
+__all__ = ["SCHEMA", "TableProjector", "SyncBatch", "DuplicateRequestError", "expected_rows", "table_rows", "compare",
            "rows_by_domain", "digest"]
 
 SCHEMA: tuple[str, ...] = (
@@ -154,49 +154,21 @@ class TableProjector:
         """
         run_steps_sync(tx, self._steps(records))
 
+    def batch_sync(self, tx: SyncTransaction, streams: Sequence[str], request_ids: Sequence[str]) -> "SyncBatch":
+        """Start the projection of several appends to `streams`, naming `request_ids`, in one transaction.
+
+        The rows they touch are read once, here; `add` folds each append or
+        refuses it whole, and `write` writes the rows that changed, once.
+        """
+        batch = _Batch(self)
+        run_steps_sync(tx, batch.load(streams, request_ids))
+        return SyncBatch(tx, batch)
+
     def _steps(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
-        model = Model()
-        streams = sorted({r.stream for r in records})
-        found = yield ("fetch_all", f"SELECT uuid, state FROM domains WHERE uuid IN ({_marks(streams)})", streams)
-        before: dict[str, dict[str, list[tuple]]] = {}
-        for uuid, text in found:
-            model.states[uuid], before[uuid] = self._parsed(uuid, text)
-        wanted = sorted({r.event.request_id for r in records if hasattr(r.event, "request_id")})
-        stored_history: dict[str, tuple] = {}
-        if wanted:
-            found = yield ("fetch_all", _select("history").replace(
-                " ORDER BY", f" WHERE request_id IN ({_marks(wanted)}) ORDER BY"), wanted)
-            for row in found:
-                model.history[row[0]] = history_from_row(row)
-                stored_history[row[0]] = tuple(row)
-        for rec in records:
-            e = rec.event
-            if isinstance(e, ChangeRequested) and e.request_id in model.history:
-                raise DuplicateRequestError(e.request_id)
-            if isinstance(e, DomainDefined):
-                taken = yield ("fetch_all", "SELECT uuid FROM domains WHERE name = ? AND defined = 1", (e.domain,))
-                if taken:
-                    raise InvalidRequestError(f"domain {e.domain!r} is already defined")
-            model.feed(rec)
-        # Only the rows that changed are written: an append touches a few of a domain's rows.
-        gone: dict[str, list[tuple]] = defaultdict(list)
-        changed: dict[str, list[tuple]] = defaultdict(list)
-        for uuid in streams:
-            rows = model.domain_rows(uuid)
-            self._remember(uuid, model.states[uuid], rows)
-            for table, part in rows.items():
-                _diff(table, before.get(uuid, {}).get(table, ()), part, gone, changed)
-        _diff("history", [stored_history[r] for r in wanted if r in stored_history],
-              [model.history_row(r) for r in wanted if r in model.history], gone, changed)
-        # Undefined domains first: a name is unique among defined ones at every row written.
-        changed["domains"].sort(key=lambda row: row[3])
-        for table, keys in gone.items():
-            if keys:
-                yield ("execute_many", _DELETE[table], keys)
-        for table, part in changed.items():
-            if part:
-                yield ("execute_many", _UPSERT[table], part)
-        yield ("execute", _SET_POSITION, (records[-1].position,))
+        batch = _Batch(self)
+        yield from batch.load([r.stream for r in records], _request_ids(records))
+        yield from batch.add(records)
+        yield from batch.write()
 
     def _parsed(self, uuid: str, text: str) -> tuple[DomainState, dict[str, list[tuple]]]:
         """Return the state a stored snapshot holds and the rows it stands for, from the cache if it holds `text`."""
@@ -265,6 +237,119 @@ class TableProjector:
                 yield ("execute_many", _insert(table), part)
         yield ("execute", _SET_POSITION, (last,))
         return last
+
+
+def _request_ids(records: Sequence[RecordedEvent]) -> list[str]:
+    return [r.event.request_id for r in records if hasattr(r.event, "request_id")]
+
+
+class _Batch:
+    """The projection of the appends of one transaction, in a model seeded with the rows they touch."""
+
+    def __init__(self, projector: TableProjector) -> None:
+        self._projector = projector
+        self.model = Model()
+        self._before: dict[str, dict[str, list[tuple]]] = {}  # the stored rows of each domain read
+        self._stored_history: dict[str, tuple] = {}
+        self._streams: set[str] = set()  # of the appends added
+        self._requests: set[str] = set()
+
+    def load(self, streams: Sequence[str], request_ids: Sequence[str]) -> Generator[Step, Any, None]:
+        """Read the stored state of `streams` and the history of `request_ids`."""
+        model, wanted = self.model, sorted(set(streams))
+        found = yield ("fetch_all", f"SELECT uuid, state FROM domains WHERE uuid IN ({_marks(wanted)})", wanted)
+        for uuid, text in found:
+            model.states[uuid], self._before[uuid] = self._projector._parsed(uuid, text)
+        wanted = sorted(set(request_ids))
+        if wanted:
+            found = yield ("fetch_all", _select("history").replace(
+                " ORDER BY", f" WHERE request_id IN ({_marks(wanted)}) ORDER BY"), wanted)
+            for row in found:
+                model.history[row[0]] = history_from_row(row)
+                self._stored_history[row[0]] = tuple(row)
+
+    def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
+        """Fold one append's records, or leave the model as it was and raise.
+
+        Raises:
+            DuplicateRequestError, InvalidRequestError: as `TableProjector.project`.
+            ValueError: the fold refuses a record (as `Model.feed`).
+        """
+        model = self.model
+        states = {r.stream: model.states.get(r.stream) for r in records}
+        ids = set(_request_ids(records))
+        history = {i: model.history.get(i) for i in ids}
+        position = model.position
+        try:
+            for rec in records:
+                e = rec.event
+                if isinstance(e, ChangeRequested) and e.request_id in model.history:
+                    raise DuplicateRequestError(e.request_id)
+                if isinstance(e, DomainDefined):
+                    stored = yield ("fetch_all", "SELECT uuid FROM domains WHERE name = ? AND defined = 1",
+                                    (e.domain,))
+                    # A domain this batch holds is as the model has it; any other, as stored.
+                    if (any(uuid not in model.states for (uuid,) in stored)
+                            or any(s.defined and s.name == e.domain for s in model.states.values())):
+                        raise InvalidRequestError(f"domain {e.domain!r} is already defined")
+                model.feed(rec)
+        except BaseException:
+            for saved, into in ((states, model.states), (history, model.history)):
+                for key, value in saved.items():
+                    if value is None:
+                        into.pop(key, None)
+                    else:
+                        into[key] = value  # type: ignore[assignment]
+            model.position = position
+            raise
+        self._streams.update(states)
+        self._requests.update(ids)
+
+    def write(self) -> Generator[Step, Any, None]:
+        """Write the rows the added appends changed, and the position they reached; nothing if none was added."""
+        if not self._streams:
+            return
+        model, before = self.model, self._before
+        # Only the rows that changed are written: an append touches a few of a domain's rows.
+        gone: dict[str, list[tuple]] = defaultdict(list)
+        changed: dict[str, list[tuple]] = defaultdict(list)
+        for uuid in sorted(self._streams):
+            rows = model.domain_rows(uuid)
+            self._projector._remember(uuid, model.states[uuid], rows)
+            for table, part in rows.items():
+                _diff(table, before.get(uuid, {}).get(table, ()), part, gone, changed)
+        wanted = sorted(self._requests)
+        _diff("history", [self._stored_history[r] for r in wanted if r in self._stored_history],
+              [model.history_row(r) for r in wanted if r in model.history], gone, changed)
+        # Undefined domains first: a name is unique among defined ones at every row written.
+        changed["domains"].sort(key=lambda row: row[3])
+        for table, keys in gone.items():
+            if keys:
+                yield ("execute_many", _DELETE[table], keys)
+        for table, part in changed.items():
+            if part:
+                yield ("execute_many", _UPSERT[table], part)
+        yield ("execute", _SET_POSITION, (model.position,))
+
+
+class SyncBatch:
+    """The projection of the appends of one transaction, through a synchronous transaction."""
+
+    def __init__(self, tx: SyncTransaction, batch: _Batch) -> None:
+        self._tx, self._batch = tx, batch
+
+    def add(self, records: Sequence[RecordedEvent]) -> None:
+        """Fold one append's records into the batch, or refuse them whole.
+
+        Raises:
+            DuplicateRequestError, InvalidRequestError: as `TableProjector.project`.
+            ValueError: the fold refuses a record.
+        """
+        run_steps_sync(self._tx, self._batch.add(records))
+
+    def write(self) -> None:
+        """Write the rows the added appends changed."""
+        run_steps_sync(self._tx, self._batch.write())
 
 
 async def expected_rows(records: AsyncIterator[RecordedEvent]) -> Model:

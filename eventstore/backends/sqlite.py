@@ -5,10 +5,11 @@ connection, a plain `sqlite3` connection used from one thread of its own.
 Appends that arrive together are committed together (group commit): the
 whole batch — events, hash links, projection rows — runs as one synchronous
 function in that thread, one `BEGIN IMMEDIATE` transaction committed with
-`synchronous=FULL`, so a batch costs one thread hop and one `fsync` however
-many statements it holds.  Reads use a second connection, through aiosqlite;
-WAL lets them run beside the writer, and a busy timeout lets several
-processes share the file.
+`synchronous=FULL`, so a batch costs one thread hop and one `fsync`; its
+appends are checked, chained and folded in memory, then written with one
+statement per table, so it costs a few statements however many appends.
+Reads use a second connection, through aiosqlite; WAL lets them run beside
+the writer, and a busy timeout lets several processes share the file.
 """
 
 from __future__ import annotations
@@ -291,10 +292,11 @@ class SQLiteEventLog(LogReads):
 
         Appends that arrive while a commit is under way are gathered into the
         next transaction (group commit): one `fsync` serves them all, each
-        keeps its own version check inside a savepoint, so a refused append
-        does not fail its neighbours, and each caller returns only after the
-        commit that holds its events.  A cancelled caller's append may still
-        be committed: treat cancellation as an unknown outcome and re-read.
+        is checked and folded in memory before anything is written, so a
+        refused append does not fail its neighbours, and each caller returns
+        only after the commit that holds its events.  A cancelled caller's
+        append may still be committed: treat cancellation as an unknown
+        outcome and re-read.
 
         Raises:
             ConcurrencyError: the stream is at another version; nothing was written.
@@ -336,36 +338,40 @@ class SQLiteEventLog(LogReads):
                     a.future.set_result(outcome)
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Append]) -> list[list[RecordedEvent] | Exception]:
-        """Write a batch of appends, each refused or written whole (in the writer thread)."""
+        """Write a batch of appends, each refused or written whole (in the writer thread).
+
+        Each append is checked, chained and folded in memory after the ones
+        accepted before it; then the events and the projection rows of all
+        the accepted ones are written once.
+        """
         # The transaction holds the write lock: the log's end moves only with this batch's appends.
         last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone() or (0, None)
+        streams = sorted({a.stream for a in batch})
+        # One lookup of the last version per stream (`max` reads one index entry), never a scan of a stream.
+        versions = {stream: version or 0 for stream, version in conn.execute(
+            f"WITH s(stream) AS (VALUES {', '.join(['(?)'] * len(streams))}) "
+            "SELECT stream, (SELECT max(version) FROM events WHERE events.stream = s.stream) FROM s", streams)}
+        projection = self._projector.batch_sync(
+            _SyncTx(conn), streams, [e.request_id for a in batch for e in a.events if hasattr(e, "request_id")])
         outcomes: list[list[RecordedEvent] | Exception] = []
+        rows: list[tuple[Any, ...]] = []
         for a in batch:
-            outcomes.append(outcome := self._append_one(conn, a, last))
-            if not isinstance(outcome, Exception):
-                last = (outcome[-1].position, outcome[-1].hash)
-        return outcomes
-
-    def _append_one(self, conn: sqlite3.Connection, a: _Append,
-                    last: tuple[int, str | None]) -> list[RecordedEvent] | Exception:
-        """Write one append after `last` (position, hash) inside the batch's transaction, undone alone if refused."""
-        conn.execute("SAVEPOINT append")
-        try:
-            actual = conn.execute("SELECT max(version) FROM events WHERE stream = ?", (a.stream,)).fetchone()[0] or 0
-            if actual != a.expected:
-                raise ConcurrencyError(a.stream, a.expected, actual)
-            rows, records = chained_rows(a.stream, a.expected, a.events, a.metadata, a.now, *last)
+            try:
+                actual = versions[a.stream]
+                if actual != a.expected:
+                    raise ConcurrencyError(a.stream, a.expected, actual)
+                chained, records = chained_rows(a.stream, a.expected, a.events, a.metadata, a.now, *last)
+                projection.add(records)
+            except (VmledgerError, ValueError, TypeError) as e:
+                outcomes.append(e)
+                continue
+            rows += chained
+            versions[a.stream], last = records[-1].version, (records[-1].position, records[-1].hash)
+            outcomes.append(records)
+        if rows:
             conn.executemany(_INSERT, rows)
-            self._projector.project_sync(_SyncTx(conn), records)
-        except (VmledgerError, ValueError, TypeError) as e:
-            conn.execute("ROLLBACK TO append")
-            return e
-        finally:
-            # SQLite may have rolled the whole transaction back itself (disk full, I/O error):
-            # releasing the savepoint then fails and would hide that error.
-            if conn.in_transaction:
-                conn.execute("RELEASE append")
-        return records
+            projection.write()
+        return outcomes
 
     async def import_rows(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert already-chained rows verbatim after the last event, with their projections.

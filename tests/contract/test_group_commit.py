@@ -10,12 +10,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventstore.backends.sqlite import SQLiteEventLog
+from eventstore.catalogue import Outcome
 from eventstore.errors import ConcurrencyError, InvalidRequestError
-from eventstore.events import DomainDefined, DomainStarted
+from eventstore.events import DomainDefined, DomainStarted, DomainStopped, DomainUndefined, Event, change_event
 from eventstore.log import Metadata
-from projections.store import TableProjector
+from projections.store import TableProjector, table_rows
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}
@@ -86,3 +89,55 @@ def test_cancelled_caller_leaves_no_partial_append(tmp_path: Any, cancel_after: 
 
     streams, head = asyncio.run(go())
     assert (streams, head) in ((["b"], 1), (["a", "b"], 3))
+
+
+def _event(kind: str, stream: str, name: str, request_id: str) -> Event:
+    if kind == "define":
+        return _defined(name, uuid=stream)
+    if kind == "requested":
+        return change_event("memory", Outcome.REQUESTED)(request_id=request_id, property="memory", value=2**29,
+                                                          scope="both", principal="p")
+    if kind == "applied":
+        return change_event("memory", Outcome.APPLIED)(request_id=request_id, property="memory",
+                                                        scope="persistent", requested=2**29, value=2**29)
+    return {"start": DomainStarted(config=CONFIG), "stop": DomainStopped(), "undefine": DomainUndefined()}[kind]
+
+
+_KINDS = ("define", "define", "requested", "applied", "start", "stop", "undefine")
+_APPENDS = st.lists(st.tuples(
+    st.sampled_from("abc"), st.integers(0, 3),
+    st.lists(st.tuples(st.sampled_from(_KINDS), st.sampled_from("xy"), st.sampled_from(("r1", "r2"))),
+             min_size=1, max_size=3)), min_size=1, max_size=12)
+
+
+async def _outcomes(path: str, appends: list[tuple[str, int, list[tuple[str, str, str]]]], together: bool) -> tuple:
+    """Make `appends` on a fresh file, together (one batch) or one at a time; return what each got, and the file."""
+    async with SQLiteEventLog(path, TableProjector()) as log:
+        calls = [log.append(stream, expected, [_event(kind, stream, name, rid) for kind, name, rid in events],
+                            Metadata(principal="p"), now=T0) for stream, expected, events in appends]
+        if together:
+            got = await asyncio.gather(*calls, return_exceptions=True)
+            commits = log.commits
+        else:
+            got = []
+            for call in calls:
+                try:
+                    got.append(await call)
+                except (ConcurrencyError, ValueError, TypeError, InvalidRequestError) as e:
+                    got.append(e)
+            commits = 1
+        answers = [(type(r).__name__, str(r)) if isinstance(r, Exception) else [(e.position, e.hash) for e in r]
+                   for r in got]
+        return answers, commits, await table_rows(log.fetch_all), [r.hash async for r in log.read_all()]
+
+
+@settings(database=None, deadline=None, max_examples=60)
+@given(_APPENDS)
+def test_a_batch_commits_what_its_appends_made_one_at_a_time(
+    tmp_path_factory: pytest.TempPathFactory, appends: list[tuple[str, int, list[tuple[str, str, str]]]],
+) -> None:
+    """Appends committed together in one transaction get the outcomes, events and rows they get one transaction each."""
+    where = tmp_path_factory.mktemp("batch")
+    together = asyncio.run(_outcomes(str(where / "together.db"), appends, True))
+    alone = asyncio.run(_outcomes(str(where / "alone.db"), appends, False))
+    assert together == alone
