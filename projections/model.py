@@ -91,9 +91,20 @@ class Model:
         before = self.states.get(rec.stream)
         after = apply(before, rec)
         self.states[rec.stream] = after
+        self.feed_history(rec, bool(before and before.running), after.name)
+        self.position = rec.position
+
+    def feed_history(self, rec: RecordedEvent, running: bool, name: str) -> None:
+        """Apply one record to the history alone.
+
+        A `…Requested` needs whether its domain was running before it, and
+        the domain's name; an outcome needs only the request's record.
+
+        Raises:
+            ValueError: an outcome of a request the history does not hold.
+        """
         e = rec.event
         if isinstance(e, ChangeRequested):
-            running = bool(before and before.running)
             scopes = {
                 s: {"status": "in_flight", "value": None, "reason": None, "message": None}
                 for s, wanted in (("persistent", concerns_persistent(e.scope, running)),
@@ -101,7 +112,7 @@ class Model:
                 if wanted
             }
             self.history[e.request_id] = {
-                "request_id": e.request_id, "domain": rec.stream, "domain_name": after.name,
+                "request_id": e.request_id, "domain": rec.stream, "domain_name": name,
                 "property": e.property, "requested": e.value, "scope": e.scope,
                 "principal": e.principal, "reason": e.reason,
                 "requested_at": _iso(rec.recorded_at), "position": rec.position,
@@ -119,7 +130,6 @@ class Model:
                 **record, "outcomes": outcomes,
                 "completed_at": _iso(rec.recorded_at) if done else None,
             }
-        self.position = rec.position
 
     def feed_all(self, records: Iterable[RecordedEvent]) -> None:
         """Apply records in order."""

@@ -69,6 +69,11 @@ def model_drift(model: Model, uuid: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def history_record(row: tuple) -> dict[str, Any]:
+    """Return the history record of a request, as the API answers it, from its history row."""
+    return _history_dict(history_from_row(row))
+
+
 def _history_dict(record: dict[str, Any]) -> dict[str, Any]:
     return {
         "request_id": record["request_id"], "domain": record["domain_name"],
@@ -101,7 +106,7 @@ async def history_records(
         f"SELECT {cols} FROM history" + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY position", tuple(params),
     )
-    return filter_time([_history_dict(history_from_row(r)) for r in rows], since, until)
+    return filter_time([history_record(r) for r in rows], since, until)
 
 
 def filter_time(records: Iterable[dict[str, Any]], since: datetime | None,

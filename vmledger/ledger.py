@@ -47,7 +47,7 @@ from eventstore.errors import (
     UnknownPropertyError,
     VmledgerError,
 )
-from eventstore.events import DomainDefined, DomainStarted, Event, GuestCapabilitiesObserved
+from eventstore.events import ChangeOutcome, DomainDefined, DomainStarted, Event, GuestCapabilitiesObserved
 from eventstore.hypervisor import DomainSpec, LiveResult, Value
 from eventstore import transfer
 from eventstore.log import Metadata, RecordedEvent
@@ -432,7 +432,7 @@ class Ledger:
                 state, decision = await self._decide(name, self._find_for_request,
                                                      lambda s: decide_set(request, s))
                 try:
-                    await self._append(cast(DomainState, state), decision.events, meta)
+                    recorded = await self._append(cast(DomainState, state), decision.events, meta)
                     break
                 except ConcurrencyError as e:
                     conflict = e
@@ -441,19 +441,27 @@ class Ledger:
                     continue  # another caller recorded the same id first: report theirs
         else:
             raise _contended(name, conflict)
+        # The request's history record as this caller's appends make it, which is the stored one
+        # while every outcome is this caller's own; another writer's (a stop's, say) is read.
+        history = Model(states={cast(DomainState, state).uuid: cast(DomainState, state)})
+        history.feed_all(recorded)
+        own = True
         if decision.persistent_value is not None:
             error = None
             try:
                 await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
             except VmledgerError as e:
                 error = str(e)
-            await self._retrying(
+            own = _outcomes_into(history, await self._retrying(
                 name, lambda s: decide_persistent(request, s, error) if _awaits(s, request, Scope.PERSISTENT.value) else (),
-                meta)
+                meta)) and own
         if decision.live_value is not None:
             result = await self._apply_live(name, prop, decision.live_value)
-            await self._retrying(
-                name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (), meta)
+            own = _outcomes_into(history, await self._retrying(
+                name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (),
+                meta)) and own
+        if own:
+            return queries.history_record(history.history_row(request.request_id))
         return await self.request(request.request_id)
 
     async def _find_for_request(self, name: str) -> DomainState | None:
@@ -794,6 +802,15 @@ def _meta(principal: str) -> Metadata:
         InvalidRequestError: the principal is not valid text.
     """
     return Metadata(principal=check_principal(principal))
+
+
+def _outcomes_into(history: Model, recorded: list[RecordedEvent]) -> bool:
+    """Add an outcome append's records to a request's history; tell whether it held outcomes only, and any."""
+    if not recorded or not all(isinstance(rec.event, ChangeOutcome) for rec in recorded):
+        return False
+    for rec in recorded:
+        history.feed_history(rec, False, "")  # an outcome needs neither the domain's power state nor its name
+    return True
 
 
 def _awaits(state: DomainState, request: SetRequest, scope: str) -> bool:

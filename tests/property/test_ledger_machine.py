@@ -205,9 +205,11 @@ class LedgerMachine(RuleBasedStateMachine):
         scopes = _scopes(scope, self.domains.get(name, False))
         error, moved, record = self.attempt(self.ledger.set(name, prop, value, scope=scope))
         got = (error, moved, sorted(record["outcomes"]) if record else None,
-               [s for s, o in sorted(record["outcomes"].items()) if o["status"] == "in_flight"] if record else None)
+               [s for s, o in sorted(record["outcomes"].items()) if o["status"] == "in_flight"] if record else None,
+               record == self.run(self.ledger.request(record["request_id"])) if record else None)
         ok = expected is NoError
-        assert got == (expected, 1 + len(scopes) if ok else 0, scopes if ok else None, [] if ok else None)
+        assert got == (expected, 1 + len(scopes) if ok else 0, scopes if ok else None, [] if ok else None,
+                       True if ok else None)
         if record:
             self.requests.append((name, prop, value, scope, record["request_id"]))
 
