@@ -110,7 +110,12 @@ _SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all'
 
 
 def _cpus() -> int:
-    """Return the CPUs this process may run on, at most 4: a rebuild's worker processes, one per CPU."""
+    """Return the CPUs this process may run on, at most 4: a rebuild's worker processes, one per CPU.
+
+    Only on POSIX systems, where the workers get their pipes as inherited file descriptors.
+    """
+    if os.name != "posix":
+        return 1
     try:
         count = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
