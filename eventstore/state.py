@@ -73,6 +73,13 @@ class Pending:
         return scope in self.awaiting
 
 
+# Enum values read once: a member's `.value` costs a descriptor call, and the fold reads them per event.
+_PERSISTENT, _LIVE, _BOTH, _CURRENT = (s.value for s in (Scope.PERSISTENT, Scope.LIVE, Scope.BOTH, Scope.CURRENT))
+_C_EXTERNAL, _C_LIVE_ONLY, _C_PARTIAL, _C_REQUIRES_RESTART, _C_REFUSED, _C_FAILED, _C_IN_FLIGHT = (c.value for c in (
+    Cause.EXTERNAL, Cause.LIVE_ONLY, Cause.PARTIAL, Cause.REQUIRES_RESTART, Cause.REFUSED, Cause.FAILED, Cause.IN_FLIGHT))
+_R_REQUIRES_RESTART = Reason.REQUIRES_RESTART.value
+
+
 @attrs.frozen(kw_only=True)
 class DomainState:
     """Everything the log says about one domain at one position."""
@@ -110,7 +117,7 @@ class DomainState:
             if l is None or l.value == p.value:
                 continue
             mark = self.marks.get(prop) or Mark(
-                cause=Cause.EXTERNAL.value, request_id=None, position=l.position, at=datetime.min.replace(tzinfo=timezone.utc)
+                cause=_C_EXTERNAL, request_id=None, position=l.position, at=datetime.min.replace(tzinfo=timezone.utc)
             )
             rows.append((prop, p, l, mark))
         return rows
@@ -128,13 +135,13 @@ _STATE_FIELDS = tuple(a.name for a in attrs.fields(DomainState))
 
 def concerns_live(scope: str, running: bool) -> bool:
     """Tell whether a request with `scope` concerns the live config."""
-    return scope == Scope.LIVE.value or (running and scope in (Scope.BOTH.value, Scope.CURRENT.value))
+    return scope == _LIVE or (running and scope in (_BOTH, _CURRENT))
 
 
 def concerns_persistent(scope: str, running: bool) -> bool:
     """Tell whether a request with `scope` concerns the persistent config."""
-    return scope in (Scope.PERSISTENT.value, Scope.BOTH.value) or (
-        scope == Scope.CURRENT.value and not running
+    return scope in (_PERSISTENT, _BOTH) or (
+        scope == _CURRENT and not running
     )
 
 
@@ -157,123 +164,117 @@ def _slots(config: tuple, position: int) -> dict[str, Slot]:
 def _start_marks(state: DomainState, live: dict[str, Slot], rec: RecordedEvent) -> dict[str, Mark]:
     """A domain that boots with values other than its persistent config was changed outside."""
     return {
-        prop: Mark(cause=Cause.EXTERNAL.value, request_id=None, position=rec.position, at=rec.recorded_at)
+        prop: Mark(cause=_C_EXTERNAL, request_id=None, position=rec.position, at=rec.recorded_at)
         for prop, slot in live.items()
         if prop in state.persistent and state.persistent[prop].value != slot.value
     }
 
 
-def _requested(state: DomainState, e: ChangeRequested, rec: RecordedEvent) -> DomainState:
+def _requested(state: DomainState, e: ChangeRequested, rec: RecordedEvent) -> dict[str, Any]:
     # The scopes the history record shows in flight; outcomes in the same append end them.
     awaiting = frozenset(scope for scope, concerned in (
-        (Scope.PERSISTENT.value, concerns_persistent(e.scope, state.running)),
-        (Scope.LIVE.value, concerns_live(e.scope, state.running)),
+        (_PERSISTENT, concerns_persistent(e.scope, state.running)),
+        (_LIVE, concerns_live(e.scope, state.running)),
     ) if concerned)
     pending = Pending(
         request_id=e.request_id, property=e.property, requested=e.value,
         position=rec.position, at=rec.recorded_at, awaiting=awaiting,
     )
-    return _evolve(state, pending=_with(state.pending, e.request_id, pending))
+    return {"pending": _with(state.pending, e.request_id, pending)}
 
 
-def _settled(state: DomainState, e: ChangeOutcome) -> tuple[DomainState, Pending | None]:
-    """Return the state with `e`'s scope no longer awaited, and the request's pending entry before."""
+def _settled(state: DomainState, e: ChangeOutcome) -> tuple[dict[str, Any], Pending | None]:
+    """Return the change that ends the awaiting of `e`'s scope, and the request's pending entry before."""
     pending = state.pending.get(e.request_id)
     if pending is None:
-        return state, None
+        return {}, None
     awaiting = pending.awaiting - {e.scope}
-    status = e.outcome.status if e.scope == Scope.PERSISTENT.value else pending.persistent_status
+    status = e.outcome.status if e.scope == _PERSISTENT else pending.persistent_status
     if not awaiting:
-        return _evolve(state, pending=_without(state.pending, e.request_id)), pending
+        return {"pending": _without(state.pending, e.request_id)}, pending
     still = attrs.evolve(pending, awaiting=awaiting, persistent_status=status)
-    return _evolve(state, pending=_with(state.pending, e.request_id, still)), pending
+    return {"pending": _with(state.pending, e.request_id, still)}, pending
 
 
-def _outcome(state: DomainState, e: ChangeOutcome, rec: RecordedEvent) -> DomainState:
+def _outcome(state: DomainState, e: ChangeOutcome, rec: RecordedEvent) -> dict[str, Any]:
     prop, applied = e.property, e.outcome in (Outcome.APPLIED, Outcome.PARTIALLY_APPLIED)
     mark = lambda cause: Mark(cause=cause, request_id=e.request_id, position=rec.position, at=rec.recorded_at)  # noqa: E731
-    state, pending = _settled(state, e)
-    if e.scope == Scope.PERSISTENT.value:
+    changes, pending = _settled(state, e)
+    if e.scope == _PERSISTENT:
         if not applied or e.value is None:
-            return state
-        state = _evolve(
-            state,
-            persistent=_with(state.persistent, prop, Slot(value=e.value, position=rec.position, request_id=e.request_id)),
-        )
+            return changes
+        changes["persistent"] = _with(state.persistent, prop,
+                                      Slot(value=e.value, position=rec.position, request_id=e.request_id))
         if state.running:
-            live_to_come = pending is not None and pending.awaits(Scope.LIVE.value)
-            cause = Cause.IN_FLIGHT if live_to_come else Cause.REQUIRES_RESTART
-            state = _evolve(state, marks=_with(state.marks, prop, mark(cause.value)))
-        return state
+            live_to_come = pending is not None and pending.awaits(_LIVE)
+            cause = _C_IN_FLIGHT if live_to_come else _C_REQUIRES_RESTART
+            changes["marks"] = _with(state.marks, prop, mark(cause))
+        return changes
     # Live scope.
     if not state.running:
-        return state
+        return changes
     if applied and e.value is not None:
-        state = _evolve(
-            state,
-            live=_with(state.live, prop, Slot(value=e.value, position=rec.position, request_id=e.request_id)),
-        )
+        changes["live"] = _with(state.live, prop, Slot(value=e.value, position=rec.position, request_id=e.request_id))
     if e.outcome is Outcome.APPLIED:
         refused_first = pending is not None and pending.persistent_status in ("refused", "failed")
-        cause = pending.persistent_status if refused_first else Cause.LIVE_ONLY.value
+        cause = pending.persistent_status if refused_first else _C_LIVE_ONLY
     elif e.outcome is Outcome.PARTIALLY_APPLIED:
-        cause = Cause.PARTIAL.value
-    elif e.reason == Reason.REQUIRES_RESTART.value:
-        cause = Cause.REQUIRES_RESTART.value
+        cause = _C_PARTIAL
+    elif e.reason == _R_REQUIRES_RESTART:
+        cause = _C_REQUIRES_RESTART
     elif e.outcome is Outcome.REFUSED:
-        cause = Cause.REFUSED.value
+        cause = _C_REFUSED
     else:
-        cause = Cause.FAILED.value
-    return _evolve(state, marks=_with(state.marks, prop, mark(cause)))
+        cause = _C_FAILED
+    changes["marks"] = _with(state.marks, prop, mark(cause))
+    return changes
+
+
+def _observed(rec: RecordedEvent) -> Mark:
+    return Mark(cause=_C_EXTERNAL, request_id=None, position=rec.position, at=rec.recorded_at)
 
 
 def apply(state: DomainState | None, rec: RecordedEvent) -> DomainState:
     """Return the domain state after `rec`; `state` is None before `DomainDefined`."""
     e = rec.event
     if isinstance(e, DomainDefined):
-        new = DomainState(
+        return DomainState(
             uuid=rec.stream, name=e.domain, guest_type=e.guest_type,
             persistent=_slots(e.config, rec.position), capabilities=dict(e.capabilities),
+            version=rec.version, position=rec.position,
         )
-    elif state is None:
+    if state is None:
         raise ValueError(f"{e.name} at position {rec.position} precedes DomainDefined")
+    # Each event makes one set of changes, and one new state: building states is the fold's main cost.
+    changes: dict[str, Any]
+    if isinstance(e, ChangeOutcome):
+        changes = _outcome(state, e, rec)
+    elif isinstance(e, ChangeRequested):
+        changes = _requested(state, e, rec)
     elif isinstance(e, DomainStarted):
         live = _slots(e.config, rec.position)
-        new = _evolve(
-            state, running=True, live=live, marks=_start_marks(state, live, rec), locked_trays=frozenset(),
-        )
+        changes = {"running": True, "live": live, "marks": _start_marks(state, live, rec),
+                   "locked_trays": frozenset()}
     elif isinstance(e, (DomainStopped, DomainUndefined)):
-        new = _evolve(
-            state, running=False, live={}, marks={}, locked_trays=frozenset(),
-            defined=not isinstance(e, DomainUndefined),
-        )
+        changes = {"running": False, "live": {}, "marks": {}, "locked_trays": frozenset(),
+                   "defined": not isinstance(e, DomainUndefined)}
     elif isinstance(e, GuestCapabilitiesObserved):
-        new = _evolve(state, capabilities={**state.capabilities, **dict(e.capabilities)})
+        changes = {"capabilities": {**state.capabilities, **dict(e.capabilities)}}
     elif isinstance(e, MediaTrayLocked):
-        new = _evolve(state, locked_trays=state.locked_trays | {e.device})
+        changes = {"locked_trays": state.locked_trays | {e.device}}
     elif isinstance(e, MediaTrayUnlocked):
-        new = _evolve(state, locked_trays=state.locked_trays - {e.device})
+        changes = {"locked_trays": state.locked_trays - {e.device}}
     elif isinstance(e, LiveValueObserved):
-        new = _evolve(
-            state,
-            live=_with(state.live, e.property, Slot(value=e.value, position=rec.position)),
-            marks=_with(state.marks, e.property, Mark(
-                cause=Cause.EXTERNAL.value, request_id=None, position=rec.position, at=rec.recorded_at,
-            )),
-        )
+        changes = {"live": _with(state.live, e.property, Slot(value=e.value, position=rec.position)),
+                   "marks": _with(state.marks, e.property, _observed(rec))}
     elif isinstance(e, PersistentValueObserved):
-        new = _evolve(state, persistent=_with(state.persistent, e.property, Slot(value=e.value, position=rec.position)))
+        changes = {"persistent": _with(state.persistent, e.property, Slot(value=e.value, position=rec.position))}
         if state.running:  # the live value now differs from the config, or agrees again, because of this change
-            new = _evolve(new, marks=_with(state.marks, e.property, Mark(
-                cause=Cause.EXTERNAL.value, request_id=None, position=rec.position, at=rec.recorded_at,
-            )))
-    elif isinstance(e, ChangeRequested):
-        new = _requested(state, e, rec)
-    elif isinstance(e, ChangeOutcome):
-        new = _outcome(state, e, rec)
+            changes["marks"] = _with(state.marks, e.property, _observed(rec))
     else:
         raise ValueError(f"no fold for {e.name}")
-    return _evolve(new, version=rec.version, position=rec.position)
+    changes["version"], changes["position"] = rec.version, rec.position
+    return _evolve(state, **changes)
 
 
 def fold(records: "list[RecordedEvent] | tuple[RecordedEvent, ...]", state: DomainState | None = None) -> DomainState | None:
