@@ -22,8 +22,8 @@ from projections._parts import PartRows, fold_in_parts
 from projections._replay import Replay
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
-__all__ = ["SCHEMA", "TableProjector", "SyncBatch", "DuplicateRequestError", "expected_rows", "table_rows", "compare",
-           "rows_by_domain", "digest"]
+__all__ = ["SCHEMA", "TableProjector", "SyncBatch", "DuplicateRequestError", "expected_rows", "replayed_rows",
+           "table_rows", "compare", "rows_by_domain", "digest"]
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS domains (
@@ -355,6 +355,40 @@ class SyncBatch:
     def write(self) -> None:
         """Write the rows the added appends changed."""
         run_steps_sync(self._tx, self._batch.write())
+
+
+async def replayed_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK) -> dict[str, list[tuple]]:
+    """Return every projection row a rebuild writes for the stored rows (`COLUMNS`, in order), sorted by key.
+
+    It is the rebuild's fold, with the history of completed requests kept in
+    memory instead of written out.
+
+    Raises:
+        StorageError: a row does not decode.
+        ValueError: the fold refuses an event (as `Model.feed`).
+    """
+    replay, completed = Replay(), {}
+    part: list[Sequence[Any]] = []
+
+    def fold() -> None:
+        request_id = replay.fold(part)
+        while request_id is not None:  # a late outcome of a completed request: its row back
+            request_id = replay.resume(completed.pop(request_id, None))
+        completed.update((row[0], row) for row in replay.completed())
+        part.clear()
+
+    async for row in rows:
+        part.append(row[:-1])  # all but the hash
+        if len(part) == chunk:
+            fold()
+    fold()
+    out: dict[str, list[tuple]] = {table: [] for table in TABLES}
+    for table, table_rows_ in replay.rows():
+        out[table].extend(table_rows_)
+    out["history"].extend(completed.values())
+    for table, (_, key) in TABLES.items():
+        out[table].sort(key=lambda row: row[:key])
+    return out
 
 
 async def expected_rows(records: AsyncIterator[RecordedEvent]) -> Model:

@@ -54,7 +54,7 @@ from eventstore.log import Metadata, RecordedEvent
 from eventstore.state import DomainState, apply
 from projections import queries
 from projections.model import Model, state_from_json
-from projections.store import DuplicateRequestError, compare, digest, rows_by_domain, table_rows
+from projections.store import DuplicateRequestError, compare, digest, replayed_rows, rows_by_domain, table_rows
 from vmledger._checkpoint import Checkpoint
 
 __all__ = ["Ledger"]
@@ -767,7 +767,7 @@ class Ledger:
             stored = await table_rows(self.log.fetch_all)
             domains = rows_by_domain(stored)
             if since is None:
-                compare((await self.model_at(head)).all_rows(), stored)
+                compare(await replayed_rows(self.log.read_rows(0, head)), stored)
             else:
                 await self._compare_since(since, domains)
             return Checkpoint(position=head, hash=await self._hash_at(head),

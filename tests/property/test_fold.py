@@ -9,6 +9,7 @@ The rebuild's own fold (`Replay`) is held equal to `Model` on the same sequences
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from datetime import timedelta
 from typing import Any, Callable
@@ -47,6 +48,7 @@ from eventstore.log import Metadata, RecordedEvent, timestamp
 from eventstore.state import DomainState, Slot, apply
 from projections._replay import Replay, _Domain
 from projections.model import TABLES, Model, history_from_row, state_from_json, state_to_json
+from projections.store import replayed_rows
 from tests.strategies import (
     DEVICES,
     DOMAIN_NAMES,
@@ -488,3 +490,23 @@ _JSON_VALUES = st.recursive(
 def test_fast_json_is_codec_json(value: Any) -> None:
     """The projections' quick JSON writers (orjson where installed) write any value but floats as `codec.dumps` does."""
     assert (dumps_plain(value), dumps_value(value)) == (dumps(value), dumps(value))
+
+
+async def _stored_rows(records: list[RecordedEvent]) -> Any:
+    for rec in records:
+        yield (*_stored(rec), "a hash")
+
+
+@SETTINGS
+@given(any_logs(), st.integers(1, 3) | st.integers(1, 40))
+def test_verify_expects_the_model_s_rows_of_any_log(records: list[RecordedEvent], chunk: int) -> None:
+    """The rows verify expects (the rebuild's fold, completed requests kept in memory) are the model's, or its error."""
+    def replayed() -> tuple[Any, ...]:
+        return (asyncio.run(replayed_rows(_stored_rows(records), chunk)),)
+
+    def modelled() -> tuple[Any, ...]:
+        model = Model()
+        model.feed_all(records)
+        return (model.all_rows(),)
+
+    assert _folded(replayed) == _folded(modelled)
