@@ -172,8 +172,11 @@ class SQLiteEventLog(LogReads):
         #: Write transactions committed by this log: appends per commit shows group commit at work.
         self.commits = 0
         self._flusher: asyncio.Task[None] | None = None
+        self._parts: _PartRows | None = None
 
     async def __aenter__(self) -> "SQLiteEventLog":
+        # The file the connections open, for a rebuild's worker processes, whatever the working directory becomes.
+        self._parts = None if self.path == ":memory:" else _PartRows(os.path.abspath(self.path), self._busy_ms)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vmledger-sqlite-writer")
         try:
             # The writer first: a plain connect turns the common failures
@@ -408,8 +411,8 @@ class SQLiteEventLog(LogReads):
         Raises:
             StorageError: SQLite failed; the projections are unchanged.
         """
-        parts = None if self.path == ":memory:" else _PartRows(os.path.abspath(self.path), self._busy_ms)
-        return await self._write(lambda conn: run_steps_sync(_SyncTx(conn), self._projector.rebuild(progress, parts)))
+        return await self._write(
+            lambda conn: run_steps_sync(_SyncTx(conn), self._projector.rebuild(progress, self._parts)))
 
     # Reading.
 

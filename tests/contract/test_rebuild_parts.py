@@ -201,3 +201,23 @@ def test_a_rebuild_in_parts_that_fails_to_write_stops_its_workers_and_changes_no
     message, rows = asyncio.run(go())
     assert (message.startswith("the disk is full"), rows, _children() - before) == (
         True, {table: [] for table in rows}, set())
+
+
+def test_a_rebuild_in_parts_reads_the_file_the_log_opened_after_a_change_of_directory(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A log opened by a relative path rebuilds in parts from its own file after the process changes directory, with no fallback."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    _stored("ledger.db", [_row(r) for r in recorded(_fleet())])
+    alone = _rebuilt("ledger.db", TableProjector(parts=1))
+
+    async def go() -> tuple[Any, ...]:
+        async with SQLiteEventLog("ledger.db", TableProjector(parts=2, parts_from=0)) as log:
+            os.chdir(tmp_path / "elsewhere")
+            position = await log.rebuild()
+            return ("rebuilt", position, await table_rows(log.fetch_all))
+
+    with caplog.at_level(logging.DEBUG, logger="vmledger"):
+        split = asyncio.run(go())
+    assert (split, os.listdir(tmp_path / "elsewhere"), [r.message for r in caplog.records]) == (alone, [], [])
