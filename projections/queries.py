@@ -14,7 +14,7 @@ from eventstore.errors import UnknownDomainError
 from eventstore.state import DomainState
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
-__all__ = ["Reader", "find_domain", "drift_rows", "history_records", "domain_view", "list_domains"]
+__all__ = ["Reader", "find_domain", "drift_rows", "history_records", "history_record", "domain_view", "list_domains"]
 
 Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
