@@ -444,7 +444,7 @@ def _request(scope: str, *outcomes: tuple[Outcome, str]) -> list[tuple[str, Even
 # Persistent applied first while the live outcome is awaited, or not: in flight, or requires restart.
 @example(records=recorded(_request("both", (Outcome.APPLIED, "persistent"))), size=1, via_record=set())
 @example(records=recorded(_request("persistent", (Outcome.APPLIED, "persistent"))), size=1, via_record=set())
-def test_rebuild_fold_equals_the_model_on_anyrecorded(
+def test_rebuild_fold_equals_the_model_on_any_log(
     records: list[RecordedEvent], size: int, via_record: set[int],
 ) -> None:
     """On logs with change events in any order and outcome, the rebuild's fold gives the model's rows, and its states after every chunk."""
