@@ -23,7 +23,7 @@ try:  # orjson (the `bench` extra) writes JSON faster, and the same text: see `d
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson_dumps = None
 
-__all__ = ["encode", "decode", "dumps", "dumps_plain", "dumps_value", "plain", "loads", "UPCASTERS"]
+__all__ = ["encode", "decode", "dumps", "dumps_flat", "dumps_plain", "dumps_value", "plain", "loads", "UPCASTERS"]
 
 
 def _live_value_observed_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +63,11 @@ def dumps_plain(obj: Any) -> str:
     return dumps(obj)
 
 
+def dumps_flat(obj: dict[str, Any]) -> str:
+    """Return `dumps(obj)` for a dict, through `dumps_plain` when its values are all plain (as most events' are)."""
+    return dumps_plain(obj) if plain(obj.values()) else dumps(obj)
+
+
 def dumps_value(value: Any) -> str:
     """Return `dumps(value)`, quicker for text and integers (written as `json` writes them)."""
     kind = value.__class__
@@ -97,9 +102,7 @@ def _to_data(event: Event) -> dict[str, Any]:
 
 def encode(event: Event) -> tuple[str, int, str]:
     """Return `(type name, schema version, JSON data)` for `event`."""
-    data = _to_data(event)
-    # Most events hold only text, integers and null at the top: the quick writer writes their very text.
-    return event.name, event.schema_version, dumps_plain(data) if plain(data.values()) else dumps(data)
+    return event.name, event.schema_version, dumps_flat(_to_data(event))
 
 
 def decode(name: str, schema_version: int, data: str | dict[str, Any]) -> Event:

@@ -22,7 +22,7 @@ from projections._parts import PartRows, fold_in_parts
 from projections._replay import Replay
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
-__all__ = ["SCHEMA", "TableProjector", "SyncBatch", "DuplicateRequestError", "expected_rows", "replayed_rows",
+__all__ = ["SCHEMA", "TableProjector", "SyncBatch", "DuplicateRequestError", "replayed_rows",
            "table_rows", "compare", "rows_by_domain", "digest"]
 
 SCHEMA: tuple[str, ...] = (
@@ -389,14 +389,6 @@ async def replayed_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK) 
     for table, (_, key) in TABLES.items():
         out[table].sort(key=lambda row: row[:key])
     return out
-
-
-async def expected_rows(records: AsyncIterator[RecordedEvent]) -> Model:
-    """Fold a whole log into a fresh model."""
-    model = Model()
-    async for rec in records:
-        model.feed(rec)
-    return model
 
 
 async def table_rows(fetch_all: Any) -> dict[str, list[tuple]]:

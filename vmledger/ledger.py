@@ -443,7 +443,8 @@ class Ledger:
             raise _contended(name, conflict)
         # The request's history record as this caller's appends make it, which is the stored one
         # while every outcome is this caller's own; another writer's (a stop's, say) is read.
-        history = Model(states={cast(DomainState, state).uuid: cast(DomainState, state)})
+        requested_at = cast(DomainState, state)  # decide_set raised if there was no domain
+        history = Model(states={requested_at.uuid: requested_at})
         history.feed_all(recorded)
         own = True
         if decision.persistent_value is not None:

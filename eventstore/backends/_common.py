@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 import attrs
 
 from eventstore.catalogue import Outcome, Reason, Scope
-from eventstore.codec import decode, dumps, dumps_plain, encode, loads, plain
+from eventstore.codec import decode, dumps_flat, encode, loads
 from eventstore.errors import ChainBrokenError, StorageError, VmledgerError
 from eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested, Event
 from eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, chain_hash, timestamp
@@ -205,8 +205,7 @@ def chained_rows(
 ) -> tuple[list[tuple[Any, ...]], list[RecordedEvent]]:
     """Return the rows to insert for an append after `last_position`, and the records they make."""
     position, prev = last_position, last_hash or GENESIS_HASH
-    fields = metadata.to_dict()
-    meta, at = dumps_plain(fields) if plain(fields.values()) else dumps(fields), timestamp(now)
+    meta, at = dumps_flat(metadata.to_dict()), timestamp(now)
     rows, records = [], []
     for version, event in enumerate(events, start=expected + 1):
         position += 1
