@@ -179,6 +179,7 @@ class Cause(str, enum.Enum):
     EXTERNAL = "external"
     IN_FLIGHT = "in_flight"
     LIVE_ONLY = "live_only"
+    PERSISTENT_ONLY = "persistent_only"
 
 
 @attrs.frozen(kw_only=True)

@@ -1,17 +1,23 @@
-"""The domain state fold: `apply(state, recorded) -> state`, pure.
+"""The domain state fold: the one set of rules every projection is made by.
 
-Decisions read this state; the projections materialise it.  Dicts inside the
-frozen classes are never mutated: every change builds new ones.
+`DomainFold` holds one domain's state, mutable, and applies each event to it
+with the rules: what a request awaits, how each outcome moves the persistent
+and the live value, and why the two differ (the drift rule).  Everything
+that folds events calls it: `apply` (the frozen `DomainState` that decisions
+read and appends project), and the rebuild and `verify` (which keep one
+`DomainFold` per domain and feed it the change events' fields unboxed).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Mapping
+import functools
+from datetime import datetime
+from typing import Iterable
 
 import attrs
 
-from eventstore.catalogue import Cause, Outcome, Reason, Scope
+from eventstore.catalogue import Cause, Kind, Outcome, Reason, Scope, lookup
+from eventstore.errors import VmledgerError
 from eventstore.events import (
     ChangeOutcome,
     ChangeRequested,
@@ -28,7 +34,8 @@ from eventstore.events import (
 from eventstore.hypervisor import Value
 from eventstore.log import RecordedEvent
 
-__all__ = ["Slot", "Mark", "Pending", "DomainState", "apply", "fold", "concerns_live"]
+__all__ = ["Slot", "Mark", "Pending", "DomainState", "DomainFold", "apply", "fold", "drifting",
+           "concerns_live", "concerns_persistent", "live_cause"]
 
 
 @attrs.frozen(kw_only=True)
@@ -42,7 +49,11 @@ class Slot:
 
 @attrs.frozen(kw_only=True)
 class Mark:
-    """Why a property's live value last came to differ from its persistent one."""
+    """Why a property's live value differs from its persistent one: the event that made the difference.
+
+    `position` and `at` are that event's; `request_id` is the request it
+    belongs to (None for an observed change).
+    """
 
     cause: str
     request_id: str | None
@@ -66,18 +77,14 @@ class Pending:
     at: datetime
     #: The scopes (`persistent`, `live`) still without an outcome; never empty.
     awaiting: frozenset[str]
+    #: The status of the persistent outcome, once recorded while the live one is awaited.
     persistent_status: str | None = None
+    #: The drift cause the live outcome gives (`live_cause`), once recorded while the persistent one is awaited.
+    live_cause: str | None = None
 
     def awaits(self, scope: str) -> bool:
         """Tell whether the outcome of `scope` is still to be recorded."""
         return scope in self.awaiting
-
-
-# Enum values read once: a member's `.value` costs a descriptor call, and the fold reads them per event.
-_PERSISTENT, _LIVE, _BOTH, _CURRENT = (s.value for s in (Scope.PERSISTENT, Scope.LIVE, Scope.BOTH, Scope.CURRENT))
-_C_EXTERNAL, _C_LIVE_ONLY, _C_PARTIAL, _C_REQUIRES_RESTART, _C_REFUSED, _C_FAILED, _C_IN_FLIGHT = (c.value for c in (
-    Cause.EXTERNAL, Cause.LIVE_ONLY, Cause.PARTIAL, Cause.REQUIRES_RESTART, Cause.REFUSED, Cause.FAILED, Cause.IN_FLIGHT))
-_R_REQUIRES_RESTART = Reason.REQUIRES_RESTART.value
 
 
 @attrs.frozen(kw_only=True)
@@ -109,28 +116,34 @@ class DomainState:
 
     def drifting(self) -> list[tuple[str, Slot, Slot, Mark]]:
         """Return `(property, persistent, live, mark)` wherever live differs, sorted."""
-        if not self.running:
-            return []
-        rows = []
-        for prop in sorted(self.persistent):
-            p, l = self.persistent[prop], self.live.get(prop)
-            if l is None or l.value == p.value:
-                continue
-            mark = self.marks.get(prop) or Mark(
-                cause=_C_EXTERNAL, request_id=None, position=l.position, at=datetime.min.replace(tzinfo=timezone.utc)
-            )
+        return drifting(self)
+
+
+
+def drifting(state: "DomainState | DomainFold") -> list[tuple[str, Slot, Slot, Mark]]:
+    """Return `(property, persistent, live, mark)` wherever a running domain's live value differs, sorted."""
+    if not state.running:
+        return []
+    rows = []
+    for prop, mark in sorted(state.marks.items()):
+        p, l = state.persistent.get(prop), state.live.get(prop)
+        # The fold keeps a mark exactly where both values differ; a snapshot written by an older fold may not.
+        if p is not None and l is not None and p.value != l.value:
             rows.append((prop, p, l, mark))
-        return rows
+    return rows
 
 
-def _evolve(state: DomainState, **changes: Any) -> DomainState:
-    """Return `attrs.evolve(state, **changes)` without its per-call introspection: the fold's hot path."""
-    values = {name: getattr(state, name) for name in _STATE_FIELDS}
-    values.update(changes)
-    return DomainState(**values)
-
-
-_STATE_FIELDS = tuple(a.name for a in attrs.fields(DomainState))
+# Enum values read once: a member's `.value` costs a descriptor call, and the fold reads them per event.
+_PERSISTENT, _LIVE, _BOTH, _CURRENT = (s.value for s in (Scope.PERSISTENT, Scope.LIVE, Scope.BOTH, Scope.CURRENT))
+_APPLIED, _PARTIAL, _REFUSED, _FAILED = (o.status for o in (
+    Outcome.APPLIED, Outcome.PARTIALLY_APPLIED, Outcome.REFUSED, Outcome.FAILED))
+_C_EXTERNAL, _C_LIVE_ONLY, _C_PERSISTENT_ONLY, _C_PARTIAL, _C_REQUIRES_RESTART, _C_REFUSED, _C_FAILED, _C_IN_FLIGHT = (
+    c.value for c in (Cause.EXTERNAL, Cause.LIVE_ONLY, Cause.PERSISTENT_ONLY, Cause.PARTIAL, Cause.REQUIRES_RESTART,
+                      Cause.REFUSED, Cause.FAILED, Cause.IN_FLIGHT))
+_R_REQUIRES_RESTART = Reason.REQUIRES_RESTART.value
+_AW_BOTH, _AW_PERSISTENT, _AW_LIVE = frozenset((_PERSISTENT, _LIVE)), frozenset((_PERSISTENT,)), frozenset((_LIVE,))
+# `awaiting - {scope}` for the sets a request starts with.
+_WITHOUT = {(aw, scope): aw - {scope} for aw in (_AW_BOTH, _AW_PERSISTENT, _AW_LIVE) for scope in (_PERSISTENT, _LIVE)}
 
 
 def concerns_live(scope: str, running: bool) -> bool:
@@ -140,145 +153,244 @@ def concerns_live(scope: str, running: bool) -> bool:
 
 def concerns_persistent(scope: str, running: bool) -> bool:
     """Tell whether a request with `scope` concerns the persistent config."""
-    return scope in (_PERSISTENT, _BOTH) or (
-        scope == _CURRENT and not running
-    )
+    return scope in (_PERSISTENT, _BOTH) or (scope == _CURRENT and not running)
 
 
-def _with(mapping: Mapping, key: str, value: object) -> dict:
-    new = dict(mapping)
-    new[key] = value
-    return new
+def _awaiting(scope: str, running: bool) -> frozenset[str]:
+    """Return the scopes a request with `scope` awaits an outcome in (one of three shared sets)."""
+    if scope == _BOTH:
+        return _AW_BOTH if running else _AW_PERSISTENT
+    if scope == _CURRENT:
+        return _AW_LIVE if running else _AW_PERSISTENT
+    return _AW_LIVE if scope == _LIVE else _AW_PERSISTENT
 
 
-def _without(mapping: Mapping, key: str) -> dict:
-    new = dict(mapping)
-    new.pop(key, None)
-    return new
+def live_cause(status: str, reason: str | None) -> str:
+    """Return the drift cause a live outcome gives when the live value ends up differing from the persistent one."""
+    if status == _PARTIAL:
+        return _C_PARTIAL
+    if status == _APPLIED:
+        return _C_LIVE_ONLY
+    if reason == _R_REQUIRES_RESTART:
+        return _C_REQUIRES_RESTART
+    return _C_REFUSED if status == _REFUSED else _C_FAILED
 
 
-def _slots(config: tuple, position: int) -> dict[str, Slot]:
-    return {k: Slot(value=val, position=position) for k, val in config}
+@functools.lru_cache(maxsize=256)
+def _fixed_while_running(prop: str) -> bool:
+    """Tell whether `prop` is RO(ins): settable in the persistent config only (False for a name not in the catalogue)."""
+    try:
+        return lookup(prop).kind is Kind.RO_INS
+    except VmledgerError:
+        return False
 
 
-def _start_marks(state: DomainState, live: dict[str, Slot], rec: RecordedEvent) -> dict[str, Mark]:
-    """A domain that boots with values other than its persistent config was changed outside."""
-    return {
-        prop: Mark(cause=_C_EXTERNAL, request_id=None, position=rec.position, at=rec.recorded_at)
-        for prop, slot in live.items()
-        if prop in state.persistent and state.persistent[prop].value != slot.value
-    }
+class DomainFold:
+    """One domain's state, mutable, and the rules that fold each event into it.
 
+    Maps are this fold's own (a `DomainState`'s are copied in), holding
+    frozen `Slot`, `Mark` and `Pending` values that are replaced, never changed.
 
-def _requested(state: DomainState, e: ChangeRequested, rec: RecordedEvent) -> dict[str, Any]:
-    # The scopes the history record shows in flight; outcomes in the same append end them.
-    awaiting = frozenset(scope for scope, concerned in (
-        (_PERSISTENT, concerns_persistent(e.scope, state.running)),
-        (_LIVE, concerns_live(e.scope, state.running)),
-    ) if concerned)
-    pending = Pending(
-        request_id=e.request_id, property=e.property, requested=e.value,
-        position=rec.position, at=rec.recorded_at, awaiting=awaiting,
-    )
-    return {"pending": _with(state.pending, e.request_id, pending)}
+    The drift rule: a mark exists exactly where the running domain has both
+    values and they differ, and names the event that made the current
+    difference, the latest that changed either value while they differ.  An
+    event that changes neither value leaves the mark alone, but for one
+    thing: the outcome that settles the other scope of a request whose mark
+    says `in_flight` gives the mark its cause (its event and time stay).
+    """
 
+    __slots__ = ("uuid", "name", "guest_type", "defined", "running", "version", "position",
+                 "persistent", "live", "marks", "capabilities", "locked_trays", "pending")
 
-def _settled(state: DomainState, e: ChangeOutcome) -> tuple[dict[str, Any], Pending | None]:
-    """Return the change that ends the awaiting of `e`'s scope, and the request's pending entry before."""
-    pending = state.pending.get(e.request_id)
-    if pending is None:
-        return {}, None
-    awaiting = pending.awaiting - {e.scope}
-    status = e.outcome.status if e.scope == _PERSISTENT else pending.persistent_status
-    if not awaiting:
-        return {"pending": _without(state.pending, e.request_id)}, pending
-    still = attrs.evolve(pending, awaiting=awaiting, persistent_status=status)
-    return {"pending": _with(state.pending, e.request_id, still)}, pending
+    def __init__(self, state: DomainState) -> None:
+        self.uuid, self.name, self.guest_type = state.uuid, state.name, state.guest_type
+        self.defined, self.running, self.version, self.position = (
+            state.defined, state.running, state.version, state.position)
+        self.persistent: dict[str, Slot] = dict(state.persistent)
+        self.live: dict[str, Slot] = dict(state.live)
+        self.marks: dict[str, Mark] = dict(state.marks)
+        self.capabilities: dict[str, bool | None] = dict(state.capabilities)
+        self.locked_trays: frozenset[str] = state.locked_trays
+        self.pending: dict[str, Pending] = dict(state.pending)
 
+    @classmethod
+    def defined_by(cls, rec: RecordedEvent) -> "DomainFold":
+        """Return the fold of a domain its `DomainDefined` record starts."""
+        e = rec.event
+        return cls(DomainState(
+            uuid=rec.stream, name=e.domain, guest_type=e.guest_type,
+            persistent={k: Slot(value=v, position=rec.position) for k, v in e.config},
+            capabilities=dict(e.capabilities), version=rec.version, position=rec.position,
+        ))
 
-def _outcome(state: DomainState, e: ChangeOutcome, rec: RecordedEvent) -> dict[str, Any]:
-    prop, applied = e.property, e.outcome in (Outcome.APPLIED, Outcome.PARTIALLY_APPLIED)
-    mark = lambda cause: Mark(cause=cause, request_id=e.request_id, position=rec.position, at=rec.recorded_at)  # noqa: E731
-    changes, pending = _settled(state, e)
-    if e.scope == _PERSISTENT:
-        if not applied or e.value is None:
-            return changes
-        changes["persistent"] = _with(state.persistent, prop,
-                                      Slot(value=e.value, position=rec.position, request_id=e.request_id))
-        if state.running:
-            live_to_come = pending is not None and pending.awaits(_LIVE)
-            cause = _C_IN_FLIGHT if live_to_come else _C_REQUIRES_RESTART
-            changes["marks"] = _with(state.marks, prop, mark(cause))
-        return changes
-    # Live scope.
-    if not state.running:
-        return changes
-    if applied and e.value is not None:
-        changes["live"] = _with(state.live, prop, Slot(value=e.value, position=rec.position, request_id=e.request_id))
-    if e.outcome is Outcome.APPLIED:
-        refused_first = pending is not None and pending.persistent_status in ("refused", "failed")
-        cause = pending.persistent_status if refused_first else _C_LIVE_ONLY
-    elif e.outcome is Outcome.PARTIALLY_APPLIED:
-        cause = _C_PARTIAL
-    elif e.reason == _R_REQUIRES_RESTART:
-        cause = _C_REQUIRES_RESTART
-    elif e.outcome is Outcome.REFUSED:
-        cause = _C_REFUSED
-    else:
-        cause = _C_FAILED
-    changes["marks"] = _with(state.marks, prop, mark(cause))
-    return changes
+    def state(self, *, share: bool = False) -> DomainState:
+        """Return the frozen state this fold stands for, with maps of its own unless `share` (the fold is done)."""
+        own = (lambda m: m) if share else dict
+        return DomainState(
+            uuid=self.uuid, name=self.name, guest_type=self.guest_type, defined=self.defined,
+            running=self.running, version=self.version, position=self.position,
+            persistent=own(self.persistent), live=own(self.live), marks=own(self.marks),
+            capabilities=own(self.capabilities), locked_trays=self.locked_trays, pending=own(self.pending),
+        )
 
+    # The drift rule.
 
-def _observed(rec: RecordedEvent) -> Mark:
-    return Mark(cause=_C_EXTERNAL, request_id=None, position=rec.position, at=rec.recorded_at)
+    def _remark(self, prop: str, cause: str, request_id: str | None, position: int, at: datetime) -> None:
+        """Mark `prop` after an event that changed one of its values: the event's mark if they differ, none if not."""
+        p, l = self.persistent.get(prop), self.live.get(prop)
+        if p is None or l is None or p.value == l.value:
+            self.marks.pop(prop, None)
+        else:
+            self.marks[prop] = Mark(cause=cause, request_id=request_id, position=position, at=at)
+
+    def _settle(self, prop: str, request_id: str, cause: str) -> None:
+        """Give an `in_flight` mark of `request_id` its cause, now that the request's other scope is settled."""
+        mark = self.marks.get(prop)
+        if mark is not None and mark.cause == _C_IN_FLIGHT and mark.request_id == request_id:
+            self.marks[prop] = Mark(cause=cause, request_id=request_id, position=mark.position, at=mark.at)
+
+    # Change events, with their fields unboxed (the rebuild calls these directly).
+
+    def requested(self, position: int, version: int, at: datetime, request_id: str, prop: str, scope: str,
+                  value: Value) -> None:
+        """Fold a `…Requested`: the request now awaits an outcome in each scope it concerns."""
+        self.pending[request_id] = Pending(
+            request_id=request_id, property=prop, requested=value, position=position, at=at,
+            awaiting=_awaiting(scope, self.running))
+        self.version, self.position = version, position
+
+    def outcome(self, position: int, version: int, at: datetime, request_id: str, prop: str, scope: str,
+                status: str, value: Value | None, reason: str | None) -> None:
+        """Fold an outcome of `scope`: settle what the request awaits, move the value, apply the drift rule."""
+        self.version, self.position = version, position
+        pending = self.pending.get(request_id)
+        if pending is not None:
+            awaiting = _WITHOUT.get((pending.awaiting, scope))
+            if awaiting is None:
+                awaiting = pending.awaiting - {scope}
+            if awaiting:
+                self.pending[request_id] = Pending(
+                    request_id=request_id, property=pending.property, requested=pending.requested,
+                    position=pending.position, at=pending.at, awaiting=awaiting,
+                    persistent_status=status if scope == _PERSISTENT else pending.persistent_status,
+                    live_cause=live_cause(status, reason) if scope == _LIVE else pending.live_cause)
+            else:
+                del self.pending[request_id]
+        moves = value is not None and (status == _APPLIED or status == _PARTIAL)
+        if scope == _PERSISTENT:
+            if moves:
+                old = self.persistent.get(prop)
+                self.persistent[prop] = Slot(value=value, position=position, request_id=request_id)
+                if self.running and (old is None or old.value != value):
+                    self._remark(prop, self._persistent_cause(prop, pending), request_id, position, at)
+                    return
+            if self.running:
+                self._settle(prop, request_id, status if status in (_REFUSED, _FAILED) else _C_LIVE_ONLY)
+            return
+        if not self.running:
+            return
+        if moves:
+            old = self.live.get(prop)
+            self.live[prop] = Slot(value=value, position=position, request_id=request_id)
+            if old is None or old.value != value:
+                cause = _C_PARTIAL if status == _PARTIAL else self._live_applied_cause(pending)
+                self._remark(prop, cause, request_id, position, at)
+                return
+        self._settle(prop, request_id, live_cause(status, reason))
+
+    def _persistent_cause(self, prop: str, pending: Pending | None) -> str:
+        """Return why a persistent change by the request `pending` (before this outcome) leaves live different."""
+        if pending is not None and _LIVE in pending.awaiting:
+            return _C_IN_FLIGHT
+        if pending is not None and pending.live_cause is not None:
+            return pending.live_cause
+        return _C_REQUIRES_RESTART if _fixed_while_running(prop) else _C_PERSISTENT_ONLY
+
+    @staticmethod
+    def _live_applied_cause(pending: Pending | None) -> str:
+        """Return why a live value applied by the request `pending` (before this outcome) differs from persistent."""
+        if pending is not None and _PERSISTENT in pending.awaiting:
+            return _C_IN_FLIGHT
+        if pending is not None and pending.persistent_status in (_REFUSED, _FAILED):
+            return pending.persistent_status
+        return _C_LIVE_ONLY
+
+    # Every event.
+
+    @staticmethod
+    def folded(working: "DomainFold | None", rec: RecordedEvent) -> "DomainFold":
+        """Return the fold of `rec`'s domain after `rec`: `working` stepped, or a new one for `DomainDefined`.
+
+        A `DomainDefined` on a stream already defined starts it afresh, as
+        the log's first one does (no decision writes one).
+
+        Raises:
+            ValueError: an event precedes its domain's `DomainDefined`, or has no fold.
+        """
+        if isinstance(rec.event, DomainDefined):
+            return DomainFold.defined_by(rec)
+        if working is None:
+            raise ValueError(f"{rec.event.name} at position {rec.position} precedes DomainDefined")
+        working.step(rec)
+        return working
+
+    def step(self, rec: RecordedEvent) -> None:
+        """Fold one event of this domain's stream (any but `DomainDefined`: see `folded`).
+
+        Raises:
+            ValueError: an event with no fold.
+        """
+        e, position, at = rec.event, rec.position, rec.recorded_at
+        if isinstance(e, ChangeOutcome):
+            self.outcome(position, rec.version, at, e.request_id, e.property, e.scope, e.outcome.status,
+                         e.value, e.reason)
+            return
+        if isinstance(e, ChangeRequested):
+            self.requested(position, rec.version, at, e.request_id, e.property, e.scope, e.value)
+            return
+        if isinstance(e, DomainStarted):
+            self.running, self.locked_trays = True, frozenset()
+            self.live = {k: Slot(value=v, position=position) for k, v in e.config}
+            # A domain that boots with values other than its persistent config was changed outside.
+            self.marks = {}
+            for prop in self.live:
+                self._remark(prop, _C_EXTERNAL, None, position, at)
+        elif isinstance(e, (DomainStopped, DomainUndefined)):
+            self.running, self.live, self.marks, self.locked_trays = False, {}, {}, frozenset()
+            self.defined = not isinstance(e, DomainUndefined)
+        elif isinstance(e, GuestCapabilitiesObserved):
+            self.capabilities.update(e.capabilities)
+        elif isinstance(e, MediaTrayLocked):
+            self.locked_trays = self.locked_trays | {e.device}
+        elif isinstance(e, MediaTrayUnlocked):
+            self.locked_trays = self.locked_trays - {e.device}
+        elif isinstance(e, (LiveValueObserved, PersistentValueObserved)):
+            values = self.live if isinstance(e, LiveValueObserved) else self.persistent
+            old = values.get(e.property)
+            values[e.property] = Slot(value=e.value, position=position)
+            if self.running and (old is None or old.value != e.value):
+                self._remark(e.property, _C_EXTERNAL, None, position, at)
+        else:
+            raise ValueError(f"no fold for {e.name}")
+        self.version, self.position = rec.version, position
 
 
 def apply(state: DomainState | None, rec: RecordedEvent) -> DomainState:
-    """Return the domain state after `rec`; `state` is None before `DomainDefined`."""
-    e = rec.event
-    if isinstance(e, DomainDefined):
-        return DomainState(
-            uuid=rec.stream, name=e.domain, guest_type=e.guest_type,
-            persistent=_slots(e.config, rec.position), capabilities=dict(e.capabilities),
-            version=rec.version, position=rec.position,
-        )
-    if state is None:
-        raise ValueError(f"{e.name} at position {rec.position} precedes DomainDefined")
-    # Each event makes one set of changes, and one new state: building states is the fold's main cost.
-    changes: dict[str, Any]
-    if isinstance(e, ChangeOutcome):
-        changes = _outcome(state, e, rec)
-    elif isinstance(e, ChangeRequested):
-        changes = _requested(state, e, rec)
-    elif isinstance(e, DomainStarted):
-        live = _slots(e.config, rec.position)
-        changes = {"running": True, "live": live, "marks": _start_marks(state, live, rec),
-                   "locked_trays": frozenset()}
-    elif isinstance(e, (DomainStopped, DomainUndefined)):
-        changes = {"running": False, "live": {}, "marks": {}, "locked_trays": frozenset(),
-                   "defined": not isinstance(e, DomainUndefined)}
-    elif isinstance(e, GuestCapabilitiesObserved):
-        changes = {"capabilities": {**state.capabilities, **dict(e.capabilities)}}
-    elif isinstance(e, MediaTrayLocked):
-        changes = {"locked_trays": state.locked_trays | {e.device}}
-    elif isinstance(e, MediaTrayUnlocked):
-        changes = {"locked_trays": state.locked_trays - {e.device}}
-    elif isinstance(e, LiveValueObserved):
-        changes = {"live": _with(state.live, e.property, Slot(value=e.value, position=rec.position)),
-                   "marks": _with(state.marks, e.property, _observed(rec))}
-    elif isinstance(e, PersistentValueObserved):
-        changes = {"persistent": _with(state.persistent, e.property, Slot(value=e.value, position=rec.position))}
-        if state.running:  # the live value now differs from the config, or agrees again, because of this change
-            changes["marks"] = _with(state.marks, e.property, _observed(rec))
-    else:
-        raise ValueError(f"no fold for {e.name}")
-    changes["version"], changes["position"] = rec.version, rec.position
-    return _evolve(state, **changes)
+    """Return the domain state after `rec`; `state` is None before `DomainDefined`.
+
+    Raises:
+        ValueError: an event precedes its domain's `DomainDefined`, or the fold refuses it.
+    """
+    return fold((rec,), state)  # type: ignore[return-value]
 
 
-def fold(records: "list[RecordedEvent] | tuple[RecordedEvent, ...]", state: DomainState | None = None) -> DomainState | None:
-    """Return the state after applying `records` in order to `state`."""
+def fold(records: Iterable[RecordedEvent], state: DomainState | None = None) -> DomainState | None:
+    """Return the state after applying `records` in order to `state`.
+
+    Raises:
+        ValueError: as `apply`.
+    """
+    working = None if state is None else DomainFold(state)
     for rec in records:
-        state = apply(state, rec)
-    return state
+        working = DomainFold.folded(working, rec)
+    return state if working is None else working.state(share=True)

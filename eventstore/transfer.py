@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from eventstore.backends._common import ChainChecker
+from eventstore.backends.common import ChainChecker
 from eventstore.codec import dumps, loads
 from eventstore.errors import InvalidRequestError
 

@@ -1,9 +1,13 @@
-"""The read model in memory: a pure fold of records into the rows of every projection.
+"""The read model: the rows of every projection, made from folded domain states and history records.
 
-The same `Model` serves three purposes: the incremental update inside an
-append (seeded with the rows the append touches), the rebuild (seeded with
-nothing), and time travel (fed only the records up to a position).  So a
-rebuild and the incremental tables cannot disagree unless storage does.
+The rules live in one place each: a domain's state in
+`eventstore.state.DomainFold`, a request's history record in
+`requested_record` and `settled_record`, and every row in `domain_rows` and
+`history_row`.  `Model` drives them over records: the incremental update
+inside an append (seeded with the rows the append touches) and time travel
+(fed only the records up to a position).  The rebuild and `verify` drive the
+same rules over the stored rows (`projections.replay.Replay`).  So a rebuild
+and the incremental tables cannot disagree unless storage does.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from eventstore.catalogue import Outcome
 from eventstore.codec import dumps, dumps_plain, dumps_value, loads, plain
 from eventstore.events import ChangeOutcome, ChangeRequested
 from eventstore.log import RecordedEvent, timestamp
-from eventstore.state import DomainState, Mark, Pending, Slot, apply, concerns_live, concerns_persistent
+from eventstore.state import (
+    DomainFold, DomainState, Mark, Pending, Slot, apply, concerns_live, concerns_persistent, drifting,
+)
 
-__all__ = ["Model", "state_to_json", "state_from_json", "TABLES"]
+__all__ = ["Model", "TABLES", "state_to_json", "state_from_json", "domain_rows", "history_row", "history_from_row",
+           "requested_record", "settled_record"]
 
 #: Projection tables and their columns, in row order; the first `key` columns identify a row.
 TABLES: dict[str, tuple[tuple[str, ...], int]] = {
@@ -36,8 +43,8 @@ def _iso(t: datetime) -> str:
     return timestamp(t)
 
 
-def state_to_json(state: DomainState) -> str:
-    """Return the snapshot text of a domain state."""
+def state_to_json(state: DomainState | DomainFold) -> str:
+    """Return the snapshot text of a domain state (or of a fold, which has the same fields)."""
     def slots(m: Any) -> dict:
         return {k: [s.value, s.position, s.request_id] for k, s in m.items()}
 
@@ -49,8 +56,8 @@ def state_to_json(state: DomainState) -> str:
         "marks": {k: [m.cause, m.request_id, m.position, _iso(m.at)] for k, m in state.marks.items()},
         "capabilities": dict(state.capabilities),
         "locked_trays": sorted(state.locked_trays),
-        "pending": {k: [p.property, p.requested, p.position, _iso(p.at), sorted(p.awaiting), p.persistent_status]
-                    for k, p in state.pending.items()},
+        "pending": {k: [p.property, p.requested, p.position, _iso(p.at), sorted(p.awaiting), p.persistent_status,
+                        p.live_cause] for k, p in state.pending.items()},
     }
     if (plain(s.value for s in state.persistent.values()) and plain(s.value for s in state.live.values())
             and plain(state.capabilities.values()) and plain(p.requested for p in state.pending.values())):
@@ -72,10 +79,66 @@ def state_from_json(text: str) -> DomainState:
         marks={k: Mark(cause=c, request_id=r, position=p, at=datetime.fromisoformat(t))
                for k, (c, r, p, t) in d["marks"].items()},
         capabilities=d["capabilities"], locked_trays=frozenset(d["locked_trays"]),
+        # A snapshot written before `live_cause` existed has six fields.
         pending={k: Pending(request_id=k, property=prop, requested=req, position=p,
-                            at=datetime.fromisoformat(t), awaiting=frozenset(aw), persistent_status=ps)
-                 for k, (prop, req, p, t, aw, ps) in d["pending"].items()},
+                            at=datetime.fromisoformat(t), awaiting=frozenset(aw), persistent_status=ps,
+                            live_cause=rest[0] if rest else None)
+                 for k, (prop, req, p, t, aw, ps, *rest) in d["pending"].items()},
     )
+
+
+_IN_FLIGHT = Outcome.REQUESTED.status
+
+
+def requested_record(rec_fields: tuple, running: bool) -> dict[str, Any]:
+    """Return the history record a `…Requested` starts: an outcome in flight for each scope it concerns.
+
+    `rec_fields` is `(request_id, stream, domain name, property, requested value, scope, principal,
+    reason, recorded_at as text, position)`; `running` is whether the domain ran before the event.
+    """
+    request_id, stream, name, prop, requested, scope, principal, reason, at_text, position = rec_fields
+    outcomes = {
+        s: {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None}
+        for s, wanted in (("persistent", concerns_persistent(scope, running)), ("live", concerns_live(scope, running)))
+        if wanted
+    }
+    return {
+        "request_id": request_id, "domain": stream, "domain_name": name, "property": prop,
+        "requested": requested, "scope": scope, "principal": principal, "reason": reason,
+        "requested_at": at_text, "position": position, "outcomes": outcomes, "completed_at": None,
+    }
+
+
+def settled_record(record: dict[str, Any], scope: str, status: str, value: Any, reason: str | None,
+                   message: str | None, at_text: str) -> dict[str, Any]:
+    """Return a new history record with the outcome of `scope`, completed once no scope is in flight."""
+    outcomes = dict(record["outcomes"])
+    outcomes[scope] = {"status": status, "value": value, "reason": reason, "message": message}
+    done = all(o["status"] != _IN_FLIGHT for o in outcomes.values())
+    return {**record, "outcomes": outcomes, "completed_at": at_text if done else None}
+
+
+def domain_rows(s: DomainState | DomainFold, snapshot: str | None = None) -> dict[str, list[tuple]]:
+    """Return the rows of every per-domain table for one domain (`snapshot`: its state text, if known)."""
+    uuid = s.uuid
+    return {
+        "domains": [(uuid, s.name, s.guest_type, int(s.defined), int(s.running),
+                     s.version, s.position, state_to_json(s) if snapshot is None else snapshot)],
+        "persistent": [(uuid, k, dumps_value(v.value), v.position, v.request_id)
+                       for k, v in sorted(s.persistent.items())],
+        "live": [(uuid, k, dumps_value(v.value), v.position, v.request_id)
+                 for k, v in sorted(s.live.items())] if s.running else [],
+        "drift": [(uuid, prop, dumps_value(p.value), dumps_value(l.value), m.cause, m.request_id,
+                   m.position, _iso(m.at)) for prop, p, l, m in drifting(s)],
+    }
+
+
+def history_row(r: dict[str, Any]) -> tuple:
+    """Return the row of a history record."""
+    # Outcomes hold only what the event classes admit: text, integers, null.
+    return (r["request_id"], r["domain"], r["domain_name"], r["property"], dumps_value(r["requested"]),
+            r["scope"], r["principal"], r["reason"], r["requested_at"], r["position"],
+            dumps_plain(r["outcomes"]), r["completed_at"])
 
 
 @attrs.define
@@ -87,7 +150,11 @@ class Model:
     position: int = 0
 
     def feed(self, rec: RecordedEvent) -> None:
-        """Apply one record to the domain states and the history."""
+        """Apply one record to the domain states and the history.
+
+        Raises:
+            ValueError: the fold refuses the record (see `eventstore.state.apply`, `feed_history`).
+        """
         before = self.states.get(rec.stream)
         after = apply(before, rec)
         self.states[rec.stream] = after
@@ -105,31 +172,15 @@ class Model:
         """
         e = rec.event
         if isinstance(e, ChangeRequested):
-            scopes = {
-                s: {"status": "in_flight", "value": None, "reason": None, "message": None}
-                for s, wanted in (("persistent", concerns_persistent(e.scope, running)),
-                                  ("live", concerns_live(e.scope, running)))
-                if wanted
-            }
-            self.history[e.request_id] = {
-                "request_id": e.request_id, "domain": rec.stream, "domain_name": name,
-                "property": e.property, "requested": e.value, "scope": e.scope,
-                "principal": e.principal, "reason": e.reason,
-                "requested_at": _iso(rec.recorded_at), "position": rec.position,
-                "outcomes": scopes, "completed_at": None,
-            }
+            self.history[e.request_id] = requested_record(
+                (e.request_id, rec.stream, name, e.property, e.value, e.scope, e.principal, e.reason,
+                 _iso(rec.recorded_at), rec.position), running)
         elif isinstance(e, ChangeOutcome):
             record = self.history.get(e.request_id)
             if record is None:
                 raise ValueError(f"outcome at position {rec.position} for unknown request {e.request_id}")
-            outcomes = dict(record["outcomes"])
-            outcomes[e.scope] = {"status": e.outcome.status, "value": e.value,
-                                 "reason": e.reason, "message": e.message}
-            done = all(o["status"] != Outcome.REQUESTED.status for o in outcomes.values())
-            self.history[e.request_id] = {
-                **record, "outcomes": outcomes,
-                "completed_at": _iso(rec.recorded_at) if done else None,
-            }
+            self.history[e.request_id] = settled_record(
+                record, e.scope, e.outcome.status, e.value, e.reason, e.message, _iso(rec.recorded_at))
 
     def feed_all(self, records: Iterable[RecordedEvent]) -> None:
         """Apply records in order."""
@@ -140,26 +191,11 @@ class Model:
 
     def domain_rows(self, uuid: str) -> dict[str, list[tuple]]:
         """Return the rows of every per-domain table for one domain."""
-        s = self.states[uuid]
-        rows: dict[str, list[tuple]] = {
-            "domains": [(s.uuid, s.name, s.guest_type, int(s.defined), int(s.running),
-                         s.version, s.position, state_to_json(s))],
-            "persistent": [(uuid, k, dumps_value(v.value), v.position, v.request_id)
-                           for k, v in sorted(s.persistent.items())],
-            "live": [(uuid, k, dumps_value(v.value), v.position, v.request_id)
-                     for k, v in sorted(s.live.items())] if s.running else [],
-            "drift": [(uuid, prop, dumps_value(p.value), dumps_value(l.value), m.cause, m.request_id,
-                       m.position, _iso(m.at)) for prop, p, l, m in s.drifting()],
-        }
-        return rows
+        return domain_rows(self.states[uuid])
 
     def history_row(self, request_id: str) -> tuple:
         """Return the history row of one request."""
-        r = self.history[request_id]
-        # Outcomes hold only what the event classes admit: text, integers, null.
-        return (r["request_id"], r["domain"], r["domain_name"], r["property"], dumps_value(r["requested"]),
-                r["scope"], r["principal"], r["reason"], r["requested_at"], r["position"],
-                dumps_plain(r["outcomes"]), r["completed_at"])
+        return history_row(self.history[request_id])
 
     def all_rows(self) -> dict[str, list[tuple]]:
         """Return every row of every projection table, sorted by key."""

@@ -16,11 +16,11 @@ from eventstore.codec import dumps
 from eventstore.errors import ChainBrokenError, InvalidRequestError
 from eventstore.events import ChangeRequested, DomainDefined
 from eventstore.state import DomainState
-from eventstore.backends._common import CHUNK, SCAN_COLUMNS
+from eventstore.backends.common import CHUNK, SCAN_COLUMNS
 from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from projections._parts import PartRows, fold_in_parts
 from projections._replay import Replay
-from projections.model import TABLES, Model, history_from_row, state_from_json
+from projections.model import TABLES, Model, domain_rows, history_from_row, state_from_json
 
 __all__ = ["SCHEMA", "TableProjector", "SyncBatch", "DuplicateRequestError", "replayed_rows",
            "table_rows", "compare", "rows_by_domain", "digest"]
@@ -181,10 +181,8 @@ class TableProjector:
         if hit is not None and hit[1]["domains"][0][-1] == text:
             return hit
         state = state_from_json(text)
-        rows = Model(states={uuid: state}).domain_rows(uuid)
         # The stored text, whichever version of vmledger wrote it, is what the row holds.
-        rows["domains"] = [rows["domains"][0][:-1] + (text,)]
-        return state, rows
+        return state, domain_rows(state, snapshot=text)
 
     def _remember(self, uuid: str, state: DomainState, rows: dict[str, list[tuple]]) -> None:
         """Keep a domain's newest state and rows; the oldest entry goes past `_CACHED_STATES`.

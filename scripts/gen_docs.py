@@ -35,12 +35,13 @@ REASONS = {
 
 CAUSES = {
     Cause.PARTIAL: "the hypervisor applied only part of a live change",
-    Cause.REFUSED: "a live change was refused",
-    Cause.REQUIRES_RESTART: "a persistent change takes effect at the next boot",
-    Cause.FAILED: "a live change failed (error or timeout)",
+    Cause.REFUSED: "one scope of a request was refused while the other changed",
+    Cause.REQUIRES_RESTART: "a property fixed while the domain runs was changed in the persistent config; it takes effect at the next boot",
+    Cause.FAILED: "one scope of a request failed (error or timeout) while the other changed",
     Cause.EXTERNAL: "the live value or the persistent config was changed outside the ledger, and observed",
-    Cause.IN_FLIGHT: "the persistent change is recorded and the live outcome not yet",
+    Cause.IN_FLIGHT: "one scope of a request changed and the other scope's outcome is not recorded yet",
     Cause.LIVE_ONLY: "a change was asked for the live config only",
+    Cause.PERSISTENT_ONLY: "a settable property was changed in the persistent config only; it takes effect at the next boot",
 }
 
 

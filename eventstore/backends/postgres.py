@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 import asyncpg
 from asyncpg import exceptions as pg
 
-from eventstore.backends._common import COLUMNS, LogReads, chained_rows, record
+from eventstore.backends.common import COLUMNS, LogReads, chained_rows, record
 from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError
 from eventstore.events import Event
 from eventstore.log import Metadata, Projector, RecordedEvent, run_steps

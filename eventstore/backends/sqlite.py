@@ -27,7 +27,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
 import aiosqlite
 import attrs
 
-from eventstore.backends._common import COLUMNS, SCAN_COLUMNS, LogReads, chained_rows, record
+from eventstore.backends.common import COLUMNS, SCAN_COLUMNS, LogReads, chained_rows, record
 from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError, VmledgerError
 from eventstore.events import Event
 from eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync

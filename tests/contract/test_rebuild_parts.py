@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import projections._parts
-from eventstore.backends._common import COLUMNS
+from eventstore.backends.common import COLUMNS
 from eventstore.backends.sqlite import SQLiteEventLog
 from eventstore.catalogue import Outcome
 from eventstore.codec import dumps, encode

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Callable
 
 import pytest
 
-from eventstore.backends._common import COLUMNS
+from eventstore.backends.common import COLUMNS
 from eventstore.backends.sqlite import SQLiteEventLog
 from eventstore.errors import ChainBrokenError, ConcurrencyError, StorageError
 from eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveValueObserved

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -19,7 +20,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from eventstore.backends._common import record, scan
+from eventstore.backends.common import record
+from projections.scan import scan
 from eventstore.catalogue import Cause, GuestType, Outcome, Reason
 from eventstore.codec import dumps, dumps_plain, dumps_value, encode
 from eventstore.decisions import (
@@ -45,9 +47,9 @@ from eventstore.events import (
 )
 from eventstore.hypervisor import LiveResult, Observation
 from eventstore.log import Metadata, RecordedEvent, timestamp
-from eventstore.state import DomainState, Slot, apply
-from projections._replay import Replay, _Domain
-from projections.model import TABLES, Model, history_from_row, state_from_json, state_to_json
+from eventstore.state import DomainFold, DomainState, Mark, Slot, apply
+from projections._replay import Replay
+from projections.model import TABLES, Model, domain_rows, history_from_row, state_from_json, state_to_json
 from projections.store import replayed_rows
 from tests.strategies import (
     DEVICES,
@@ -469,11 +471,13 @@ def test_rebuild_fold_leaves_the_collector_as_it_found_it() -> None:
 
 
 def test_rebuild_rows_write_float_values_as_json_does() -> None:
-    """A domain whose config holds a float (which orjson would write as 1e16) gets the model's rows, text for text."""
+    """A fold whose config holds a float (which orjson would write as 1e16) gets the state's rows, text for text."""
     state = DomainState(uuid="u", name="web", guest_type="pv", running=True, capabilities={"balloon": 0.5},
-                        persistent={"memory": Slot(value=1e16, position=1)}, live={"memory": Slot(value=2, position=2)})
-    assert (_Domain(state).rows(), _Domain(state).rows()["drift"][0][2]) == (
-        Model(states={"u": state}).domain_rows("u"), "1e+16")
+                        persistent={"memory": Slot(value=1e16, position=1)}, live={"memory": Slot(value=2, position=2)},
+                        marks={"memory": Mark(cause="external", request_id=None, position=2, at=BASE)})
+    rows = domain_rows(DomainFold(state))
+    assert (rows, rows["drift"][0][2], json.loads(rows["domains"][0][-1])["capabilities"]) == (
+        Model(states={"u": state}).domain_rows("u"), "1e+16", {"balloon": 0.5})
 
 
 _ANY_TEXT = st.text(st.characters(codec=None, categories=None, exclude_categories=()), max_size=6)

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from eventstore.backends import _common
-from eventstore.backends._common import as_change, record, scan
+from projections import scan as _scan_module
+from eventstore.backends.common import record
+from projections.scan import as_change, scan
 from eventstore.codec import dumps, encode, loads
 from eventstore.events import EVENT_TYPES
 from eventstore.log import RecordedEvent
@@ -115,7 +116,7 @@ def _typed(result: list[Any]) -> list[Any]:
 def test_scan_reads_each_row_as_record_does(loader: str, row: tuple[Any, ...]) -> None:
     """A stored row, well formed or broken, scans to what `record` makes of it, or to the same error."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_common, "_fast_loads", __import__(loader).loads)
+        mp.setattr(_scan_module, "_fast_loads", __import__(loader).loads)
         scanned = _outcome(lambda: _typed(scan([row])))
     assert scanned == _outcome(lambda: _typed([record((*row, ""))]))
 
@@ -130,4 +131,4 @@ def test_scan_of_many_rows_raises_at_the_first_that_does_not_decode(batch: list[
 def test_every_change_event_is_scanned_without_record() -> None:
     """Every change event type of the catalogue is decoded by `scan` itself, none left to `record` (a guard on their fields)."""
     changes = {name for name, cls in EVENT_TYPES.items() if "Change" in name}
-    assert set(_common._FAST) == changes
+    assert set(_scan_module._FAST) == changes
