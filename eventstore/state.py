@@ -264,6 +264,8 @@ class DomainFold:
         """Fold an outcome of `scope`: settle what the request awaits, move the value, apply the drift rule."""
         self.version, self.position = version, position
         pending = self.pending.get(request_id)
+        if pending is not None and scope not in pending.awaiting:
+            pending = None  # an outcome the request did not await (no decision writes one) settles nothing
         if pending is not None:
             awaiting = _WITHOUT.get((pending.awaiting, scope))
             if awaiting is None:

@@ -34,3 +34,48 @@ def test_no_upward_import(layer: str, path: pathlib.Path) -> None:
 def test_every_layer_has_modules() -> None:
     """Each layer package exists and holds Python modules, so the check above is not vacuous."""
     assert {layer for layer, _ in _modules()} == set(LAYERS)
+
+
+def _package(path: pathlib.Path) -> str:
+    return ".".join(path.relative_to(ROOT).parts[:-1])
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    """Return every module `path` imports at module level or inside functions, `from a import b` as `a.b` when `b` is a module."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                module = ROOT / pathlib.Path(*name.split("."))
+                if module.with_suffix(".py").exists() or (module / "__init__.py").exists():
+                    found.add(name)
+    return found
+
+
+def _private_owner(module: str) -> str | None:
+    """Return the package whose private module `module` is (or lies in), or None for a public one."""
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:i])
+    return None
+
+
+@pytest.mark.parametrize("layer,path", _modules(), ids=lambda v: str(v).replace(str(ROOT) + "/", ""))
+def test_no_import_of_another_package_s_private_module(layer: str, path: pathlib.Path) -> None:
+    """A module imports a private (`_x`) module only from its own package or one of its subpackages."""
+    own = _package(path)
+    foreign = sorted(m for m in _imported_modules(path) if m.split(".")[0] in LAYERS
+                     and (owner := _private_owner(m)) is not None and not (own + ".").startswith(owner + "."))
+    assert foreign == []
+
+
+def test_private_import_check_names_the_owner_of_a_private_module() -> None:
+    """The private-import check tells private modules by their owning package, and public ones apart."""
+    assert (_private_owner("eventstore.backends._x"), _private_owner("projections._parts"),
+            _private_owner("eventstore.backends.common"), _private_owner("vmledger.__main__")) == (
+        "eventstore.backends", "projections", None, None)
