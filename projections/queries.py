@@ -14,7 +14,7 @@ from eventstore.errors import UnknownDomainError
 from eventstore.state import DomainState
 from projections.model import TABLES, Model, history_from_row, state_from_json
 
-__all__ = ["Reader", "find_domain", "drift_rows", "history_records", "history_record", "domain_view", "list_domains"]
+__all__ = ["Reader", "find_domain", "domains_named", "drift_rows", "history_records", "history_record", "domain_view", "list_domains"]
 
 Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
@@ -29,6 +29,18 @@ async def find_domain(fetch_all: Reader, name: str) -> DomainState:
     if not rows:
         raise UnknownDomainError(f"unknown domain {name!r}")
     return state_from_json(rows[0][0])
+
+
+async def domains_named(fetch_all: Reader, name: str) -> list[str]:
+    """Return the uuids of every domain that bore `name`, defined now or undefined, oldest first.
+
+    Raises:
+        UnknownDomainError: no domain ever had that name.
+    """
+    rows = await fetch_all("SELECT uuid FROM domains WHERE name = ? ORDER BY position", (name,))
+    if not rows:
+        raise UnknownDomainError(f"unknown domain {name!r}")
+    return [r[0] for r in rows]
 
 
 async def list_domains(fetch_all: Reader) -> list[DomainState]:
@@ -87,7 +99,7 @@ def _history_dict(record: dict[str, Any]) -> dict[str, Any]:
 async def history_records(
     fetch_all: Reader,
     *,
-    uuid: str | None = None,
+    uuids: list[str] | None = None,
     prop: str | None = None,
     principal: str | None = None,
     since: datetime | None = None,
@@ -97,8 +109,10 @@ async def history_records(
     """Return requests with their outcomes, oldest first, filtered as asked."""
     cols = ", ".join(TABLES["history"][0])
     where, params = [], []
-    for column, value in (("domain", uuid), ("property", prop), ("principal", principal),
-                          ("request_id", request_id)):
+    if uuids is not None:
+        where.append(f"domain IN ({', '.join('?' * len(uuids))})")
+        params.extend(uuids)
+    for column, value in (("property", prop), ("principal", principal), ("request_id", request_id)):
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)

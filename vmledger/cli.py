@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(p)
 
     p = command("history", "list requests with their outcomes, oldest first")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="a domain's name; an undefined domain's history stays, "
+                   "and every domain that bore the name is listed")
     p.add_argument("property", nargs="?")
     p.add_argument("--principal")
     p.add_argument("--since", help="ISO time")

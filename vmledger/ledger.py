@@ -594,20 +594,23 @@ class Ledger:
     ) -> list[dict[str, Any]]:
         """Return every request with its outcomes, oldest first, filtered as asked.
 
+        A domain's history stays when it is undefined: `name` selects the
+        requests of every domain that bore it, defined now or not.
+
         Raises:
-            UnknownDomainError: `name` is not a defined domain.
+            UnknownDomainError: no domain, defined or undefined, ever had the name `name`.
             InvalidRequestError: `since` or `until` is not a `datetime`, or another argument is malformed.
         """
         for bound in (since, until):
             if bound is not None and not isinstance(bound, datetime):
                 raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
-        uuid = (await self._state(name)).uuid if name is not None else None
+        uuids = None if name is None else await queries.domains_named(self.log.fetch_all, check_name(name))
         if prop is not None:
             lookup(prop)
         if principal is not None:
             check_principal(principal)
         return await queries.history_records(
-            self.log.fetch_all, uuid=uuid, prop=prop, principal=principal, since=since, until=until)
+            self.log.fetch_all, uuids=uuids, prop=prop, principal=principal, since=since, until=until)
 
     def events(self, *, from_position: int = 0, to_position: int | None = None) -> AsyncIterator[RecordedEvent]:
         """Yield recorded events after `from_position`, in order.
