@@ -7,13 +7,11 @@ writes.  SQL here is plain enough for SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
-from typing import Any, AsyncIterator, Callable, Generator, Sequence
+from typing import Any, Callable, Generator, Sequence
 
-from eventstore.codec import dumps
-from eventstore.errors import ChainBrokenError, InvalidRequestError
+from eventstore.errors import InvalidRequestError
 from eventstore.events import ChangeRequested, DomainDefined
 from eventstore.state import DomainState
 from eventstore.backends.common import CHUNK, SCAN_COLUMNS
@@ -22,8 +20,7 @@ from projections._parts import PartRows, fold_in_parts
 from projections._replay import Replay
 from projections.model import TABLES, Model, domain_rows, history_from_row, state_from_json
 
-__all__ = ["SCHEMA", "TableProjector", "SyncBatch", "DuplicateRequestError", "replayed_rows",
-           "table_rows", "compare", "rows_by_domain", "digest"]
+__all__ = ["SCHEMA", "TableProjector", "SyncBatch", "DuplicateRequestError", "table_rows"]
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS domains (
@@ -355,77 +352,6 @@ class SyncBatch:
         run_steps_sync(self._tx, self._batch.write())
 
 
-async def replayed_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK) -> dict[str, list[tuple]]:
-    """Return every projection row a rebuild writes for the stored rows (`COLUMNS`, in order), sorted by key.
-
-    It is the rebuild's fold, with the history of completed requests kept in
-    memory instead of written out.
-
-    Raises:
-        StorageError: a row does not decode.
-        ValueError: the fold refuses an event (as `Model.feed`).
-    """
-    replay, completed = Replay(), {}
-    part: list[Sequence[Any]] = []
-
-    def fold() -> None:
-        request_id = replay.fold(part)
-        while request_id is not None:  # a late outcome of a completed request: its row back
-            request_id = replay.resume(completed.pop(request_id, None))
-        completed.update((row[0], row) for row in replay.completed())
-        part.clear()
-
-    async for row in rows:
-        part.append(row[:-1])  # all but the hash
-        if len(part) == chunk:
-            fold()
-    fold()
-    out: dict[str, list[tuple]] = {table: [] for table in TABLES}
-    for table, table_rows_ in replay.rows():
-        out[table].extend(table_rows_)
-    out["history"].extend(completed.values())
-    for table, (_, key) in TABLES.items():
-        out[table].sort(key=lambda row: row[:key])
-    return out
-
-
 async def table_rows(fetch_all: Any) -> dict[str, list[tuple]]:
     """Return every stored projection row, sorted by key, through a read function."""
     return {table: [tuple(r) for r in await fetch_all(_select(table), ())] for table in TABLES}
-
-
-# Every projection row belongs to one domain (its stream): the column that names it.
-_DOMAIN_COLUMN = {table: cols.index("uuid" if table == "domains" else "domain") for table, (cols, _) in TABLES.items()}
-
-
-def rows_by_domain(rows: dict[str, list[tuple]]) -> dict[str, dict[str, list[tuple]]]:
-    """Return projection rows grouped by domain, each group with every table in key order."""
-    grouped: dict[str, dict[str, list[tuple]]] = defaultdict(lambda: {table: [] for table in TABLES})
-    for table, part in rows.items():
-        column = _DOMAIN_COLUMN[table]
-        for row in part:
-            grouped[row[column]][table].append(row)
-    return dict(grouped)
-
-
-def digest(rows: dict[str, list[tuple]]) -> str:
-    """Return the SHA-256 digest of one domain's projection rows."""
-    return hashlib.sha256(dumps([[table, rows.get(table, [])] for table in TABLES]).encode()).hexdigest()
-
-
-def compare(expected: dict[str, list[tuple]], actual: dict[str, list[tuple]]) -> None:
-    """Check that stored rows equal the rows a rebuild would write.
-
-    Raises:
-        ChainBrokenError: naming the first differing row's position.
-    """
-    for table in TABLES:
-        want, have = expected[table], actual[table]
-        if want == have:
-            continue
-        extra = sorted(set(have) - set(want)) or sorted(set(want) - set(have))
-        row = extra[0] if extra else (want or have)[0]
-        cols = TABLES[table][0]
-        pos_col = "since_position" if "since_position" in cols else "position"
-        position = row[cols.index(pos_col)] if pos_col in cols else 0
-        raise ChainBrokenError(int(position), f"projection {table} disagrees with the log at row {row[:2]}")

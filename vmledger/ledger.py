@@ -54,7 +54,8 @@ from eventstore.log import Metadata, RecordedEvent
 from eventstore.state import DomainState, apply
 from projections import queries
 from projections.model import Model, state_from_json
-from projections.store import DuplicateRequestError, compare, digest, replayed_rows, rows_by_domain, table_rows
+from projections.store import DuplicateRequestError
+from projections.verify import compare, digest, domain_groups, folded_rows, paired_groups
 from vmledger._checkpoint import Checkpoint
 
 __all__ = ["Ledger"]
@@ -768,26 +769,33 @@ class Ledger:
             if since is not None and since.position and await self._hash_at(since.position) != since.hash:
                 raise ChainBrokenError(since.position, "the event differs from the checkpoint's: the log was rewritten")
             head = await self.log.verify_chain(from_position=start)
-            stored = await table_rows(self.log.fetch_all)
-            domains = rows_by_domain(stored)
             if since is None:
-                compare(await replayed_rows(self.log.read_rows(0, head)), stored)
+                domains = await self._compare_all(head)
             else:
-                await self._compare_since(since, domains)
-            return Checkpoint(position=head, hash=await self._hash_at(head),
-                              domains={uuid: digest(rows) for uuid, rows in domains.items()})
+                domains = await self._compare_since(since)
+            return Checkpoint(position=head, hash=await self._hash_at(head), domains=domains)
 
     async def _hash_at(self, position: int) -> str:
         rows = await self.log.fetch_all("SELECT hash FROM events WHERE position = ?", (position,))
         return rows[0][0] if rows else ""
 
-    async def _compare_since(self, since: Checkpoint, domains: dict[str, dict[str, list[tuple]]]) -> None:
-        """Refold the domains with events after `since`; check every other one against its digest."""
+    async def _compare_all(self, head: int) -> dict[str, str]:
+        """Compare every domain's stored rows with a fold of the log up to `head`; return their digests."""
+        digests = {}
+        async with folded_rows(self.log.read_rows(0, head)) as expected:
+            async for uuid, want, have in paired_groups(expected, self.log.fetch_all):
+                compare(want, have)
+                digests[uuid] = digest(have)
+        return digests
+
+    async def _compare_since(self, since: Checkpoint) -> dict[str, str]:
+        """Refold the domains with events after `since`; check every other one against its digest; return the digests."""
         touched = {row[0] for row in await self.log.fetch_all(
             "SELECT DISTINCT stream FROM events WHERE position > ?", (since.position,))}
         empty: dict[str, list[tuple]] = {}
-        for uuid in sorted(set(domains) | set(since.domains) | touched):
-            rows = domains.get(uuid, empty)
+        digests = {}
+
+        async def check(uuid: str, rows: dict[str, list[tuple]]) -> None:
             if uuid in touched:
                 model = Model()
                 model.feed_all(await self.log.read_stream(uuid))
@@ -797,6 +805,13 @@ class Ledger:
                 name = rows["domains"][0][1] if rows.get("domains") else uuid
                 raise ChainBrokenError(since.position, (
                     f"projection rows of domain {name} changed since the checkpoint, with no event of its own"))
+
+        async for uuid, rows in domain_groups(self.log.fetch_all):
+            await check(uuid, rows)
+            digests[uuid] = digest(rows)
+        for uuid in sorted((set(since.domains) | touched) - set(digests)):
+            await check(uuid, empty)
+        return digests
 
 
 def _meta(principal: str) -> Metadata:

@@ -1,0 +1,190 @@
+"""Checking the stored projections against a fold of the log, one domain at a time, in bounded memory.
+
+`verify` must hold neither the stored rows nor the expected ones whole: a
+log of a million events has hundreds of thousands of history rows.  So the
+rebuild's fold (`Replay`) writes the rows it expects into a scratch SQLite
+file as it goes, exactly as a rebuild writes the tables, and both sides are
+then read back in pages, in the same order, one domain's rows at a time:
+each table sorted by the column naming its domain first, on an index.  A
+domain's rows are compared, and digested for a checkpoint, while the next
+domain's are still unread; memory holds the fold's domain states, one page
+per table and one domain's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+import aiosqlite
+
+from eventstore.backends.common import CHUNK
+from eventstore.codec import dumps
+from eventstore.errors import ChainBrokenError
+from projections._replay import Replay
+from projections.model import TABLES
+from projections.store import SCHEMA
+
+__all__ = ["Reader", "folded_rows", "domain_groups", "paired_groups", "compare", "digest"]
+
+Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+#: Rows read per query, per table.
+PAGE = 2000
+# Each table's reading order: the column naming the domain first, then columns that make the order
+# total and that an index serves (history's key, the request id, comes last: a domain's history
+# rows are put in key order in memory, where one domain's rows are).
+_ORDER = {
+    "domains": ("uuid",),
+    "persistent": ("domain", "property"),
+    "live": ("domain", "property"),
+    "drift": ("domain", "property"),
+    "history": ("domain", "property", "position", "request_id"),
+}
+_INSERT = {table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+           for table, (cols, _) in TABLES.items()}
+_HISTORY_BY_ID = f"SELECT {', '.join(TABLES['history'][0])} FROM history WHERE request_id = ?"
+Group = dict[str, list[tuple]]
+
+
+@contextlib.asynccontextmanager
+async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK) -> AsyncIterator[Reader]:
+    """Fold the stored rows (`COLUMNS`, in order) into a scratch database; yield a reader of its projection rows.
+
+    The scratch file lives in a temporary directory, removed on exit.
+
+    Raises:
+        StorageError: a row does not decode.
+        ValueError: the fold refuses an event (as `Model.feed`).
+    """
+    with tempfile.TemporaryDirectory(prefix="vmledger-verify-") as tmp:
+        async with aiosqlite.connect(os.path.join(tmp, "expected.db")) as db:
+            for pragma in ("journal_mode = OFF", "synchronous = OFF"):
+                await db.execute(f"PRAGMA {pragma}")
+            for statement in SCHEMA:
+                await db.execute(statement)
+            replay, part = Replay(), []
+
+            async def fold() -> None:
+                request_id = replay.fold(part)
+                while request_id is not None:  # a late outcome of a completed request: its row back
+                    found = await db.execute_fetchall(_HISTORY_BY_ID, (request_id,))
+                    if found:
+                        await db.execute("DELETE FROM history WHERE request_id = ?", (request_id,))
+                    request_id = replay.resume(tuple(found[0]) if found else None)
+                await db.executemany(_INSERT["history"], replay.completed())
+                part.clear()
+
+            async for row in rows:
+                part.append(row[:-1])  # all but the hash
+                if len(part) == chunk:
+                    await fold()
+            await fold()
+            for table, table_rows in replay.rows():
+                await db.executemany(_INSERT[table], table_rows)
+            await db.commit()
+
+            async def fetch_all(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+                return [tuple(r) for r in await db.execute_fetchall(sql, params)]
+
+            yield fetch_all
+
+
+async def _pages(fetch_all: Reader, table: str) -> AsyncIterator[tuple]:
+    """Yield every row of `table` in its reading order, a page per query (keyset paging)."""
+    cols = TABLES[table][0]
+    order = _ORDER[table]
+    at = [cols.index(c) for c in order]
+    select, by = f"SELECT {', '.join(cols)} FROM {table}", ", ".join(order)
+    after: tuple | None = None
+    while True:
+        if after is None:
+            found = await fetch_all(f"{select} ORDER BY {by} LIMIT {PAGE}", ())
+        else:
+            found = await fetch_all(
+                f"{select} WHERE ({by}) > ({', '.join('?' * len(order))}) ORDER BY {by} LIMIT {PAGE}", after)
+        for row in found:
+            yield tuple(row)
+        if len(found) < PAGE:
+            return
+        after = tuple(found[-1][i] for i in at)
+
+
+class _Table:
+    """One table's rows in reading order, taken a domain at a time."""
+
+    def __init__(self, fetch_all: Reader, table: str) -> None:
+        self._rows = _pages(fetch_all, table)
+        self._column = TABLES[table][0].index("uuid" if table == "domains" else "domain")
+        self.next: tuple | None = None
+        self._done = False
+
+    async def peek(self) -> str | None:
+        """Return the domain of the next row (None at the end)."""
+        if self.next is None and not self._done:
+            self.next = await anext(self._rows, None)
+            self._done = self.next is None
+        return None if self.next is None else self.next[self._column]
+
+    async def take(self, uuid: str) -> list[tuple]:
+        """Return the rows of domain `uuid` that come next."""
+        taken = []
+        while await self.peek() == uuid:
+            taken.append(self.next)
+            self.next = None
+        return taken  # type: ignore[return-value]
+
+
+async def domain_groups(fetch_all: Reader) -> AsyncIterator[tuple[str, Group]]:
+    """Yield `(uuid, rows)` for every domain any projection row names, by uuid, each table's rows in key order."""
+    tables = {table: _Table(fetch_all, table) for table in TABLES}
+    while True:
+        found = [u for u in [await t.peek() for t in tables.values()] if u is not None]
+        if not found:
+            return
+        uuid = min(found)
+        group = {table: await t.take(uuid) for table, t in tables.items()}
+        group["history"].sort(key=lambda row: row[0])
+        yield uuid, group
+
+
+async def paired_groups(want: Reader, have: Reader) -> AsyncIterator[tuple[str, Group, Group]]:
+    """Yield `(uuid, expected rows, stored rows)` for every domain either side names, by uuid."""
+    empty: Group = {table: [] for table in TABLES}
+    wanted, had = domain_groups(want), domain_groups(have)
+    w, h = await anext(wanted, None), await anext(had, None)
+    while w is not None or h is not None:
+        if h is None or (w is not None and w[0] < h[0]):
+            yield w[0], w[1], empty  # type: ignore[index]
+            w = await anext(wanted, None)
+        elif w is None or h[0] < w[0]:
+            yield h[0], empty, h[1]
+            h = await anext(had, None)
+        else:
+            yield w[0], w[1], h[1]
+            w, h = await anext(wanted, None), await anext(had, None)
+
+
+def digest(rows: Group) -> str:
+    """Return the SHA-256 digest of one domain's projection rows."""
+    return hashlib.sha256(dumps([[table, rows.get(table, [])] for table in TABLES]).encode()).hexdigest()
+
+
+def compare(expected: Group, actual: Group) -> None:
+    """Check that stored rows equal the rows a rebuild would write.
+
+    Raises:
+        ChainBrokenError: naming the first differing row's position.
+    """
+    for table in TABLES:
+        want, have = expected[table], actual[table]
+        if want == have:
+            continue
+        extra = sorted(set(have) - set(want)) or sorted(set(want) - set(have))
+        row = extra[0] if extra else (want or have)[0]
+        cols = TABLES[table][0]
+        pos_col = "since_position" if "since_position" in cols else "position"
+        position = row[cols.index(pos_col)] if pos_col in cols else 0
+        raise ChainBrokenError(int(position), f"projection {table} disagrees with the log at row {row[:2]}")
