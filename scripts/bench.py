@@ -23,6 +23,9 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    per append) rather than through `set`, timed in a child process; the
    rebuild folds in worker processes, one per CPU (up to 4), so the memory
    figure is the child's peak RSS plus that many times its largest worker's;
+   then `verify` over the same log, and a checkpoint since the one it made,
+   timed in another child with its peak RSS (verify's own scratch fold runs
+   in that process);
 4. `open`, `drift`, `show NAME` and `get NAME memory` on one fleet of
    `--read-domains` domains whose log holds `--small-events` events, and on a
    copy of it grown to `--events`, the two measured call for call in turn:
@@ -360,6 +363,19 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
                   f"{args.events / statistics.median(measured['rates']):.1f} s; peak RSS of the child "
                   f"{measured['rss']:.0f} MiB{workers}")
         results.update(rebuild=statistics.median(measured["rates"]), rebuild_rss=rss, rss_limit=256)
+        progress("verify, then a checkpoint since it: one run each in a child process")
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, os.path.abspath(__file__), "--child-verify", big, stdout=asyncio.subprocess.PIPE)
+        out, _ = await child.communicate()
+        if child.returncode:
+            raise SystemExit(f"bench: the verify child failed with exit {child.returncode}")
+        verified = json.loads(out)
+        table.add(f"verify, {args.events:,} events, {domains:,} domains", [args.events / verified["verify"]],
+                  "events/s", f"{verified['verify']:.1f} s; peak RSS of the child {verified['rss']:.0f} MiB "
+                  f"(verify and the checkpoint below together)")
+        table.note("  verify --checkpoint since that verify", f"{verified['checkpoint']:.1f}", "s",
+                   "no new events: the chain from the checkpoint on, every domain's rows against its digest")
+        results.update(verify_rss=verified["rss"])
         rates = []
         for r in range(args.repeat):
             progress(f"raw scan + orjson decode: run {r + 1}/{args.repeat}")
@@ -407,6 +423,18 @@ async def child_rebuild(path: str, repeat: int) -> None:
     worker_rss = peak_rss_mib(resource.RUSAGE_CHILDREN)
     parts = TableProjector().parts if worker_rss else 0  # the rebuild's worker processes, if it started any
     print(json.dumps({"rates": rates, "rss": peak_rss_mib(), "parts": parts, "worker_rss": worker_rss}))
+
+
+async def child_verify(path: str) -> None:
+    """Time `verify`, then `checkpoint` since the checkpoint it makes; print the seconds and the peak RSS as JSON."""
+    async with vmledger.open(path) as ledger:
+        started = time.perf_counter()
+        checkpoint = await ledger.checkpoint()
+        verify = time.perf_counter() - started
+        started = time.perf_counter()
+        await ledger.checkpoint(checkpoint)
+        since = time.perf_counter() - started
+    print(json.dumps({"verify": verify, "checkpoint": since, "rss": peak_rss_mib()}))
 
 
 # -- the peer and the limits: the eventsourcing library and raw sqlite3 -------------
@@ -585,6 +613,7 @@ def print_targets(results: dict[str, float]) -> None:
     target("3. rebuild events/s vs peer replay", "rebuild", "peer_replay", 2)
     target("3. rebuild events/s vs raw scan + orjson decode", "rebuild", "raw_scan", 0.33)
     target("3. rebuild peak RSS MiB vs 256 MiB", "rebuild_rss", "rss_limit", 1.0, at_most=True)
+    target("3. verify peak RSS MiB vs 256 MiB", "verify_rss", "rss_limit", 1.0, at_most=True)
     for key in ("open", "drift", "show", "get"):
         target(f"4. {key} at the big log vs at the small log (s)", f"big_{key}", f"small_{key}", 1.2, at_most=True)
     head = ("target", "ours", "reference", "ratio", "wanted", "")
@@ -610,6 +639,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peer-events", type=int, default=2000,
                    help="events per run of the peer's saves and raw sqlite3 one-per-transaction (default 2000)")
     p.add_argument("--child-rebuild", metavar="PATH", help=argparse.SUPPRESS)
+    p.add_argument("--child-verify", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is shown (default 3)")
     p.add_argument("--requests", type=int, default=500, help="set requests per write run (default 500)")
     p.add_argument("--callers", type=int, default=64, help="concurrent callers (default 64)")
@@ -647,6 +677,9 @@ async def run(args: argparse.Namespace) -> tuple[Table, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.child_verify:
+        asyncio.run(child_verify(args.child_verify))
+        return 0
     if args.child_rebuild:
         asyncio.run(child_rebuild(args.child_rebuild, args.repeat))
         return 0
