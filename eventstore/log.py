@@ -185,6 +185,8 @@ class Projector(Protocol):
     """Updates read models in the same transaction as an append (declared here, wired by `open`)."""
 
     schema: Sequence[str]
+    #: The version of the rules the rows are made by: part of the schema a backend checks on open.
+    rules: int
 
     async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
         """Apply freshly appended records to the projection tables."""
@@ -196,6 +198,13 @@ class Projector(Protocol):
 
     def batch_sync(self, tx: SyncTransaction, streams: Sequence[str], request_ids: Sequence[str]) -> "ProjectionBatch":
         """Start projecting several appends to `streams`, naming `request_ids`, in one transaction."""
+        ...
+
+    def upgrade(self) -> Generator[Step, Any, bool]:
+        """Yield the statements that rebuild rows an older version's rules made; return whether it rebuilt.
+
+        Runs inside the transaction that sets up the schema, when a writer opens the log.
+        """
         ...
 
     def rebuild(self, progress: Callable[[int, int], None] | None,

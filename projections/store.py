@@ -20,7 +20,7 @@ from projections._parts import PartRows, fold_in_parts
 from projections._replay import Replay
 from projections.model import TABLES, Model, domain_rows, history_from_row, state_from_json
 
-__all__ = ["SCHEMA", "TableProjector", "SyncBatch", "DuplicateRequestError", "table_rows"]
+__all__ = ["SCHEMA", "RULES", "TableProjector", "SyncBatch", "DuplicateRequestError", "table_rows"]
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS domains (
@@ -120,6 +120,14 @@ def _cpus() -> int:
     return min(count, 4)
 
 
+#: The version of the fold's rules the projection rows are made by.  Rows an older version made (2:
+#: the drift rule of issue 13, persistent_only) are rebuilt when a writer next opens the ledger.
+RULES = 2
+_RULES_ROW = "SELECT position FROM projection_position WHERE name = 'rules'"
+_SET_RULES = ("INSERT INTO projection_position (name, position) VALUES ('rules', ?) "
+              "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
+
+
 class TableProjector:
     """Keeps the projection tables in step with the log, inside each append.
 
@@ -130,6 +138,7 @@ class TableProjector:
     """
 
     schema = SCHEMA
+    rules = RULES
 
     def __init__(self, *, chunk: int = CHUNK, parts: int | None = None, parts_from: int = _PARTS_FROM) -> None:
         self._chunk = chunk  # events per read of the rebuild
@@ -191,6 +200,20 @@ class TableProjector:
         self._states[uuid] = (state, rows)
         if len(self._states) > _CACHED_STATES:
             del self._states[next(iter(self._states))]
+
+    def upgrade(self) -> Generator[Step, Any, bool]:
+        """Yield the statements that rebuild the rows if other rules made them; return whether it rebuilt.
+
+        A ledger that names no rules was made before they were named (rules 1).
+        """
+        found = yield ("fetch_all", _RULES_ROW, ())
+        if found and found[0][0] == RULES:
+            return False
+        head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
+        if head:
+            yield from self.rebuild()
+        yield ("execute", _SET_RULES, (RULES,))
+        return bool(head)
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None,
                 parts: PartRows | None = None) -> Generator[Step, Any, int]:

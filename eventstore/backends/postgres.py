@@ -233,6 +233,7 @@ class PostgresEventLog(LogReads):
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
                 for statement in (*_SCHEMA, *map(_bytewise, self._projector.schema)):
                     await conn.execute(statement)
+                await run_steps(_Tx(conn), self._projector.upgrade())
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self._readers, reset=_keep,
                 server_settings=self._settings, timeout=self._connect_timeout)

@@ -211,11 +211,14 @@ class SQLiteEventLog(LogReads):
             # The schema's digest, kept in the file's user_version, tells whether
             # the tables are there already: then opening writes nothing and takes
             # no lock, so it never waits for another process's writer.
-            stamp = int.from_bytes(hashlib.sha256("\n".join(schema).encode()).digest()[:4], "big") >> 1
+            # The projector's rules are part of it: rows another version's rules made are rebuilt.
+            text = "\n".join((*schema, f"rules {self._projector.rules}"))
+            stamp = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") >> 1
             if conn.execute("PRAGMA user_version").fetchone()[0] != stamp:
                 conn.execute("BEGIN IMMEDIATE")
                 for statement in schema:
                     conn.execute(statement)
+                run_steps_sync(_SyncTx(conn), self._projector.upgrade())
                 conn.execute(f"PRAGMA user_version = {stamp}")
                 conn.execute("COMMIT")
         except BaseException:
