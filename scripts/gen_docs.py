@@ -45,6 +45,28 @@ CAUSES = {
 }
 
 
+DRIFT_RULE = (
+    "A drift row exists for each property of a running domain whose live value differs from its persistent value.",
+    "It names the **event that made the current difference**: the latest event that changed the persistent or "
+    "the live value of that property while they differ, with its request (none for an observed change), "
+    "its position (`since_position`) and its time (`since`).",
+    "",
+    "- An event that changes neither value (a request refused in every scope, a request for the value already "
+    "held, an observation that found nothing new) changes neither the cause, nor the request, nor `since`.",
+    "- When the two become equal the row disappears; when they differ again, `since` starts at the event that "
+    "made them differ.",
+    "- A persistent change made by a request that also asked for the live value is `in_flight` until the live "
+    "outcome is recorded; that outcome then gives the row its cause (`partial`, `refused`, `failed`, "
+    "`requires_restart`), and its `since` stays the persistent change's.",
+    "- `external` is a change observed outside the ledger (`LiveValueObserved`, `PersistentValueObserved`), or a "
+    "domain that started with values other than its persistent config.",
+    "- `drift --as-of X` gives exactly the rows `drift` gave at X, cause and `since` included.",
+    "",
+    "The rows are kept by the same fold as every other projection, in the transaction of each append, "
+    "and `rebuild` and `verify` use that fold too.",
+    "Rows that an older version of these rules made are rebuilt when a writer next opens the ledger.",
+)
+
 _STABLE_ENV = {"COLUMNS": "100", "VMLEDGER_DB": None, "VMLEDGER_HYPERVISOR": None, "VMLEDGER_TIMEOUT": None}
 
 
@@ -101,7 +123,7 @@ def render() -> str:
         lines.append(f"| `{name}` | {version} | {(upcast.__doc__ or '').strip().splitlines()[0]} |")
     lines += ["", "## Reason codes", "", "| reason | meaning |", "|---|---|"]
     lines += [f"| `{r.value}` | {REASONS[r]} |" for r in Reason]
-    lines += ["", "## Drift causes", "", "| cause | meaning |", "|---|---|"]
+    lines += ["", "## Drift", "", *DRIFT_RULE, "", "### Drift causes", "", "| cause | meaning |", "|---|---|"]
     lines += [f"| `{c.value}` | {CAUSES[c]} |" for c in Cause]
     lines += ["", "## Command line", ""]
     parser = build_parser()
