@@ -51,7 +51,7 @@ from eventstore.events import ChangeOutcome, DomainDefined, DomainStarted, Event
 from eventstore.hypervisor import DomainSpec, LiveResult, Value
 from eventstore import transfer
 from eventstore.log import Metadata, RecordedEvent
-from eventstore.state import DomainState, apply
+from eventstore.state import DomainState, fold
 from projections import queries
 from projections.model import Model, state_from_json
 from projections.store import DuplicateRequestError
@@ -104,8 +104,7 @@ class Ledger:
         except BaseException:
             self._known.pop(state.name, None)
             raise
-        for rec in recorded:
-            state = apply(state, rec)
+        state = fold(recorded, state)  # type: ignore[assignment]
         self._known.pop(state.name, None)
         if state.defined:
             self._known[state.name] = state
