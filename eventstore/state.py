@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import attrs
 
@@ -35,11 +35,14 @@ from eventstore.hypervisor import Value
 from eventstore.log import RecordedEvent
 
 __all__ = ["Slot", "Mark", "Pending", "DomainState", "DomainFold", "apply", "fold", "drifting",
-           "concerns_live", "concerns_persistent", "live_cause"]
+           "concerns_live", "concerns_persistent", "awaiting", "live_cause"]
 
 
-@attrs.frozen(kw_only=True)
-class Slot:
+# Slots, marks and pending requests are named tuples, not attrs classes: the rebuild makes one or
+# more per event of the log, and a tuple costs a third of a frozen attrs instance to make.
+
+
+class Slot(NamedTuple):
     """A value in force, and the position and request that put it there."""
 
     value: Value
@@ -47,8 +50,7 @@ class Slot:
     request_id: str | None = None
 
 
-@attrs.frozen(kw_only=True)
-class Mark:
+class Mark(NamedTuple):
     """Why a property's live value differs from its persistent one: the event that made the difference.
 
     `position` and `at` are that event's; `request_id` is the request it
@@ -61,8 +63,7 @@ class Mark:
     at: datetime
 
 
-@attrs.frozen(kw_only=True)
-class Pending:
+class Pending(NamedTuple):
     """A request with a scope whose outcome is not yet recorded.
 
     Only an outcome ends it: a stop, start or undefinition leaves it pending,
@@ -120,6 +121,11 @@ class DomainState:
 
 
 
+# `tuple.__new__` makes a named tuple from a tuple of all its fields in C, without the Python-level
+# `__new__` that checks arguments: the fold's hot path, with every field given.
+_new = tuple.__new__
+
+
 def drifting(state: "DomainState | DomainFold") -> list[tuple[str, Slot, Slot, Mark]]:
     """Return `(property, persistent, live, mark)` wherever a running domain's live value differs, sorted."""
     if not state.running:
@@ -142,8 +148,6 @@ _C_EXTERNAL, _C_LIVE_ONLY, _C_PERSISTENT_ONLY, _C_PARTIAL, _C_REQUIRES_RESTART, 
                       Cause.REFUSED, Cause.FAILED, Cause.IN_FLIGHT))
 _R_REQUIRES_RESTART = Reason.REQUIRES_RESTART.value
 _AW_BOTH, _AW_PERSISTENT, _AW_LIVE = frozenset((_PERSISTENT, _LIVE)), frozenset((_PERSISTENT,)), frozenset((_LIVE,))
-# `awaiting - {scope}` for the sets a request starts with.
-_WITHOUT = {(aw, scope): aw - {scope} for aw in (_AW_BOTH, _AW_PERSISTENT, _AW_LIVE) for scope in (_PERSISTENT, _LIVE)}
 
 
 def concerns_live(scope: str, running: bool) -> bool:
@@ -156,7 +160,7 @@ def concerns_persistent(scope: str, running: bool) -> bool:
     return scope in (_PERSISTENT, _BOTH) or (scope == _CURRENT and not running)
 
 
-def _awaiting(scope: str, running: bool) -> frozenset[str]:
+def awaiting(scope: str, running: bool) -> frozenset[str]:
     """Return the scopes a request with `scope` awaits an outcome in (one of three shared sets)."""
     if scope == _BOTH:
         return _AW_BOTH if running else _AW_PERSISTENT
@@ -235,68 +239,71 @@ class DomainFold:
 
     # The drift rule.
 
-    def _remark(self, prop: str, cause: str, request_id: str | None, position: int, at: datetime) -> None:
-        """Mark `prop` after an event that changed one of its values: the event's mark if they differ, none if not."""
-        p, l = self.persistent.get(prop), self.live.get(prop)
-        if p is None or l is None or p.value == l.value:
+    def _remark(self, prop: str, value: Value, other: Slot | None, cause: str, request_id: str | None,
+                position: int, at: datetime) -> None:
+        """Mark `prop` after an event that changed one of its values to `value`, the other being `other`.
+
+        The event's mark if they differ now, none if they agree (or one is missing).
+        """
+        if other is None or other[0] == value:
             self.marks.pop(prop, None)
         else:
-            self.marks[prop] = Mark(cause=cause, request_id=request_id, position=position, at=at)
+            self.marks[prop] = _new(Mark, (cause, request_id, position, at))
 
     def _settle(self, prop: str, request_id: str, cause: str) -> None:
         """Give an `in_flight` mark of `request_id` its cause, now that the request's other scope is settled."""
         mark = self.marks.get(prop)
         if mark is not None and mark.cause == _C_IN_FLIGHT and mark.request_id == request_id:
-            self.marks[prop] = Mark(cause=cause, request_id=request_id, position=mark.position, at=mark.at)
+            self.marks[prop] = _new(Mark, (cause, request_id, mark.position, mark.at))
 
     # Change events, with their fields unboxed (the rebuild calls these directly).
 
     def requested(self, position: int, version: int, at: datetime, request_id: str, prop: str, scope: str,
-                  value: Value) -> None:
-        """Fold a `…Requested`: the request now awaits an outcome in each scope it concerns."""
-        self.pending[request_id] = Pending(
-            request_id=request_id, property=prop, requested=value, position=position, at=at,
-            awaiting=_awaiting(scope, self.running))
+                  value: Value) -> frozenset[str]:
+        """Fold a `…Requested`: the request now awaits an outcome in each scope it concerns; return those scopes."""
+        scopes = awaiting(scope, self.running)
+        self.pending[request_id] = _new(Pending, (request_id, prop, value, position, at, scopes, None, None))
         self.version, self.position = version, position
+        return scopes
 
     def outcome(self, position: int, version: int, at: datetime, request_id: str, prop: str, scope: str,
                 status: str, value: Value | None, reason: str | None) -> None:
         """Fold an outcome of `scope`: settle what the request awaits, move the value, apply the drift rule."""
         self.version, self.position = version, position
+        persistent = scope == _PERSISTENT
         pending = self.pending.get(request_id)
-        if pending is not None and scope not in pending.awaiting:
-            pending = None  # an outcome the request did not await (no decision writes one) settles nothing
         if pending is not None:
-            awaiting = _WITHOUT.get((pending.awaiting, scope))
-            if awaiting is None:
-                awaiting = pending.awaiting - {scope}
-            if awaiting:
-                self.pending[request_id] = Pending(
-                    request_id=request_id, property=pending.property, requested=pending.requested,
-                    position=pending.position, at=pending.at, awaiting=awaiting,
-                    persistent_status=status if scope == _PERSISTENT else pending.persistent_status,
-                    live_cause=live_cause(status, reason) if scope == _LIVE else pending.live_cause)
+            scopes = pending[5]  # awaiting
+            if scope not in scopes:
+                pending = None  # an outcome the request did not await (no decision writes one) settles nothing
+            elif len(scopes) == 2:  # both: the other one remains
+                self.pending[request_id] = _new(Pending, (
+                    request_id, pending[1], pending[2], pending[3], pending[4],
+                    _AW_LIVE if persistent else _AW_PERSISTENT,
+                    status if persistent else pending[6], pending[7] if persistent else live_cause(status, reason)))
             else:
-                del self.pending[request_id]
+                del self.pending[request_id]  # it awaited `scope` alone
         moves = value is not None and (status == _APPLIED or status == _PARTIAL)
-        if scope == _PERSISTENT:
+        running = self.running
+        if persistent:
             if moves:
                 old = self.persistent.get(prop)
-                self.persistent[prop] = Slot(value=value, position=position, request_id=request_id)
-                if self.running and (old is None or old.value != value):
-                    self._remark(prop, self._persistent_cause(prop, pending), request_id, position, at)
+                self.persistent[prop] = _new(Slot, (value, position, request_id))
+                if running and (old is None or old[0] != value):
+                    self._remark(prop, value, self.live.get(prop), self._persistent_cause(prop, pending),
+                                 request_id, position, at)
                     return
-            if self.running:
+            if running:
                 self._settle(prop, request_id, status if status in (_REFUSED, _FAILED) else _C_LIVE_ONLY)
             return
-        if not self.running:
+        if not running:
             return
         if moves:
             old = self.live.get(prop)
-            self.live[prop] = Slot(value=value, position=position, request_id=request_id)
-            if old is None or old.value != value:
+            self.live[prop] = _new(Slot, (value, position, request_id))
+            if old is None or old[0] != value:
                 cause = _C_PARTIAL if status == _PARTIAL else self._live_applied_cause(pending)
-                self._remark(prop, cause, request_id, position, at)
+                self._remark(prop, value, self.persistent.get(prop), cause, request_id, position, at)
                 return
         self._settle(prop, request_id, live_cause(status, reason))
 
@@ -355,8 +362,8 @@ class DomainFold:
             self.live = {k: Slot(value=v, position=position) for k, v in e.config}
             # A domain that boots with values other than its persistent config was changed outside.
             self.marks = {}
-            for prop in self.live:
-                self._remark(prop, _C_EXTERNAL, None, position, at)
+            for prop, slot in self.live.items():
+                self._remark(prop, slot[0], self.persistent.get(prop), _C_EXTERNAL, None, position, at)
         elif isinstance(e, (DomainStopped, DomainUndefined)):
             self.running, self.live, self.marks, self.locked_trays = False, {}, {}, frozenset()
             self.defined = not isinstance(e, DomainUndefined)
@@ -367,11 +374,12 @@ class DomainFold:
         elif isinstance(e, MediaTrayUnlocked):
             self.locked_trays = self.locked_trays - {e.device}
         elif isinstance(e, (LiveValueObserved, PersistentValueObserved)):
-            values = self.live if isinstance(e, LiveValueObserved) else self.persistent
+            values, other = (self.live, self.persistent) if isinstance(e, LiveValueObserved) else (
+                self.persistent, self.live)
             old = values.get(e.property)
             values[e.property] = Slot(value=e.value, position=position)
             if self.running and (old is None or old.value != e.value):
-                self._remark(e.property, _C_EXTERNAL, None, position, at)
+                self._remark(e.property, e.value, other.get(e.property), _C_EXTERNAL, None, position, at)
         else:
             raise ValueError(f"no fold for {e.name}")
         self.version, self.position = rec.version, position

@@ -5,7 +5,7 @@ change events (`…Requested` and the outcomes, nearly all of a log) with
 their fields unboxed, as `projections.scan` decodes them, and every other
 event whole.  The rules are the fold's and the model's own
 (`DomainFold.requested`, `.outcome`, `.step`; `requested_record`,
-`settled_record`; `domain_rows`, `history_row`): this module only decides
+`settle_record`; `domain_rows`, `history_row`): this module only decides
 when to call them and when to write a completed request's row out.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, Callable, Generator, Iterator, Sequence
 from eventstore.catalogue import Outcome
 from eventstore.log import RecordedEvent
 from eventstore.state import DomainFold
-from projections.model import TABLES, domain_rows, history_from_row, history_row, requested_record, settled_record
+from projections.model import TABLES, domain_rows, history_from_row, history_row, requested_record, settle_record
 from projections.scan import Change, as_change, scan
 
 __all__ = ["Replay"]
@@ -84,8 +84,7 @@ class Replay:
                     raise ValueError(f"{name} at position {position} precedes DomainDefined")
                 history[request_id] = requested_record(
                     (request_id, stream, w.name, prop, requested, scope, extra, reason, at_text, position),
-                    w.running)
-                w.requested(position, version, at, request_id, prop, scope, requested)
+                    w.requested(position, version, at, request_id, prop, scope, requested))
                 continue
             record = history.get(request_id)
             if record is None:  # a late outcome of a request written out: take its row back
@@ -97,7 +96,8 @@ class Replay:
             w.outcome(position, version, at, request_id, prop, scope, status, value, reason)
             if record is None:
                 raise ValueError(f"outcome at position {position} for unknown request {request_id}")
-            record = history[request_id] = settled_record(record, scope, status, value, reason, extra, at_text)
+            history[request_id] = record  # this fold's own: settled in place
+            settle_record(record, scope, status, value, reason, extra, at_text)
             if record["completed_at"] is not None:
                 completed.append(request_id)
 

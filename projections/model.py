@@ -2,7 +2,7 @@
 
 The rules live in one place each: a domain's state in
 `eventstore.state.DomainFold`, a request's history record in
-`requested_record` and `settled_record`, and every row in `domain_rows` and
+`requested_record` and `settle_record`, and every row in `domain_rows` and
 `history_row`.  `Model` drives them over records: the incremental update
 inside an append (seeded with the rows the append touches) and time travel
 (fed only the records up to a position).  The rebuild and `verify` drive the
@@ -22,11 +22,11 @@ from eventstore.codec import dumps, dumps_plain, dumps_value, loads, plain
 from eventstore.events import ChangeOutcome, ChangeRequested
 from eventstore.log import RecordedEvent, timestamp
 from eventstore.state import (
-    DomainFold, DomainState, Mark, Pending, Slot, apply, concerns_live, concerns_persistent, drifting,
+    DomainFold, DomainState, Mark, Pending, Slot, apply, awaiting, drifting,
 )
 
 __all__ = ["Model", "TABLES", "state_to_json", "state_from_json", "domain_rows", "history_row", "history_from_row",
-           "requested_record", "settled_record"]
+           "requested_record", "settle_record"]
 
 #: Projection tables and their columns, in row order; the first `key` columns identify a row.
 TABLES: dict[str, tuple[tuple[str, ...], int]] = {
@@ -90,32 +90,34 @@ def state_from_json(text: str) -> DomainState:
 _IN_FLIGHT = Outcome.REQUESTED.status
 
 
-def requested_record(rec_fields: tuple, running: bool) -> dict[str, Any]:
-    """Return the history record a `…Requested` starts: an outcome in flight for each scope it concerns.
+def requested_record(fields: tuple, awaiting: frozenset[str]) -> dict[str, Any]:
+    """Return the history record a `…Requested` starts: an outcome in flight for each scope it awaits.
 
-    `rec_fields` is `(request_id, stream, domain name, property, requested value, scope, principal,
-    reason, recorded_at as text, position)`; `running` is whether the domain ran before the event.
+    `fields` is `(request_id, stream, domain name, property, requested value, scope, principal,
+    reason, recorded_at as text, position)`; `awaiting` is `eventstore.state.awaiting(scope, running)`
+    with whether the domain ran before the event.
     """
-    request_id, stream, name, prop, requested, scope, principal, reason, at_text, position = rec_fields
-    outcomes = {
-        s: {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None}
-        for s, wanted in (("persistent", concerns_persistent(scope, running)), ("live", concerns_live(scope, running)))
-        if wanted
-    }
+    request_id, stream, name, prop, requested, scope, principal, reason, at_text, position = fields
     return {
         "request_id": request_id, "domain": stream, "domain_name": name, "property": prop,
         "requested": requested, "scope": scope, "principal": principal, "reason": reason,
-        "requested_at": at_text, "position": position, "outcomes": outcomes, "completed_at": None,
+        "requested_at": at_text, "position": position,
+        "outcomes": {s: {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None} for s in awaiting},
+        "completed_at": None,
     }
 
 
-def settled_record(record: dict[str, Any], scope: str, status: str, value: Any, reason: str | None,
-                   message: str | None, at_text: str) -> dict[str, Any]:
-    """Return a new history record with the outcome of `scope`, completed once no scope is in flight."""
-    outcomes = dict(record["outcomes"])
+def settle_record(record: dict[str, Any], scope: str, status: str, value: Any, reason: str | None,
+                  message: str | None, at_text: str) -> None:
+    """Record the outcome of `scope` in a history record, in place; it is completed once no scope is in flight."""
+    outcomes = record["outcomes"]
     outcomes[scope] = {"status": status, "value": value, "reason": reason, "message": message}
-    done = all(o["status"] != _IN_FLIGHT for o in outcomes.values())
-    return {**record, "outcomes": outcomes, "completed_at": at_text if done else None}
+    completed = at_text
+    for o in outcomes.values():
+        if o["status"] == _IN_FLIGHT:
+            completed = None
+            break
+    record["completed_at"] = completed
 
 
 def domain_rows(s: DomainState | DomainFold, snapshot: str | None = None) -> dict[str, list[tuple]]:
@@ -174,13 +176,15 @@ class Model:
         if isinstance(e, ChangeRequested):
             self.history[e.request_id] = requested_record(
                 (e.request_id, rec.stream, name, e.property, e.value, e.scope, e.principal, e.reason,
-                 _iso(rec.recorded_at), rec.position), running)
+                 _iso(rec.recorded_at), rec.position), awaiting(e.scope, running))
         elif isinstance(e, ChangeOutcome):
             record = self.history.get(e.request_id)
             if record is None:
                 raise ValueError(f"outcome at position {rec.position} for unknown request {e.request_id}")
-            self.history[e.request_id] = settled_record(
-                record, e.scope, e.outcome.status, e.value, e.reason, e.message, _iso(rec.recorded_at))
+            # A new record: the one held may be a batch's saved copy, to put back if the batch fails.
+            record = {**record, "outcomes": dict(record["outcomes"])}
+            settle_record(record, e.scope, e.outcome.status, e.value, e.reason, e.message, _iso(rec.recorded_at))
+            self.history[e.request_id] = record
 
     def feed_all(self, records: Iterable[RecordedEvent]) -> None:
         """Apply records in order."""
