@@ -18,7 +18,9 @@ from typing import Any, Callable, Generator, Iterator, Sequence
 from eventstore.catalogue import Outcome
 from eventstore.log import RecordedEvent
 from eventstore.state import DomainFold
-from projections.model import TABLES, domain_rows, history_from_row, history_row, requested_record, settle_record
+from projections.model import (
+    TABLES, completed, domain_rows, history_row, record_from_row, requested_record, settle_record,
+)
 from projections.scan import Change, as_change, scan
 
 __all__ = ["Replay"]
@@ -33,7 +35,7 @@ class Replay:
 
     def __init__(self) -> None:
         self.domains: dict[str, DomainFold] = {}
-        self.history: dict[str, dict[str, Any]] = {}
+        self.history: dict[str, list[Any]] = {}
         self._completed: list[str] = []  # requests completed since the last `completed()`
         self._folding = self._fold([])
 
@@ -67,7 +69,7 @@ class Replay:
 
     def _fold(self, items: list[Change | RecordedEvent]) -> Generator[str, tuple | None, None]:
         """Fold `items`, yielding the id of a request whose stored history row is needed, to be sent back."""
-        domains, history, completed = self.domains, self.history, self._completed
+        domains, history, done = self.domains, self.history, self._completed
         for item in items:
             if item.__class__ is not tuple:
                 rec: RecordedEvent = item  # type: ignore[assignment]
@@ -83,14 +85,14 @@ class Replay:
                 if w is None:
                     raise ValueError(f"{name} at position {position} precedes DomainDefined")
                 history[request_id] = requested_record(
-                    (request_id, stream, w.name, prop, requested, scope, extra, reason, at_text, position),
+                    request_id, stream, w.name, prop, requested, scope, extra, reason, at_text, position,
                     w.requested(position, version, at, request_id, prop, scope, requested))
                 continue
             record = history.get(request_id)
             if record is None:  # a late outcome of a request written out: take its row back
                 found = yield request_id
                 if found is not None:
-                    record = history_from_row(found)
+                    record = record_from_row(found)
             if w is None:
                 raise ValueError(f"{name} at position {position} precedes DomainDefined")
             w.outcome(position, version, at, request_id, prop, scope, status, value, reason)
@@ -98,8 +100,8 @@ class Replay:
                 raise ValueError(f"outcome at position {position} for unknown request {request_id}")
             history[request_id] = record  # this fold's own: settled in place
             settle_record(record, scope, status, value, reason, extra, at_text)
-            if record["completed_at"] is not None:
-                completed.append(request_id)
+            if completed(record):
+                done.append(request_id)
 
     def completed(self) -> list[tuple]:
         """Return the history rows of the requests completed so far, and forget them."""
@@ -107,7 +109,7 @@ class Replay:
         with _collector_paused():
             for request_id in self._completed:
                 record = self.history.get(request_id)
-                if record is not None and record["completed_at"] is not None:
+                if record is not None and completed(record):
                     rows.append(history_row(record))
                     del self.history[request_id]
         self._completed = []

@@ -26,7 +26,7 @@ from eventstore.state import (
 )
 
 __all__ = ["Model", "TABLES", "state_to_json", "state_from_json", "domain_rows", "history_row", "history_from_row",
-           "requested_record", "settle_record"]
+           "requested_record", "settle_record", "completed", "record_from_row"]
 
 #: Projection tables and their columns, in row order; the first `key` columns identify a row.
 TABLES: dict[str, tuple[tuple[str, ...], int]] = {
@@ -90,34 +90,38 @@ def state_from_json(text: str) -> DomainState:
 _IN_FLIGHT = Outcome.REQUESTED.status
 
 
-def requested_record(fields: tuple, awaiting: frozenset[str]) -> dict[str, Any]:
+# A history record, as the fold keeps it: a list in the columns of its row, the requested value and
+# the outcomes (scope -> status, value, reason, message) as objects, not JSON yet.
+_OUTCOMES, _COMPLETED_AT = TABLES["history"][0].index("outcomes"), TABLES["history"][0].index("completed_at")
+
+
+def requested_record(request_id: str, stream: str, name: str, prop: str, requested: Any, scope: str,
+                     principal: str, reason: str | None, at_text: str, position: int,
+                     awaiting: frozenset[str]) -> list[Any]:
     """Return the history record a `…Requested` starts: an outcome in flight for each scope it awaits.
 
-    `fields` is `(request_id, stream, domain name, property, requested value, scope, principal,
-    reason, recorded_at as text, position)`; `awaiting` is `eventstore.state.awaiting(scope, running)`
-    with whether the domain ran before the event.
+    `awaiting` is `eventstore.state.awaiting(scope, running)`, with whether the domain ran before the event.
     """
-    request_id, stream, name, prop, requested, scope, principal, reason, at_text, position = fields
-    return {
-        "request_id": request_id, "domain": stream, "domain_name": name, "property": prop,
-        "requested": requested, "scope": scope, "principal": principal, "reason": reason,
-        "requested_at": at_text, "position": position,
-        "outcomes": {s: {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None} for s in awaiting},
-        "completed_at": None,
-    }
+    outcomes = {s: {"status": _IN_FLIGHT, "value": None, "reason": None, "message": None} for s in awaiting}
+    return [request_id, stream, name, prop, requested, scope, principal, reason, at_text, position, outcomes, None]
 
 
-def settle_record(record: dict[str, Any], scope: str, status: str, value: Any, reason: str | None,
+def settle_record(record: list[Any], scope: str, status: str, value: Any, reason: str | None,
                   message: str | None, at_text: str) -> None:
     """Record the outcome of `scope` in a history record, in place; it is completed once no scope is in flight."""
-    outcomes = record["outcomes"]
+    outcomes = record[_OUTCOMES]
     outcomes[scope] = {"status": status, "value": value, "reason": reason, "message": message}
     completed = at_text
     for o in outcomes.values():
         if o["status"] == _IN_FLIGHT:
             completed = None
             break
-    record["completed_at"] = completed
+    record[_COMPLETED_AT] = completed
+
+
+def completed(record: list[Any]) -> bool:
+    """Tell whether a history record has an outcome in every scope."""
+    return record[_COMPLETED_AT] is not None
 
 
 def domain_rows(s: DomainState | DomainFold, snapshot: str | None = None) -> dict[str, list[tuple]]:
@@ -135,12 +139,17 @@ def domain_rows(s: DomainState | DomainFold, snapshot: str | None = None) -> dic
     }
 
 
-def history_row(r: dict[str, Any]) -> tuple:
+def history_row(r: list[Any]) -> tuple:
     """Return the row of a history record."""
     # Outcomes hold only what the event classes admit: text, integers, null.
-    return (r["request_id"], r["domain"], r["domain_name"], r["property"], dumps_value(r["requested"]),
-            r["scope"], r["principal"], r["reason"], r["requested_at"], r["position"],
-            dumps_plain(r["outcomes"]), r["completed_at"])
+    return (r[0], r[1], r[2], r[3], dumps_value(r[4]), r[5], r[6], r[7], r[8], r[9], dumps_plain(r[10]), r[11])
+
+
+def record_from_row(row: tuple) -> list[Any]:
+    """Return the history record, as the fold keeps it, that a stored row holds."""
+    record = list(row)
+    record[4], record[_OUTCOMES] = loads(record[4]), loads(record[_OUTCOMES])
+    return record
 
 
 @attrs.define
@@ -148,7 +157,7 @@ class Model:
     """Domain states and history records, fed records in log order."""
 
     states: dict[str, DomainState] = attrs.field(factory=dict)
-    history: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    history: dict[str, list[Any]] = attrs.field(factory=dict)
     position: int = 0
 
     def feed(self, rec: RecordedEvent) -> None:
@@ -175,14 +184,15 @@ class Model:
         e = rec.event
         if isinstance(e, ChangeRequested):
             self.history[e.request_id] = requested_record(
-                (e.request_id, rec.stream, name, e.property, e.value, e.scope, e.principal, e.reason,
-                 _iso(rec.recorded_at), rec.position), awaiting(e.scope, running))
+                e.request_id, rec.stream, name, e.property, e.value, e.scope, e.principal, e.reason,
+                _iso(rec.recorded_at), rec.position, awaiting(e.scope, running))
         elif isinstance(e, ChangeOutcome):
             record = self.history.get(e.request_id)
             if record is None:
                 raise ValueError(f"outcome at position {rec.position} for unknown request {e.request_id}")
             # A new record: the one held may be a batch's saved copy, to put back if the batch fails.
-            record = {**record, "outcomes": dict(record["outcomes"])}
+            record = list(record)
+            record[_OUTCOMES] = dict(record[_OUTCOMES])
             settle_record(record, e.scope, e.outcome.status, e.value, e.reason, e.message, _iso(rec.recorded_at))
             self.history[e.request_id] = record
 

@@ -18,7 +18,7 @@ from eventstore.backends.common import CHUNK, SCAN_COLUMNS
 from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from projections._parts import PartRows, fold_in_parts
 from projections._replay import Replay
-from projections.model import TABLES, Model, domain_rows, history_from_row, state_from_json
+from projections.model import TABLES, Model, domain_rows, record_from_row, state_from_json
 
 __all__ = ["SCHEMA", "RULES", "TableProjector", "SyncBatch", "DuplicateRequestError", "table_rows"]
 
@@ -288,7 +288,7 @@ class _Batch:
             found = yield ("fetch_all", _select("history").replace(
                 " ORDER BY", f" WHERE request_id IN ({_marks(wanted)}) ORDER BY"), wanted)
             for row in found:
-                model.history[row[0]] = history_from_row(row)
+                model.history[row[0]] = record_from_row(row)
                 self._stored_history[row[0]] = tuple(row)
 
     def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:

@@ -49,7 +49,7 @@ from eventstore.hypervisor import LiveResult, Observation
 from eventstore.log import Metadata, RecordedEvent, timestamp
 from eventstore.state import DomainFold, DomainState, Mark, Slot, apply
 from projections._replay import Replay
-from projections.model import TABLES, Model, domain_rows, history_from_row, state_from_json, state_to_json
+from projections.model import TABLES, Model, domain_rows, history_from_row, record_from_row, state_from_json, state_to_json
 from projections.verify import domain_groups, folded_rows
 from tests.strategies import (
     DEVICES,
@@ -275,7 +275,7 @@ def test_fold_in_two_chunks_equals_fold_at_once(data: st.DataObject, h: History)
     first.feed_all(h.records[:split])
     second = Model(
         states={u: state_from_json(state_to_json(s)) for u, s in first.states.items()},
-        history={r: history_from_row(first.history_row(r)) for r in first.history},
+        history={r: record_from_row(first.history_row(r)) for r in first.history},
         position=first.position,
     )
     second.feed_all(h.records[split:])
@@ -316,7 +316,8 @@ def test_drift_causes_are_known_and_in_flight_means_pending(h: History) -> None:
 
 def _in_flight(model: Model) -> set[tuple[str, str, str]]:
     """Return `(stream, request id, scope)` of every history outcome still in flight."""
-    return {(r["domain"], r["request_id"], scope) for r in model.history.values()
+    records = [history_from_row(model.history_row(r)) for r in model.history]
+    return {(r["domain"], r["request_id"], scope) for r in records
             for scope, o in r["outcomes"].items() if o["status"] == "in_flight"}
 
 
@@ -337,7 +338,8 @@ def test_pending_is_exactly_what_history_shows_in_flight(h: History) -> None:
         if _awaited(model) != _in_flight(model):
             mismatches.append(rec.position)
     outcomes = [(r.event.request_id, r.event.scope) for r in h.records if isinstance(r.event, ChangeOutcome)]
-    completed = {r["request_id"]: r["completed_at"] is not None for r in model.history.values()}
+    completed = {r["request_id"]: r["completed_at"] is not None
+                 for r in (history_from_row(model.history_row(i)) for i in model.history)}
     assert (mismatches, len(outcomes), completed) == (
         [], len(set(outcomes)), {r: not any(i[1] == r for i in _in_flight(model)) for r in completed})
 
