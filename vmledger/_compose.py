@@ -21,6 +21,8 @@ from vmledger.ledger import Ledger
 __all__ = ["open", "sqlite_path", "DEFAULT_DB"]
 
 DEFAULT_DB = "sqlite:///vmledger.db"
+#: URL schemes that a bare path must not start with: a typo of a URL, not a file name.
+_SCHEMES = frozenset({"sqlite", "sqlite3", "file", "postgresql", "postgres", "pg"})
 _PORT_METHODS = ("define", "undefine", "start", "stop", "apply_persistent", "apply_live", "observe", "aclose")
 
 
@@ -37,9 +39,15 @@ def sqlite_path(url: str) -> str:
         raise InvalidRequestError(f"a database URL must be text, not {type(url).__name__}")
     if "\x00" in url:
         raise InvalidRequestError(f"database URL {shown(url)} holds a NUL character")
+    scheme = url.partition(":")[0].lower() if ":" in url else ""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
-    elif "://" in url:
+    elif scheme == "sqlite":
+        # `sqlite:ledger.db` and `sqlite://ledger.db` would otherwise name a file called so.
+        rest = url[len("sqlite:"):].lstrip("/")
+        raise InvalidRequestError(
+            f"malformed database URL {shown(url)}: an SQLite URL has three slashes, e.g. sqlite:///{rest}")
+    elif "://" in url or scheme in _SCHEMES:
         raise InvalidRequestError(
             f"unsupported database URL {shown(url)} (use sqlite:///PATH, a path, or postgresql://...)")
     else:
@@ -75,6 +83,8 @@ async def open(  # noqa: A001 - the public name the design promises
     hypervisor: str | Hypervisor = "sim",
     hypervisor_timeout: float = 10.0,
     busy_timeout: float = 30.0,
+    create: bool = True,
+    read_only: bool = False,
 ) -> AsyncIterator[Ledger]:
     """Open the ledger at `url` in front of `hypervisor`, as an async context manager.
 
@@ -86,6 +96,12 @@ async def open(  # noqa: A001 - the public name the design promises
     PostgreSQL the simulated hypervisor keeps its state in
     `vmledger-<database>.sim.json` in the current directory.
 
+    With `create` false, a ledger that does not exist yet is an error
+    rather than a new, empty one.  With `read_only` the ledger needs only
+    read permission (on SQLite, on the file; on PostgreSQL, SELECT), never
+    creates anything, and any write raises `StorageError`.  A database that
+    holds other tables than a ledger's is refused either way.
+
     Opening never calls the hypervisor: requests a dead process left without
     an outcome are resolved by `Ledger.observe`, not here, so that opening
     works while the hypervisor is down and reads never write.
@@ -93,6 +109,8 @@ async def open(  # noqa: A001 - the public name the design promises
     Raises:
         InvalidRequestError: an unsupported URL or hypervisor, or a timeout that is
             not a finite number of seconds above 0.
+        LedgerNotFoundError: no ledger at `url`, and `create` is false or `read_only` true.
+        NotALedgerError: the database holds data that is not a ledger.
         StorageError: the database cannot be opened.
     """
     hypervisor_timeout = check_seconds("the hypervisor timeout", hypervisor_timeout)
@@ -103,12 +121,14 @@ async def open(  # noqa: A001 - the public name the design promises
             from eventstore.backends.postgres import PostgresEventLog
         except ImportError as e:
             raise InvalidRequestError("postgresql:// needs asyncpg: pip install 'vmledger[postgres]'") from e
-        log = PostgresEventLog(url, TableProjector(), busy_timeout=busy_timeout)
+        log = PostgresEventLog(url, TableProjector(), busy_timeout=busy_timeout, create=create,
+                               read_only=read_only)
         # The simulator's state needs a file; a server database has none beside it.
         sim_base = os.path.abspath("vmledger-" + _database_name(url))
     else:
         path = sqlite_path(url)
-        log, sim_base = SQLiteEventLog(path, TableProjector(), busy_timeout=busy_timeout), path
+        log = SQLiteEventLog(path, TableProjector(), busy_timeout=busy_timeout, create=create, read_only=read_only)
+        sim_base = path
     adapter = _hypervisor(hypervisor, sim_base, hypervisor_timeout)
     try:
         async with log:

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from eventstore.catalogue import MAX_POSITION, Property, check_position, shown
 from eventstore.errors import InvalidRequestError
 
-__all__ = ["parse_size", "format_size", "parse_value", "format_value", "parse_time", "parse_count", "parse_position"]
+__all__ = ["parse_size", "format_size", "parse_value", "format_value", "parse_time", "parse_count", "parse_position",
+           "parse_as_of"]
 
 _UNITS = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _SIZE = re.compile(r"([0-9]{1,20})(?:\.([0-9]{1,9}))? ?(B|KiB|MiB|GiB|TiB)?")
@@ -65,6 +66,22 @@ def parse_position(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,19}", digits):
         raise InvalidRequestError(f"invalid log position {shown(text)}: use a whole number from 0 to {MAX_POSITION}")
     return check_position(int(digits))
+
+
+def parse_as_of(text: str) -> int | datetime:
+    """Return the log position or the time an `--as-of` argument names.
+
+    Raises:
+        InvalidRequestError: a number that is no position, or text that is no ISO 8601 time.
+    """
+    stripped = text.strip() if isinstance(text, str) else ""
+    if re.fullmatch(r"[-+]?[0-9][0-9.,_]*", stripped):
+        if not re.fullmatch(r"[0-9]{1,19}", stripped) or int(stripped) > MAX_POSITION:
+            raise InvalidRequestError(
+                f"invalid log position {shown(text)}: use a whole number from 0 to {MAX_POSITION}, "
+                "or an ISO 8601 time")
+        return int(stripped)
+    return parse_time(text)
 
 
 def parse_value(prop: Property, text: str) -> int | str:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import vmledger
 from eventstore.catalogue import CATALOGUE, Capability, Scope, check_seconds, lookup, shown
 from eventstore.codec import loads
-from eventstore.errors import ChainBrokenError, InvalidRequestError, VmledgerError
+from eventstore.errors import ChainBrokenError, InvalidRequestError, LedgerNotFoundError, VmledgerError
 from eventstore.log import RecordedEvent
 from vmledger import _units
 from vmledger._checkpoint import read_checkpoint, write_checkpoint
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def json_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command("init", "create an empty ledger at --db, or say that one exists there already")
+    json_flag(p)
 
     p = command("define", "define a domain on the hypervisor and record it")
     p.add_argument("name")
@@ -268,13 +271,41 @@ def _event_json(rec: RecordedEvent) -> dict[str, Any]:
 # Commands.
 
 
+#: Commands that may create the ledger they name; every other command needs one that exists.
+CREATING = frozenset({"init", "define", "adopt", "import", "demo"})
+#: Commands that only read: they need read permission alone, and never create anything.
+READING = frozenset({"list", "show", "get", "drift", "history", "events", "export", "verify"})
+
+
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from vmledger._demo import run_demo
 
         return await run_demo(args.db if args.db != DEFAULT_DB or "VMLEDGER_DB" in os.environ else None)
-    async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout) as ledger:
+    if args.command == "init":
+        return await _init(args)
+    async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout,
+                             create=args.command in CREATING, read_only=args.command in READING) as ledger:
         return await _dispatch(ledger, args)
+
+
+async def _init(args: argparse.Namespace) -> int:
+    """Create the ledger `--db` names, or say that it exists already."""
+    try:
+        async with vmledger.open(args.db, hypervisor=args.hypervisor, read_only=True) as ledger:
+            head = await ledger.log.head()
+        created = False
+    except LedgerNotFoundError:
+        async with vmledger.open(args.db, hypervisor=args.hypervisor) as ledger:
+            head = await ledger.log.head()
+        created = True
+    if args.json:
+        _print_json({"db": args.db, "created": created, "events": head})
+    elif created:
+        print(f"created an empty ledger at {args.db}")
+    else:
+        print(f"a ledger exists already at {args.db} ({head} events); nothing changed")
+    return EXIT_OK
 
 
 async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
@@ -323,11 +354,10 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
                           "power_state": v["power_state"]} for v in views])
         for v in [] if as_json else views:
             print(f"{v['domain']:<20} {v['guest_type']:<4} {v['power_state']}")
+        if not views and not as_json:
+            print("no domains")
     elif cmd == "drift":
-        as_of = None
-        if args.as_of is not None:
-            digits = args.as_of.strip().isascii() and args.as_of.strip().isdigit()
-            as_of = _units.parse_position(args.as_of) if digits else _units.parse_time(args.as_of)
+        as_of = None if args.as_of is None else _units.parse_as_of(args.as_of)
         rows = await ledger.drift(args.name, as_of=as_of)
         _print_json(rows) if as_json else _print_drift(rows)
     elif cmd == "history":
@@ -457,7 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidRequestError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"vmledger: error: {e}", file=sys.stderr)
+        hint = ""
+        if isinstance(e, LedgerNotFoundError):
+            hint = f" (create it with 'vmledger --db {args.db} init', or check --db and VMLEDGER_DB)"
+        print(f"vmledger: error: {e}{hint}", file=sys.stderr)
         return EXIT_USAGE
     except VmledgerError as e:
         if args.debug:

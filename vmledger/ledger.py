@@ -549,11 +549,15 @@ class Ledger:
         """Return the log position an as-of argument names (a position or a time).
 
         Raises:
-            InvalidRequestError: neither a position from 0 to 2**63 - 1 nor a `datetime`.
+            InvalidRequestError: neither a position from 0 to 2**63 - 1 nor a `datetime`, or a
+                position past the head of the log (which would answer the present, silently).
         """
         if isinstance(as_of, datetime):
             return await self.log.position_at(as_of)
-        return check_position(as_of)
+        position = check_position(as_of)
+        if position > (head := await self.log.head()):
+            raise InvalidRequestError(f"position {position} is past the head of the log ({head})")
+        return position
 
     async def model_at(self, position: int) -> Model:
         """Return the read model folded from the first `position` events."""

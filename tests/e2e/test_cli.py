@@ -301,6 +301,7 @@ def test_verify_refuses_a_bad_start(cli: Cli, args: list[str]) -> None:
 
 def test_console_script_errors_are_one_line(tmp_path: Any) -> None:
     """The installed `vmledger` script exits 2 with one line and no traceback for an unknown domain."""
+    assert main(["--db", str(tmp_path / "l.db"), "init"]) == 0
     proc = subprocess.run(
         [sys.executable, "-m", "vmledger.cli", "--db", str(tmp_path / "l.db"), "set", "nope", "memory", "1GiB"],
         capture_output=True, text=True, timeout=60, check=False,

@@ -1,0 +1,195 @@
+"""What a new user types first, end to end through the CLI (issue 18)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sqlite3
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from vmledger.cli import main
+
+MiB, GiB = 2**20, 2**30
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+class Cli:
+    """Runs `vmledger` in-process, as typed at a shell whose current directory is `cwd`."""
+
+    def __init__(self, cwd: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.cwd = cwd
+        self.capsys = capsys
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = main(list(args))
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+
+@pytest.fixture
+def cli(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """Return a CLI run in an empty directory, without VMLEDGER_* in the environment."""
+    for name in ("VMLEDGER_DB", "VMLEDGER_HYPERVISOR", "VMLEDGER_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return Cli(tmp_path, capsys)
+
+
+DEFINE_WEB = ("define", "web", "--type", "pv", "--memory", "1GiB", "--max-memory", "4GiB",
+              "--vcpus", "2", "--max-vcpus", "4", "--cdrom", "hdc")
+
+
+# 1. A read never creates a ledger.
+
+
+@pytest.mark.parametrize("command", [
+    ("drift",), ("list",), ("show", "web"), ("get", "web", "memory"), ("history",), ("events",),
+    ("export",), ("verify",), ("set", "web", "memory", "2GiB"), ("start", "web"), ("observe",), ("rebuild",),
+    ("sim", "host-free", "1GiB"),
+])
+def test_mistyped_db_is_an_error_naming_the_path(cli: Cli, command: tuple[str, ...]) -> None:
+    """A command on a ledger that does not exist exits 2, names the path, and creates no file (issue 18)."""
+    code, out, err = cli("--db", "tuor.db", *command)
+    assert (code, out) == (2, "")
+    assert err == ("vmledger: error: no ledger at tuor.db: the file does not exist "
+                   "(create it with 'vmledger --db tuor.db init', or check --db and VMLEDGER_DB)\n")
+    assert sorted(os.listdir(cli.cwd)) == []
+
+
+def test_list_without_vmledger_db_creates_nothing(cli: Cli) -> None:
+    """`list` with neither --db nor VMLEDGER_DB names the default file and leaves the directory empty (issue 18)."""
+    code, _, err = cli("list")
+    assert (code, "no ledger at vmledger.db" in err, os.listdir(cli.cwd)) == (2, True, [])
+
+
+def test_init_creates_once_and_writing_commands_create(cli: Cli) -> None:
+    """`init` creates an empty ledger and says so, a second `init` changes nothing, and `define` creates one too."""
+    assert cli("--db", "a.db", "init") == (0, "created an empty ledger at a.db\n", "")
+    assert cli("--db", "a.db", "init") == (0, "a ledger exists already at a.db (0 events); nothing changed\n", "")
+    assert cli("--db", "a.db", "list") == (0, "no domains\n", "")
+    assert cli("--db", "b.db", *DEFINE_WEB)[0] == 0
+    assert cli("--db", "b.db", "list") == (0, "web                  pv   shut off\n", "")
+
+
+# 2. A read-only auditor reads.
+
+
+def _as_auditor(args: list[str], cwd: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a process that may read the ledger but not write it or its directory."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("VMLEDGER_DB", None)
+    command = [sys.executable, "-m", "vmledger.cli", *args]
+    if os.geteuid() == 0:
+        # Root bypasses permissions: drop the capabilities that let it, and stay uid 0 so that
+        # the interpreter (which may live under /root) still runs; the ledger belongs to nobody.
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--", *command]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _hand_over(directory: pathlib.Path) -> None:
+    """Make `directory` and its files readable by all and writable by nobody but their new owner, `nobody`."""
+    for path in (directory, *directory.iterdir()):
+        if os.geteuid() == 0:
+            os.chown(path, 65534, 65534)
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    if os.geteuid() != 0:
+        for path in (*directory.iterdir(), directory):
+            os.chmod(path, 0o555 if path.is_dir() else 0o444)
+
+
+@pytest.mark.parametrize("leftover", [False, True], ids=["clean", "wal-files-left"])
+def test_read_only_auditor_reads_sqlite(cli: Cli, tmp_path: pathlib.Path, leftover: bool) -> None:
+    """Every read command works with read permission alone on the file and its directory; a write is refused (issue 18)."""
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    db = str(ledger / "l.db")
+    assert cli("--db", db, *DEFINE_WEB)[0] == 0
+    assert cli("--db", db, "start", "web")[0] == 0
+    assert cli("--db", db, "set", "web", "memory", "2GiB")[0] == 0
+    expected = {c: cli("--db", db, *c.split())[1] for c in
+                ("list", "show web", "drift", "history", "events", "get web memory", "export")}
+    keep = sqlite3.connect(db) if leftover else None  # another process holds the ledger open: -wal, -shm exist
+    if keep is not None:
+        keep.execute("SELECT count(*) FROM events").fetchall()
+    before = sorted(os.listdir(ledger))
+    _hand_over(ledger)
+    try:
+        for command, out in expected.items():
+            done = _as_auditor(["--db", db, *command.split()], tmp_path)
+            assert (command, done.returncode, done.stdout, done.stderr) == (command, 0, out, "")
+        done = _as_auditor(["--db", db, "verify"], tmp_path)
+        assert (done.returncode, done.stdout) == (0, "ok: 6 events, chain intact, projections equal a rebuild\n")
+        done = _as_auditor(["--db", db, "set", "web", "memory", "1GiB"], tmp_path)
+        assert (done.returncode, "read-only" in done.stderr) == (1, True)
+        assert sorted(os.listdir(ledger)) == before
+    finally:
+        if keep is not None:
+            keep.close()
+
+
+# 10. Loose arguments.
+
+
+@pytest.mark.parametrize("url, hint", [
+    ("sqlite:tour.db", "sqlite:///tour.db"),
+    ("sqlite://tour.db", "sqlite:///tour.db"),
+])
+def test_sqlite_url_without_three_slashes_is_refused(cli: Cli, url: str, hint: str) -> None:
+    """`--db sqlite:tour.db` is refused with the URL it probably meant, and makes no file (issue 18)."""
+    code, out, err = cli("--db", url, *DEFINE_WEB)
+    assert (code, out, os.listdir(cli.cwd)) == (2, "", [])
+    assert err == (f"vmledger: error: malformed database URL '{url}': an SQLite URL has three slashes, "
+                   f"e.g. {hint}\n")
+
+
+def test_foreign_sqlite_database_is_left_alone(cli: Cli) -> None:
+    """A database that holds somebody else's tables is refused by writes and reads alike, and not changed (issue 18)."""
+    conn = sqlite3.connect("other.sqlite")
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    for command in (DEFINE_WEB, ("list",), ("init",)):
+        code, out, err = cli("--db", "other.sqlite", *command)
+        assert (code, out, err) == (2, "", "vmledger: error: other.sqlite is an SQLite database but not a vmledger "
+                                           "ledger (its tables: invoices); vmledger adds nothing to it\n")
+    conn = sqlite3.connect("other.sqlite")
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("invoices",)]
+    conn.close()
+
+
+def test_file_that_is_not_a_database_is_refused(cli: Cli) -> None:
+    """A file that is not SQLite at all is refused in one line and left as it was (issue 18)."""
+    pathlib.Path("notes.txt").write_text("x" * 200)
+    code, out, err = cli("--db", "notes.txt", "list")
+    assert (code, out, err.startswith("vmledger: the file is not an SQLite database")) == (1, "", True)
+    assert pathlib.Path("notes.txt").read_text() == "x" * 200
+
+
+@pytest.fixture
+def web(cli: Cli) -> Cli:
+    """Return the CLI on `l.db`, where `web` runs."""
+    assert cli("--db", "l.db", *DEFINE_WEB)[0] == 0
+    assert cli("--db", "l.db", "start", "web")[0] == 0
+    return cli
+
+
+def test_drift_as_of_past_the_head_is_refused(web: Cli) -> None:
+    """`drift --as-of` past the log's head is refused, as `verify --from` is (issue 18)."""
+    assert web("--db", "l.db", "drift", "--as-of", "9999") == (
+        2, "", "vmledger: error: position 9999 is past the head of the log (3)\n")
+    assert web("--db", "l.db", "drift", "--as-of", "3") == (0, "no drift\n", "")
+
+
+@pytest.mark.parametrize("as_of", ["-1", "+3", "1.5"])
+def test_drift_as_of_a_bad_position_says_position(web: Cli, as_of: str) -> None:
+    """`drift --as-of -1` is called an invalid position, not an invalid time (issue 18)."""
+    code, out, err = web("--db", "l.db", "drift", "--as-of", as_of)
+    assert (code, out) == (2, "")
+    assert err == (f"vmledger: error: invalid log position '{as_of}': "
+                   "use a whole number from 0 to 9223372036854775807, or an ISO 8601 time\n")
