@@ -28,6 +28,7 @@ from eventstore.catalogue import (
     check_value,
     lookup,
     shown,
+    size_text,
 )
 from eventstore.codec import dumps_plain
 from eventstore.errors import (
@@ -244,7 +245,8 @@ class SimulatedHypervisor:
             _named(state, name)
             live = _running(state, name)["live"]
             if size <= 0 or size > live.get("max_memory", 0):
-                raise HypervisorError(f"balloon size {size} is outside 1..max_memory")
+                raise HypervisorError(
+                    f"balloon size {size_text(size)} is outside 1..max_memory ({size_text(live.get('max_memory', 0))})")
             delta = size - live.get("memory", 0)
             if delta > state["host_free"]:
                 raise HypervisorError("not enough free host memory")
@@ -273,7 +275,8 @@ class SimulatedHypervisor:
                     value >= entry.minimum
                     and (not entry.upper or value <= config[entry.upper])
                     and (not entry.lower or value >= config[entry.lower])):
-                raise HypervisorError(f"{prop} {value} is outside its bounds in the config of {name!r}")
+                shown_value = size_text(value) if entry.type == "bytes" else value
+                raise HypervisorError(f"{prop} {shown_value} is outside its bounds in the config of {name!r}")
             config[prop] = value
 
         await self._run(change)
@@ -543,7 +546,8 @@ def _apply_live(state: State, name: str, prop: str, value: Value) -> LiveResult 
     upper = live.get(entry.upper, 0)
     whole = isinstance(value, int) and not isinstance(value, bool)
     if not whole or not entry.minimum <= value <= upper:
-        message = f"{prop} must be between {entry.minimum} and {entry.upper} ({upper})"
+        bound = size_text(upper) if entry.type == "bytes" else upper
+        message = f"{prop} must be between {entry.minimum} and {entry.upper} ({bound})"
         return LiveResult.refused(current, Reason.OUT_OF_RANGE, message)
     if prop != "memory":
         live[prop] = value
@@ -553,7 +557,7 @@ def _apply_live(state: State, name: str, prop: str, value: Value) -> LiveResult 
     if delta > free:
         live[prop] = current + free
         state["host_free"] = 0
-        return LiveResult.partial(current + free, f"host had only {free} bytes free")
+        return LiveResult.partial(current + free, f"host had only {size_text(free)} free")
     state["host_free"] = free - delta
     live[prop] = value
     return LiveResult.applied(value)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import getpass
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -35,6 +37,13 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr and exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        m = re.match(r"argument (\S+): invalid choice: '(.*)' \(choose from (.*)\)$", message, re.S)
+        if m is not None:
+            what = "command" if m.group(1) in ("COMMAND", "ACTION") else "choice"
+            choices = re.findall(r"'([^']*)'", m.group(3))
+            near = difflib.get_close_matches(m.group(2), choices, n=1)
+            message = (f"unknown {what} {shown(m.group(2))}"
+                       + (f": did you mean {near[0]!r}?" if near else f" (choose from {', '.join(choices)})"))
         self.exit(EXIT_USAGE, f"vmledger: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -62,13 +71,39 @@ def _property_help() -> str:
     return "properties (kind rw: any time, ro_ins: persistent only, ro_run: never):\n" + "\n".join(lines)
 
 
+def _virsh_scopes(p: argparse.ArgumentParser, both: str | None) -> None:
+    """Add virsh's scope flags to `p`: `--config` (persistent), `--live` and `--current`."""
+    group = p.add_argument_group("virsh's scope flags, instead of --scope")
+    group.add_argument("--config", action="store_true", help="the persistent config, as --scope persistent"
+                       + (f" ({both})" if both else ""))
+    group.add_argument("--live", action="store_true", help="the running domain, as --scope live")
+    group.add_argument("--current", action="store_true", help="live if running, else persistent, as --scope current")
+
+
+def _scope(args: argparse.Namespace, default: str) -> str:
+    """Return the scope `--scope` or virsh's flags name, or `default`."""
+    flags = [f for f in ("config", "live", "current") if getattr(args, f)]
+    if not flags:
+        return args.scope or default
+    if args.scope is not None:
+        raise InvalidRequestError("give --scope or --config/--live/--current, not both")
+    if "current" in flags and len(flags) > 1:
+        raise InvalidRequestError("--current cannot be combined with --config or --live")
+    if flags == ["config", "live"]:
+        if args.command == "get":
+            raise InvalidRequestError("get reads one config: give --config or --live, not both")
+        return Scope.BOTH.value
+    return {"config": Scope.PERSISTENT.value, "live": Scope.LIVE.value, "current": Scope.CURRENT.value}[flags[0]]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `vmledger` command."""
     parser = _Parser(
         prog="vmledger",
         description="Record every VM configuration request and what came of it; "
         "show persistent vs live config, drift and history.",
-        epilog="Sizes accept 1073741824, 512MiB, 2GiB; JSON always gives bytes.\n" + _property_help(),
+        epilog=_units.SIZE_RULE[0].upper() + _units.SIZE_RULE[1:] + ".\n"
+        "Tables and messages show sizes in binary units, exactly; JSON always gives bytes.\n" + _property_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--db", default=os.environ.get("VMLEDGER_DB", DEFAULT_DB),
@@ -114,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("property", help="a catalogue property, or media:DEV")
     p.add_argument("value", help="the new value (empty ejects media)")
-    p.add_argument("--scope", default="both", choices=[s.value for s in Scope], help="default both")
+    p.add_argument("--scope", choices=[s.value for s in Scope], help="default both")
+    _virsh_scopes(p, "--config --live is both")
     p.add_argument("--request-id", help="idempotency key (default: generated)")
     p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
     p.add_argument("--reason", help="why, free text")
@@ -123,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("get", "print one property's value")
     p.add_argument("name")
     p.add_argument("property")
-    p.add_argument("--scope", default="current", choices=["live", "persistent", "current"],
+    p.add_argument("--scope", choices=["live", "persistent", "current"],
                    help="default current: live if running, else persistent")
+    _virsh_scopes(p, None)
     json_flag(p)
 
     p = command("show", "print both configs side by side, capabilities, tray locks and drift")
@@ -231,7 +268,11 @@ def _print_request(r: dict[str, Any]) -> None:
         if o is None:
             continue
         why = f"  {o['reason']}: {o['message']}" if o["reason"] else (f"  {o['message']}" if o["message"] else "")
-        print(f"    {scope:<10} {o['status']:<9} {_fmt(prop, o['value'])}{why}")
+        value = _fmt(prop, o["value"])
+        if o["status"] != "applied":
+            # The value in force and the value asked, each named, so that neither is taken for the other.
+            value = f"{'got' if o['status'] == 'partial' else 'kept'} {value}, asked {_fmt(prop, r['requested'])}"
+        print(f"    {scope:<10} {o['status']:<9} {value}{why}")
 
 
 def _print_show(view: dict[str, Any]) -> None:
@@ -334,7 +375,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         print(f"undefined {args.name}")
     elif cmd == "set":
         value = _units.parse_value(lookup(args.property), args.value)
-        record = await ledger.set(args.name, args.property, value, scope=args.scope,
+        record = await ledger.set(args.name, args.property, value, scope=_scope(args, Scope.BOTH.value),
                                   request_id=args.request_id, principal=args.principal, reason=args.reason)
         if as_json:
             _print_json({k: record[k] for k in ("request_id", "domain", "property", "requested", "scope", "outcomes")})
@@ -342,7 +383,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
             _print_request(record)
         return _set_exit(record)
     elif cmd == "get":
-        got = await ledger.get(args.name, args.property, scope=args.scope)
+        got = await ledger.get(args.name, args.property, scope=_scope(args, Scope.CURRENT.value))
         _print_json(got) if as_json else print(_fmt(args.property, got["value"]))
     elif cmd == "show":
         view = await ledger.show(args.name)

@@ -164,7 +164,7 @@ def test_out_of_band_config_change_is_observed_into_the_persistent_config(cli: C
     """A config change behind the ledger's back, once observed, is the persistent value and drifts external while running."""
     assert cli("sim", "config", "web", "vcpus", "3")[:2] == (0, "sim config: done\n")
     assert cli("sim", "config", "web", "memory", "8GiB") == (
-        1, "", "vmledger: memory 8589934592 is outside its bounds in the config of 'web'\n")
+        1, "", "vmledger: memory 8GiB is outside its bounds in the config of 'web'\n")
     code, out = cli.json("observe")
     assert (code, [(e["type"], e["data"]) for e in out]) == (
         0, [("PersistentValueObserved", {"previous": 2, "property": "vcpus", "value": 3})])

@@ -193,3 +193,80 @@ def test_drift_as_of_a_bad_position_says_position(web: Cli, as_of: str) -> None:
     assert (code, out) == (2, "")
     assert err == (f"vmledger: error: invalid log position '{as_of}': "
                    "use a whole number from 0 to 9223372036854775807, or an ISO 8601 time\n")
+
+
+# 3. virsh habits.
+
+
+@pytest.mark.parametrize("size, expected", [
+    ("2G", 2 * GiB), ("2048M", 2 * GiB), ("2GiB", 2 * GiB), ("2g", 2 * GiB), ("3GB", 3 * 10**9),
+    ("2000000KB", 2 * 10**9), ("2097152K", 2 * GiB), ("1.5G", 3 * GiB // 2),
+])
+def test_set_takes_libvirt_units(web: Cli, size: str, expected: int) -> None:
+    """`set web memory 2G` and its siblings take libvirt's units, powers of 1024 and of 1000 as libvirt defines them (issue 18)."""
+    code, out, err = web("--db", "l.db", "set", "web", "memory", size, "--config", "--json")
+    assert (code, json.loads(out)["requested"], err) == (0, expected, "")
+
+
+@pytest.mark.parametrize("size", ["2Gi", "2 G B", "2gigs", "0x10G"])
+def test_ambiguous_sizes_are_refused_with_the_rule(web: Cli, size: str) -> None:
+    """A size that is not a libvirt unit is refused with the rule, writing nothing (issue 18)."""
+    assert web("--db", "l.db", "set", "web", "memory", size) == (2, "", (
+        f"vmledger: error: invalid size '{size}': sizes are bytes (1073741824) or a number with a unit as libvirt "
+        "takes them, in any case: K, M, G, T (or KiB, MiB, GiB, TiB) are powers of 1024, KB, MB, GB, TB powers "
+        "of 1000; e.g. 512M, 2GiB, 8GB, 1.5G\n"))
+
+
+@pytest.mark.parametrize("flags, scopes", [
+    (("--config",), ["persistent"]), (("--live",), ["live"]), (("--config", "--live"), ["live", "persistent"]),
+    (("--current",), ["live"]),
+])
+def test_virsh_scope_flags(web: Cli, flags: tuple[str, ...], scopes: list[str]) -> None:
+    """virsh's --config, --live and --current name the scopes of a `set` as virsh means them (issue 18)."""
+    code, out, _ = web("--db", "l.db", "set", "web", "vcpus", "3", *flags, "--json")
+    assert (code, sorted(json.loads(out)["outcomes"])) == (0, scopes)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--scope", "live", "--config"), "give --scope or --config/--live/--current, not both"),
+    (("--current", "--live"), "--current cannot be combined with --config or --live"),
+])
+def test_conflicting_scope_flags_are_refused(web: Cli, flags: tuple[str, ...], message: str) -> None:
+    """Scope flags that contradict each other are a usage error (issue 18)."""
+    assert web("--db", "l.db", "set", "web", "vcpus", "3", *flags) == (2, "", f"vmledger: error: {message}\n")
+
+
+def test_get_takes_virsh_scope_flags(web: Cli) -> None:
+    """`get --config` reads the persistent config, as virsh's flag does (issue 18)."""
+    assert web("--db", "l.db", "set", "web", "memory", "2G", "--config")[0] == 0
+    assert web("--db", "l.db", "get", "web", "memory", "--config") == (0, "2GiB\n", "")
+    assert web("--db", "l.db", "get", "web", "memory", "--live") == (0, "1GiB\n", "")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("lsit",), "unknown command 'lsit': did you mean 'list'? (see 'vmledger --help')"),
+    (("sim", "ballon", "web", "1G"), "unknown command 'ballon': did you mean 'balloon'? (see 'vmledger sim --help')"),
+    (("set", "web", "memroy", "2G"), "unknown property 'memroy' (did you mean 'memory'? known: max_memory, "
+                                     "max_vcpus, memory, memory_actual, numa_nodes, power_state, vcpus, media:DEVICE)"),
+])
+def test_typos_get_a_suggestion(web: Cli, args: tuple[str, ...], message: str) -> None:
+    """An unknown command or property names the nearest known one (issue 18)."""
+    assert web("--db", "l.db", *args) == (2, "", f"vmledger: error: {message}\n")
+
+
+# 4. People read binary units.
+
+
+def test_refusals_speak_binary_units_and_name_both_values(web: Cli) -> None:
+    """A refused or partial outcome names the value kept or got and the value asked, in binary units (issue 18)."""
+    assert web("--db", "l.db", "sim", "host-free", "100M")[0] == 0
+    code, out, _ = web("--db", "l.db", "set", "web", "memory", "1224M", "--request-id", "r1")
+    assert (code, out.splitlines()[1:]) == (3, [
+        "    persistent applied   1224MiB",
+        "    live       partial   got 1124MiB, asked 1224MiB  host had only 100MiB free"])
+    code, out, _ = web("--db", "l.db", "set", "web", "memory", "100G", "--request-id", "r2")
+    assert (code, out.splitlines()[1:]) == (3, [
+        "    persistent refused   kept 1224MiB, asked 100GiB  out_of_range: memory 100GiB exceeds max_memory 4GiB",
+        "    live       refused   kept 1124MiB, asked 100GiB  out_of_range: memory 100GiB exceeds max_memory 4GiB"])
+    code, out, _ = web("--db", "l.db", "set", "web", "memory", "100G", "--json", "--request-id", "r3")
+    assert json.loads(out)["outcomes"]["live"]["value"] == 1124 * MiB

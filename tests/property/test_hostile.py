@@ -357,7 +357,7 @@ CLI_REGRESSIONS = {
                                 "a log position must be between 0 and 9223372036854775807"),
     "position-beyond-int-digits": (["drift", "--as-of", "9" * 5000],
                                    f"invalid log position '{'9' * 56}...: use a whole number from 0 to "
-                                   "9223372036854775807"),
+                                   "9223372036854775807, or an ISO 8601 time"),
     "nan-timeout": (["--timeout", "nan", "set", "web", "vcpus", "3"],
                     "the hypervisor timeout must be a finite number of seconds above 0, not nan"),
     "negative-timeout": (["--timeout", "-1", "set", "web", "vcpus", "3"],
