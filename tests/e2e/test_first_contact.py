@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from vmledger.cli import main
+from vmledger.ledger import default_principal
 
 MiB, GiB = 2**20, 2**30
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -270,3 +271,151 @@ def test_refusals_speak_binary_units_and_name_both_values(web: Cli) -> None:
         "    live       refused   kept 1124MiB, asked 100GiB  out_of_range: memory 100GiB exceeds max_memory 4GiB"])
     code, out, _ = web("--db", "l.db", "set", "web", "memory", "100G", "--json", "--request-id", "r3")
     assert json.loads(out)["outcomes"]["live"]["value"] == 1124 * MiB
+
+
+# 5. What a serious tool does.
+
+
+def test_version_and_python_dash_m(tmp_path: pathlib.Path) -> None:
+    """`vmledger --version` and `python -m vmledger --version` print the version (issue 18)."""
+    import vmledger
+
+    done = subprocess.run([sys.executable, "-m", "vmledger", "--version"], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"vmledger {vmledger.__version__}\n", "")
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_shell_completion_completes_commands_properties_and_choices(cli: Cli, shell: str) -> None:
+    """The completion script completes commands, sim actions, options, properties and scope choices (issue 18)."""
+    code, script, _ = cli("completion", shell)
+    assert code == 0
+    (cli.cwd / "c.sh").write_text(script.replace("autoload -U +X bashcompinit && bashcompinit\n", ""))
+    probe = (
+        'source ./c.sh; for line in "vmledger se" "vmledger sim ba" "vmledger set web mem" '
+        '"vmledger set web memory 1G --sc" "vmledger set web memory 1G --scope "; do '
+        'read -a COMP_WORDS <<< "$line"; [[ $line == *" " ]] && COMP_WORDS+=(""); '
+        'COMP_CWORD=$((${#COMP_WORDS[@]}-1)); _vmledger; echo "${COMPREPLY[*]}"; done')
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60, cwd=cli.cwd)
+    assert (done.stdout.splitlines(), done.stderr) == (
+        ["set", "balloon", "memory memory_actual", "--scope", "live persistent both current"], "")
+    assert script.startswith("#compdef vmledger\n") == (shell == "zsh")
+
+
+def test_watch_says_it_started_and_prints_a_line_per_record(tmp_path: pathlib.Path) -> None:
+    """`vmledger watch` says when it starts, then prints one line per event it records (issue 18)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VMLEDGER_DB": str(tmp_path / "l.db")}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "vmledger", *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=60, env=env, cwd=tmp_path)
+    assert run(*DEFINE_WEB).returncode == 0
+    assert run("start", "web").returncode == 0
+    assert run("sim", "balloon", "web", "900M").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "vmledger", "watch", "--interval", "0.2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        first, second = proc.stdout.readline(), proc.stdout.readline()
+    finally:
+        proc.send_signal(2)
+        proc.communicate(timeout=30)
+    assert (first, second) == (
+        f"watching every domain of sim in {tmp_path / 'l.db'}: now, as announced, and every 0.2s; interrupt to stop\n",
+        "#4 LiveValueObserved  web memory live 900MiB (the ledger had 1GiB)\n")
+
+
+def test_observe_prints_human_lines(web: Cli) -> None:
+    """`observe` prints what it recorded in words and binary units, and JSON only with --json (issue 18)."""
+    assert web("--db", "l.db", "sim", "balloon", "web", "900M")[0] == 0
+    assert web("--db", "l.db", "observe") == (
+        0, "#4 LiveValueObserved  web memory live 900MiB (the ledger had 1GiB)\n", "")
+    assert web("--db", "l.db", "observe") == (0, "nothing new\n", "")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("undefine", "db"), {"domain": "db", "undefined": True}),
+    (("rebuild",), {"position": 5}),
+    (("verify",), {"ok": True, "events": 5, "from": 0}),
+    (("sim", "host-free", "1G"), {"sim": "host-free", "done": True}),
+    (("init",), {"db": "l.db", "created": False, "events": 5}),
+])
+def test_json_on_every_command_that_prints_a_result(web: Cli, args: tuple[str, ...], expected: dict) -> None:
+    """`undefine`, `rebuild`, `verify`, `sim` and `init` print JSON with --json (issue 18)."""
+    assert web("--db", "l.db", "define", "db", "--type", "hvm", "--memory", "1G", "--max-memory", "1G",
+               "--vcpus", "1", "--max-vcpus", "1")[0] == 0
+    if args[0] != "undefine":
+        assert web("--db", "l.db", "undefine", "db")[0] == 0
+    code, out, err = web("--db", "l.db", *args, "--json")
+    assert (code, json.loads(out), err) == (0, expected, "")
+
+
+def test_import_prints_json(web: Cli) -> None:
+    """`import --json` says how many events it imported (issue 18)."""
+    _, export, _ = web("--db", "l.db", "export")
+    pathlib.Path("ledger.jsonl").write_text(export)
+    code, out, _ = web("--db", "copy.db", "import", "ledger.jsonl", "--json")
+    assert (code, json.loads(out)) == (0, {"events": 3, "chain": "verified"})
+
+
+def test_set_json_is_the_history_record_and_a_replay_says_so(web: Cli) -> None:
+    """`set --json` prints the record `history --json` gives, and a repeated request id notes the replay (issue 18)."""
+    code, out, err = web("--db", "l.db", "set", "web", "memory", "2G", "--request-id", "r1", "--reason", "cache",
+                         "--principal", "alice", "--json")
+    record = json.loads(out)
+    assert (code, err, [record]) == (0, "", json.loads(web("--db", "l.db", "history", "--json")[1]))
+    assert sorted(record) == ["completed_at", "domain", "outcomes", "position", "principal", "property", "reason",
+                              "request_id", "requested", "requested_at", "scope"]
+    code, out, err = web("--db", "l.db", "set", "web", "memory", "2G", "--request-id", "r1", "--json")
+    assert (code, json.loads(out), err) == (
+        0, record, "vmledger: request id r1 was recorded before: its first outcome again, nothing appended\n")
+
+
+# 9. The Python API.
+
+
+def test_api_results_are_typed_and_set_equals_history(tmp_path: pathlib.Path) -> None:
+    """`set`, `show`, `get` and `drift` return typed results whose `to_dict()` is the CLI's JSON, and `set`'s record equals `history`'s (issue 18)."""
+    import asyncio
+
+    import vmledger
+    from vmledger.results import DomainView, DriftRow, Outcome, PropertyValue, RequestRecord
+
+    async def go() -> tuple:
+        async with vmledger.open(str(tmp_path / "l.db")) as ledger:
+            view = await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=2, max_vcpus=4)
+            await ledger.start("web")
+            await ledger.hypervisor.set_host_free(100 * MiB)
+            record = await ledger.set("web", "memory", 1224 * MiB, reason="cache")
+            again = await ledger.set("web", "memory", 1224 * MiB, request_id=record.request_id)
+            return (view, record, again, await ledger.history(), await ledger.get("web", "memory", scope="live"),
+                    await ledger.drift())
+
+    view, record, again, history, got, drift = asyncio.run(go())
+    assert (type(view), type(record), type(got), [type(d) for d in drift]) == (
+        DomainView, RequestRecord, PropertyValue, [DriftRow])
+    assert (history, again, again.replayed, record.replayed) == ([record], record, True, False)
+    assert record.outcomes == {"persistent": Outcome(status="applied", value=1224 * MiB, reason=None, message=None),
+                               "live": Outcome(status="partial", value=1124 * MiB, reason=None,
+                                               message="host had only 100MiB free")}
+    assert (record.principal, record.reason, record.position, record.applied) == (
+        default_principal(), "cache", 4, False)
+    assert (got.value, view.row("memory").persistent, drift[0].cause, drift[0].request_id) == (
+        1124 * MiB, GiB, "partial", record.request_id)
+    assert json.loads(json.dumps(record.to_dict()))["requested_at"] == record.to_dict()["requested_at"]
+    assert record["outcomes"]["live"]["value"] == 1124 * MiB  # still readable as the dict it was
+
+
+def test_api_and_cli_default_to_the_same_principal(cli: Cli) -> None:
+    """A request made without a principal is recorded under the user name, through the API as through the CLI (issue 18)."""
+    import asyncio
+
+    import vmledger
+
+    assert cli("--db", "l.db", *DEFINE_WEB)[0] == 0
+
+    async def go() -> str | None:
+        async with vmledger.open("l.db") as ledger:
+            return (await ledger.set("web", "vcpus", 3)).principal
+
+    assert cli("--db", "l.db", "set", "web", "vcpus", "4")[0] == 0
+    assert [r["principal"] for r in json.loads(cli("--db", "l.db", "history", "--json")[1])] + [asyncio.run(go())] == [
+        default_principal(), default_principal()]

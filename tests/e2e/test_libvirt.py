@@ -34,6 +34,7 @@ from eventstore.errors import HypervisorError, InvalidRequestError
 from eventstore.events import LiveValueObserved
 from eventstore.hypervisor import DomainSpec, LiveResult
 from vmledger import Ledger
+from vmledger.ledger import default_principal
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 NODE = pathlib.Path(__file__).resolve().parent.parent / "data" / "libvirt-node.xml"
@@ -395,7 +396,7 @@ def test_watch_start_pass_records_a_change_made_before_it(tmp_path: pathlib.Path
         async with watching(ledger, interval=3600):
             await until(lambda: _drift_of(ledger, "web"), [("web", "memory", 1 * GiB, 1536 * MiB, "external")])
         assert [(r.type, r.metadata.principal) async for r in ledger.events(from_position=5)] == [
-            ("LiveValueObserved", "vmledger")]
+            ("LiveValueObserved", default_principal())]
 
     run(tmp_path, scenario)
 
