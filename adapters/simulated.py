@@ -231,6 +231,40 @@ class SimulatedHypervisor:
     async def aclose(self) -> None:
         """Release the adapter's resources (it holds none between calls)."""
 
+    async def restore(self, domains: "list[tuple[DomainSpec, Observation]]") -> bool:
+        """Start a simulator whose state file is missing from what a ledger recorded; return whether it did.
+
+        Each domain is defined with its spec's guest type and its
+        observation's persistent config, running with its live config if
+        the observation says so, with its capabilities (an unknown one takes
+        the guest type's default) and locked trays.  The host's free memory
+        is the default pool less what the running domains hold.  A state
+        file that exists is left alone.
+
+        Raises:
+            HypervisorError: the state file cannot be written.
+        """
+        if not domains or os.path.exists(self.state_path):
+            return False
+
+        def change(state: State) -> bool:
+            if state["domains"]:
+                return False  # another process made the state meanwhile
+            for spec, seen in domains:
+                guest = _guest_type(spec.guest_type)
+                caps = dict(_DEFAULT_CAPABILITIES[guest])
+                caps.update({k: bool(v) for k, v in seen.capabilities if v is not None and k in caps})
+                live = dict(seen.live) if seen.running else {}
+                state["domains"][spec.name] = {
+                    "uuid": spec.uuid, "guest_type": guest.value, "running": seen.running,
+                    "persistent": dict(seen.persistent), "live": live, "capabilities": caps,
+                    "locked_trays": sorted(seen.locked_trays) if seen.running else [], "faults": {},
+                }
+                state["host_free"] = max(0, state["host_free"] - live.get("memory", 0))
+            return True
+
+        return await self._run(change)
+
     # -- perturbations behind the ledger's back ---------------------------------
 
     async def balloon(self, name: str, size: int) -> None:

@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", default=os.environ.get("VMLEDGER_DB", DEFAULT_DB),
                         help="database URL or path (env VMLEDGER_DB; default %(default)s)")
     parser.add_argument("--hypervisor", default=os.environ.get("VMLEDGER_HYPERVISOR", "sim"),
-                        help="hypervisor: sim (simulated, state beside the database) or libvirt+URI, "
+                        help="hypervisor: sim (simulated, state beside the database), sim:PATH (state in PATH) "
+                        "or libvirt+URI, "
                         "e.g. libvirt+qemu:///system (env VMLEDGER_HYPERVISOR; default sim)")
     # A string default goes through `type` too, so a bad VMLEDGER_TIMEOUT is a usage error, not a crash.
     parser.add_argument("--timeout", type=float, default=os.environ.get("VMLEDGER_TIMEOUT", "10"),
@@ -487,8 +488,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         if not views and not as_json:
             print("nothing to adopt")
     elif cmd == "watch":
-        # The watch logs a domain it cannot observe and goes on: one line on stderr each time.
-        logging.basicConfig(format="vmledger: %(message)s")
+        # The watch logs a domain it cannot observe and goes on: one line on stderr each time (see main).
         start = (f"watching every domain of {args.hypervisor} in {args.db}: now, as announced, "
                  f"and every {args.interval:g}s; interrupt to stop")
         print(f"vmledger: {start}", file=sys.stderr, flush=True) if as_json else print(start, flush=True)
@@ -584,6 +584,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed in one line
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    # Warnings of the library (a simulator restored, a domain a watch cannot observe): one line on stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vmledger: %(message)s"))
+    log = logging.getLogger("vmledger")
+    log.addHandler(handler)
+    try:
+        return _main(args)
+    finally:
+        log.removeHandler(handler)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args))
     except ChainBrokenError as e:

@@ -251,9 +251,16 @@ class SQLiteEventLog(LogReads):
                 *cap)
 
     def _read_only_uri(self) -> str:
-        """Return the URI a read-only reader opens: read-only mode, or immutable where that cannot read."""
-        base = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
-        for uri in (base, base + "&immutable=1"):
+        """Return the URI a read-only reader opens: the first of these that can read the file.
+
+        A plain open, which SQLite makes read-only by itself when the file is
+        not writable, and which can clear the WAL files it made when it
+        closes; read-only mode; and an immutable open, for a WAL file whose
+        shared-memory index cannot be made (a directory the process cannot
+        write).  The reader runs with `query_only` whichever it is.
+        """
+        base = "file:" + urllib.parse.quote(os.path.abspath(self.path))
+        for uri in (base, base + "?mode=ro", base + "?mode=ro&immutable=1"):
             conn = sqlite3.connect(uri, uri=True, isolation_level=None)
             try:
                 # A WAL file needs its shared-memory index, which a reader makes

@@ -419,3 +419,38 @@ def test_api_and_cli_default_to_the_same_principal(cli: Cli) -> None:
     assert cli("--db", "l.db", "set", "web", "vcpus", "4")[0] == 0
     assert [r["principal"] for r in json.loads(cli("--db", "l.db", "history", "--json")[1])] + [asyncio.run(go())] == [
         default_principal(), default_principal()]
+
+
+# 7. The simulator's state goes with its ledger.
+
+
+def test_a_copied_ledger_brings_its_simulated_domains_back(web: Cli) -> None:
+    """A ledger copied without the simulator's file starts the simulator as it recorded it, says so, and `set` works (issue 18)."""
+    assert web("--db", "l.db", "set", "web", "vcpus", "3")[0] == 0
+    os.mkdir("elsewhere")
+    pathlib.Path("elsewhere/copy.db").write_bytes(pathlib.Path("l.db").read_bytes())
+    code, out, err = web("--db", "elsewhere/copy.db", "set", "web", "memory", "2G")
+    assert (code, out.splitlines()[1:], err) == (0, ["    persistent applied   2GiB", "    live       applied   2GiB"], (
+        "vmledger: the simulated hypervisor's state elsewhere/copy.db.sim.json was missing: "
+        "started it as the ledger last recorded its 1 domain\n"))
+    assert web("--db", "elsewhere/copy.db", "get", "web", "vcpus", "--live") == (0, "3\n", "")
+    assert web("--db", "elsewhere/copy.db", "set", "web", "vcpus", "4")[2] == ""  # said once
+
+
+def test_an_imported_ledger_brings_its_simulated_domains_back(web: Cli) -> None:
+    """A ledger imported from an export drives the same simulated domains on its first write (issue 18)."""
+    pathlib.Path("ledger.jsonl").write_text(web("--db", "l.db", "export")[1])
+    assert web("--db", "new.db", "import", "ledger.jsonl")[0] == 0
+    code, out, err = web("--db", "new.db", "stop", "web")
+    assert (code, "shut off" in out.splitlines()[0], "was missing" in err) == (0, True, True)
+
+
+def test_sim_path_names_the_simulators_state(cli: Cli) -> None:
+    """`--hypervisor sim:PATH` keeps the simulated hypervisor's state in PATH, and nowhere else (issue 18)."""
+    code, _, err = cli("--db", "l.db", "--hypervisor", "sim:host/state.json", *DEFINE_WEB)
+    assert (code, err.startswith("vmledger: the simulator cannot keep its state in host/state.json")) == (1, True)
+    os.mkdir("host")
+    assert cli("--db", "l.db", "--hypervisor", "sim:host/state.json", *DEFINE_WEB)[0] == 0
+    assert cli("--db", "l.db", "--hypervisor", "sim:host/state.json", "start", "web")[0] == 0
+    assert (sorted(os.listdir("host")), "l.db.sim.json" in os.listdir(".")) == (["state.json", "state.json.lock"], False)
+    assert json.loads(pathlib.Path("host/state.json").read_text())["domains"]["web"]["running"] is True
