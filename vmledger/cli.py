@@ -227,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "does not exist yet), then save a new checkpoint there")
     json_flag(p)
 
-    p = command("demo", "play the story of the README in a fresh ledger and print a report")
+    p = command("demo", "play the story of the README in a fresh ledger, printing each step as the command "
+                "that does it, and print a report")
+    p.add_argument("--keep", metavar="DIR", help="keep the ledger in DIR/demo.db to explore it afterwards "
+                   "(default: a temporary ledger, deleted at the end; or the one --db names)")
 
     sim = command("sim", "perturb the simulated hypervisor behind the ledger's back")
     simsub = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION", parser_class=_Parser)
@@ -361,7 +364,8 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from vmledger._demo import run_demo
 
-        return await run_demo(args.db if args.db != DEFAULT_DB or "VMLEDGER_DB" in os.environ else None)
+        return await run_demo(args.db if args.db != DEFAULT_DB or "VMLEDGER_DB" in os.environ else None,
+                              args.keep)
     if args.command == "init":
         return await _init(args)
     if args.command == "completion":

@@ -454,3 +454,53 @@ def test_sim_path_names_the_simulators_state(cli: Cli) -> None:
     assert cli("--db", "l.db", "--hypervisor", "sim:host/state.json", "start", "web")[0] == 0
     assert (sorted(os.listdir("host")), "l.db.sim.json" in os.listdir(".")) == (["state.json", "state.json.lock"], False)
     assert json.loads(pathlib.Path("host/state.json").read_text())["domains"]["web"]["running"] is True
+
+
+# 8. The demo leaves something to explore, and commands to paste.
+
+
+def _history_shape(db: str, cwd: pathlib.Path) -> list[tuple]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "vmledger", "--db", db, "history", "--json"], capture_output=True,
+                          text=True, timeout=60, cwd=cwd, env=env)
+    return [(r["domain"], r["property"], r["requested"], r["scope"], r["principal"], r["reason"],
+             sorted((s, o["status"], o["value"], o["reason"]) for s, o in r["outcomes"].items()))
+            for r in json.loads(done.stdout)]
+
+
+def test_demo_keeps_its_ledger_and_prints_commands_that_replay_it(tmp_path: pathlib.Path) -> None:
+    """`demo --keep DIR` keeps a verified ledger in DIR, and its printed commands, pasted into a shell, make the same history (issue 18)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("VMLEDGER_DB", None)
+    demo = subprocess.run([sys.executable, "-m", "vmledger", "demo", "--keep", "kept"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env=env)
+    kept = tmp_path / "kept" / "demo.db"
+    assert (demo.returncode, demo.stderr, demo.stdout.splitlines()[-6:]) == (0, "", [
+        f"The ledger stays in sqlite:///{kept}; explore it, for example:",
+        f"  export VMLEDGER_DB=sqlite:///{kept}",
+        "  vmledger history web", "  vmledger show db", "  vmledger drift --as-of 12", "  vmledger events --from 20"])
+    commands = [line[2:] for line in demo.stdout.splitlines() if line.startswith("$ ")]
+    assert all(c.startswith("vmledger ") for c in commands) and len(commands) == 18
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    script = "\n".join(["vmledger() { python3 -m vmledger \"$@\" >/dev/null || true; }", *commands])
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, cwd=replay,
+                          env={**env, "VMLEDGER_DB": "sqlite:///replay.db",
+                               "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]})
+    assert (done.returncode, done.stderr) == (0, "")
+    shape = _history_shape(str(kept), tmp_path)
+    assert (len(shape), _history_shape("replay.db", replay)) == (7, shape)
+    again = subprocess.run([sys.executable, "-m", "vmledger", "demo", "--keep", "kept"], capture_output=True,
+                           text=True, timeout=120, cwd=tmp_path, env=env)
+    assert (again.returncode, again.stderr) == (
+        2, f"vmledger: error: the demo needs an empty ledger, and sqlite:///{kept} holds one already\n")
+
+
+def test_demo_without_keep_says_how_to_keep_it(tmp_path: pathlib.Path) -> None:
+    """`demo` alone leaves nothing behind and says how to keep the ledger (issue 18)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("VMLEDGER_DB", None)
+    demo = subprocess.run([sys.executable, "-m", "vmledger", "demo"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=env)
+    assert (demo.returncode, demo.stdout.splitlines()[-1], os.listdir(tmp_path)) == (
+        0, "The temporary ledger is deleted; run 'vmledger demo --keep DIR' to keep it in DIR and explore it.", [])
