@@ -293,7 +293,8 @@ def _print_request(r: RequestRecord) -> None:
         value = _fmt(prop, o.value)
         if o.status != "applied":
             # The value in force and the value asked, each named, so that neither is taken for the other.
-            value = f"{'got' if o.status == 'partial' else 'kept'} {value}, asked {_fmt(prop, r.requested)}"
+            asked = f"asked {_fmt(prop, r.requested)}"
+            value = asked if o.value is None else f"{'got' if o.status == 'partial' else 'kept'} {value}, {asked}"
         print(f"    {scope:<10} {o.status:<9} {value}{why}")
 
 

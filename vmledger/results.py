@@ -93,7 +93,10 @@ class RequestRecord(_Indexable):
             request_id=d["request_id"], domain=d["domain"], property=d["property"], requested=d["requested"],
             scope=d["scope"], principal=d["principal"], reason=d["reason"],
             requested_at=_time(d["requested_at"]), completed_at=_time(d["completed_at"]), position=d["position"],
-            outcomes={s: Outcome.from_dict(o) for s, o in d["outcomes"].items()}, replayed=replayed,
+            # Persistent first, as the CLI prints them.
+            outcomes={s: Outcome.from_dict(o)
+                      for s, o in sorted(d["outcomes"].items(), key=lambda item: item[0] != "persistent")},
+            replayed=replayed,
         )
 
     def to_dict(self) -> dict[str, Any]:
