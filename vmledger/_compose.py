@@ -111,7 +111,8 @@ async def open(  # noqa: A001 - the public name the design promises
     creates anything, and any write raises `StorageError`.  A database that
     holds other tables than a ledger's is refused either way.
 
-    Opening never calls the hypervisor: requests a dead process left without
+    Opening never calls the hypervisor (but to start a simulator whose
+    state file is missing, which is local): requests a dead process left without
     an outcome are resolved by `Ledger.observe`, not here, so that opening
     works while the hypervisor is down and reads never write.
 

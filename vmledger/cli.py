@@ -48,10 +48,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         m = re.match(r"argument (\S+): invalid choice: '(.*)' \(choose from (.*)\)$", message, re.S)
         if m is not None:
-            what = "command" if m.group(1) in ("COMMAND", "ACTION") else "choice"
+            what = "unknown command" if m.group(1) in ("COMMAND", "ACTION") else f"argument {m.group(1)}: invalid choice"
             choices = re.findall(r"'([^']*)'", m.group(3))
             near = difflib.get_close_matches(m.group(2), choices, n=1)
-            message = (f"unknown {what} {shown(m.group(2))}"
+            message = (f"{what} {shown(m.group(2))}"
                        + (f": did you mean {near[0]!r}?" if near else f" (choose from {', '.join(choices)})"))
         self.exit(EXIT_USAGE, f"vmledger: error: {message} (see '{self.prog} --help')\n")
 
