@@ -21,7 +21,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import vmledger
 from eventstore.catalogue import CATALOGUE, Capability, Scope, check_seconds, lookup, shown
 from eventstore.codec import loads
-from eventstore.errors import ChainBrokenError, InvalidRequestError, LedgerNotFoundError, VmledgerError
+from eventstore.errors import (
+    ChainBrokenError,
+    InvalidRequestError,
+    LedgerNotFoundError,
+    UnknownDomainError,
+    VmledgerError,
+)
 from eventstore.events import (
     ChangeOutcome,
     GuestCapabilitiesObserved,
@@ -376,7 +382,15 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout,
                              create=args.command in CREATING, read_only=args.command in READING) as ledger:
-        return await _dispatch(ledger, args)
+        try:
+            return await _dispatch(ledger, args)
+        except UnknownDomainError as e:
+            name = getattr(args, "name", None)
+            near = difflib.get_close_matches(name, [v.domain for v in await ledger.domains()], n=1) if (
+                isinstance(name, str) and str(e) == f"unknown domain {name!r}") else []
+            if not near:
+                raise
+            raise UnknownDomainError(f"{e}: did you mean {near[0]!r}?") from e
 
 
 async def _init(args: argparse.Namespace) -> int:

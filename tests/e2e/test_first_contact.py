@@ -247,13 +247,14 @@ def test_get_takes_virsh_scope_flags(web: Cli) -> None:
 @pytest.mark.parametrize("args, message", [
     (("lsit",), "unknown command 'lsit': did you mean 'list'? (see 'vmledger --help')"),
     (("sim", "ballon", "web", "1G"), "unknown command 'ballon': did you mean 'balloon'? (see 'vmledger sim --help')"),
+    (("set", "wbe", "memory", "2G"), "unknown domain 'wbe': did you mean 'web'?"),
     (("define", "x", "--type", "hmv"), "argument --type: invalid choice 'hmv': did you mean 'hvm'? "
                                         "(see 'vmledger define --help')"),
     (("set", "web", "memroy", "2G"), "unknown property 'memroy' (did you mean 'memory'? known: max_memory, "
                                      "max_vcpus, memory, memory_actual, numa_nodes, power_state, vcpus, media:DEVICE)"),
 ])
 def test_typos_get_a_suggestion(web: Cli, args: tuple[str, ...], message: str) -> None:
-    """An unknown command, choice or property names the nearest known one (issue 18)."""
+    """An unknown command, choice, property or domain names the nearest known one (issue 18)."""
     assert web("--db", "l.db", *args) == (2, "", f"vmledger: error: {message}\n")
 
 
