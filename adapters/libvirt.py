@@ -23,7 +23,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Any, Callable, TypeVar
 
-from eventstore.catalogue import MEDIA_PREFIX, Capability, GuestType, Reason
+from eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Reason, size_text
 from eventstore.errors import HypervisorError
 from eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
 
@@ -375,7 +375,8 @@ class LibvirtHypervisor:
             await asyncio.sleep(_SETTLE_STEP)
         if actual == value:
             return LiveResult.applied(actual)
-        return LiveResult.partial(actual, f"asked libvirt for {prop} = {value}, the domain has {actual}")
+        text = size_text if CATALOGUE[prop].type == "bytes" else str
+        return LiveResult.partial(actual, f"asked libvirt for {prop} = {text(value)}, the domain has {text(actual)}")
 
     def _read_back(self, name: str, prop: str) -> int:
         # info() = [state, max KiB, current KiB, vCPUs, cpu time]: what the domain has now.

@@ -28,6 +28,7 @@ from eventstore.catalogue import (
     check_value,
     lookup,
     shown,
+    size_text,
 )
 from eventstore.codec import dumps_plain
 from eventstore.errors import (
@@ -230,6 +231,40 @@ class SimulatedHypervisor:
     async def aclose(self) -> None:
         """Release the adapter's resources (it holds none between calls)."""
 
+    async def restore(self, domains: "list[tuple[DomainSpec, Observation]]") -> bool:
+        """Start a simulator whose state file is missing from what a ledger recorded; return whether it did.
+
+        Each domain is defined with its spec's guest type and its
+        observation's persistent config, running with its live config if
+        the observation says so, with its capabilities (an unknown one takes
+        the guest type's default) and locked trays.  The host's free memory
+        is the default pool less what the running domains hold.  A state
+        file that exists is left alone.
+
+        Raises:
+            HypervisorError: the state file cannot be written.
+        """
+        if not domains or os.path.exists(self.state_path):
+            return False
+
+        def change(state: State) -> bool:
+            if state["domains"]:
+                return False  # another process made the state meanwhile
+            for spec, seen in domains:
+                guest = _guest_type(spec.guest_type)
+                caps = dict(_DEFAULT_CAPABILITIES[guest])
+                caps.update({k: bool(v) for k, v in seen.capabilities if v is not None and k in caps})
+                live = dict(seen.live) if seen.running else {}
+                state["domains"][spec.name] = {
+                    "uuid": spec.uuid, "guest_type": guest.value, "running": seen.running,
+                    "persistent": dict(seen.persistent), "live": live, "capabilities": caps,
+                    "locked_trays": sorted(seen.locked_trays) if seen.running else [], "faults": {},
+                }
+                state["host_free"] = max(0, state["host_free"] - live.get("memory", 0))
+            return True
+
+        return await self._run(change)
+
     # -- perturbations behind the ledger's back ---------------------------------
 
     async def balloon(self, name: str, size: int) -> None:
@@ -244,7 +279,8 @@ class SimulatedHypervisor:
             _named(state, name)
             live = _running(state, name)["live"]
             if size <= 0 or size > live.get("max_memory", 0):
-                raise HypervisorError(f"balloon size {size} is outside 1..max_memory")
+                raise HypervisorError(
+                    f"balloon size {size_text(size)} is outside 1..max_memory ({size_text(live.get('max_memory', 0))})")
             delta = size - live.get("memory", 0)
             if delta > state["host_free"]:
                 raise HypervisorError("not enough free host memory")
@@ -273,7 +309,8 @@ class SimulatedHypervisor:
                     value >= entry.minimum
                     and (not entry.upper or value <= config[entry.upper])
                     and (not entry.lower or value >= config[entry.lower])):
-                raise HypervisorError(f"{prop} {value} is outside its bounds in the config of {name!r}")
+                shown_value = size_text(value) if entry.type == "bytes" else value
+                raise HypervisorError(f"{prop} {shown_value} is outside its bounds in the config of {name!r}")
             config[prop] = value
 
         await self._run(change)
@@ -543,7 +580,8 @@ def _apply_live(state: State, name: str, prop: str, value: Value) -> LiveResult 
     upper = live.get(entry.upper, 0)
     whole = isinstance(value, int) and not isinstance(value, bool)
     if not whole or not entry.minimum <= value <= upper:
-        message = f"{prop} must be between {entry.minimum} and {entry.upper} ({upper})"
+        bound = size_text(upper) if entry.type == "bytes" else upper
+        message = f"{prop} must be between {entry.minimum} and {entry.upper} ({bound})"
         return LiveResult.refused(current, Reason.OUT_OF_RANGE, message)
     if prop != "memory":
         live[prop] = value
@@ -553,7 +591,7 @@ def _apply_live(state: State, name: str, prop: str, value: Value) -> LiveResult 
     if delta > free:
         live[prop] = current + free
         state["host_free"] = 0
-        return LiveResult.partial(current + free, f"host had only {free} bytes free")
+        return LiveResult.partial(current + free, f"host had only {size_text(free)} free")
     state["host_free"] = free - delta
     live[prop] = value
     return LiveResult.applied(value)

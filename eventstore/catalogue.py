@@ -7,6 +7,7 @@ decisions, CLI help and documentation all read it.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import math
 import unicodedata
@@ -17,6 +18,7 @@ import attrs
 from eventstore.errors import InvalidRequestError, UnknownPropertyError
 
 __all__ = [
+    "size_text",
     "Kind",
     "Scope",
     "Outcome",
@@ -306,11 +308,28 @@ def lookup(name: str) -> Property:
         return CATALOGUE["media"]
     entry = CATALOGUE.get(name)
     if entry is None or entry.name == "media":
-        known = ", ".join(sorted(n for n in CATALOGUE if n != "media"))
+        names = sorted(n for n in CATALOGUE if n != "media")
+        near = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
         raise UnknownPropertyError(
-            f"unknown property {shown(name)} (known: {known}, media:DEVICE)"
+            f"unknown property {shown(name)} ({hint}known: {', '.join(names)}, media:DEVICE)"
         )
     return entry
+
+
+def size_text(n: int) -> str:
+    """Return a number of bytes as people read it: in the largest binary unit that divides it exactly.
+
+    `8589934592` is `8GiB`, `1536 * 2**20` is `1536MiB`, and `1000` is `1000B`:
+    exact, so that neither a message nor a table rounds a value.  A size
+    given in decimal units that no binary unit shows shorter keeps them:
+    `4 * 10**9` is `4GB`, not `3906250KiB`.
+    """
+    # The fewest digits wins; on a tie, the binary unit (listed first).
+    shown = [(len(str(n // scale)), rank, f"{n // scale}{unit}") for rank, (unit, scale) in enumerate(
+        (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10),
+         ("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3))) if n and n % scale == 0]
+    return min(shown)[2] if shown else f"{n}B"
 
 
 def shown(value: object, limit: int = 60) -> str:

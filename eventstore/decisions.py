@@ -27,6 +27,7 @@ from eventstore.catalogue import (
     check_value,
     lookup,
     shown,
+    size_text,
 )
 from eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
 from eventstore.events import (
@@ -114,12 +115,17 @@ def out_of_range(prop: Property, value: Value, config: Mapping[str, Value]) -> s
     """Return why `value` breaks `prop`'s bounds in `config`, or None if it fits."""
     if not isinstance(value, int):
         return None
+
+    def text(n: Value) -> str:
+        # Messages are read by people: sizes in binary units, exactly (the values stay bytes).
+        return size_text(n) if prop.type == "bytes" and isinstance(n, int) else str(n)
+
     if value < prop.minimum:
-        return f"{prop.name} must be at least {prop.minimum}"
+        return f"{prop.name} must be at least {text(prop.minimum)}"
     if prop.upper and prop.upper in config and value > config[prop.upper]:
-        return f"{prop.name} {value} exceeds {prop.upper} {config[prop.upper]}"
+        return f"{prop.name} {text(value)} exceeds {prop.upper} {text(config[prop.upper])}"
     if prop.lower and prop.lower in config and value < config[prop.lower]:
-        return f"{prop.name} {value} is below {prop.lower} {config[prop.lower]}"
+        return f"{prop.name} {text(value)} is below {prop.lower} {text(config[prop.lower])}"
     return None
 
 

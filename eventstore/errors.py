@@ -7,6 +7,8 @@ __all__ = [
     "InvalidRequestError",
     "UnknownDomainError",
     "UnknownPropertyError",
+    "LedgerNotFoundError",
+    "NotALedgerError",
     "ConcurrencyError",
     "ChainBrokenError",
     "StorageError",
@@ -28,6 +30,14 @@ class UnknownDomainError(InvalidRequestError):
 
 class UnknownPropertyError(InvalidRequestError):
     """Raised when a request names a property the catalogue or domain lacks; nothing is written."""
+
+
+class LedgerNotFoundError(InvalidRequestError):
+    """Raised when the ledger a command names does not exist and the command may not create one."""
+
+
+class NotALedgerError(InvalidRequestError):
+    """Raised when a database holds data but no vmledger ledger, so vmledger neither reads nor writes it."""
 
 
 class ConcurrencyError(VmledgerError):

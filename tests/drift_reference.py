@@ -14,6 +14,7 @@ from eventstore.events import (
     LiveValueObserved, PersistentValueObserved,
 )
 from eventstore.log import RecordedEvent, timestamp
+from vmledger.results import DriftRow
 
 FIXED_WHILE_RUNNING = {"max_memory", "max_vcpus", "numa_nodes"}
 
@@ -43,7 +44,7 @@ def _cause(rec: RecordedEvent, requests: dict[str, Any]) -> str:
     return other.outcome.status if other is not None and other.outcome.status in ("refused", "failed") else "live_only"
 
 
-def reference_drift(events: Iterable[RecordedEvent]) -> list[dict[str, Any]]:
+def reference_drift(events: Iterable[RecordedEvent]) -> list[DriftRow]:
     """Return the drift rows after `events`, sorted by domain name and property, as `Ledger.drift` gives them."""
     config: dict[str, dict] = {}
     live: dict[str, dict | None] = {}
@@ -84,4 +85,4 @@ def reference_drift(events: Iterable[RecordedEvent]) -> list[dict[str, Any]]:
             rows.append({"domain": names[s], "property": prop, "persistent": p, "live": l,
                          "cause": _cause(rec, requests), "request_id": getattr(rec.event, "request_id", None),
                          "since_position": rec.position, "since": timestamp(rec.recorded_at)})
-    return sorted(rows, key=lambda r: (r["domain"], r["property"]))
+    return [DriftRow.from_dict(r) for r in sorted(rows, key=lambda r: (r["domain"], r["property"]))]

@@ -10,6 +10,8 @@ from eventstore.errors import (
     ConcurrencyError,
     HypervisorError,
     InvalidRequestError,
+    LedgerNotFoundError,
+    NotALedgerError,
     StorageError,
     UnknownDomainError,
     UnknownPropertyError,
@@ -17,16 +19,26 @@ from eventstore.errors import (
 )
 from vmledger._checkpoint import Checkpoint
 from vmledger._compose import open
-from vmledger.ledger import Ledger
+from vmledger.ledger import Ledger, default_principal
+from vmledger.results import DomainView, DriftRow, Outcome, PropertyRow, PropertyValue, RequestRecord
 
 __all__ = [
     "open",
     "Ledger",
     "Checkpoint",
+    "default_principal",
+    "RequestRecord",
+    "Outcome",
+    "DomainView",
+    "PropertyRow",
+    "DriftRow",
+    "PropertyValue",
     "VmledgerError",
     "InvalidRequestError",
     "UnknownDomainError",
     "UnknownPropertyError",
+    "LedgerNotFoundError",
+    "NotALedgerError",
     "ConcurrencyError",
     "ChainBrokenError",
     "StorageError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import urllib.parse
 import uuid
@@ -13,7 +14,8 @@ from adapters.libvirt import LibvirtHypervisor
 from adapters.port import Hypervisor
 from adapters.simulated import SimulatedHypervisor
 from eventstore.backends.sqlite import SQLiteEventLog
-from eventstore.catalogue import check_seconds, shown
+from eventstore.catalogue import Kind, check_seconds, lookup, shown
+from eventstore.hypervisor import DomainSpec, Observation
 from eventstore.errors import InvalidRequestError
 from projections.store import TableProjector
 from vmledger.ledger import Ledger
@@ -21,6 +23,9 @@ from vmledger.ledger import Ledger
 __all__ = ["open", "sqlite_path", "DEFAULT_DB"]
 
 DEFAULT_DB = "sqlite:///vmledger.db"
+#: URL schemes that a bare path must not start with: a typo of a URL, not a file name.
+_SCHEMES = frozenset({"sqlite", "sqlite3", "file", "postgresql", "postgres", "pg"})
+_log = logging.getLogger("vmledger")
 _PORT_METHODS = ("define", "undefine", "start", "stop", "apply_persistent", "apply_live", "observe", "aclose")
 
 
@@ -37,9 +42,15 @@ def sqlite_path(url: str) -> str:
         raise InvalidRequestError(f"a database URL must be text, not {type(url).__name__}")
     if "\x00" in url:
         raise InvalidRequestError(f"database URL {shown(url)} holds a NUL character")
+    scheme = url.partition(":")[0].lower() if ":" in url else ""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
-    elif "://" in url:
+    elif scheme == "sqlite":
+        # `sqlite:ledger.db` and `sqlite://ledger.db` would otherwise name a file called so.
+        rest = url[len("sqlite:"):].lstrip("/")
+        raise InvalidRequestError(
+            f"malformed database URL {shown(url)}: an SQLite URL has three slashes, e.g. sqlite:///{rest}")
+    elif "://" in url or scheme in _SCHEMES:
         raise InvalidRequestError(
             f"unsupported database URL {shown(url)} (use sqlite:///PATH, a path, or postgresql://...)")
     else:
@@ -62,10 +73,14 @@ def _hypervisor(uri: str | Hypervisor, db_path: str, timeout: float) -> Hypervis
         return uri
     if uri == "sim":
         return SimulatedHypervisor.for_database(db_path)
+    if uri.startswith("sim:"):
+        if not uri[len("sim:"):] or "\x00" in uri:
+            raise InvalidRequestError(f"hypervisor {shown(uri)} names no state file (use sim:PATH)")
+        return SimulatedHypervisor(uri[len("sim:"):])
     if uri.startswith("libvirt+") and len(uri) > len("libvirt+"):
         return LibvirtHypervisor(uri[len("libvirt+"):], timeout=timeout)
     raise InvalidRequestError(
-        f"unsupported hypervisor {shown(uri)} (use sim, or libvirt+URI such as libvirt+qemu:///system)")
+        f"unsupported hypervisor {shown(uri)} (use sim, sim:PATH, or libvirt+URI such as libvirt+qemu:///system)")
 
 
 @contextlib.asynccontextmanager
@@ -75,24 +90,37 @@ async def open(  # noqa: A001 - the public name the design promises
     hypervisor: str | Hypervisor = "sim",
     hypervisor_timeout: float = 10.0,
     busy_timeout: float = 30.0,
+    create: bool = True,
+    read_only: bool = False,
 ) -> AsyncIterator[Ledger]:
     """Open the ledger at `url` in front of `hypervisor`, as an async context manager.
 
     `hypervisor` is `"sim"` (the simulated hypervisor whose state sits beside
-    the database), `"libvirt+URI"` (e.g. `libvirt+qemu:///system`), or an
-    object implementing `adapters.port.Hypervisor`.
+    the database), `"sim:PATH"` (its state in PATH), `"libvirt+URI"` (e.g.
+    `libvirt+qemu:///system`), or an object implementing
+    `adapters.port.Hypervisor`.  A simulator whose state file is missing is
+    started as the ledger last recorded its domains, unless `read_only`.
 
     `url` is `sqlite:///PATH` (or a bare path) or `postgresql://...`; with
     PostgreSQL the simulated hypervisor keeps its state in
     `vmledger-<database>.sim.json` in the current directory.
 
-    Opening never calls the hypervisor: requests a dead process left without
+    With `create` false, a ledger that does not exist yet is an error
+    rather than a new, empty one.  With `read_only` the ledger needs only
+    read permission (on SQLite, on the file; on PostgreSQL, SELECT), never
+    creates anything, and any write raises `StorageError`.  A database that
+    holds other tables than a ledger's is refused either way.
+
+    Opening never calls the hypervisor (but to start a simulator whose
+    state file is missing, which is local): requests a dead process left without
     an outcome are resolved by `Ledger.observe`, not here, so that opening
     works while the hypervisor is down and reads never write.
 
     Raises:
         InvalidRequestError: an unsupported URL or hypervisor, or a timeout that is
             not a finite number of seconds above 0.
+        LedgerNotFoundError: no ledger at `url`, and `create` is false or `read_only` true.
+        NotALedgerError: the database holds data that is not a ledger.
         StorageError: the database cannot be opened.
     """
     hypervisor_timeout = check_seconds("the hypervisor timeout", hypervisor_timeout)
@@ -103,20 +131,50 @@ async def open(  # noqa: A001 - the public name the design promises
             from eventstore.backends.postgres import PostgresEventLog
         except ImportError as e:
             raise InvalidRequestError("postgresql:// needs asyncpg: pip install 'vmledger[postgres]'") from e
-        log = PostgresEventLog(url, TableProjector(), busy_timeout=busy_timeout)
+        log = PostgresEventLog(url, TableProjector(), busy_timeout=busy_timeout, create=create,
+                               read_only=read_only)
         # The simulator's state needs a file; a server database has none beside it.
         sim_base = os.path.abspath("vmledger-" + _database_name(url))
     else:
         path = sqlite_path(url)
-        log, sim_base = SQLiteEventLog(path, TableProjector(), busy_timeout=busy_timeout), path
+        log = SQLiteEventLog(path, TableProjector(), busy_timeout=busy_timeout, create=create, read_only=read_only)
+        sim_base = path
     adapter = _hypervisor(hypervisor, sim_base, hypervisor_timeout)
     try:
         async with log:
-            yield Ledger(
+            ledger = Ledger(
                 log, adapter,
                 clock=lambda: datetime.now(timezone.utc),
                 new_id=lambda: uuid.uuid4().hex,
                 hypervisor_timeout=hypervisor_timeout,
             )
+            if isinstance(adapter, SimulatedHypervisor) and adapter is not hypervisor and not read_only:
+                await _restore_simulator(ledger, adapter)
+            yield ledger
     finally:
         await adapter.aclose()
+
+
+async def _restore_simulator(ledger: Ledger, sim: SimulatedHypervisor) -> None:
+    """Start a simulator whose state file is missing as the ledger last recorded its domains.
+
+    A ledger copied, moved or imported without the simulator's file would
+    otherwise meet an empty simulated host that knows none of its domains.
+    """
+    if os.path.exists(sim.state_path):
+        return
+    views = await ledger.domains()
+    domains = []
+    for view in views:
+        rows = [r for r in view.properties if lookup(r.property).kind is not Kind.RO_RUN]
+        persistent = tuple((r.property, r.persistent) for r in rows if r.persistent is not None)
+        live = tuple((r.property, r.live) for r in rows if r.live is not None)
+        caps = tuple(view.capabilities.items())
+        domains.append((
+            DomainSpec(name=view.domain, uuid=view.uuid, guest_type=view.guest_type, config=persistent,
+                       capabilities=caps),
+            Observation(running=view.power_state == "running", live=live, capabilities=caps,
+                        locked_trays=frozenset(view.locked_trays), persistent=persistent)))
+    if await sim.restore(domains):
+        _log.warning("the simulated hypervisor's state %s was missing: started it as the ledger last recorded "
+                     "its %d domain%s", sim.state_path, len(domains), "" if len(domains) == 1 else "s")

@@ -5,27 +5,41 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from eventstore.catalogue import MAX_POSITION, Property, check_position, shown
+from eventstore.catalogue import MAX_POSITION, Property, check_position, shown, size_text
 from eventstore.errors import InvalidRequestError
 
-__all__ = ["parse_size", "format_size", "parse_value", "format_value", "parse_time", "parse_count", "parse_position"]
+__all__ = ["SIZE_RULE", "parse_size", "format_size", "parse_value", "format_value", "parse_time", "parse_count", "parse_position",
+           "parse_as_of"]
 
-_UNITS = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
-_SIZE = re.compile(r"([0-9]{1,20})(?:\.([0-9]{1,9}))? ?(B|KiB|MiB|GiB|TiB)?")
+#: libvirt's scaled-integer units (virScaleInteger), matched without regard to case: a bare
+#: letter or `<letter>iB` is a power of 1024, `<letter>B` a power of 1000.
+_PREFIXES = "kmgtpe"
+_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1}
+for _i, _p in enumerate(_PREFIXES, start=1):
+    _UNITS.update({_p: 1024**_i, _p + "ib": 1024**_i, _p + "b": 1000**_i})
+_SIZE = re.compile(r"([0-9]{1,20})(?:\.([0-9]{1,9}))? ?([A-Za-z]{1,5})?")
+
+#: The rule for sizes, as the errors and `--help` state it.
+SIZE_RULE = ("sizes are bytes (1073741824) or a number with a unit as libvirt takes them, in any case: "
+             "K, M, G, T (or KiB, MiB, GiB, TiB) are powers of 1024, KB, MB, GB, TB powers of 1000; "
+             "e.g. 512M, 2GiB, 8GB, 1.5G")
 
 
 def parse_size(text: str) -> int:
-    """Return the bytes a size such as `1073741824`, `512MiB` or `1.5GiB` names.
+    """Return the bytes a size such as `1073741824`, `512MiB`, `2G`, `8GB` or `1.5GiB` names.
+
+    Units are libvirt's: `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB` (and
+    `P`, `E`) are powers of 1024, `KB`, `MB`, `GB`, `TB` powers of 1000,
+    `B` is bytes, in any case.
 
     Raises:
-        InvalidRequestError: not a non-negative whole number of bytes with a binary unit.
+        InvalidRequestError: not a non-negative whole number of bytes with such a unit.
     """
     m = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
-    if m is None:
-        raise InvalidRequestError(
-            f"invalid size {shown(text)}: use bytes or a binary unit, e.g. 1073741824, 512MiB, 2GiB")
-    whole, frac, unit = m.group(1), m.group(2) or "", m.group(3) or ""
-    scale = _UNITS[unit]
+    scale = _UNITS.get((m.group(3) or "").lower()) if m else None
+    if m is None or scale is None:
+        raise InvalidRequestError(f"invalid size {shown(text)}: {SIZE_RULE}")
+    whole, frac = m.group(1), m.group(2) or ""
     numerator = int(whole + frac) * scale
     denominator = 10 ** len(frac)
     if numerator % denominator:
@@ -34,13 +48,8 @@ def parse_size(text: str) -> int:
 
 
 def format_size(n: int | None) -> str:
-    """Return a size in the largest binary unit that divides it exactly."""
-    if n is None:
-        return "-"
-    for unit in ("TiB", "GiB", "MiB", "KiB"):
-        if n and n % _UNITS[unit] == 0:
-            return f"{n // _UNITS[unit]}{unit}"
-    return str(n)
+    """Return a size in the largest binary unit that divides it exactly (`-` for None)."""
+    return "-" if n is None else size_text(n)
 
 
 def parse_count(text: str, what: str = "count") -> int:
@@ -65,6 +74,22 @@ def parse_position(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,19}", digits):
         raise InvalidRequestError(f"invalid log position {shown(text)}: use a whole number from 0 to {MAX_POSITION}")
     return check_position(int(digits))
+
+
+def parse_as_of(text: str) -> int | datetime:
+    """Return the log position or the time an `--as-of` argument names.
+
+    Raises:
+        InvalidRequestError: a number that is no position, or text that is no ISO 8601 time.
+    """
+    stripped = text.strip() if isinstance(text, str) else ""
+    if re.fullmatch(r"[-+]?[0-9][0-9.,_]*", stripped):
+        if not re.fullmatch(r"[0-9]{1,19}", stripped):
+            raise InvalidRequestError(
+                f"invalid log position {shown(text)}: use a whole number from 0 to {MAX_POSITION}, "
+                "or an ISO 8601 time")
+        return parse_position(stripped)
+    return parse_time(text)
 
 
 def parse_value(prop: Property, text: str) -> int | str:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
+import difflib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -20,11 +21,27 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import vmledger
 from eventstore.catalogue import CATALOGUE, Capability, Scope, check_seconds, lookup, shown
 from eventstore.codec import loads
-from eventstore.errors import ChainBrokenError, InvalidRequestError, VmledgerError
-from eventstore.log import RecordedEvent
+from eventstore.errors import (
+    ChainBrokenError,
+    InvalidRequestError,
+    LedgerNotFoundError,
+    UnknownDomainError,
+    VmledgerError,
+)
+from eventstore.events import (
+    ChangeOutcome,
+    GuestCapabilitiesObserved,
+    LiveValueObserved,
+    MediaTrayLocked,
+    MediaTrayUnlocked,
+    PersistentValueObserved,
+)
+from eventstore.log import RecordedEvent, timestamp
 from vmledger import _units
 from vmledger._checkpoint import read_checkpoint, write_checkpoint
 from vmledger._compose import DEFAULT_DB
+from vmledger.ledger import default_principal
+from vmledger.results import DomainView, DriftRow, RequestRecord
 
 __all__ = ["main", "build_parser"]
 
@@ -35,14 +52,14 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr and exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        m = re.match(r"argument (\S+): invalid choice: '(.*)' \(choose from (.*)\)$", message, re.S)
+        if m is not None:
+            what = "unknown command" if m.group(1) in ("COMMAND", "ACTION") else f"argument {m.group(1)}: invalid choice"
+            choices = re.findall(r"'([^']*)'", m.group(3))
+            near = difflib.get_close_matches(m.group(2), choices, n=1)
+            message = (f"{what} {shown(m.group(2))}"
+                       + (f": did you mean {near[0]!r}?" if near else f" (choose from {', '.join(choices)})"))
         self.exit(EXIT_USAGE, f"vmledger: error: {message} (see '{self.prog} --help')\n")
-
-
-def _default_principal() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _interval(text: str) -> float:
@@ -62,24 +79,52 @@ def _property_help() -> str:
     return "properties (kind rw: any time, ro_ins: persistent only, ro_run: never):\n" + "\n".join(lines)
 
 
+def _virsh_scopes(p: argparse.ArgumentParser, both: str | None) -> None:
+    """Add virsh's scope flags to `p`: `--config` (persistent), `--live` and `--current`."""
+    group = p.add_argument_group("virsh's scope flags, instead of --scope")
+    group.add_argument("--config", action="store_true", help="the persistent config, as --scope persistent"
+                       + (f" ({both})" if both else ""))
+    group.add_argument("--live", action="store_true", help="the running domain, as --scope live")
+    group.add_argument("--current", action="store_true", help="live if running, else persistent, as --scope current")
+
+
+def _scope(args: argparse.Namespace, default: str) -> str:
+    """Return the scope `--scope` or virsh's flags name, or `default`."""
+    flags = [f for f in ("config", "live", "current") if getattr(args, f)]
+    if not flags:
+        return args.scope or default
+    if args.scope is not None:
+        raise InvalidRequestError("give --scope or --config/--live/--current, not both")
+    if "current" in flags and len(flags) > 1:
+        raise InvalidRequestError("--current cannot be combined with --config or --live")
+    if flags == ["config", "live"]:
+        if args.command == "get":
+            raise InvalidRequestError("get reads one config: give --config or --live, not both")
+        return Scope.BOTH.value
+    return {"config": Scope.PERSISTENT.value, "live": Scope.LIVE.value, "current": Scope.CURRENT.value}[flags[0]]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `vmledger` command."""
     parser = _Parser(
         prog="vmledger",
         description="Record every VM configuration request and what came of it; "
         "show persistent vs live config, drift and history.",
-        epilog="Sizes accept 1073741824, 512MiB, 2GiB; JSON always gives bytes.\n" + _property_help(),
+        epilog=_units.SIZE_RULE[0].upper() + _units.SIZE_RULE[1:] + ".\n"
+        "Tables and messages show sizes in binary units, exactly; JSON always gives bytes.\n" + _property_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--db", default=os.environ.get("VMLEDGER_DB", DEFAULT_DB),
                         help="database URL or path (env VMLEDGER_DB; default %(default)s)")
     parser.add_argument("--hypervisor", default=os.environ.get("VMLEDGER_HYPERVISOR", "sim"),
-                        help="hypervisor: sim (simulated, state beside the database) or libvirt+URI, "
+                        help="hypervisor: sim (simulated, state beside the database), sim:PATH (state in PATH) "
+                        "or libvirt+URI, "
                         "e.g. libvirt+qemu:///system (env VMLEDGER_HYPERVISOR; default sim)")
     # A string default goes through `type` too, so a bad VMLEDGER_TIMEOUT is a usage error, not a crash.
     parser.add_argument("--timeout", type=float, default=os.environ.get("VMLEDGER_TIMEOUT", "10"),
                         help="seconds to wait for the hypervisor before recording a timeout (env VMLEDGER_TIMEOUT; default %(default)s)")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"vmledger {vmledger.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -87,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def json_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command("completion", "print a shell completion script: source <(vmledger completion bash)")
+    p.add_argument("shell", choices=["bash", "zsh"])
+
+    p = command("init", "create an empty ledger at --db, or say that one exists there already")
+    json_flag(p)
 
     p = command("define", "define a domain on the hypervisor and record it")
     p.add_argument("name")
@@ -97,31 +148,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-vcpus", required=True, help="maximum vCPUs")
     p.add_argument("--numa-nodes", default="1", help="NUMA nodes (default 1)")
     p.add_argument("--cdrom", action="append", default=[], metavar="DEV[=PATH]", help="a CD-ROM device, optionally with media")
-    p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
+    p.add_argument("--principal", default=default_principal(), help="who asks (default: your user name)")
     json_flag(p)
     for name, text in (("start", "boot a domain"), ("stop", "shut a domain off"),
                        ("undefine", "remove a stopped domain (its history stays)")):
         p = command(name, text)
         p.add_argument("name")
-        p.add_argument("--principal", default=_default_principal(), help="who asks")
-        if name != "undefine":
-            json_flag(p)
+        p.add_argument("--principal", default=default_principal(), help="who asks")
+        json_flag(p)
 
     p = command("set", "request a property change and record its outcome per scope")
     p.add_argument("name")
     p.add_argument("property", help="a catalogue property, or media:DEV")
     p.add_argument("value", help="the new value (empty ejects media)")
-    p.add_argument("--scope", default="both", choices=[s.value for s in Scope], help="default both")
+    p.add_argument("--scope", choices=[s.value for s in Scope], help="default both")
+    _virsh_scopes(p, "--config --live is both")
     p.add_argument("--request-id", help="idempotency key (default: generated)")
-    p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
+    p.add_argument("--principal", default=default_principal(), help="who asks (default: your user name)")
     p.add_argument("--reason", help="why, free text")
     json_flag(p)
 
     p = command("get", "print one property's value")
     p.add_argument("name")
     p.add_argument("property")
-    p.add_argument("--scope", default="current", choices=["live", "persistent", "current"],
+    p.add_argument("--scope", choices=["live", "persistent", "current"],
                    help="default current: live if running, else persistent")
+    _virsh_scopes(p, None)
     json_flag(p)
 
     p = command("show", "print both configs side by side, capabilities, tray locks and drift")
@@ -158,28 +210,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true",
                    help="every domain the hypervisor lists that the ledger does not record yet")
-    p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
+    p.add_argument("--principal", default=default_principal(), help="who asks (default: your user name)")
     json_flag(p)
     p = command("watch", "record out-of-band changes until interrupted: at start, as the hypervisor "
                 "announces them, and in a sweep of every domain every --interval seconds")
-    p.add_argument("--principal", default=_default_principal(), help="who asks (default: your user name)")
+    p.add_argument("--principal", default=default_principal(), help="who asks (default: your user name)")
     p.add_argument("--interval", type=_interval, default="60", metavar="SECONDS",
                    help="seconds between sweeps that observe every domain (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print each recorded event as a JSON line")
 
     p = command("export", "print the log as JSON lines with every stored field and hash link")
     p.add_argument("--from", dest="from_position", default="0", help="start after this position")
     p = command("import", "load an exported log into an empty ledger, checking the chain first")
     p.add_argument("file", help="an export file, or - for standard input")
+    json_flag(p)
 
-    command("rebuild", "rebuild every projection from the log")
+    json_flag(command("rebuild", "rebuild every projection from the log"))
     p = command("verify", "check the hash chain and that projections equal a rebuild")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--from", dest="from_position", default="0", help="trust the chain up to this position")
     start.add_argument("--checkpoint", metavar="FILE",
                        help="check only what changed since the checkpoint saved in FILE (all of it if FILE "
                             "does not exist yet), then save a new checkpoint there")
+    json_flag(p)
 
-    p = command("demo", "play the story of the README in a fresh ledger and print a report")
+    p = command("demo", "play the story of the README in a fresh ledger, printing each step as the command "
+                "that does it, and print a report")
+    p.add_argument("--keep", metavar="DIR", help="keep the ledger in DIR/demo.db to explore it afterwards "
+                   "(default: a temporary ledger, deleted at the end; or the one --db names)")
 
     sim = command("sim", "perturb the simulated hypervisor behind the ledger's back")
     simsub = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION", parser_class=_Parser)
@@ -197,14 +255,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("state", choices=["on", "off"])
     s = simsub.add_parser("fail", help="make the next live change of a property fail")
     s.add_argument("name"), s.add_argument("property"), s.add_argument("kind", choices=["error", "timeout"])
+    for s in simsub.choices.values():
+        json_flag(s)
     return parser
 
 
 # Output.
 
 
+def _plain(obj: Any) -> Any:
+    """Return `obj` with every typed result turned into its JSON shape."""
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, (list, tuple)):
+        return [_plain(o) for o in obj]
+    return obj
+
+
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False))
+    print(json.dumps(_plain(obj), indent=2, ensure_ascii=False))
 
 
 def _fmt(prop: str, value: Any) -> str:
@@ -215,46 +284,70 @@ def _fmt(prop: str, value: Any) -> str:
     return _units.format_value(entry, value)
 
 
-def _set_exit(record: dict[str, Any]) -> int:
-    statuses = {o["status"] for o in record["outcomes"].values()}
-    return EXIT_OK if statuses <= {"applied"} else EXIT_NOT_APPLIED
+def _set_exit(record: RequestRecord) -> int:
+    return EXIT_OK if record.applied else EXIT_NOT_APPLIED
 
 
-def _print_request(r: dict[str, Any]) -> None:
-    prop = r["property"]
-    print(f"{r['requested_at']}  {r['request_id']}  {r['domain']} {prop} = {_fmt(prop, r['requested'])}"
-          f"  scope {r['scope']}  by {r['principal']}" + (f"  ({r['reason']})" if r["reason"] else ""))
+def _print_request(r: RequestRecord) -> None:
+    prop = r.property
+    print(f"{timestamp(r.requested_at)}  {r.request_id}  {r.domain} {prop} = {_fmt(prop, r.requested)}"
+          f"  scope {r.scope}  by {r.principal}" + (f"  ({r.reason})" if r.reason else ""))
     for scope in ("persistent", "live"):
-        o = r["outcomes"].get(scope)
+        o = r.outcomes.get(scope)
         if o is None:
             continue
-        why = f"  {o['reason']}: {o['message']}" if o["reason"] else (f"  {o['message']}" if o["message"] else "")
-        print(f"    {scope:<10} {o['status']:<9} {_fmt(prop, o['value'])}{why}")
+        why = f"  {o.reason}: {o.message}" if o.reason else (f"  {o.message}" if o.message else "")
+        value = _fmt(prop, o.value)
+        if o.status != "applied":
+            # The value in force and the value asked, each named, so that neither is taken for the other.
+            asked = f"asked {_fmt(prop, r.requested)}"
+            value = asked if o.value is None else f"{'got' if o.status == 'partial' else 'kept'} {value}, {asked}"
+        print(f"    {scope:<10} {o.status:<9} {value}{why}")
 
 
-def _print_show(view: dict[str, Any]) -> None:
-    print(f"{view['domain']}  ({view['guest_type']}, {view['power_state']}, uuid {view['uuid']})")
-    rows = [(r["property"], _fmt(r["property"], r["persistent"]), _fmt(r["property"], r["live"]), r["drift"] or "")
-            for r in view["properties"]]
+def _print_show(view: DomainView) -> None:
+    print(f"{view.domain}  ({view.guest_type}, {view.power_state}, uuid {view.uuid})")
+    rows = [(r.property, _fmt(r.property, r.persistent), _fmt(r.property, r.live), r.drift or "")
+            for r in view.properties]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("property", "persistent", "live"))]
     for prop, persistent, live, drift in [("property", "persistent", "live", "drift"), *rows]:
         print(f"  {prop:<{widths[0]}}  {persistent:>{widths[1]}}  {live:>{widths[2]}}  {drift}".rstrip())
     caps = ", ".join(f"{k}={'unknown' if v is None else ('yes' if v else 'no')}"
-                     for k, v in view["capabilities"].items())
+                     for k, v in view.capabilities.items())
     print(f"  capabilities: {caps}")
-    print(f"  locked trays: {', '.join(view['locked_trays']) or 'none'}")
-    if view["pending"]:
-        print(f"  in flight: {', '.join(view['pending'])}")
+    print(f"  locked trays: {', '.join(view.locked_trays) or 'none'}")
+    if view.pending:
+        print(f"  in flight: {', '.join(view.pending)}")
 
 
-def _print_drift(rows: list[dict[str, Any]]) -> None:
+def _print_drift(rows: list[DriftRow]) -> None:
     if not rows:
         print("no drift")
         return
     for d in rows:
-        prop = d["property"]
-        print(f"{d['domain']} {prop}: persistent {_fmt(prop, d['persistent'])}, live {_fmt(prop, d['live'])}"
-              f"  cause {d['cause']}  request {d['request_id'] or '-'}  since #{d['since_position']} {d['since']}")
+        prop = d.property
+        print(f"{d.domain} {prop}: persistent {_fmt(prop, d.persistent)}, live {_fmt(prop, d.live)}"
+              f"  cause {d.cause}  request {d.request_id or '-'}  since #{d.since_position} {timestamp(d.since)}")
+
+
+def _describe(domain: str, rec: RecordedEvent) -> str:
+    """Return one line that says what a recorded event records, for people."""
+    e = rec.event
+    prop = getattr(e, "property", None)
+    if isinstance(e, (LiveValueObserved, PersistentValueObserved)):
+        config = "live" if isinstance(e, LiveValueObserved) else "persistent"
+        what = f"{prop} {config} {_fmt(prop, e.value)} (the ledger had {_fmt(prop, e.previous)})"
+    elif isinstance(e, ChangeOutcome):
+        what = f"{prop} {e.scope} {e.outcome.status} {_fmt(prop, e.value)}, request {e.request_id}" + (
+            f"  {e.reason}: {e.message}" if e.reason else "")
+    elif isinstance(e, GuestCapabilitiesObserved):
+        what = "capabilities " + ", ".join(
+            f"{k}={'unknown' if v is None else ('yes' if v else 'no')}" for k, v in e.capabilities)
+    elif isinstance(e, (MediaTrayLocked, MediaTrayUnlocked)):
+        what = f"tray of {e.device} {'locked' if isinstance(e, MediaTrayLocked) else 'unlocked'}"
+    else:
+        what = ""
+    return f"#{rec.position} {rec.type}  {domain}" + (f" {what}" if what else "")
 
 
 def _event_json(rec: RecordedEvent) -> dict[str, Any]:
@@ -269,13 +362,55 @@ def _event_json(rec: RecordedEvent) -> dict[str, Any]:
 # Commands.
 
 
+#: Commands that may create the ledger they name; every other command needs one that exists.
+CREATING = frozenset({"init", "define", "adopt", "import", "demo"})
+#: Commands that only read: they need read permission alone, and never create anything.
+READING = frozenset({"list", "show", "get", "drift", "history", "events", "export", "verify"})
+
+
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from vmledger._demo import run_demo
 
-        return await run_demo(args.db if args.db != DEFAULT_DB or "VMLEDGER_DB" in os.environ else None)
-    async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout) as ledger:
-        return await _dispatch(ledger, args)
+        return await run_demo(args.db if args.db != DEFAULT_DB or "VMLEDGER_DB" in os.environ else None,
+                              args.keep)
+    if args.command == "init":
+        return await _init(args)
+    if args.command == "completion":
+        from vmledger._completion import script
+
+        print(script(build_parser(), args.shell), end="")
+        return EXIT_OK
+    async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout,
+                             create=args.command in CREATING, read_only=args.command in READING) as ledger:
+        try:
+            return await _dispatch(ledger, args)
+        except UnknownDomainError as e:
+            name = getattr(args, "name", None)
+            near = difflib.get_close_matches(name, [v.domain for v in await ledger.domains()], n=1) if (
+                isinstance(name, str) and str(e) == f"unknown domain {name!r}") else []
+            if not near:
+                raise
+            raise UnknownDomainError(f"{e}: did you mean {near[0]!r}?") from e
+
+
+async def _init(args: argparse.Namespace) -> int:
+    """Create the ledger `--db` names, or say that it exists already."""
+    try:
+        async with vmledger.open(args.db, hypervisor=args.hypervisor, read_only=True) as ledger:
+            head = await ledger.log.head()
+        created = False
+    except LedgerNotFoundError:
+        async with vmledger.open(args.db, hypervisor=args.hypervisor) as ledger:
+            head = await ledger.log.head()
+        created = True
+    if args.json:
+        _print_json({"db": args.db, "created": created, "events": head})
+    elif created:
+        print(f"created an empty ledger at {args.db}")
+    else:
+        print(f"a ledger exists already at {args.db} ({head} events); nothing changed")
+    return EXIT_OK
 
 
 async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
@@ -301,34 +436,36 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         _print_json(view) if as_json else _print_show(view)
     elif cmd == "undefine":
         await ledger.undefine(args.name, principal=args.principal)
-        print(f"undefined {args.name}")
+        _print_json({"domain": args.name, "undefined": True}) if as_json else print(f"undefined {args.name}")
     elif cmd == "set":
         value = _units.parse_value(lookup(args.property), args.value)
-        record = await ledger.set(args.name, args.property, value, scope=args.scope,
+        record = await ledger.set(args.name, args.property, value, scope=_scope(args, Scope.BOTH.value),
                                   request_id=args.request_id, principal=args.principal, reason=args.reason)
+        if record.replayed:
+            print(f"vmledger: request id {record.request_id} was recorded before: its first outcome again, "
+                  "nothing appended", file=sys.stderr)
         if as_json:
-            _print_json({k: record[k] for k in ("request_id", "domain", "property", "requested", "scope", "outcomes")})
+            _print_json(record)
         else:
             _print_request(record)
         return _set_exit(record)
     elif cmd == "get":
-        got = await ledger.get(args.name, args.property, scope=args.scope)
-        _print_json(got) if as_json else print(_fmt(args.property, got["value"]))
+        got = await ledger.get(args.name, args.property, scope=_scope(args, Scope.CURRENT.value))
+        _print_json(got) if as_json else print(_fmt(args.property, got.value))
     elif cmd == "show":
         view = await ledger.show(args.name)
         _print_json(view) if as_json else _print_show(view)
     elif cmd == "list":
         views = await ledger.domains()
         if as_json:
-            _print_json([{"domain": v["domain"], "uuid": v["uuid"], "guest_type": v["guest_type"],
-                          "power_state": v["power_state"]} for v in views])
+            _print_json([{"domain": v.domain, "uuid": v.uuid, "guest_type": v.guest_type,
+                          "power_state": v.power_state} for v in views])
         for v in [] if as_json else views:
-            print(f"{v['domain']:<20} {v['guest_type']:<4} {v['power_state']}")
+            print(f"{v.domain:<20} {v.guest_type:<4} {v.power_state}")
+        if not views and not as_json:
+            print("no domains")
     elif cmd == "drift":
-        as_of = None
-        if args.as_of is not None:
-            digits = args.as_of.strip().isascii() and args.as_of.strip().isdigit()
-            as_of = _units.parse_position(args.as_of) if digits else _units.parse_time(args.as_of)
+        as_of = None if args.as_of is None else _units.parse_as_of(args.as_of)
         rows = await ledger.drift(args.name, as_of=as_of)
         _print_json(rows) if as_json else _print_drift(rows)
     elif cmd == "history":
@@ -354,8 +491,9 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         if as_json:
             _print_json([_event_json(r) for r in recorded])
         else:
+            names = {v.uuid: v.domain for v in await ledger.domains()}
             for r in recorded:
-                print(f"#{r.position} {r.type} {json.dumps(_event_json(r)['data'], ensure_ascii=False)}")
+                print(_describe(names.get(r.stream, r.stream), r))
             if not recorded:
                 print("nothing new")
     elif cmd == "adopt":
@@ -370,18 +508,26 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         if not views and not as_json:
             print("nothing to adopt")
     elif cmd == "watch":
-        # The watch logs a domain it cannot observe and goes on: one line on stderr each time.
-        logging.basicConfig(format="vmledger: %(message)s")
-        await ledger.watch(principal=args.principal, interval=args.interval)
+        # The watch logs a domain it cannot observe and goes on: one line on stderr each time (see main).
+        start = (f"watching every domain of {args.hypervisor} in {args.db}: now, as announced, "
+                 f"and every {args.interval:g}s; interrupt to stop")
+        print(f"vmledger: {start}", file=sys.stderr, flush=True) if as_json else print(start, flush=True)
+
+        def recorded(domain: str, rec: RecordedEvent) -> None:
+            line = json.dumps(_event_json(rec), ensure_ascii=False) if as_json else _describe(domain, rec)
+            print(line, flush=True)
+
+        await ledger.watch(principal=args.principal, interval=args.interval, on_recorded=recorded)
     elif cmd == "export":
         async for line in ledger.export(from_position=_units.parse_position(args.from_position)):
             print(line)
     elif cmd == "import":
         head = await ledger.import_lines(_export_file(args.file))
-        print(f"imported {head} events; chain verified")
+        _print_json({"events": head, "chain": "verified"}) if as_json else print(
+            f"imported {head} events; chain verified")
     elif cmd == "rebuild":
         position = await ledger.rebuild()
-        print(f"rebuilt projections up to position {position}")
+        _print_json({"position": position}) if as_json else print(f"rebuilt projections up to position {position}")
     elif cmd == "verify":
         await _verify(ledger, args)
     elif cmd == "sim":
@@ -392,13 +538,21 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
 async def _verify(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
     """Verify the whole ledger, from a position, or since a saved checkpoint (saving the new one)."""
     if args.checkpoint is None:
-        head = await ledger.verify(from_position=_units.parse_position(args.from_position))
-        print(f"ok: {head} events, chain intact, projections equal a rebuild")
+        start = _units.parse_position(args.from_position)
+        head = await ledger.verify(from_position=start)
+        if args.json:
+            _print_json({"ok": True, "events": head, "from": start})
+        else:
+            print(f"ok: {head} events, chain intact, projections equal a rebuild")
         return
     since = read_checkpoint(args.checkpoint)
     checkpoint = await ledger.checkpoint(since)
     write_checkpoint(args.checkpoint, checkpoint)
     checked = f"since the checkpoint at position {since.position}" if since else "in full"
+    if args.json:
+        _print_json({"ok": True, "events": checkpoint.position, "from": since.position if since else 0,
+                     "checkpoint": args.checkpoint})
+        return
     print(f"ok: {checkpoint.position} events, chain intact, projections equal a rebuild "
           f"(checked {checked}); checkpoint saved to {args.checkpoint}")
 
@@ -440,7 +594,7 @@ async def _sim(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
     elif action == "fail":
         lookup(args.property)
         await sim.inject_fault(args.name, args.property, args.kind)
-    print(f"sim {action}: done")
+    _print_json({"sim": action, "done": True}) if args.json else print(f"sim {action}: done")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -450,6 +604,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed in one line
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    # Warnings of the library (a simulator restored, a domain a watch cannot observe): one line on stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vmledger: %(message)s"))
+    log = logging.getLogger("vmledger")
+    log.addHandler(handler)
+    try:
+        return _main(args)
+    finally:
+        log.removeHandler(handler)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args))
     except ChainBrokenError as e:
@@ -458,7 +624,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidRequestError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"vmledger: error: {e}", file=sys.stderr)
+        hint = ""
+        if isinstance(e, LedgerNotFoundError):
+            hint = f" (create it with 'vmledger --db {args.db} init', or check --db and VMLEDGER_DB)"
+        print(f"vmledger: error: {e}{hint}", file=sys.stderr)
         return EXIT_USAGE
     except VmledgerError as e:
         if args.debug:

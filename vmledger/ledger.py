@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import weakref
 from datetime import datetime, timedelta
@@ -57,15 +58,18 @@ from projections.model import Model, state_from_json
 from projections.store import DuplicateRequestError
 from projections.verify import compare, digest, domain_groups, folded_rows, paired_groups
 from vmledger._checkpoint import Checkpoint
+from vmledger.results import DomainView, DriftRow, PropertyValue, RequestRecord
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "default_principal"]
 
 _RETRIES = 20
 #: Domain states remembered for the next decision, at most (the oldest is forgotten first).
 _KNOWN_STATES = 4096
 D = TypeVar("D")
 _IMPORT_CHUNK = 2000
-SYSTEM_PRINCIPAL = "vmledger"
+#: Who asks when a caller names nobody: the user name of the process, as the CLI has it; or, when
+#: the system has no name for the user, this.
+UNKNOWN_PRINCIPAL = "unknown"
 _log = logging.getLogger("vmledger")
 
 
@@ -174,8 +178,8 @@ class Ledger:
         max_vcpus: int,
         numa_nodes: int = 1,
         cdroms: Mapping[str, str] | None = None,
-        principal: str = SYSTEM_PRINCIPAL,
-    ) -> dict[str, Any]:
+        principal: str | None = None,
+    ) -> DomainView:
         """Define a domain on the hypervisor and record `DomainDefined`; return its view.
 
         Raises:
@@ -219,7 +223,7 @@ class Ledger:
             raise
         return await self.show(name)
 
-    async def start(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> dict[str, Any]:
+    async def start(self, name: str, *, principal: str | None = None) -> DomainView:
         """Boot a domain and record `DomainStarted` with the live config the hypervisor reports.
 
         Raises:
@@ -245,7 +249,7 @@ class Ledger:
         await self._retrying(name, decide, meta)
         return await self.show(name)
 
-    async def stop(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> dict[str, Any]:
+    async def stop(self, name: str, *, principal: str | None = None) -> DomainView:
         """Shut a domain off and record `DomainStopped`.
 
         A request still waiting for its live outcome gets it first: `…Failed`
@@ -265,7 +269,7 @@ class Ledger:
         await self._retrying(name, lambda s: decide_stop(s) if s.running else [], meta)
         return await self.show(name)
 
-    async def undefine(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> None:
+    async def undefine(self, name: str, *, principal: str | None = None) -> None:
         """Remove a stopped domain and record `DomainUndefined`; its stream stays for audit.
 
         A request still waiting for an outcome gets it first: `…Failed`, since
@@ -282,7 +286,7 @@ class Ledger:
         await self.hypervisor.undefine(name)
         await self._retrying(name, decide_undefine, meta)
 
-    async def adopt(self, name: str, *, principal: str = SYSTEM_PRINCIPAL) -> dict[str, Any]:
+    async def adopt(self, name: str, *, principal: str | None = None) -> DomainView:
         """Record a domain the hypervisor already has; return its view.
 
         Records `DomainDefined` from its inactive config and, if it runs,
@@ -311,7 +315,7 @@ class Ledger:
                               _meta(principal), now=self._clock())
         return await self.show(name)
 
-    async def adopt_all(self, *, principal: str = SYSTEM_PRINCIPAL) -> list[dict[str, Any]]:
+    async def adopt_all(self, *, principal: str | None = None) -> list[DomainView]:
         """Adopt every domain the hypervisor lists that the ledger does not record yet; return their views.
 
         Raises:
@@ -320,10 +324,11 @@ class Ledger:
         list_domains = getattr(self.hypervisor, "list_domains", None)
         if list_domains is None:
             raise InvalidRequestError("this hypervisor cannot adopt existing domains (use libvirt+URI)")
-        known = {d["domain"] for d in await self.domains()}
+        known = {d.domain for d in await self.domains()}
         return [await self.adopt(n, principal=principal) for n in await list_domains() if n not in known]
 
-    async def watch(self, *, principal: str = SYSTEM_PRINCIPAL, interval: float = 60.0) -> None:
+    async def watch(self, *, principal: str | None = None, interval: float = 60.0,
+                    on_recorded: Callable[[str, RecordedEvent], None] | None = None) -> None:
         """Record out-of-band changes until cancelled: at start, when announced, and every `interval` seconds.
 
         Watching starts with one observation of every domain, which records
@@ -339,20 +344,21 @@ class Ledger:
         Each observation is `observe`'s, so a request younger than twice the
         hypervisor timeout is left to its caller.  A domain whose observation
         fails is logged as one warning (logger `vmledger`) and skipped; the
-        watch goes on.
+        watch goes on.  `on_recorded(domain, event)` is called for each event
+        the watch records, as it is recorded.
 
         Raises:
             InvalidRequestError: `interval` is not a finite number of seconds
                 above 0, or `principal` is not valid text.
             HypervisorError: the hypervisor's notifications cannot be subscribed to.
         """
-        check_principal(principal)
+        principal = check_principal(_who(principal))
         interval = check_seconds("the watch interval", interval)
         notifications = getattr(self.hypervisor, "notifications", None)
         async with contextlib.AsyncExitStack() as stack:
             # Subscribed before the first sweep: a change made during it is seen by it or announced.
             events = None if notifications is None else await stack.enter_async_context(notifications())
-            await self._sweep(principal)
+            await self._sweep(principal, on_recorded)
             loop = asyncio.get_running_loop()
             due = loop.time() + interval
             announced: asyncio.Future[tuple[str, str, Value]] | None = None
@@ -369,9 +375,9 @@ class Ledger:
                     if announced is not None and announced.done():
                         domain, _kind, _detail = announced.result()
                         announced = None
-                        await self._watch_one(domain, principal)
+                        await self._watch_one(domain, principal, on_recorded)
                     if loop.time() >= due:
-                        await self._sweep(principal)
+                        await self._sweep(principal, on_recorded)
                         due = loop.time() + interval
             finally:
                 if announced is not None:
@@ -379,19 +385,23 @@ class Ledger:
                     # The subscription closes next: let the read it was waiting on end first.
                     await asyncio.wait((announced,))
 
-    async def _sweep(self, principal: str) -> None:
+    async def _sweep(self, principal: str, on_recorded: Callable[[str, RecordedEvent], None] | None) -> None:
         """Observe every defined domain, one at a time."""
         for view in await self.domains():
-            await self._watch_one(view["domain"], principal)
+            await self._watch_one(view.domain, principal, on_recorded)
 
-    async def _watch_one(self, name: str, principal: str) -> None:
+    async def _watch_one(self, name: str, principal: str,
+                         on_recorded: Callable[[str, RecordedEvent], None] | None) -> None:
         """Observe one domain for `watch`; a failure is logged, never raised."""
         try:
-            await self.observe(name, principal=principal)
+            recorded = await self.observe(name, principal=principal)
         except InvalidRequestError:
             pass  # announced by the hypervisor, but not (or no longer) recorded by the ledger, or a name it cannot hold
         except VmledgerError as e:
             _log.warning("watch: cannot observe domain %r: %s", name, e)
+        else:
+            for event in recorded if on_recorded is not None else ():
+                on_recorded(name, event)
 
     # Requests.
 
@@ -403,19 +413,21 @@ class Ledger:
         *,
         scope: str = Scope.BOTH.value,
         request_id: str | None = None,
-        principal: str = SYSTEM_PRINCIPAL,
+        principal: str | None = None,
         reason: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> RequestRecord:
         """Request a change and record it with its outcome in every scope concerned.
 
-        Returns the request's history record.  Repeating a request id returns
-        the first record and appends nothing.
+        Returns the request's record, as `history` gives it.  Repeating a
+        request id returns the first record, marked `replayed`, and appends
+        nothing.  `principal` defaults to the user name of the process.
 
         Raises:
             InvalidRequestError: the request is malformed, or its id was used for
                 another request (nothing is written).
             UnknownDomainError, UnknownPropertyError: nothing is written.
         """
+        principal = _who(principal)
         if request_id is not None:
             check_request_id(request_id)  # looked up before anything else
         request = SetRequest(
@@ -427,7 +439,7 @@ class Ledger:
         for _ in range(_RETRIES):
             # A generated id is new: only a caller's id can have been recorded already.
             if request_id is not None and (seen := await self._seen(request)) is not None:
-                return seen
+                return RequestRecord.from_dict(seen, replayed=True)
             async with self._serial(name):
                 state, decision = await self._decide(name, self._find_for_request,
                                                      lambda s: decide_set(request, s))
@@ -462,7 +474,7 @@ class Ledger:
                 name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (),
                 meta)) and own
         if own:
-            return queries.history_record(history.history_row(request.request_id))
+            return RequestRecord.from_dict(queries.history_record(history.history_row(request.request_id)))
         return await self.request(request.request_id)
 
     async def _find_for_request(self, name: str) -> DomainState | None:
@@ -493,7 +505,7 @@ class Ledger:
         except (VmledgerError, OSError) as e:
             return LiveResult.failed(None, Reason.HYPERVISOR_ERROR, str(e) or type(e).__name__)
 
-    async def request(self, request_id: str) -> dict[str, Any]:
+    async def request(self, request_id: str) -> RequestRecord:
         """Return the history record of one request.
 
         Raises:
@@ -503,11 +515,11 @@ class Ledger:
         found = await queries.history_records(self.log.fetch_all, request_id=request_id)
         if not found:
             raise InvalidRequestError(f"unknown request id {request_id!r}")
-        return found[0]
+        return RequestRecord.from_dict(found[0])
 
     # Reads.
 
-    async def get(self, name: str, prop: str, *, scope: str = Scope.CURRENT.value) -> dict[str, Any]:
+    async def get(self, name: str, prop: str, *, scope: str = Scope.CURRENT.value) -> PropertyValue:
         """Return one property's value in the live or persistent config.
 
         Raises:
@@ -531,29 +543,33 @@ class Ledger:
         else:
             slot = slots.get(prop)
             value = slot.value if slot else None
-        return {"domain": state.name, "property": prop, "scope": scope, "value": value}
+        return PropertyValue(domain=state.name, property=prop, scope=scope, value=value)
 
-    async def show(self, name: str) -> dict[str, Any]:
+    async def show(self, name: str) -> DomainView:
         """Return both configs of a domain side by side, with capabilities, tray locks and drift.
 
         Raises:
             UnknownDomainError: no such domain.
         """
-        return queries.domain_view(await self._state(name))
+        return DomainView.from_dict(queries.domain_view(await self._state(name)))
 
-    async def domains(self) -> list[dict[str, Any]]:
+    async def domains(self) -> list[DomainView]:
         """Return the view of every defined domain, by name."""
-        return [queries.domain_view(s) for s in await queries.list_domains(self.log.fetch_all)]
+        return [DomainView.from_dict(queries.domain_view(s)) for s in await queries.list_domains(self.log.fetch_all)]
 
     async def position_of(self, as_of: int | datetime) -> int:
         """Return the log position an as-of argument names (a position or a time).
 
         Raises:
-            InvalidRequestError: neither a position from 0 to 2**63 - 1 nor a `datetime`.
+            InvalidRequestError: neither a position from 0 to 2**63 - 1 nor a `datetime`, or a
+                position past the head of the log (which would answer the present, silently).
         """
         if isinstance(as_of, datetime):
             return await self.log.position_at(as_of)
-        return check_position(as_of)
+        position = check_position(as_of)
+        if position > (head := await self.log.head()):
+            raise InvalidRequestError(f"position {position} is past the head of the log ({head})")
+        return position
 
     async def model_at(self, position: int) -> Model:
         """Return the read model folded from the first `position` events."""
@@ -562,7 +578,7 @@ class Ledger:
             model.feed(rec)
         return model
 
-    async def drift(self, name: str | None = None, *, as_of: int | datetime | None = None) -> list[dict[str, Any]]:
+    async def drift(self, name: str | None = None, *, as_of: int | datetime | None = None) -> list[DriftRow]:
         """Return where live differs from persistent, with cause, request and since when.
 
         Raises:
@@ -573,7 +589,7 @@ class Ledger:
             check_name(name)
         if as_of is None:
             uuid = (await self._state(name)).uuid if name is not None else None
-            return await queries.drift_rows(self.log.fetch_all, uuid)
+            return [DriftRow.from_dict(d) for d in await queries.drift_rows(self.log.fetch_all, uuid)]
         model = await self.model_at(await self.position_of(as_of))
         uuid = None
         if name is not None:
@@ -581,7 +597,7 @@ class Ledger:
             if not found:
                 raise UnknownDomainError(f"unknown domain {name!r} at that point")
             uuid = found[0]
-        return queries.model_drift(model, uuid)
+        return [DriftRow.from_dict(d) for d in queries.model_drift(model, uuid)]
 
     async def history(
         self,
@@ -591,7 +607,7 @@ class Ledger:
         principal: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[RequestRecord]:
         """Return every request with its outcomes, oldest first, filtered as asked.
 
         A domain's history stays when it is undefined: `name` selects the
@@ -609,8 +625,8 @@ class Ledger:
             lookup(prop)
         if principal is not None:
             check_principal(principal)
-        return await queries.history_records(
-            self.log.fetch_all, uuids=uuids, prop=prop, principal=principal, since=since, until=until)
+        return [RequestRecord.from_dict(r) for r in await queries.history_records(
+            self.log.fetch_all, uuids=uuids, prop=prop, principal=principal, since=since, until=until)]
 
     def events(self, *, from_position: int = 0, to_position: int | None = None) -> AsyncIterator[RecordedEvent]:
         """Yield recorded events after `from_position`, in order.
@@ -632,7 +648,7 @@ class Ledger:
 
     # Observation.
 
-    async def observe(self, name: str | None = None, *, principal: str = SYSTEM_PRINCIPAL) -> list[RecordedEvent]:
+    async def observe(self, name: str | None = None, *, principal: str | None = None) -> list[RecordedEvent]:
         """Compare the hypervisor's state with the log and record what differs.
 
         This is how a request its caller never finished (the process died
@@ -646,7 +662,7 @@ class Ledger:
         Raises:
             UnknownDomainError: `name` is not a defined domain.
         """
-        names = [name] if name is not None else [d["domain"] for d in await self.domains()]
+        names = [name] if name is not None else [d.domain for d in await self.domains()]
         # A request younger than this may still have its caller waiting on the hypervisor.
         stale_before = self._clock() - timedelta(seconds=2 * self._timeout)
         recorded: list[RecordedEvent] = []
@@ -813,13 +829,29 @@ class Ledger:
         return digests
 
 
-def _meta(principal: str) -> Metadata:
-    """Return the metadata of a lifecycle or observation append by `principal`.
+def default_principal() -> str:
+    """Return who asks when a caller names nobody: the user name of this process (`unknown` if it has none).
+
+    One rule for the CLI and the Python API alike.
+    """
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return UNKNOWN_PRINCIPAL
+
+
+def _who(principal: str | None) -> str:
+    """Return `principal`, or the default one when it is None."""
+    return default_principal() if principal is None else principal
+
+
+def _meta(principal: str | None) -> Metadata:
+    """Return the metadata of a lifecycle or observation append by `principal` (None: the default one).
 
     Raises:
         InvalidRequestError: the principal is not valid text.
     """
-    return Metadata(principal=check_principal(principal))
+    return Metadata(principal=check_principal(_who(principal)))
 
 
 def _outcomes_into(history: Model, recorded: list[RecordedEvent]) -> bool:

@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import functools
 import re
+import urllib.parse
 from datetime import datetime
 from typing import Any, AsyncIterator, Callable, Sequence
 
@@ -26,7 +27,13 @@ import asyncpg
 from asyncpg import exceptions as pg
 
 from eventstore.backends.common import COLUMNS, LogReads, chained_rows, record
-from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError
+from eventstore.errors import (
+    ConcurrencyError,
+    InvalidRequestError,
+    LedgerNotFoundError,
+    NotALedgerError,
+    StorageError,
+)
 from eventstore.events import Event
 from eventstore.log import Metadata, Projector, RecordedEvent, run_steps
 
@@ -126,6 +133,11 @@ def _pg(sql: str) -> str:
     return _TOKENS.sub(number, sql)
 
 
+def _database(dsn: str) -> str:
+    """Return the database name of a DSN, for messages (never its password)."""
+    return urllib.parse.urlsplit(dsn).path.lstrip("/") or "postgres"
+
+
 def _lost(e: BaseException) -> bool:
     return isinstance(e, _LOST) or (isinstance(e, asyncpg.InterfaceError) and "closed" in str(e))
 
@@ -136,6 +148,9 @@ def _storage_error(e: BaseException, *, committing: bool = False, connecting: bo
     if isinstance(e, pg.ReadOnlySQLTransactionError):
         return StorageError(f"the database is read-only for this session (default_transaction_read_only, "
                             f"or a standby server) ({e})")
+    if isinstance(e, pg.InsufficientPrivilegeError):
+        return StorageError(f"the database is read-only for this role: it lacks the privilege to write "
+                            f"({e})")
     if isinstance(e, pg.DiskFullError):
         return StorageError(f"the database server's disk is full; the failed write was not stored ({e})")
     if _lost(e):
@@ -203,14 +218,21 @@ class PostgresEventLog(LogReads):
         poll_interval: float = 1.0,
         readers: int = 4,
         connect_timeout: float = 10.0,
+        create: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.dsn = dsn
+        self.read_only = read_only
+        self._create = create and not read_only
         self._projector = projector
         self._settings = {
             "lock_timeout": f"{int(busy_timeout * 1000)}ms",
             "client_min_messages": "warning",  # no NOTICE for each `IF NOT EXISTS`
             "application_name": "vmledger",
         }
+        if read_only:
+            # A read-only log needs SELECT alone, and the server holds it to that.
+            self._settings["default_transaction_read_only"] = "on"
         self._poll = poll_interval
         self._readers = readers
         self._connect_timeout = connect_timeout
@@ -227,13 +249,18 @@ class PostgresEventLog(LogReads):
         self._open = True
         try:
             conn = self._writer = await self._connect()
-            async with conn.transaction():
-                # Serialised with appends and other processes' schema set-up:
-                # concurrent `CREATE ... IF NOT EXISTS` can collide in PostgreSQL.
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
-                for statement in (*_SCHEMA, *map(_bytewise, self._projector.schema)):
-                    await conn.execute(statement)
-                await run_steps(_Tx(conn), self._projector.upgrade())
+            await self._check_ledger(conn)
+            if self.read_only:
+                self._writer = None
+                await conn.close()
+            else:
+                async with conn.transaction():
+                    # Serialised with appends and other processes' schema set-up:
+                    # concurrent `CREATE ... IF NOT EXISTS` can collide in PostgreSQL.
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+                    for statement in (*_SCHEMA, *map(_bytewise, self._projector.schema)):
+                        await conn.execute(statement)
+                    await run_steps(_Tx(conn), self._projector.upgrade())
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self._readers, reset=_keep,
                 server_settings=self._settings, timeout=self._connect_timeout)
@@ -247,6 +274,26 @@ class PostgresEventLog(LogReads):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    async def _check_ledger(self, conn: asyncpg.Connection) -> None:
+        """Refuse a database whose schema holds tables but no log, and a missing log unless creating.
+
+        Raises:
+            NotALedgerError: the current schema holds tables but not the log's.
+            LedgerNotFoundError: it holds no log and this log may not create one.
+        """
+        tables = [r[0] for r in await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+            "ORDER BY table_name")]
+        where = f"PostgreSQL database {_database(self.dsn)!r}"
+        if "events" in tables:
+            return
+        if tables:
+            listed = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise NotALedgerError(f"the {where} holds tables but no vmledger ledger (its tables: {listed}); "
+                                  "vmledger adds nothing to it")
+        if not self._create:
+            raise LedgerNotFoundError(f"no ledger in the {where}: it holds no vmledger tables")
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn, server_settings=self._settings,
@@ -284,6 +331,8 @@ class PostgresEventLog(LogReads):
     async def _begin(self) -> asyncpg.Connection:
         """Open a transaction on the writing connection, reconnecting if the server dropped it."""
         self._need_open()
+        if self.read_only:
+            raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
         if self._settling is not None:
             # A cancelled caller's shielded COMMIT/ROLLBACK may still run on it.
             await asyncio.wait({self._settling})

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import sqlite3
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
@@ -28,7 +29,14 @@ import aiosqlite
 import attrs
 
 from eventstore.backends.common import COLUMNS, SCAN_COLUMNS, LogReads, chained_rows, record
-from eventstore.errors import ConcurrencyError, InvalidRequestError, StorageError, VmledgerError
+from eventstore.errors import (
+    ConcurrencyError,
+    InvalidRequestError,
+    LedgerNotFoundError,
+    NotALedgerError,
+    StorageError,
+    VmledgerError,
+)
 from eventstore.events import Event
 from eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync
 
@@ -57,7 +65,7 @@ T = TypeVar("T")
 
 
 # SQLite's primary result codes (the low byte of an extended code).
-_SQLITE_READONLY, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 13, 14
+_SQLITE_READONLY, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 8, 13, 14, 26
 
 
 def _storage_error(e: sqlite3.Error) -> StorageError:
@@ -78,10 +86,31 @@ def _translate(e: sqlite3.Error) -> StorageError:
     if code == _SQLITE_READONLY:
         return StorageError(f"the database is read-only for this process: check the permissions of the file "
                             f"and its directory, and the mount ({text})")
+    if code == _SQLITE_NOTADB:
+        return StorageError(f"the file is not an SQLite database, so not a vmledger ledger ({text})")
     if code == _SQLITE_CANTOPEN:
         return StorageError(f"cannot open the database file: the path must name a file in an existing, "
                             f"writable directory ({text})")
     return StorageError(f"SQLite: {text}")
+
+
+def _check_ledger(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
+    """Refuse a database that is not a vmledger ledger, and a missing ledger unless `create`.
+
+    Raises:
+        NotALedgerError: the database holds tables but not the log's.
+        LedgerNotFoundError: it holds no tables and `create` is false.
+    """
+    tables = [name for name, in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    if "events" in tables:
+        return
+    if tables:
+        listed = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise NotALedgerError(f"{path} is an SQLite database but not a vmledger ledger (its tables: {listed}); "
+                              "vmledger adds nothing to it")
+    if not create:
+        raise LedgerNotFoundError(f"no ledger at {path}: the file holds no ledger")
 
 
 @attrs.define
@@ -154,11 +183,21 @@ class SQLiteEventLog(LogReads):
     `max_pages` caps the file at that many pages (SQLite's `max_page_count`,
     which holds per connection): a write past it fails with `StorageError`
     as on a full disk.  The tests use it to run out of space.
+
+    With `create` false, a missing file, or one without the log's tables, is
+    a `LedgerNotFoundError` rather than a new ledger.  With `read_only` the
+    log opens no writing connection and needs only read permission on the
+    file: it reads through SQLite's read-only mode, and where the WAL's
+    shared-memory file cannot be set up (a directory the process cannot
+    write), as an immutable file; it never creates a ledger.  A database
+    that holds tables but not the log's is a `NotALedgerError` either way.
     """
 
     def __init__(self, path: str, projector: Projector, *, busy_timeout: float = 30.0,
-                 max_pages: int | None = None) -> None:
+                 max_pages: int | None = None, create: bool = True, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
+        self._create = create and not read_only
         self._projector = projector
         self._busy_ms = int(busy_timeout * 1000)
         self._max_pages = None if max_pages is None else int(max_pages)
@@ -179,6 +218,15 @@ class SQLiteEventLog(LogReads):
         self._parts = None if self.path == ":memory:" else _PartRows(os.path.abspath(self.path), self._busy_ms)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vmledger-sqlite-writer")
         try:
+            if self.path != ":memory:" and not self._create and not os.path.exists(self.path):
+                raise LedgerNotFoundError(f"no ledger at {self.path}: the file does not exist")
+            if self.read_only:
+                # Checked in the thread with a plain connection, for the same reason as the writer below.
+                uri = await self._run(self._read_only_uri)
+                self._reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+                await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                await self._reader.execute("PRAGMA query_only = 1")
+                return self
             # The writer first: a plain connect turns the common failures
             # (missing directory, no permission) into a clean error, where a
             # failed aiosqlite connect leaves its worker thread behind.
@@ -202,9 +250,37 @@ class SQLiteEventLog(LogReads):
         return (f"PRAGMA busy_timeout = {self._busy_ms}", "PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL",
                 *cap)
 
+    def _read_only_uri(self) -> str:
+        """Return the URI a read-only reader opens: the first of these that can read the file.
+
+        A plain open, which SQLite makes read-only by itself when the file is
+        not writable, and which can clear the WAL files it made when it
+        closes; read-only mode; and an immutable open, for a WAL file whose
+        shared-memory index cannot be made (a directory the process cannot
+        write).  The reader runs with `query_only` whichever it is.
+        """
+        base = "file:" + urllib.parse.quote(os.path.abspath(self.path))
+        for uri in (base, base + "?mode=ro", base + "?mode=ro&immutable=1"):
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            try:
+                # A WAL file needs its shared-memory index, which a reader makes
+                # beside the file: where it cannot, only an immutable open reads.
+                _check_ledger(conn, self.path, create=False)
+                return uri
+            except sqlite3.OperationalError as e:
+                if (e.sqlite_errorcode & 0xFF) not in (_SQLITE_CANTOPEN, _SQLITE_READONLY):
+                    raise
+                if "immutable" in uri:
+                    raise StorageError(f"cannot read the database file {self.path}: check its permissions "
+                                       f"and its directory's ({e})") from e
+            finally:
+                conn.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _open_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
+            _check_ledger(conn, self.path, create=self._create)
             for pragma in self._pragmas():
                 conn.execute(pragma)
             schema = (*_SCHEMA, *self._projector.schema)
@@ -251,6 +327,8 @@ class SQLiteEventLog(LogReads):
         return self._reader
 
     def _need_writer(self) -> sqlite3.Connection:
+        if self.read_only:
+            raise StorageError(f"the ledger {self.path} is open read-only")
         if self._writer is None:
             raise StorageError("the ledger is closed")
         return self._writer

@@ -86,7 +86,7 @@ def test_drift_shows_the_external_cause_the_file_recorded(url: str, tmp_path: An
     """
     async def go() -> list[dict[str, Any]]:
         async with _imported(url, tmp_path) as ledger:
-            return await ledger.drift()
+            return [d.to_dict() for d in await ledger.drift()]
 
     recorded_at = {row[0]: row[7] for row in ROWS}
     assert asyncio.run(go()) == [

@@ -219,7 +219,7 @@ def test_read_only_database_is_a_storage_error_and_loses_nothing(tmp_path: Any) 
 
 def test_database_in_a_missing_directory_is_one_line_naming_the_path_rule(tmp_path: Any) -> None:
     """A database path whose directory does not exist exits 1 with one line saying what the path must be."""
-    code, out, err = _cli(str(tmp_path / "gone" / "l.db"), "list")
+    code, out, err = _cli(str(tmp_path / "gone" / "l.db"), "init")
     assert (code, out, err) == (1, "", "vmledger: cannot open the database file: the path must name a file in an "
                                        "existing, writable directory (unable to open database file)\n")
 

@@ -337,7 +337,7 @@ async def _ledger_story(log: Any, sim_path: str) -> Any:
     await ledger.define("beta", guest_type="pv", memory=2**30, max_memory=2**31, vcpus=1, max_vcpus=2)
     answers += [await ledger.domains(), await ledger.verify(), await ledger.rebuild(), await ledger.verify(),
                 [(r.position, r.hash) async for r in ledger.events()]]
-    return json.loads(json.dumps(answers, default=str))
+    return json.loads(json.dumps(answers, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
 
 
 @pytest.mark.parametrize("collation", ["bytewise", "icu"])

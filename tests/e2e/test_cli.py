@@ -143,8 +143,9 @@ def test_repeated_request_id_appends_nothing(cli: Cli) -> None:
     """Repeating a request id prints the first outcome again and appends nothing."""
     first = cli.json("set", "web", "vcpus", "3", "--request-id", "r-1")
     head = cli.head()
-    again = cli.json("set", "web", "vcpus", "3", "--request-id", "r-1")
-    assert (again, cli.head()) == (first, head)
+    code, out, err = cli("set", "web", "vcpus", "3", "--request-id", "r-1", "--json")
+    assert ((code, json.loads(out)), cli.head()) == (first, head)
+    assert err == "vmledger: request id r-1 was recorded before: its first outcome again, nothing appended\n"
     code, _, err = cli("set", "web", "vcpus", "4", "--request-id", "r-1")
     assert (code, cli.head(), "already used" in err) == (2, head, True)
 
@@ -164,7 +165,7 @@ def test_out_of_band_config_change_is_observed_into_the_persistent_config(cli: C
     """A config change behind the ledger's back, once observed, is the persistent value and drifts external while running."""
     assert cli("sim", "config", "web", "vcpus", "3")[:2] == (0, "sim config: done\n")
     assert cli("sim", "config", "web", "memory", "8GiB") == (
-        1, "", "vmledger: memory 8589934592 is outside its bounds in the config of 'web'\n")
+        1, "", "vmledger: memory 8GiB is outside its bounds in the config of 'web'\n")
     code, out = cli.json("observe")
     assert (code, [(e["type"], e["data"]) for e in out]) == (
         0, [("PersistentValueObserved", {"previous": 2, "property": "vcpus", "value": 3})])
@@ -176,7 +177,7 @@ def test_out_of_band_config_change_is_observed_into_the_persistent_config(cli: C
 
 
 def test_watch_records_an_out_of_band_balloon_and_stops_on_interrupt(cli: Cli) -> None:
-    """`vmledger watch --interval` on the simulator records a balloon change by its sweeps and exits 130, silent, on SIGINT."""
+    """`vmledger watch --interval` on the simulator records a balloon change by its sweeps, a line each, and exits 130 on SIGINT."""
     proc = subprocess.Popen([sys.executable, "-m", "vmledger.cli", "--db", cli.db, "watch", "--interval", "0.1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -190,7 +191,10 @@ def test_watch_records_an_out_of_band_balloon_and_stops_on_interrupt(cli: Cli) -
         out, err = proc.communicate(timeout=30)
     assert [(d["property"], d["cause"], d["live"], d["request_id"]) for d in drift] == [
         ("memory", "external", 900 * MiB, None)]
-    assert (proc.returncode, out, err) == (130, "", "")
+    lines = out.splitlines()
+    assert (proc.returncode, lines[0], [line.split(" ", 1)[1] for line in lines[1:]], err) == (
+        130, f"watching every domain of sim in {cli.db}: now, as announced, and every 0.1s; interrupt to stop",
+        ["LiveValueObserved  web memory live 900MiB (the ledger had 1GiB)"], "")
 
 
 @pytest.mark.parametrize("interval,message", [
@@ -301,6 +305,7 @@ def test_verify_refuses_a_bad_start(cli: Cli, args: list[str]) -> None:
 
 def test_console_script_errors_are_one_line(tmp_path: Any) -> None:
     """The installed `vmledger` script exits 2 with one line and no traceback for an unknown domain."""
+    assert main(["--db", str(tmp_path / "l.db"), "init"]) == 0
     proc = subprocess.run(
         [sys.executable, "-m", "vmledger.cli", "--db", str(tmp_path / "l.db"), "set", "nope", "memory", "1GiB"],
         capture_output=True, text=True, timeout=60, check=False,
@@ -343,7 +348,7 @@ def test_observe_resolves_an_abandoned_request(tmp_path: Any) -> None:
             await ledger.hypervisor.apply_live("web", "memory", 2 * GiB)  # the call did reach the hypervisor
             await ledger.observe("web")
             record = await ledger.request("orphan")
-            return in_flight, record["outcomes"]["live"], await ledger.drift("web")
+            return in_flight, record["outcomes"]["live"], [d.to_dict() for d in await ledger.drift("web")]
 
     in_flight, live, drift = asyncio.run(go())
     assert (in_flight, live["status"], live["value"], drift) == ("in_flight", "applied", 2 * GiB, [

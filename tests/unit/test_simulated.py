@@ -65,7 +65,7 @@ def test_memory_increase_beyond_pool_is_partial(tmp_path):
         result = await sim.apply_live("web", "memory", 3 * GiB)
         return result, await _live(sim, "memory"), await sim.host_free()
 
-    expected = LiveResult.partial(1 * GiB + 256 * MiB, f"host had only {256 * MiB} bytes free")
+    expected = LiveResult.partial(1 * GiB + 256 * MiB, "host had only 256MiB free")
     assert asyncio.run(scenario()) == (expected, 1 * GiB + 256 * MiB, 0)
 
 
@@ -76,7 +76,7 @@ def test_memory_increase_with_empty_pool_is_partial_at_current(tmp_path):
         sim = await _running(tmp_path / "sim.json", host_free=1 * GiB)
         return await sim.apply_live("web", "memory", 2 * GiB), await sim.host_free()
 
-    assert asyncio.run(scenario()) == (LiveResult.partial(1 * GiB, "host had only 0 bytes free"), 0)
+    assert asyncio.run(scenario()) == (LiveResult.partial(1 * GiB, "host had only 0B free"), 0)
 
 
 def test_hvm_memory_refused_until_hotplug_is_on(tmp_path):

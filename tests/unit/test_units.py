@@ -14,13 +14,18 @@ from vmledger._units import format_size, parse_count, parse_size, parse_time
 @pytest.mark.parametrize("text,expected", [
     ("1073741824", 2**30), ("512MiB", 512 * 2**20), ("2GiB", 2 * 2**30), ("1.5GiB", 3 * 2**29),
     ("4KiB", 4096), ("1TiB", 2**40), ("0", 0), ("7B", 7),
+    # libvirt's scaled integers, as `virsh setmem web 2G` takes them (issue 18).
+    ("1G", 2**30), ("2048M", 2048 * 2**20), ("1GB", 10**9), ("1gb", 10**9), ("1g", 2**30), ("1gib", 2**30),
+    ("4k", 4096), ("4KB", 4000), ("3T", 3 * 2**40), ("3TB", 3 * 10**12), ("1.5G", 3 * 2**29),
+    ("1P", 2**50), ("1PB", 10**15), ("2bytes", 2), ("1 MB", 10**6),
 ])
 def test_parse_size(text: str, expected: int) -> None:
-    """A size in bytes or a binary unit parses to its exact number of bytes."""
+    """A size in bytes or a libvirt unit parses to its exact number of bytes."""
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["abc", "-5", "", "1.5", "2GB", "1 GiB x", "0.3B", "1e9", "NaN", "٣"])
+@pytest.mark.parametrize("text", ["abc", "-5", "", "1.5", "2Gi", "1 GiB x", "0.3B", "1e9", "NaN", "٣", "1GiBs", "2 G B",
+                                  "1Kib2", "1.0000001K", "1gigabyte"])
 def test_parse_size_rejects(text: str) -> None:
     """Anything but a non-negative whole number of bytes is an invalid request."""
     with pytest.raises(InvalidRequestError):

@@ -1,0 +1,7 @@
+"""`python -m vmledger`: the `vmledger` command."""
+
+import sys
+
+from vmledger.cli import main
+
+sys.exit(main())
