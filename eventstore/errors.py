@@ -7,6 +7,7 @@ __all__ = [
     "InvalidRequestError",
     "UnknownDomainError",
     "UnknownPropertyError",
+    "RequestIdReusedError",
     "ConcurrencyError",
     "ChainBrokenError",
     "StorageError",
@@ -28,6 +29,10 @@ class UnknownDomainError(InvalidRequestError):
 
 class UnknownPropertyError(InvalidRequestError):
     """Raised when a request names a property the catalogue or domain lacks; nothing is written."""
+
+
+class RequestIdReusedError(InvalidRequestError):
+    """Raised when a request id (idempotency key) was already used for another request; nothing is written."""
 
 
 class ConcurrencyError(VmledgerError):

@@ -2,14 +2,18 @@
 
 `async with vmledger.open("sqlite:///ledger.db") as ledger:` then `define`,
 `start`, `set`, `get`, `show`, `drift`, `history`, `subscribe`, `observe`,
-`rebuild`, `verify` and `checkpoint`.
+`rebuild`, `verify` and `checkpoint`; `vmledger.connect(url, token=...)`
+gives the same methods over HTTP, against `vmledger serve`.
 """
+
+from typing import Any
 
 from eventstore.errors import (
     ChainBrokenError,
     ConcurrencyError,
     HypervisorError,
     InvalidRequestError,
+    RequestIdReusedError,
     StorageError,
     UnknownDomainError,
     UnknownPropertyError,
@@ -21,12 +25,14 @@ from vmledger.ledger import Ledger
 
 __all__ = [
     "open",
+    "connect",
     "Ledger",
     "Checkpoint",
     "VmledgerError",
     "InvalidRequestError",
     "UnknownDomainError",
     "UnknownPropertyError",
+    "RequestIdReusedError",
     "ConcurrencyError",
     "ChainBrokenError",
     "StorageError",
@@ -34,3 +40,12 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # `connect` needs httpx (the `serve` extra): imported on first use, so `open` works without it.
+    if name == "connect":
+        from vmledger.remote import connect
+
+        return connect
+    raise AttributeError(f"module 'vmledger' has no attribute {name!r}")

@@ -25,6 +25,7 @@ from eventstore.log import RecordedEvent
 from vmledger import _units
 from vmledger._checkpoint import read_checkpoint, write_checkpoint
 from vmledger._compose import DEFAULT_DB
+from vmledger.service import commands as service_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=os.environ.get("VMLEDGER_TIMEOUT", "10"),
                         help="seconds to wait for the hypervisor before recording a timeout (env VMLEDGER_TIMEOUT; default %(default)s)")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
+    parser.add_argument("--url", default=os.environ.get("VMLEDGER_URL"),
+                        help="run the command against the vmledger server at URL instead of --db, with the token "
+                        "in env VMLEDGER_TOKEN and a CA file in env VMLEDGER_CA (env VMLEDGER_URL)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -196,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("state", choices=["on", "off"])
     s = simsub.add_parser("fail", help="make the next live change of a property fail")
     s.add_argument("name"), s.add_argument("property"), s.add_argument("kind", choices=["error", "timeout"])
+    service_commands.add_commands(sub, _Parser)
     return parser
 
 
@@ -273,7 +278,13 @@ async def _run(args: argparse.Namespace) -> int:
         from vmledger._demo import run_demo
 
         return await run_demo(args.db if args.db != DEFAULT_DB or "VMLEDGER_DB" in os.environ else None)
-    async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout) as ledger:
+    if args.command in service_commands.COMMANDS:
+        return await service_commands.run_command(args)
+    if args.url:
+        opened = vmledger.connect(args.url, token=os.environ.get("VMLEDGER_TOKEN"), ca=os.environ.get("VMLEDGER_CA"))
+    else:
+        opened = vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout)
+    async with opened as ledger:
         return await _dispatch(ledger, args)
 
 
@@ -421,7 +432,7 @@ async def _sim(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
     from adapters.simulated import SimulatedHypervisor
 
     sim = ledger.hypervisor
-    if not isinstance(sim, SimulatedHypervisor):
+    if not isinstance(sim, SimulatedHypervisor) and not getattr(sim, "simulated", False):
         raise InvalidRequestError("'vmledger sim' needs the simulated hypervisor (--hypervisor sim)")
     action = args.sim_command
     if action == "balloon":
