@@ -38,6 +38,8 @@ __all__ = [
     "error_from_problem",
     "ForbiddenError",
     "UnauthorizedError",
+    "PreconditionFailedError",
+    "problem_of",
 ]
 
 #: The prefix of every problem's `type` URI; the code follows it.
@@ -50,6 +52,13 @@ class UnauthorizedError(VmledgerError):
 
 class ForbiddenError(VmledgerError):
     """Raised when a server refuses a request its token's role does not allow (HTTP 403)."""
+
+
+class PreconditionFailedError(ConcurrencyError):
+    """Raised when `If-Match` names a version the domain's stream has moved past (HTTP 412); nothing is written."""
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        super().__init__(stream, expected, actual, detail="If-Match names an older version of the domain")
 
 
 @attrs.frozen(kw_only=True)
@@ -68,6 +77,7 @@ ERROR_CODES: dict[type[VmledgerError], ErrorCode] = {
     RequestIdReusedError: ErrorCode(code="request_id_reused", status=409,
                                     title="Request id already used for another request"),
     InvalidRequestError: ErrorCode(code="invalid_request", status=422, title="Invalid request"),
+    PreconditionFailedError: ErrorCode(code="precondition_failed", status=412, title="The domain moved"),
     ConcurrencyError: ErrorCode(code="concurrency", status=409, title="The domain's stream moved"),
     ChainBrokenError: ErrorCode(code="chain_broken", status=409, title="The ledger is damaged"),
     HypervisorError: ErrorCode(code="hypervisor_error", status=409, title="The hypervisor refused"),
@@ -113,7 +123,7 @@ def error_from_problem(problem: Mapping[str, Any], status: int) -> VmledgerError
         return ChainBrokenError(int(problem.get("position", 0)), str(problem.get("damage", detail)))
     error = cls.__new__(cls)
     Exception.__init__(error, detail)
-    if cls is ConcurrencyError:
+    if issubclass(cls, ConcurrencyError):
         error.stream, error.expected, error.actual = (
             problem.get("stream", ""), problem.get("expected", 0), problem.get("actual", 0))
     return error

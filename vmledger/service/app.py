@@ -31,7 +31,7 @@ from eventstore.catalogue import lookup
 from eventstore.errors import InvalidRequestError, UnknownDomainError, VmledgerError
 from vmledger import _units
 from vmledger._checkpoint import Checkpoint
-from vmledger._wire import ForbiddenError, UnauthorizedError, event_json, plain, problem_of
+from vmledger._wire import ForbiddenError, PreconditionFailedError, UnauthorizedError, event_json, plain, problem_of
 from vmledger.service.metrics import Metrics
 from vmledger.service.schema import (
     AdoptBody,
@@ -153,10 +153,6 @@ def _internal_error(request: Request, exc: Exception) -> Response[Any]:
                              "detail": f"internal error: {type(exc).__name__}", "code": "internal"})
 
 
-class PreconditionFailedError(VmledgerError):
-    """Raised when `If-Match` names a version the domain's stream has moved past (HTTP 412)."""
-
-
 def _problems(*statuses: int) -> dict[int, ResponseSpec]:
     words = {401: "no valid bearer token", 403: "the token's role does not allow this",
              404: "unknown domain, property, request or token", 409: "a conflict (request id reused, "
@@ -194,16 +190,17 @@ async def define_domain(request: Request, data: DefineBody) -> Response[DomainVi
     return Response(plain(view), status_code=201, headers=await _etag(request, data.name))
 
 
-async def _version(request: Request, name: str) -> int:
+async def _stream(request: Request, name: str) -> tuple[str, int]:
+    """Return a defined domain's stream and its version."""
     rows = await _svc(request).ledger.log.fetch_all(
-        "SELECT version FROM domains WHERE name = ? AND defined = 1", (name,))
+        "SELECT uuid, version FROM domains WHERE name = ? AND defined = 1", (name,))
     if not rows:
         raise UnknownDomainError(f"unknown domain {name!r}")
-    return int(rows[0][0])
+    return str(rows[0][0]), int(rows[0][1])
 
 
 async def _etag(request: Request, name: str) -> dict[str, str]:
-    return {"ETag": f'"{await _version(request, name)}"'}
+    return {"ETag": f'"{(await _stream(request, name))[1]}"'}
 
 
 @get("/v1/domains/{name:str}", opt=READ, responses=_problems(404), security=_SECURITY, tags=["domains"])
@@ -237,9 +234,18 @@ async def stop_domain(request: Request, name: str) -> DomainView:
 # Requests.
 
 
-def _matches(if_match: str, version: int) -> bool:
-    tags = [t.strip().removeprefix("W/").strip('"') for t in if_match.split(",")]
-    return "*" in tags or str(version) in tags
+def _expected(if_match: str) -> int | None:
+    """Return the version an If-Match header names (None for `*`).
+
+    Raises:
+        InvalidRequestError: it names no version.
+    """
+    tag = if_match.strip().removeprefix("W/").strip('"')
+    if tag == "*":
+        return None
+    if not (tag.isascii() and tag.isdigit() and len(tag) < 19):
+        raise InvalidRequestError(f"If-Match must be the domain's ETag (its version), not {if_match!r}")
+    return int(tag)
 
 
 @post("/v1/domains/{name:str}/requests", opt=OPERATE, responses=_problems(404, 409, 412), security=_SECURITY,
@@ -255,8 +261,11 @@ async def set_property(
 ) -> Response[RequestRecord]:
     """Request a property change; the answer is the request with its outcome per scope, also when not applied."""
     svc = _svc(request)
-    if if_match is not None and not _matches(if_match, version := await _version(request, name)):
-        raise PreconditionFailedError(f"domain {name!r} is at version {version}, not {if_match}")
+    if if_match is not None and (expected := _expected(if_match)) is not None:
+        # Checked before the ledger decides: a writer of another process in between is not caught.
+        stream, version = await _stream(request, name)
+        if version != expected:
+            raise PreconditionFailedError(stream, expected, version)
     record = await svc.ledger.set(name, data.property, data.value, scope=data.scope, request_id=idempotency_key,
                                   principal=principal(request), reason=data.reason)
     record = plain(record)
@@ -273,9 +282,11 @@ async def show_request(request: Request, request_id: str) -> RequestRecord:
 
 @get("/v1/domains/{name:str}/properties/{prop:str}", opt=READ, responses=_problems(404), security=_SECURITY,
      tags=["domains"])
-async def get_property(request: Request, name: str, prop: str, scope: str = "current") -> PropertyValue:
+async def get_property(request: Request, name: str, prop: str,
+                       in_scope: str = Parameter(query="scope", default="current",
+                                                 description="live, persistent or current")) -> PropertyValue:
     """Show one property's value in the live or persistent config (current: live if running)."""
-    return plain(await _svc(request).ledger.get(name, prop, scope=scope))
+    return plain(await _svc(request).ledger.get(name, prop, scope=in_scope))
 
 
 # Queries.
