@@ -103,14 +103,7 @@ class Served:
 
 
 def _head(client: Any) -> int:
-    last = 0
-    params: dict[str, Any] = {"from": 0, "limit": 10000}
-    while True:
-        page = client.get("/v1/events", params=params).raise_for_status().json()
-        if not page:
-            return last
-        last = page[-1]["position"]
-        params = {"from": last, "limit": 10000}
+    return client.get("/v1/head").raise_for_status().json()["position"]
 
 
 def start(db: str, log_path: str, *args: str, tokens: dict[str, str] | None = None,

@@ -12,7 +12,7 @@ import asyncio
 import json
 import urllib.parse
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Annotated, Any, AsyncIterator, Callable, Literal, Optional
 
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
@@ -21,8 +21,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import Parameter
+from litestar.openapi.spec import Components, Example, SecurityScheme
+from litestar.params import Body, Parameter
 from litestar.response import Stream
 
 import vmledger
@@ -182,7 +182,12 @@ async def list_domains(request: Request) -> list[DomainView]:
 
 
 @post("/v1/domains", opt=OPERATE, responses=_problems(409), security=_SECURITY, tags=["domains"])
-async def define_domain(request: Request, data: DefineBody) -> Response[DomainView]:
+async def define_domain(
+    request: Request,
+    data: Annotated[DefineBody, Body(examples=[Example(summary="a paravirtual guest with a CD-ROM", value={
+        "name": "web2", "guest_type": "pv", "memory": 2**30, "max_memory": 2**32, "vcpus": 2, "max_vcpus": 4,
+        "cdroms": {"hdc": ""}})])],
+) -> Response[DomainView]:
     """Define a domain on the hypervisor and record it."""
     view = await _svc(request).ledger.define(
         data.name, guest_type=data.guest_type, memory=data.memory, max_memory=data.max_memory, vcpus=data.vcpus,
@@ -253,7 +258,10 @@ def _expected(if_match: str) -> int | None:
 async def set_property(
     request: Request,
     name: str,
-    data: SetBody,
+    data: Annotated[SetBody, Body(examples=[
+        Example(summary="more memory, live and persistent", value={"property": "memory", "value": 2**31}),
+        Example(summary="another CD-ROM", value={"property": "media:hdc", "value": "/iso/b.iso", "scope": "live"}),
+    ])],
     idempotency_key: Optional[str] = Parameter(header="Idempotency-Key", default=None,
                                                description="the request id: repeating it appends nothing"),
     if_match: Optional[str] = Parameter(header="If-Match", default=None,
@@ -283,7 +291,7 @@ async def show_request(request: Request, request_id: str) -> RequestRecord:
 @get("/v1/domains/{name:str}/properties/{prop:str}", opt=READ, responses=_problems(404), security=_SECURITY,
      tags=["domains"])
 async def get_property(request: Request, name: str, prop: str,
-                       in_scope: str = Parameter(query="scope", default="current",
+                       in_scope: Literal["live", "persistent", "current"] = Parameter(query="scope", default="current",
                                                  description="live, persistent or current")) -> PropertyValue:
     """Show one property's value in the live or persistent config (current: live if running)."""
     return plain(await _svc(request).ledger.get(name, prop, scope=in_scope))
@@ -352,6 +360,12 @@ async def events(
         await iterator.aclose()
     more = len(page) == limit and (to is None or page[-1]["position"] < to)
     return Response(page, headers=_next_link(request, **{"from": page[-1]["position"]}) if more else None)
+
+
+@get("/v1/head", opt=READ, responses=_problems(), security=_SECURITY, tags=["events"])
+async def head(request: Request) -> Position:
+    """Return the position of the last event (0 for an empty log)."""
+    return {"position": await _svc(request).ledger.log.head()}
 
 
 @get("/v1/events/stream", opt=READ, responses=_problems(), security=_SECURITY, tags=["events"],
@@ -567,15 +581,46 @@ async def metrics(request: Request) -> bytes:
     return svc.metrics.render()
 
 
+#: OpenAPI links: (method, path, status) of an answer -> (method, path) of the operations its body names.
+_DOMAIN = {"name": "$response.body#/domain"}
+LINKS: dict[tuple[str, str, str], dict[tuple[str, str], dict[str, str]]] = {
+    ("post", "/v1/domains", "201"): {
+        ("get", "/v1/domains/{name}"): _DOMAIN, ("post", "/v1/domains/{name}/start"): _DOMAIN,
+        ("post", "/v1/domains/{name}/requests"): _DOMAIN, ("delete", "/v1/domains/{name}"): _DOMAIN,
+        ("get", "/v1/domains/{name}/properties/{prop}"): _DOMAIN},
+    ("post", "/v1/domains/{name}/start", "200"): {
+        ("post", "/v1/domains/{name}/requests"): _DOMAIN, ("post", "/v1/domains/{name}/stop"): _DOMAIN},
+    ("post", "/v1/domains/{name}/stop", "200"): {
+        ("post", "/v1/domains/{name}/start"): _DOMAIN, ("delete", "/v1/domains/{name}"): _DOMAIN},
+    ("post", "/v1/domains/{name}/requests", "201"): {
+        ("get", "/v1/requests/{request_id}"): {"request_id": "$response.body#/request_id"},
+        ("get", "/v1/domains/{name}"): _DOMAIN},
+    ("post", "/v1/tokens", "201"): {("delete", "/v1/tokens/{name}"): {"name": "$response.body#/name"}},
+}
+
+
+def openapi_document(app: Litestar) -> dict[str, Any]:
+    """Return the OpenAPI 3.1 document of `app`: what Litestar generates from the handlers, with `LINKS`."""
+    doc = app.openapi_schema.to_schema()
+    paths = doc["paths"]
+    for (method, path, status), targets in LINKS.items():
+        response = paths[path][method]["responses"][status]
+        response["links"] = {
+            paths[target][verb]["operationId"]: {"operationId": paths[target][verb]["operationId"],
+                                                 "parameters": parameters}
+            for (verb, target), parameters in targets.items()}
+    return doc
+
+
 @get("/openapi.json", include_in_schema=False)
 async def openapi(request: Request) -> Response[dict[str, Any]]:
     """Return the OpenAPI 3.1 document of this API, generated from the handlers."""
-    return Response(request.app.openapi_schema.to_schema(), media_type="application/json")
+    return Response(openapi_document(request.app), media_type="application/json")
 
 
 HANDLERS: list[Callable[..., Any]] = [
     list_domains, define_domain, show_domain, undefine_domain, start_domain, stop_domain, set_property,
-    show_request, get_property, drift, history, events, event_stream, observe, adopt, verify, rebuild, export,
+    show_request, get_property, drift, history, events, head, event_stream, observe, adopt, verify, rebuild, export,
     import_log, list_tokens, add_token, revoke_token, sim, healthz, readyz, metrics, openapi,
 ]
 

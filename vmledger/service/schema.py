@@ -8,7 +8,7 @@ a client may rely on, and a result may carry more.
 
 from __future__ import annotations
 
-from typing import Any, Optional, TypedDict, Union
+from typing import Any, Literal, Optional, TypedDict, Union
 
 import attrs
 
@@ -27,7 +27,7 @@ class DefineBody:
     """A domain to define: sizes in bytes, counts, and CD-ROM devices mapped to media paths."""
 
     name: str
-    guest_type: str
+    guest_type: Literal["pv", "hvm"]
     memory: int
     max_memory: int
     vcpus: int
@@ -42,7 +42,7 @@ class SetBody:
 
     property: str
     value: Union[int, str]
-    scope: str = "both"
+    scope: Literal["live", "persistent", "both", "current"] = "both"
     reason: Optional[str] = None
 
 
@@ -77,7 +77,7 @@ class TokenBody:
     """A token to create: its name (the principal it records) and role."""
 
     name: str
-    role: str
+    role: Literal["reader", "operator", "admin"]
 
 
 @attrs.frozen(kw_only=True)
@@ -195,7 +195,7 @@ class TokenInfo(TypedDict):
     """A token's public fields; never its secret."""
 
     name: str
-    role: str
+    role: Literal["reader", "operator", "admin"]
     created_at: str
 
 
@@ -203,7 +203,7 @@ class NewToken(TypedDict):
     """A token just created, with its secret, shown this once."""
 
     name: str
-    role: str
+    role: Literal["reader", "operator", "admin"]
     token: str
 
 
