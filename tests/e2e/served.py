@@ -50,10 +50,28 @@ def _child_defaults() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def cli(db: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(db: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+        cwd: str | None = None) -> subprocess.CompletedProcess:
     """Run `vmledger --db DB ARGS` in a subprocess; return what it did."""
     return subprocess.run([sys.executable, "-m", "vmledger.cli", "--db", db, *args], capture_output=True, text=True,
-                          timeout=timeout, check=False, env=_env(env), stdin=subprocess.DEVNULL)
+                          timeout=timeout, check=False, env=_env(env), stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+def make_tokens(db: str, roles: dict[str, str]) -> dict[str, str]:
+    """Create tokens by name and role through the token store `vmledger token add` uses, in one go."""
+    import asyncio
+
+    from vmledger.service.tokens import TokenStore
+
+    async def go() -> dict[str, str]:
+        store = TokenStore(db, _no_reads)  # adding writes only
+        return {name: await store.add(name, role) for name, role in roles.items()}
+
+    return asyncio.run(go())
+
+
+async def _no_reads(sql: str, params: Any) -> list:
+    raise AssertionError("adding tokens reads nothing")
 
 
 def add_token(db: str, name: str, role: str) -> str:
@@ -109,12 +127,13 @@ def _head(client: Any) -> int:
 def start(db: str, log_path: str, *args: str, tokens: dict[str, str] | None = None,
           env: dict[str, str] | None = None) -> Served:
     """Start `vmledger serve` on a free port of 127.0.0.1 and wait until it listens."""
-    tokens = dict(tokens) if tokens is not None else {n: add_token(db, n, r) for n, r in ROLES.items()}
+    tokens = dict(tokens) if tokens is not None else make_tokens(db, ROLES)
     log = open(log_path, "ab")
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vmledger.cli", "--db", db, "--timeout", "0.5", "serve", "--port", "0", *args],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_env(env), preexec_fn=_child_defaults)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_env(env), preexec_fn=_child_defaults,
+            cwd=os.path.dirname(log_path))  # where the simulator keeps its state for a PostgreSQL ledger
     finally:
         log.close()
     deadline = time.monotonic() + _STARTUP_SECONDS

@@ -48,7 +48,7 @@ def api_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         db = f"sqlite:///{root}/ledger.db"
     else:
         db = create_database(request.getfixturevalue("pg_dsn"), f"schema_{next(_servers)}")
-    with served(db, str(root / "server.log"), env={"HOME": str(root)}) as server:
+    with served(db, str(root / "server.log")) as server:
         with server.client("alice") as c:
             for name, guest in (("web", "pv"), ("db", "hvm")):
                 assert c.post("/v1/domains", json={"name": name, "guest_type": guest, "memory": 2**30,

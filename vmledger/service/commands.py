@@ -21,6 +21,8 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                    help="port to listen on, 0 for any free one (default %(default)s)")
     p.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
     p.add_argument("--keyfile", help="the PEM private key of --certfile")
+    p.add_argument("--heartbeat", type=float, default=15.0, metavar="SECONDS",
+                   help="seconds between heartbeat comments on an idle event stream (default %(default)s)")
     text = "manage the bearer tokens of the HTTP service (stored hashed in the ledger's database)"
     token = sub.add_parser("token", help=text, description=text)
     actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION", parser_class=parser_class)
@@ -43,7 +45,7 @@ async def run_command(args: argparse.Namespace) -> int:
         from vmledger.service.run import serve
 
         return await serve(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout, host=args.host,
-                           port=args.port, certfile=args.certfile, keyfile=args.keyfile)
+                           port=args.port, certfile=args.certfile, keyfile=args.keyfile, heartbeat=args.heartbeat)
     async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout) as ledger:
         tokens = TokenStore(args.db, ledger.log.fetch_all)
         if args.token_command == "add":

@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, TextIO
 import uvicorn
 
 import vmledger
+from eventstore.catalogue import check_seconds
 from eventstore.errors import InvalidRequestError
 from vmledger.service.app import Service, create_app
 from vmledger.service.metrics import Metrics, TimedLog
@@ -125,7 +126,7 @@ async def serve(
     certfile: str | None = None,
     keyfile: str | None = None,
     log: TextIO = sys.stderr,
-    heartbeat: float | None = None,
+    heartbeat: float = 15.0,
 ) -> int:
     """Serve the ledger at `db` over HTTP (HTTPS with `certfile` and `keyfile`) until SIGTERM or SIGINT.
 
@@ -144,7 +145,7 @@ async def serve(
         ledger.log = TimedLog(ledger.log, metrics)
         tokens = TokenStore(db, ledger.log.fetch_all)
         await tokens.create_table()
-        service = Service(ledger, tokens, metrics=metrics, **({} if heartbeat is None else {"heartbeat": heartbeat}))
+        service = Service(ledger, tokens, metrics=metrics, heartbeat=check_seconds("the heartbeat", heartbeat))
         app = RequestLog(create_app(service), metrics, log)
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", server_header=False,
