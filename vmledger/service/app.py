@@ -22,7 +22,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, Example, SecurityScheme
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, FromQuery, JSONBody, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
 import vmledger
@@ -195,7 +195,7 @@ async def define_domain(
     return Response(plain(view), status_code=201, headers=await _etag(request, data.name))
 
 
-async def _stream(request: Request, name: str) -> tuple[str, int]:
+async def _stream(request: Request, name: FromPath[str]) -> tuple[str, int]:
     """Return a defined domain's stream and its version."""
     rows = await _svc(request).ledger.log.fetch_all(
         "SELECT uuid, version FROM domains WHERE name = ? AND defined = 1", (name,))
@@ -204,12 +204,12 @@ async def _stream(request: Request, name: str) -> tuple[str, int]:
     return str(rows[0][0]), int(rows[0][1])
 
 
-async def _etag(request: Request, name: str) -> dict[str, str]:
+async def _etag(request: Request, name: FromPath[str]) -> dict[str, str]:
     return {"ETag": f'"{(await _stream(request, name))[1]}"'}
 
 
 @get("/v1/domains/{name:str}", opt=READ, responses=_problems(404), security=_SECURITY, tags=["domains"])
-async def show_domain(request: Request, name: str) -> Response[DomainView]:
+async def show_domain(request: Request, name: FromPath[str]) -> Response[DomainView]:
     """Show both configs of a domain, its capabilities, tray locks and drift; `ETag` is its stream version."""
     view = await _svc(request).ledger.show(name)
     return Response(plain(view), headers=await _etag(request, name))
@@ -217,21 +217,21 @@ async def show_domain(request: Request, name: str) -> Response[DomainView]:
 
 @delete("/v1/domains/{name:str}", opt=OPERATE, responses=_problems(404, 409), security=_SECURITY,
         tags=["domains"], status_code=204)
-async def undefine_domain(request: Request, name: str) -> None:
+async def undefine_domain(request: Request, name: FromPath[str]) -> None:
     """Remove a stopped domain; its history stays."""
     await _svc(request).ledger.undefine(name, principal=principal(request))
 
 
 @post("/v1/domains/{name:str}/start", opt=OPERATE, responses=_problems(404, 409), security=_SECURITY,
       tags=["domains"], status_code=200)
-async def start_domain(request: Request, name: str) -> DomainView:
+async def start_domain(request: Request, name: FromPath[str]) -> DomainView:
     """Boot a domain and record the live config the hypervisor reports."""
     return plain(await _svc(request).ledger.start(name, principal=principal(request)))
 
 
 @post("/v1/domains/{name:str}/stop", opt=OPERATE, responses=_problems(404, 409), security=_SECURITY,
       tags=["domains"], status_code=200)
-async def stop_domain(request: Request, name: str) -> DomainView:
+async def stop_domain(request: Request, name: FromPath[str]) -> DomainView:
     """Shut a domain off."""
     return plain(await _svc(request).ledger.stop(name, principal=principal(request)))
 
@@ -257,14 +257,14 @@ def _expected(if_match: str) -> int | None:
       tags=["requests"], status_code=201)
 async def set_property(
     request: Request,
-    name: str,
+    name: FromPath[str],
     data: Annotated[SetBody, Body(examples=[
         Example(summary="more memory, live and persistent", value={"property": "memory", "value": 2**31}),
         Example(summary="another CD-ROM", value={"property": "media:hdc", "value": "/iso/b.iso", "scope": "live"}),
     ])],
-    idempotency_key: Optional[str] = Parameter(header="Idempotency-Key", default=None,
+    idempotency_key: Optional[str] = HeaderParameter(name="Idempotency-Key", default=None,
                                                description="the request id: repeating it appends nothing"),
-    if_match: Optional[str] = Parameter(header="If-Match", default=None,
+    if_match: Optional[str] = HeaderParameter(name="If-Match", default=None,
                                         description="the domain's stream version (its ETag) the request expects"),
 ) -> Response[RequestRecord]:
     """Request a property change; the answer is the request with its outcome per scope, also when not applied."""
@@ -283,15 +283,15 @@ async def set_property(
 
 
 @get("/v1/requests/{request_id:str}", opt=READ, responses=_problems(404), security=_SECURITY, tags=["requests"])
-async def show_request(request: Request, request_id: str) -> RequestRecord:
+async def show_request(request: Request, request_id: FromPath[str]) -> RequestRecord:
     """Show one request with its outcomes."""
     return plain(await _svc(request).ledger.request(request_id))
 
 
 @get("/v1/domains/{name:str}/properties/{prop:str}", opt=READ, responses=_problems(404), security=_SECURITY,
      tags=["domains"])
-async def get_property(request: Request, name: str, prop: str,
-                       in_scope: Literal["live", "persistent", "current"] = Parameter(query="scope", default="current",
+async def get_property(request: Request, name: FromPath[str], prop: FromPath[str],
+                       in_scope: Literal["live", "persistent", "current"] = QueryParameter(name="scope", default="current",
                                                  description="live, persistent or current")) -> PropertyValue:
     """Show one property's value in the live or persistent config (current: live if running)."""
     return plain(await _svc(request).ledger.get(name, prop, scope=in_scope))
@@ -308,8 +308,8 @@ def _as_of(text: str | None) -> int | datetime | None:
 
 
 @get("/v1/drift", opt=READ, responses=_problems(404), security=_SECURITY, tags=["queries"])
-async def drift(request: Request, domain: Optional[str] = None,
-                as_of: Optional[str] = Parameter(query="as_of", default=None,
+async def drift(request: Request, domain: FromQuery[Optional[str]] = None,
+                as_of: Optional[str] = QueryParameter(name="as_of", default=None,
                                                  description="a log position or an ISO time")) -> list[DriftRow]:
     """List where live differs from persistent, with cause, request and since when; `as_of` travels in time."""
     return plain(await _svc(request).ledger.drift(domain, as_of=_as_of(as_of)))
@@ -324,13 +324,13 @@ def _next_link(request: Request, **changes: Any) -> dict[str, str]:
 @get("/v1/history", opt=READ, responses=_problems(404), security=_SECURITY, tags=["queries"])
 async def history(
     request: Request,
-    domain: Optional[str] = None,
-    prop: Optional[str] = Parameter(query="property", default=None),
-    by: Optional[str] = Parameter(query="principal", default=None),
-    since: Optional[str] = Parameter(default=None, description="ISO time"),
-    until: Optional[str] = Parameter(default=None, description="ISO time"),
-    limit: int = Parameter(default=_PAGE, ge=1, le=_MAX_PAGE),
-    cursor: int = Parameter(default=0, ge=0, le=2**62, description="from the Link rel=next of the previous page"),
+    domain: FromQuery[Optional[str]] = None,
+    prop: Optional[str] = QueryParameter(name="property", default=None),
+    by: Optional[str] = QueryParameter(name="principal", default=None),
+    since: Optional[str] = QueryParameter(default=None, description="ISO time"),
+    until: Optional[str] = QueryParameter(default=None, description="ISO time"),
+    limit: int = QueryParameter(default=_PAGE, ge=1, le=_MAX_PAGE),
+    cursor: int = QueryParameter(default=0, ge=0, le=2**62, description="from the Link rel=next of the previous page"),
 ) -> Response[list[RequestRecord]]:
     """List requests with their outcomes, oldest first, a page at a time (`Link: rel="next"`)."""
     records = await _svc(request).ledger.history(
@@ -344,9 +344,9 @@ async def history(
 @get("/v1/events", opt=READ, responses=_problems(), security=_SECURITY, tags=["events"])
 async def events(
     request: Request,
-    start: int = Parameter(query="from", default=0, ge=0, le=2**63 - 1, description="after this position"),
-    to: Optional[int] = Parameter(query="to", default=None, ge=0, le=2**63 - 1, description="up to this position"),
-    limit: int = Parameter(default=1000, ge=1, le=10000),
+    start: int = QueryParameter(name="from", default=0, ge=0, le=2**63 - 1, description="after this position"),
+    to: Optional[int] = QueryParameter(name="to", default=None, ge=0, le=2**63 - 1, description="up to this position"),
+    limit: int = QueryParameter(default=1000, ge=1, le=10000),
 ) -> Response[list[EventRecord]]:
     """List recorded events after `from`, in order, a page at a time (`Link: rel="next"`)."""
     page: list[dict[str, Any]] = []
@@ -372,8 +372,8 @@ async def head(request: Request) -> Position:
      media_type="text/event-stream")
 async def event_stream(
     request: Request,
-    start: int = Parameter(query="from", default=0, ge=0, le=2**63 - 1, description="after this position"),
-    last_event_id: Optional[str] = Parameter(header="Last-Event-ID", default=None,
+    start: int = QueryParameter(name="from", default=0, ge=0, le=2**63 - 1, description="after this position"),
+    last_event_id: Optional[str] = HeaderParameter(name="Last-Event-ID", default=None,
                                              description="resume after this position (wins over from)"),
 ) -> Stream:
     """Stream every event after `from` as Server-Sent Events, then follow new ones; `id:` is the position."""
@@ -417,14 +417,14 @@ async def _sse(svc: Service, subscription: AsyncIterator[Any]) -> AsyncIterator[
 
 @post("/v1/observe", opt=OPERATE, responses=_problems(404, 409), security=_SECURITY, tags=["observation"],
       status_code=200)
-async def observe(request: Request, domain: Optional[str] = None) -> list[EventRecord]:
+async def observe(request: Request, domain: FromQuery[Optional[str]] = None) -> list[EventRecord]:
     """Compare the hypervisor with the log and record what differs; resolve abandoned requests."""
     return plain(await _svc(request).ledger.observe(domain, principal=principal(request)))
 
 
 @post("/v1/adopt", opt=OPERATE, responses=_problems(409), security=_SECURITY, tags=["observation"],
       status_code=200)
-async def adopt(request: Request, data: AdoptBody) -> list[DomainView]:
+async def adopt(request: Request, data: JSONBody[AdoptBody]) -> list[DomainView]:
     """Record domains the hypervisor already has, by name or all of them."""
     ledger = _svc(request).ledger
     if bool(data.names) == data.all:
@@ -438,7 +438,7 @@ async def adopt(request: Request, data: AdoptBody) -> list[DomainView]:
 
 
 @post("/v1/verify", opt=ADMIN, responses=_problems(409), security=_SECURITY, tags=["maintenance"], status_code=200)
-async def verify(request: Request, data: VerifyBody) -> dict[str, Any]:
+async def verify(request: Request, data: JSONBody[VerifyBody]) -> dict[str, Any]:
     """Check the hash chain and that projections equal a rebuild; with `checkpoint`, answer a checkpoint."""
     ledger = _svc(request).ledger
     if data.since is not None or data.checkpoint:
@@ -461,7 +461,7 @@ async def rebuild(request: Request) -> Position:
 
 
 @get("/v1/export", opt=ADMIN, responses=_problems(), security=_SECURITY, tags=["maintenance"], media_type=NDJSON)
-async def export(request: Request, start: int = Parameter(query="from", default=0, ge=0, le=2**63 - 1)) -> Stream:
+async def export(request: Request, start: int = QueryParameter(name="from", default=0, ge=0, le=2**63 - 1)) -> Stream:
     """Stream the log as export lines (NDJSON), every stored field with its hash link."""
     lines = _svc(request).ledger.export(from_position=start)
 
@@ -495,7 +495,7 @@ async def list_tokens(request: Request) -> list[TokenInfo]:
 
 
 @post("/v1/tokens", opt=ADMIN, responses=_problems(409), security=_SECURITY, tags=["tokens"], status_code=201)
-async def add_token(request: Request, data: TokenBody) -> NewToken:
+async def add_token(request: Request, data: JSONBody[TokenBody]) -> NewToken:
     """Create a token; its secret is in this answer only."""
     secret = await _svc(request).tokens.add(data.name, data.role)
     return {"name": data.name, "role": data.role, "token": secret}
@@ -503,7 +503,7 @@ async def add_token(request: Request, data: TokenBody) -> NewToken:
 
 @delete("/v1/tokens/{name:str}", opt=ADMIN, responses=_problems(404), security=_SECURITY, tags=["tokens"],
         status_code=204)
-async def revoke_token(request: Request, name: str) -> None:
+async def revoke_token(request: Request, name: FromPath[str]) -> None:
     """Revoke a token: it is refused from the next request on, by every server of the database."""
     await _svc(request).tokens.revoke(name)
 
@@ -521,7 +521,7 @@ def _need(value: Any, what: str) -> Any:
 
 @post("/v1/sim/{action:str}", opt=ADMIN, responses=_problems(404, 409), security=_SECURITY, tags=["sim"],
       status_code=204)
-async def sim(request: Request, action: str, data: SimBody) -> None:
+async def sim(request: Request, action: FromPath[str], data: JSONBody[SimBody]) -> None:
     """Perturb the simulated hypervisor behind the ledger's back (balloon, config, host-free, lock-tray,
     unlock-tray, capability, fail)."""
     hv = _svc(request).simulator
