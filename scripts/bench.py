@@ -27,7 +27,13 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    `--read-domains` domains whose log holds `--small-events` events, and on a
    copy of it grown to `--events`, the two measured call for call in turn:
    their cost must not grow with the log;
-5. the peer, in the same run: the eventsourcing library on SQLite, one event
+5. with `--http` (or `--url URL`, the token in VMLEDGER_TOKEN): durable `set`
+   requests/s and per-request p50/p99 latency with `--callers` concurrent
+   clients over HTTP against `vmledger serve` (started on a temporary SQLite
+   file, unless `--url` names a running server), beside the same load on an
+   in-process `Ledger` in the same run; both through the same methods, since
+   `vmledger.connect()` answers as `vmledger.open()` does;
+6. the peer, in the same run: the eventsourcing library on SQLite, one event
    per `save` over 1,000 aggregates, and its replay of `--events` events
    through its mapper; and raw sqlite3 as the limit: one event per durable
    transaction, 100 per transaction, and a scan of the rebuild log decoding
@@ -260,6 +266,105 @@ async def bench_writes(url: str, args: argparse.Namespace, table: Table, results
                 await ledger.stop(name)
             for name in (stopped, running, *pool):
                 await ledger.undefine(name)
+
+
+# -- 5: durable `set` over HTTP -----------------------------------------------------
+
+
+async def latency_sets(ledgers: list[Any], calls: list[tuple[str, int]], callers: int) -> tuple[float, list[float]]:
+    """Run `set(domain, "memory", size, scope="both")` for every call with `callers` tasks.
+
+    Caller k uses `ledgers[k % len(ledgers)]`: one `Ledger` shared in
+    process, or one `vmledger.connect()` per client over HTTP.
+    Returns (seconds, each request's latency in seconds).
+    """
+    latencies: list[float] = []
+
+    async def caller(ledger: Any, share: list[tuple[str, int]]) -> None:
+        for name, size in share:
+            start = time.perf_counter()
+            await ledger.set(name, "memory", size, scope="both", principal=PRINCIPAL)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller(ledgers[k % len(ledgers)], calls[k::callers]) for k in range(callers)))
+    return time.perf_counter() - start, latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Return the `q` quantile (0..1) of `values`, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+async def load_sets(ledgers: list[Any], args: argparse.Namespace, table: Table, name: str) -> float:
+    """Define `--domains` running PV domains, time `--repeat` runs of concurrent sets; return the median rate."""
+    ledger = ledgers[0]
+    tag = uuid.uuid4().hex[:6]
+    pool = [f"bench-{tag}-{i:02d}" for i in range(args.domains)]
+    for domain in pool:
+        await ledger.define(domain, guest_type="pv", memory=SIZES[0], max_memory=GiB, vcpus=1, max_vcpus=4,
+                            principal=PRINCIPAL)
+        await ledger.start(domain)
+    rates, p50, p99 = [], [], []
+    for r in range(args.repeat):
+        progress(f"{name}: run {r + 1}/{args.repeat}, {args.requests} requests, {args.callers} clients")
+        calls = [(pool[i % len(pool)], SIZES[(r + 1 + i // len(pool)) % 4]) for i in range(args.requests)]
+        seconds, latencies = await latency_sets(ledgers, calls, args.callers)
+        rates.append(len(latencies) / seconds)
+        p50.append(percentile(latencies, 0.5) * 1000)
+        p99.append(percentile(latencies, 0.99) * 1000)
+    table.add(name, rates, "requests/s", f"p50 {statistics.median(p50):.1f} ms, p99 {statistics.median(p99):.1f} ms")
+    return statistics.median(rates)
+
+
+@contextlib.asynccontextmanager
+async def bench_server(db: str) -> Any:
+    """Run `vmledger serve` on `db` with an admin token; yield (URL, token)."""
+    import subprocess
+
+    from vmledger.service.tokens import TokenStore
+
+    async def no_reads(sql: str, params: Any) -> list:
+        raise AssertionError(sql)
+
+    token = await TokenStore(db, no_reads).add("bench", "admin")
+    log = tempfile.NamedTemporaryFile(prefix="vmledger-bench-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "vmledger.cli", "--db", db, "--timeout", "30", "serve", "--port", "0"],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=os.path.dirname(db))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            with open(log.name, encoding="utf-8", errors="replace") as f:
+                found = [line.split()[-1] for line in f if line.startswith("vmledger: serving on ")]
+            if found:
+                yield found[0], token
+                return
+            await asyncio.sleep(0.1)
+        raise SystemExit(f"bench: vmledger serve did not start; see {log.name}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        os.unlink(log.name)
+
+
+async def bench_http(args: argparse.Namespace, table: Table, results: dict[str, float]) -> None:
+    """Benchmark 5: concurrent durable sets in process, then over HTTP, in the same run."""
+    with tempfile.TemporaryDirectory(prefix="vmledger-bench-http-") as tmp:
+        async with vmledger.open(os.path.join(tmp, "inproc.db"), hypervisor_timeout=30.0) as ledger:
+            results["inproc_requests"] = await load_sets(
+                [ledger], args, table, f"set both, {args.callers} callers, in process")
+        if args.url:
+            server = contextlib.nullcontext((args.url, os.environ.get("VMLEDGER_TOKEN")))
+        else:
+            server = bench_server(os.path.join(tmp, "http.db"))
+        async with server as (url, token), contextlib.AsyncExitStack() as clients:
+            # One connection each, as separate controllers would have: a single client's
+            # pool (httpcore) spends more CPU than the server once 64 requests share it.
+            remotes = [await clients.enter_async_context(vmledger.connect(url, token=token))
+                       for _ in range(args.callers)]
+            results["http_requests"] = await load_sets(
+                remotes, args, table, f"set both, {args.callers} clients, over HTTP")
 
 
 # -- 3: rebuild and verify -------------------------------------------------------
@@ -583,6 +688,7 @@ def print_targets(results: dict[str, float]) -> None:
     target("1. 64 callers, both: events/s vs raw 100/tx", "callers_events", "raw_100", 0.4)
     target("2. 1 caller, persistent: requests/s vs peer saves/s", "persistent_requests", "peer_saves", 1.0)
     target("3. rebuild events/s vs peer replay", "rebuild", "peer_replay", 2)
+    target("5. 64 clients over HTTP vs in process: requests/s", "http_requests", "inproc_requests", 0.5)
     target("3. rebuild events/s vs raw scan + orjson decode", "rebuild", "raw_scan", 0.33)
     target("3. rebuild peak RSS MiB vs 256 MiB", "rebuild_rss", "rss_limit", 1.0, at_most=True)
     for key in ("open", "drift", "show", "get"):
@@ -618,6 +724,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=500, help="events per append when building the log (default 500)")
     p.add_argument("--skip", choices=("writes", "rebuild", "reads", "peer"), action="append", default=[],
                    help="leave out one part (may be repeated)")
+    p.add_argument("--http", action="store_true",
+                   help="also measure durable sets over HTTP against vmledger serve, beside in process")
+    p.add_argument("--url", help="measure over HTTP against this running server (token in VMLEDGER_TOKEN); "
+                                 "implies --http")
     args = p.parse_args(argv)
     for name in ("events", "small_events", "read_calls", "read_domains", "peer_events", "repeat", "requests", "callers",
                  "domains", "rebuild_domains", "batch"):
@@ -638,6 +748,8 @@ async def run(args: argparse.Namespace) -> tuple[Table, dict[str, float]]:
         await bench_rebuild(args, table, results)
     if "reads" not in args.skip:
         await bench_reads(args, table, results)
+    if args.http or args.url:
+        await bench_http(args, table, results)
     if "peer" not in args.skip:
         if _PeerAggregate is None:
             raise SystemExit("bench: the peer is not installed: pip install -e '.[bench]' (or --skip peer)")
