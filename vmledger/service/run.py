@@ -29,6 +29,7 @@ from vmledger.service.tokens import TokenStore
 __all__ = ["serve", "RequestLog", "DEFAULT_PORT"]
 
 DEFAULT_PORT = 8421
+_BACKLOG = 1024
 #: How long a SIGTERM waits for requests in flight before cancelling them.
 GRACE_SECONDS = 30.0
 
@@ -118,6 +119,7 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(_BACKLOG)  # now, so that a client told the address before uvicorn starts is queued
     except OSError as e:
         sock.close()
         raise InvalidRequestError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
@@ -158,7 +160,7 @@ async def serve(
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", server_header=False,
             ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=GRACE_SECONDS,
-            timeout_keep_alive=30, backlog=1024,
+            timeout_keep_alive=30, backlog=_BACKLOG,
         )
         server = _Server(config, service)
         sock = _listen(host, port)
