@@ -44,7 +44,8 @@ CAUSES = {
 }
 
 
-_STABLE_ENV = {"COLUMNS": "100", "VMLEDGER_DB": None, "VMLEDGER_HYPERVISOR": None, "VMLEDGER_TIMEOUT": None}
+_STABLE_ENV = {"COLUMNS": "100", "VMLEDGER_DB": None, "VMLEDGER_HYPERVISOR": None, "VMLEDGER_TIMEOUT": None,
+               "VMLEDGER_URL": None}
 
 
 @contextlib.contextmanager
