@@ -45,7 +45,9 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     # `connect` needs httpx (the `serve` extra): imported on first use, so `open` works without it.
     if name == "connect":
-        from vmledger.remote import connect
-
+        try:
+            from vmledger.remote import connect
+        except ImportError as e:
+            raise InvalidRequestError(f"vmledger.connect needs httpx ({e}): pip install 'vmledger[serve]'") from e
         return connect
     raise AttributeError(f"module 'vmledger' has no attribute {name!r}")

@@ -8,12 +8,12 @@ from typing import Any
 __all__ = ["add_commands", "run_command", "COMMANDS"]
 
 COMMANDS = ("serve", "token")
+#: The port `vmledger serve` listens on by default.
+DEFAULT_PORT = 8421
 
 
 def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     """Add `serve` and `token add|list|revoke` to the CLI's subparsers."""
-    from vmledger.service.run import DEFAULT_PORT
-
     text = "serve the ledger over HTTP: JSON API, event stream, bearer tokens, metrics"
     p = sub.add_parser("serve", help=text, description=text + " (stops gracefully on SIGTERM)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
@@ -39,10 +39,14 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
 async def run_command(args: argparse.Namespace) -> int:
     """Run `serve` or a `token` action on the ledger of `--db`; return the exit code."""
     import vmledger
+    from eventstore.errors import InvalidRequestError
     from vmledger.service.tokens import TokenStore
 
     if args.command == "serve":
-        from vmledger.service.run import serve
+        try:
+            from vmledger.service.run import serve
+        except ImportError as e:
+            raise InvalidRequestError(f"vmledger serve needs the serve extra ({e}): pip install 'vmledger[serve]'") from e
 
         return await serve(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout, host=args.host,
                            port=args.port, certfile=args.certfile, keyfile=args.keyfile, heartbeat=args.heartbeat)

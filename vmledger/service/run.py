@@ -23,12 +23,12 @@ import vmledger
 from eventstore.catalogue import check_seconds
 from eventstore.errors import InvalidRequestError
 from vmledger.service.app import Service, create_app
+from vmledger.service.commands import DEFAULT_PORT
 from vmledger.service.metrics import Metrics, TimedLog
 from vmledger.service.tokens import TokenStore
 
 __all__ = ["serve", "RequestLog", "DEFAULT_PORT"]
 
-DEFAULT_PORT = 8421
 _BACKLOG = 1024
 #: How long a SIGTERM waits for requests in flight before cancelling them.
 GRACE_SECONDS = 30.0
