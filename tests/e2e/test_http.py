@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import signal
@@ -316,3 +317,46 @@ def test_sigterm_closes_streams_and_exits_0(tmp_path: Any) -> None:
         status = server.stop(signal.SIGTERM)
         reader.join(timeout=30)
     assert (status, lines[0], reader.is_alive()) == (0, ": stream open", False)
+
+
+def test_sigterm_lets_a_request_in_flight_finish_with_its_outcomes(tmp_path: Any) -> None:
+    """A set still waiting on the hypervisor when SIGTERM comes is answered 201 with its outcomes, then the server exits 0."""
+    need_serve()
+    import httpx
+
+    db = f"sqlite:///{tmp_path}/ledger.db"
+    with served(db, str(tmp_path / "server.log")) as server:
+        with server.client("alice") as c:
+            assert c.post("/v1/domains", json=WEB).status_code == 201
+            assert c.post("/v1/domains/web/start").status_code == 200
+            # The next live change hangs until the server's hypervisor timeout (0.5 s), then fails.
+            assert c.post("/v1/sim/fail", json={"domain": "web", "property": "memory", "kind": "timeout"}
+                          ).status_code == 204
+        answers: list[httpx.Response] = []
+
+        def ask() -> None:
+            with server.client("olga") as c:
+                answers.append(c.post("/v1/domains/web/requests", json={"property": "memory", "value": 2 * GiB},
+                                      headers={"Idempotency-Key": "in-flight"}))
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        deadline = time.monotonic() + 30
+        while not _requested(tmp_path / "ledger.db") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signalled = dt.datetime.now(dt.timezone.utc)
+        status = server.stop(signal.SIGTERM)
+        asker.join(timeout=60)
+        logged = [json.loads(line) for line in server.log().splitlines() if '"in-flight"' in line]
+    outcomes = answers[0].json()["outcomes"]
+    assert (status, answers[0].status_code, outcomes["persistent"]["status"], outcomes["live"]["status"],
+            outcomes["live"]["reason"]) == (0, 201, "applied", "failed", "timeout")
+    assert [(line["status"], dt.datetime.fromisoformat(line["time"]) > signalled) for line in logged] == [(201, True)]
+
+
+def _requested(path: Any) -> bool:
+    """Tell whether the ledger file holds a MemoryChangeRequested event (read directly, without a server)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+        return bool(conn.execute("SELECT 1 FROM events WHERE type = 'MemoryChangeRequested'").fetchall())
