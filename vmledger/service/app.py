@@ -22,7 +22,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, Example, SecurityScheme
-from litestar.params import Body, FromPath, FromQuery, JSONBody, HeaderParameter, QueryParameter
+from litestar.params import Body, FromPath, FromQuery, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import Stream
 
 import vmledger
@@ -169,6 +169,10 @@ def _opt(role: Role) -> dict[str, Any]:
 
 
 READ, OPERATE, ADMIN = _opt(Role.READER), _opt(Role.OPERATOR), _opt(Role.ADMIN)
+#: Path parameters with examples, so that a client generated from the document (and schemathesis) finds real ones.
+DomainName = Annotated[str, PathParameter(description="a domain's name", examples=[Example(value="web")])]
+PropertyName = Annotated[str, PathParameter(description="a catalogue property, or media:DEV",
+                                            examples=[Example(value="memory"), Example(value="media:hdc")])]
 _SECURITY = [{"bearer": []}]
 
 
@@ -195,7 +199,7 @@ async def define_domain(
     return Response(plain(view), status_code=201, headers=await _etag(request, data.name))
 
 
-async def _stream(request: Request, name: FromPath[str]) -> tuple[str, int]:
+async def _stream(request: Request, name: str) -> tuple[str, int]:
     """Return a defined domain's stream and its version."""
     rows = await _svc(request).ledger.log.fetch_all(
         "SELECT uuid, version FROM domains WHERE name = ? AND defined = 1", (name,))
@@ -204,12 +208,12 @@ async def _stream(request: Request, name: FromPath[str]) -> tuple[str, int]:
     return str(rows[0][0]), int(rows[0][1])
 
 
-async def _etag(request: Request, name: FromPath[str]) -> dict[str, str]:
+async def _etag(request: Request, name: str) -> dict[str, str]:
     return {"ETag": f'"{(await _stream(request, name))[1]}"'}
 
 
 @get("/v1/domains/{name:str}", opt=READ, responses=_problems(404), security=_SECURITY, tags=["domains"])
-async def show_domain(request: Request, name: FromPath[str]) -> Response[DomainView]:
+async def show_domain(request: Request, name: DomainName) -> Response[DomainView]:
     """Show both configs of a domain, its capabilities, tray locks and drift; `ETag` is its stream version."""
     view = await _svc(request).ledger.show(name)
     return Response(plain(view), headers=await _etag(request, name))
@@ -217,21 +221,21 @@ async def show_domain(request: Request, name: FromPath[str]) -> Response[DomainV
 
 @delete("/v1/domains/{name:str}", opt=OPERATE, responses=_problems(404, 409), security=_SECURITY,
         tags=["domains"], status_code=204)
-async def undefine_domain(request: Request, name: FromPath[str]) -> None:
+async def undefine_domain(request: Request, name: DomainName) -> None:
     """Remove a stopped domain; its history stays."""
     await _svc(request).ledger.undefine(name, principal=principal(request))
 
 
 @post("/v1/domains/{name:str}/start", opt=OPERATE, responses=_problems(404, 409), security=_SECURITY,
       tags=["domains"], status_code=200)
-async def start_domain(request: Request, name: FromPath[str]) -> DomainView:
+async def start_domain(request: Request, name: DomainName) -> DomainView:
     """Boot a domain and record the live config the hypervisor reports."""
     return plain(await _svc(request).ledger.start(name, principal=principal(request)))
 
 
 @post("/v1/domains/{name:str}/stop", opt=OPERATE, responses=_problems(404, 409), security=_SECURITY,
       tags=["domains"], status_code=200)
-async def stop_domain(request: Request, name: FromPath[str]) -> DomainView:
+async def stop_domain(request: Request, name: DomainName) -> DomainView:
     """Shut a domain off."""
     return plain(await _svc(request).ledger.stop(name, principal=principal(request)))
 
@@ -257,7 +261,7 @@ def _expected(if_match: str) -> int | None:
       tags=["requests"], status_code=201)
 async def set_property(
     request: Request,
-    name: FromPath[str],
+    name: DomainName,
     data: Annotated[SetBody, Body(examples=[
         Example(summary="more memory, live and persistent", value={"property": "memory", "value": 2**31}),
         Example(summary="another CD-ROM", value={"property": "media:hdc", "value": "/iso/b.iso", "scope": "live"}),
@@ -290,7 +294,7 @@ async def show_request(request: Request, request_id: FromPath[str]) -> RequestRe
 
 @get("/v1/domains/{name:str}/properties/{prop:str}", opt=READ, responses=_problems(404), security=_SECURITY,
      tags=["domains"])
-async def get_property(request: Request, name: FromPath[str], prop: FromPath[str],
+async def get_property(request: Request, name: DomainName, prop: PropertyName,
                        in_scope: Literal["live", "persistent", "current"] = QueryParameter(name="scope", default="current",
                                                  description="live, persistent or current")) -> PropertyValue:
     """Show one property's value in the live or persistent config (current: live if running)."""
