@@ -86,6 +86,12 @@ def _role(role: object) -> Role:
         raise InvalidRequestError(f"invalid role {role!r} (use reader, operator or admin)") from None
 
 
+def _numbered(sql: str) -> str:
+    """Return `sql` with its `?` placeholders as PostgreSQL's `$1`, `$2`, ..."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+
+
 Fetch = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
 
 
@@ -119,8 +125,7 @@ class TokenStore:
                         await conn.execute(SCHEMA)
                         if not sql:
                             return 0
-                        numbered = re.sub(r"\?", lambda m, n=iter(range(1, 99)): f"${next(n)}", sql)
-                        status = await conn.execute(numbered, *params)
+                        status = await conn.execute(_numbered(sql), *params)
                         return int(status.rsplit(" ", 1)[-1])
                 finally:
                     await conn.close()
