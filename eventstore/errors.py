@@ -9,6 +9,7 @@ __all__ = [
     "UnknownPropertyError",
     "LedgerNotFoundError",
     "NotALedgerError",
+    "RequestIdReusedError",
     "ConcurrencyError",
     "ChainBrokenError",
     "StorageError",
@@ -38,6 +39,10 @@ class LedgerNotFoundError(InvalidRequestError):
 
 class NotALedgerError(InvalidRequestError):
     """Raised when a database holds data but no vmledger ledger, so vmledger neither reads nor writes it."""
+
+
+class RequestIdReusedError(InvalidRequestError):
+    """Raised when a request id (idempotency key) was already used for another request; nothing is written."""
 
 
 class ConcurrencyError(VmledgerError):

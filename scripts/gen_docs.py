@@ -67,7 +67,8 @@ DRIFT_RULE = (
     "Rows that an older version of these rules made are rebuilt when a writer next opens the ledger.",
 )
 
-_STABLE_ENV = {"COLUMNS": "100", "VMLEDGER_DB": None, "VMLEDGER_HYPERVISOR": None, "VMLEDGER_TIMEOUT": None}
+_STABLE_ENV = {"COLUMNS": "100", "VMLEDGER_DB": None, "VMLEDGER_HYPERVISOR": None, "VMLEDGER_TIMEOUT": None,
+               "VMLEDGER_URL": None}
 
 
 @contextlib.contextmanager

@@ -2,8 +2,11 @@
 
 `async with vmledger.open("sqlite:///ledger.db") as ledger:` then `define`,
 `start`, `set`, `get`, `show`, `drift`, `history`, `subscribe`, `observe`,
-`rebuild`, `verify` and `checkpoint`.
+`rebuild`, `verify` and `checkpoint`; `vmledger.connect(url, token=...)`
+gives the same methods over HTTP, against `vmledger serve`.
 """
+
+from typing import Any
 
 from eventstore.errors import (
     ChainBrokenError,
@@ -12,6 +15,7 @@ from eventstore.errors import (
     InvalidRequestError,
     LedgerNotFoundError,
     NotALedgerError,
+    RequestIdReusedError,
     StorageError,
     UnknownDomainError,
     UnknownPropertyError,
@@ -24,6 +28,7 @@ from vmledger.results import DomainView, DriftRow, Outcome, PropertyRow, Propert
 
 __all__ = [
     "open",
+    "connect",
     "Ledger",
     "Checkpoint",
     "default_principal",
@@ -39,6 +44,7 @@ __all__ = [
     "UnknownPropertyError",
     "LedgerNotFoundError",
     "NotALedgerError",
+    "RequestIdReusedError",
     "ConcurrencyError",
     "ChainBrokenError",
     "StorageError",
@@ -46,3 +52,14 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # `connect` needs httpx (the `serve` extra): imported on first use, so `open` works without it.
+    if name == "connect":
+        try:
+            from vmledger.remote import connect
+        except ImportError as e:
+            raise InvalidRequestError(f"vmledger.connect needs httpx ({e}): pip install 'vmledger[serve]'") from e
+        return connect
+    raise AttributeError(f"module 'vmledger' has no attribute {name!r}")

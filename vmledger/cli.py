@@ -42,6 +42,7 @@ from vmledger._checkpoint import read_checkpoint, write_checkpoint
 from vmledger._compose import DEFAULT_DB
 from vmledger.ledger import default_principal
 from vmledger.results import DomainView, DriftRow, RequestRecord
+from vmledger.service import commands as service_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to wait for the hypervisor before recording a timeout (env VMLEDGER_TIMEOUT; default %(default)s)")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"vmledger {vmledger.__version__}")
+    parser.add_argument("--url", default=os.environ.get("VMLEDGER_URL"),
+                        help="run the command against the vmledger server at URL instead of --db, with the token "
+                        "in env VMLEDGER_TOKEN and a CA file in env VMLEDGER_CA (env VMLEDGER_URL)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -257,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name"), s.add_argument("property"), s.add_argument("kind", choices=["error", "timeout"])
     for s in simsub.choices.values():
         json_flag(s)
+    service_commands.add_commands(sub, _Parser)
     return parser
 
 
@@ -381,8 +386,14 @@ async def _run(args: argparse.Namespace) -> int:
 
         print(script(build_parser(), args.shell), end="")
         return EXIT_OK
-    async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout,
-                             create=args.command in CREATING, read_only=args.command in READING) as ledger:
+    if args.command in service_commands.COMMANDS:
+        return await service_commands.run_command(args)
+    if args.url:
+        opened = vmledger.connect(args.url, token=os.environ.get("VMLEDGER_TOKEN"), ca=os.environ.get("VMLEDGER_CA"))
+    else:
+        opened = vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout,
+                               create=args.command in CREATING, read_only=args.command in READING)
+    async with opened as ledger:
         try:
             return await _dispatch(ledger, args)
         except UnknownDomainError as e:
@@ -576,7 +587,7 @@ async def _sim(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
     from adapters.simulated import SimulatedHypervisor
 
     sim = ledger.hypervisor
-    if not isinstance(sim, SimulatedHypervisor):
+    if not isinstance(sim, SimulatedHypervisor) and not getattr(sim, "simulated", False):
         raise InvalidRequestError("'vmledger sim' needs the simulated hypervisor (--hypervisor sim)")
     action = args.sim_command
     if action == "balloon":

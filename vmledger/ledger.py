@@ -44,6 +44,7 @@ from eventstore.errors import (
     ChainBrokenError,
     ConcurrencyError,
     InvalidRequestError,
+    RequestIdReusedError,
     UnknownDomainError,
     UnknownPropertyError,
     VmledgerError,
@@ -492,7 +493,7 @@ class Ledger:
         same = (first["domain"], first["property"], first["requested"], first["scope"]) == (
             request.domain, request.property, request.value, request.scope)
         if not same:
-            raise InvalidRequestError(
+            raise RequestIdReusedError(
                 f"request id {request.request_id!r} was already used for another request")
         return first
 

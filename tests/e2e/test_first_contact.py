@@ -295,13 +295,13 @@ def test_shell_completion_completes_commands_properties_and_choices(cli: Cli, sh
     assert code == 0
     (cli.cwd / "c.sh").write_text(script.replace("autoload -U +X bashcompinit && bashcompinit\n", ""))
     probe = (
-        'source ./c.sh; for line in "vmledger se" "vmledger sim ba" "vmledger set web mem" '
+        'source ./c.sh; for line in "vmledger se" "vmledger sho" "vmledger sim ba" "vmledger set web mem" '
         '"vmledger set web memory 1G --sc" "vmledger set web memory 1G --scope "; do '
         'read -a COMP_WORDS <<< "$line"; [[ $line == *" " ]] && COMP_WORDS+=(""); '
         'COMP_CWORD=$((${#COMP_WORDS[@]}-1)); _vmledger; echo "${COMPREPLY[*]}"; done')
     done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60, cwd=cli.cwd)
     assert (done.stdout.splitlines(), done.stderr) == (
-        ["set", "balloon", "memory memory_actual", "--scope", "live persistent both current"], "")
+        ["set serve", "show", "balloon", "memory memory_actual", "--scope", "live persistent both current"], "")
     assert script.startswith("#compdef vmledger\n") == (shell == "zsh")
 
 

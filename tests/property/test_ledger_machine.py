@@ -252,7 +252,7 @@ class LedgerMachine(RuleBasedStateMachine):
         other = data.draw(st.sampled_from([s for s in SCOPES if s != scope]), label="other scope")
         reused = self.attempt(self.ledger.set(name, prop, value, scope=other, request_id=request_id))
         assert (again, reused) == (
-            (NoError, 0, self.run(self.ledger.request(request_id))), (vmledger.InvalidRequestError, 0, None))
+            (NoError, 0, self.run(self.ledger.request(request_id))), (vmledger.RequestIdReusedError, 0, None))
 
     # Observation and maintenance.
 

@@ -1,0 +1,213 @@
+"""The shapes of the HTTP API's bodies: request bodies as attrs classes, answers as typed dicts.
+
+Litestar reads these annotations to validate requests and to write the
+OpenAPI document, so the document is the code's.  Answers are the ledger's
+results as `vmledger._wire.plain` makes them; the typed dicts name the keys
+a client may rely on, and a result may carry more.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, TypedDict, Union
+
+import attrs
+
+__all__ = [
+    "DefineBody", "SetBody", "AdoptBody", "VerifyBody", "TokenBody", "SimBody",
+    "Problem", "DomainView", "DomainProperty", "Outcome", "RequestRecord", "PropertyValue", "DriftRow",
+    "EventRecord", "Position", "TokenInfo", "NewToken", "CheckpointBody", "Health",
+]
+
+#: A property value: bytes or a count (int), a media path (str), or nothing known (null).
+Value = Optional[Union[int, str]]
+
+
+@attrs.frozen(kw_only=True)
+class DefineBody:
+    """A domain to define: sizes in bytes, counts, and CD-ROM devices mapped to media paths."""
+
+    name: str
+    guest_type: Literal["pv", "hvm"]
+    memory: int
+    max_memory: int
+    vcpus: int
+    max_vcpus: int
+    numa_nodes: int = 1
+    cdroms: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class SetBody:
+    """A request to change a property: the value, the scope, and why (the principal is the token's name)."""
+
+    property: str
+    value: Union[int, str]
+    scope: Literal["live", "persistent", "both", "current"] = "both"
+    reason: Optional[str] = None
+
+
+@attrs.frozen(kw_only=True)
+class AdoptBody:
+    """The domains to adopt by name, or all the hypervisor lists."""
+
+    names: list[str] = attrs.field(factory=list)
+    all: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointBody:
+    """A checkpoint as `verify --checkpoint` saves it."""
+
+    position: int
+    hash: str
+    domains: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class VerifyBody:
+    """Where to start verifying: a position to trust the chain up to, or a checkpoint to check since."""
+
+    from_position: int = 0
+    since: Optional[CheckpointBody] = None
+    checkpoint: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class TokenBody:
+    """A token to create: its name (the principal it records) and role."""
+
+    name: str
+    role: Literal["reader", "operator", "admin"]
+
+
+@attrs.frozen(kw_only=True)
+class SimBody:
+    """A perturbation of the simulated hypervisor; each action reads the fields it needs."""
+
+    domain: Optional[str] = None
+    size: Optional[int] = None
+    property: Optional[str] = None
+    value: Optional[Union[int, str]] = None
+    device: Optional[str] = None
+    capability: Optional[str] = None
+    on: Optional[bool] = None
+    kind: Optional[str] = None
+
+
+class Problem(TypedDict):
+    """An error, as RFC 9457 problem details with the ledger's reason code."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+class DomainProperty(TypedDict):
+    """One property of a domain: both configs and why they differ."""
+
+    property: str
+    persistent: Value
+    live: Value
+    drift: Optional[str]
+
+
+class DomainView(TypedDict):
+    """Both configs of a domain side by side, with capabilities, tray locks and requests in flight."""
+
+    domain: str
+    uuid: str
+    guest_type: str
+    power_state: str
+    properties: list[DomainProperty]
+    capabilities: dict[str, Optional[bool]]
+    locked_trays: list[str]
+    pending: list[str]
+
+
+class Outcome(TypedDict):
+    """What came of a request in one scope."""
+
+    status: str
+    value: Value
+    reason: Optional[str]
+    message: Optional[str]
+
+
+class RequestRecord(TypedDict):
+    """A request with its outcome per scope."""
+
+    request_id: str
+    domain: str
+    property: str
+    requested: Value
+    scope: str
+    principal: str
+    reason: Optional[str]
+    requested_at: str
+    outcomes: dict[str, Outcome]
+
+
+class PropertyValue(TypedDict):
+    """One property's value in one config."""
+
+    domain: str
+    property: str
+    scope: str
+    value: Value
+
+
+class DriftRow(TypedDict):
+    """Where a running domain's live value differs from its persistent one, why, and since when."""
+
+    domain: str
+    property: str
+    persistent: Value
+    live: Value
+    cause: str
+    request_id: Optional[str]
+    since_position: int
+    since: str
+
+
+class EventRecord(TypedDict):
+    """A recorded event: its position, stream, version, type, data and metadata."""
+
+    position: int
+    stream: str
+    version: int
+    type: str
+    schema_version: int
+    data: dict[str, Any]
+    metadata: dict[str, Optional[str]]
+    recorded_at: str
+    hash: str
+
+
+class Position(TypedDict):
+    """A log position: the head after an import, rebuild or verify."""
+
+    position: int
+
+
+class TokenInfo(TypedDict):
+    """A token's public fields; never its secret."""
+
+    name: str
+    role: Literal["reader", "operator", "admin"]
+    created_at: str
+
+
+class NewToken(TypedDict):
+    """A token just created, with its secret, shown this once."""
+
+    name: str
+    role: Literal["reader", "operator", "admin"]
+    token: str
+
+
+class Health(TypedDict):
+    """Whether the process, the database and the hypervisor answer."""
+
+    status: str
