@@ -23,9 +23,9 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Any, Callable, TypeVar
 
-from eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Reason, size_text
-from eventstore.errors import HypervisorError
-from eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
+from vmledger.eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Reason, size_text
+from vmledger.eventstore.errors import HypervisorError
+from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
 
 __all__ = ["LibvirtHypervisor", "Notifications", "INSTALL_HINT"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
+from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
 
 __all__ = ["Hypervisor", "Adoptable"]
 

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import IO, Any, Callable
 
-from eventstore.catalogue import (
+from vmledger.eventstore.catalogue import (
     CATALOGUE,
     MEDIA_PREFIX,
     Capability,
@@ -30,15 +30,15 @@ from eventstore.catalogue import (
     shown,
     size_text,
 )
-from eventstore.codec import dumps_plain
-from eventstore.errors import (
+from vmledger.eventstore.codec import dumps_plain
+from vmledger.eventstore.errors import (
     HypervisorError,
     InvalidRequestError,
     UnknownDomainError,
     UnknownPropertyError,
     VmledgerError,
 )
-from eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
+from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
 
 __all__ = ["SimulatedHypervisor"]
 

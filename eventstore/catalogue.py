@@ -15,7 +15,7 @@ from typing import Union
 
 import attrs
 
-from eventstore.errors import InvalidRequestError, UnknownPropertyError
+from vmledger.eventstore.errors import InvalidRequestError, UnknownPropertyError
 
 __all__ = [
     "size_text",

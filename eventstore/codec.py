@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable
 
 import attrs
 
-from eventstore.errors import StorageError
-from eventstore.events import EVENT_TYPES, Event, _pairs
+from vmledger.eventstore.errors import StorageError
+from vmledger.eventstore.events import EVENT_TYPES, Event, _pairs
 
 try:  # orjson (the `bench` extra) writes JSON faster, and the same text: see `dumps_plain`.
     from orjson import OPT_SORT_KEYS

@@ -14,7 +14,7 @@ from typing import Mapping, cast
 
 import attrs
 
-from eventstore.catalogue import (
+from vmledger.eventstore.catalogue import (
     Kind,
     Outcome,
     Property,
@@ -29,8 +29,8 @@ from eventstore.catalogue import (
     shown,
     size_text,
 )
-from eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
-from eventstore.events import (
+from vmledger.eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
+from vmledger.eventstore.events import (
     DomainStarted,
     DomainStopped,
     DomainUndefined,
@@ -42,8 +42,8 @@ from eventstore.events import (
     PersistentValueObserved,
     change_event,
 )
-from eventstore.hypervisor import LiveResult, Observation, Value
-from eventstore.state import DomainState, Pending, Slot, concerns_live, concerns_persistent
+from vmledger.eventstore.hypervisor import LiveResult, Observation, Value
+from vmledger.eventstore.state import DomainState, Pending, Slot, concerns_live, concerns_persistent
 
 __all__ = [
     "SetRequest", "Decision", "decide_set", "decide_persistent", "decide_live", "decide_stop",

@@ -13,7 +13,7 @@ from typing import ClassVar, Union
 import attrs
 from attrs import validators as v
 
-from eventstore.catalogue import CATALOGUE, Capability, GuestType, Outcome, Reason, Scope
+from vmledger.eventstore.catalogue import CATALOGUE, Capability, GuestType, Outcome, Reason, Scope
 
 __all__ = [
     "Event",

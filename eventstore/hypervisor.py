@@ -6,7 +6,7 @@ from typing import Union
 
 import attrs
 
-from eventstore.catalogue import Outcome, Reason
+from vmledger.eventstore.catalogue import Outcome, Reason
 
 __all__ = ["LiveResult", "Observation", "DomainSpec"]
 

@@ -9,8 +9,8 @@ from typing import Any, AsyncIterator, Callable, Generator, Protocol, Sequence, 
 
 import attrs
 
-from eventstore.codec import dumps_value
-from eventstore.events import Event
+from vmledger.eventstore.codec import dumps_value
+from vmledger.eventstore.events import Event
 
 __all__ = [
     "Metadata",

@@ -16,9 +16,9 @@ from typing import Iterable, NamedTuple
 
 import attrs
 
-from eventstore.catalogue import Cause, Kind, Outcome, Reason, Scope, lookup
-from eventstore.errors import VmledgerError
-from eventstore.events import (
+from vmledger.eventstore.catalogue import Cause, Kind, Outcome, Reason, Scope, lookup
+from vmledger.eventstore.errors import VmledgerError
+from vmledger.eventstore.events import (
     ChangeOutcome,
     ChangeRequested,
     DomainDefined,
@@ -31,8 +31,8 @@ from eventstore.events import (
     MediaTrayUnlocked,
     PersistentValueObserved,
 )
-from eventstore.hypervisor import Value
-from eventstore.log import RecordedEvent
+from vmledger.eventstore.hypervisor import Value
+from vmledger.eventstore.log import RecordedEvent
 
 __all__ = ["Slot", "Mark", "Pending", "DomainState", "DomainFold", "apply", "fold", "drifting",
            "concerns_live", "concerns_persistent", "awaiting", "live_cause"]

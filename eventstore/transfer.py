@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from eventstore.backends.common import ChainChecker
-from eventstore.codec import dumps, loads
-from eventstore.errors import InvalidRequestError
+from vmledger.eventstore.backends.common import ChainChecker
+from vmledger.eventstore.codec import dumps, loads
+from vmledger.eventstore.errors import InvalidRequestError
 
 __all__ = ["to_line", "from_line", "ChainChecker"]
 

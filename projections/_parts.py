@@ -27,6 +27,7 @@ the messages are `multiprocessing.connection` pickles:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -35,19 +36,23 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Generator, Iterator, Protocol
 
-from eventstore.errors import VmledgerError
-from eventstore.log import Step
-from projections._replay import Replay
+from vmledger.eventstore.errors import VmledgerError
+from vmledger.eventstore.log import Step
+from vmledger.projections._replay import Replay
 
 __all__ = ["PartRows", "part_of", "fold_in_parts", "work"]
 
 _log = logging.getLogger("vmledger")
-#: The root the worker imports `projections` and `eventstore` from: where this process did.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The worker's main, first on its path the root this process imported from, whatever its working directory holds.
-_MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); from multiprocessing.connection import Connection; "
-         "from projections._parts import work; "
+# The worker's main: this process's module search path first, so that it imports the very code this
+# process runs (a source checkout, an installed package), whatever its working directory holds.
+_MAIN = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+         "from multiprocessing.connection import Connection; from vmledger.projections._parts import work; "
          "work(Connection(int(sys.argv[2]), writable=False), Connection(int(sys.argv[3]), readable=False))")
+
+
+def _search_path() -> str:
+    """Return this process's module search path, made absolute, as JSON for the worker's command line."""
+    return json.dumps([os.path.abspath(p) for p in sys.path])
 
 
 class PartRows(Protocol):
@@ -132,7 +137,7 @@ class _Worker:
         parent_in, child_out = os.pipe()
         try:
             process = subprocess.Popen(
-                [sys.executable, "-c", _MAIN, _ROOT, str(child_in), str(child_out)], pass_fds=(child_in, child_out),
+                [sys.executable, "-c", _MAIN, _search_path(), str(child_in), str(child_out)], pass_fds=(child_in, child_out),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)  # a terminal's Ctrl-C stops the rebuild's process, which stops these
         except BaseException:

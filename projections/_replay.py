@@ -15,13 +15,13 @@ import contextlib
 import gc
 from typing import Any, Callable, Generator, Iterator, Sequence
 
-from eventstore.catalogue import Outcome
-from eventstore.log import RecordedEvent
-from eventstore.state import DomainFold
-from projections.model import (
+from vmledger.eventstore.catalogue import Outcome
+from vmledger.eventstore.log import RecordedEvent
+from vmledger.eventstore.state import DomainFold
+from vmledger.projections.model import (
     TABLES, completed, domain_rows, history_row, record_from_row, requested_record, settle_record,
 )
-from projections.scan import Change, as_change, scan
+from vmledger.projections.scan import Change, as_change, scan
 
 __all__ = ["Replay"]
 

@@ -17,11 +17,11 @@ from typing import Any, Iterable
 
 import attrs
 
-from eventstore.catalogue import Outcome
-from eventstore.codec import dumps, dumps_plain, dumps_value, loads, plain
-from eventstore.events import ChangeOutcome, ChangeRequested
-from eventstore.log import RecordedEvent, timestamp
-from eventstore.state import (
+from vmledger.eventstore.catalogue import Outcome
+from vmledger.eventstore.codec import dumps, dumps_plain, dumps_value, loads, plain
+from vmledger.eventstore.events import ChangeOutcome, ChangeRequested
+from vmledger.eventstore.log import RecordedEvent, timestamp
+from vmledger.eventstore.state import (
     DomainFold, DomainState, Mark, Pending, Slot, apply, awaiting, drifting,
 )
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Awaitable, Callable, Iterable
 
-from eventstore.codec import loads
-from eventstore.errors import UnknownDomainError
-from eventstore.state import DomainState
-from projections.model import TABLES, Model, history_from_row, state_from_json
+from vmledger.eventstore.codec import loads
+from vmledger.eventstore.errors import UnknownDomainError
+from vmledger.eventstore.state import DomainState
+from vmledger.projections.model import TABLES, Model, history_from_row, state_from_json
 
 __all__ = ["Reader", "find_domain", "domains_named", "drift_rows", "history_records", "history_record", "domain_view", "list_domains"]
 

@@ -13,11 +13,11 @@ from typing import Sequence
 
 import attrs
 
-from eventstore.backends.common import Row, decode_metadata, decode_time, record
-from eventstore.catalogue import Outcome, Reason, Scope
-from eventstore.codec import loads
-from eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested
-from eventstore.log import RecordedEvent, timestamp
+from vmledger.eventstore.backends.common import Row, decode_metadata, decode_time, record
+from vmledger.eventstore.catalogue import Outcome, Reason, Scope
+from vmledger.eventstore.codec import loads
+from vmledger.eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested
+from vmledger.eventstore.log import RecordedEvent, timestamp
 
 try:  # orjson (the `bench` extra) parses faster; whatever it refuses goes through `record`.
     from orjson import loads as _fast_loads

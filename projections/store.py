@@ -11,14 +11,14 @@ import os
 from collections import defaultdict
 from typing import Any, Callable, Generator, Sequence
 
-from eventstore.errors import InvalidRequestError
-from eventstore.events import ChangeRequested, DomainDefined
-from eventstore.state import DomainState
-from eventstore.backends.common import CHUNK, SCAN_COLUMNS
-from eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
-from projections._parts import PartRows, fold_in_parts
-from projections._replay import Replay
-from projections.model import TABLES, Model, domain_rows, record_from_row, state_from_json
+from vmledger.eventstore.errors import InvalidRequestError
+from vmledger.eventstore.events import ChangeRequested, DomainDefined
+from vmledger.eventstore.state import DomainState
+from vmledger.eventstore.backends.common import CHUNK, SCAN_COLUMNS
+from vmledger.eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
+from vmledger.projections._parts import PartRows, fold_in_parts
+from vmledger.projections._replay import Replay
+from vmledger.projections.model import TABLES, Model, domain_rows, record_from_row, state_from_json
 
 __all__ = ["SCHEMA", "RULES", "TableProjector", "SyncBatch", "DuplicateRequestError", "table_rows"]
 

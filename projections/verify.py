@@ -21,12 +21,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiosqlite
 
-from eventstore.backends.common import CHUNK
-from eventstore.codec import dumps
-from eventstore.errors import ChainBrokenError
-from projections._replay import Replay
-from projections.model import TABLES
-from projections.store import SCHEMA
+from vmledger.eventstore.backends.common import CHUNK
+from vmledger.eventstore.codec import dumps
+from vmledger.eventstore.errors import ChainBrokenError
+from vmledger.projections._replay import Replay
+from vmledger.projections.model import TABLES
+from vmledger.projections.store import SCHEMA
 
 __all__ = ["Reader", "folded_rows", "domain_groups", "paired_groups", "compare", "digest"]
 

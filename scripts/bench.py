@@ -72,11 +72,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
 import vmledger
-from eventstore.catalogue import Outcome, Reason
-from eventstore.errors import ConcurrencyError
-from eventstore.events import DomainDefined, DomainStarted, Event, change_event
-from eventstore.log import Metadata
-from projections.store import TableProjector
+from vmledger.eventstore.catalogue import Outcome, Reason
+from vmledger.eventstore.errors import ConcurrencyError
+from vmledger.eventstore.events import DomainDefined, DomainStarted, Event, change_event
+from vmledger.eventstore.log import Metadata
+from vmledger.projections.store import TableProjector
 
 MiB, GiB = 2**20, 2**30
 PRINCIPAL = "bench"

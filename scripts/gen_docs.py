@@ -13,9 +13,9 @@ import pathlib
 import sys
 from typing import Iterator
 
-from eventstore.catalogue import CATALOGUE, LIMITS, TEXT_RULE, Cause, Outcome, Reason
-from eventstore.codec import UPCASTERS
-from eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested
+from vmledger.eventstore.catalogue import CATALOGUE, LIMITS, TEXT_RULE, Cause, Outcome, Reason
+from vmledger.eventstore.codec import UPCASTERS
+from vmledger.eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested
 from vmledger.cli import build_parser
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

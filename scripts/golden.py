@@ -22,9 +22,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The checkout this script lives in, not whichever vmledger is installed.
 sys.path.insert(0, str(ROOT))
 
-from eventstore.catalogue import CATALOGUE, Kind, Outcome, Reason  # noqa: E402
-from eventstore.codec import encode  # noqa: E402
-from eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested, Event  # noqa: E402
+from vmledger.eventstore.catalogue import CATALOGUE, Kind, Outcome, Reason  # noqa: E402
+from vmledger.eventstore.codec import encode  # noqa: E402
+from vmledger.eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested, Event  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "data" / "golden"
 MiB, GiB = 2**20, 2**30

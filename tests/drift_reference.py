@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from eventstore.events import (
+from vmledger.eventstore.events import (
     ChangeOutcome, ChangeRequested, DomainDefined, DomainStarted, DomainStopped, DomainUndefined,
     LiveValueObserved, PersistentValueObserved,
 )
-from eventstore.log import RecordedEvent, timestamp
+from vmledger.eventstore.log import RecordedEvent, timestamp
 from vmledger.results import DriftRow
 
 FIXED_WHILE_RUNNING = {"max_memory", "max_vcpus", "numa_nodes"}

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from hypothesis import strategies as st
 
-from eventstore.catalogue import (
+from vmledger.eventstore.catalogue import (
     MAX_BYTES,
     MAX_COUNT,
     Capability,
@@ -22,8 +22,8 @@ from eventstore.catalogue import (
     Scope,
     media_property,
 )
-from eventstore.decisions import SetRequest
-from eventstore.events import (
+from vmledger.eventstore.decisions import SetRequest
+from vmledger.eventstore.events import (
     EVENT_TYPES,
     ChangeOutcome,
     ChangeRequested,
@@ -39,7 +39,7 @@ from eventstore.events import (
     PersistentValueObserved,
     change_event,
 )
-from eventstore.log import Metadata, RecordedEvent
+from vmledger.eventstore.log import Metadata, RecordedEvent
 
 __all__ = [
     "any_logs",

@@ -9,10 +9,29 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LAYERS = ["eventstore", "projections", "adapters", "vmledger"]
 
 
+def _layer(module: str) -> str:
+    """Return the layer a module name belongs to: `vmledger.eventstore.x` is `eventstore`'s, `vmledger.x` vmledger's."""
+    parts = module.split(".")
+    if parts[0] == "vmledger" and len(parts) > 1 and parts[1] in LAYERS:
+        return parts[1]
+    return parts[0]
+
+
 def _imports(path: pathlib.Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(_layer(alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(_layer(node.module))
+    return found
+
+
+def _top_level(path: pathlib.Path) -> set[str]:
+    """Return the first component of every module `path` imports by absolute name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -26,9 +45,9 @@ def _modules() -> list[tuple[str, pathlib.Path]]:
 
 @pytest.mark.parametrize("layer,path", _modules(), ids=lambda v: str(v).replace(str(ROOT) + "/", ""))
 def test_no_upward_import(layer: str, path: pathlib.Path) -> None:
-    """A module imports no package of a layer above its own."""
+    """A module imports no package of a layer above its own, nor the top-level names the layers had before `vmledger.`."""
     above = set(LAYERS[LAYERS.index(layer) + 1:])
-    assert sorted(_imports(path) & above) == []
+    assert (sorted(_imports(path) & above), sorted(_top_level(path) & set(LAYERS[:-1]))) == ([], [])
 
 
 def test_every_layer_has_modules() -> None:
@@ -37,7 +56,9 @@ def test_every_layer_has_modules() -> None:
 
 
 def _package(path: pathlib.Path) -> str:
-    return ".".join(path.relative_to(ROOT).parts[:-1])
+    """Return a module's package as installed: the folders eventstore, projections and adapters live under `vmledger.`."""
+    parts = path.relative_to(ROOT).parts[:-1]
+    return ".".join(parts if parts[0] == "vmledger" else ("vmledger", *parts))
 
 
 def _imported_modules(path: pathlib.Path) -> set[str]:
@@ -50,7 +71,10 @@ def _imported_modules(path: pathlib.Path) -> set[str]:
             found.add(node.module)
             for alias in node.names:
                 name = f"{node.module}.{alias.name}"
-                module = ROOT / pathlib.Path(*name.split("."))
+                folders = name.split(".")
+                if folders[0] == "vmledger" and len(folders) > 1 and folders[1] in LAYERS[:-1]:
+                    folders = folders[1:]  # the repository keeps these folders at the top
+                module = ROOT / pathlib.Path(*folders)
                 if module.with_suffix(".py").exists() or (module / "__init__.py").exists():
                     found.add(name)
     return found
@@ -69,13 +93,13 @@ def _private_owner(module: str) -> str | None:
 def test_no_import_of_another_package_s_private_module(layer: str, path: pathlib.Path) -> None:
     """A module imports a private (`_x`) module only from its own package or one of its subpackages."""
     own = _package(path)
-    foreign = sorted(m for m in _imported_modules(path) if m.split(".")[0] in LAYERS
+    foreign = sorted(m for m in _imported_modules(path) if m.split(".")[0] == "vmledger"
                      and (owner := _private_owner(m)) is not None and not (own + ".").startswith(owner + "."))
     assert foreign == []
 
 
 def test_private_import_check_names_the_owner_of_a_private_module() -> None:
     """The private-import check tells private modules by their owning package, and public ones apart."""
-    assert (_private_owner("eventstore.backends._x"), _private_owner("projections._parts"),
-            _private_owner("eventstore.backends.common"), _private_owner("vmledger.__main__")) == (
-        "eventstore.backends", "projections", None, None)
+    assert (_private_owner("vmledger.eventstore.backends._x"), _private_owner("vmledger.projections._parts"),
+            _private_owner("vmledger.eventstore.backends.common"), _private_owner("vmledger.__main__")) == (
+        "vmledger.eventstore.backends", "vmledger.projections", None, None)

@@ -8,7 +8,7 @@ gives the same methods over HTTP, against `vmledger serve`.
 
 from typing import Any
 
-from eventstore.errors import (
+from vmledger.eventstore.errors import (
     ChainBrokenError,
     ConcurrencyError,
     HypervisorError,

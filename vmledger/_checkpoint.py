@@ -16,8 +16,8 @@ from typing import Any, Mapping
 
 import attrs
 
-from eventstore.catalogue import MAX_POSITION
-from eventstore.errors import InvalidRequestError, StorageError
+from vmledger.eventstore.catalogue import MAX_POSITION
+from vmledger.eventstore.errors import InvalidRequestError, StorageError
 
 __all__ = ["Checkpoint", "read_checkpoint", "write_checkpoint"]
 

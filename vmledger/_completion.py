@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from eventstore.catalogue import CATALOGUE
+from vmledger.eventstore.catalogue import CATALOGUE
 
 __all__ = ["SHELLS", "script"]
 

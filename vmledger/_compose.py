@@ -10,14 +10,14 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
-from adapters.libvirt import LibvirtHypervisor
-from adapters.port import Hypervisor
-from adapters.simulated import SimulatedHypervisor
-from eventstore.backends.sqlite import SQLiteEventLog
-from eventstore.catalogue import Kind, check_seconds, lookup, shown
-from eventstore.hypervisor import DomainSpec, Observation
-from eventstore.errors import InvalidRequestError
-from projections.store import TableProjector
+from vmledger.adapters.libvirt import LibvirtHypervisor
+from vmledger.adapters.port import Hypervisor
+from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.backends.sqlite import SQLiteEventLog
+from vmledger.eventstore.catalogue import Kind, check_seconds, lookup, shown
+from vmledger.eventstore.hypervisor import DomainSpec, Observation
+from vmledger.eventstore.errors import InvalidRequestError
+from vmledger.projections.store import TableProjector
 from vmledger.ledger import Ledger
 
 __all__ = ["open", "sqlite_path", "DEFAULT_DB"]
@@ -128,7 +128,7 @@ async def open(  # noqa: A001 - the public name the design promises
     log: Any
     if isinstance(url, str) and url.startswith(("postgresql://", "postgres://")):
         try:
-            from eventstore.backends.postgres import PostgresEventLog
+            from vmledger.eventstore.backends.postgres import PostgresEventLog
         except ImportError as e:
             raise InvalidRequestError("postgresql:// needs asyncpg: pip install 'vmledger[postgres]'") from e
         log = PostgresEventLog(url, TableProjector(), busy_timeout=busy_timeout, create=create,

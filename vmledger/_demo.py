@@ -13,7 +13,7 @@ import tempfile
 from typing import Any, Awaitable, Callable
 
 import vmledger
-from eventstore.errors import InvalidRequestError
+from vmledger.eventstore.errors import InvalidRequestError
 
 __all__ = ["run_demo"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from eventstore.catalogue import MAX_POSITION, Property, check_position, shown, size_text
-from eventstore.errors import InvalidRequestError
+from vmledger.eventstore.catalogue import MAX_POSITION, Property, check_position, shown, size_text
+from vmledger.eventstore.errors import InvalidRequestError
 
 __all__ = ["SIZE_RULE", "parse_size", "format_size", "parse_value", "format_value", "parse_time", "parse_count", "parse_position",
            "parse_as_of"]

@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import attrs
 
-from eventstore.codec import decode, encode, loads
-from eventstore.errors import (
+from vmledger.eventstore.codec import decode, encode, loads
+from vmledger.eventstore.errors import (
     ChainBrokenError,
     ConcurrencyError,
     HypervisorError,
@@ -25,7 +25,7 @@ from eventstore.errors import (
     UnknownPropertyError,
     VmledgerError,
 )
-from eventstore.log import Metadata, RecordedEvent
+from vmledger.eventstore.log import Metadata, RecordedEvent
 
 __all__ = [
     "plain",

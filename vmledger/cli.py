@@ -19,16 +19,16 @@ import traceback
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import vmledger
-from eventstore.catalogue import CATALOGUE, Capability, Scope, check_seconds, lookup, shown
-from eventstore.codec import loads
-from eventstore.errors import (
+from vmledger.eventstore.catalogue import CATALOGUE, Capability, Scope, check_seconds, lookup, shown
+from vmledger.eventstore.codec import loads
+from vmledger.eventstore.errors import (
     ChainBrokenError,
     InvalidRequestError,
     LedgerNotFoundError,
     UnknownDomainError,
     VmledgerError,
 )
-from eventstore.events import (
+from vmledger.eventstore.events import (
     ChangeOutcome,
     GuestCapabilitiesObserved,
     LiveValueObserved,
@@ -36,7 +36,7 @@ from eventstore.events import (
     MediaTrayUnlocked,
     PersistentValueObserved,
 )
-from eventstore.log import RecordedEvent, timestamp
+from vmledger.eventstore.log import RecordedEvent, timestamp
 from vmledger import _units
 from vmledger._checkpoint import read_checkpoint, write_checkpoint
 from vmledger._compose import DEFAULT_DB
@@ -356,7 +356,7 @@ def _describe(domain: str, rec: RecordedEvent) -> str:
 
 
 def _event_json(rec: RecordedEvent) -> dict[str, Any]:
-    from eventstore.codec import encode
+    from vmledger.eventstore.codec import encode
 
     _, _, data = encode(rec.event)
     return {"position": rec.position, "stream": rec.stream, "version": rec.version,
@@ -584,7 +584,7 @@ def _export_file(name: str) -> Callable[[], Iterable[str]]:
 
 
 async def _sim(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
-    from adapters.simulated import SimulatedHypervisor
+    from vmledger.adapters.simulated import SimulatedHypervisor
 
     sim = ledger.hypervisor
     if not isinstance(sim, SimulatedHypervisor) and not getattr(sim, "simulated", False):

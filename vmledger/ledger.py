@@ -10,8 +10,8 @@ import weakref
 from datetime import datetime, timedelta
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar, cast
 
-from adapters.port import Hypervisor
-from eventstore.catalogue import (
+from vmledger.adapters.port import Hypervisor
+from vmledger.eventstore.catalogue import (
     CATALOGUE,
     CONFIG_PROPERTIES,
     Capability,
@@ -30,7 +30,7 @@ from eventstore.catalogue import (
     media_property,
     shown,
 )
-from eventstore.decisions import (
+from vmledger.eventstore.decisions import (
     SetRequest,
     decide_live,
     decide_observed,
@@ -40,7 +40,7 @@ from eventstore.decisions import (
     decide_undefine,
     out_of_range,
 )
-from eventstore.errors import (
+from vmledger.eventstore.errors import (
     ChainBrokenError,
     ConcurrencyError,
     InvalidRequestError,
@@ -49,15 +49,15 @@ from eventstore.errors import (
     UnknownPropertyError,
     VmledgerError,
 )
-from eventstore.events import ChangeOutcome, DomainDefined, DomainStarted, Event, GuestCapabilitiesObserved
-from eventstore.hypervisor import DomainSpec, LiveResult, Value
-from eventstore import transfer
-from eventstore.log import Metadata, RecordedEvent
-from eventstore.state import DomainState, fold
-from projections import queries
-from projections.model import Model, state_from_json
-from projections.store import DuplicateRequestError
-from projections.verify import compare, digest, domain_groups, folded_rows, paired_groups
+from vmledger.eventstore.events import ChangeOutcome, DomainDefined, DomainStarted, Event, GuestCapabilitiesObserved
+from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Value
+from vmledger.eventstore import transfer
+from vmledger.eventstore.log import Metadata, RecordedEvent
+from vmledger.eventstore.state import DomainState, fold
+from vmledger.projections import queries
+from vmledger.projections.model import Model, state_from_json
+from vmledger.projections.store import DuplicateRequestError
+from vmledger.projections.verify import compare, digest, domain_groups, folded_rows, paired_groups
 from vmledger._checkpoint import Checkpoint
 from vmledger.results import DomainView, DriftRow, PropertyValue, RequestRecord
 

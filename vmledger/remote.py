@@ -21,8 +21,8 @@ from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
 import httpx
 
-from eventstore.errors import InvalidRequestError, StorageError
-from eventstore.log import RecordedEvent
+from vmledger.eventstore.errors import InvalidRequestError, StorageError
+from vmledger.eventstore.log import RecordedEvent
 from vmledger._checkpoint import Checkpoint
 from vmledger._wire import REPLAYED_HEADER, error_from_problem, event_from_json
 from vmledger.results import DomainView, DriftRow, PropertyValue, RequestRecord

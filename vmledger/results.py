@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 import attrs
 
-from eventstore.hypervisor import Value
-from eventstore.log import timestamp
+from vmledger.eventstore.hypervisor import Value
+from vmledger.eventstore.log import timestamp
 
 __all__ = ["Outcome", "RequestRecord", "PropertyRow", "DomainView", "DriftRow", "PropertyValue"]
 

@@ -8,10 +8,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import attrs
 
-from eventstore.codec import decode, dumps_flat, encode, loads
-from eventstore.errors import ChainBrokenError, StorageError, VmledgerError
-from eventstore.events import Event
-from eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, chain_hash, timestamp
+from vmledger.eventstore.codec import decode, dumps_flat, encode, loads
+from vmledger.eventstore.errors import ChainBrokenError, StorageError, VmledgerError
+from vmledger.eventstore.events import Event
+from vmledger.eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, chain_hash, timestamp
 
 __all__ = [
     "COLUMNS", "SCAN_COLUMNS", "CHUNK", "record", "decode_metadata", "decode_time",

@@ -26,16 +26,16 @@ from typing import Any, AsyncIterator, Callable, Sequence
 import asyncpg
 from asyncpg import exceptions as pg
 
-from eventstore.backends.common import COLUMNS, LogReads, chained_rows, record
-from eventstore.errors import (
+from vmledger.eventstore.backends.common import COLUMNS, LogReads, chained_rows, record
+from vmledger.eventstore.errors import (
     ConcurrencyError,
     InvalidRequestError,
     LedgerNotFoundError,
     NotALedgerError,
     StorageError,
 )
-from eventstore.events import Event
-from eventstore.log import Metadata, Projector, RecordedEvent, run_steps
+from vmledger.eventstore.events import Event
+from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, run_steps
 
 __all__ = ["PostgresEventLog", "CHANNEL", "APPEND_LOCK"]
 

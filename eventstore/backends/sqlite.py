@@ -28,8 +28,8 @@ from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
 import aiosqlite
 import attrs
 
-from eventstore.backends.common import COLUMNS, SCAN_COLUMNS, LogReads, chained_rows, record
-from eventstore.errors import (
+from vmledger.eventstore.backends.common import COLUMNS, SCAN_COLUMNS, LogReads, chained_rows, record
+from vmledger.eventstore.errors import (
     ConcurrencyError,
     InvalidRequestError,
     LedgerNotFoundError,
@@ -37,8 +37,8 @@ from eventstore.errors import (
     StorageError,
     VmledgerError,
 )
-from eventstore.events import Event
-from eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync
+from vmledger.eventstore.events import Event
+from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync
 
 __all__ = ["SQLiteEventLog"]
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import vmledger
-from eventstore.errors import ChainBrokenError, InvalidRequestError
-from eventstore.log import GENESIS_HASH
+from vmledger.eventstore.errors import ChainBrokenError, InvalidRequestError
+from vmledger.eventstore.log import GENESIS_HASH
 from tests.contract.test_store import HASH, Row, Store, _relinked
 
 GiB = 2**30

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vmledger
-from adapters.simulated import SimulatedHypervisor
+from vmledger.adapters.simulated import SimulatedHypervisor
 from tests.drift_reference import reference_drift
 from tests.pg import create_database
 

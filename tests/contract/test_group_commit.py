@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstore.backends.sqlite import SQLiteEventLog
-from eventstore.catalogue import Outcome
-from eventstore.errors import ConcurrencyError, InvalidRequestError
-from eventstore.events import DomainDefined, DomainStarted, DomainStopped, DomainUndefined, Event, change_event
-from eventstore.log import Metadata
-from projections.store import TableProjector, table_rows
+from vmledger.eventstore.backends.sqlite import SQLiteEventLog
+from vmledger.eventstore.catalogue import Outcome
+from vmledger.eventstore.errors import ConcurrencyError, InvalidRequestError
+from vmledger.eventstore.events import DomainDefined, DomainStarted, DomainStopped, DomainUndefined, Event, change_event
+from vmledger.eventstore.log import Metadata
+from vmledger.projections.store import TableProjector, table_rows
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}

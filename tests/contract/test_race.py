@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import vmledger
-from adapters.simulated import SimulatedHypervisor
+from vmledger.adapters.simulated import SimulatedHypervisor
 
 SIZES = {"sqlite": 200, "postgres": 2000}
 
@@ -27,7 +27,7 @@ DOMAINS = [f"d{i:02d}" for i in range(50)]
 WRITER = """
 import asyncio, sys
 import vmledger
-from adapters.simulated import SimulatedHypervisor
+from vmledger.adapters.simulated import SimulatedHypervisor
 
 async def writer(ledger, proc, task, n):
     for i in range(n):
@@ -74,7 +74,7 @@ async def _hold_append_lock(url: str) -> None:
     """Hold the append lock in an open transaction for 2 s, as a slow writer would."""
     import asyncpg
 
-    from eventstore.backends.postgres import APPEND_LOCK
+    from vmledger.eventstore.backends.postgres import APPEND_LOCK
 
     await asyncio.sleep(0.5)
     conn = await asyncpg.connect(url)

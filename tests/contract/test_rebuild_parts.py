@@ -15,16 +15,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import projections._parts
-from eventstore.backends.common import COLUMNS
-from eventstore.backends.sqlite import SQLiteEventLog
-from eventstore.catalogue import Outcome
-from eventstore.codec import dumps, encode
-from eventstore.errors import StorageError
-from eventstore.events import DomainDefined, DomainStarted, Event, change_event
-from eventstore.log import Metadata, RecordedEvent, timestamp
-from projections._parts import part_of
-from projections.store import TableProjector, table_rows
+import vmledger.projections._parts
+from vmledger.eventstore.backends.common import COLUMNS
+from vmledger.eventstore.backends.sqlite import SQLiteEventLog
+from vmledger.eventstore.catalogue import Outcome
+from vmledger.eventstore.codec import dumps, encode
+from vmledger.eventstore.errors import StorageError
+from vmledger.eventstore.events import DomainDefined, DomainStarted, Event, change_event
+from vmledger.eventstore.log import Metadata, RecordedEvent, timestamp
+from vmledger.projections._parts import part_of
+from vmledger.projections.store import TableProjector, table_rows
 from tests.strategies import LOG_START, any_logs, recorded
 
 CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}
@@ -154,7 +154,7 @@ def test_a_rebuild_whose_workers_cannot_start_folds_in_one_process(
     path = str(tmp_path / "ledger.db")
     _stored(path, [_row(r) for r in recorded(_fleet())])
     alone = _rebuilt(path, TableProjector(parts=1))
-    monkeypatch.setattr(projections._parts.sys, "executable", str(tmp_path / "no-python"))
+    monkeypatch.setattr(vmledger.projections._parts.sys, "executable", str(tmp_path / "no-python"))
     with caplog.at_level(logging.WARNING, logger="vmledger"):
         split = _rebuilt(path, TableProjector(parts=2, parts_from=0))
     assert (split, [r.message.split(" (")[0] for r in caplog.records]) == (

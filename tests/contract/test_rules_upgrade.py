@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import vmledger
-from adapters.simulated import SimulatedHypervisor
-from projections.store import RULES
+from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.projections.store import RULES
 
 GiB = 2**30
 

@@ -10,12 +10,12 @@ from typing import Any, AsyncIterator
 import pytest
 
 import vmledger
-from adapters.simulated import SimulatedHypervisor
-from eventstore.backends.common import COLUMNS
-from eventstore.events import LiveValueObserved
-from eventstore.hypervisor import DomainSpec
-from eventstore.transfer import from_line
-from projections.store import table_rows
+from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.backends.common import COLUMNS
+from vmledger.eventstore.events import LiveValueObserved
+from vmledger.eventstore.hypervisor import DomainSpec
+from vmledger.eventstore.transfer import from_line
+from vmledger.projections.store import table_rows
 
 MiB, GiB = 2**20, 2**30
 LINES = (pathlib.Path(__file__).resolve().parents[1] / "data" / "v1-log.jsonl").read_text(encoding="utf-8").splitlines()

@@ -23,11 +23,11 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
-from adapters.simulated import SimulatedHypervisor
-from eventstore.backends.sqlite import SQLiteEventLog
-from eventstore.errors import HypervisorError, StorageError
-from eventstore.hypervisor import DomainSpec
-from projections.store import TableProjector
+from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.backends.sqlite import SQLiteEventLog
+from vmledger.eventstore.errors import HypervisorError, StorageError
+from vmledger.eventstore.hypervisor import DomainSpec
+from vmledger.projections.store import TableProjector
 from vmledger.cli import main
 from vmledger.ledger import Ledger
 

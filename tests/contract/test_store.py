@@ -11,14 +11,14 @@ from typing import Any, AsyncIterator, Callable
 
 import pytest
 
-from eventstore.backends.common import COLUMNS
-from eventstore.backends.sqlite import SQLiteEventLog
-from eventstore.errors import ChainBrokenError, ConcurrencyError, StorageError
-from eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveValueObserved
-from eventstore.log import GENESIS_HASH, Metadata, chain_hash
-from eventstore.catalogue import Outcome
-from eventstore.events import change_event
-from projections.store import DuplicateRequestError, TableProjector, table_rows
+from vmledger.eventstore.backends.common import COLUMNS
+from vmledger.eventstore.backends.sqlite import SQLiteEventLog
+from vmledger.eventstore.errors import ChainBrokenError, ConcurrencyError, StorageError
+from vmledger.eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveValueObserved
+from vmledger.eventstore.log import GENESIS_HASH, Metadata, chain_hash
+from vmledger.eventstore.catalogue import Outcome
+from vmledger.eventstore.events import change_event
+from vmledger.projections.store import DuplicateRequestError, TableProjector, table_rows
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}
@@ -36,7 +36,7 @@ async def _sqlite(tmp: str, projector: TableProjector | None = None) -> AsyncIte
 
 @contextlib.asynccontextmanager
 async def _postgres(dsn: str, projector: TableProjector | None = None) -> AsyncIterator[Any]:
-    from eventstore.backends.postgres import PostgresEventLog  # only when asyncpg is there
+    from vmledger.eventstore.backends.postgres import PostgresEventLog  # only when asyncpg is there
 
     async with PostgresEventLog(dsn, projector or TableProjector(), busy_timeout=5) as log:
         yield log

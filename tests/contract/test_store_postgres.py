@@ -11,17 +11,17 @@ from typing import Any, AsyncIterator, Sequence
 
 import pytest
 
-from adapters.simulated import SimulatedHypervisor
-from eventstore.backends.sqlite import SQLiteEventLog
-from eventstore.errors import ConcurrencyError, StorageError
-from eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveValueObserved
-from eventstore.log import Metadata, RecordedEvent, Transaction
-from projections.store import TableProjector
+from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.backends.sqlite import SQLiteEventLog
+from vmledger.eventstore.errors import ConcurrencyError, StorageError
+from vmledger.eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveValueObserved
+from vmledger.eventstore.log import Metadata, RecordedEvent, Transaction
+from vmledger.projections.store import TableProjector
 from vmledger.ledger import Ledger
 
 # Without the driver the `pg_dsn` fixture of test_store.py[postgres] skips, or fails under CI=true.
 asyncpg = pytest.importorskip("asyncpg", reason="the asyncpg driver is not installed (pip install -e '.[test]')")
-from eventstore.backends.postgres import APPEND_LOCK, CHANNEL, PostgresEventLog  # noqa: E402
+from vmledger.eventstore.backends.postgres import APPEND_LOCK, CHANNEL, PostgresEventLog  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 import vmledger
-from adapters.simulated import SimulatedHypervisor
-from projections.store import table_rows
+from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.projections.store import table_rows
 
 GiB = 2**30
 

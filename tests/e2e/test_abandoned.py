@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import vmledger
-from eventstore.decisions import SetRequest, decide_set
-from eventstore.log import Metadata
+from vmledger.eventstore.decisions import SetRequest, decide_set
+from vmledger.eventstore.log import Metadata
 
 GiB = 2**30
 

@@ -328,8 +328,8 @@ def test_observe_resolves_an_abandoned_request(tmp_path: Any) -> None:
     from datetime import datetime, timedelta, timezone
 
     import vmledger
-    from eventstore.decisions import SetRequest, decide_set
-    from eventstore.log import Metadata
+    from vmledger.eventstore.decisions import SetRequest, decide_set
+    from vmledger.eventstore.log import Metadata
 
     db = str(tmp_path / "l.db")
 

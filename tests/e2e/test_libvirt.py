@@ -28,11 +28,11 @@ except ImportError as e:
     pytest.skip(_HOW, allow_module_level=True)
 
 import vmledger
-from adapters.libvirt import INSTALL_HINT, LibvirtHypervisor
-from eventstore.catalogue import Reason
-from eventstore.errors import HypervisorError, InvalidRequestError
-from eventstore.events import LiveValueObserved
-from eventstore.hypervisor import DomainSpec, LiveResult
+from vmledger.adapters.libvirt import INSTALL_HINT, LibvirtHypervisor
+from vmledger.eventstore.catalogue import Reason
+from vmledger.eventstore.errors import HypervisorError, InvalidRequestError
+from vmledger.eventstore.events import LiveValueObserved
+from vmledger.eventstore.hypervisor import DomainSpec, LiveResult
 from vmledger import Ledger
 from vmledger.ledger import default_principal
 

@@ -10,7 +10,7 @@ import asyncio
 from typing import Any, Awaitable, Callable
 
 import vmledger
-from adapters.simulated import SimulatedHypervisor
+from vmledger.adapters.simulated import SimulatedHypervisor
 
 GiB = 2**30
 Hook = Callable[[], Awaitable[Any]]

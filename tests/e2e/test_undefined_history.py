@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import vmledger
-from adapters.simulated import SimulatedHypervisor
+from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.cli import main
 
 

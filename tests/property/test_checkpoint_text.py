@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstore.catalogue import MAX_POSITION
-from eventstore.errors import InvalidRequestError
+from vmledger.eventstore.catalogue import MAX_POSITION
+from vmledger.eventstore.errors import InvalidRequestError
 from vmledger import Checkpoint
 
 SETTINGS = settings(database=None, deadline=None, max_examples=100)

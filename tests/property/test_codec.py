@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstore.codec import UPCASTERS, decode, dumps, encode, loads
-from eventstore.errors import StorageError
-from eventstore.events import EVENT_TYPES, LiveValueObserved, MediaTrayLocked
-from eventstore.log import chain_hash, timestamp
-from eventstore.hypervisor import Value
+from vmledger.eventstore.codec import UPCASTERS, decode, dumps, encode, loads
+from vmledger.eventstore.errors import StorageError
+from vmledger.eventstore.events import EVENT_TYPES, LiveValueObserved, MediaTrayLocked
+from vmledger.eventstore.log import chain_hash, timestamp
+from vmledger.eventstore.hypervisor import Value
 from tests.strategies import devices, event_strategy, events, property_names, values
 
 SETTINGS = settings(database=None, deadline=None, max_examples=100)

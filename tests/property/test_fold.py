@@ -20,11 +20,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from eventstore.backends.common import record
-from projections.scan import scan
-from eventstore.catalogue import Cause, GuestType, Outcome, Reason
-from eventstore.codec import dumps, dumps_plain, dumps_value, encode
-from eventstore.decisions import (
+from vmledger.eventstore.backends.common import record
+from vmledger.projections.scan import scan
+from vmledger.eventstore.catalogue import Cause, GuestType, Outcome, Reason
+from vmledger.eventstore.codec import dumps, dumps_plain, dumps_value, encode
+from vmledger.eventstore.decisions import (
     SetRequest,
     decide_live,
     decide_observed,
@@ -33,7 +33,7 @@ from eventstore.decisions import (
     decide_stop,
     decide_undefine,
 )
-from eventstore.events import (
+from vmledger.eventstore.events import (
     ChangeOutcome,
     DomainDefined,
     DomainStarted,
@@ -45,12 +45,12 @@ from eventstore.events import (
     PersistentValueObserved,
     change_event,
 )
-from eventstore.hypervisor import LiveResult, Observation
-from eventstore.log import Metadata, RecordedEvent, timestamp
-from eventstore.state import DomainFold, DomainState, Mark, Slot, apply
-from projections._replay import Replay
-from projections.model import TABLES, Model, domain_rows, history_from_row, record_from_row, state_from_json, state_to_json
-from projections.verify import domain_groups, folded_rows
+from vmledger.eventstore.hypervisor import LiveResult, Observation
+from vmledger.eventstore.log import Metadata, RecordedEvent, timestamp
+from vmledger.eventstore.state import DomainFold, DomainState, Mark, Slot, apply
+from vmledger.projections._replay import Replay
+from vmledger.projections.model import TABLES, Model, domain_rows, history_from_row, record_from_row, state_from_json, state_to_json
+from vmledger.projections.verify import domain_groups, folded_rows
 from tests.strategies import (
     DEVICES,
     DOMAIN_NAMES,

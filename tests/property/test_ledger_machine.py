@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import vmledger
-from eventstore.catalogue import Capability, GuestType
+from vmledger.eventstore.catalogue import Capability, GuestType
 from tests.drift_reference import reference_drift
 from tests.strategies import GiB, MiB, SCOPES, SETTABLE, malformed_value, well_formed_value
 

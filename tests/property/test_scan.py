@@ -18,12 +18,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from projections import scan as _scan_module
-from eventstore.backends.common import record
-from projections.scan import as_change, scan
-from eventstore.codec import dumps, encode, loads
-from eventstore.events import EVENT_TYPES
-from eventstore.log import RecordedEvent
+from vmledger.projections import scan as _scan_module
+from vmledger.eventstore.backends.common import record
+from vmledger.projections.scan import as_change, scan
+from vmledger.eventstore.codec import dumps, encode, loads
+from vmledger.eventstore.events import EVENT_TYPES
+from vmledger.eventstore.log import RecordedEvent
 from tests.strategies import events
 
 SETTINGS = settings(database=None, deadline=None, max_examples=300)

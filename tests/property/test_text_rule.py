@@ -7,8 +7,8 @@ import unicodedata
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from eventstore.catalogue import check_text
-from eventstore.errors import InvalidRequestError
+from vmledger.eventstore.catalogue import check_text
+from vmledger.eventstore.errors import InvalidRequestError
 
 _BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 

@@ -6,13 +6,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from eventstore.catalogue import Outcome, Reason
-from eventstore.decisions import SetRequest, decide_live, decide_observed, decide_persistent, decide_set
-from eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
-from eventstore.events import DomainDefined, DomainStarted, LiveValueObserved, PersistentValueObserved
-from eventstore.hypervisor import LiveResult, Observation
-from eventstore.log import Metadata, RecordedEvent
-from eventstore.state import DomainState, apply, fold
+from vmledger.eventstore.catalogue import Outcome, Reason
+from vmledger.eventstore.decisions import SetRequest, decide_live, decide_observed, decide_persistent, decide_set
+from vmledger.eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
+from vmledger.eventstore.events import DomainDefined, DomainStarted, LiveValueObserved, PersistentValueObserved
+from vmledger.eventstore.hypervisor import LiveResult, Observation
+from vmledger.eventstore.log import Metadata, RecordedEvent
+from vmledger.eventstore.state import DomainState, apply, fold
 
 GiB = 2**30
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

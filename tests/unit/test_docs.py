@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from eventstore import catalogue
-from eventstore.catalogue import CATALOGUE, Cause, Reason
-from eventstore.events import EVENT_TYPES
+from vmledger.eventstore import catalogue
+from vmledger.eventstore.catalogue import CATALOGUE, Cause, Reason
+from vmledger.eventstore.events import EVENT_TYPES
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))

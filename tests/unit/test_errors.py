@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eventstore.errors import ConcurrencyError
+from vmledger.eventstore.errors import ConcurrencyError
 
 
 def test_a_request_that_lost_every_race_says_so() -> None:

@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from eventstore.codec import decode, encode
-from eventstore.events import EVENT_TYPES
+from vmledger.eventstore.codec import decode, encode
+from vmledger.eventstore.events import EVENT_TYPES
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "data" / "golden"
 

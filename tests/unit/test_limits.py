@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import pytest
 
-from eventstore.catalogue import (
+from vmledger.eventstore.catalogue import (
     CATALOGUE,
     MAX_POSITION,
     check_name,
@@ -17,7 +17,7 @@ from eventstore.catalogue import (
     check_value,
     lookup,
 )
-from eventstore.errors import InvalidRequestError, UnknownPropertyError
+from vmledger.eventstore.errors import InvalidRequestError, UnknownPropertyError
 
 
 def _media(path: object) -> object:

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from adapters.simulated import SimulatedHypervisor
-from eventstore.catalogue import Reason
-from eventstore.errors import HypervisorError, InvalidRequestError, UnknownDomainError, UnknownPropertyError
-from eventstore.hypervisor import DomainSpec, LiveResult, Observation
+from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.catalogue import Reason
+from vmledger.eventstore.errors import HypervisorError, InvalidRequestError, UnknownDomainError, UnknownPropertyError
+from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Observation
 
 GiB = 2**30
 MiB = 2**20

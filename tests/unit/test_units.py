@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import given, strategies as st
 
-from eventstore.errors import InvalidRequestError
+from vmledger.eventstore.errors import InvalidRequestError
 from vmledger._units import format_size, parse_count, parse_size, parse_time
 
 

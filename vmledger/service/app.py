@@ -26,9 +26,9 @@ from litestar.params import Body, FromPath, FromQuery, HeaderParameter, JSONBody
 from litestar.response import Stream
 
 import vmledger
-from adapters.simulated import SimulatedHypervisor
-from eventstore.catalogue import lookup
-from eventstore.errors import InvalidRequestError, UnknownDomainError, VmledgerError
+from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.catalogue import lookup
+from vmledger.eventstore.errors import InvalidRequestError, UnknownDomainError, VmledgerError
 from vmledger import _units
 from vmledger._checkpoint import Checkpoint
 from vmledger._wire import (

@@ -39,7 +39,7 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
 async def run_command(args: argparse.Namespace) -> int:
     """Run `serve` or a `token` action on the ledger of `--db`; return the exit code."""
     import vmledger
-    from eventstore.errors import InvalidRequestError
+    from vmledger.eventstore.errors import InvalidRequestError
     from vmledger.service.tokens import TokenStore
 
     if args.command == "serve":

@@ -20,8 +20,8 @@ from typing import Any, Awaitable, Callable, TextIO
 import uvicorn
 
 import vmledger
-from eventstore.catalogue import check_seconds
-from eventstore.errors import InvalidRequestError
+from vmledger.eventstore.catalogue import check_seconds
+from vmledger.eventstore.errors import InvalidRequestError
 from vmledger.service.app import Service, create_app
 from vmledger.service.commands import DEFAULT_PORT
 from vmledger.service.metrics import Metrics, TimedLog

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import attrs
 
-from eventstore.errors import InvalidRequestError, StorageError
+from vmledger.eventstore.errors import InvalidRequestError, StorageError
 
 __all__ = ["Role", "Token", "TokenStore", "new_secret", "token_hash", "check_token_name", "SCHEMA"]
 

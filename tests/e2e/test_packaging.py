@@ -1,0 +1,26 @@
+"""The wheel installs everything under `vmledger.`: no generic top-level package (issue 18)."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+#: The repository's folders and where the wheel puts them.
+FOLDERS = {"vmledger": "vmledger", "eventstore": "vmledger/eventstore", "projections": "vmledger/projections",
+           "adapters": "vmledger/adapters"}
+
+
+def test_the_wheel_holds_every_module_under_vmledger_and_its_type_hints(tmp_path: pathlib.Path) -> None:
+    """Every module of the four folders is in the wheel under `vmledger/`, with `py.typed`, and nothing else is top-level."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("vmledger-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"{FOLDERS[folder]}/{path.relative_to(ROOT / folder).as_posix()}"
+                for folder in FOLDERS for path in (ROOT / folder).rglob("*.py")}
+    top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert (sorted(expected - names), top, "vmledger/py.typed" in names) == ([], {"vmledger"}, True)
