@@ -416,17 +416,22 @@ class Ledger:
         request_id: str | None = None,
         principal: str | None = None,
         reason: str | None = None,
+        expected_version: int | None = None,
     ) -> RequestRecord:
         """Request a change and record it with its outcome in every scope concerned.
 
         Returns the request's record, as `history` gives it.  Repeating a
         request id returns the first record, marked `replayed`, and appends
         nothing.  `principal` defaults to the user name of the process.
+        `expected_version` makes the request a compare-and-set: it is
+        recorded only if the domain's stream is at that version when its
+        `…Requested` is appended (HTTP `If-Match`).
 
         Raises:
             InvalidRequestError: the request is malformed, or its id was used for
                 another request (nothing is written).
             UnknownDomainError, UnknownPropertyError: nothing is written.
+            ConcurrencyError: the domain's stream is not at `expected_version`; nothing is written.
         """
         principal = _who(principal)
         if request_id is not None:
@@ -442,8 +447,15 @@ class Ledger:
             if request_id is not None and (seen := await self._seen(request)) is not None:
                 return RequestRecord.from_dict(seen, replayed=True)
             async with self._serial(name):
+                if expected_version is not None:
+                    self._known.pop(name, None)  # compared with the stored version, not one remembered
                 state, decision = await self._decide(name, self._find_for_request,
                                                      lambda s: decide_set(request, s))
+                if expected_version is not None and cast(DomainState, state).version != expected_version:
+                    # The append below checks the same version, so a writer in between is caught there.
+                    raise ConcurrencyError(cast(DomainState, state).uuid, expected_version,
+                                           cast(DomainState, state).version,
+                                           detail="the domain moved past the version the request expects")
                 try:
                     recorded = await self._append(cast(DomainState, state), decision.events, meta)
                     break

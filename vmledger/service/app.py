@@ -28,7 +28,7 @@ from litestar.response import Stream
 import vmledger
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.catalogue import lookup
-from vmledger.eventstore.errors import InvalidRequestError, UnknownDomainError, VmledgerError
+from vmledger.eventstore.errors import ConcurrencyError, InvalidRequestError, UnknownDomainError, VmledgerError
 from vmledger import _units
 from vmledger._checkpoint import Checkpoint
 from vmledger._wire import (
@@ -275,13 +275,15 @@ async def set_property(
 ) -> Response[RequestRecord]:
     """Request a property change; the answer is the request with its outcome per scope, also when not applied."""
     svc = _svc(request)
-    if if_match is not None and (expected := _expected(if_match)) is not None:
-        # Checked before the ledger decides: a writer of another process in between is not caught.
-        stream, version = await _stream(request, name)
-        if version != expected:
-            raise PreconditionFailedError(stream, expected, version)
-    answer = await svc.ledger.set(name, data.property, data.value, scope=data.scope, request_id=idempotency_key,
-                                  principal=principal(request), reason=data.reason)
+    expected = None if if_match is None else _expected(if_match)
+    try:
+        answer = await svc.ledger.set(name, data.property, data.value, scope=data.scope, request_id=idempotency_key,
+                                      principal=principal(request), reason=data.reason, expected_version=expected)
+    except ConcurrencyError as e:
+        if expected is None:
+            raise
+        # The ledger compared the version when it appended: a writer of another process in between is caught.
+        raise PreconditionFailedError(e.stream, expected, e.actual) from e
     record = plain(answer)
     for scope, outcome in record["outcomes"].items():
         svc.metrics.outcomes.labels(scope, outcome["status"]).inc()
