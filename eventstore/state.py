@@ -120,7 +120,6 @@ class DomainState:
         return drifting(self)
 
 
-
 # `tuple.__new__` makes a named tuple from a tuple of all its fields in C, without the Python-level
 # `__new__` that checks arguments: the fold's hot path, with every field given.
 _new = tuple.__new__
