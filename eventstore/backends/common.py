@@ -9,13 +9,15 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 import attrs
 
 from vmledger.eventstore.codec import decode, dumps_flat, encode, loads
-from vmledger.eventstore.errors import ChainBrokenError, StorageError, VmledgerError
+from vmledger.eventstore.errors import (
+    ChainBrokenError, LedgerNotFoundError, NotALedgerError, StorageError, VmledgerError,
+)
 from vmledger.eventstore.events import Event
 from vmledger.eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, chain_hash, timestamp
 
 __all__ = [
     "COLUMNS", "SCAN_COLUMNS", "CHUNK", "record", "decode_metadata", "decode_time",
-    "chained_rows", "verify_rows", "ChainChecker", "LogReads",
+    "chained_rows", "verify_rows", "ChainChecker", "LogReads", "check_ledger_tables",
 ]
 
 #: The columns of the events table, in row order.
@@ -67,6 +69,22 @@ def decode_time(text: str) -> datetime:
     if when is None or when.tzinfo is None:  # a naive time would not compare with the others
         raise StorageError(f"stored time does not decode: {text!r}")
     return when
+
+
+def check_ledger_tables(tables: Sequence[str], *, create: bool, foreign: str, missing: str) -> None:
+    """Refuse a database whose `tables` hold no log: with other tables (`foreign` says whose), or none unless `create`.
+
+    Raises:
+        NotALedgerError: the database holds tables but not the log's.
+        LedgerNotFoundError: it holds no tables and `create` is false (`missing` says where).
+    """
+    if "events" in tables:
+        return
+    if tables:
+        listed = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise NotALedgerError(f"{foreign} (its tables: {listed}); vmledger adds nothing to it")
+    if not create:
+        raise LedgerNotFoundError(missing)
 
 
 def record(row: Row) -> RecordedEvent:

@@ -26,12 +26,10 @@ from typing import Any, AsyncIterator, Callable, Sequence
 import asyncpg
 from asyncpg import exceptions as pg
 
-from vmledger.eventstore.backends.common import COLUMNS, LogReads, chained_rows, record
+from vmledger.eventstore.backends.common import COLUMNS, LogReads, chained_rows, check_ledger_tables, record
 from vmledger.eventstore.errors import (
     ConcurrencyError,
     InvalidRequestError,
-    LedgerNotFoundError,
-    NotALedgerError,
     StorageError,
 )
 from vmledger.eventstore.events import Event
@@ -286,14 +284,8 @@ class PostgresEventLog(LogReads):
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
             "ORDER BY table_name")]
         where = f"PostgreSQL database {_database(self.dsn)!r}"
-        if "events" in tables:
-            return
-        if tables:
-            listed = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-            raise NotALedgerError(f"the {where} holds tables but no vmledger ledger (its tables: {listed}); "
-                                  "vmledger adds nothing to it")
-        if not self._create:
-            raise LedgerNotFoundError(f"no ledger in the {where}: it holds no vmledger tables")
+        check_ledger_tables(tables, create=self._create, foreign=f"the {where} holds tables but no vmledger ledger",
+                            missing=f"no ledger in the {where}: it holds no vmledger tables")
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn, server_settings=self._settings,

@@ -28,7 +28,9 @@ from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
 import aiosqlite
 import attrs
 
-from vmledger.eventstore.backends.common import COLUMNS, SCAN_COLUMNS, LogReads, chained_rows, record
+from vmledger.eventstore.backends.common import (
+    COLUMNS, SCAN_COLUMNS, LogReads, chained_rows, check_ledger_tables, record,
+)
 from vmledger.eventstore.errors import (
     ConcurrencyError,
     InvalidRequestError,
@@ -103,14 +105,8 @@ def _check_ledger(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
     """
     tables = [name for name, in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-    if "events" in tables:
-        return
-    if tables:
-        listed = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-        raise NotALedgerError(f"{path} is an SQLite database but not a vmledger ledger (its tables: {listed}); "
-                              "vmledger adds nothing to it")
-    if not create:
-        raise LedgerNotFoundError(f"no ledger at {path}: the file holds no ledger")
+    check_ledger_tables(tables, create=create, foreign=f"{path} is an SQLite database but not a vmledger ledger",
+                        missing=f"no ledger at {path}: the file holds no ledger")
 
 
 @attrs.define
