@@ -17,6 +17,8 @@ running (VIR_ERR_OPERATION_INVALID, code 55)`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 import threading
 import uuid as uuidlib
@@ -76,6 +78,15 @@ def _import_libvirt() -> Any:
             libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
             _setup_done = True
     return libvirt
+
+
+def _import_libvirt_qemu() -> Any:
+    """Return libvirt-python's QEMU module (monitor pass-through), or None where it is missing."""
+    try:
+        import libvirt_qemu
+    except ImportError:
+        return None
+    return libvirt_qemu
 
 
 def _ensure_event_loop(libvirt: Any) -> None:
@@ -138,6 +149,9 @@ class LibvirtHypervisor:
         self._conn: Any = None
         self._conn_lock = threading.Lock()
         self._callbacks: set[int] = set()
+        #: One function per subscription, called with a connection that closed.
+        self._on_closed: set[Callable[[Any], None]] = set()
+        self._qemu = _import_libvirt_qemu() if self.uri.split(":", 1)[0].split("+", 1)[0] == "qemu" else None
 
     async def __aenter__(self) -> "LibvirtHypervisor":
         return self
@@ -148,15 +162,29 @@ class LibvirtHypervisor:
     # -- plumbing ----------------------------------------------------------------
 
     def _connect(self) -> Any:
+        """Return the connection, opening a new one when there is none or the old one died (libvirtd restarted)."""
         with self._conn_lock:
+            if self._conn is not None and not self._conn.isAlive():
+                dead, self._conn = self._conn, None
+                self._callbacks.clear()  # they died with their connection
+                with contextlib.suppress(self._libvirt.libvirtError):
+                    dead.close()
             if self._conn is None:
                 if self._events:
                     _ensure_event_loop(self._libvirt)
                 try:
-                    self._conn = self._libvirt.open(self.uri)
+                    conn = self._libvirt.open(self.uri)
                 except self._libvirt.libvirtError as e:
                     raise HypervisorError(f"cannot open libvirt at {self.uri}: {self._describe(e)}") from e
+                if self._events:
+                    conn.registerCloseCallback(lambda c, _reason, _o: self._on_close(conn), None)
+                self._conn = conn
             return self._conn
+
+    def _on_close(self, conn: Any) -> None:
+        """Tell the subscriptions on `conn` that it closed (runs on libvirt's event thread)."""
+        for closed in list(self._on_closed):
+            closed(conn)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking libvirt call in a thread under the timeout; libvirt errors pass through.
@@ -316,11 +344,13 @@ class LibvirtHypervisor:
                 if isinstance(value, int) and value % KIB:
                     return LiveResult.refused(current, Reason.OUT_OF_RANGE,
                                               f"libvirt sizes memory in KiB; {value} bytes is not a whole number of KiB")
+                before = await self._run(self._read_back, name, prop)
                 await self._run(lambda: self._domain(name).setMemoryFlags(_kib(value), live))
-                return await self._settled(name, prop, value)
+                return await self._settled(name, prop, value, before)
             if prop == "vcpus":
+                before = await self._run(self._read_back, name, prop)
                 await self._run(lambda: self._domain(name).setVcpusFlags(_count(value), live))
-                return await self._settled(name, prop, value)
+                return await self._settled(name, prop, value, before)
             if not await self._run(lambda: self._domain(name).isActive()):
                 return LiveResult.refused(None, Reason.DOMAIN_NOT_RUNNING, "domain is not running")
             if prop == "max_memory":
@@ -364,8 +394,14 @@ class LibvirtHypervisor:
         message = self._describe(e)
         return (LiveResult.refused if refused else LiveResult.failed)(current, reason, message)
 
-    async def _settled(self, name: str, prop: str, value: Value) -> LiveResult:
-        """Read a live memory or vCPU value back until it equals `value` or `settle` passes."""
+    async def _settled(self, name: str, prop: str, value: Value, before: int) -> LiveResult:
+        """Read a live memory or vCPU value back until it equals `value` or `settle` passes.
+
+        A domain that still has `before` when `settle` has passed did not take
+        the change at all (a guest without a balloon driver accepts a balloon
+        target and never moves): that is `Failed` with the value kept, not a
+        part of the change.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settle
         while True:
@@ -376,7 +412,12 @@ class LibvirtHypervisor:
         if actual == value:
             return LiveResult.applied(actual)
         text = size_text if CATALOGUE[prop].type == "bytes" else str
-        return LiveResult.partial(actual, f"asked libvirt for {prop} = {text(value)}, the domain has {text(actual)}")
+        asked = f"asked libvirt for {prop} = {text(value)}"
+        if actual == before:
+            return LiveResult.failed(actual, Reason.GUEST_UNSUPPORTED,
+                                     f"{asked}; libvirt accepted it, but after {self.settle:g}s the domain still "
+                                     f"has {text(actual)}: the guest did not take it")
+        return LiveResult.partial(actual, f"{asked}, the domain has {text(actual)}")
 
     def _read_back(self, name: str, prop: str) -> int:
         # info() = [state, max KiB, current KiB, vCPUs, cpu time]: what the domain has now.
@@ -390,26 +431,52 @@ class LibvirtHypervisor:
         return dict(_parse_config(dom.XMLDesc(0))).get(prop)
 
     async def observe(self, name: str) -> Observation:
-        """Report the domain's live config (from its live XML), capabilities and persistent config.
+        """Report the domain's live config (from its live XML), capabilities, tray locks and persistent config.
 
-        libvirt reports no tray locks, so `locked_trays` is always empty.
+        A domain libvirt no longer has is reported undefined (`defined` false).
+        Tray locks come from QEMU (see `_locked_trays`); other drivers tell
+        none, so `locked_trays` is empty there.
 
         Raises:
-            HypervisorError: the domain is unknown or libvirt failed.
+            HypervisorError: libvirt failed.
         """
+        lv = self._libvirt
 
         def work() -> Observation:
-            dom = self._domain(name)
+            try:
+                dom = self._connect().lookupByName(name)
+            except lv.libvirtError as e:
+                if e.get_error_code() != lv.VIR_ERR_NO_DOMAIN:
+                    raise
+                return Observation(defined=False, running=False, live=(), capabilities=())
             running = bool(dom.isActive())
             xml = dom.XMLDesc(0)
             return Observation(
                 running=running,
                 live=_parse_config(xml) if running else (),
                 capabilities=_capabilities(xml),
-                persistent=_parse_config(dom.XMLDesc(self._libvirt.VIR_DOMAIN_XML_INACTIVE)),
+                locked_trays=self._locked_trays(dom, xml) if running else frozenset(),
+                persistent=_parse_config(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE)),
             )
 
         return await self._lifecycle(work)
+
+    def _locked_trays(self, dom: Any, xml: str) -> frozenset[str]:
+        """Return the CD-ROM devices whose tray the guest has locked, as QEMU reports them.
+
+        libvirt's API and XML say whether a tray is open, never whether it is
+        locked; QEMU's `query-block` does, and libvirt passes it through
+        (`libvirt_qemu.qemuMonitorCommand`, which marks the domain tainted
+        `custom-monitor` in its log).  Other drivers, or a monitor that does
+        not answer, tell nothing: no lock is reported.
+        """
+        if self._qemu is None:
+            return frozenset()
+        try:
+            answer = json.loads(self._qemu.qemuMonitorCommand(dom, '{"execute": "query-block"}', 0))
+        except (self._libvirt.libvirtError, ValueError):
+            return frozenset()
+        return _locked_devices(xml, answer.get("return", ()))
 
     async def aclose(self) -> None:
         """Drop event subscriptions and close the connection (if one was opened)."""
@@ -419,6 +486,10 @@ class LibvirtHypervisor:
         callbacks, self._callbacks = set(self._callbacks), set()
 
         def work() -> None:
+            if not conn.isAlive():  # libvirtd went away: nothing is registered any more
+                with contextlib.suppress(self._libvirt.libvirtError):
+                    conn.close()
+                return
             for cid in callbacks:
                 conn.domainEventDeregisterAny(cid)
             conn.close()
@@ -498,13 +569,22 @@ class Notifications:
     `pmsuspended` or `crashed`), `balloon` (detail: the bytes the balloon now
     holds) or `tray` (detail: `DEVICE:open` or `DEVICE:closed`).  Callbacks run
     on libvirt's event thread and hand items to the subscriber's loop.
+
+    When the connection closes (libvirtd stopped or restarted), the next item
+    waits until a new connection opens and the callbacks are registered on
+    it, trying every `RECONNECT_STEP` seconds, and is then `("", "reconnected",
+    "")`: libvirt does not replay the events of the gap, so the subscriber
+    should look at every domain again.
     """
+
+    RECONNECT_STEP = 0.5
 
     def __init__(self, hypervisor: LibvirtHypervisor) -> None:
         self._hv = hypervisor
         self._ids: list[int] = []
         self._queue: asyncio.Queue[tuple[str, str, Value]] | None = None
         self._conn: Any = None
+        self._on_closed: Callable[[Any], None] | None = None
 
     async def __aenter__(self) -> "Notifications":
         await self.subscribe()
@@ -519,6 +599,9 @@ class Notifications:
     async def __anext__(self) -> tuple[str, str, Value]:
         queue = self._queue if self._queue is not None else await self.subscribe()
         domain, kind, detail = await queue.get()
+        if kind == "closed":
+            await self._resubscribe(queue)
+            return "", "reconnected", ""
         if kind == "tray":
             try:
                 detail = await self._hv._tray_device(domain, str(detail))
@@ -532,12 +615,25 @@ class Notifications:
         Raises:
             HypervisorError: libvirt would not register them.
         """
-        if self._queue is not None:
-            return self._queue
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            await self._register(self._queue)
+        return self._queue
+
+    async def _resubscribe(self, queue: "asyncio.Queue[tuple[str, str, Value]]") -> None:
+        """Register the callbacks on a new connection, retrying until libvirt answers again."""
+        self._forget()
+        while True:
+            try:
+                await self._register(queue)
+                return
+            except HypervisorError:
+                await asyncio.sleep(self.RECONNECT_STEP)
+
+    async def _register(self, queue: "asyncio.Queue[tuple[str, str, Value]]") -> None:
         lv = self._hv._libvirt
-        conn = await self._hv.connection()
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, str, Value]] = asyncio.Queue()
+        conn = await self._hv.connection()
 
         def deliver(item: tuple[str, str, Value]) -> None:
             # Runs on libvirt's event thread.
@@ -545,6 +641,10 @@ class Notifications:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:
                 pass  # the subscriber's loop has closed: nobody is left to tell
+
+        def closed(gone: Any) -> None:
+            if gone is conn:
+                deliver(("", "closed", ""))
 
         def lifecycle(_c: Any, dom: Any, event: int, _detail: int, _o: Any) -> None:
             word = _LIFECYCLE[event] if 0 <= event < len(_LIFECYCLE) else str(event)
@@ -566,22 +666,37 @@ class Notifications:
                     ids.append(conn.domainEventRegisterAny(None, event, callback, None))
             except lv.libvirtError:
                 for cid in ids:
-                    conn.domainEventDeregisterAny(cid)
+                    with contextlib.suppress(lv.libvirtError):
+                        conn.domainEventDeregisterAny(cid)
                 raise
             return ids
 
-        self._ids = await self._hv._lifecycle(register)
+        self._hv._on_closed.add(closed)
+        try:
+            self._ids = await self._hv._lifecycle(register)
+        except BaseException:
+            self._hv._on_closed.discard(closed)
+            raise
         self._hv._callbacks.update(self._ids)
-        self._conn, self._queue = conn, queue
-        return queue
+        self._conn, self._on_closed = conn, closed
+        if not conn.isAlive():  # it closed before `closed` was listening: go round again
+            deliver(("", "closed", ""))
 
-    async def aclose(self) -> None:
-        """Deregister the callbacks; the adapter's `aclose` does it too."""
+    def _forget(self) -> list[int]:
+        """Stop listening on the current connection; return the callbacks still registered there."""
+        if self._on_closed is not None:
+            self._hv._on_closed.discard(self._on_closed)
+            self._on_closed = None
         mine = [cid for cid in self._ids if cid in self._hv._callbacks]
         self._hv._callbacks.difference_update(mine)
         self._ids = []
-        conn = self._conn
-        if mine and conn is not None and self._hv._conn is conn:
+        return mine
+
+    async def aclose(self) -> None:
+        """Deregister the callbacks; the adapter's `aclose` does it too."""
+        mine = self._forget()
+        conn, self._conn = self._conn, None
+        if mine and conn is not None and self._hv._conn is conn and conn.isAlive():
             await self._hv._lifecycle(lambda: [conn.domainEventDeregisterAny(cid) for cid in mine])
 
 
@@ -716,6 +831,20 @@ def _cdrom(root: ET.Element, device: str, name: str) -> ET.Element:
     if disk is None:
         raise HypervisorError(f"domain {name!r} has no CD-ROM {device}")
     return disk
+
+
+def _locked_devices(xml: str, blocks: Any) -> frozenset[str]:
+    """Return the devices of a live XML whose `query-block` entry (matched by alias) says `locked`."""
+    aliases = {}
+    for disk in ET.fromstring(xml).iterfind("devices/disk"):
+        alias, target = disk.find("alias"), disk.find("target")
+        if alias is not None and target is not None and disk.get("device") == "cdrom":
+            aliases[alias.get("name")] = target.get("dev")
+    # `qdev` is the device's id (the alias) or its QOM path, which ends with it.
+    return frozenset(
+        aliases[qdev.rsplit("/", 1)[-1]] for block in blocks if isinstance(block, dict) and block.get("locked")
+        for qdev in (str(block.get("qdev", "")),) if qdev.rsplit("/", 1)[-1] in aliases
+    )
 
 
 def _replace_media(disk: ET.Element, path: str) -> None:

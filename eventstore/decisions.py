@@ -294,8 +294,12 @@ def decide_observed(state: DomainState, observation: Observation, stale_before: 
     live outcome at once: its live value is gone, whatever the caller saw.
     A persistent or live value that differs from the log's and that no
     request awaits was changed behind the ledger's back: it is recorded as
-    observed (`PersistentValueObserved`, `LiveValueObserved`).
+    observed (`PersistentValueObserved`, `LiveValueObserved`).  A domain the
+    hypervisor no longer has was undefined behind the ledger's back: it is
+    recorded undefined, as `decide_undefine` does.
     """
+    if not observation.defined:
+        return decide_undefine(state)
     events: list[Event] = []
     persistent = dict(observation.persistent)
     awaited_persistent = set()

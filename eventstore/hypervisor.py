@@ -68,3 +68,5 @@ class Observation:
     locked_trays: frozenset[str] = frozenset()
     #: The config the domain boots with next, as pairs; a property left out is not known.
     persistent: tuple = ()
+    #: False when the hypervisor no longer has the domain (undefined behind the ledger's back).
+    defined: bool = True

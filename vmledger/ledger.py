@@ -339,8 +339,11 @@ class Ledger:
         `interval` seconds after the previous sweep ended: no hypervisor
         announces every change (libvirt's test driver announces no memory or
         vCPU change at all), and libvirt does not replay the events it sent
-        while a connection was down.  A hypervisor without notifications,
-        such as the simulated one, is watched by these sweeps alone.
+        while a connection was down.  When the hypervisor's connection comes
+        back after it closed (libvirtd restarted), every domain is observed
+        at once, which records what changed in the gap.  A domain the
+        hypervisor no longer has is recorded undefined.  A hypervisor without
+        notifications, such as the simulated one, is watched by the sweeps alone.
 
         Each observation is `observe`'s, so a request younger than twice the
         hypervisor timeout is left to its caller.  A domain whose observation
@@ -374,9 +377,13 @@ class Ledger:
                     else:
                         await asyncio.wait((announced,), timeout=max(0.0, due - loop.time()))
                     if announced is not None and announced.done():
-                        domain, _kind, _detail = announced.result()
+                        domain, kind, _detail = announced.result()
                         announced = None
-                        await self._watch_one(domain, principal, on_recorded)
+                        if kind == "reconnected":
+                            # The events of the gap are lost: catch up with a sweep now.
+                            due = loop.time()
+                        else:
+                            await self._watch_one(domain, principal, on_recorded)
                     if loop.time() >= due:
                         await self._sweep(principal, on_recorded)
                         due = loop.time() + interval

@@ -32,7 +32,7 @@ from vmledger.adapters.libvirt import INSTALL_HINT, LibvirtHypervisor
 from vmledger.eventstore.catalogue import Reason
 from vmledger.eventstore.errors import HypervisorError, InvalidRequestError
 from vmledger.eventstore.events import LiveValueObserved
-from vmledger.eventstore.hypervisor import DomainSpec, LiveResult
+from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Observation
 from vmledger import Ledger
 from vmledger.ledger import default_principal
 
@@ -435,8 +435,8 @@ async def _power_state(ledger: Ledger, name: str) -> str:
     return (await ledger.show(name))["power_state"]
 
 
-def test_watch_goes_on_when_one_domain_cannot_be_observed(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A domain undefined behind the ledger's back is logged in one line per observation, and the sweeps go on recording others."""
+def test_watch_records_a_domain_undefined_outside_and_goes_on(tmp_path: pathlib.Path) -> None:
+    """A domain undefined behind the ledger's back is recorded undefined once, and the sweeps go on recording others (issue 16)."""
 
     async def scenario(ledger: Ledger, hv: LibvirtHypervisor, conn: Any) -> None:
         batch = conn.lookupByName("batch")
@@ -444,21 +444,19 @@ def test_watch_goes_on_when_one_domain_cannot_be_observed(tmp_path: pathlib.Path
         async with watching(ledger, interval=0.1):
             await watch_began(ledger, conn)
             await asyncio.to_thread(batch.undefine)
-            await until(lambda: _logged(caplog), True)
+            await until(lambda: _names(ledger), ["db", "web"])
             await asyncio.to_thread(conn.lookupByName("web").setMemoryFlags, 1536 * MiB // KiB, LIVE)
             await until(lambda: _drift_of(ledger, "web"), [
                 ("web", "memory", 1 * GiB, 1536 * MiB, "external"), ("web", "vcpus", 2, 3, "external")])
-            await asyncio.to_thread(conn.defineXML, xml)  # back, so that the ledger mirrors libvirt again
-        assert {(r.name, r.levelname, r.getMessage()) for r in caplog.records} == {(
-            "vmledger", "WARNING",
-            f"watch: cannot observe domain 'batch': libvirt at {URI} has no domain 'batch': "
-            "Domain not found (VIR_ERR_NO_DOMAIN, code 42)")}
+        await asyncio.to_thread(conn.defineXML, xml)  # back, so that the node is as it was
+        assert [r.type async for r in ledger.events(from_position=5)] == [
+            "LiveValueObserved", "DomainUndefined", "LiveValueObserved"]
 
     run(tmp_path, scenario)
 
 
-async def _logged(caplog: pytest.LogCaptureFixture) -> bool:
-    return bool(caplog.records)
+async def _names(ledger: Ledger) -> list[str]:
+    return [v["domain"] for v in await ledger.domains()]
 
 
 def test_watch_refuses_an_interval_that_is_not_a_positive_number_of_seconds(tmp_path: pathlib.Path) -> None:
@@ -497,16 +495,17 @@ def test_define_start_stop_undefine(tmp_path: pathlib.Path) -> None:
 
 
 def test_lifecycle_errors_raise_hypervisor_error(tmp_path: pathlib.Path) -> None:
-    """A lifecycle call libvirt refuses raises HypervisorError carrying libvirt's message and code."""
+    """A lifecycle call libvirt refuses raises HypervisorError carrying libvirt's message and code; observe reports an unknown domain undefined."""
 
     async def scenario(ledger: Ledger, hv: LibvirtHypervisor, conn: Any) -> None:
         with pytest.raises(HypervisorError) as raised:
             await hv.stop("batch")
         assert str(raised.value) == "Requested operation is not valid: domain is not running (VIR_ERR_OPERATION_INVALID, code 55)"
         with pytest.raises(HypervisorError) as raised:
-            await hv.observe("nope")
+            await hv.start("nope")
         assert str(raised.value) == (
             f"libvirt at {URI} has no domain 'nope': Domain not found (VIR_ERR_NO_DOMAIN, code 42)")
+        assert await hv.observe("nope") == Observation(defined=False, running=False, live=(), capabilities=())
         with pytest.raises(HypervisorError) as raised:
             await hv.define(DomainSpec(name="odd", uuid="x", guest_type="hvm", capabilities=(),
                                        config=(("max_memory", 1000), ("memory", 1000), ("max_vcpus", 1), ("vcpus", 1))))
