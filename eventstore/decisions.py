@@ -10,11 +10,12 @@ the live outcome event.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Mapping, cast
+from typing import Iterable, Mapping, cast
 
 import attrs
 
 from vmledger.eventstore.catalogue import (
+    MEDIA_PREFIX,
     Kind,
     Outcome,
     Property,
@@ -31,6 +32,8 @@ from vmledger.eventstore.catalogue import (
 )
 from vmledger.eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
 from vmledger.eventstore.events import (
+    DeviceAttached,
+    DeviceDetached,
     DomainStarted,
     DomainStopped,
     DomainUndefined,
@@ -283,6 +286,22 @@ def _persistent_observed(state: DomainState, persistent: Mapping[str, Value], aw
     ]
 
 
+def _devices_observed(held: Mapping[str, Slot], seen: Mapping[str, Value], scope: str,
+                      awaited: set[str]) -> list[Event]:
+    """Return a `DeviceAttached` for each CD-ROM the hypervisor has in `scope` that the log lacks, a `DeviceDetached` for each gone.
+
+    A CD-ROM a request awaits is left to that request.
+    """
+    def media(props: Iterable[str]) -> set[str]:
+        return {p for p in props if p.startswith(MEDIA_PREFIX) and p not in awaited}
+
+    start = len(MEDIA_PREFIX)
+    return [
+        *(DeviceDetached(device=p[start:], scope=scope) for p in sorted(media(held) - media(seen))),
+        *(DeviceAttached(device=p[start:], scope=scope, media=str(seen[p])) for p in sorted(media(seen) - media(held))),
+    ]
+
+
 def decide_observed(state: DomainState, observation: Observation, stale_before: datetime) -> list[Event]:
     """Return the events that bring the log in line with what the hypervisor reports.
 
@@ -294,7 +313,8 @@ def decide_observed(state: DomainState, observation: Observation, stale_before: 
     live outcome at once: its live value is gone, whatever the caller saw.
     A persistent or live value that differs from the log's and that no
     request awaits was changed behind the ledger's back: it is recorded as
-    observed (`PersistentValueObserved`, `LiveValueObserved`).  A domain the
+    observed (`PersistentValueObserved`, `LiveValueObserved`), and so is a
+    CD-ROM attached or detached (`DeviceAttached`, `DeviceDetached`).  A domain the
     hypervisor no longer has was undefined behind the ledger's back: it is
     recorded undefined, as `decide_undefine` does.
     """
@@ -308,6 +328,8 @@ def decide_observed(state: DomainState, observation: Observation, stale_before: 
         if pending.at < stale_before and pending.property in persistent:
             events.append(_resolve_persistent(state, pending, persistent[pending.property]))
     events += _persistent_observed(state, persistent, awaited_persistent)
+    if persistent:  # an observation that reports no persistent config tells nothing of its devices
+        events += _devices_observed(state.persistent, persistent, Scope.PERSISTENT.value, awaited_persistent)
     if not observation.running:
         return events + (decide_stop(state) if state.running else _live_gone(state))
     if not state.running:
@@ -325,8 +347,11 @@ def decide_observed(state: DomainState, observation: Observation, stale_before: 
         events.append(MediaTrayLocked(device=device))
     for device in sorted(state.locked_trays - observation.locked_trays):
         events.append(MediaTrayUnlocked(device=device))
+    events += _devices_observed(state.live, live, Scope.LIVE.value, awaited)
     for prop, value in sorted(live.items()):
         slot = state.live.get(prop)
+        if slot is None and prop.startswith(MEDIA_PREFIX):
+            continue  # a CD-ROM attached live: just recorded
         if prop not in awaited and (slot is None or slot.value != value):
             events.append(LiveValueObserved(property=prop, value=value, previous=slot.value if slot else None))
     return events

@@ -26,6 +26,8 @@ __all__ = [
     "MediaTrayUnlocked",
     "LiveValueObserved",
     "PersistentValueObserved",
+    "DeviceAttached",
+    "DeviceDetached",
     "ChangeRequested",
     "ChangeOutcome",
     "EVENT_TYPES",
@@ -157,6 +159,28 @@ class PersistentValueObserved(Event):
 
 
 @attrs.frozen(kw_only=True)
+class DeviceAttached(Event):
+    """A CD-ROM device appeared in one scope behind the ledger's back, holding `media` (empty: no media).
+
+    Its `media:<device>` property starts with `media` in that scope.
+    """
+
+    name: ClassVar[str] = "DeviceAttached"
+    device: str = attrs.field(validator=v.instance_of(str))
+    scope: str = attrs.field(validator=v.in_(_OUTCOME_SCOPES))
+    media: str = attrs.field(validator=v.instance_of(str))
+
+
+@attrs.frozen(kw_only=True)
+class DeviceDetached(Event):
+    """A CD-ROM device went away in one scope behind the ledger's back; its `media:<device>` property goes with it."""
+
+    name: ClassVar[str] = "DeviceDetached"
+    device: str = attrs.field(validator=v.instance_of(str))
+    scope: str = attrs.field(validator=v.in_(_OUTCOME_SCOPES))
+
+
+@attrs.frozen(kw_only=True)
 class ChangeRequested(Event):
     """Base of `<Property>ChangeRequested`: somebody asked for a change."""
 
@@ -224,6 +248,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MediaTrayUnlocked,
         LiveValueObserved,
         PersistentValueObserved,
+        DeviceAttached,
+        DeviceDetached,
     )
 }
 EVENT_TYPES.update(_change_events())

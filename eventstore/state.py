@@ -16,11 +16,13 @@ from typing import Iterable, NamedTuple
 
 import attrs
 
-from vmledger.eventstore.catalogue import Cause, Kind, Outcome, Reason, Scope, lookup
+from vmledger.eventstore.catalogue import MEDIA_PREFIX, Cause, Kind, Outcome, Reason, Scope, lookup
 from vmledger.eventstore.errors import VmledgerError
 from vmledger.eventstore.events import (
     ChangeOutcome,
     ChangeRequested,
+    DeviceAttached,
+    DeviceDetached,
     DomainDefined,
     DomainStarted,
     DomainStopped,
@@ -379,6 +381,19 @@ class DomainFold:
             values[e.property] = Slot(value=e.value, position=position)
             if self.running and (old is None or old.value != e.value):
                 self._remark(e.property, e.value, other.get(e.property), _C_EXTERNAL, None, position, at)
+        elif isinstance(e, DeviceAttached):
+            prop, live = MEDIA_PREFIX + e.device, e.scope == _LIVE
+            if not live or self.running:
+                values, other = (self.live, self.persistent) if live else (self.persistent, self.live)
+                values[prop] = Slot(value=e.media, position=position)
+                if self.running:
+                    self._remark(prop, e.media, other.get(prop), _C_EXTERNAL, None, position, at)
+        elif isinstance(e, DeviceDetached):
+            prop = MEDIA_PREFIX + e.device
+            (self.live if e.scope == _LIVE else self.persistent).pop(prop, None)
+            self.marks.pop(prop, None)
+            if e.scope == _LIVE:
+                self.locked_trays = self.locked_trays - {e.device}
         else:
             raise ValueError(f"no fold for {e.name}")
         self.version, self.position = rec.version, position

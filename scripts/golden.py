@@ -48,6 +48,8 @@ LIFECYCLE: dict[str, dict[str, Any]] = {
     "MediaTrayUnlocked": {"device": "hdc"},
     "LiveValueObserved": {"property": "memory", "value": 900 * MiB, "previous": 1124 * MiB},
     "PersistentValueObserved": {"property": "vcpus", "value": 3, "previous": 2},
+    "DeviceAttached": {"device": "hdd", "scope": "persistent", "media": "/iso/ünïcode.iso"},
+    "DeviceDetached": {"device": "hdd", "scope": "live"},
 }
 
 #: Per catalogue property: the property name, the value asked for, and the value in force before.

@@ -27,6 +27,8 @@ from vmledger.eventstore.events import (
     EVENT_TYPES,
     ChangeOutcome,
     ChangeRequested,
+    DeviceAttached,
+    DeviceDetached,
     DomainDefined,
     DomainStarted,
     DomainStopped,
@@ -300,6 +302,8 @@ _LIFECYCLE: dict[type[Event], Callable[[], st.SearchStrategy[Event]]] = {
         LiveValueObserved, property=property_names(), value=values(), previous=st.none() | values()),
     PersistentValueObserved: lambda: st.builds(PersistentValueObserved, property=property_names(), value=values(),
                                                previous=st.none() | values()),
+    DeviceAttached: lambda: st.builds(DeviceAttached, device=devices(), scope=outcome_scopes(), media=texts),
+    DeviceDetached: lambda: st.builds(DeviceDetached, device=devices(), scope=outcome_scopes()),
 }
 
 
@@ -374,6 +378,10 @@ def any_logs(draw: Any, max_events: int = 40) -> list[RecordedEvent]:
                 well_formed_value(prop).map(lambda v: PersistentValueObserved(property=prop, value=v, previous=None)),
                 observed_capability_pairs().map(lambda c: GuestCapabilitiesObserved(capabilities=c)),
                 st.sampled_from((MediaTrayLocked(device="hdc"), MediaTrayUnlocked(device="hdc"))),
+                st.builds(DeviceAttached, device=st.sampled_from(("hdc", "hdd")),
+                          scope=st.sampled_from(("live", "persistent")), media=st.sampled_from(("", "/iso/a.iso"))),
+                st.builds(DeviceDetached, device=st.sampled_from(("hdc", "hdd")),
+                          scope=st.sampled_from(("live", "persistent"))),
             ))
         events.append((uuid, event))
     return recorded(events)

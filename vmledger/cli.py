@@ -19,7 +19,7 @@ import traceback
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import vmledger
-from vmledger.eventstore.catalogue import CATALOGUE, Capability, Scope, check_seconds, lookup, shown
+from vmledger.eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, Scope, check_seconds, lookup, shown
 from vmledger.eventstore.codec import loads
 from vmledger.eventstore.errors import (
     ChainBrokenError,
@@ -30,6 +30,8 @@ from vmledger.eventstore.errors import (
 )
 from vmledger.eventstore.events import (
     ChangeOutcome,
+    DeviceAttached,
+    DeviceDetached,
     GuestCapabilitiesObserved,
     LiveValueObserved,
     MediaTrayLocked,
@@ -350,6 +352,10 @@ def _describe(domain: str, rec: RecordedEvent) -> str:
             f"{k}={'unknown' if v is None else ('yes' if v else 'no')}" for k, v in e.capabilities)
     elif isinstance(e, (MediaTrayLocked, MediaTrayUnlocked)):
         what = f"tray of {e.device} {'locked' if isinstance(e, MediaTrayLocked) else 'unlocked'}"
+    elif isinstance(e, DeviceAttached):
+        what = f"CD-ROM {e.device} attached {e.scope}, media {_fmt(MEDIA_PREFIX + e.device, e.media)}"
+    elif isinstance(e, DeviceDetached):
+        what = f"CD-ROM {e.device} detached {e.scope}"
     else:
         what = ""
     return f"#{rec.position} {rec.type}  {domain}" + (f" {what}" if what else "")

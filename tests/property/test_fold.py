@@ -35,6 +35,8 @@ from vmledger.eventstore.decisions import (
 )
 from vmledger.eventstore.events import (
     ChangeOutcome,
+    DeviceAttached,
+    DeviceDetached,
     DomainDefined,
     DomainStarted,
     Event,
@@ -142,6 +144,8 @@ def _set(draw: Draw, h: History, uuid: str, micro: int) -> None:
     h.requests += 1
     state = h.states[uuid]
     request = draw(set_requests((state.name,), request_id=st.just(f"req-{h.requests}")))
+    if not state.has_property(request.property):
+        return  # a CD-ROM detached behind the ledger's back: the request is an error that writes nothing
     decision = decide_set(request, state)
     h.append(uuid, decision.events, micro)
     # The caller may die right after `…Requested` or after the persistent outcome.
@@ -180,6 +184,12 @@ def _observation(draw: Draw, state: DomainState) -> Observation:
         values = st.just(p.requested) | well_formed_value(p.property)
         live[p.property] = draw(values)
         persistent[p.property] = draw(values)
+    awaited = {p.property for p in state.pending.values()}
+    for config in (persistent, live):  # a CD-ROM no request awaits, attached or detached behind the ledger's back
+        device = "media:" + draw(st.sampled_from(("hdc", "hdd")))
+        if draw(st.booleans()) and device not in awaited:
+            if config.pop(device, None) is None:
+                config[device] = draw(st.sampled_from(("", "/iso/a.iso")))
     running = draw(st.booleans())
     return Observation(running=running, live=tuple(sorted(live.items())) if running else (),
                        capabilities=(), persistent=tuple(sorted(persistent.items())))
@@ -204,6 +214,9 @@ def _observe(draw: Draw, h: History, uuid: str, micro: int) -> None:
         observed_capability_pairs().map(lambda c: GuestCapabilitiesObserved(capabilities=c)),
         st.sampled_from(DEVICES).map(lambda d: MediaTrayLocked(device=d)),
         st.sampled_from(DEVICES).map(lambda d: MediaTrayUnlocked(device=d)),
+        st.builds(DeviceAttached, device=st.sampled_from(("hdc", "hdd")), scope=st.sampled_from(("live", "persistent")),
+                  media=st.sampled_from(("", "/iso/a.iso"))),
+        st.builds(DeviceDetached, device=st.sampled_from(("hdc", "hdd")), scope=st.sampled_from(("live", "persistent"))),
     ))
     h.append(uuid, [event], micro)
 
@@ -253,6 +266,29 @@ def _expected_drift(state: DomainState) -> list[tuple[str, str, str]]:
         for prop, slot in sorted(state.persistent.items())
         if state.running and prop in state.live and state.live[prop].value != slot.value
     ]
+
+
+@SETTINGS
+@given(histories(), st.data())
+def test_observed_cdroms_fold_into_the_hypervisors(h: History, data: st.DataObject) -> None:
+    """After an observation's events are folded, each scope holds exactly the CD-ROMs the hypervisor reported, bar those a request awaits (issue 16)."""
+    defined = h.defined()
+    if not defined:
+        return
+    uuid = data.draw(st.sampled_from(defined))
+    state = h.states[uuid]
+    seen = _observation(data.draw, state)
+    h.append(uuid, decide_observed(state, seen, LATER) or [], 0)
+    after = h.states[uuid]
+    # Fresh, for the awaited ones: the observation's live outcomes may have settled some.
+    awaited = {p.property for p in state.pending.values()}
+
+    def cdroms(pairs: Any) -> set:
+        return {(k, v) for k, v in pairs if k.startswith("media:") and k not in awaited}
+
+    expected_live = cdroms(seen.live) if seen.running else set()
+    assert (cdroms((k, s.value) for k, s in after.persistent.items()),
+            cdroms((k, s.value) for k, s in after.live.items())) == (cdroms(seen.persistent), expected_live)
 
 
 @SETTINGS

@@ -9,7 +9,14 @@ import pytest
 from vmledger.eventstore.catalogue import Outcome, Reason
 from vmledger.eventstore.decisions import SetRequest, decide_live, decide_observed, decide_persistent, decide_set
 from vmledger.eventstore.errors import InvalidRequestError, UnknownDomainError, UnknownPropertyError
-from vmledger.eventstore.events import DomainDefined, DomainStarted, LiveValueObserved, PersistentValueObserved
+from vmledger.eventstore.events import (
+    DeviceAttached,
+    DeviceDetached,
+    DomainDefined,
+    DomainStarted,
+    LiveValueObserved,
+    PersistentValueObserved,
+)
 from vmledger.eventstore.hypervisor import LiveResult, Observation
 from vmledger.eventstore.log import Metadata, RecordedEvent
 from vmledger.eventstore.state import DomainState, apply, fold
@@ -152,11 +159,28 @@ def _seen(running: bool, live: dict, persistent: dict) -> Observation:
 
 @pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
 def test_observe_records_a_persistent_value_changed_out_of_band(running: bool) -> None:
-    """Persistent values the hypervisor holds that differ from the log's are recorded as PersistentValueObserved, running or not."""
+    """Persistent values the hypervisor holds that differ from the log's are recorded as PersistentValueObserved, running or not; a new CD-ROM as DeviceAttached (issue 16)."""
     config = {**CONFIG, "vcpus": 3, "max_vcpus": 6, "media:hdd": "/iso/new.iso"}
     assert decide_observed(_state(running), _seen(running, CONFIG, config), T0) == [
         PersistentValueObserved(property="max_vcpus", value=6, previous=CONFIG["max_vcpus"]),
-        PersistentValueObserved(property="vcpus", value=3, previous=CONFIG["vcpus"])]
+        PersistentValueObserved(property="vcpus", value=3, previous=CONFIG["vcpus"]),
+        DeviceAttached(device="hdd", scope="persistent", media="/iso/new.iso")]
+
+
+def test_observe_records_cdroms_detached_and_attached_live_and_the_fold_follows() -> None:
+    """A CD-ROM gone from the live and the persistent config is DeviceDetached per scope, one attached live DeviceAttached, and the fold drops and adds its property (issue 16)."""
+    state = _state(True)
+    live = {k: v for k, v in CONFIG.items() if k != "media:hdc"} | {"media:hdd": ""}
+    persistent = {k: v for k, v in CONFIG.items() if k != "media:hdc"}
+    events = decide_observed(state, _seen(True, live, persistent), T0)
+    assert events == [DeviceDetached(device="hdc", scope="persistent"), DeviceDetached(device="hdc", scope="live"),
+                      DeviceAttached(device="hdd", scope="live", media="")]
+    for version, event in enumerate(events, start=state.version + 1):
+        state = apply(state, RecordedEvent(position=version, stream="u1", version=version, event=event,
+                                           metadata=Metadata(), recorded_at=T0))
+    assert ({k: s.value for k, s in state.persistent.items()}, {k: s.value for k, s in state.live.items()},
+            state.devices, decide_observed(state, _seen(True, live, persistent), T0)) == (
+        persistent, live, (), [])
 
 
 def test_observe_leaves_a_persistent_value_a_request_awaits() -> None:
