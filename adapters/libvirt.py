@@ -121,7 +121,9 @@ class LibvirtHypervisor:
     """Drive domains through libvirt at `uri`, e.g. `qemu:///system` or `test:///default`.
 
     `timeout` bounds every libvirt call in seconds.  `settle` is how long a live
-    memory or vCPU change is read back while it lands.  `domain_type` is the
+    memory or vCPU change is read back while it lands.  `reconnect` is how
+    many seconds apart a subscription tries to reopen a connection that
+    closed (libvirtd restarted).  `domain_type` is the
     `<domain type>` of domains that `define` creates (default: `test` for the
     test driver, `xen` for Xen, else `kvm`).  With `events` (the default), an
     event loop is registered before the connection opens, so `notifications`
@@ -137,12 +139,14 @@ class LibvirtHypervisor:
         *,
         timeout: float = 10.0,
         settle: float = 2.0,
+        reconnect: float = 0.5,
         domain_type: str | None = None,
         events: bool = True,
     ) -> None:
         self.uri = uri
         self.timeout = timeout
         self.settle = settle
+        self.reconnect = reconnect
         self.domain_type = domain_type or _default_domain_type(uri)
         self._events = events
         self._libvirt = _import_libvirt()
@@ -572,12 +576,10 @@ class Notifications:
 
     When the connection closes (libvirtd stopped or restarted), the next item
     waits until a new connection opens and the callbacks are registered on
-    it, trying every `RECONNECT_STEP` seconds, and is then `("", "reconnected",
+    it, trying every `reconnect` seconds (the adapter's), and is then `("", "reconnected",
     "")`: libvirt does not replay the events of the gap, so the subscriber
     should look at every domain again.
     """
-
-    RECONNECT_STEP = 0.5
 
     def __init__(self, hypervisor: LibvirtHypervisor) -> None:
         self._hv = hypervisor
@@ -628,7 +630,7 @@ class Notifications:
                 await self._register(queue)
                 return
             except HypervisorError:
-                await asyncio.sleep(self.RECONNECT_STEP)
+                await asyncio.sleep(self._hv.reconnect)
 
     async def _register(self, queue: "asyncio.Queue[tuple[str, str, Value]]") -> None:
         lv = self._hv._libvirt
@@ -719,8 +721,12 @@ def _classify(libvirt: Any, e: Any, *, maximum: bool) -> tuple[Reason, bool]:
     """Return the reason code of a libvirt error and whether it is a refusal (else a failure)."""
     code = e.get_error_code()
     text = (e.get_error_message() or str(e)).lower()
-    if "tray" in text and ("lock" in text or "timed out" in text or "timeout" in text):
+    # Whole words: "lock" is also in "blockdev-insert-medium", QEMU's command when a guest closed its tray.
+    if "tray" in text and re.search(r"\b(locked|timed out|timeout)\b", text):
         return Reason.TRAY_LOCKED, True
+    if "unplug not supported" in text:
+        # QEMU cannot take a vCPU or device out of this guest (e.g. no ACPI): the guest's limit.
+        return Reason.GUEST_UNSUPPORTED, True
     if "cannot resize the maximum memory on an active domain" in text:
         return Reason.REQUIRES_RESTART, True
     if code == libvirt.VIR_ERR_OPERATION_INVALID and "not running" in text:
