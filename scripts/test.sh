@@ -22,6 +22,14 @@ if [ ${#packages[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/n
     apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
+# libvirtd with QEMU guests, for tests/e2e/test_qemu.py; with no systemd, scripts/libvirtd.sh runs it.
+qemu=(libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 libvirt-clients genisoimage)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s "${qemu[@]}" >/dev/null 2>&1; then
+    echo "installing ${qemu[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${qemu[@]}" >/dev/null
+fi
+
 extras=test
 if pkg-config --exists libvirt 2>/dev/null; then
     # The Python binding must not be newer than the C library it builds against.
@@ -30,4 +38,9 @@ if pkg-config --exists libvirt 2>/dev/null; then
     extras=test,libvirt
 fi
 python3 -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
-exec python3 -m pytest "$@"
+if [ "$(id -u)" = 0 ] && command -v libvirtd >/dev/null && ! virsh -q -c qemu:///system version >/dev/null 2>&1; then
+    # Started for this run, and stopped however pytest ends; the exit status stays pytest's.
+    trap 'status=$?; bash scripts/libvirtd.sh stop; exit $status' EXIT
+    bash scripts/libvirtd.sh start || echo "libvirtd did not start: the QEMU tests fail under CI=true" >&2
+fi
+python3 -m pytest "$@"

@@ -101,19 +101,20 @@ def _missing(what: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def nothing_left() -> Iterator[None]:
-    """At the end of the session, check that no test domain, qemu process of a test guest or stray libvirtd is left."""
+def libvirtd() -> Iterator[None]:
+    """Check that libvirtd answers; at the end of the session, that no test domain, qemu process of a test guest or stray libvirtd is left."""
+    try:
+        libvirt.open(URI).close()
+    except libvirt.libvirtError as e:
+        _missing(f"libvirtd does not answer at {URI} (start it with scripts/libvirtd.sh start): {e}")
     yield
     assert leftovers() == ([], [], daemons())
 
 
 @pytest.fixture
-def conn(nothing_left: None) -> Iterator[Any]:
+def conn(libvirtd: None) -> Iterator[Any]:
     """Yield a connection of the test's own to the test command's libvirtd (a test may restart it)."""
-    try:
-        opened = libvirt.open(URI)
-    except libvirt.libvirtError as e:
-        _missing(f"libvirtd does not answer at {URI} (start it with scripts/libvirtd.sh start): {e}")
+    opened = libvirt.open(URI)
     yield opened
     with contextlib.suppress(libvirt.libvirtError):
         opened.close()
