@@ -18,14 +18,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 
-try:
-    import libvirt
-except ImportError as e:
-    _HOW = ("libvirt-python is not installed: apt-get install libvirt-dev pkg-config "
-            "&& pip install 'vmledger[libvirt]' to run these tests")
-    if os.environ.get("CI") == "true":
-        raise ImportError(f"{_HOW} (CI=true: the libvirt tests must run)") from e
-    pytest.skip(_HOW, allow_module_level=True)
+from tests.e2e.libvirt_support import require_libvirt, until, watching
+
+libvirt = require_libvirt("the libvirt tests")
 
 import vmledger
 from vmledger.adapters.libvirt import INSTALL_HINT, LibvirtHypervisor
@@ -348,30 +343,6 @@ def test_lifecycle_notification_reaches_the_ledger(tmp_path: pathlib.Path) -> No
         assert [r.event.name for r in await ledger.observe(domain)] == ["DomainStopped"]
 
     run(tmp_path, scenario)
-
-
-@contextlib.asynccontextmanager
-async def watching(ledger: Ledger, interval: float) -> AsyncIterator[None]:
-    """Run `ledger.watch(interval=...)` as a task for the block, then cancel it and check that it stopped cleanly."""
-    task = asyncio.create_task(ledger.watch(interval=interval))
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.wait((task,))
-    assert (task.cancelled(), task.done()) == (True, True)
-
-
-async def until(check: Callable[[], Awaitable[Any]], expected: Any, seconds: float = 10.0) -> float:
-    """Poll `check()` until it returns `expected`, for at most `seconds`; return how long it took."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    got = await check()
-    while got != expected and loop.time() - began < seconds:
-        await asyncio.sleep(0.02)
-        got = await check()
-    assert got == expected
-    return loop.time() - began
 
 
 async def watch_began(ledger: Ledger, conn: Any) -> None:

@@ -26,14 +26,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-try:
-    import libvirt
-except ImportError as e:
-    _HOW = ("libvirt-python is not installed: apt-get install libvirt-dev pkg-config "
-            "&& pip install 'vmledger[libvirt]' to run these tests")
-    if os.environ.get("CI") == "true":
-        raise ImportError(f"{_HOW} (CI=true: the QEMU tests must run)") from e
-    pytest.skip(_HOW, allow_module_level=True)
+from tests.e2e.libvirt_support import require_libvirt, until, watching
+
+libvirt = require_libvirt("the QEMU tests")
 
 import vmledger
 from vmledger import Ledger
@@ -214,29 +209,6 @@ async def ledger_for(tmp_path: pathlib.Path, *names: str, reconnect: float = 0.5
         yield ledger
 
 
-@contextlib.asynccontextmanager
-async def watching(ledger: Ledger) -> AsyncIterator[None]:
-    """Run `ledger.watch` with no sweep due for an hour, so that only libvirt's events make it observe."""
-    task = asyncio.create_task(ledger.watch(interval=3600))
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.wait((task,))
-    assert (task.cancelled(), task.done()) == (True, True)
-
-
-async def until(check: Callable[[], Awaitable[Any]], expected: Any, seconds: float = 15.0) -> None:
-    """Poll `check()` until it returns `expected`, for at most `seconds`."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    got = await check()
-    while got != expected and loop.time() - began < seconds:
-        await asyncio.sleep(0.05)
-        got = await check()
-    assert got == expected
-
-
 async def events_after(ledger: Ledger, position: int) -> list[Any]:
     """Return the events the ledger recorded after `position`."""
     return [r.event async for r in ledger.events(from_position=position)]
@@ -322,7 +294,7 @@ def test_media_change_on_a_guest_locked_tray_is_refused_and_the_persistent_chang
         async def scenario() -> None:
             hv = LibvirtHypervisor(URI)
             async with hv:
-                await until(lambda: _locked(hv, dom.name()), frozenset({"hdc"}))
+                await until(lambda: _locked(hv, dom.name()), frozenset({"hdc"}), seconds=30)
             async with ledger_for(tmp_path, "locked") as ledger:
                 record = await ledger.set(dom.name(), "media:hdc", isos["other"])
                 assert outcomes(record) == {
@@ -354,7 +326,7 @@ def test_media_change_with_the_tray_free_applies_and_its_tray_event_reaches_watc
                 assert outcomes(record) == {"persistent": ("applied", isos["other"], None, None),
                                             "live": ("applied", isos["other"], None, None)}
                 assert live_source(dom, "hdc") == isos["other"]
-                async with watching(ledger):
+                async with watching(ledger, interval=3600):
                     head = await watch_began(ledger, dom)
                     eject = "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>"
                     await asyncio.to_thread(dom.updateDeviceFlags, eject, LIVE)
@@ -372,7 +344,7 @@ def test_watch_reconnects_after_libvirtd_restarts_and_records_the_gap_once(
 
         async def scenario() -> None:
             # The watch tries again 5 s after its first try fails: libvirtd is back and changed by then.
-            async with ledger_for(tmp_path, "restart", reconnect=5.0) as ledger, watching(ledger):
+            async with ledger_for(tmp_path, "restart", reconnect=5.0) as ledger, watching(ledger, interval=3600):
                 head = await watch_began(ledger, dom)
                 pid = int(LIBVIRTD_PID.read_text())
                 os.kill(pid, signal.SIGTERM)
@@ -381,7 +353,8 @@ def test_watch_reconnects_after_libvirtd_restarts_and_records_the_gap_once(
                 # libvirt announces no vCPU change: only the watch's catching up can record it.
                 await _run("virsh", "-q", "-c", URI, "setvcpus", name, "2", "--live")
                 assert await events_after(ledger, head) == []
-                await until(lambda: _vcpus_observed(ledger, head), [LiveValueObserved(property="vcpus", value=2, previous=1)])
+                await until(lambda: _vcpus_observed(ledger, head), [LiveValueObserved(property="vcpus", value=2, previous=1)],
+                            seconds=30)
                 await _run("virsh", "-q", "-c", URI, "destroy", name)
                 await until(lambda: _power_state(ledger, name), "shut off")
                 await _run("virsh", "-q", "-c", URI, "undefine", name)
