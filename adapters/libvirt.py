@@ -3,8 +3,9 @@
 It drives any libvirt driver through libvirt-python (`pip install
 'vmledger[libvirt]'`), which is imported only when an adapter is made, so this
 module imports without it.  Every blocking libvirt call runs in a thread
-(`asyncio.to_thread`) under a timeout, on one connection opened on first use;
-libvirt connections are thread-safe.
+(`asyncio.to_thread`) under a timeout, on one connection opened on first use
+and opened again once it died (libvirtd restarted); libvirt connections are
+thread-safe.
 
 Sizes are bytes in vmledger and KiB in libvirt; a size that is not a whole
 number of KiB is refused before libvirt is asked.  Live changes are read back
