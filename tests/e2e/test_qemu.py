@@ -19,6 +19,7 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -343,8 +344,8 @@ def test_watch_reconnects_after_libvirtd_restarts_and_records_the_gap_once(
         name = dom.name()
 
         async def scenario() -> None:
-            # The watch tries again 5 s after its first try fails: libvirtd is back and changed by then.
-            async with ledger_for(tmp_path, "restart", reconnect=5.0) as ledger, watching(ledger, interval=3600):
+            # The watch tries again 6 s after its first try fails: libvirtd is back and changed by then.
+            async with ledger_for(tmp_path, "restart", reconnect=6.0) as ledger, watching(ledger, interval=3600):
                 head = await watch_began(ledger, dom)
                 pid = int(LIBVIRTD_PID.read_text())
                 os.kill(pid, signal.SIGTERM)
@@ -384,31 +385,35 @@ async def _names(ledger: Ledger) -> list[str]:
     return [v["domain"] for v in await ledger.domains()]
 
 
-async def _run(*argv: str) -> None:
-    """Run a command to its end; fail with its output if it fails."""
+async def _run(*argv: str) -> str:
+    """Run a command to its end and return its output; fail with the output if it fails."""
     process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.STDOUT)
     output, _ = await process.communicate()
     assert (argv, process.returncode) == (argv, 0), output.decode()
+    return output.decode()
 
 
 def test_cdrom_attached_and_detached_outside_is_recorded_on_the_next_observation(
         conn: Any, isos: dict[str, str], tmp_path: pathlib.Path) -> None:
-    """A CD-ROM attached to the config with virsh is recorded DeviceAttached by the next observe, and DeviceDetached once detached."""
+    """A CD-ROM attached to the config with virsh is recorded DeviceAttached by the next `vmledger observe`, and DeviceDetached once detached."""
     with guest(conn, "devices", isos["plain"]) as dom:
         name = dom.name()
+        observe = (sys.executable, "-m", "vmledger.cli", "--db", f"sqlite:///{tmp_path}/ledger.db",
+                   "--hypervisor", f"libvirt+{URI}", "observe", name)
 
         async def scenario() -> None:
             async with ledger_for(tmp_path, "devices") as ledger:
                 head = await _head(ledger)
                 await _run("virsh", "-q", "-c", URI, "attach-disk", name, isos["other"], "hdd",
                            "--type", "cdrom", "--config")
-                await ledger.observe(name)
+                assert await _run(*observe) == f"#{head + 1} DeviceAttached  {name} CD-ROM hdd attached persistent, " \
+                                               f"media {isos['other']}\n"
                 assert await events_after(ledger, head) == [
                     DeviceAttached(device="hdd", scope="persistent", media=isos["other"])]
                 assert await _persistent(ledger, name, "media:hdd") == isos["other"]
                 await _run("virsh", "-q", "-c", URI, "detach-disk", name, "hdd", "--config")
-                await ledger.observe(name)
+                assert await _run(*observe) == f"#{head + 2} DeviceDetached  {name} CD-ROM hdd detached persistent\n"
                 assert await events_after(ledger, head) == [
                     DeviceAttached(device="hdd", scope="persistent", media=isos["other"]),
                     DeviceDetached(device="hdd", scope="persistent")]
