@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -203,3 +204,14 @@ def test_persistent_value_observed_updates_the_config_and_drifts_external() -> N
     assert [(p, s.value, s.position, s.request_id, l.value, m.cause, m.request_id, m.position)
             for p, s, l, m in running.drifting()] == [("vcpus", 3, 3, None, 2, "external", None, 3)]
     assert (stopped.persistent["vcpus"].value, stopped.marks, stopped.drifting()) == (3, {}, [])
+
+
+def test_a_cdrom_recorded_before_device_attached_existed_folds_as_device_attached_does() -> None:
+    """A log written before issue 16 recorded a CD-ROM attached live as LiveValueObserved with no previous value; it folds to the live config DeviceAttached gives."""
+    def live_after(event: Any) -> tuple:
+        state = apply(_state(True), RecordedEvent(position=3, stream="u1", version=3, event=event,
+                                                  metadata=Metadata(), recorded_at=T0))
+        return ({k: s.value for k, s in state.live.items()}, dict(state.marks))
+
+    assert live_after(LiveValueObserved(property="media:hdd", value="/iso/a.iso", previous=None)) == live_after(
+        DeviceAttached(device="hdd", scope="live", media="/iso/a.iso")) == ({**CONFIG, "media:hdd": "/iso/a.iso"}, {})
