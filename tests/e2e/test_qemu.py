@@ -305,9 +305,11 @@ def test_media_change_on_a_guest_locked_tray_is_refused_and_the_persistent_chang
                              "(VIR_ERR_OPERATION_FAILED, code 9)"),
                 }
                 head = await _head(ledger)
-                await ledger.observe(dom.name())
+                name = dom.name()
+                assert await _run(*cli(tmp_path, "observe", name)) == f"#{head + 1} MediaTrayLocked  {name} tray of hdc locked\n"
                 assert await events_after(ledger, head) == [MediaTrayLocked(device="hdc")]
-                assert (await ledger.show(dom.name()))["locked_trays"] == ["hdc"]
+                assert (await ledger.show(name))["locked_trays"] == ["hdc"]
+                assert "  locked trays: hdc" in (await _run(*cli(tmp_path, "show", name))).splitlines()
 
         asyncio.run(scenario())
         assert live_source(dom, "hdc") == isos["lock"]
@@ -385,6 +387,12 @@ async def _names(ledger: Ledger) -> list[str]:
     return [v["domain"] for v in await ledger.domains()]
 
 
+def cli(tmp_path: pathlib.Path, *args: str) -> tuple[str, ...]:
+    """Return the command line of `vmledger ARGS` on the test's ledger, in front of `qemu:///system`."""
+    return (sys.executable, "-m", "vmledger.cli", "--db", f"sqlite:///{tmp_path}/ledger.db",
+            "--hypervisor", f"libvirt+{URI}", *args)
+
+
 async def _run(*argv: str) -> str:
     """Run a command to its end and return its output; fail with the output if it fails."""
     process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
@@ -399,8 +407,7 @@ def test_cdrom_attached_and_detached_outside_is_recorded_on_the_next_observation
     """A CD-ROM attached to the config with virsh is recorded DeviceAttached by the next `vmledger observe`, and DeviceDetached once detached."""
     with guest(conn, "devices", isos["plain"]) as dom:
         name = dom.name()
-        observe = (sys.executable, "-m", "vmledger.cli", "--db", f"sqlite:///{tmp_path}/ledger.db",
-                   "--hypervisor", f"libvirt+{URI}", "observe", name)
+        observe = cli(tmp_path, "observe", name)
 
         async def scenario() -> None:
             async with ledger_for(tmp_path, "devices") as ledger:
