@@ -351,8 +351,10 @@ def test_watch_reconnects_after_libvirtd_restarts_and_records_the_gap_once(
                 head = await watch_began(ledger, dom)
                 pid = int(LIBVIRTD_PID.read_text())
                 os.kill(pid, signal.SIGTERM)
-                await until(lambda: _gone(pid), True)
-                await _run("bash", str(ROOT / "scripts" / "libvirtd.sh"), "start")
+                try:
+                    await until(lambda: _gone(pid), True)
+                finally:  # libvirtd comes back whatever happens: the other tests need it
+                    await _run("bash", str(ROOT / "scripts" / "libvirtd.sh"), "start")
                 # libvirt announces no vCPU change: only the watch's catching up can record it.
                 await _run("virsh", "-q", "-c", URI, "setvcpus", name, "2", "--live")
                 assert await events_after(ledger, head) == []
