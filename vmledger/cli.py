@@ -204,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("events", "print the log, one JSON object per line")
     p.add_argument("--from", dest="from_position", default="0", help="start after this position")
     p.add_argument("--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--domain", metavar="NAME", help="only the events of the domains that bore this name")
+    p.add_argument("--type", dest="types", action="append", metavar="TYPE",
+                   help="only events of this type, e.g. MemoryChangeRequested (may be repeated)")
+    p.add_argument("--since", help="only events recorded at or after this ISO time")
+    p.add_argument("--until", help="only events recorded at or before this ISO time (not with --follow)")
     json_flag(p)
 
     p = command("observe", "record out-of-band changes the hypervisor reports; resolve abandoned requests")
@@ -397,7 +402,7 @@ async def _run(args: argparse.Namespace) -> int:
         try:
             return await _dispatch(ledger, args)
         except UnknownDomainError as e:
-            name = getattr(args, "name", None)
+            name = getattr(args, "name", None) or getattr(args, "domain", None)
             near = difflib.get_close_matches(name, [v.domain for v in await ledger.domains()], n=1) if (
                 isinstance(name, str) and str(e) == f"unknown domain {name!r}") else []
             if not near:
@@ -494,7 +499,12 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
                 print("no requests")
     elif cmd == "events":
         start = _units.parse_position(args.from_position)
-        stream = ledger.subscribe(from_position=start) if args.follow else ledger.events(from_position=start)
+        since, until = (_units.parse_time(t) if t else None for t in (args.since, args.until))
+        if args.follow and until is not None:
+            raise InvalidRequestError("--until ends the feed and --follow never does: give one of them")
+        stream = (ledger.subscribe(from_position=start, domain=args.domain, types=args.types, since=since)
+                  if args.follow else
+                  ledger.events(from_position=start, domain=args.domain, types=args.types, since=since, until=until))
         async for rec in stream:
             print(json.dumps(_event_json(rec), ensure_ascii=False), flush=True)
     elif cmd == "observe":
