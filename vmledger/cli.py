@@ -43,6 +43,7 @@ from vmledger._compose import DEFAULT_DB
 from vmledger.ledger import default_principal
 from vmledger.results import DomainView, DriftRow, RequestRecord
 from vmledger.service import commands as service_commands
+from vmledger import _tool_commands as tool_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name"), s.add_argument("property"), s.add_argument("kind", choices=["error", "timeout"])
     for s in simsub.choices.values():
         json_flag(s)
+    tool_commands.add_commands(sub)
     service_commands.add_commands(sub, _Parser)
     return parser
 
@@ -375,7 +377,7 @@ def _event_json(rec: RecordedEvent) -> dict[str, Any]:
 #: Commands that may create the ledger they name; every other command needs one that exists.
 CREATING = frozenset({"init", "define", "adopt", "import", "demo"})
 #: Commands that only read: they need read permission alone, and never create anything.
-READING = frozenset({"list", "show", "get", "drift", "history", "events", "export", "verify"})
+READING = frozenset({"list", "show", "get", "drift", "history", "events", "export", "verify", "plot"})
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -391,6 +393,8 @@ async def _run(args: argparse.Namespace) -> int:
 
         print(script(build_parser(), args.shell), end="")
         return EXIT_OK
+    if args.command == "schema":
+        return tool_commands.print_schema(args)
     if args.command in service_commands.COMMANDS:
         return await service_commands.run_command(args)
     if args.url:
@@ -553,6 +557,8 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         await _verify(ledger, args)
     elif cmd == "sim":
         await _sim(ledger, args)
+    elif cmd == "plot":
+        await tool_commands.plot(ledger, args)
     return EXIT_OK
 
 
