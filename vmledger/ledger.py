@@ -7,7 +7,6 @@ import contextlib
 import difflib
 import getpass
 import logging
-import os
 import weakref
 
 import attrs
@@ -65,7 +64,7 @@ from vmledger.projections.model import Model, state_from_json
 from vmledger.projections.store import DuplicateRequestError
 from vmledger.projections.verify import compare, digest, domain_groups, folded_rows, paired_groups
 from vmledger._checkpoint import Checkpoint
-from vmledger.replay import Projection, run as run_projection
+from vmledger.replay import Replaying
 from vmledger.results import DomainView, DriftRow, PropertyValue, RequestRecord
 
 __all__ = ["Ledger", "default_principal"]
@@ -81,7 +80,7 @@ UNKNOWN_PRINCIPAL = "unknown"
 _log = logging.getLogger("vmledger")
 
 
-class Ledger:
+class Ledger(Replaying):
     """The ledger of one database and one hypervisor; made by `vmledger.open`."""
 
     def __init__(
@@ -704,43 +703,6 @@ class Ledger:
                 where = attrs.evolve(where, streams=(*(where.streams or ()), rec.stream))
             if where.matches(rec):
                 yield rec
-
-    # Custom projections.
-
-    async def replay(self, projection: Projection, *, from_position: int = 0, to_position: int | None = None,
-                     domain: str | None = None, types: str | Iterable[str] | None = None,
-                     since: datetime | None = None, until: datetime | None = None,
-                     checkpoint: str | os.PathLike[str] | None = None) -> int:
-        """Feed `projection.apply` every event after `from_position` up to `to_position`, filtered as `events`, in order.
-
-        With `checkpoint`, a file that exists already sets `projection.state`
-        and the position to start after (instead of `from_position`), and the
-        state is saved there with the position of the last event fed.
-        Returns that position (the start, when no event was fed).
-
-        Raises:
-            InvalidRequestError: as for `events`, or a bad checkpoint.
-            UnknownDomainError: as for `events`.
-        """
-        return await run_projection(projection, lambda start: self.events(
-            from_position=start, to_position=to_position, domain=domain, types=types, since=since, until=until),
-            from_position=from_position, checkpoint=checkpoint)
-
-    async def follow(self, projection: Projection, *, from_position: int = 0, domain: str | None = None,
-                     types: str | Iterable[str] | None = None, since: datetime | None = None,
-                     checkpoint: str | os.PathLike[str] | None = None) -> None:
-        """Feed `projection.apply` every event after `from_position`, then each new one, until cancelled.
-
-        A checkpoint works as for `replay`; it is saved every 1,000 events
-        and when the task is cancelled.
-
-        Raises:
-            InvalidRequestError: as for `subscribe`, or a bad checkpoint.
-            UnknownDomainError: as for `subscribe`.
-        """
-        await run_projection(projection, lambda start: self.subscribe(
-            from_position=start, domain=domain, types=types, since=since),
-            from_position=from_position, checkpoint=checkpoint)
 
     # Observation.
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import ssl
 import urllib.parse
 from datetime import datetime
@@ -26,7 +25,7 @@ from vmledger.eventstore.errors import InvalidRequestError, StorageError
 from vmledger.eventstore.log import RecordedEvent
 from vmledger._checkpoint import Checkpoint
 from vmledger._wire import REPLAYED_HEADER, error_from_problem, event_from_json
-from vmledger.replay import Projection, run as run_projection
+from vmledger.replay import Replaying
 from vmledger.results import DomainView, DriftRow, PropertyValue, RequestRecord
 
 __all__ = ["connect", "RemoteLedger", "RemoteSimulator"]
@@ -42,7 +41,7 @@ def _q(text: str) -> str:
     return urllib.parse.quote(text, safe="")
 
 
-class RemoteLedger:
+class RemoteLedger(Replaying):
     """A ledger served by `vmledger serve`, with the methods of `Ledger`; made by `vmledger.connect`."""
 
     def __init__(self, client: httpx.AsyncClient, url: str) -> None:
@@ -208,23 +207,6 @@ class RemoteLedger:
             except httpx.TransportError:
                 pass
             await asyncio.sleep(_RESUME_DELAY)
-
-    async def replay(self, projection: Projection, *, from_position: int = 0, to_position: int | None = None,
-                     domain: str | None = None, types: str | Iterable[str] | None = None,
-                     since: datetime | None = None, until: datetime | None = None,
-                     checkpoint: str | os.PathLike[str] | None = None) -> int:
-        """Feed `projection.apply` the events `events` yields, as `Ledger.replay`; return the last position fed."""
-        return await run_projection(projection, lambda start: self.events(
-            from_position=start, to_position=to_position, domain=domain, types=types, since=since, until=until),
-            from_position=from_position, checkpoint=checkpoint)
-
-    async def follow(self, projection: Projection, *, from_position: int = 0, domain: str | None = None,
-                     types: str | Iterable[str] | None = None, since: datetime | None = None,
-                     checkpoint: str | os.PathLike[str] | None = None) -> None:
-        """Feed `projection.apply` every event, then each new one over the event stream, until cancelled."""
-        await run_projection(projection, lambda start: self.subscribe(
-            from_position=start, domain=domain, types=types, since=since),
-            from_position=from_position, checkpoint=checkpoint)
 
     # Observation.
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Any, AsyncIterator, Callable, Protocol
+from datetime import datetime
+from typing import Any, AsyncIterator, Callable, Iterable, Protocol
 
 from vmledger.eventstore.errors import InvalidRequestError
 from vmledger.eventstore.log import RecordedEvent
 
-__all__ = ["Projection", "load_checkpoint", "feed", "run"]
+__all__ = ["Projection", "Replaying", "load_checkpoint", "feed", "run"]
 
 #: Events fed between two saves of a checkpoint while following.
 SAVE_EVERY = 1000
@@ -111,3 +112,45 @@ async def run(projection: Projection, events_after: Callable[[int], AsyncIterato
     saved = None if checkpoint is None else load_checkpoint(checkpoint, projection)
     start = from_position if saved is None else saved
     return await feed(projection, events_after(start), start=start, checkpoint=checkpoint)
+
+
+class Replaying:
+    """`replay` and `follow`, written once over the `events` and `subscribe` of `Ledger` and `RemoteLedger`."""
+
+    events: Callable[..., AsyncIterator[RecordedEvent]]
+    subscribe: Callable[..., AsyncIterator[RecordedEvent]]
+
+    async def replay(self, projection: Projection, *, from_position: int = 0, to_position: int | None = None,
+                     domain: str | None = None, types: str | Iterable[str] | None = None,
+                     since: datetime | None = None, until: datetime | None = None,
+                     checkpoint: str | os.PathLike[str] | None = None) -> int:
+        """Feed `projection.apply` every event after `from_position` up to `to_position`, filtered as `events`, in order.
+
+        With `checkpoint`, a file that exists already sets `projection.state`
+        and the position to start after (instead of `from_position`), and the
+        state is saved there with the position of the last event fed.
+        Returns that position (the start, when no event was fed).
+
+        Raises:
+            InvalidRequestError: as for `events`, or a bad checkpoint.
+            UnknownDomainError: as for `events`.
+        """
+        return await run(projection, lambda start: self.events(
+            from_position=start, to_position=to_position, domain=domain, types=types, since=since, until=until),
+            from_position=from_position, checkpoint=checkpoint)
+
+    async def follow(self, projection: Projection, *, from_position: int = 0, domain: str | None = None,
+                     types: str | Iterable[str] | None = None, since: datetime | None = None,
+                     checkpoint: str | os.PathLike[str] | None = None) -> None:
+        """Feed `projection.apply` every event after `from_position`, then each new one, until cancelled.
+
+        A checkpoint works as for `replay`; it is saved every 1,000 events
+        and when the task is cancelled.
+
+        Raises:
+            InvalidRequestError: as for `subscribe`, or a bad checkpoint.
+            UnknownDomainError: as for `subscribe`.
+        """
+        await run(projection, lambda start: self.subscribe(
+            from_position=start, domain=domain, types=types, since=since),
+            from_position=from_position, checkpoint=checkpoint)

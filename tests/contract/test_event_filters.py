@@ -29,14 +29,6 @@ TYPES = ("DomainDefined", "DomainStarted", "DomainUndefined", "MemoryChangeReque
          "VcpusChangeRequested")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """Return the URL of an empty ledger database on each backend."""
-    if request.param == "sqlite":
-        return str(tmp_path / "ledger.db")
-    return request.getfixturevalue("pg_database")
-
-
 def _defined(uuid: str, name: str) -> DomainDefined:
     config = {"memory": GiB, "max_memory": 4 * GiB, "vcpus": 2, "max_vcpus": 4, "numa_nodes": 1}
     return DomainDefined(domain=name, uuid=uuid, guest_type="pv", config=config, capabilities={"balloon": True})

@@ -19,14 +19,6 @@ from vmledger import _plot
 MiB, GiB = 2**20, 2**30
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """Return the URL of an empty ledger database on each backend."""
-    if request.param == "sqlite":
-        return str(tmp_path / "ledger.db")
-    return request.getfixturevalue("pg_database")
-
-
 async def _story(ledger: vmledger.Ledger) -> list[str]:
     """Make memory go 1GiB -> 1224MiB (live only 1124MiB) -> 2GiB, then an 8GiB request refused; return the request ids."""
     sim = ledger.hypervisor

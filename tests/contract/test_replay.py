@@ -23,14 +23,6 @@ STORED = [(e["position"], e["type"], e["schema_version"]) for e in map(json.load
 GiB = 2**30
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """Return the URL of an empty ledger database on each backend."""
-    if request.param == "sqlite":
-        return str(tmp_path / "ledger.db")
-    return request.getfixturevalue("pg_database")
-
-
 class TypeCounts:
     """Counts events by type in its `state`, and remembers the positions it was fed (not saved)."""
 
