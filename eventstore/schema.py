@@ -24,7 +24,7 @@ import attrs
 
 from vmledger.eventstore.catalogue import Capability
 from vmledger.eventstore.errors import InvalidRequestError
-from vmledger.eventstore.events import EVENT_TYPES, Event, _pairs
+from vmledger.eventstore.events import EVENT_TYPES, Event, _pairs, event_type
 
 __all__ = ["DIALECT", "FOLDER", "generate", "schema", "versions", "changed"]
 
@@ -106,12 +106,7 @@ def schema(name: str, version: int | None = None) -> dict[str, Any]:
     Raises:
         InvalidRequestError: no such event type, or no such version of it.
     """
-    cls = EVENT_TYPES.get(name) if isinstance(name, str) else None
-    if cls is None:
-        import difflib
-
-        near = difflib.get_close_matches(str(name), EVENT_TYPES, n=1)
-        raise InvalidRequestError(f"unknown event type {name!r}" + (f": did you mean {near[0]!r}?" if near else ""))
+    cls = event_type(name)
     version = cls.schema_version if version is None else version
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= cls.schema_version:
         raise InvalidRequestError(f"{name} has schema versions 1 to {cls.schema_version}, not {version!r}")

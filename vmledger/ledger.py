@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import getpass
 import logging
 import weakref
-
-import attrs
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar, cast
+
+import attrs
 
 from vmledger.adapters.port import Hypervisor
 from vmledger.eventstore.catalogue import (
@@ -53,7 +52,7 @@ from vmledger.eventstore.errors import (
     VmledgerError,
 )
 from vmledger.eventstore.events import (
-    EVENT_TYPES, ChangeOutcome, DomainDefined, DomainStarted, Event, GuestCapabilitiesObserved,
+    ChangeOutcome, DomainDefined, DomainStarted, Event, GuestCapabilitiesObserved, event_type,
 )
 from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Value
 from vmledger.eventstore import transfer
@@ -949,10 +948,7 @@ def _event_filter(*, types: str | Iterable[str] | None = None, since: datetime |
     if names is None:
         raise InvalidRequestError(f"types must be an event type's name or a list of them, not {shown(types)}")
     for name in names:
-        if not isinstance(name, str) or name not in EVENT_TYPES:
-            near = difflib.get_close_matches(str(name), EVENT_TYPES, n=1)
-            raise InvalidRequestError(f"unknown event type {shown(name)}"
-                                      + (f": did you mean {near[0]!r}?" if near else ""))
+        event_type(name)
     return EventFilter(types=tuple(sorted(set(names))), since=since, until=until)
 
 

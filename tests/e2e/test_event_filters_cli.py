@@ -41,8 +41,10 @@ def test_events_filtered_by_domain_type_and_period(cli: Cli) -> None:
         lambda e: e["recorded_at"] > middle and e["stream"] in web and e["type"] == "VcpusChangeRequested")
 
     # An unknown domain or type, a bad time, or --until with --follow: one line on stderr, exit 2, nothing printed.
-    assert [cli("events", *args) for args in (("--domain", "wbe"), ("--type", "MemoryChangeRequestd"),
+    assert [cli("events", *args) for args in (("--domain", "wbe"), ("--follow", "--domain", "wbe"),
+                                              ("--type", "MemoryChangeRequestd"),
                                               ("--since", "yesterday"), ("--follow", "--until", "2026-01-01"))] == [
+        (2, "", "vmledger: error: unknown domain 'wbe': did you mean 'web'?\n"),
         (2, "", "vmledger: error: unknown domain 'wbe': did you mean 'web'?\n"),
         (2, "", "vmledger: error: unknown event type 'MemoryChangeRequestd': did you mean 'MemoryChangeRequested'?\n"),
         (2, "", "vmledger: error: invalid time 'yesterday': use ISO 8601, e.g. 2026-01-31T12:00:00Z\n"),
