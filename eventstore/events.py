@@ -8,12 +8,14 @@ catalogue; `change_event(property, outcome)` finds one.
 
 from __future__ import annotations
 
+import difflib
 from typing import ClassVar, Union
 
 import attrs
 from attrs import validators as v
 
-from vmledger.eventstore.catalogue import CATALOGUE, Capability, GuestType, Outcome, Reason, Scope
+from vmledger.eventstore.catalogue import CATALOGUE, Capability, GuestType, Outcome, Reason, Scope, shown
+from vmledger.eventstore.errors import InvalidRequestError
 
 __all__ = [
     "Event",
@@ -32,6 +34,7 @@ __all__ = [
     "ChangeOutcome",
     "EVENT_TYPES",
     "change_event",
+    "event_type",
     "config_dict",
 ]
 
@@ -260,3 +263,16 @@ def change_event(prop: str, outcome: Outcome) -> type[Event]:
     """Return the event class for a change of `prop` (e.g. `media:hdc`) with `outcome`."""
     base = prop.split(":", 1)[0]
     return _CHANGE_EVENTS[(base, outcome)]
+
+
+def event_type(name: object) -> type[Event]:
+    """Return the event class of the type name a caller gives, such as `MemoryChangeApplied`.
+
+    Raises:
+        InvalidRequestError: no event type has that name (naming the nearest one).
+    """
+    cls = EVENT_TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        near = difflib.get_close_matches(str(name), EVENT_TYPES, n=1)
+        raise InvalidRequestError(f"unknown event type {shown(name)}" + (f": did you mean {near[0]!r}?" if near else ""))
+    return cls

@@ -22,6 +22,7 @@ __all__ = [
     "run_steps",
     "run_steps_sync",
     "EventLog",
+    "EventFilter",
     "GENESIS_HASH",
     "chain_hash",
     "timestamp",
@@ -35,6 +36,27 @@ def timestamp(when: datetime) -> str:
     if when.tzinfo is not timezone.utc:
         when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
     return when.isoformat(timespec="microseconds")
+
+
+@attrs.frozen(kw_only=True)
+class EventFilter:
+    """Which events a filtered read yields: each given criterion must hold (None: any).
+
+    `streams` and `types` are tuples of stream ids and event type names;
+    `since` and `until` bound the recording time, both included.
+    """
+
+    streams: tuple[str, ...] | None = None
+    types: tuple[str, ...] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, rec: "RecordedEvent") -> bool:
+        """Tell whether `rec` passes every criterion."""
+        return ((self.streams is None or rec.stream in self.streams)
+                and (self.types is None or rec.type in self.types)
+                and (self.since is None or rec.recorded_at >= self.since)
+                and (self.until is None or rec.recorded_at <= self.until))
 
 
 #: The `prev_hash` of the first event.
@@ -243,9 +265,9 @@ class EventLog(Protocol):
         ...
 
     def read_all(
-        self, *, from_position: int = 0, to_position: int | None = None
+        self, *, from_position: int = 0, to_position: int | None = None, where: EventFilter | None = None
     ) -> AsyncIterator[RecordedEvent]:
-        """Yield every event after `from_position` up to `to_position`, in order."""
+        """Yield every event after `from_position` up to `to_position` that `where` lets through, in order."""
         ...
 
     def subscribe(self, *, from_position: int = 0) -> AsyncIterator[RecordedEvent]:

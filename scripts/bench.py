@@ -570,10 +570,18 @@ async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str,
         for label, costs in zip(("small", "big"), await read_costs([small, big], args.read_calls)):
             for key, value in costs.items():
                 results[f"{label}_{key}"] = value
+        progress(f"events --domain at {args.small_events:,} and {args.events:,} events, in turn")
+        for label, (seconds, count) in zip(("small", "big"), await domain_feed_costs([small, big], args.read_calls)):
+            results[f"{label}_events_domain"], results[f"{label}_events_domain_count"] = seconds, count
     for key in ("open", "drift", "show", "get"):
         table.note(f"{key}: {domains:,} domains, {args.events:,} events", f"{results['big_' + key] * 1000:.2f}",
                    "ms", f"at {args.small_events:,} events {results['small_' + key] * 1000:.2f} ms; "
                    f"median of {args.read_calls} calls, the two logs in turn")
+    table.note(f"events --domain: {domains:,} domains, {args.events:,} events",
+               f"{results['big_events_domain'] * 1000:.2f}", "ms",
+               f"{results['big_events_domain_count']:,} events of one domain through Ledger.events(domain=...); "
+               f"at {args.small_events:,} events {results['small_events_domain'] * 1000:.2f} ms for "
+               f"{results['small_events_domain_count']:,}; median of {max(args.read_calls // 10, 3)} calls")
 
 
 async def child_rebuild(path: str, repeat: int) -> None:
@@ -757,6 +765,21 @@ async def read_costs(paths: list[str], calls: int) -> list[dict[str, float]]:
                 await ledger.log.head()
             own["open"].append(time.perf_counter() - start)
     return [{k: statistics.median(v) for k, v in own.items()} for own in times]
+
+
+async def domain_feed_costs(paths: list[str], calls: int) -> list[tuple[float, int]]:
+    """Return, for each ledger in `paths`, the median seconds to read one domain's events (the last domain's), and their count."""
+    times: list[list[float]] = [[] for _ in paths]
+    counts = [0] * len(paths)
+    async with contextlib.AsyncExitStack() as stack:
+        ledgers = [await stack.enter_async_context(bulk_open(path)) for path in paths]
+        names = [(await ledger.domains())[-1].domain for ledger in ledgers]
+        for _ in range(max(calls // 10, 3)):
+            for n, (ledger, name) in enumerate(zip(ledgers, names)):
+                start = time.perf_counter()
+                counts[n] = len([r async for r in ledger.events(domain=name)])
+                times[n].append(time.perf_counter() - start)
+    return [(statistics.median(t), c) for t, c in zip(times, counts)]
 
 
 # -- the targets ------------------------------------------------------------------------

@@ -113,10 +113,13 @@ def render() -> str:
               f"`…{Outcome.REQUESTED.value}` carries: {', '.join(f'`{f.name}`' for f in ChangeRequested.__attrs_attrs__)}.",
               f"Every outcome carries: {', '.join(f'`{f.name}`' for f in ChangeOutcome.__attrs_attrs__)}; "
               "`scope` is `persistent` or `live`, `value` is the value in force afterwards.", "",
-              "| event | schema version | doc |", "|---|---|---|"]
+              "Each version of each event has a JSON Schema (draft 2020-12) of its `data`, linked below and printed by "
+              "`vmledger schema TYPE`; see [replay.md](replay.md) for reading the log from other tools.", "",
+              "| event | schema version | doc | JSON Schema |", "|---|---|---|---|"]
     for name, cls in EVENT_TYPES.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        lines.append(f"| `{name}` | {cls.schema_version} | {doc} |")
+        schemas = ", ".join(f"[v{v}](../eventstore/schemas/{name}.v{v}.json)" for v in range(1, cls.schema_version + 1))
+        lines.append(f"| `{name}` | {cls.schema_version} | {doc} | {schemas} |")
     lines += ["", "### Older schema versions", "",
               "Stored rows are never rewritten: a row of an older version is upcast to the current one when it is read.", "",
               "| event | version read | upcast to the next version |", "|---|---|---|"]

@@ -1,4 +1,4 @@
-"""Add the missing golden files of the stored event format; never overwrite one.
+"""Add the missing golden files and JSON Schemas of the stored event format; never overwrite one.
 
 `tests/data/golden/<EventName>.v<N>.json` holds one event of type
 `EventName` at schema version `N` exactly as a row stores it: its `type`,
@@ -9,6 +9,8 @@ exists; an older version's file can only come from an earlier run.
 Run `python3 scripts/golden.py` before raising an event's schema version (so
 the old version's file exists) and again after (to add the new one), and
 commit what it writes.
+It does the same for `eventstore/schemas/<EventName>.v<N>.json`, the JSON
+Schema of each version's data (see `vmledger.eventstore.schema`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from vmledger.eventstore.catalogue import CATALOGUE, Kind, Outcome, Reason  # noqa: E402
 from vmledger.eventstore.codec import encode  # noqa: E402
 from vmledger.eventstore.events import EVENT_TYPES, ChangeOutcome, ChangeRequested, Event  # noqa: E402
+from vmledger.eventstore.schema import FOLDER as SCHEMAS, generate  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "data" / "golden"
 MiB, GiB = 2**20, 2**30
@@ -111,23 +114,30 @@ def golden_text(event: Event) -> str:
     return json.dumps({"type": name, "schema_version": version, "data": data}, indent=2, ensure_ascii=False) + "\n"
 
 
+def schema_text(cls: type[Event]) -> str:
+    """Return the text of the JSON Schema file of `cls`'s current version."""
+    return json.dumps(generate(cls), indent=2, ensure_ascii=False) + "\n"
+
+
 def main() -> int:
-    """Write the missing golden files of current versions; return 1 if an older one is missing."""
-    GOLDEN.mkdir(parents=True, exist_ok=True)
+    """Write the missing golden files and schemas of current versions; return 1 if an older one is missing."""
     status = 0
-    for name, cls in EVENT_TYPES.items():
-        for version in range(1, cls.schema_version + 1):
-            path = GOLDEN / f"{name}.v{version}.json"
-            if path.exists():
-                continue
-            if version < cls.schema_version:
-                print(f"missing {path.relative_to(ROOT)}: only an earlier run could write it; "
-                      "recover it from version control", file=sys.stderr)
-                status = 1
-                continue
-            with open(path, "x", encoding="utf-8") as f:  # "x": fail rather than overwrite
-                f.write(golden_text(sample(name)))
-            print(f"wrote {path.relative_to(ROOT)}")
+    for folder, text in ((GOLDEN, lambda name, cls: golden_text(sample(name))),
+                         (SCHEMAS, lambda name, cls: schema_text(cls))):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, cls in EVENT_TYPES.items():
+            for version in range(1, cls.schema_version + 1):
+                path = folder / f"{name}.v{version}.json"
+                if path.exists():
+                    continue
+                if version < cls.schema_version:
+                    print(f"missing {path.relative_to(ROOT)}: only an earlier run could write it; "
+                          "recover it from version control", file=sys.stderr)
+                    status = 1
+                    continue
+                with open(path, "x", encoding="utf-8") as f:  # "x": fail rather than overwrite
+                    f.write(text(name, cls))
+                print(f"wrote {path.relative_to(ROOT)}")
     return status
 
 

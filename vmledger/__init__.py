@@ -2,7 +2,8 @@
 
 `async with vmledger.open("sqlite:///ledger.db") as ledger:` then `define`,
 `start`, `set`, `get`, `show`, `drift`, `history`, `subscribe`, `observe`,
-`rebuild`, `verify` and `checkpoint`; `vmledger.connect(url, token=...)`
+`rebuild`, `verify` and `checkpoint`, and `replay` and `follow` to feed a
+`Projection` of one's own; `vmledger.connect(url, token=...)`
 gives the same methods over HTTP, against `vmledger serve`.
 """
 
@@ -24,6 +25,7 @@ from vmledger.eventstore.errors import (
 from vmledger._checkpoint import Checkpoint
 from vmledger._compose import open
 from vmledger.ledger import Ledger, default_principal
+from vmledger.replay import Projection
 from vmledger.results import DomainView, DriftRow, Outcome, PropertyRow, PropertyValue, RequestRecord
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "connect",
     "Ledger",
     "Checkpoint",
+    "Projection",
     "default_principal",
     "RequestRecord",
     "Outcome",

@@ -45,6 +45,7 @@ from vmledger._compose import DEFAULT_DB
 from vmledger.ledger import default_principal
 from vmledger.results import DomainView, DriftRow, RequestRecord
 from vmledger.service import commands as service_commands
+from vmledger import _tool_commands as tool_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -206,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("events", "print the log, one JSON object per line")
     p.add_argument("--from", dest="from_position", default="0", help="start after this position")
     p.add_argument("--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--domain", metavar="NAME", help="only the events of the domains that bore this name")
+    p.add_argument("--type", dest="types", action="append", metavar="TYPE",
+                   help="only events of this type, e.g. MemoryChangeRequested (may be repeated)")
+    p.add_argument("--since", help="only events recorded at or after this ISO time")
+    p.add_argument("--until", help="only events recorded at or before this ISO time (not with --follow)")
     json_flag(p)
 
     p = command("observe", "record out-of-band changes the hypervisor reports; resolve abandoned requests")
@@ -263,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name"), s.add_argument("property"), s.add_argument("kind", choices=["error", "timeout"])
     for s in simsub.choices.values():
         json_flag(s)
+    tool_commands.add_commands(sub)
     service_commands.add_commands(sub, _Parser)
     return parser
 
@@ -376,7 +383,7 @@ def _event_json(rec: RecordedEvent) -> dict[str, Any]:
 #: Commands that may create the ledger they name; every other command needs one that exists.
 CREATING = frozenset({"init", "define", "adopt", "import", "demo"})
 #: Commands that only read: they need read permission alone, and never create anything.
-READING = frozenset({"list", "show", "get", "drift", "history", "events", "export", "verify"})
+READING = frozenset({"list", "show", "get", "drift", "history", "events", "export", "verify", "plot"})
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -392,6 +399,8 @@ async def _run(args: argparse.Namespace) -> int:
 
         print(script(build_parser(), args.shell), end="")
         return EXIT_OK
+    if args.command == "schema":
+        return tool_commands.print_schema(args)
     if args.command in service_commands.COMMANDS:
         return await service_commands.run_command(args)
     if args.url:
@@ -403,7 +412,7 @@ async def _run(args: argparse.Namespace) -> int:
         try:
             return await _dispatch(ledger, args)
         except UnknownDomainError as e:
-            name = getattr(args, "name", None)
+            name = getattr(args, "name", None) or getattr(args, "domain", None)
             near = difflib.get_close_matches(name, [v.domain for v in await ledger.domains()], n=1) if (
                 isinstance(name, str) and str(e) == f"unknown domain {name!r}") else []
             if not near:
@@ -500,7 +509,12 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
                 print("no requests")
     elif cmd == "events":
         start = _units.parse_position(args.from_position)
-        stream = ledger.subscribe(from_position=start) if args.follow else ledger.events(from_position=start)
+        since, until = (_units.parse_time(t) if t else None for t in (args.since, args.until))
+        if args.follow and until is not None:
+            raise InvalidRequestError("--until ends the feed and --follow never does: give one of them")
+        stream = (ledger.subscribe(from_position=start, domain=args.domain, types=args.types, since=since)
+                  if args.follow else
+                  ledger.events(from_position=start, domain=args.domain, types=args.types, since=since, until=until))
         async for rec in stream:
             print(json.dumps(_event_json(rec), ensure_ascii=False), flush=True)
     elif cmd == "observe":
@@ -549,6 +563,8 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         await _verify(ledger, args)
     elif cmd == "sim":
         await _sim(ledger, args)
+    elif cmd == "plot":
+        await tool_commands.plot(ledger, args)
     return EXIT_OK
 
 

@@ -7,8 +7,10 @@ import contextlib
 import getpass
 import logging
 import weakref
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar, cast
+
+import attrs
 
 from vmledger.adapters.port import Hypervisor
 from vmledger.eventstore.catalogue import (
@@ -49,16 +51,19 @@ from vmledger.eventstore.errors import (
     UnknownPropertyError,
     VmledgerError,
 )
-from vmledger.eventstore.events import ChangeOutcome, DomainDefined, DomainStarted, Event, GuestCapabilitiesObserved
+from vmledger.eventstore.events import (
+    ChangeOutcome, DomainDefined, DomainStarted, Event, GuestCapabilitiesObserved, event_type,
+)
 from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Value
 from vmledger.eventstore import transfer
-from vmledger.eventstore.log import Metadata, RecordedEvent
+from vmledger.eventstore.log import EventFilter, Metadata, RecordedEvent
 from vmledger.eventstore.state import DomainState, fold
 from vmledger.projections import queries
 from vmledger.projections.model import Model, state_from_json
 from vmledger.projections.store import DuplicateRequestError
 from vmledger.projections.verify import compare, digest, domain_groups, folded_rows, paired_groups
 from vmledger._checkpoint import Checkpoint
+from vmledger.replay import Replaying
 from vmledger.results import DomainView, DriftRow, PropertyValue, RequestRecord
 
 __all__ = ["Ledger", "default_principal"]
@@ -74,7 +79,7 @@ UNKNOWN_PRINCIPAL = "unknown"
 _log = logging.getLogger("vmledger")
 
 
-class Ledger:
+class Ledger(Replaying):
     """The ledger of one database and one hypervisor; made by `vmledger.open`."""
 
     def __init__(
@@ -648,23 +653,62 @@ class Ledger:
         return [RequestRecord.from_dict(r) for r in await queries.history_records(
             self.log.fetch_all, uuids=uuids, prop=prop, principal=principal, since=since, until=until)]
 
-    def events(self, *, from_position: int = 0, to_position: int | None = None) -> AsyncIterator[RecordedEvent]:
-        """Yield recorded events after `from_position`, in order.
+    def events(self, *, from_position: int = 0, to_position: int | None = None, domain: str | None = None,
+               types: str | Iterable[str] | None = None, since: datetime | None = None,
+               until: datetime | None = None) -> AsyncIterator[RecordedEvent]:
+        """Yield recorded events after `from_position`, in order, filtered as asked.
+
+        `domain` keeps the events of every domain that bore the name,
+        `types` those of the event types named, and `since` and `until` those
+        recorded in that period (both included).  Each filter is answered
+        from an index, not by reading the whole log.
 
         Raises:
-            InvalidRequestError: a position is not a whole number from 0 to 2**63 - 1.
+            InvalidRequestError: a position is not a whole number from 0 to 2**63 - 1, a type is
+                not an event type, `since` or `until` is not a `datetime`, or a name is malformed.
+            UnknownDomainError: no domain, defined or undefined, ever had the name `domain`
+                (raised when the iteration starts).
         """
         if to_position is not None:
             check_position(to_position)
-        return self.log.read_all(from_position=check_position(from_position), to_position=to_position)
+        start, where = check_position(from_position), _event_filter(types=types, since=since, until=until)
+        if domain is None:
+            return self.log.read_all(from_position=start, to_position=to_position, where=where)
+        return self._domain_events(check_name(domain), start, to_position, where)
 
-    def subscribe(self, *, from_position: int = 0) -> AsyncIterator[RecordedEvent]:
-        """Yield every event after `from_position`, then follow new ones as they are appended.
+    async def _domain_events(self, name: str, start: int, to_position: int | None,
+                             where: EventFilter) -> AsyncIterator[RecordedEvent]:
+        where = attrs.evolve(where, streams=tuple(await queries.domains_named(self.log.fetch_all, name)))
+        async for rec in self.log.read_all(from_position=start, to_position=to_position, where=where):
+            yield rec
+
+    def subscribe(self, *, from_position: int = 0, domain: str | None = None,
+                  types: str | Iterable[str] | None = None, since: datetime | None = None) -> AsyncIterator[RecordedEvent]:
+        """Yield every event after `from_position`, then follow new ones as they are appended, filtered as `events`.
+
+        A domain defined later under the name `domain` is followed too.
 
         Raises:
-            InvalidRequestError: the position is not a whole number from 0 to 2**63 - 1.
+            InvalidRequestError: as for `events`.
+            UnknownDomainError: as for `events`.
         """
-        return self.log.subscribe(from_position=check_position(from_position))
+        start = check_position(from_position)
+        where = _event_filter(types=types, since=since)
+        if domain is None and where == EventFilter():
+            return self.log.subscribe(from_position=start)
+        return self._follow_filtered(start, None if domain is None else check_name(domain), where)
+
+    async def _follow_filtered(self, start: int, name: str | None, where: EventFilter) -> AsyncIterator[RecordedEvent]:
+        head = await self.log.head()
+        if name is not None:  # looked up after the head: every domain of that name up to it is known
+            where = attrs.evolve(where, streams=tuple(await queries.domains_named(self.log.fetch_all, name)))
+        async for rec in self.log.read_all(from_position=start, to_position=head, where=where):
+            yield rec
+        async for rec in self.log.subscribe(from_position=max(start, head)):
+            if name is not None and isinstance(rec.event, DomainDefined) and rec.event.domain == name:
+                where = attrs.evolve(where, streams=(*(where.streams or ()), rec.stream))
+            if where.matches(rec):
+                yield rec
 
     # Observation.
 
@@ -890,6 +934,29 @@ def _awaits(state: DomainState, request: SetRequest, scope: str) -> bool:
     """
     pending = state.pending.get(request.request_id)
     return pending is not None and pending.awaits(scope)
+
+
+def _event_filter(*, types: str | Iterable[str] | None = None, since: datetime | None = None,
+                  until: datetime | None = None) -> EventFilter:
+    """Return the filter of event types and a period that a caller names, checked.
+
+    Raises:
+        InvalidRequestError: a type is not an event type, or a bound is not a `datetime`.
+    """
+    for bound in (since, until):
+        if bound is not None and not isinstance(bound, datetime):
+            raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
+    # A naive time is UTC, as the log stores it; made aware here so that it compares with recorded times.
+    since, until = (t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+                    for t in (since, until))
+    if types is None:
+        return EventFilter(since=since, until=until)
+    names = (types,) if isinstance(types, str) else tuple(types) if isinstance(types, (list, tuple)) else None
+    if names is None:
+        raise InvalidRequestError(f"types must be an event type's name or a list of them, not {shown(types)}")
+    for name in names:
+        event_type(name)
+    return EventFilter(types=tuple(sorted(set(names))), since=since, until=until)
 
 
 def _contended(name: str, conflict: ConcurrencyError) -> ConcurrencyError:

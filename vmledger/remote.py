@@ -25,6 +25,7 @@ from vmledger.eventstore.errors import InvalidRequestError, StorageError
 from vmledger.eventstore.log import RecordedEvent
 from vmledger._checkpoint import Checkpoint
 from vmledger._wire import REPLAYED_HEADER, error_from_problem, event_from_json
+from vmledger.replay import Replaying
 from vmledger.results import DomainView, DriftRow, PropertyValue, RequestRecord
 
 __all__ = ["connect", "RemoteLedger", "RemoteSimulator"]
@@ -40,7 +41,7 @@ def _q(text: str) -> str:
     return urllib.parse.quote(text, safe="")
 
 
-class RemoteLedger:
+class RemoteLedger(Replaying):
     """A ledger served by `vmledger serve`, with the methods of `Ledger`; made by `vmledger.connect`."""
 
     def __init__(self, client: httpx.AsyncClient, url: str) -> None:
@@ -52,7 +53,7 @@ class RemoteLedger:
                     json_body: Any = None, headers: Mapping[str, str] | None = None,
                     content: bytes | None = None) -> httpx.Response:
         """Send one request; return the response, or raise the error its problem document names."""
-        query = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        query = {k: v if isinstance(v, list) else str(v) for k, v in (params or {}).items() if v is not None}
         try:
             response = await self._client.request(method, path, params=query, json=json_body, headers=headers,
                                                   content=content)
@@ -166,9 +167,12 @@ class RemoteLedger:
                   "limit": 1000}
         return [RequestRecord.from_dict(r) for r in await self._pages("/v1/history", params)]
 
-    async def events(self, *, from_position: int = 0, to_position: int | None = None) -> AsyncIterator[RecordedEvent]:
-        """Yield recorded events after `from_position`, in order, a page at a time."""
-        response = await self._call("GET", "/v1/events", params={"from": from_position, "to": to_position})
+    async def events(self, *, from_position: int = 0, to_position: int | None = None, domain: str | None = None,
+                     types: str | Iterable[str] | None = None, since: datetime | None = None,
+                     until: datetime | None = None) -> AsyncIterator[RecordedEvent]:
+        """Yield recorded events after `from_position`, in order, filtered as asked, a page at a time."""
+        response = await self._call("GET", "/v1/events", params={
+            "from": from_position, "to": to_position, **_filter_params(domain, types, since, until)})
         while True:
             for item in response.json():
                 yield event_from_json(item)
@@ -177,17 +181,21 @@ class RemoteLedger:
                 return
             response = await self._call("GET", link["url"])
 
-    async def subscribe(self, *, from_position: int = 0) -> AsyncIterator[RecordedEvent]:
-        """Yield every event after `from_position`, then follow new ones over Server-Sent Events.
+    async def subscribe(self, *, from_position: int = 0, domain: str | None = None,
+                        types: str | Iterable[str] | None = None,
+                        since: datetime | None = None) -> AsyncIterator[RecordedEvent]:
+        """Yield every event after `from_position`, then follow new ones over Server-Sent Events, filtered as asked.
 
         A dropped connection is resumed with `Last-Event-ID`, so no event is
         lost or repeated.
         """
         last = from_position
+        params = _filter_params(domain, types, since, None)
         while True:
             try:
                 async with self._client.stream(
-                        "GET", "/v1/events/stream", headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"},
+                        "GET", "/v1/events/stream", params=params,
+                        headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"},
                         timeout=httpx.Timeout(None, connect=30.0)) as response:
                     if response.status_code >= 400:
                         await response.aread()
@@ -287,6 +295,17 @@ class RemoteSimulator:
     async def inject_fault(self, name: str, prop: str, kind: str) -> None:
         """Make the next live change of a property fail with an error or time out."""
         await self._do("fail", domain=name, property=prop, kind=kind)
+
+
+def _filter_params(domain: str | None, types: str | Iterable[str] | None, since: datetime | None,
+                   until: datetime | None) -> dict[str, Any]:
+    """Return the query parameters of the event filters (a list is sent as repeated `type`)."""
+    for bound in (since, until):
+        if bound is not None and not isinstance(bound, datetime):
+            raise InvalidRequestError(f"since and until must be datetimes, not {type(bound).__name__}")
+    params = {"domain": domain, "type": [types] if isinstance(types, str) else None if types is None else list(types),
+              "since": since.isoformat() if since else None, "until": until.isoformat() if until else None}
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def _error(response: httpx.Response) -> Exception:

@@ -26,7 +26,9 @@ from typing import Any, AsyncIterator, Callable, Sequence
 import asyncpg
 from asyncpg import exceptions as pg
 
-from vmledger.eventstore.backends.common import COLUMNS, LogReads, chained_rows, check_ledger_tables, record
+from vmledger.eventstore.backends.common import (
+    COLUMNS, FILTER_INDEXES, LogReads, chained_rows, check_ledger_tables, record,
+)
 from vmledger.eventstore.errors import (
     ConcurrencyError,
     InvalidRequestError,
@@ -56,6 +58,7 @@ _SCHEMA = (
         hash TEXT COLLATE "C" NOT NULL,
         UNIQUE (stream, version))""",
     "CREATE INDEX IF NOT EXISTS events_recorded_at ON events (recorded_at)",
+    *FILTER_INDEXES,
 )
 
 #: The channel every append notifies, with its last position as the payload.

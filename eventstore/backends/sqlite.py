@@ -29,7 +29,7 @@ import aiosqlite
 import attrs
 
 from vmledger.eventstore.backends.common import (
-    COLUMNS, SCAN_COLUMNS, LogReads, chained_rows, check_ledger_tables, record,
+    COLUMNS, FILTER_INDEXES, SCAN_COLUMNS, LogReads, chained_rows, check_ledger_tables, record,
 )
 from vmledger.eventstore.errors import (
     ConcurrencyError,
@@ -57,6 +57,7 @@ _SCHEMA = (
         hash TEXT NOT NULL,
         UNIQUE (stream, version))""",
     "CREATE INDEX IF NOT EXISTS events_recorded_at ON events (recorded_at)",
+    *FILTER_INDEXES,
 )
 _INSERT = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _POLL_SECONDS = 0.2

@@ -46,3 +46,11 @@ def pg_database(pg_dsn: str) -> str:
 def pg_icu_database(pg_dsn: str) -> str:
     """Return the DSN of a fresh database whose default collation is ICU `en-US`, not bytewise."""
     return create_database(pg_dsn, f"t_{next(_databases)}", icu_locale="en-US")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: object) -> str:
+    """Return the URL of an empty ledger database on each backend (a module may define its own)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")  # type: ignore[operator]
+    return request.getfixturevalue("pg_database")

@@ -14,7 +14,7 @@ FOLDERS = {"vmledger": "vmledger", "eventstore": "vmledger/eventstore", "project
 
 
 def test_the_wheel_holds_every_module_under_vmledger_and_its_type_hints(tmp_path: pathlib.Path) -> None:
-    """Every module of the four folders is in the wheel under `vmledger/`, with `py.typed`, and nothing else is top-level."""
+    """Every module of the four folders and every event schema is in the wheel under `vmledger/`, with `py.typed`, and nothing else is top-level."""
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
                             "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
@@ -22,5 +22,7 @@ def test_the_wheel_holds_every_module_under_vmledger_and_its_type_hints(tmp_path
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"{FOLDERS[folder]}/{path.relative_to(ROOT / folder).as_posix()}"
                 for folder in FOLDERS for path in (ROOT / folder).rglob("*.py")}
+    # The JSON Schema of every event type and version, which `vmledger schema` prints (issue 17).
+    expected |= {f"vmledger/eventstore/schemas/{path.name}" for path in (ROOT / "eventstore" / "schemas").glob("*.json")}
     top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert (sorted(expected - names), top, "vmledger/py.typed" in names) == ([], {"vmledger"}, True)

@@ -27,9 +27,10 @@ from litestar.response import Stream
 
 import vmledger
 from vmledger.adapters.simulated import SimulatedHypervisor
-from vmledger.eventstore.catalogue import lookup
+from vmledger.eventstore.catalogue import check_name, lookup
 from vmledger.eventstore.errors import ConcurrencyError, InvalidRequestError, UnknownDomainError, VmledgerError
 from vmledger import _units
+from vmledger.projections import queries
 from vmledger._checkpoint import Checkpoint
 from vmledger._wire import (
     REPLAYED_HEADER, ForbiddenError, PreconditionFailedError, UnauthorizedError, event_json, plain, problem_of,
@@ -327,8 +328,9 @@ async def drift(request: Request, domain: FromQuery[Optional[str]] = None,
 
 
 def _next_link(request: Request, **changes: Any) -> dict[str, str]:
-    query = dict(request.query_params)
-    query.update({k: str(v) for k, v in changes.items()})
+    # Every pair of the query, a repeated parameter (`type`) included, with `changes` replacing theirs.
+    query = [(k, v) for k, v in request.query_params.multi_items() if k not in changes]
+    query += [(k, str(v)) for k, v in changes.items()]
     return {"Link": f'<{request.url.path}?{urllib.parse.urlencode(query)}>; rel="next"'}
 
 
@@ -358,10 +360,17 @@ async def events(
     start: int = QueryParameter(name="from", default=0, ge=0, le=2**63 - 1, description="after this position"),
     to: Optional[int] = QueryParameter(name="to", default=None, ge=0, le=2**63 - 1, description="up to this position"),
     limit: int = QueryParameter(default=1000, ge=1, le=10000),
+    domain: FromQuery[Optional[str]] = None,
+    types: Optional[list[str]] = QueryParameter(name="type", default=None,
+                                                description="only events of these types (may be repeated)"),
+    since: Optional[str] = QueryParameter(default=None, description="ISO time"),
+    until: Optional[str] = QueryParameter(default=None, description="ISO time"),
 ) -> Response[list[EventRecord]]:
-    """List recorded events after `from`, in order, a page at a time (`Link: rel="next"`)."""
+    """List recorded events after `from`, in order, filtered as asked, a page at a time (`Link: rel="next"`)."""
     page: list[dict[str, Any]] = []
-    iterator = _svc(request).ledger.events(from_position=start, to_position=to)
+    iterator = _svc(request).ledger.events(from_position=start, to_position=to, domain=domain, types=types,
+                                           since=_units.parse_time(since) if since else None,
+                                           until=_units.parse_time(until) if until else None)
     try:
         async for rec in iterator:
             page.append(event_json(rec))
@@ -386,12 +395,19 @@ async def event_stream(
     start: int = QueryParameter(name="from", default=0, ge=0, le=2**63 - 1, description="after this position"),
     last_event_id: Optional[str] = HeaderParameter(name="Last-Event-ID", default=None,
                                              description="resume after this position (wins over from)"),
+    domain: FromQuery[Optional[str]] = None,
+    types: Optional[list[str]] = QueryParameter(name="type", default=None,
+                                                description="only events of these types (may be repeated)"),
+    since: Optional[str] = QueryParameter(default=None, description="ISO time"),
 ) -> Stream:
     """Stream every event after `from` as Server-Sent Events, then follow new ones; `id:` is the position."""
     if last_event_id is not None:
         start = _units.parse_position(last_event_id)
     svc = _svc(request)
-    subscription = svc.ledger.subscribe(from_position=start)
+    subscription = svc.ledger.subscribe(from_position=start, domain=domain, types=types,
+                                        since=_units.parse_time(since) if since else None)
+    if domain is not None:  # an unknown domain is a 404 now, not a stream that breaks off
+        await queries.domains_named(svc.ledger.log.fetch_all, check_name(domain))
     return Stream(_sse(svc, subscription), media_type="text/event-stream",
                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
