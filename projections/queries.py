@@ -14,7 +14,8 @@ from vmledger.eventstore.errors import UnknownDomainError
 from vmledger.eventstore.state import DomainState
 from vmledger.projections.model import TABLES, Model, history_from_row, state_from_json
 
-__all__ = ["Reader", "find_domain", "domains_named", "drift_rows", "history_records", "history_record", "domain_view", "list_domains"]
+__all__ = ["Reader", "find_domain", "domains_named", "drift_rows", "history_records", "history_record", "domain_view", "list_domains",
+           "latest_requests"]
 
 Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
@@ -121,6 +122,15 @@ async def history_records(
         + " ORDER BY position", tuple(params),
     )
     return filter_time([history_record(r) for r in rows], since, until)
+
+
+async def latest_requests(fetch_all: Reader) -> dict[str, dict[str, Any]]:
+    """Return the latest request of every defined domain that has one, by domain uuid."""
+    cols = ", ".join(f"h.{c}" for c in TABLES["history"][0])
+    rows = await fetch_all(
+        f"SELECT {cols} FROM domains m JOIN history h ON h.domain = m.uuid AND h.position = "
+        "(SELECT MAX(position) FROM history WHERE domain = m.uuid) WHERE m.defined = 1")
+    return {r[1]: history_record(r) for r in rows}
 
 
 def filter_time(records: Iterable[dict[str, Any]], since: datetime | None,
