@@ -113,8 +113,9 @@
   // answered an error instead, it gives up, so a new one starts after the last position seen.
   var last = body.getAttribute("data-position");
   var types = body.getAttribute("data-event-types").split(" ");
+  var source = null;
   function connect() {
-    var source = new EventSource(streamUrl + "?from=" + encodeURIComponent(last));
+    source = new EventSource(streamUrl + "?from=" + encodeURIComponent(last));
     types.forEach(function (type) {
       source.addEventListener(type, function (m) {
         if (m.lastEventId) last = m.lastEventId;
@@ -128,4 +129,7 @@
     };
   }
   connect();
+  // A browser opens few connections to one server: a page left (or kept in the back-forward cache) lets its go.
+  window.addEventListener("pagehide", function () { source.close(); });
+  window.addEventListener("pageshow", function (e) { if (e.persisted) connect(); });
 })();
