@@ -22,6 +22,24 @@ if [ ${#packages[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/n
     apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
+# The console's browser tests: Debian's Chromium and its chromedriver, and axe-core from the npm registry
+# into .cache/npm (ignored by git).  Their screenshots go to .cache/screenshots, printed at the end.
+browser=()
+[ -x /usr/bin/chromium ] || browser+=(chromium)
+[ -x /usr/bin/chromedriver ] || browser+=(chromium-driver)
+[ -x /usr/bin/npm ] || browser+=(npm)
+if [ ${#browser[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${browser[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${browser[@]}" >/dev/null
+fi
+if [ ! -f .cache/npm/node_modules/axe-core/axe.min.js ] && command -v npm >/dev/null; then
+    npm install --prefix .cache/npm --no-audit --no-fund --silent axe-core@4 >/dev/null
+fi
+screenshots="$PWD/.cache/screenshots"
+trap 'echo "console screenshots: $screenshots" >&2' EXIT
+
 extras=test
 if pkg-config --exists libvirt 2>/dev/null; then
     # The Python binding must not be newer than the C library it builds against.
@@ -30,4 +48,4 @@ if pkg-config --exists libvirt 2>/dev/null; then
     extras=test,libvirt
 fi
 python3 -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
-exec python3 -m pytest "$@"
+python3 -m pytest "$@"

@@ -98,6 +98,7 @@ def render(request: Request, template: str, *, who: Viewer | None, at: views.Mom
         raise InvalidRequestError(f"this page has no part {part!r}")
     body = _ENV.get_template(name).render(
         root=root, who=who, at=at, url=url, here=here, query=query, path=request.url.path,
+        keep="?" + urllib.parse.urlencode(keep) if keep else "",
         stream=root + "/live" if at is not None and at.now and who is not None else None,
         event_types=" ".join(sorted(EVENT_TYPES)), **context)
     return Response(body.encode("utf-8"), status_code=status, media_type="text/html; charset=utf-8",
@@ -151,7 +152,7 @@ async def fleet_page(request: Request) -> Response[bytes]:
     async def build(who: Viewer, at: views.Moment) -> dict[str, Any]:
         if request.query_params.get("part") == "row":
             return {"row": await views.fleet_row(ledger, request.query_params.get("domain", ""))}
-        return {"rows": await views.fleet(ledger, at), "title": "Fleet"}
+        return {"rows": await views.fleet(ledger, at), "title": "Fleet", "bare": False}
 
     return await _page(request, "fleet", build, parts=("rows", "row"))
 

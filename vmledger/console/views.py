@@ -20,10 +20,10 @@ from vmledger.eventstore.errors import InvalidRequestError, UnknownDomainError
 from vmledger.eventstore.events import LiveValueObserved, PersistentValueObserved
 from vmledger.eventstore.state import DomainState, apply
 from vmledger.projections import queries
-from vmledger.projections.model import Model
+from vmledger.projections.model import TABLES, Model
 from vmledger.results import DomainView, DriftRow, RequestRecord
 
-__all__ = ["Moment", "FleetRow", "Timeline", "moment", "fleet", "fleet_row", "domain", "history", "drift",
+__all__ = ["Moment", "FleetRow", "LastChange", "Timeline", "moment", "fleet", "fleet_row", "domain", "history", "drift",
            "timeline", "latest_events", "OUTCOMES", "CAUSES"]
 
 #: The outcome words a history filter accepts.
@@ -60,41 +60,49 @@ async def moment(ledger: Any, as_of: str | None) -> Moment:
     return Moment(position=position, model=await ledger.model_at(position), as_of=text)
 
 
+class LastChange(NamedTuple):
+    """A domain's latest request, as the fleet shows it."""
+
+    property: str
+    requested: Any
+    principal: str
+    requested_at: str
+
+
 class FleetRow(NamedTuple):
-    """One domain of the fleet: its view, its drift count, and its latest request (None if it has none)."""
+    """One domain of the fleet: its power state, how many properties drift, its latest request (None if none)."""
 
-    view: DomainView
+    uuid: str
+    domain: str
+    power_state: str
     drifting: int
-    last: RequestRecord | None
+    last: LastChange | None
 
 
-def _row(view: DomainView, last: dict[str, Any] | None) -> FleetRow:
-    return FleetRow(view=view, drifting=sum(1 for p in view.properties if p.drift is not None),
-                    last=None if last is None else RequestRecord.from_dict(last))
+#: Where each column sits in a history record as the fold keeps it (`projections.model`).
+_AT = {column: i for i, column in enumerate(TABLES["history"][0])}
 
 
-def _defined(model: Model) -> list[DomainState]:
-    return sorted((s for s in model.states.values() if s.defined), key=lambda s: s.name)
-
-
-def _latest(model: Model) -> dict[str, dict[str, Any]]:
-    latest: dict[str, dict[str, Any]] = {}
-    for rid in model.history:
-        record = queries.history_record(model.history_row(rid))
-        uuid = model.history[rid][1]
-        if uuid not in latest or latest[uuid]["position"] < record["position"]:
-            latest[uuid] = record
-    return latest
+def _last(record: list[Any] | None) -> LastChange | None:
+    """Return the last change of a history record as the fold keeps it."""
+    if record is None:
+        return None
+    return LastChange(*(record[_AT[c]] for c in ("property", "requested", "principal", "requested_at")))
 
 
 async def fleet(ledger: Any, at: Moment) -> list[FleetRow]:
     """Return every defined domain, by name, with its drift count and latest request."""
     if at.model is None:
-        states = await queries.list_domains(ledger.log.fetch_all)
-        latest = await queries.latest_requests(ledger.log.fetch_all)
-    else:
-        states, latest = _defined(at.model), _latest(at.model)
-    return [_row(DomainView.from_dict(queries.domain_view(s)), latest.get(s.uuid)) for s in states]
+        return [FleetRow(u, n, p, d, None if last is None else LastChange(*last))
+                for u, n, p, d, last in await queries.fleet_rows(ledger.log.fetch_all)]
+    latest: dict[str, list[Any]] = {}
+    for record in at.model.history.values():
+        uuid, position = record[_AT["domain"]], record[_AT["position"]]
+        if uuid not in latest or latest[uuid][_AT["position"]] < position:
+            latest[uuid] = record
+    states = sorted((s for s in at.model.states.values() if s.defined), key=lambda s: s.name)
+    return [FleetRow(s.uuid, s.name, queries.power_state(s.running), len(s.drifting()), _last(latest.get(s.uuid)))
+            for s in states]
 
 
 async def fleet_row(ledger: Any, name: str) -> FleetRow:
@@ -105,7 +113,10 @@ async def fleet_row(ledger: Any, name: str) -> FleetRow:
     """
     view = await ledger.show(name)
     records = await ledger.history(name)
-    return _row(view, records[-1].to_dict() if records else None)
+    last = records[-1].to_dict() if records else None
+    return FleetRow(view.uuid, view.domain, view.power_state, sum(1 for p in view.properties if p.drift is not None),
+                    None if last is None else LastChange(last["property"], last["requested"], last["principal"],
+                                                         last["requested_at"]))
 
 
 def _state_at(model: Model, name: str) -> DomainState:

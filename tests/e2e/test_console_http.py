@@ -1,0 +1,121 @@
+"""The console over plain HTTP (issue 15): who may see a page, the session cookie, forms, static names, the root path."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.e2e.served import Served, need_serve, served
+
+MiB, GiB = 2**20, 2**30
+PREFIX = "/ops/ledger"
+WEB = {"name": "web", "guest_type": "pv", "memory": GiB, "max_memory": 4 * GiB, "vcpus": 2, "max_vcpus": 4}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Return a server under `PREFIX` on a fresh SQLite ledger where `web` runs."""
+    need_serve()
+    root = tmp_path_factory.mktemp("console-http")
+    with served(f"sqlite:///{root}/ledger.db", str(root / "server.log"), "--root-path", PREFIX + "/") as s:
+        with s.client("olga") as c:
+            assert c.post("/v1/domains", json=WEB).status_code == 201
+            assert c.post("/v1/domains/web/start").status_code == 200
+        yield s
+
+
+def _signed_in(html: str) -> bool:
+    return 'id="properties"' in html and 'name="token"' not in html
+
+
+def test_a_page_answers_a_bearer_token_and_shows_a_stranger_the_sign_in_form(server: Served) -> None:
+    """A page with `Authorization: Bearer` is answered; without a token, or with an unknown one, it is the sign-in form."""
+    with server.client("rob") as c:
+        reader = c.get("/domains/web")
+    with server.client(None) as c:
+        stranger = c.get("/domains/web")
+        forged = c.get("/domains/web", headers={"Authorization": "Bearer vml_not-a-token"})
+    assert ((reader.status_code, _signed_in(reader.text)), (stranger.status_code, 'name="token"' in stranger.text,
+            'name="next" value="/ops/ledger/domains/web"' in stranger.text), 'name="token"' in forged.text) == (
+        (200, True), (200, True, True), True)
+
+
+def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_clears_it(server: Served) -> None:
+    """Signing in keeps the token in an HttpOnly, SameSite=Strict cookie under the root path; signing out clears it."""
+    with server.client(None) as c:
+        wrong = c.post("/signin", data={"token": "vml_wrong", "next": PREFIX + "/"})
+        done = c.post("/signin", data={"token": server.tokens["rob"], "next": PREFIX + "/domains/web"})
+        cookie = done.headers["set-cookie"]
+        page = c.get("/domains/web")
+        csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text).group(1)
+        out = c.post("/signout", data={"csrf": csrf})
+        after = c.get("/domains/web")
+    attributes = {a.strip().split("=")[0].lower() for a in cookie.split(";")[1:]}
+    assert (wrong.status_code, "set-cookie" in wrong.headers, done.status_code, done.headers["location"],
+            cookie.split(";")[0] == f"vmledger_session={server.tokens['rob']}", attributes,
+            f"Path={PREFIX}/" in cookie, "SameSite=Strict" in cookie, _signed_in(page.text),
+            out.status_code, "Max-Age=0" in out.headers["set-cookie"], _signed_in(after.text)) == (
+        401, False, 303, PREFIX + "/domains/web", True, {"path", "httponly", "samesite"}, True, True, True,
+        303, True, False)
+
+
+def test_sign_in_never_sends_a_caller_to_another_site(server: Served) -> None:
+    """A `next` that leaves the console sends the caller to the fleet page instead."""
+    with server.client(None) as c:
+        targets = [c.post("/signin", data={"token": server.tokens["rob"], "next": n}).headers["location"]
+                   for n in ("https://evil.example/", "//evil.example/", PREFIX + "/log")]
+    assert targets == [PREFIX + "/", PREFIX + "/", PREFIX + "/log"]
+
+
+def test_the_change_form_records_the_tokens_principal_and_bad_input_writes_nothing(server: Served) -> None:
+    """A set through the form is recorded with the token's name as principal; a value that does not parse writes nothing."""
+    with server.client("olga") as c:
+        before = server.head()
+        bad = c.post("/domains/web/set", data={"property": "memory", "value": "lots", "scope": "both"})
+        middle = server.head()
+        good = c.post("/domains/web/set", data={"property": "memory", "value": "1536MiB", "scope": "persistent",
+                                                "reason": "room to grow"})
+        (record,) = c.get("/v1/history", params={"domain": "web", "property": "memory"}).json()
+    assert (bad.status_code, "error=" in bad.headers["location"], middle, good.status_code,
+            good.headers["location"], record["principal"], record["requested"], record["reason"]) == (
+        303, True, before, 303, f"{PREFIX}/domains/web?done={record['request_id']}", "olga", 1536 * MiB,
+        "room to grow")
+
+
+def test_bad_as_of_and_unknown_domain_get_a_clear_page(server: Served) -> None:
+    """A malformed as-of answers 422 and an unknown domain 404, each as a page saying why; nothing is written."""
+    before = server.head()
+    with server.client("rob") as c:
+        bad = c.get("/", params={"as_of": "yesterday-ish"})
+        past = c.get("/", params={"as_of": str(before + 5)})
+        unknown = c.get("/domains/nosuch")
+    assert ((bad.status_code, "invalid time" in bad.text), (past.status_code, "past the head" in past.text),
+            (unknown.status_code, "unknown domain" in unknown.text), server.head()) == (
+        (422, True), (422, True), (404, True), before)
+
+
+def test_static_files_carry_their_content_hash_and_are_cached_for_good(server: Served) -> None:
+    """The page names its script and style by content hash; each is served immutable; a plain name is not found."""
+    with server.client("rob") as c:
+        page = c.get("/").text
+        names = re.findall(rf'(?:src|href)="{PREFIX}/static/([^"]+)"', page)
+        files = {n: c.get(f"/static/{n}") for n in names}
+        plain = c.get("/static/console.js")
+    hashes = {n: (n.split(".")[-2], hashlib.sha256(r.content).hexdigest()[:12], r.status_code,
+                  r.headers["cache-control"]) for n, r in files.items()}
+    assert (len(names), plain.status_code) == (2, 404)
+    assert hashes == {n: (h, h, 200, "public, max-age=31536000, immutable") for n, (h, *_) in hashes.items()}
+
+
+def test_the_service_answers_under_the_root_path_and_behind_a_proxy_that_strips_it(server: Served) -> None:
+    """The API and console answer at PREFIX, and without it (a proxy that strips the prefix); links carry it."""
+    bare = server.url.removesuffix(PREFIX)
+    with httpx.Client(headers=server.headers("rob")) as c:
+        prefixed, stripped = c.get(server.url + "/v1/head"), c.get(bare + "/v1/head")
+        page = c.get(bare + "/drift").text
+    assert (prefixed.json(), stripped.json(), f'href="{PREFIX}/history"' in page, 'href="/history"' in page) == (
+        {"position": server.head()}, {"position": server.head()}, True, False)
