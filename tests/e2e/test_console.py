@@ -217,3 +217,34 @@ def test_no_console_errors_and_no_serious_accessibility_violations_on_any_page(s
             story.sign_in("olga")
             console_errors(story.driver)
     assert found == {path: ([], []) for path in PAGES}
+
+
+def test_a_lost_stream_shows_a_banner_and_resumes_where_it_stopped(story: Story) -> None:
+    """When the server goes, the log page says so; once back, it resumes after the last event it had: none twice, none missed."""
+    import signal
+
+    from tests.e2e.served import cli, start
+
+    story.go("/log")
+    port = story.server.url.removesuffix(PREFIX).rsplit(":", 1)[1]
+    with story.server.client("bob") as c:
+        assert c.post("/v1/domains/web/requests", json={"property": "vcpus", "value": 2}).status_code == 201
+    wait(story.driver, lambda d: story.text("#log-rows th") == str(story.server.head()))
+    hidden_before = story.driver.find_element("id", "stream-lost").get_attribute("hidden")
+    assert story.server.stop(signal.SIGTERM) == 0
+    wait(story.driver, lambda d: d.find_element("id", "stream-lost").is_displayed())
+    screenshot(story.driver, "log-stream-lost")
+    written = cli(story.server.db, "set", "web", "vcpus", "3")  # while no server runs
+    back = start(story.server.db, story.server.log_path + ".again", "--root-path", PREFIX, "--port", port,
+                 tokens=story.server.tokens)
+    try:
+        head = back.head()
+        wait(story.driver, lambda d: story.text("#log-rows th") == str(head), seconds=20)
+        wait(story.driver, lambda d: not d.find_element("id", "stream-lost").is_displayed())
+        shown = [int(p) for p in story.driver.execute_script(
+            "return Array.from(document.querySelectorAll('#log-rows th')).map(e => e.textContent)")]
+        screenshot(story.driver, "log-resumed")
+    finally:
+        back.proc.kill()
+        back.proc.wait(timeout=60)
+    assert (hidden_before, written.returncode, shown) == ("true", 0, list(range(head, head - len(shown), -1)))
