@@ -119,3 +119,19 @@ def test_the_service_answers_under_the_root_path_and_behind_a_proxy_that_strips_
         page = c.get(bare + "/drift").text
     assert (prefixed.json(), stripped.json(), f'href="{PREFIX}/history"' in page, 'href="/history"' in page) == (
         {"position": server.head()}, {"position": server.head()}, True, False)
+
+
+def test_observe_now_records_an_out_of_band_change_as_the_operator_and_not_as_a_reader(server: Served) -> None:
+    """Observe now records a ballooned domain's live memory with the operator's name; a reader's is refused and writes nothing."""
+    with server.client("alice") as c:
+        assert c.post("/v1/sim/balloon", json={"domain": "web", "size": 900 * MiB}).status_code == 204
+    before = server.head()
+    with server.client("rob") as c:
+        refused = c.post("/domains/web/observe")
+    middle = server.head()
+    with server.client("olga") as c:
+        done = c.post("/domains/web/observe")
+        events = c.get("/v1/events", params={"from": before}).json()
+    assert (refused.status_code, middle, done.status_code, done.headers["location"],
+            [(e["type"], e["data"]["value"], e["metadata"]["principal"]) for e in events]) == (
+        403, before, 303, f"{PREFIX}/domains/web?observed=1", [("LiveValueObserved", 900 * MiB, "olga")])

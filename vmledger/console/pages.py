@@ -12,7 +12,7 @@ import json
 import math
 import urllib.parse
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from litestar import Request, Response, get, post
 from litestar.response import Redirect
@@ -336,40 +336,41 @@ async def _writer(request: Request) -> tuple[Viewer | None, Any, Response[bytes]
     return who, form, None
 
 
-def _back(request: Request, name: str, **params: str) -> Redirect:
+async def _write(request: Request, name: str, act: Callable[[Viewer, Any], Awaitable[dict[str, str]]]) -> Response[Any]:
+    """Run a write form's action for an operator with a good CSRF token; back to the domain page, saying what came of it."""
+    who, form, refusal = await _writer(request)
+    if refusal is not None:
+        return refusal
+    try:
+        said = await act(who, form)
+    except VmledgerError as e:
+        said = {"error": str(e)}
     root = _svc(request).root_path
-    return Redirect(f"{root}/domains/{urllib.parse.quote(name, safe='')}?{urllib.parse.urlencode(params)}",
+    return Redirect(f"{root}/domains/{urllib.parse.quote(name, safe='')}?{urllib.parse.urlencode(said)}",
                     status_code=303)
 
 
 @post("/domains/{name:str}/set", include_in_schema=False, status_code=303)
 async def set_form(request: Request, name: str) -> Response[Any]:
     """Request a change from the domain page's form; the principal is the session's token."""
-    who, form, refusal = await _writer(request)
-    if refusal is not None:
-        return refusal
-    try:
+    async def act(who: Viewer, form: Any) -> dict[str, str]:
         prop = str(form.get("property", ""))
         value = _units.parse_value(lookup(prop), str(form.get("value", "")))
         reason = str(form.get("reason", "")).strip() or None
         record = await _svc(request).ledger.set(name, prop, value, scope=str(form.get("scope", "both")),
                                                 principal=who.token.name, reason=reason)
-    except VmledgerError as e:
-        return _back(request, name, error=str(e))
-    return _back(request, name, done=record.request_id)
+        return {"done": record.request_id}
+
+    return await _write(request, name, act)
 
 
 @post("/domains/{name:str}/observe", include_in_schema=False, status_code=303)
 async def observe_form(request: Request, name: str) -> Response[Any]:
     """Compare the hypervisor with the log for this domain now, and record what differs."""
-    who, _, refusal = await _writer(request)
-    if refusal is not None:
-        return refusal
-    try:
-        found = await _svc(request).ledger.observe(name, principal=who.token.name)
-    except VmledgerError as e:
-        return _back(request, name, error=str(e))
-    return _back(request, name, observed=str(len(found)))
+    async def act(who: Viewer, form: Any) -> dict[str, str]:
+        return {"observed": str(len(await _svc(request).ledger.observe(name, principal=who.token.name)))}
+
+    return await _write(request, name, act)
 
 
 # Static files.
