@@ -134,6 +134,18 @@ def test_a_set_through_the_api_appears_in_place_within_two_seconds(story: Story)
     assert (same, story.text("#prop-vcpus .live"), took < 2) == (True, "3", True)
 
 
+def test_the_fleet_updates_the_changed_row_in_place(story: Story) -> None:
+    """A set through the API changes the fleet row of its domain within 2 s, the row swapped alone, the page not reloaded."""
+    story.go("/")
+    story.driver.execute_script("window.stillTheSamePage = true; document.getElementById('fleet-rows').dataset.kept = 'yes'")
+    with story.server.client("bob") as c:
+        assert c.post("/v1/domains/web/requests", json={"property": "media:hdc", "value": "/iso/b.iso"}).status_code == 201
+    wait(story.driver, lambda d: "media:hdc → /iso/b.iso" in story.text("#fleet-rows tr"), seconds=2)
+    kept = story.driver.execute_script(
+        "return [window.stillTheSamePage === true, document.getElementById('fleet-rows').dataset.kept]")
+    assert (kept, story.text("#fleet-rows tr").endswith("bob")) == ([True, "yes"], True)
+
+
 def test_the_as_of_control_shows_the_fleet_before_a_set(story: Story) -> None:
     """After a set through the API, the fleet as of the position before it shows the change before as the last one."""
     from selenium.webdriver.common.by import By
@@ -150,7 +162,7 @@ def test_the_as_of_control_shows_the_fleet_before_a_set(story: Story) -> None:
     url = story.driver.current_url
     domain_link = story.driver.find_element(By.CSS_SELECTOR, "#fleet-rows a").get_attribute("href")
     screenshot(story.driver, "fleet-as-of")
-    assert ("media:hdc → /iso/a.iso" in now, "media:hdc" in then, previous[-1]["property"] + " → " in then,
+    assert ("media:hdc → /iso/a.iso" in now, "/iso/a.iso" in then, previous[-1]["property"] + " → " in then,
             then.endswith(previous[-1]["principal"]), url.endswith(f"{PREFIX}/?as_of={done['position'] - 1}"),
             domain_link.endswith(f"{PREFIX}/domains/web?as_of={done['position'] - 1}")) == (
         True, False, True, True, True, True)
