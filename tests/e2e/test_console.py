@@ -143,6 +143,7 @@ def test_the_fleet_updates_the_changed_row_in_place(story: Story) -> None:
     wait(story.driver, lambda d: "media:hdc → /iso/b.iso" in story.text("#fleet-rows tr"), seconds=2)
     kept = story.driver.execute_script(
         "return [window.stillTheSamePage === true, document.getElementById('fleet-rows').dataset.kept]")
+    screenshot(story.driver, "fleet-live")
     assert (kept, story.text("#fleet-rows tr").endswith("bob")) == ([True, "yes"], True)
 
 
@@ -204,6 +205,8 @@ def test_a_post_without_the_csrf_token_is_refused(story: Story) -> None:
     after_refusals = story.server.head()
     accepted = _post(story, "/domains/web/set", {"property": "vcpus", "value": "4", "scope": "both",
                                                  "csrf": _csrf(story.server.tokens["olga"])})
+    story.go("/history?domain=web")
+    screenshot(story.driver, "history-after-csrf")
     assert (refused, after_refusals, accepted, story.server.head() > before) == ([403, 403, 403], before, 200, True)
 
 
