@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
 
-from tests.e2e.served import Served, need_serve, served
+from tests.e2e.served import Served, cli, need_serve, served
 
 MiB, GiB = 2**20, 2**30
 PREFIX = "/ops/ledger"
@@ -135,3 +135,37 @@ def test_observe_now_records_an_out_of_band_change_as_the_operator_and_not_as_a_
     assert (refused.status_code, middle, done.status_code, done.headers["location"],
             [(e["type"], e["data"]["value"], e["metadata"]["principal"]) for e in events]) == (
         403, before, 303, f"{PREFIX}/domains/web?observed=1", [("LiveValueObserved", 900 * MiB, "olga")])
+
+
+def test_history_pages_and_filters(server: Served) -> None:
+    """The history shows 50 requests a page, newest first, with links between pages; filters keep only what they name."""
+    with server.client("bob") as c:
+        for i in range(55):
+            assert c.post("/v1/domains/web/requests", json={"property": "vcpus", "value": 1 + i % 4,
+                                                            "scope": "persistent"}).status_code == 201
+        ids = [r["request_id"] for r in c.get("/v1/history", params={"domain": "web", "principal": "bob"}).json()]
+    with server.client("rob") as c:
+        first = c.get("/history", params={"principal": "bob"}).text
+        second = c.get("/history", params={"principal": "bob", "page": "2"}).text
+        none = c.get("/history", params={"principal": "bob", "outcome": "refused"}).text
+    shown = [re.findall(r'data-request="([0-9a-f]+)"', page) for page in (first, second, none)]
+    assert (shown, 'href="/ops/ledger/history?principal=bob&amp;page=2">Older' in first,
+            'href="/ops/ledger/history?principal=bob&amp;page=1">Newer' in second) == (
+        [ids[::-1][:50], ids[::-1][50:], []], True, True)
+
+
+def test_a_bad_root_path_is_a_usage_error(tmp_path: Any) -> None:
+    """`serve --root-path` with a path that is no prefix exits 2 with one line saying so, and serves nothing."""
+    need_serve()
+    from vmledger.eventstore.errors import InvalidRequestError
+    from vmledger.service.run import check_root_path
+
+    refused = []
+    for bad in ("ledger", "/a b", "/x?y", "//", "/é"):
+        with pytest.raises(InvalidRequestError, match="invalid root path") as e:
+            check_root_path(bad)
+        refused.append(str(e.value).startswith(f"invalid root path {bad!r}"))
+    done = cli(f"sqlite:///{tmp_path}/ledger.db", "serve", "--port", "0", "--root-path", "ledger")
+    assert (refused, [check_root_path(p) for p in ("", "/", "/ledger/", "/ops/ledger")],
+            done.returncode, done.stderr.count("\n"), "invalid root path 'ledger'" in done.stderr) == (
+        [True] * 5, ["", "", "/ledger", "/ops/ledger"], 2, 1, True)
