@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import urllib.parse
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from litestar import Request, Response, get, post
@@ -55,9 +55,17 @@ def _env() -> Any:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.globals.update(asset=asset_url, json=lambda v: json.dumps(v, ensure_ascii=True))
     env.filters["value"] = lambda value, prop: _units.format_value(_entry(prop), value)
-    env.filters["when"] = lambda t: "-" if t is None else (t if isinstance(t, str) else t.isoformat(
-        timespec="seconds").replace("+00:00", "Z"))
+    env.filters["when"] = _when
     return env
+
+
+def _when(t: datetime | str | None) -> str:
+    """Return a time as the pages show it: UTC to the second, `2026-01-31T14:02:00Z`."""
+    if t is None:
+        return "-"
+    if isinstance(t, str):
+        return t[:19] + "Z"  # stored text: UTC, fixed width (`eventstore.log.timestamp`)
+    return t.astimezone(timezone.utc).isoformat(timespec="seconds")[:19] + "Z"
 
 
 def _entry(prop: str) -> Any:

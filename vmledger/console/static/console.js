@@ -48,13 +48,18 @@
   if (!streamUrl) return;
 
   // A region is refreshed from its own URL (`?part=`), one fetch at a time, again if an event came meanwhile.
+  // A fleet row's URL is its table's `data-row` and its `data-domain`: a thousand rows need not each carry one.
+  function partUrl(el) {
+    if (el.hasAttribute("data-live")) return el.getAttribute("data-live");
+    return el.parentElement.getAttribute("data-row") + el.getAttribute("data-domain");
+  }
   var busy = {};
   function refresh(id) {
     var el = document.getElementById(id);
     if (!el) return;
     if (busy[id]) { busy[id] = "again"; return; }
     busy[id] = true;
-    fetch(el.getAttribute("data-live"), {credentials: "same-origin", headers: {"Accept": "text/html"}})
+    fetch(partUrl(el), {credentials: "same-origin", headers: {"Accept": "text/html"}})
       .then(function (r) { return r.ok ? r.text() : ""; })
       .then(function (html) {
         var current = document.getElementById(id);
@@ -94,7 +99,7 @@
   function onEvent(message) {
     var e = JSON.parse(message.data);
     if (follow) append(e);
-    var regions = document.querySelectorAll("[data-live]");
+    var regions = document.querySelectorAll("[data-live], [data-domain][data-stream]");
     var matched = false;
     regions.forEach(function (el) {
       var stream = el.getAttribute("data-stream");
