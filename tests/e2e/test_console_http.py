@@ -169,3 +169,13 @@ def test_a_bad_root_path_is_a_usage_error(tmp_path: Any) -> None:
     assert (refused, [check_root_path(p) for p in ("", "/", "/ledger/", "/ops/ledger")],
             done.returncode, done.stderr.count("\n"), "invalid root path 'ledger'" in done.stderr) == (
         [True] * 5, ["", "", "/ledger", "/ops/ledger"], 2, 1, True)
+
+
+def test_the_fleet_filter_works_without_javascript(server: Served) -> None:
+    """The fleet's filter box is a form: `?q=` keeps the domains whose name, state or last principal holds the words."""
+    with server.client("olga") as c:
+        assert c.post("/v1/domains", json={**WEB, "name": "db1"}).status_code == 201
+    with server.client("rob") as c:
+        pages = {q: re.findall(r'data-domain="([^"]+)"', c.get("/", params={"q": q}).text)
+                 for q in ("", "DB", "running", "nobody")}
+    assert pages == {"": ["db1", "web"], "DB": ["db1"], "running": ["web"], "nobody": []}

@@ -152,6 +152,12 @@ def _paged(rows: list[Any], page_text: str | None) -> tuple[list[Any], int, int]
 # Pages.
 
 
+def _fleet_text(row: views.FleetRow) -> str:
+    """Return the words of a fleet row the filter box looks in, as the page's script does: name, state, principal."""
+    return " ".join((row.domain, row.power_state, row.last.property if row.last else "",
+                     row.last.principal if row.last else "")).lower()
+
+
 @get("/", include_in_schema=False)
 async def fleet_page(request: Request) -> Response[bytes]:
     """Show every domain: power state, drift count, latest request and who made it."""
@@ -160,7 +166,9 @@ async def fleet_page(request: Request) -> Response[bytes]:
     async def build(who: Viewer, at: views.Moment) -> dict[str, Any]:
         if request.query_params.get("part") == "row":
             return {"row": await views.fleet_row(ledger, request.query_params.get("domain", ""))}
-        return {"rows": await views.fleet(ledger, at), "title": "Fleet", "bare": False}
+        words = request.query_params.get("q", "").strip().lower()
+        rows = [r for r in await views.fleet(ledger, at) if not words or words in _fleet_text(r)]
+        return {"rows": rows, "title": "Fleet", "bare": False}
 
     return await _page(request, "fleet", build, parts=("rows", "row"))
 

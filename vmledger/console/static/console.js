@@ -33,15 +33,18 @@
   }
   drawCharts(document);
 
-  // The fleet's filter box.
-  document.querySelectorAll("[data-filter]").forEach(function (input) {
-    input.addEventListener("input", function () {
-      var words = input.value.toLowerCase();
-      var rows = document.getElementById(input.getAttribute("data-filter")).rows;
-      for (var i = 0; i < rows.length; i++) {
-        rows[i].hidden = words !== "" && rows[i].textContent.toLowerCase().indexOf(words) < 0;
+  // The fleet's filter box filters as one types too (the server filters on submit).
+  function filterRows() {
+    document.querySelectorAll("[data-filter]").forEach(function (input) {
+      var words = input.value.trim().toLowerCase();
+      var table = document.getElementById(input.getAttribute("data-filter"));
+      for (var i = 0; table && i < table.rows.length; i++) {
+        table.rows[i].hidden = words !== "" && table.rows[i].textContent.toLowerCase().indexOf(words) < 0;
       }
     });
+  }
+  document.querySelectorAll("[data-filter]").forEach(function (input) {
+    input.addEventListener("input", filterRows);
   });
 
   var streamUrl = body.getAttribute("data-stream");
@@ -70,6 +73,7 @@
           current.replaceWith(fresh);
           fresh.classList.add("updated");
           drawCharts(fresh);
+          filterRows();
         }
       })
       .catch(function () { showLost(true); })
