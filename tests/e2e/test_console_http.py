@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import html
+import json
 import re
+from datetime import datetime
 from typing import Any, Iterator
 
 import httpx
@@ -121,8 +124,8 @@ def test_the_service_answers_under_the_root_path_and_behind_a_proxy_that_strips_
         {"position": server.head()}, {"position": server.head()}, True, False)
 
 
-def test_observe_now_records_an_out_of_band_change_as_the_operator_and_not_as_a_reader(server: Served) -> None:
-    """Observe now records a ballooned domain's live memory with the operator's name; a reader's is refused and writes nothing."""
+def test_observe_now_records_an_out_of_band_change_the_timeline_marks(server: Served) -> None:
+    """Observe now records a ballooned domain's live memory with the operator's name, and the timeline marks it; a reader's is refused."""
     with server.client("alice") as c:
         assert c.post("/v1/sim/balloon", json={"domain": "web", "size": 900 * MiB}).status_code == 204
     before = server.head()
@@ -132,9 +135,16 @@ def test_observe_now_records_an_out_of_band_change_as_the_operator_and_not_as_a_
     with server.client("olga") as c:
         done = c.post("/domains/web/observe")
         events = c.get("/v1/events", params={"from": before}).json()
+        timeline = c.get("/domains/web/timeline/memory").text
+    chart = json.loads(html.unescape(re.search(r'data-chart="([^"]+)"', timeline).group(1)))
+    observed = [(x, y) for x, y in zip(chart["x"], chart["series"]["observed"]) if y is not None]
+    at = datetime.fromisoformat(events[0]["recorded_at"]).timestamp()
     assert (refused.status_code, middle, done.status_code, done.headers["location"],
-            [(e["type"], e["data"]["value"], e["metadata"]["principal"]) for e in events]) == (
-        403, before, 303, f"{PREFIX}/domains/web?observed=1", [("LiveValueObserved", 900 * MiB, "olga")])
+            [(e["type"], e["data"]["value"], e["metadata"]["principal"]) for e in events],
+            re.findall(r'<tr class="observed"><td class="time">[^<]+</td><td>(\w+)</td><td>([^<]+)</td>', timeline),
+            observed) == (
+        403, before, 303, f"{PREFIX}/domains/web?observed=1", [("LiveValueObserved", 900 * MiB, "olga")],
+        [("live", "900MiB")], [(at, 900.0)])
 
 
 def test_history_pages_and_filters(server: Served) -> None:
