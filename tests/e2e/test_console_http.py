@@ -115,13 +115,17 @@ def test_static_files_carry_their_content_hash_and_are_cached_for_good(server: S
 
 
 def test_the_service_answers_under_the_root_path_and_behind_a_proxy_that_strips_it(server: Served) -> None:
-    """The API and console answer at PREFIX, and without it (a proxy that strips the prefix); links carry it."""
+    """The API and console answer at PREFIX, and without it (a proxy that strips the prefix); links carry it; metrics name routes."""
     bare = server.url.removesuffix(PREFIX)
     with httpx.Client(headers=server.headers("rob")) as c:
         prefixed, stripped = c.get(server.url + "/v1/head"), c.get(bare + "/v1/head")
         page = c.get(bare + "/drift").text
-    assert (prefixed.json(), stripped.json(), f'href="{PREFIX}/history"' in page, 'href="/history"' in page) == (
-        {"position": server.head()}, {"position": server.head()}, True, False)
+    with httpx.Client(headers=server.headers("alice")) as c:
+        metrics = c.get(server.url + "/metrics").text
+    assert (prefixed.json(), stripped.json(), f'href="{PREFIX}/history"' in page, 'href="/history"' in page,
+            'endpoint="/v1/head",method="GET",status="200"}' in metrics, 'endpoint="-"' in metrics,
+            f'"path": "{PREFIX}/v1/head"' in server.log()) == (
+        {"position": server.head()}, {"position": server.head()}, True, False, True, False, True)
 
 
 def test_observe_now_records_an_out_of_band_change_the_timeline_marks(server: Served) -> None:

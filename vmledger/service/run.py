@@ -57,7 +57,7 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started, path = time.perf_counter(), scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         request_id = headers.get("idempotency-key") or uuid.uuid4().hex
         scope["vmledger"] = {"principal": None}
@@ -77,7 +77,7 @@ class RequestLog:
             endpoint = scope.get("path_template", "-")  # the route, so that names do not multiply the series
             self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
             line = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                    "method": scope["method"], "path": scope["path"], "status": status,
+                    "method": scope["method"], "path": path, "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                     "principal": scope["vmledger"].get("principal"), "request_id": request_id}
             print(json.dumps(line, ensure_ascii=True), file=self.stream, flush=True)
@@ -93,8 +93,9 @@ class RootPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if self.prefix and (path == self.prefix or path.startswith(self.prefix + "/")):
-            scope = {**scope, "path": path[len(self.prefix):] or "/",
-                     "raw_path": (path[len(self.prefix):] or "/").encode("utf-8")}
+            # In place, not a copy: what the application adds to the scope (the route for the metrics) stays seen.
+            scope["path"] = path[len(self.prefix):] or "/"
+            scope["raw_path"] = scope["path"].encode("utf-8")
         await self.app(scope, receive, send)
 
 
