@@ -130,10 +130,11 @@ async def _page(request: Request, template: str, build: Callable[[Viewer, views.
 
 
 def _signin_form(request: Request, message: str | None, status: int = 200) -> Response[bytes]:
-    root = _svc(request).root_path
-    path = request.url.path if request.method == "GET" and request.url.path != "/signin" else "/"
-    query = "?" + request.url.query if path != "/" and request.url.query else ""
-    return render(request, "signin", who=None, status=status, message=message, next=root + path + query)
+    target = "/"  # after signing in: the page asked for, or the fleet
+    if request.method == "GET" and request.url.path != "/signin":
+        target = request.url.path + ("?" + request.url.query if request.url.query else "")
+    return render(request, "signin", who=None, status=status, message=message,
+                  next=_svc(request).root_path + target)
 
 
 def _time(text: str | None) -> datetime | None:
