@@ -12,15 +12,12 @@ import os
 import tempfile
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vmledger
+from vmledger.console import views
 from vmledger.eventstore.errors import VmledgerError
-
-pytest.importorskip("jinja2", reason="the console needs jinja2: pip install -e '.[test]'")
-from vmledger.console import views  # noqa: E402
 
 MiB, GiB = 2**20, 2**30
 NAMES = ("a", "b")
