@@ -193,3 +193,17 @@ def test_the_fleet_filter_works_without_javascript(server: Served) -> None:
         pages = {q: re.findall(r'data-domain="([^"]+)"', c.get("/", params={"q": q}).text)
                  for q in ("", "DB", "running", "nobody")}
     assert pages == {"": ["db1", "web"], "DB": ["db1"], "running": ["web"], "nobody": []}
+
+
+def test_the_fleet_shows_a_hundred_domains_a_page_by_name(server: Served) -> None:
+    """With more than a hundred domains the fleet pages by name, and the filter searches all of them."""
+    with server.client("olga") as c:
+        for i in range(100):
+            assert c.post("/v1/domains", json={**WEB, "name": f"f{i:03d}"}).status_code == 201
+        names = sorted(d["domain"] for d in c.get("/v1/domains").json())
+    with server.client("rob") as c:
+        pages = [re.findall(r'data-domain="([^"]+)"', c.get("/", params=p).text)
+                 for p in ({}, {"page": "2"}, {"q": "f09", "page": "1"})]
+        first = c.get("/").text
+    assert (pages, 'href="/ops/ledger/?page=2">Next' in first) == (
+        [names[:100], names[100:], [f"f09{i}" for i in range(10)]], True)

@@ -110,7 +110,8 @@
       if (stream === e.stream) matched = true;
       if (stream === e.stream || stream === "*") refresh(el.id);
     });
-    if (!matched) {
+    // A domain defined or undefined elsewhere may join or leave this page of the fleet; others' changes do not show.
+    if (!matched && (e.type === "DomainDefined" || e.type === "DomainUndefined")) {
       regions.forEach(function (el) { if (el.getAttribute("data-stream") === "other") refresh(el.id); });
     }
   }
