@@ -207,3 +207,16 @@ def test_the_fleet_shows_a_hundred_domains_a_page_by_name(server: Served) -> Non
         first = c.get("/").text
     assert (pages, 'href="/ops/ledger/?page=2">Next' in first) == (
         [names[:100], names[100:], [f"f09{i}" for i in range(10)]], True)
+
+
+def test_a_revoked_tokens_session_is_refused_at_its_next_page(server: Served) -> None:
+    """A session whose token is revoked shows the sign-in form at its next page, on the very same cookie."""
+    with server.client("alice") as admin:
+        secret = admin.post("/v1/tokens", json={"name": "temp", "role": "reader"}).json()["token"]
+        with server.client(None) as browser:
+            assert browser.post("/signin", data={"token": secret}).status_code == 303
+            before = browser.get("/domains/web").text
+            assert admin.delete("/v1/tokens/temp").status_code == 204
+            after = browser.get("/domains/web").text
+    assert (_signed_in(before), "temp (reader)" in before, _signed_in(after), 'name="token"' in after) == (
+        True, True, False, True)
