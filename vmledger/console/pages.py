@@ -32,8 +32,6 @@ _PAGE = 50
 #: Domains a fleet page shows: a table people read, and a page that renders in a few milliseconds.
 _FLEET_PAGE = 100
 _LOG = 100
-#: The properties a timeline can chart: those with a number for a value.
-_NUMERIC = ("bytes", "count")
 _SCOPES = ("both", "live", "persistent", "current")
 _HEADERS = {
     # The pages run only their own script: no inline code, no other origin.
@@ -201,35 +199,6 @@ async def domain_page(request: Request, name: str) -> Response[bytes]:
     return await _page(request, "domain", build, parts=("state", "history"))
 
 
-def _chart(timeline: views.Timeline, prop: str) -> dict[str, Any] | None:
-    """Return the chart's aligned series (uPlot's shape), or None when the property's values are not numbers."""
-    entry = lookup(prop)
-    if entry.type not in _NUMERIC:
-        return None
-    scale = 2**20 if entry.type == "bytes" else 1
-
-    def y(v: Any) -> float | None:
-        return None if not isinstance(v, int) else v / scale
-
-    marks: list[tuple[float, str, float | None]] = [(t.timestamp(), "observed", y(v)) for t, _, v in timeline.observed]
-    for r in timeline.requests:
-        worst = max((o.status for o in r.outcomes.values()), key=views.OUTCOMES.index, default="requested")
-        marks.append((r.requested_at.timestamp(), worst, y(r.requested)))
-    steps = [(t.timestamp(), y(p), y(live)) for t, p, live in timeline.values]
-    xs = sorted({x for x, *_ in steps} | {x for x, _, _ in marks})
-    series: dict[str, list[float | None]] = {k: [] for k in ("persistent", "live", *views.OUTCOMES, "observed")}
-    i, held = 0, (None, None)
-    for x in xs:
-        while i < len(steps) and steps[i][0] <= x:
-            held = steps[i][1:]
-            i += 1
-        series["persistent"].append(held[0])
-        series["live"].append(held[1])
-        for key in (*views.OUTCOMES, "observed"):
-            series[key].append(next((v for mx, k, v in marks if mx == x and k == key), None))
-    return {"x": xs, "series": series, "unit": "MiB" if scale > 1 else entry.name}
-
-
 @get("/domains/{name:str}/timeline/{prop:str}", include_in_schema=False)
 async def timeline_page(request: Request, name: str, prop: str) -> Response[bytes]:
     """Chart a property's requested, persistent and live values over time, each request marked with its outcome."""
@@ -238,7 +207,7 @@ async def timeline_page(request: Request, name: str, prop: str) -> Response[byte
     async def build(who: Viewer, at: views.Moment) -> dict[str, Any]:
         view, _ = await views.domain(ledger, at, name)
         timeline = await views.timeline(ledger, at, name, prop)
-        return {"view": view, "prop": prop, "timeline": timeline, "chart": _chart(timeline, prop),
+        return {"view": view, "prop": prop, "timeline": timeline, "chart": views.chart(timeline, prop),
                 "title": f"Timeline of {prop} on {name}"}
 
     return await _page(request, "timeline", build, parts=("chart",))

@@ -24,7 +24,7 @@ from vmledger.projections.model import TABLES, Model
 from vmledger.results import DomainView, DriftRow, RequestRecord
 
 __all__ = ["Moment", "FleetRow", "LastChange", "Timeline", "moment", "fleet", "fleet_row", "domain", "history", "drift",
-           "timeline", "latest_events", "OUTCOMES", "CAUSES"]
+           "timeline", "chart", "latest_events", "OUTCOMES", "CAUSES"]
 
 #: The outcome words a history filter accepts.
 OUTCOMES = ("applied", "partial", "refused", "failed", "requested")
@@ -220,3 +220,40 @@ async def latest_events(ledger: Any, at: Moment, limit: int) -> list[dict[str, A
                                                            to_position=at.position)]
     return page[::-1]
 
+
+#: The properties a timeline can chart: those with a number for a value.
+_NUMERIC = ("bytes", "count")
+
+
+def chart(timeline: Timeline, prop: str) -> dict[str, Any] | None:
+    """Return a timeline as a chart's aligned series, or None when the property's values are not numbers.
+
+    `x` holds every time that matters (seconds since the epoch, ascending, once each); `persistent` and
+    `live` the values in force at each (MiB for sizes), held from the last change; each outcome's
+    series, and `observed`, a point where a request of that outcome or an observation happened.
+    """
+    entry = lookup(prop)
+    if entry.type not in _NUMERIC:
+        return None
+    scale = 2**20 if entry.type == "bytes" else 1
+
+    def y(v: Any) -> float | None:
+        return None if not isinstance(v, int) else v / scale
+
+    marks: list[tuple[float, str, float | None]] = [(t.timestamp(), "observed", y(v)) for t, _, v in timeline.observed]
+    for r in timeline.requests:
+        worst = max((o.status for o in r.outcomes.values()), key=OUTCOMES.index, default="requested")
+        marks.append((r.requested_at.timestamp(), worst, y(r.requested)))
+    steps = [(t.timestamp(), y(p), y(live)) for t, p, live in timeline.values]
+    xs = sorted({x for x, *_ in steps} | {x for x, _, _ in marks})
+    series: dict[str, list[float | None]] = {k: [] for k in ("persistent", "live", *OUTCOMES, "observed")}
+    i, held = 0, (None, None)
+    for x in xs:
+        while i < len(steps) and steps[i][0] <= x:
+            held = steps[i][1:]
+            i += 1
+        series["persistent"].append(held[0])
+        series["live"].append(held[1])
+        for key in (*OUTCOMES, "observed"):
+            series[key].append(next((v for mx, k, v in marks if mx == x and k == key), None))
+    return {"x": xs, "series": series, "unit": "MiB" if scale > 1 else entry.name}
