@@ -157,9 +157,11 @@ async def history(ledger: Any, at: Moment, *, name: str | None = None, prop: str
         uuids = {u for u, s in at.model.states.items() if s.name == name} if name is not None else None
         if uuids == set():
             raise UnknownDomainError(f"unknown domain {name!r} at that point")
+        wanted = {"domain": uuids, "property": None if prop is None else {prop},
+                  "principal": None if principal is None else {principal}}
         dicts = sorted((queries.history_record(at.model.history_row(rid)) for rid, r in at.model.history.items()
-                        if (uuids is None or r[1] in uuids) and (prop is None or r[3] == prop)
-                        and (principal is None or r[6] == principal)), key=lambda d: d["position"])
+                        if all(values is None or r[_AT[column]] in values for column, values in wanted.items())),
+                       key=lambda d: d["position"])
         records = [RequestRecord.from_dict(d) for d in queries.filter_time(dicts, since, until)]
     if outcome is None:
         return records
