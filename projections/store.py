@@ -45,6 +45,8 @@ SCHEMA: tuple[str, ...] = (
         position BIGINT NOT NULL, outcomes TEXT NOT NULL, completed_at TEXT)""",
     "CREATE INDEX IF NOT EXISTS history_domain ON history (domain, property, position)",
     "CREATE INDEX IF NOT EXISTS history_position ON history (position)",
+    # The console's fleet asks each domain's latest request: one probe a domain, not a scan of the history.
+    "CREATE INDEX IF NOT EXISTS history_latest ON history (domain, position)",
     """CREATE TABLE IF NOT EXISTS projection_position (
         name TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
 )

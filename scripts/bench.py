@@ -40,7 +40,10 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    per `save` over 1,000 aggregates, and its replay of `--events` events
    through its mapper; and raw sqlite3 as the limit: one event per durable
    transaction, 100 per transaction, and a scan of the rebuild log decoding
-   every event with orjson.
+   every event with orjson;
+7. the console's fleet page and a domain page (`/` and `/domains/NAME` of
+   `vmledger serve`), answered in process with a reader's token, on the big
+   log of benchmark 4 (skip with `--skip console`, or with `--skip reads`).
 
 A second table gives each target of the speed issue as a ratio from this run.
 The write benchmarks use a fresh temporary directory, or `--db` when given
@@ -573,6 +576,15 @@ async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str,
         progress(f"events --domain at {args.small_events:,} and {args.events:,} events, in turn")
         for label, (seconds, count) in zip(("small", "big"), await domain_feed_costs([small, big], args.read_calls)):
             results[f"{label}_events_domain"], results[f"{label}_events_domain_count"] = seconds, count
+        if "console" not in args.skip:
+            progress(f"console pages at {args.events:,} events over {domains:,} domains")
+            costs = await console_costs(big, args.read_calls)
+            for key in ("fleet", "domain"):
+                results[f"console_{key}"] = costs[key]
+                table.note(f"console {key} page: {domains:,} domains, {args.events:,} events",
+                           f"{costs[key] * 1000:.2f}", "ms",
+                           f"server time (in-process ASGI, bearer token), CPU {costs[key + '_cpu'] * 1000:.2f} ms; "
+                           f"median of {args.read_calls} calls")
     for key in ("open", "drift", "show", "get"):
         table.note(f"{key}: {domains:,} domains, {args.events:,} events", f"{results['big_' + key] * 1000:.2f}",
                    "ms", f"at {args.small_events:,} events {results['small_' + key] * 1000:.2f} ms; "
@@ -782,6 +794,37 @@ async def domain_feed_costs(paths: list[str], calls: int) -> list[tuple[float, i
     return [(statistics.median(t), c) for t, c in zip(times, counts)]
 
 
+async def console_costs(path: str, calls: int) -> dict[str, float]:
+    """Return the median seconds the server takes to answer the console's fleet page and a domain page, and the CPU seconds.
+
+    The service's own application answers in process (no socket), with a
+    reader's bearer token, so the figure is the server's: auth, queries,
+    rendering.
+    """
+    import httpx
+
+    from vmledger.service.app import Service, create_app
+    from vmledger.service.tokens import TokenStore
+
+    times: dict[str, list[float]] = {"fleet": [], "domain": [], "fleet_cpu": [], "domain_cpu": []}
+    async with bulk_open(path) as ledger:
+        tokens = TokenStore(path, ledger.log.fetch_all)
+        secret = await tokens.add("bench-reader", "reader")
+        app = create_app(Service(ledger, tokens))
+        name = (await ledger.domains())[0]["domain"]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench",
+                                     headers={"Authorization": f"Bearer {secret}"}) as client:
+            for _ in range(calls):
+                for key, url in (("fleet", "/"), ("domain", f"/domains/{name}")):
+                    start, cpu = time.perf_counter(), time.process_time()
+                    response = await client.get(url)
+                    times[key].append(time.perf_counter() - start)
+                    times[key + "_cpu"].append(time.process_time() - cpu)
+                    if response.status_code != 200 or 'name="token"' in response.text:
+                        raise SystemExit(f"bench: the console answered {url} with {response.status_code}")
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 # -- the targets ------------------------------------------------------------------------
 
 
@@ -806,6 +849,10 @@ def print_targets(results: dict[str, float]) -> None:
     target("3. verify peak RSS MiB vs 256 MiB", "verify_rss", "rss_limit", 1.0, at_most=True)
     for key in ("open", "drift", "show", "get"):
         target(f"4. {key} at the big log vs at the small log (s)", f"big_{key}", f"small_{key}", 1.2, at_most=True)
+    results["console_limit"] = 0.1
+    for key in ("fleet", "domain"):
+        target(f"7. console {key} page server time vs 100 ms (s)", f"console_{key}", "console_limit", 1.0,
+               at_most=True)
     head = ("target", "ours", "reference", "ratio", "wanted", "")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(6)]
     for r in [head, *rows]:
@@ -836,7 +883,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--domains", type=int, default=50, help="running domains the callers share (default 50)")
     p.add_argument("--rebuild-domains", type=int, default=10_000, help="streams of the rebuild log (default 10000)")
     p.add_argument("--batch", type=int, default=500, help="events per append when building the log (default 500)")
-    p.add_argument("--skip", choices=("writes", "rebuild", "reads", "peer"), action="append", default=[],
+    p.add_argument("--skip", choices=("writes", "rebuild", "reads", "peer", "console"), action="append", default=[],
                    help="leave out one part (may be repeated)")
     p.add_argument("--http", action="store_true",
                    help="also measure durable sets over HTTP against vmledger serve, beside in process")

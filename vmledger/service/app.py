@@ -56,7 +56,7 @@ from vmledger.service.schema import (
 )
 from vmledger.service.tokens import Role, TokenStore
 
-__all__ = ["Service", "create_app", "PROBLEM_JSON", "MAX_BODY", "MAX_IMPORT_BODY"]
+__all__ = ["Service", "create_app", "stream_response", "PROBLEM_JSON", "MAX_BODY", "MAX_IMPORT_BODY"]
 
 PROBLEM_JSON = "application/problem+json"
 NDJSON = "application/x-ndjson"
@@ -72,8 +72,10 @@ class Service:
     """What the handlers share: the ledger, its tokens, the metrics, and the shutdown signal."""
 
     def __init__(self, ledger: Any, tokens: TokenStore, *, metrics: Metrics | None = None,
-                 heartbeat: float = HEARTBEAT_SECONDS) -> None:
+                 heartbeat: float = HEARTBEAT_SECONDS, root_path: str = "") -> None:
         self.ledger = ledger
+        #: The path prefix the service answers under (`--root-path`), without a trailing slash.
+        self.root_path = root_path
         self.tokens = tokens
         self.metrics = metrics or Metrics()
         self.heartbeat = heartbeat
@@ -401,11 +403,22 @@ async def event_stream(
     since: Optional[str] = QueryParameter(default=None, description="ISO time"),
 ) -> Stream:
     """Stream every event after `from` as Server-Sent Events, then follow new ones; `id:` is the position."""
+    return await stream_response(_svc(request), start, last_event_id, domain=domain, types=types,
+                                 since=_units.parse_time(since) if since else None)
+
+
+async def stream_response(svc: Service, start: int | str, last_event_id: str | None, *, domain: str | None = None,
+                          types: list[str] | None = None, since: datetime | None = None) -> Stream:
+    """Return the SSE stream of every event after `start`, or after `last_event_id` when given (the console's too).
+
+    Raises:
+        InvalidRequestError: a position that is not one.
+    """
     if last_event_id is not None:
-        start = _units.parse_position(last_event_id)
-    svc = _svc(request)
-    subscription = svc.ledger.subscribe(from_position=start, domain=domain, types=types,
-                                        since=_units.parse_time(since) if since else None)
+        start = last_event_id
+    if isinstance(start, str):
+        start = _units.parse_position(start)
+    subscription = svc.ledger.subscribe(from_position=start, domain=domain, types=types, since=since)
     if domain is not None:  # an unknown domain is a 404 now, not a stream that breaks off
         await queries.domains_named(svc.ledger.log.fetch_all, check_name(domain))
     return Stream(_sse(svc, subscription), media_type="text/event-stream",
@@ -653,9 +666,11 @@ HANDLERS: list[Callable[..., Any]] = [
 
 
 def create_app(service: Service) -> Litestar:
-    """Return the Litestar application that serves `service`'s ledger."""
+    """Return the Litestar application that serves `service`'s ledger, and its console at `/`."""
+    from vmledger.console import HANDLERS as CONSOLE
+
     return Litestar(
-        route_handlers=HANDLERS,
+        route_handlers=[*HANDLERS, *CONSOLE],
         guards=[authenticate],
         exception_handlers={VmledgerError: _ledger_error, HTTPException: _http_error, Exception: _internal_error},
         openapi_config=OpenAPIConfig(

@@ -21,6 +21,9 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                    help="port to listen on, 0 for any free one (default %(default)s)")
     p.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
     p.add_argument("--keyfile", help="the PEM private key of --certfile")
+    p.add_argument("--root-path", default="", metavar="PREFIX",
+                   help="answer under this path prefix, e.g. /ledger, directly or behind a proxy that strips it or not"
+                        " (the console's links carry it)")
     p.add_argument("--heartbeat", type=float, default=15.0, metavar="SECONDS",
                    help="seconds between heartbeat comments on an idle event stream (default %(default)s)")
     text = "manage the bearer tokens of the HTTP service (stored hashed in the ledger's database)"
@@ -49,7 +52,8 @@ async def run_command(args: argparse.Namespace) -> int:
             raise InvalidRequestError(f"vmledger serve needs the serve extra ({e}): pip install 'vmledger[serve]'") from e
 
         return await serve(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout, host=args.host,
-                           port=args.port, certfile=args.certfile, keyfile=args.keyfile, heartbeat=args.heartbeat)
+                           port=args.port, certfile=args.certfile, keyfile=args.keyfile, heartbeat=args.heartbeat,
+                           root_path=args.root_path)
     async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout) as ledger:
         tokens = TokenStore(args.db, ledger.log.fetch_all)
         if args.token_command == "add":

@@ -8,6 +8,7 @@ outcomes and answers), ends the event streams, and exits 0.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import sys
@@ -27,7 +28,7 @@ from vmledger.service.commands import DEFAULT_PORT
 from vmledger.service.metrics import Metrics, TimedLog
 from vmledger.service.tokens import TokenStore
 
-__all__ = ["serve", "RequestLog", "DEFAULT_PORT"]
+__all__ = ["serve", "RequestLog", "RootPath", "check_root_path", "DEFAULT_PORT"]
 
 _BACKLOG = 1024
 #: How long a SIGTERM waits for requests in flight before cancelling them.
@@ -56,7 +57,7 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started, path = time.perf_counter(), scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         request_id = headers.get("idempotency-key") or uuid.uuid4().hex
         scope["vmledger"] = {"principal": None}
@@ -76,10 +77,39 @@ class RequestLog:
             endpoint = scope.get("path_template", "-")  # the route, so that names do not multiply the series
             self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
             line = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                    "method": scope["method"], "path": scope["path"], "status": status,
+                    "method": scope["method"], "path": path, "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                     "principal": scope["vmledger"].get("principal"), "request_id": request_id}
             print(json.dumps(line, ensure_ascii=True), file=self.stream, flush=True)
+
+
+class RootPath:
+    """ASGI middleware: answer under a path prefix, whether a proxy in front strips it or passes it on."""
+
+    def __init__(self, app: Any, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if self.prefix and (path == self.prefix or path.startswith(self.prefix + "/")):
+            # In place, not a copy: what the application adds to the scope (the route for the metrics) stays seen.
+            scope["path"] = path[len(self.prefix):] or "/"
+            scope["raw_path"] = scope["path"].encode("utf-8")
+        await self.app(scope, receive, send)
+
+
+def check_root_path(text: str) -> str:
+    """Return a `--root-path` without its trailing slash ("" for none).
+
+    Raises:
+        InvalidRequestError: it does not start with `/`, or holds more than letters, digits and `/._-`.
+    """
+    if text in ("", "/"):
+        return ""
+    if not re.fullmatch(r"(/[A-Za-z0-9._-]+)+/?", text):
+        raise InvalidRequestError(f"invalid root path {text!r}: use a path such as /ledger (letters, digits, ._-)")
+    return text.rstrip("/")
 
 
 class _Server(uvicorn.Server):
@@ -137,6 +167,7 @@ async def serve(
     keyfile: str | None = None,
     log: TextIO = sys.stderr,
     heartbeat: float = 15.0,
+    root_path: str = "",
 ) -> int:
     """Serve the ledger at `db` over HTTP (HTTPS with `certfile` and `keyfile`) until SIGTERM or SIGINT.
 
@@ -150,13 +181,15 @@ async def serve(
     """
     if (certfile is None) != (keyfile is None):
         raise InvalidRequestError("TLS needs both --certfile and --keyfile")
+    root_path = check_root_path(root_path)
     async with vmledger.open(db, hypervisor=hypervisor, hypervisor_timeout=hypervisor_timeout) as ledger:
         metrics = Metrics()
         ledger.log = TimedLog(ledger.log, metrics)
         tokens = TokenStore(db, ledger.log.fetch_all)
         await tokens.create_table()
-        service = Service(ledger, tokens, metrics=metrics, heartbeat=check_seconds("the heartbeat", heartbeat))
-        app = RequestLog(create_app(service), metrics, log)
+        service = Service(ledger, tokens, metrics=metrics, heartbeat=check_seconds("the heartbeat", heartbeat),
+                          root_path=root_path)
+        app = RequestLog(RootPath(create_app(service), root_path), metrics, log)
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", server_header=False,
             ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=GRACE_SECONDS,
@@ -166,7 +199,8 @@ async def serve(
         sock = _listen(host, port)
         bound = sock.getsockname()[1]
         shown_host = f"[{host}]" if ":" in host else host
-        print(f"vmledger: serving on {'https' if certfile else 'http'}://{shown_host}:{bound}", file=log, flush=True)
+        print(f"vmledger: serving on {'https' if certfile else 'http'}://{shown_host}:{bound}{root_path}", file=log,
+              flush=True)
         try:
             await server.serve(sockets=[sock])
         finally:
