@@ -2,11 +2,14 @@
 
 It mirrors `SQLiteEventLog`: one writing connection per log, serialised by a
 lock, and reads beside it (a small pool, since an asyncpg connection runs one
-statement at a time).  Each append is one transaction holding the events,
-their hash links, the projection rows and a `NOTIFY`; subscribers wake on
-`LISTEN` through a dedicated connection.  Appends from every process are
-serialised by a transaction-scoped advisory lock (see `APPEND_LOCK`), so
-positions are gap-free and become visible in order.
+statement at a time).  Appends that arrive together are committed together
+(group commit, see `common.GroupCommit`): one transaction holds a batch's
+events, their hash links, the projection rows and one `NOTIFY`, written with
+one statement per table, so a batch costs a dozen round trips however many
+appends it holds.  Subscribers wake on `LISTEN` through a dedicated
+connection.  Appends from every process are serialised by a
+transaction-scoped advisory lock (see `APPEND_LOCK`), so positions are
+gap-free and become visible in order.
 
 Projection SQL is written with `?` placeholders, as for SQLite; this module
 turns them into `$1..$n`.
@@ -80,12 +83,13 @@ CHANNEL = "vmledger_events"
 #   lag behind the oldest open transaction in the whole database, positions
 #   from a sequence have gaps, and the chain still needs a serial order.
 #
-# The cost: one append at a time per database.  Write throughput is bounded by
-# 1 / (duration of one append transaction, including its commit's WAL flush),
-# and commits of different appends are never flushed together; one slow
-# append (a large projection update, a stalled client holding the lock)
-# delays every writer, up to `busy_timeout` (`lock_timeout`), after which they
-# fail with StorageError.  Readers and followers never wait for the lock.
+# The cost: one transaction at a time per database.  Write throughput is
+# bounded by (appends per batch) / (duration of one batch transaction,
+# including its commit's WAL flush): group commit gathers a process's
+# concurrent appends into one transaction, but transactions of different
+# processes are never flushed together.  One slow batch (a large projection
+# update, a stalled client holding the lock) delays every writer, up to
+# `busy_timeout` (`lock_timeout`), after which they fail with StorageError.  Readers and followers never wait for the lock.
 # Advisory locks are per database, so ledgers in other databases of the same
 # cluster do not contend.
 
