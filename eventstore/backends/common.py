@@ -214,10 +214,11 @@ class GroupCommit:
 def _versions_and_last(streams: int) -> str:
     """Return the query of each stream's last version beside the log's last position and hash."""
     # One lookup of the last version per stream (`max` reads one index entry), never a scan of a stream.
+    # The log's end, uncorrelated, is evaluated once (SQLite and PostgreSQL alike), not once per stream.
     return (f"WITH s(stream) AS (VALUES {', '.join(['(?)'] * streams)}) "
             "SELECT s.stream, (SELECT max(version) FROM events WHERE events.stream = s.stream), "
-            "last.position, last.hash FROM s "
-            "LEFT JOIN (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS last ON 1 = 1")
+            "(SELECT max(position) FROM events), "
+            "(SELECT hash FROM events WHERE position = (SELECT max(position) FROM events)) FROM s")
 
 
 def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> Generator[Step, Any, list[Outcome]]:
