@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.pg import create_database
@@ -207,6 +207,8 @@ def test_a_batch_commits_what_its_appends_made_one_at_a_time(places: Places) -> 
     # The fixture's databases serve every example: each is emptied when opened.
     @settings(database=None, deadline=None, max_examples=_EXAMPLES[places.backend])
     @given(_APPENDS)
+    # Two appends accepted in one batch: the second is chained after the first.
+    @example([("a", 0, [("define", "x", "r1")]), ("b", 0, [("define", "y", "r1"), ("requested", "y", "r2")])])
     def check(appends: list[tuple[str, int, list[tuple[str, str, str]]]]) -> None:
         together = asyncio.run(_outcomes(places, "together", appends, True))
         alone = asyncio.run(_outcomes(places, "alone", appends, False))
