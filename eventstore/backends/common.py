@@ -153,14 +153,16 @@ Outcome = list[RecordedEvent] | Exception
 class GroupCommit:
     """Gathers the appends that arrive while a transaction commits into the next one (group commit).
 
-    `commit(batch)` writes a batch in one durable transaction and returns
+    `commit(take)` opens one durable transaction, calls `take()` for the
+    batch once the transaction is ready to write (so that appends queued
+    while it waited for its lock join it), writes the batch and returns
     each append's outcome; a caller's `append` returns only once the
     transaction holding its events has committed.  A cancelled caller's
     append may still be committed: treat cancellation as an unknown
     outcome and re-read.
     """
 
-    def __init__(self, commit: Callable[[list[PendingAppend]], Awaitable[list[Outcome]]]) -> None:
+    def __init__(self, commit: Callable[[Callable[[], list[PendingAppend]]], Awaitable[list[Outcome]]]) -> None:
         self._commit = commit
         self._waiting: list[PendingAppend] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -186,17 +188,24 @@ class GroupCommit:
     async def _flush(self) -> None:
         """Commit waiting appends, a batch per transaction, until none wait."""
         while self._waiting:
-            batch = [a for a in self._waiting[:MAX_BATCH] if not a.future.done()]
-            del self._waiting[:MAX_BATCH]
-            if not batch:
-                continue
+            batch: list[PendingAppend] = []
+            taken = False
+
+            def take() -> list[PendingAppend]:
+                nonlocal taken
+                taken = True
+                batch[:] = [a for a in self._waiting[:MAX_BATCH] if not a.future.done()]
+                del self._waiting[:MAX_BATCH]
+                return batch
+
             try:
-                outcomes = await self._commit(batch)
+                outcomes = await self._commit(take)
             except BaseException as e:
                 failure: BaseException = e
                 if not isinstance(e, Exception):
                     failure = StorageError("the append was interrupted; its outcome is unknown")
-                for a in batch:
+                # A transaction that failed before it took its batch fails the batch it would have taken.
+                for a in batch if taken else take():
                     if not a.future.done():
                         a.future.set_exception(failure)
                 if not isinstance(e, Exception):
@@ -229,6 +238,8 @@ def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> 
     folded in memory after the ones accepted before it; then the events and
     the projection rows of all the accepted ones are written once.
     """
+    if not batch:  # every caller of the batch was cancelled
+        return []
     streams = sorted({a.stream for a in batch})
     found = yield ("fetch_all", _versions_and_last(len(streams)), streams)
     versions = {stream: version or 0 for stream, version, _, _ in found}

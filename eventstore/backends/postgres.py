@@ -417,11 +417,15 @@ class PostgresEventLog(LogReads):
         self._need_open()
         return await self._group.append(stream, expected_version, events, metadata, now)
 
-    async def _commit_batch(self, batch: list[PendingAppend]) -> list[Outcome]:
-        """Write a batch of appends in one transaction under the append lock (see `batch_steps`)."""
+    async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
+        """Write the appends `take` gives in one transaction under the append lock (see `batch_steps`).
+
+        The batch is taken once the lock is held: appends that arrive while
+        the transaction begins and waits for it join this batch.
+        """
         last: list[int] = []
         async with self._transaction(notify=last) as conn:
-            outcomes = await run_steps(_Tx(conn), batch_steps(self._projector.batch(), batch))
+            outcomes = await run_steps(_Tx(conn), batch_steps(self._projector.batch(), take()))
             last += [o[-1].position for o in outcomes if not isinstance(o, Exception)]
         self.commits += 1
         self._wake()

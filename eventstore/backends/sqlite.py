@@ -365,8 +365,9 @@ class SQLiteEventLog(LogReads):
         self._need_writer()
         return await self._group.append(stream, expected_version, events, metadata, now)
 
-    async def _commit_batch(self, batch: list[PendingAppend]) -> list[Outcome]:
-        """Write a batch of appends in one transaction, in the writer thread (see `batch_steps`)."""
+    async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
+        """Write the appends `take` gives in one transaction, in the writer thread (see `batch_steps`)."""
+        batch = take()
         return await self._write(
             lambda conn: run_steps_sync(_SyncTx(conn), batch_steps(self._projector.batch(), batch)))
 
