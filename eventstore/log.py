@@ -192,13 +192,21 @@ def run_steps_sync(tx: SyncTransaction, steps: Generator[Step, Any, T]) -> T:
 
 
 class ProjectionBatch(Protocol):
-    """The projection of the appends of one transaction (from `Projector.batch_sync`)."""
+    """The projection of the appends of one transaction (from `Projector.batch`), as statements to run.
 
-    def add(self, records: Sequence[RecordedEvent]) -> None:
+    Each method is a generator of steps (see `run_steps`), so that one batch
+    runs through an async driver or a synchronous one alike.
+    """
+
+    def load(self, streams: Sequence[str], request_ids: Sequence[str]) -> Generator[Step, Any, None]:
+        """Read the stored rows of `streams` and of `request_ids`, which the appends to come touch."""
+        ...
+
+    def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
         """Fold one append's records, or refuse them whole with the error `project` raises, changing nothing."""
         ...
 
-    def write(self) -> None:
+    def write(self) -> Generator[Step, Any, None]:
         """Write the rows the added appends changed."""
         ...
 
@@ -218,8 +226,8 @@ class Projector(Protocol):
         """Do what `project` does, through a synchronous transaction."""
         ...
 
-    def batch_sync(self, tx: SyncTransaction, streams: Sequence[str], request_ids: Sequence[str]) -> "ProjectionBatch":
-        """Start projecting several appends to `streams`, naming `request_ids`, in one transaction."""
+    def batch(self) -> ProjectionBatch:
+        """Start projecting several appends in one transaction."""
         ...
 
     def upgrade(self) -> Generator[Step, Any, bool]:

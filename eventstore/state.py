@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
-from typing import Iterable, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
 import attrs
 

@@ -20,7 +20,7 @@ from vmledger.projections._parts import PartRows, fold_in_parts
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import TABLES, Model, domain_rows, record_from_row, state_from_json
 
-__all__ = ["SCHEMA", "RULES", "TableProjector", "SyncBatch", "DuplicateRequestError", "table_rows"]
+__all__ = ["SCHEMA", "RULES", "TableProjector", "DuplicateRequestError", "table_rows"]
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS domains (
@@ -167,15 +167,13 @@ class TableProjector:
         """
         run_steps_sync(tx, self._steps(records))
 
-    def batch_sync(self, tx: SyncTransaction, streams: Sequence[str], request_ids: Sequence[str]) -> "SyncBatch":
-        """Start the projection of several appends to `streams`, naming `request_ids`, in one transaction.
+    def batch(self) -> "_Batch":
+        """Start the projection of several appends in one transaction, as statements to run.
 
-        The rows they touch are read once, here; `add` folds each append or
+        `load` reads the rows they touch once; `add` folds each append or
         refuses it whole, and `write` writes the rows that changed, once.
         """
-        batch = _Batch(self)
-        run_steps_sync(tx, batch.load(streams, request_ids))
-        return SyncBatch(tx, batch)
+        return _Batch(self)
 
     def _steps(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
         batch = _Batch(self)
@@ -355,26 +353,6 @@ class _Batch:
             if part:
                 yield ("execute_many", _UPSERT[table], part)
         yield ("execute", _SET_POSITION, (model.position,))
-
-
-class SyncBatch:
-    """The projection of the appends of one transaction, through a synchronous transaction."""
-
-    def __init__(self, tx: SyncTransaction, batch: _Batch) -> None:
-        self._tx, self._batch = tx, batch
-
-    def add(self, records: Sequence[RecordedEvent]) -> None:
-        """Fold one append's records into the batch, or refuse them whole.
-
-        Raises:
-            DuplicateRequestError, InvalidRequestError: as `TableProjector.project`.
-            ValueError: the fold refuses a record.
-        """
-        run_steps_sync(self._tx, self._batch.add(records))
-
-    def write(self) -> None:
-        """Write the rows the added appends changed."""
-        run_steps_sync(self._tx, self._batch.write())
 
 
 async def table_rows(fetch_all: Any) -> dict[str, list[tuple]]:

@@ -6,6 +6,7 @@ Run from the repository root (the package installed, e.g. `pip install -e .`):
     python scripts/bench.py                        # full default run, about 10 minutes on 2 cores
     python scripts/bench.py --events 20000 --repeat 1 --requests 100   # a quick smoke run
     python scripts/bench.py --db /tmp/ledger.db    # write benchmarks on that file (or sqlite:///URL)
+    python scripts/bench.py --db postgresql://... --skip rebuild --skip reads   # PostgreSQL beside SQLite
 
 It prints plain tables, headed by the machine line (CPU count, Python,
 SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
@@ -48,7 +49,9 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
 A second table gives each target of the speed issue as a ratio from this run.
 The write benchmarks use a fresh temporary directory, or `--db` when given
 (their domains then get a unique suffix, and are stopped and undefined at the
-end).  The others always use temporary directories.  The simulated hypervisor
+end); a `postgresql://` `--db` is measured beside SQLite in a temporary
+directory, in the same run, and the header names each store as it answers
+for itself.  The others always use temporary directories.  The simulated hypervisor
 keeps its state in `<db>.sim.json`, rewritten on every call that changes it,
 so it weighs on the write figures.
 """
@@ -76,6 +79,7 @@ from typing import Any, Awaitable, Callable
 
 import vmledger
 from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.eventstore.catalogue import Outcome, Reason
 from vmledger.eventstore.errors import ConcurrencyError
 from vmledger.eventstore.events import DomainDefined, DomainStarted, Event, change_event
@@ -211,9 +215,26 @@ async def timed_sets(ledger: vmledger.Ledger, calls: list[tuple[str, int]], scop
     return seconds, cpu, events, [r for part in done for r in part], gave_up
 
 
+async def describe_store(ledger: vmledger.Ledger) -> str:
+    """Return what store the ledger writes to and how it commits, as the store itself answers."""
+    if isinstance(ledger.log, SQLiteEventLog):
+        (version,), = await ledger.log.fetch_all("SELECT sqlite_version()")
+        (mode,), = await ledger.log.fetch_all("PRAGMA journal_mode")
+        (sync,), = await ledger.log.fetch_all("PRAGMA synchronous")
+        sync = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, sync)
+        return f"SQLite {version} (journal_mode={mode}, synchronous={sync}), group commit in a writer thread"
+    (version, fsync, commit), = await ledger.log.fetch_all(
+        "SELECT version(), current_setting('fsync'), current_setting('synchronous_commit')")
+    return (f"{' '.join(version.split()[:2])} (fsync={fsync}, synchronous_commit={commit}), "
+            f"group commit under an advisory lock")
+
+
 async def bench_writes(url: str, args: argparse.Namespace, table: Table, results: dict[str, float],
-                       cleanup: bool) -> None:
-    """Benchmarks 1 and 2 on the ledger at `url`."""
+                       cleanup: bool, *, key: str = "", labelled: bool = False) -> str:
+    """Benchmarks 1 and 2 on the ledger at `url`; return what store it is (see `describe_store`).
+
+    `key` prefixes the names of the figures kept in `results`; `labelled` names the store in the rows.
+    """
     tag = uuid.uuid4().hex[:6]
     stopped, running = f"bench-{tag}-off", f"bench-{tag}-seq"
     pool = [f"bench-{tag}-{i:02d}" for i in range(args.domains)]
@@ -221,7 +242,9 @@ async def bench_writes(url: str, args: argparse.Namespace, table: Table, results
                 principal=PRINCIPAL)
     n = args.requests
     async with vmledger.open(url, hypervisor_timeout=30.0) as ledger:
-        progress(f"defining {len(pool) + 2} PV domains, starting {len(pool) + 1}")
+        store = await describe_store(ledger)
+        label = f" [{store.split(' (')[0]}]" if labelled else ""
+        progress(f"{store}: defining {len(pool) + 2} PV domains, starting {len(pool) + 1}")
         for name in (stopped, running, *pool):
             await ledger.define(name, **spec)
         for name in (running, *pool):
@@ -253,10 +276,10 @@ async def bench_writes(url: str, args: argparse.Namespace, table: Table, results
                 failed += gave_up
                 stale += await stale_records(ledger, done)
             if (scope, callers) == ("persistent", 1):
-                results["persistent_requests"] = statistics.median(rates)
+                results[key + "persistent_requests"] = statistics.median(rates)
             if callers > 1:
-                results["callers_events"] = statistics.median(event_rates)
-            table.add(name, rates, "requests/s",
+                results[key + "callers_events"] = statistics.median(event_rates)
+            table.add(name + label, rates, "requests/s",
                       f"{n} requests/run, mean latency {statistics.median(latency):.1f} ms, "
                       f"CPU {statistics.median(cpu):.2f} ms/request")
             table.add("  committed events", event_rates, "events/s",
@@ -274,6 +297,7 @@ async def bench_writes(url: str, args: argparse.Namespace, table: Table, results
                 await ledger.stop(name)
             for name in (stopped, running, *pool):
                 await ledger.undefine(name)
+    return store
 
 
 # -- 5: durable `set` over HTTP -----------------------------------------------------
@@ -840,6 +864,7 @@ def print_targets(results: dict[str, float]) -> None:
                          f"{'<=' if at_most else '>='} {wanted:g}", "met" if met else "NOT met"))
 
     target("1. 64 callers, both: events/s vs peer saves/s", "callers_events", "peer_saves", 5)
+    target("PostgreSQL 64 callers, both: events/s vs SQLite's", "pg_callers_events", "callers_events", 1)
     target("1. 64 callers, both: events/s vs raw 100/tx", "callers_events", "raw_100", 0.4)
     target("2. 1 caller, persistent: requests/s vs peer saves/s", "persistent_requests", "peer_saves", 1.0)
     target("3. rebuild events/s vs peer replay", "rebuild", "peer_replay", 2)
@@ -897,14 +922,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def run(args: argparse.Namespace) -> tuple[Table, dict[str, float]]:
-    table, results = Table(), {}
+def on_postgres(db: str | None) -> bool:
+    """Return whether `--db` names a PostgreSQL database."""
+    return (db or "").startswith(("postgresql://", "postgres://"))
+
+
+async def run(args: argparse.Namespace) -> tuple[Table, dict[str, float], list[str]]:
+    table, results, stores = Table(), {}, []
     if "writes" not in args.skip:
         if args.db:
-            await bench_writes(args.db, args, table, results, cleanup=True)
-        else:
+            stores.append(await bench_writes(args.db, args, table, results, cleanup=True,
+                                             key="pg_" * on_postgres(args.db), labelled=on_postgres(args.db)))
+        if not args.db or on_postgres(args.db):
+            # On PostgreSQL, SQLite's figures of the same run are what it is measured against.
             with tempfile.TemporaryDirectory(prefix="vmledger-bench-") as tmp:
-                await bench_writes(os.path.join(tmp, "writes.db"), args, table, results, cleanup=False)
+                stores.append(await bench_writes(os.path.join(tmp, "writes.db"), args, table, results,
+                                                 cleanup=False, labelled=on_postgres(args.db)))
     if "rebuild" not in args.skip:
         await bench_rebuild(args, table, results)
     if "reads" not in args.skip:
@@ -915,7 +948,7 @@ async def run(args: argparse.Namespace) -> tuple[Table, dict[str, float]]:
         if _PeerAggregate is None:
             raise SystemExit("bench: the peer is not installed: pip install -e '.[bench]' (or --skip peer)")
         await bench_peer(args, table, results)
-    return table, results
+    return table, results, stores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -927,12 +960,12 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(child_rebuild(args.child_rebuild, args.repeat))
         return 0
     start = time.perf_counter()
-    table, results = asyncio.run(run(args))
+    table, results, stores = asyncio.run(run(args))
     print(machine_line())
-    writes = ("PostgreSQL (advisory-locked appends, fsync on)" if (args.db or "").startswith(("postgresql:", "postgres:"))
-              else "SQLite (WAL, synchronous=FULL)")
-    print(f"store for writes: {writes} at {args.db or 'a temporary directory'}; "
-          f"rebuild on SQLite in a temporary directory; hypervisor: simulated (JSON state file beside the database); "
+    places = [args.db] * bool(args.db) + ["a temporary directory"] * (not args.db or on_postgres(args.db))
+    for store, place in zip(stores, places):
+        print(f"store for writes: {store}, at {place}")
+    print(f"rebuild on SQLite in a temporary directory; hypervisor: simulated (JSON state file beside the database); "
           f"peer: eventsourcing on SQLite (WAL, synchronous=FULL); median of {args.repeat} run(s)")
     print()
     table.print()

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Sequence
 
 import attrs
 
 from vmledger.eventstore.codec import decode, dumps_flat, encode, loads
 from vmledger.eventstore.errors import (
-    ChainBrokenError, LedgerNotFoundError, NotALedgerError, StorageError, VmledgerError,
+    ChainBrokenError, ConcurrencyError, LedgerNotFoundError, NotALedgerError, StorageError, VmledgerError,
 )
 from vmledger.eventstore.events import Event
-from vmledger.eventstore.log import GENESIS_HASH, EventFilter, Metadata, RecordedEvent, chain_hash, timestamp
+from vmledger.eventstore.log import (
+    GENESIS_HASH, EventFilter, Metadata, ProjectionBatch, RecordedEvent, Step, chain_hash, timestamp,
+)
 
 __all__ = [
     "COLUMNS", "SCAN_COLUMNS", "CHUNK", "record", "decode_metadata", "decode_time",
     "chained_rows", "verify_rows", "ChainChecker", "LogReads", "check_ledger_tables", "FILTER_INDEXES",
-    "filter_sql",
+    "filter_sql", "INSERT", "PendingAppend", "GroupCommit", "batch_steps",
 ]
 
 #: The columns of the events table, in row order.
@@ -27,6 +31,10 @@ COLUMNS = "position, stream, version, type, schema_version, data, metadata, reco
 SCAN_COLUMNS = COLUMNS.removesuffix(", hash")
 #: How many events a backend reads per query when it streams the log.
 CHUNK = 2000
+#: The statement that stores one event row, with `?` placeholders.
+INSERT = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: Appends per group commit, at most.
+MAX_BATCH = 256
 
 Row = Sequence[Any]
 
@@ -153,6 +161,138 @@ def chained_rows(
         records.append(RecordedEvent(position=position, stream=stream, version=version, event=event,
                                      metadata=metadata, recorded_at=now, hash=prev))
     return rows, records
+
+
+@attrs.define
+class PendingAppend:
+    """One caller's append, waiting for the next group commit."""
+
+    stream: str
+    expected: int
+    events: tuple[Event, ...]
+    metadata: Metadata
+    now: datetime
+    future: "asyncio.Future[list[RecordedEvent]]"
+
+
+#: What a group commit makes of one append: its records, or the error that refused it alone.
+Outcome = list[RecordedEvent] | Exception
+
+
+class GroupCommit:
+    """Gathers the appends that arrive while a transaction commits into the next one (group commit).
+
+    `commit(take)` opens one durable transaction, calls `take()` for the
+    batch once the transaction is ready to write (so that appends queued
+    while it waited for its lock join it), writes the batch and returns
+    each append's outcome; a caller's `append` returns only once the
+    transaction holding its events has committed.  A cancelled caller's
+    append may still be committed: treat cancellation as an unknown
+    outcome and re-read.
+    """
+
+    def __init__(self, commit: Callable[[Callable[[], list[PendingAppend]]], Awaitable[list[Outcome]]]) -> None:
+        self._commit = commit
+        self._waiting: list[PendingAppend] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def append(self, stream: str, expected: int, events: Sequence[Event], metadata: Metadata,
+                     now: datetime) -> list[RecordedEvent]:
+        """Queue one append for the next commit; return its records once committed, or raise what refused it."""
+        if not events:
+            raise ValueError("append needs at least one event")
+        item = PendingAppend(stream=stream, expected=expected, events=tuple(events), metadata=metadata,
+                             now=now, future=asyncio.get_running_loop().create_future())
+        self._waiting.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await item.future
+
+    async def drain(self) -> None:
+        """Wait for the appends under way to be committed or refused."""
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+
+    async def _flush(self) -> None:
+        """Commit waiting appends, a batch per transaction, until none wait."""
+        while self._waiting:
+            batch: list[PendingAppend] = []
+            taken = False
+
+            def take() -> list[PendingAppend]:
+                nonlocal taken
+                taken = True
+                batch[:] = [a for a in self._waiting[:MAX_BATCH] if not a.future.done()]
+                del self._waiting[:MAX_BATCH]
+                return batch
+
+            try:
+                outcomes = await self._commit(take)
+            except BaseException as e:
+                failure: BaseException = e
+                if not isinstance(e, Exception):
+                    failure = StorageError("the append was interrupted; its outcome is unknown")
+                # A transaction that failed before it took its batch fails the batch it would have taken.
+                for a in batch if taken else take():
+                    if not a.future.done():
+                        a.future.set_exception(failure)
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            for a, outcome in zip(batch, outcomes):
+                if a.future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    a.future.set_exception(outcome)
+                else:
+                    a.future.set_result(outcome)
+
+
+def _versions_and_last(streams: int) -> str:
+    """Return the query of each stream's last version beside the log's last position and hash."""
+    # One lookup of the last version per stream (`max` reads one index entry), never a scan of a stream.
+    # The log's end, uncorrelated, is evaluated once (SQLite and PostgreSQL alike), not once per stream.
+    return (f"WITH s(stream) AS (VALUES {', '.join(['(?)'] * streams)}) "
+            "SELECT s.stream, (SELECT max(version) FROM events WHERE events.stream = s.stream), "
+            "(SELECT max(position) FROM events), "
+            "(SELECT hash FROM events WHERE position = (SELECT max(position) FROM events)) FROM s")
+
+
+def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> Generator[Step, Any, list[Outcome]]:
+    """Yield the statements that write a batch of appends, each refused or written whole; return their outcomes.
+
+    Runs inside a transaction that holds the log's write lock, so the log's
+    end moves only with this batch.  Each append is checked, chained and
+    folded in memory after the ones accepted before it; then the events and
+    the projection rows of all the accepted ones are written once.
+    """
+    if not batch:  # every caller of the batch was cancelled
+        return []
+    streams = sorted({a.stream for a in batch})
+    found = yield ("fetch_all", _versions_and_last(len(streams)), streams)
+    versions = {stream: version or 0 for stream, version, _, _ in found}
+    last: tuple[int, str | None] = (found[0][2] or 0, found[0][3])
+    yield from projection.load(streams, [e.request_id for a in batch for e in a.events if hasattr(e, "request_id")])
+    outcomes: list[Outcome] = []
+    rows: list[tuple[Any, ...]] = []
+    for a in batch:
+        try:
+            actual = versions[a.stream]
+            if actual != a.expected:
+                raise ConcurrencyError(a.stream, a.expected, actual)
+            chained, records = chained_rows(a.stream, a.expected, a.events, a.metadata, a.now, *last)
+            yield from projection.add(records)
+        except (VmledgerError, ValueError, TypeError) as e:
+            outcomes.append(e)
+            continue
+        rows += chained
+        versions[a.stream], last = records[-1].version, (records[-1].position, records[-1].hash)
+        outcomes.append(records)
+    if rows:
+        yield ("execute_many", INSERT, rows)
+        yield from projection.write()
+    return outcomes
 
 
 class ChainChecker:

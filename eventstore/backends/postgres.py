@@ -2,11 +2,14 @@
 
 It mirrors `SQLiteEventLog`: one writing connection per log, serialised by a
 lock, and reads beside it (a small pool, since an asyncpg connection runs one
-statement at a time).  Each append is one transaction holding the events,
-their hash links, the projection rows and a `NOTIFY`; subscribers wake on
-`LISTEN` through a dedicated connection.  Appends from every process are
-serialised by a transaction-scoped advisory lock (see `APPEND_LOCK`), so
-positions are gap-free and become visible in order.
+statement at a time).  Appends that arrive together are committed together
+(group commit, see `common.GroupCommit`): one transaction holds a batch's
+events, their hash links, the projection rows and one `NOTIFY`, written with
+one statement per table, so a batch costs a dozen round trips however many
+appends it holds.  Subscribers wake on `LISTEN` through a dedicated
+connection.  Appends from every process are serialised by a
+transaction-scoped advisory lock (see `APPEND_LOCK`), so positions are
+gap-free and become visible in order.
 
 Projection SQL is written with `?` placeholders, as for SQLite; this module
 turns them into `$1..$n`.
@@ -27,13 +30,10 @@ import asyncpg
 from asyncpg import exceptions as pg
 
 from vmledger.eventstore.backends.common import (
-    COLUMNS, FILTER_INDEXES, LogReads, chained_rows, check_ledger_tables, record,
+    FILTER_INDEXES, INSERT, GroupCommit, LogReads, Outcome, PendingAppend, batch_steps, check_ledger_tables,
+    record,
 )
-from vmledger.eventstore.errors import (
-    ConcurrencyError,
-    InvalidRequestError,
-    StorageError,
-)
+from vmledger.eventstore.errors import InvalidRequestError, StorageError
 from vmledger.eventstore.events import Event
 from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, run_steps
 
@@ -85,18 +85,22 @@ CHANNEL = "vmledger_events"
 #   lag behind the oldest open transaction in the whole database, positions
 #   from a sequence have gaps, and the chain still needs a serial order.
 #
-# The cost: one append at a time per database.  Write throughput is bounded by
-# 1 / (duration of one append transaction, including its commit's WAL flush),
-# and commits of different appends are never flushed together; one slow
-# append (a large projection update, a stalled client holding the lock)
-# delays every writer, up to `busy_timeout` (`lock_timeout`), after which they
-# fail with StorageError.  Readers and followers never wait for the lock.
+# The cost: one transaction at a time per database.  Write throughput is
+# bounded by (appends per batch) / (duration of one batch transaction,
+# including its commit's WAL flush): group commit gathers a process's
+# concurrent appends into one transaction, but transactions of different
+# processes are never flushed together.  One slow batch (a large projection
+# update, a stalled client holding the lock) delays every writer, up to
+# `busy_timeout` (`lock_timeout`), after which they fail with StorageError.  Readers and followers never wait for the lock.
 # Advisory locks are per database, so ledgers in other databases of the same
 # cluster do not contend.
 
 #: The advisory lock key every append (and schema set-up) holds: "vmledger" in ASCII.
 #: Operators find its holder in `pg_locks` (locktype advisory, classid 1986882661, objid 1684497778).
 APPEND_LOCK = 0x766D6C6564676572
+
+#: Prepared statements the writing connection keeps (asyncpg's default is 100).
+_STATEMENTS = 1024
 
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError)
 _LOST = (pg.PostgresConnectionError, pg.AdminShutdownError, pg.CrashShutdownError,
@@ -161,12 +165,6 @@ def _storage_error(e: BaseException, *, committing: bool = False, connecting: bo
             text += "; the append may or may not have been recorded: re-read before retrying"
         return StorageError(text)
     return StorageError(f"PostgreSQL: {type(e).__name__}: {e}")
-
-
-# The stream's version and the log's last position and hash, in one round trip under the lock.
-_VERSION_AND_LAST = """SELECT coalesce((SELECT max(version) FROM events WHERE stream = $1), 0),
-    coalesce(last.position, 0), last.hash
-    FROM (SELECT 1) AS one LEFT JOIN (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS last ON true"""
 
 
 class _Tx:
@@ -245,6 +243,9 @@ class PostgresEventLog(LogReads):
         self._listen_lock = asyncio.Lock()
         self._settling: asyncio.Task[Any] | None = None
         self._appended = asyncio.Event()
+        self._group = GroupCommit(self._commit_batch)
+        #: Write transactions committed by this log: appends per commit shows group commit at work.
+        self.commits = 0
 
     async def __aenter__(self) -> "PostgresEventLog":
         self._open = True
@@ -291,11 +292,14 @@ class PostgresEventLog(LogReads):
                             missing=f"no ledger in the {where}: it holds no vmledger tables")
 
     async def _connect(self) -> asyncpg.Connection:
+        # A batch's reads list its streams and requests, so their text varies with its size:
+        # a cache that keeps every size's prepared statement saves a round trip per statement.
         return await asyncpg.connect(self.dsn, server_settings=self._settings,
-                                     timeout=self._connect_timeout)
+                                     timeout=self._connect_timeout, statement_cache_size=_STATEMENTS)
 
     async def aclose(self) -> None:
-        """Close every connection: the writer, the readers and the listener."""
+        """Finish the appends under way, then close every connection: the writer, the readers and the listener."""
+        await self._group.drain()
         self._open = False
         listener, writer, pool = self._listener, self._writer, self._pool
         self._listener = self._writer = self._pool = None
@@ -358,8 +362,13 @@ class PostgresEventLog(LogReads):
         await asyncio.shield(task)
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """Hold the writer lock, one transaction and the append lock; commit at the end."""
+    async def _transaction(self, notify: list[int] | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """Hold the writer lock, one transaction and the append lock; commit at the end.
+
+        A position the caller puts in `notify` is sent on `CHANNEL` in the
+        COMMIT's round trip: listeners receive it on commit, in commit order,
+        and never on rollback.
+        """
         async with self._lock:
             committing = False
             try:
@@ -368,7 +377,9 @@ class PostgresEventLog(LogReads):
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
                     yield conn
                     committing = True
-                    await self._finish(conn, "COMMIT")
+                    # Both statements are literal (a constant and an int): one simple query, one round trip.
+                    await self._finish(conn, f"SELECT pg_notify('{CHANNEL}', '{int(notify[-1])}'); COMMIT"
+                                       if notify else "COMMIT")
                 except BaseException:
                     if not committing and not conn.is_closed() and conn.is_in_transaction():
                         try:
@@ -388,7 +399,16 @@ class PostgresEventLog(LogReads):
         *,
         now: datetime,
     ) -> list[RecordedEvent]:
-        """Append `events` to `stream` at `expected_version`, with projections, in one transaction.
+        """Append `events` to `stream` at `expected_version`, with projections; return them once committed.
+
+        Appends that arrive while a transaction is under way are gathered into
+        the next one (group commit), under one acquisition of the append lock:
+        one commit's WAL flush serves them all, and a batch costs a dozen
+        round trips however many appends it holds.  Each is checked and
+        folded in memory before anything is written, so a refused append does
+        not fail its neighbours, and each caller returns only after the commit
+        that holds its events.  A cancelled caller's append may still be
+        committed: treat cancellation as an unknown outcome and re-read.
 
         Raises:
             ConcurrencyError: the stream is at another version; nothing was written.
@@ -396,27 +416,22 @@ class PostgresEventLog(LogReads):
                 connection, read-only database); when the connection was lost
                 during the commit the append may have been recorded.
         """
-        if not events:
-            raise ValueError("append needs at least one event")
-        async with self._transaction() as conn:
-            records = await self._append_in_tx(conn, stream, expected_version, events, metadata, now)
-            await self._projector.project(_Tx(conn), records)
-            # Delivered to listeners on commit, in commit order; never on rollback.
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(records[-1].position))
-        self._wake()
-        return records
+        self._need_open()
+        return await self._group.append(stream, expected_version, events, metadata, now)
 
-    async def _append_in_tx(
-        self, conn: asyncpg.Connection, stream: str, expected: int,
-        events: Sequence[Event], metadata: Metadata, now: datetime,
-    ) -> list[RecordedEvent]:
-        actual, position, prev = await conn.fetchrow(_VERSION_AND_LAST, stream)
-        if actual != expected:
-            raise ConcurrencyError(stream, expected, actual)
-        rows, records = chained_rows(stream, expected, events, metadata, now, position, prev)
-        await conn.executemany(
-            f"INSERT INTO events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", rows)
-        return records
+    async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
+        """Write the appends `take` gives in one transaction under the append lock (see `batch_steps`).
+
+        The batch is taken once the lock is held: appends that arrive while
+        the transaction begins and waits for it join this batch.
+        """
+        last: list[int] = []
+        async with self._transaction(notify=last) as conn:
+            outcomes = await run_steps(_Tx(conn), batch_steps(self._projector.batch(), take()))
+            last += [o[-1].position for o in outcomes if not isinstance(o, Exception)]
+        self.commits += 1
+        self._wake()
+        return outcomes
 
     async def import_rows(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert already-chained rows verbatim after the last event, with their projections.
@@ -432,8 +447,7 @@ class PostgresEventLog(LogReads):
             head = await conn.fetchval("SELECT max(position) FROM events") or 0
             if rows[0][0] != head + 1:
                 raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
-            await conn.executemany(
-                f"INSERT INTO events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", rows)
+            await conn.executemany(_pg(INSERT), rows)
             await self._projector.project(_Tx(conn), [record(tuple(r)) for r in rows])
         self._wake()
 

@@ -29,15 +29,13 @@ import aiosqlite
 import attrs
 
 from vmledger.eventstore.backends.common import (
-    COLUMNS, FILTER_INDEXES, SCAN_COLUMNS, LogReads, chained_rows, check_ledger_tables, record,
+    FILTER_INDEXES, INSERT, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, batch_steps,
+    check_ledger_tables, record,
 )
 from vmledger.eventstore.errors import (
-    ConcurrencyError,
     InvalidRequestError,
     LedgerNotFoundError,
-    NotALedgerError,
     StorageError,
-    VmledgerError,
 )
 from vmledger.eventstore.events import Event
 from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync
@@ -59,10 +57,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS events_recorded_at ON events (recorded_at)",
     *FILTER_INDEXES,
 )
-_INSERT = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _POLL_SECONDS = 0.2
-#: Appends per group commit, at most.
-_MAX_BATCH = 256
 
 T = TypeVar("T")
 
@@ -108,18 +103,6 @@ def _check_ledger(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
     check_ledger_tables(tables, create=create, foreign=f"{path} is an SQLite database but not a vmledger ledger",
                         missing=f"no ledger at {path}: the file holds no ledger")
-
-
-@attrs.define
-class _Append:
-    """One caller's append, waiting for the next group commit."""
-
-    stream: str
-    expected: int
-    events: tuple[Event, ...]
-    metadata: Metadata
-    now: datetime
-    future: "asyncio.Future[list[RecordedEvent]]"
 
 
 class _SyncTx:
@@ -204,10 +187,9 @@ class SQLiteEventLog(LogReads):
         self._lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
         self._appended = asyncio.Event()
-        self._waiting: list[_Append] = []
+        self._group = GroupCommit(self._commit_batch)
         #: Write transactions committed by this log: appends per commit shows group commit at work.
         self.commits = 0
-        self._flusher: asyncio.Task[None] | None = None
         self._parts: _PartRows | None = None
 
     async def __aenter__(self) -> "SQLiteEventLog":
@@ -307,9 +289,7 @@ class SQLiteEventLog(LogReads):
 
     async def aclose(self) -> None:
         """Finish the appends under way, then close both connections."""
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await self._flusher
+        await self._group.drain()
         if self._reader is not None:
             await self._reader.close()
         if self._writer is not None:
@@ -383,76 +363,14 @@ class SQLiteEventLog(LogReads):
             ConcurrencyError: the stream is at another version; nothing was written.
             StorageError: SQLite failed (locked past the timeout, disk full, read-only).
         """
-        if not events:
-            raise ValueError("append needs at least one event")
         self._need_writer()
-        item = _Append(stream=stream, expected=expected_version, events=tuple(events), metadata=metadata,
-                       now=now, future=asyncio.get_running_loop().create_future())
-        self._waiting.append(item)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await item.future
+        return await self._group.append(stream, expected_version, events, metadata, now)
 
-    async def _flush(self) -> None:
-        """Commit waiting appends, a batch per transaction, until none wait."""
-        while self._waiting:
-            batch = [a for a in self._waiting[:_MAX_BATCH] if not a.future.done()]
-            del self._waiting[:_MAX_BATCH]
-            try:
-                outcomes = await self._write(self._commit_batch, batch)
-            except BaseException as e:
-                failure: BaseException = e
-                if not isinstance(e, Exception):
-                    failure = StorageError("the append was interrupted; its outcome is unknown")
-                for a in batch:
-                    if not a.future.done():
-                        a.future.set_exception(failure)
-                if not isinstance(e, Exception):
-                    raise
-                continue
-            for a, outcome in zip(batch, outcomes):
-                if a.future.done():
-                    continue
-                if isinstance(outcome, Exception):
-                    a.future.set_exception(outcome)
-                else:
-                    a.future.set_result(outcome)
-
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Append]) -> list[list[RecordedEvent] | Exception]:
-        """Write a batch of appends, each refused or written whole (in the writer thread).
-
-        Each append is checked, chained and folded in memory after the ones
-        accepted before it; then the events and the projection rows of all
-        the accepted ones are written once.
-        """
-        # The transaction holds the write lock: the log's end moves only with this batch's appends.
-        last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone() or (0, None)
-        streams = sorted({a.stream for a in batch})
-        # One lookup of the last version per stream (`max` reads one index entry), never a scan of a stream.
-        versions = {stream: version or 0 for stream, version in conn.execute(
-            f"WITH s(stream) AS (VALUES {', '.join(['(?)'] * len(streams))}) "
-            "SELECT stream, (SELECT max(version) FROM events WHERE events.stream = s.stream) FROM s", streams)}
-        projection = self._projector.batch_sync(
-            _SyncTx(conn), streams, [e.request_id for a in batch for e in a.events if hasattr(e, "request_id")])
-        outcomes: list[list[RecordedEvent] | Exception] = []
-        rows: list[tuple[Any, ...]] = []
-        for a in batch:
-            try:
-                actual = versions[a.stream]
-                if actual != a.expected:
-                    raise ConcurrencyError(a.stream, a.expected, actual)
-                chained, records = chained_rows(a.stream, a.expected, a.events, a.metadata, a.now, *last)
-                projection.add(records)
-            except (VmledgerError, ValueError, TypeError) as e:
-                outcomes.append(e)
-                continue
-            rows += chained
-            versions[a.stream], last = records[-1].version, (records[-1].position, records[-1].hash)
-            outcomes.append(records)
-        if rows:
-            conn.executemany(_INSERT, rows)
-            projection.write()
-        return outcomes
+    async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
+        """Write the appends `take` gives in one transaction, in the writer thread (see `batch_steps`)."""
+        batch = take()
+        return await self._write(
+            lambda conn: run_steps_sync(_SyncTx(conn), batch_steps(self._projector.batch(), batch)))
 
     async def import_rows(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert already-chained rows verbatim after the last event, with their projections.
@@ -470,7 +388,7 @@ class SQLiteEventLog(LogReads):
         head = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
         if rows[0][0] != head + 1:
             raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
-        conn.executemany(_INSERT, rows)
+        conn.executemany(INSERT, rows)
         self._projector.project_sync(_SyncTx(conn), [record(r) for r in rows])
 
     def _wake(self) -> None:

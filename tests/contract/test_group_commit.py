@@ -1,18 +1,20 @@
-"""Group commit on SQLite: concurrent appends share a transaction without sharing failures."""
+"""Group commit on both backends: concurrent appends share a transaction without sharing failures."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import sqlite3
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.pg import create_database
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.eventstore.catalogue import Outcome
 from vmledger.eventstore.errors import ConcurrencyError, InvalidRequestError
@@ -22,16 +24,86 @@ from vmledger.projections.store import TableProjector, table_rows
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}
+_databases = itertools.count(1)
 
 
 def _defined(name: str, uuid: str | None = None) -> DomainDefined:
     return DomainDefined(domain=name, uuid=uuid or name, guest_type="pv", config=CONFIG, capabilities={})
 
 
-def test_refused_appends_do_not_fail_their_batch(tmp_path: Any) -> None:
+class Places:
+    """Empty databases of one backend, by name: a file each, or a database each on the session's cluster.
+
+    Opening a name again empties it first (a PostgreSQL database is
+    truncated rather than created anew, which costs a second), so one test's
+    Hypothesis examples each start from an empty database.
+    """
+
+    def __init__(self, backend: str, tmp: str, dsn: str | None) -> None:
+        self.backend, self._tmp, self._dsn = backend, tmp, dsn
+        self._where: dict[str, str] = {}
+
+    def where(self, name: str) -> str:
+        """Return the file path or DSN of the database `name`, made on first use."""
+        if name not in self._where:
+            self._where[name] = (os.path.join(self._tmp, f"{name}.db") if self._dsn is None
+                                 else create_database(self._dsn, f"gc_{next(_databases)}"))
+        return self._where[name]
+
+    @contextlib.asynccontextmanager
+    async def open(self, name: str) -> AsyncIterator[Any]:
+        """Yield a log on the database `name`, emptied."""
+        where = self.where(name)
+        if self._dsn is None:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(where + suffix)
+            async with SQLiteEventLog(where, TableProjector()) as log:
+                yield log
+            return
+        import asyncpg
+
+        from vmledger.eventstore.backends.postgres import PostgresEventLog
+
+        conn = await asyncpg.connect(where)
+        try:
+            tables = [r[0] for r in await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+            if tables:
+                await conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables))
+        finally:
+            await conn.close()
+        async with PostgresEventLog(where, TableProjector(), busy_timeout=5) as log:
+            yield log
+
+    async def stored(self, name: str, position: int) -> int:
+        """Return how many events another connection finds stored at `position`."""
+        where = self.where(name)
+        if self._dsn is None:
+            def count() -> int:
+                with contextlib.closing(sqlite3.connect(where)) as conn:
+                    return conn.execute("SELECT count(*) FROM events WHERE position = ?", (position,)).fetchone()[0]
+            return await asyncio.to_thread(count)
+        import asyncpg
+
+        conn = await asyncpg.connect(where)
+        try:
+            return await conn.fetchval("SELECT count(*) FROM events WHERE position = $1", position)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def places(request: pytest.FixtureRequest, tmp_path: Any) -> Places:
+    """Return empty databases of the backend under test."""
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else None
+    return Places(request.param, str(tmp_path), dsn)
+
+
+def test_refused_appends_do_not_fail_their_batch(places: Places) -> None:
     """A batch with a version conflict and a duplicate name commits the other appends, in one transaction."""
     async def go() -> tuple:
-        async with SQLiteEventLog(os.path.join(tmp_path, "g.db"), TableProjector()) as log:
+        async with places.open("g") as log:
             await log.append("a", 0, [_defined("a")], Metadata(), now=T0)
             commits = log.commits
             results = await asyncio.gather(
@@ -50,33 +122,27 @@ def test_refused_appends_do_not_fail_their_batch(tmp_path: Any) -> None:
         [[2], ConcurrencyError.__name__, InvalidRequestError.__name__, [3]], 1, [1, 2, 3], 3)
 
 
-def test_callers_return_only_once_their_events_are_durable(tmp_path: Any) -> None:
+def test_callers_return_only_once_their_events_are_durable(places: Places) -> None:
     """Each of 64 concurrent callers finds its events committed, seen from another connection, when it returns."""
-    path = os.path.join(tmp_path, "g.db")
-
-    def committed(position: int) -> bool:
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            return conn.execute("SELECT count(*) FROM events WHERE position = ?", (position,)).fetchone()[0] == 1
-
     async def go() -> tuple:
-        async with SQLiteEventLog(path, TableProjector()) as log:
-            async def one(i: int) -> bool:
+        async with places.open("g") as log:
+            async def one(i: int) -> int:
                 (rec,) = await log.append(f"d{i}", 0, [_defined(f"d{i}")], Metadata(), now=T0)
-                return await asyncio.to_thread(committed, rec.position)
+                return await places.stored("g", rec.position)
 
             seen = await asyncio.gather(*(one(i) for i in range(64)))
             return seen, [r.position async for r in log.read_all()], log.commits
 
     seen, positions, commits = asyncio.run(go())
-    assert (seen, positions) == ([True] * 64, list(range(1, 65)))
+    assert (seen, positions) == ([1] * 64, list(range(1, 65)))
     assert commits < 64  # the appends shared transactions
 
 
 @pytest.mark.parametrize("cancel_after", [0, 1])
-def test_cancelled_caller_leaves_no_partial_append(tmp_path: Any, cancel_after: int) -> None:
+def test_cancelled_caller_leaves_no_partial_append(places: Places, cancel_after: int) -> None:
     """Cancelling a caller either drops its append whole or commits it whole; the chain stays intact."""
     async def go() -> tuple:
-        async with SQLiteEventLog(os.path.join(tmp_path, "g.db"), TableProjector()) as log:
+        async with places.open("g") as log:
             task = asyncio.create_task(log.append("a", 0, [_defined("a"), DomainStarted(config=CONFIG)],
                                                   Metadata(), now=T0))
             for _ in range(cancel_after):
@@ -110,9 +176,10 @@ _APPENDS = st.lists(st.tuples(
              min_size=1, max_size=3)), min_size=1, max_size=12)
 
 
-async def _outcomes(path: str, appends: list[tuple[str, int, list[tuple[str, str, str]]]], together: bool) -> tuple:
-    """Make `appends` on a fresh file, together (one batch) or one at a time; return what each got, and the file."""
-    async with SQLiteEventLog(path, TableProjector()) as log:
+async def _outcomes(places: Places, name: str, appends: list[tuple[str, int, list[tuple[str, str, str]]]],
+                    together: bool) -> tuple:
+    """Make `appends` on an empty database, together (one batch) or one at a time; return what each got, and the rows."""
+    async with places.open(name) as log:
         calls = [log.append(stream, expected, [_event(kind, stream, name, rid) for kind, name, rid in events],
                             Metadata(principal="p"), now=T0) for stream, expected, events in appends]
         if together:
@@ -131,13 +198,20 @@ async def _outcomes(path: str, appends: list[tuple[str, int, list[tuple[str, str
         return answers, commits, await table_rows(log.fetch_all), [r.hash async for r in log.read_all()]
 
 
-@settings(database=None, deadline=None, max_examples=60)
-@given(_APPENDS)
-def test_a_batch_commits_what_its_appends_made_one_at_a_time(
-    tmp_path_factory: pytest.TempPathFactory, appends: list[tuple[str, int, list[tuple[str, str, str]]]],
-) -> None:
+#: Examples per backend: a PostgreSQL example costs about ten SQLite ones, in opening its logs.
+_EXAMPLES = {"sqlite": 60, "postgres": 30}
+
+
+def test_a_batch_commits_what_its_appends_made_one_at_a_time(places: Places) -> None:
     """Appends committed together in one transaction get the outcomes, events and rows they get one transaction each."""
-    where = tmp_path_factory.mktemp("batch")
-    together = asyncio.run(_outcomes(str(where / "together.db"), appends, True))
-    alone = asyncio.run(_outcomes(str(where / "alone.db"), appends, False))
-    assert together == alone
+    # The fixture's databases serve every example: each is emptied when opened.
+    @settings(database=None, deadline=None, max_examples=_EXAMPLES[places.backend])
+    @given(_APPENDS)
+    # Two appends accepted in one batch: the second is chained after the first.
+    @example([("a", 0, [("define", "x", "r1")]), ("b", 0, [("define", "y", "r1"), ("requested", "y", "r2")])])
+    def check(appends: list[tuple[str, int, list[tuple[str, str, str]]]]) -> None:
+        together = asyncio.run(_outcomes(places, "together", appends, True))
+        alone = asyncio.run(_outcomes(places, "alone", appends, False))
+        assert together == alone
+
+    check()

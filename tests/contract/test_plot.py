@@ -9,7 +9,6 @@ import subprocess
 import sys
 from typing import Any
 
-import pytest
 
 import vmledger
 from vmledger.adapters.simulated import SimulatedHypervisor

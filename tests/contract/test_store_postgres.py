@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Generator, Sequence
 
 import pytest
 
@@ -15,7 +15,7 @@ from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.eventstore.errors import ConcurrencyError, StorageError
 from vmledger.eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveValueObserved
-from vmledger.eventstore.log import Metadata, RecordedEvent, Transaction
+from vmledger.eventstore.log import Metadata, RecordedEvent, Step
 from vmledger.projections.store import TableProjector
 from vmledger.ledger import Ledger
 
@@ -37,7 +37,10 @@ def run(coro: Any) -> Any:
 
 
 class _HoldingProjector(TableProjector):
-    """A projector that keeps the append's transaction open for a while when it touches one stream."""
+    """A projector that keeps the append's transaction open for a while when it touches one stream.
+
+    It holds it on the server, with `pg_sleep` as the batch's last statement.
+    """
 
     def __init__(self, stream: str, seconds: float) -> None:
         super().__init__()
@@ -45,11 +48,28 @@ class _HoldingProjector(TableProjector):
         self.seconds = seconds
         self.holding = asyncio.Event()
 
-    async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
-        await super().project(tx, records)
-        if any(r.stream == self.stream for r in records):
-            self.holding.set()
-            await asyncio.sleep(self.seconds)
+    def batch(self) -> Any:
+        return _HoldingBatch(super().batch(), self)
+
+
+class _HoldingBatch:
+    """A projection batch whose writing ends with a sleep inside the transaction, once it holds the stream."""
+
+    def __init__(self, batch: Any, projector: _HoldingProjector) -> None:
+        self._batch, self._projector, self._held = batch, projector, False
+
+    def load(self, streams: Sequence[str], request_ids: Sequence[str]) -> Generator[Step, Any, None]:
+        yield from self._batch.load(streams, request_ids)
+
+    def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
+        yield from self._batch.add(records)
+        self._held = self._held or any(r.stream == self._projector.stream for r in records)
+
+    def write(self) -> Generator[Step, Any, None]:
+        yield from self._batch.write()
+        if self._held:
+            self._projector.holding.set()
+            yield ("execute", "SELECT pg_sleep(?)", (self._projector.seconds,))
 
 
 @contextlib.asynccontextmanager

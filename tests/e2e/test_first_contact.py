@@ -8,7 +8,6 @@ import pathlib
 import sqlite3
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
@@ -39,7 +39,6 @@ from vmledger.eventstore.events import (
     DeviceDetached,
     DomainStopped,
     DomainUndefined,
-    GuestCapabilitiesObserved,
     LiveValueObserved,
     MediaTrayLocked,
     PersistentValueObserved,
