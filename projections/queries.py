@@ -14,7 +14,8 @@ from vmledger.eventstore.errors import UnknownDomainError
 from vmledger.eventstore.state import DomainState
 from vmledger.projections.model import TABLES, Model, history_from_row, state_from_json
 
-__all__ = ["Reader", "find_domain", "domains_named", "drift_rows", "history_records", "history_record", "domain_view", "list_domains"]
+__all__ = ["Reader", "find_domain", "domains_named", "drift_rows", "history_records", "history_record", "domain_view", "list_domains",
+           "outcome_counts", "episode_rows"]
 
 Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
@@ -153,3 +154,69 @@ def domain_view(state: DomainState) -> dict[str, Any]:
         "locked_trays": sorted(state.locked_trays),
         "pending": sorted(state.pending),
     }
+
+
+def _period(column: str, since: str | None, until: str | None, uuids: list[str] | None,
+            column_of_domain: str) -> tuple[list[str], list[Any]]:
+    """Return the conditions and parameters that keep rows of `uuids` whose `column` (a stored time) is in the period."""
+    where: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        where.append(f"{column} >= ?")
+        params.append(since)
+    if until is not None:
+        where.append(f"{column} <= ?")
+        params.append(until)
+    if uuids is not None:
+        where.append(f"{column_of_domain} IN ({', '.join('?' * len(uuids))})")
+        params.extend(uuids)
+    return where, params
+
+
+async def outcome_counts(fetch_all: Reader, *, since: str | None = None, until: str | None = None,
+                         uuids: list[str] | None = None, principal: str | None = None) -> list[tuple]:
+    """Return `(principal, property, scope, status, reason, count)` of the outcomes of requests made in a period.
+
+    `since` and `until` are stored times (`eventstore.log.timestamp`), both
+    included; the count comes from the `outcomes` table's index, not the log.
+    """
+    where, params = _period("requested_at", since, until, uuids, "domain")
+    if principal is not None:
+        where.append("principal = ?")
+        params.append(principal)
+    rows = await fetch_all(
+        "SELECT principal, property, scope, status, reason, count(*) FROM outcomes"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " GROUP BY principal, property, scope, status, reason", tuple(params))
+    return sorted((tuple(r) for r in rows), key=lambda r: tuple("" if v is None else v for v in r[:5]))
+
+
+async def episode_rows(fetch_all: Reader, *, since: str | None = None, until: str | None = None,
+                       uuids: list[str] | None = None, principal: str | None = None) -> list[dict[str, Any]]:
+    """Return the drift episodes that overlap a period, by start, with the domain's name.
+
+    `since` and `until` are stored times: an episode overlaps when it began
+    at or before `until` and had not ended before `since`.  With
+    `principal`, only episodes whose request that principal made.
+    """
+    cols = TABLES["episodes"][0]
+    where, params = [], []
+    if until is not None:
+        where.append("e.since <= ?")
+        params.append(until)
+    if since is not None:
+        where.append("(e.ended IS NULL OR e.ended >= ?)")
+        params.append(since)
+    if uuids is not None:
+        where.append(f"e.domain IN ({', '.join('?' * len(uuids))})")
+        params.extend(uuids)
+    join = ""
+    if principal is not None:
+        join = " JOIN history h ON h.request_id = e.request_id"
+        where.append("h.principal = ?")
+        params.append(principal)
+    rows = await fetch_all(
+        f"SELECT {', '.join('e.' + c for c in cols)}, m.name FROM episodes e JOIN domains m ON m.uuid = e.domain{join}"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY e.since_position, e.domain, e.property", tuple(params))
+    return [{**dict(zip(cols, r[:-1])), "domain": r[-1]} for r in rows]

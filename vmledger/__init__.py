@@ -25,6 +25,7 @@ from vmledger._checkpoint import Checkpoint
 from vmledger._compose import open
 from vmledger.ledger import Ledger, default_principal
 from vmledger.results import DomainView, DriftRow, Outcome, PropertyRow, PropertyValue, RequestRecord
+from vmledger.results import AuditReport, ConfigDiff, RevertReport
 
 __all__ = [
     "open",
@@ -38,6 +39,9 @@ __all__ = [
     "PropertyRow",
     "DriftRow",
     "PropertyValue",
+    "AuditReport",
+    "ConfigDiff",
+    "RevertReport",
     "VmledgerError",
     "InvalidRequestError",
     "UnknownDomainError",

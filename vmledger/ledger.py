@@ -52,14 +52,15 @@ from vmledger.eventstore.errors import (
 from vmledger.eventstore.events import ChangeOutcome, DomainDefined, DomainStarted, Event, GuestCapabilitiesObserved
 from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Value
 from vmledger.eventstore import transfer
-from vmledger.eventstore.log import Metadata, RecordedEvent
+from vmledger.eventstore.log import Metadata, RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainState, fold
 from vmledger.projections import queries
 from vmledger.projections.model import Model, state_from_json
 from vmledger.projections.store import DuplicateRequestError
 from vmledger.projections.verify import compare, digest, domain_groups, folded_rows, paired_groups
 from vmledger._checkpoint import Checkpoint
-from vmledger.results import DomainView, DriftRow, PropertyValue, RequestRecord
+from vmledger.results import AuditReport, ConfigDiff, DomainView, DriftRow, PropertyValue, RequestRecord, RevertReport
+from vmledger._audit import audit_report, config_changes, revert_plan
 
 __all__ = ["Ledger", "default_principal"]
 
@@ -417,6 +418,7 @@ class Ledger:
         principal: str | None = None,
         reason: str | None = None,
         expected_version: int | None = None,
+        correlation_id: str | None = None,
     ) -> RequestRecord:
         """Request a change and record it with its outcome in every scope concerned.
 
@@ -425,7 +427,9 @@ class Ledger:
         nothing.  `principal` defaults to the user name of the process.
         `expected_version` makes the request a compare-and-set: it is
         recorded only if the domain's stream is at that version when its
-        `…Requested` is appended (HTTP `If-Match`).
+        `…Requested` is appended (HTTP `If-Match`).  `correlation_id` ties
+        the requests of one task together in the events' metadata (by
+        default each request is its own: its id).
 
         Raises:
             InvalidRequestError: the request is malformed, or its id was used for
@@ -440,8 +444,10 @@ class Ledger:
             request_id=self._new_id() if request_id is None else request_id, domain=name,
             property=prop, value=value, scope=scope, principal=principal, reason=reason,
         )
+        if correlation_id is not None:
+            check_request_id(correlation_id)
         meta = Metadata(principal=principal, request_id=request.request_id,
-                        correlation_id=request.request_id)
+                        correlation_id=request.request_id if correlation_id is None else correlation_id)
         for _ in range(_RETRIES):
             # A generated id is new: only a caller's id can have been recorded already.
             if request_id is not None and (seen := await self._seen(request)) is not None:
@@ -640,6 +646,108 @@ class Ledger:
             check_principal(principal)
         return [RequestRecord.from_dict(r) for r in await queries.history_records(
             self.log.fetch_all, uuids=uuids, prop=prop, principal=principal, since=since, until=until)]
+
+    # Audit and replay tools.
+
+    async def audit(self, *, since: datetime | None = None, until: datetime | None = None,
+                    domain: str | None = None, principal: str | None = None) -> AuditReport:
+        """Report a period: outcomes per principal, property and scope, the top reasons, and drift episodes.
+
+        Requests count when they were made within `[since, until]`; drift
+        episodes when they overlap it, each with the time it lies within it,
+        and each domain with the time any of its properties drifted.  Without
+        `until` the period ends now.  `domain` selects every domain that bore
+        the name; `principal` the requests it made and the episodes they caused.
+        The answer comes from the `outcomes` and `episodes` tables, never a replay of the log.
+
+        Raises:
+            UnknownDomainError: no domain ever had the name `domain`.
+            InvalidRequestError: `since` or `until` is not a `datetime`, `until` precedes `since`, or a name is malformed.
+        """
+        for bound in (since, until):
+            if bound is not None and not isinstance(bound, datetime):
+                raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
+        end = self._clock() if until is None else until
+        if since is not None and end < since:
+            raise InvalidRequestError("the period ends before it begins: until precedes since")
+        uuids = None if domain is None else await queries.domains_named(self.log.fetch_all, check_name(domain))
+        if principal is not None:
+            check_principal(principal)
+        first, last = (None if t is None else timestamp(t) for t in (since, until))
+        counts = await queries.outcome_counts(self.log.fetch_all, since=first, until=last, uuids=uuids,
+                                              principal=principal)
+        episodes = await queries.episode_rows(self.log.fetch_all, since=first, until=timestamp(end), uuids=uuids,
+                                              principal=principal)
+        return audit_report(counts, episodes, since=since, until=end, domain=domain, principal=principal)
+
+    async def diff(self, name: str, *, from_position: int | datetime = 0,
+                   to_position: int | datetime | None = None) -> ConfigDiff:
+        """Return how a domain's persistent and live configs changed between two points, event by event.
+
+        Each point is a log position or a time (the last position recorded
+        by then); `to_position` defaults to the head.  `name` is the domain
+        that bore it at `to_position`, defined now or undefined since.
+
+        Raises:
+            UnknownDomainError: no domain had the name at `to_position`.
+            InvalidRequestError: a point is malformed or past the head, or `from_position` is after `to_position`.
+        """
+        start = await self.position_of(from_position)
+        end = await self.log.head() if to_position is None else await self.position_of(to_position)
+        if start > end:
+            raise InvalidRequestError(f"the diff goes backwards: from #{start} to #{end}")
+        uuid = await self._stream_named(name, end)
+        changes = config_changes(await self.log.read_stream(uuid, to_position=end), start)
+        return ConfigDiff(domain=name, from_position=start, to_position=end, changes=tuple(changes))
+
+    async def _stream_named(self, name: str, position: int) -> str:
+        """Return the stream of the domain that bore `name` at `position`: the last defined there or before.
+
+        Raises:
+            UnknownDomainError: none had.
+        """
+        found = None
+        for uuid in await queries.domains_named(self.log.fetch_all, check_name(name)):
+            first = (await self.log.fetch_all("SELECT min(position) FROM events WHERE stream = ?", (uuid,)))[0][0]
+            if first is not None and first <= position:
+                found = uuid
+        if found is None:
+            raise UnknownDomainError(f"unknown domain {name!r} at position {position}")
+        return found
+
+    async def revert(self, name: str, *, to: int | datetime, scope: str = Scope.BOTH.value, dry_run: bool = False,
+                     principal: str | None = None) -> RevertReport:
+        """Bring a domain's config back to what it was at a position or time, with ordinary requests.
+
+        Each request is recorded as `set` records it, with the reason
+        `revert to #POSITION` and one correlation id for them all; its record
+        is in the report.  `scope` `persistent` reverts the persistent config,
+        `both` the live one too (`_audit.revert_plan` says how).  Values that
+        cannot go back (fixed while running, a device gone or new) are listed
+        in `unrevertible`, not requested.  `dry_run` plans and writes nothing.
+
+        Raises:
+            UnknownDomainError: `name` is not a defined domain.
+            InvalidRequestError: the domain did not exist at `to`, `to` is malformed or past the head,
+                or `scope` is neither `persistent` nor `both`.
+        """
+        if scope not in (Scope.PERSISTENT.value, Scope.BOTH.value):
+            raise InvalidRequestError(f"invalid scope {shown(scope)} for revert (use persistent or both)")
+        if not isinstance(dry_run, bool):
+            raise InvalidRequestError(f"dry_run must be true or false, not {shown(dry_run)}")
+        principal = check_principal(_who(principal))
+        position = await self.position_of(to)
+        now = await self._state(name)
+        then = fold(await self.log.read_stream(now.uuid, to_position=position))
+        if then is None:
+            raise InvalidRequestError(f"domain {name!r} did not exist at position {position}")
+        steps, lost = revert_plan(then, now, scope)
+        correlation_id, records = self._new_id(), []
+        for step in [] if dry_run else steps:
+            records.append(await self.set(name, step.property, step.value, scope=step.scope, principal=principal,
+                                          reason=f"revert to #{position}", correlation_id=correlation_id))
+        return RevertReport(domain=name, to_position=position, correlation_id=correlation_id, dry_run=dry_run,
+                            steps=tuple(steps), records=tuple(records), unrevertible=tuple(lost))
 
     def events(self, *, from_position: int = 0, to_position: int | None = None) -> AsyncIterator[RecordedEvent]:
         """Yield recorded events after `from_position`, in order.
