@@ -43,6 +43,7 @@ from vmledger._compose import DEFAULT_DB
 from vmledger.ledger import default_principal
 from vmledger.results import DomainView, DriftRow, RequestRecord
 from vmledger.service import commands as service_commands
+from vmledger import _tools_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -262,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     for s in simsub.choices.values():
         json_flag(s)
     service_commands.add_commands(sub, _Parser)
+    _tools_cli.add_commands(command, default_principal())
     return parser
 
 
@@ -370,7 +372,7 @@ def _event_json(rec: RecordedEvent) -> dict[str, Any]:
 #: Commands that may create the ledger they name; every other command needs one that exists.
 CREATING = frozenset({"init", "define", "adopt", "import", "demo"})
 #: Commands that only read: they need read permission alone, and never create anything.
-READING = frozenset({"list", "show", "get", "drift", "history", "events", "export", "verify"})
+READING = frozenset({"list", "show", "get", "drift", "history", "events", "export", "verify", "audit", "diff"})
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -427,6 +429,8 @@ async def _init(args: argparse.Namespace) -> int:
 async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
     cmd = args.command
     as_json = getattr(args, "json", False)
+    if cmd in _tools_cli.COMMANDS:
+        return await _tools_cli.run_command(ledger, args)
     if cmd == "define":
         cdroms = {}
         for spec in args.cdrom:
