@@ -23,24 +23,25 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser], princip
     """Add `audit`, `diff` and `revert` through the CLI's `command(name, help)`; `principal` is the default one."""
     p = command("audit", "report a period: requests per principal, property and outcome per scope, the top "
                 "refusal and failure reasons, drift episodes and each domain's time in drift")
-    p.add_argument("--since", help="ISO time: the period's start (default: the log's)")
-    p.add_argument("--until", help="ISO time: the period's end (default: now)")
-    p.add_argument("--domain", help="only the domains that bore this name")
-    p.add_argument("--principal", help="only this principal's requests, and the episodes they caused")
+    p.add_argument("--since", metavar="TIME", help="ISO time: the period's start (default: the log's)")
+    p.add_argument("--until", metavar="TIME", help="ISO time: the period's end (default: now)")
+    p.add_argument("--domain", metavar="NAME", help="only the domains that bore this name")
+    p.add_argument("--principal", metavar="WHO", help="only this principal's requests, and the episodes they caused")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default table")
     p.add_argument("--json", action="store_true", help="print JSON, as --format json")
 
     p = command("diff", "list how a domain's persistent and live configs changed between two points, "
                 "each change with the event and request that made it")
     p.add_argument("name")
-    p.add_argument("--from", dest="from_point", required=True, help="a log position or an ISO time")
-    p.add_argument("--to", dest="to_point", help="a log position or an ISO time (default: the head)")
+    p.add_argument("--from", dest="from_point", required=True, metavar="POINT", help="a log position or an ISO time")
+    p.add_argument("--to", dest="to_point", metavar="POINT", help="a log position or an ISO time (default: the head)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command("revert", "bring a domain's config back to what it was at a point, with ordinary requests "
-                "(reason 'revert to #POSITION', one correlation id); exit as set does")
+                "(reason 'revert to #POSITION', one correlation id); list the values that cannot go back; "
+                "exit 3 when a request was not applied exactly or a value could not go back")
     p.add_argument("name")
-    p.add_argument("--to", dest="to_point", required=True, help="a log position or an ISO time")
+    p.add_argument("--to", dest="to_point", required=True, metavar="POINT", help="a log position or an ISO time")
     p.add_argument("--scope", choices=[Scope.PERSISTENT.value, Scope.BOTH.value], default=Scope.BOTH.value,
                    help="default both: the live config too, if the domain runs")
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
