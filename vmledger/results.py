@@ -275,6 +275,11 @@ class DriftEpisode(_Indexable):
     #: Seconds of the episode within the audit's period (up to its end, or the period's while open).
     duration: float
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DriftEpisode":
+        """Return the episode of its JSON shape."""
+        return cls(**{**d, "started": _time(d["started"]), "ended": _time(d["ended"])})
+
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape, times in ISO 8601 text and the duration in seconds."""
         return {"domain": self.domain, "property": self.property, "cause": self.cause,
@@ -313,6 +318,15 @@ class AuditReport(_Indexable):
     episodes: tuple[DriftEpisode, ...]
     #: The time in drift of each domain with an episode in the period, by name.
     drift: tuple[DomainDrift, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AuditReport":
+        """Return the report of its JSON shape."""
+        return cls(since=_time(d["since"]), until=_time(d["until"]), domain=d["domain"], principal=d["principal"],
+                   requests=tuple(OutcomeCount(**r) for r in d["requests"]),
+                   reasons=tuple(ReasonCount(**r) for r in d["reasons"]),
+                   episodes=tuple(DriftEpisode.from_dict(e) for e in d["episodes"]),
+                   drift=tuple(DomainDrift(**x) for x in d["drift"]))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape `audit --format json` prints."""
@@ -354,6 +368,12 @@ class ConfigDiff(_Indexable):
     from_position: int
     to_position: int
     changes: tuple[ConfigChange, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ConfigDiff":
+        """Return the diff of its JSON shape."""
+        return cls(domain=d["domain"], from_position=d["from_position"], to_position=d["to_position"],
+                   changes=tuple(ConfigChange(**{**c, "at": _time(c["at"])}) for c in d["changes"]))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape `diff --json` prints."""
@@ -406,6 +426,14 @@ class RevertReport(_Indexable):
     #: Each request's record, in the order of `steps`; empty on a dry run.
     records: tuple[RequestRecord, ...]
     unrevertible: tuple[Unrevertible, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RevertReport":
+        """Return the report of its JSON shape."""
+        return cls(domain=d["domain"], to_position=d["to_position"], correlation_id=d["correlation_id"],
+                   dry_run=d["dry_run"], steps=tuple(RevertStep(**s) for s in d["steps"]),
+                   records=tuple(RequestRecord.from_dict(r) for r in d["records"]),
+                   unrevertible=tuple(Unrevertible(**u) for u in d["unrevertible"]))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape `revert --json` prints."""
