@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,6 +21,7 @@ from vmledger.eventstore.events import (
 )
 from vmledger.eventstore.log import Metadata
 from vmledger.projections.queries import domain_view
+from tests.contract.test_rules_upgrade import _execute
 
 GiB = 2**30
 T0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
@@ -247,3 +249,33 @@ def test_revert_brings_back_what_can_go_back_and_lists_the_rest(url: str, tmp_pa
         {"property": "vcpus", "persistent": 2, "live": 2, "drift": None}]
     assert now["properties"][0] == {"property": "max_memory", "persistent": 4 * GiB, "live": 8 * GiB,
                                     "drift": "requires_restart"}
+
+
+def test_a_ledger_of_rules_2_gets_its_episodes_and_outcomes_on_open(url: str, tmp_path: Any) -> None:
+    """A ledger written before episodes and outcomes were kept (rules 2) has them rebuilt when a writer opens it, and verifies."""
+    sim = SimulatedHypervisor(str(tmp_path / "sim.json"))
+    asyncio.run(_write_story(url, str(tmp_path / "sim.json")))
+
+    async def rows(ledger: vmledger.Ledger) -> tuple[int, int]:
+        return tuple([(await ledger.log.fetch_all(f"SELECT count(*) FROM {t}"))[0][0] for t in ("episodes", "outcomes")])
+
+    async def downgrade() -> tuple[int, int]:
+        async with vmledger.open(url, hypervisor=sim) as ledger:
+            counted = await rows(ledger)
+            for sql in ("DELETE FROM episodes", "DELETE FROM outcomes",
+                        "UPDATE projection_position SET position = 2 WHERE name = 'rules'"):
+                await _execute(ledger, sql)
+            return counted
+
+    async def reopen() -> tuple[tuple[int, int], tuple[int, int], bool]:
+        async with vmledger.open(url, hypervisor=sim, read_only=True) as ledger:
+            stale = await rows(ledger)
+        async with vmledger.open(url, hypervisor=sim) as ledger:
+            return stale, await rows(ledger), await ledger.verify() == await ledger.log.head()
+
+    written = asyncio.run(downgrade())
+    if not url.startswith("postgres"):
+        with sqlite3.connect(url) as conn:  # the schema stamp of a version before the two tables
+            conn.execute("PRAGMA user_version = 1")
+    # Four episodes; six requests' outcomes: r1, r3 and r6 in two scopes, r2, r4 and r5 in one.
+    assert (written, *asyncio.run(reopen())) == ((4, 9), (0, 0), (4, 9), True)
