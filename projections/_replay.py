@@ -38,7 +38,7 @@ class Replay:
         self.domains: dict[str, DomainFold] = {}
         self.history: dict[str, list[Any]] = {}
         self._completed: list[str] = []  # requests completed since the last `completed()`
-        #: The rows of the drift episodes ended so far: held to the end, as they are few beside the events.
+        #: The rows of the drift episodes ended since the last `completed()`.
         self.ended: list[tuple] = []
         self._folding = self._fold([])
 
@@ -116,7 +116,10 @@ class Replay:
                 done.append(request_id)
 
     def completed(self) -> list[tuple[str, list[tuple]]]:
-        """Return `(table, rows)` of the `history` and `outcomes` rows of the requests completed so far, and forget them."""
+        """Return `(table, rows)` of the requests completed and the drift episodes ended so far, and forget them.
+
+        The tables are `history` and `outcomes`, then `episodes`.
+        """
         records = []
         with _collector_paused():
             for request_id in self._completed:
@@ -126,10 +129,11 @@ class Replay:
                     del self.history[request_id]
             rows = request_rows(records)
         self._completed = []
-        return rows
+        ended, self.ended = self.ended, []
+        return [*rows, ("episodes", ended)]
 
     def rows(self) -> Iterator[tuple[str, list[tuple]]]:
-        """Yield `(table, rows)` for every domain, every drift episode ended and every request still open, in batches."""
+        """Yield `(table, rows)` for every domain, every drift episode ended since `completed()`, and every request still open, in batches."""
         uuids = sorted(self.domains)
         for start in range(0, len(uuids), _ROWS_BATCH):
             batch: dict[str, list[tuple]] = {t: [] for t in TABLES if t not in ("history", "outcomes")}
@@ -139,6 +143,7 @@ class Replay:
                         batch[table].extend(part)
             yield from batch.items()
         yield "episodes", self.ended
+        self.ended = []
         with _collector_paused():
             requests = request_rows(self.history[r] for r in sorted(self.history))
         yield from requests

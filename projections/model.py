@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import attrs
 
-from vmledger.eventstore.catalogue import Outcome
+from vmledger.eventstore.catalogue import Cause, Outcome
 from vmledger.eventstore.codec import dumps, dumps_plain, dumps_value, loads, plain
 from vmledger.eventstore.events import ChangeOutcome, ChangeRequested
 from vmledger.eventstore.log import RecordedEvent, timestamp
@@ -27,7 +27,7 @@ from vmledger.eventstore.state import (
 
 __all__ = ["Model", "TABLES", "state_to_json", "state_from_json", "domain_rows", "history_row", "history_from_row",
            "requested_record", "settle_record", "completed", "record_from_row", "outcome_rows", "request_rows",
-           "ended_episodes", "FORGET_REQUEST"]
+           "ended_episodes", "FORGET_REQUEST", "KEPT_EPISODES"]
 
 #: Projection tables and their columns, in row order; the first `key` columns identify a row.
 TABLES: dict[str, tuple[tuple[str, ...], int]] = {
@@ -45,6 +45,8 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
     "outcomes": (("request_id", "scope", "domain", "property", "principal", "requested_at", "position", "status",
                   "reason"), 2),
 }
+#: The episodes an audit lists: all but the windows between one request's two outcomes, which ended `in_flight`.
+KEPT_EPISODES = f"(cause <> '{Cause.IN_FLIGHT.value}' OR ended IS NULL)"
 #: The statements that take a request's rows out (a late outcome reopens a written request), by request id.
 FORGET_REQUEST = tuple(f"DELETE FROM {table} WHERE request_id = ?" for table in ("history", "outcomes"))
 

@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from vmledger.eventstore.codec import loads
 from vmledger.eventstore.errors import UnknownDomainError
 from vmledger.eventstore.state import DomainState
-from vmledger.projections.model import TABLES, Model, history_from_row, state_from_json
+from vmledger.projections.model import KEPT_EPISODES, TABLES, Model, history_from_row, state_from_json
 
 __all__ = ["Reader", "find_domain", "domains_named", "drift_rows", "history_records", "history_record", "domain_view", "list_domains",
            "outcome_counts", "episode_rows"]
@@ -197,10 +197,14 @@ async def episode_rows(fetch_all: Reader, *, since: str | None = None, until: st
 
     `since` and `until` are stored times: an episode overlaps when it began
     at or before `until` and had not ended before `since`.  With
-    `principal`, only episodes whose request that principal made.
+    `principal`, only episodes whose request that principal made.  An
+    episode that ended while its cause was still `in_flight` is left out: it
+    is the time between one request's two outcomes, a request being carried
+    out (one per request in both scopes), not a difference that stayed.
     """
     cols = TABLES["episodes"][0]
-    where, params = [], []
+    # Written as the index `episodes_kept` says it, so that SQLite reads that index.
+    where, params = [KEPT_EPISODES], []
     if until is not None:
         where.append("e.since <= ?")
         params.append(until)
@@ -217,6 +221,5 @@ async def episode_rows(fetch_all: Reader, *, since: str | None = None, until: st
         params.append(principal)
     rows = await fetch_all(
         f"SELECT {', '.join('e.' + c for c in cols)}, m.name FROM episodes e JOIN domains m ON m.uuid = e.domain{join}"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY e.since_position, e.domain, e.property", tuple(params))
+        + " WHERE " + " AND ".join(where) + " ORDER BY e.since_position, e.domain, e.property", tuple(params))
     return [{**dict(zip(cols, r[:-1])), "domain": r[-1]} for r in rows]

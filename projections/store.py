@@ -19,7 +19,7 @@ from vmledger.eventstore.log import RecordedEvent, Step, SyncTransaction, Transa
 from vmledger.projections._parts import PartRows, fold_in_parts
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import (
-    FORGET_REQUEST, TABLES, Model, domain_rows, outcome_rows, record_from_row, state_from_json,
+    FORGET_REQUEST, KEPT_EPISODES, TABLES, Model, domain_rows, outcome_rows, record_from_row, state_from_json,
 )
 
 __all__ = ["SCHEMA", "RULES", "TableProjector", "SyncBatch", "DuplicateRequestError", "table_rows"]
@@ -51,7 +51,8 @@ SCHEMA: tuple[str, ...] = (
         domain TEXT NOT NULL, property TEXT NOT NULL, since_position BIGINT NOT NULL, cause TEXT NOT NULL,
         request_id TEXT, since TEXT NOT NULL, ended_position BIGINT, ended TEXT,
         PRIMARY KEY (domain, property, since_position))""",
-    "CREATE INDEX IF NOT EXISTS episodes_since ON episodes (since)",
+    # The episodes an audit lists (`queries.episode_rows`): all but the windows between a request's two outcomes.
+    f"CREATE INDEX IF NOT EXISTS episodes_kept ON episodes (since) WHERE {KEPT_EPISODES}",
     """CREATE TABLE IF NOT EXISTS outcomes (
         request_id TEXT NOT NULL, scope TEXT NOT NULL, domain TEXT NOT NULL, property TEXT NOT NULL,
         principal TEXT NOT NULL, requested_at TEXT NOT NULL, position BIGINT NOT NULL, status TEXT NOT NULL,

@@ -76,6 +76,9 @@ EPISODES = (
     "`vmledger audit` lists the episodes that overlap its period, each with the time it lies within the period, "
     "and each domain's **time in drift**: the time within the period in which any of its properties drifted "
     "(the union of its episodes, not their sum).",
+    "It leaves out an episode that ended while its cause was still `in_flight`: the time between one request's "
+    "two outcomes, a request being carried out rather than a difference that stayed (there is one for every "
+    "request in both scopes that changed a value); `drift --as-of` still shows it.",
 )
 
 _STABLE_ENV = {"COLUMNS": "100", "VMLEDGER_DB": None, "VMLEDGER_HYPERVISOR": None, "VMLEDGER_TIMEOUT": None,

@@ -101,7 +101,7 @@ def test_audit_reports_outcomes_reasons_and_drift_episodes_of_a_period(url: str,
     """The whole story, a part of it, one principal and one domain: every count, reason, episode and drift time as counted by hand."""
     positions = asyncio.run(_write_story(url, str(tmp_path / "sim.json")))
     # The memory request's outcomes are the story's 4th step's last two events; the media one's persistent outcome is one before its last.
-    memory_persistent, memory_live, media = positions[10] - 1, positions[10], positions[60] - 1
+    memory_live, media = positions[10], positions[60] - 1
 
     async def audits() -> list[dict[str, Any]]:
         async with vmledger.open(url, hypervisor=SimulatedHypervisor(str(tmp_path / "sim.json"))) as ledger:
@@ -110,8 +110,9 @@ def test_audit_reports_outcomes_reasons_and_drift_episodes_of_a_period(url: str,
                 {"since": T0, "until": _at(300), "principal": "bob"}, {"since": T0, "until": _at(300), "domain": "web"})]
 
     whole, part, bob, web = asyncio.run(audits())
+    # The memory request's persistent outcome made an in-flight difference its live outcome replaced at once: a request
+    # being carried out, which the audit leaves out, while the table keeps it (4 episodes).
     episodes = [
-        _episode("memory", "in_flight", "r1", 10, 10, 0.0, positions, memory_persistent),
         _episode("memory", "partial", "r1", 10, 40, 30.0, positions, memory_live),
         _episode("media:hdc", "refused", "r3", 60, 200, 140.0, positions, media),
         _episode("vcpus", "persistent_only", "r5", 100, 200, 100.0, positions, positions[100]),
@@ -126,7 +127,7 @@ def test_audit_reports_outcomes_reasons_and_drift_episodes_of_a_period(url: str,
             _counts("carol", "memory", "live", in_flight=1), _counts("carol", "memory", "persistent", in_flight=1)],
         "reasons": [{"status": "refused", "reason": r, "count": 1} for r in ("guest_unsupported", "out_of_range", "tray_locked")],
         "episodes": episodes,
-        "drift": [{"domain": "web", "episodes": 4, "seconds": 30.0 + 140.0}],  # 100 s of vcpus lie within media's 140
+        "drift": [{"domain": "web", "episodes": 3, "seconds": 30.0 + 140.0}],  # 100 s of vcpus lie within media's 140
     }
     assert (part["requests"], [(e["property"], e["duration"]) for e in part["episodes"]], part["drift"]) == (
         [_counts("alice", "memory", "persistent", refused=1), _counts("alice", "vcpus", "persistent", applied=1),
@@ -155,13 +156,13 @@ def test_audit_command_prints_the_report_as_json_csv_and_a_table(url: str, tmp_p
     rows = list(csv.reader(io.StringIO(run("--format", "csv")[1])))
     table = run("--domain", "web", "--principal", "bob")[1].splitlines()
     refused = run("--until", "2025-02-01T00:00:00Z")
-    assert (code, len(report["requests"]), report["drift"]) == (0, 8, [{"domain": "web", "episodes": 4, "seconds": 170.0}])
+    assert (code, len(report["requests"]), report["drift"]) == (0, 8, [{"domain": "web", "episodes": 3, "seconds": 170.0}])
     assert ([r for r in rows if r[0] in ("section", "drift")], [r[:4] for r in rows if r[0] == "reasons"]) == (
         [["section", "principal", "property", "scope", "requests", "applied", "partial", "refused", "failed", "in_flight"],
          ["section", "status", "reason", "count"],
          ["section", "domain", "property", "cause", "request_id", "since_position", "started", "ended_position", "ended",
           "duration"],
-         ["section", "domain", "episodes", "seconds"], ["drift", "web", "4", "170.0"]],
+         ["section", "domain", "episodes", "seconds"], ["drift", "web", "3", "170.0"]],
         [["reasons", "refused", "guest_unsupported", "1"], ["reasons", "refused", "out_of_range", "1"],
          ["reasons", "refused", "tray_locked", "1"]])
     assert (table[0], table[-1]) == (

@@ -380,7 +380,7 @@ def _replayed(rows: list[tuple[Any, ...]], size: int, via_record: set[int]) -> t
     `scan` leaves to `record` do); a late outcome gets its written record back.
     Returns the rows, and the domain states after each chunk.
     """
-    replay, written, outcomes, states = Replay(), {}, {}, []
+    replay, written, outcomes, ended, states = Replay(), {}, {}, [], []
     for start in range(0, len(rows), size):
         def decode(chunk: Any, start: int = start) -> list[Any]:
             return [record((*row, "")) if start + i in via_record else item
@@ -394,12 +394,14 @@ def _replayed(rows: list[tuple[Any, ...]], size: int, via_record: set[int]) -> t
         done = dict(replay.completed())
         written.update((row[0], row) for row in done["history"])
         outcomes.update((row[:2], row) for row in done["outcomes"])
+        ended.extend(done["episodes"])
         states.append({u: w.state() for u, w in replay.domains.items()})
     tables: dict[str, list[tuple]] = {t: [] for t in TABLES}
     for table, part in replay.rows():
         tables[table].extend(part)
     tables["history"].extend(written.values())
     tables["outcomes"].extend(outcomes.values())
+    tables["episodes"].extend(ended)
     for table, (_, key) in TABLES.items():
         tables[table].sort(key=lambda row: row[:key])
     return tables, states
