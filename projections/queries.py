@@ -156,23 +156,6 @@ def domain_view(state: DomainState) -> dict[str, Any]:
     }
 
 
-def _period(column: str, since: str | None, until: str | None, uuids: list[str] | None,
-            column_of_domain: str) -> tuple[list[str], list[Any]]:
-    """Return the conditions and parameters that keep rows of `uuids` whose `column` (a stored time) is in the period."""
-    where: list[str] = []
-    params: list[Any] = []
-    if since is not None:
-        where.append(f"{column} >= ?")
-        params.append(since)
-    if until is not None:
-        where.append(f"{column} <= ?")
-        params.append(until)
-    if uuids is not None:
-        where.append(f"{column_of_domain} IN ({', '.join('?' * len(uuids))})")
-        params.extend(uuids)
-    return where, params
-
-
 async def outcome_counts(fetch_all: Reader, *, since: str | None = None, until: str | None = None,
                          uuids: list[str] | None = None, principal: str | None = None) -> list[tuple]:
     """Return `(principal, property, scope, status, reason, count)` of the outcomes of requests made in a period.
@@ -180,10 +163,15 @@ async def outcome_counts(fetch_all: Reader, *, since: str | None = None, until: 
     `since` and `until` are stored times (`eventstore.log.timestamp`), both
     included; the count comes from the `outcomes` table's index, not the log.
     """
-    where, params = _period("requested_at", since, until, uuids, "domain")
-    if principal is not None:
-        where.append("principal = ?")
-        params.append(principal)
+    where: list[str] = []
+    params: list[Any] = []
+    for condition, value in (("requested_at >= ?", since), ("requested_at <= ?", until), ("principal = ?", principal)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    if uuids is not None:
+        where.append(f"domain IN ({', '.join('?' * len(uuids))})")
+        params.extend(uuids)
     rows = await fetch_all(
         "SELECT principal, property, scope, status, reason, count(*) FROM outcomes"
         + (" WHERE " + " AND ".join(where) if where else "")
