@@ -7,7 +7,7 @@ import contextlib
 import getpass
 import logging
 import weakref
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar, cast
 
 from vmledger.adapters.port import Hypervisor
@@ -667,6 +667,8 @@ class Ledger:
         for bound in (since, until):
             if bound is not None and not isinstance(bound, datetime):
                 raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
+        # A time without a zone is UTC, as everywhere in the ledger.
+        since, until = _utc(since), _utc(until)
         end = self._clock() if until is None else until
         if since is not None and end < since:
             raise InvalidRequestError("the period ends before it begins: until precedes since")
@@ -991,6 +993,11 @@ def _awaits(state: DomainState, request: SetRequest, scope: str) -> bool:
     """
     pending = state.pending.get(request.request_id)
     return pending is not None and pending.awaits(scope)
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    """Return `when` with UTC as its zone if it names none (None stays None)."""
+    return when.replace(tzinfo=timezone.utc) if when is not None and when.tzinfo is None else when
 
 
 def _contended(name: str, conflict: ConcurrencyError) -> ConcurrencyError:

@@ -98,7 +98,7 @@ def _episode(prop: str, cause: str, request: str | None, start: int, end: int | 
 
 
 def test_audit_reports_outcomes_reasons_and_drift_episodes_of_a_period(url: str, tmp_path: Any) -> None:
-    """The whole story, a part of it, one principal and one domain: every count, reason, episode and drift time as counted by hand."""
+    """The whole story, a part of it, one principal and one domain: every count, reason, episode and drift time as counted by hand; times without a zone are UTC."""
     positions = asyncio.run(_write_story(url, str(tmp_path / "sim.json")))
     # The memory request's outcomes are the story's 4th step's last two events; the media one's persistent outcome is one before its last.
     memory_live, media = positions[10], positions[60] - 1
@@ -107,9 +107,10 @@ def test_audit_reports_outcomes_reasons_and_drift_episodes_of_a_period(url: str,
         async with vmledger.open(url, hypervisor=SimulatedHypervisor(str(tmp_path / "sim.json"))) as ledger:
             return [(await ledger.audit(**kw)).to_dict() for kw in (
                 {"since": T0, "until": _at(300)}, {"since": _at(20), "until": _at(120)},
-                {"since": T0, "until": _at(300), "principal": "bob"}, {"since": T0, "until": _at(300), "domain": "web"})]
+                {"since": T0, "until": _at(300), "principal": "bob"}, {"since": T0, "until": _at(300), "domain": "web"},
+                {"since": T0.replace(tzinfo=None), "until": _at(300).replace(tzinfo=None)})]
 
-    whole, part, bob, web = asyncio.run(audits())
+    whole, part, bob, web, naive = asyncio.run(audits())
     # The memory request's persistent outcome made an in-flight difference its live outcome replaced at once: a request
     # being carried out, which the audit leaves out, while the table keeps it (4 episodes).
     episodes = [
@@ -135,6 +136,7 @@ def test_audit_reports_outcomes_reasons_and_drift_episodes_of_a_period(url: str,
          _counts("bob", "vcpus", "live", refused=1)],
         [("memory", 20.0), ("media:hdc", 60.0), ("vcpus", 20.0)],
         [{"domain": "web", "episodes": 3, "seconds": 20.0 + 60.0}])
+    assert naive == whole  # a time without a zone is UTC
     assert ([r["principal"] for r in bob["requests"]], [e["request_id"] for e in bob["episodes"]]) == (["bob"] * 3, ["r3"])
     assert (web["requests"][1], web["reasons"], web["episodes"]) == (
         _counts("alice", "memory", "persistent", applied=1), [{"status": "refused", "reason": r, "count": 1} for r in ("guest_unsupported", "tray_locked")], episodes)
