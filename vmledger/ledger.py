@@ -45,6 +45,7 @@ from vmledger.eventstore.errors import (
     ConcurrencyError,
     InvalidRequestError,
     RequestIdReusedError,
+    StorageError,
     UnknownDomainError,
     UnknownPropertyError,
     VmledgerError,
@@ -56,7 +57,7 @@ from vmledger.eventstore.log import Metadata, RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainState, fold
 from vmledger.projections import queries
 from vmledger.projections.model import Model, state_from_json
-from vmledger.projections.store import DuplicateRequestError
+from vmledger.projections.store import RULES, DuplicateRequestError
 from vmledger.projections.verify import compare, digest, domain_groups, folded_rows, paired_groups
 from vmledger._checkpoint import Checkpoint
 from vmledger.results import AuditReport, ConfigDiff, DomainView, DriftRow, PropertyValue, RequestRecord, RevertReport
@@ -675,12 +676,26 @@ class Ledger:
         uuids = None if domain is None else await queries.domains_named(self.log.fetch_all, check_name(domain))
         if principal is not None:
             check_principal(principal)
+        await self._need_rules(RULES, "the audit's tables")
         first, last = (None if t is None else timestamp(t) for t in (since, until))
         counts = await queries.outcome_counts(self.log.fetch_all, since=first, until=last, uuids=uuids,
                                               principal=principal)
         episodes = await queries.episode_rows(self.log.fetch_all, since=first, until=timestamp(end), uuids=uuids,
                                               principal=principal)
         return audit_report(counts, episodes, since=since, until=end, domain=domain, principal=principal)
+
+    async def _need_rules(self, rules: int, what: str) -> None:
+        """Refuse to read projection rows that the rules `rules` brought, when older rules made the stored ones.
+
+        A writer rebuilds such rows when it opens the ledger; a reader cannot.
+
+        Raises:
+            StorageError: older rules made the rows.
+        """
+        found = await self.log.fetch_all("SELECT position FROM projection_position WHERE name = 'rules'")
+        if not found or found[0][0] < rules:
+            raise StorageError(f"this ledger's projections were made by an older vmledger, without {what}: "
+                               "open it once for writing (vmledger rebuild, say) to rebuild them")
 
     async def diff(self, name: str, *, from_position: int | datetime = 0,
                    to_position: int | datetime | None = None) -> ConfigDiff:
