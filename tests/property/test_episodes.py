@@ -54,7 +54,7 @@ def _episodes(tx: _Tx) -> list[tuple]:
     return tx.fetch_all(f"SELECT {cols} FROM episodes ORDER BY domain, property, since_position")
 
 
-@settings(database=None, deadline=None, max_examples=60)
+@settings(database=None, deadline=None, max_examples=40)
 @given(any_logs(), st.lists(st.integers(1, 6), min_size=1, max_size=40))
 def test_episodes_rebuilt_equal_the_incremental_ones_and_sum_to_sampled_drift(
         records: list[RecordedEvent], appends: list[int]) -> None:
