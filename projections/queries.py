@@ -180,8 +180,8 @@ async def outcome_counts(fetch_all: Reader, *, since: str | None = None, until: 
 
 
 async def episode_rows(fetch_all: Reader, *, since: str | None = None, until: str | None = None,
-                       uuids: list[str] | None = None, principal: str | None = None) -> list[dict[str, Any]]:
-    """Return the drift episodes that overlap a period, by start, with the domain's name.
+                       uuids: list[str] | None = None, principal: str | None = None) -> list[tuple]:
+    """Return the rows of the drift episodes that overlap a period, by start, with the domain's name for its uuid.
 
     `since` and `until` are stored times: an episode overlaps when it began
     at or before `until` and had not ended before `since`.  With
@@ -210,4 +210,4 @@ async def episode_rows(fetch_all: Reader, *, since: str | None = None, until: st
     rows = await fetch_all(
         f"SELECT {', '.join('e.' + c for c in cols)}, m.name FROM episodes e JOIN domains m ON m.uuid = e.domain{join}"
         + " WHERE " + " AND ".join(where) + " ORDER BY e.since_position, e.domain, e.property", tuple(params))
-    return [{**dict(zip(cols, r[:-1])), "domain": r[-1]} for r in rows]
+    return [(r[-1], *r[1:-1]) for r in rows]

@@ -27,7 +27,7 @@ _REFUSED_OR_FAILED = (Outcome.REFUSED.status, Outcome.FAILED.status)
 _BOUNDS = ("max_memory", "max_vcpus")
 
 
-def audit_report(counts: Iterable[Sequence[Any]], episodes: Iterable[dict[str, Any]], *, since: datetime | None,
+def audit_report(counts: Iterable[Sequence[Any]], episodes: Iterable[Sequence[Any]], *, since: datetime | None,
                  until: datetime, domain: str | None, principal: str | None) -> AuditReport:
     """Return the audit report of outcome counts (`queries.outcome_counts`) and episode rows (`queries.episode_rows`).
 
@@ -42,15 +42,15 @@ def audit_report(counts: Iterable[Sequence[Any]], episodes: Iterable[dict[str, A
             reasons[status, reason] += count
     found = []
     spans: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
-    for e in episodes:
-        started = datetime.fromisoformat(e["since"])
-        ended = None if e["ended"] is None else datetime.fromisoformat(e["ended"])
+    parse = datetime.fromisoformat
+    for name, prop, since_position, cause, request_id, started_text, ended_position, ended_text in episodes:
+        started = parse(started_text)
+        ended = None if ended_text is None else parse(ended_text)
         lo, hi = max(started, since) if since is not None else started, min(ended or until, until)
         found.append(DriftEpisode(
-            domain=e["domain"], property=e["property"], cause=e["cause"], request_id=e["request_id"],
-            since_position=e["since_position"], started=started, ended_position=e["ended_position"], ended=ended,
-            duration=max((hi - lo).total_seconds(), 0.0)))
-        spans[e["domain"]].append((lo, hi))
+            domain=name, property=prop, cause=cause, request_id=request_id, since_position=since_position,
+            started=started, ended_position=ended_position, ended=ended, duration=max((hi - lo).total_seconds(), 0.0)))
+        spans[name].append((lo, hi))
     return AuditReport(
         since=since, until=until, domain=domain, principal=principal,
         requests=tuple(OutcomeCount(principal=who, property=prop, scope=scope, requests=sum(c.values()),
