@@ -36,7 +36,7 @@ from vmledger.eventstore.events import (
 from vmledger.eventstore.hypervisor import Value
 from vmledger.eventstore.log import RecordedEvent
 
-__all__ = ["Slot", "Mark", "Pending", "DomainState", "DomainFold", "apply", "fold", "drifting",
+__all__ = ["Slot", "Mark", "Pending", "DomainState", "DomainFold", "apply", "fold", "drifting", "drift_marks",
            "concerns_live", "concerns_persistent", "awaiting", "live_cause"]
 
 
@@ -138,6 +138,11 @@ def drifting(state: "DomainState | DomainFold") -> list[tuple[str, Slot, Slot, M
         if p is not None and l is not None and p.value != l.value:
             rows.append((prop, p, l, mark))
     return rows
+
+
+def drift_marks(state: "DomainState | DomainFold") -> dict[str, Mark]:
+    """Return the mark of every property of a running domain whose live value differs, by property."""
+    return {prop: mark for prop, _, _, mark in drifting(state)}
 
 
 # Enum values read once: a member's `.value` costs a descriptor call, and the fold reads them per event.

@@ -39,6 +39,7 @@ from typing import Any, Callable, Generator, Iterator, Protocol
 from vmledger.eventstore.errors import VmledgerError
 from vmledger.eventstore.log import Step
 from vmledger.projections._replay import Replay
+from vmledger.projections.model import FORGET_REQUEST
 
 __all__ = ["PartRows", "part_of", "fold_in_parts", "work"]
 
@@ -109,7 +110,8 @@ def fold_in_parts(rows: PartRows, parts: int, head: int, chunk: int, insert: Cal
                     # The request's row is this part's own only if its domain folds here.
                     if not stored or part_of(stored[0][1], parts) != i:
                         return False
-                    yield ("execute", "DELETE FROM history WHERE request_id = ?", (request_id,))
+                    for forget in FORGET_REQUEST:
+                        yield ("execute", forget, (request_id,))
                     workers[i].send(tuple(stored[0]))
                 elif kind == "unfolded":
                     _log.debug("rebuild: part %d folds in one process instead: %s", i, message[1])
@@ -176,7 +178,9 @@ def work(input_: Connection, output: Connection) -> None:
             while request_id is not None:
                 output.send(("need", request_id))
                 request_id = replay.resume(input_.recv())
-            output.send(("rows", "history", replay.completed(), chunk_rows[-1][0]))
+            done = replay.completed()
+            for n, (table, table_rows) in enumerate(done, start=1):
+                output.send(("rows", table, table_rows, chunk_rows[-1][0] if n == len(done) else None))
         for table, table_rows in replay.rows():
             output.send(("rows", table, table_rows, None))
     except (ValueError, VmledgerError):  # the log's: the parent folds in one process and raises it there

@@ -5,8 +5,9 @@ change events (`…Requested` and the outcomes, nearly all of a log) with
 their fields unboxed, as `projections.scan` decodes them, and every other
 event whole.  The rules are the fold's and the model's own
 (`DomainFold.requested`, `.outcome`, `.step`; `requested_record`,
-`settle_record`; `domain_rows`, `history_row`): this module only decides
-when to call them and when to write a completed request's row out.
+`settle_record`; `domain_rows`, `request_rows`, `ended_episodes`): this
+module only decides when to call them and when to write a completed
+request's rows out.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import gc
 from typing import Any, Callable, Generator, Iterator, Sequence
 
 from vmledger.eventstore.catalogue import Outcome
-from vmledger.eventstore.log import RecordedEvent
-from vmledger.eventstore.state import DomainFold
+from vmledger.eventstore.log import RecordedEvent, timestamp
+from vmledger.eventstore.state import DomainFold, drift_marks
 from vmledger.projections.model import (
-    TABLES, completed, domain_rows, history_row, record_from_row, requested_record, settle_record,
+    TABLES, completed, domain_rows, ended_episodes, record_from_row, request_rows, requested_record, settle_record,
 )
 from vmledger.projections.scan import Change, as_change, scan
 
@@ -37,6 +38,8 @@ class Replay:
         self.domains: dict[str, DomainFold] = {}
         self.history: dict[str, list[Any]] = {}
         self._completed: list[str] = []  # requests completed since the last `completed()`
+        #: The rows of the drift episodes ended since the last `completed()`.
+        self.ended: list[tuple] = []
         self._folding = self._fold([])
 
     def fold(self, rows: Sequence[Sequence[Any]],
@@ -69,13 +72,18 @@ class Replay:
 
     def _fold(self, items: list[Change | RecordedEvent]) -> Generator[str, tuple | None, None]:
         """Fold `items`, yielding the id of a request whose stored history row is needed, to be sent back."""
-        domains, history, done = self.domains, self.history, self._completed
+        domains, history, done, ended = self.domains, self.history, self._completed, self.ended
         for item in items:
             if item.__class__ is not tuple:
                 rec: RecordedEvent = item  # type: ignore[assignment]
                 change = as_change(rec)
                 if change is None:
-                    domains[rec.stream] = DomainFold.folded(domains.get(rec.stream), rec)
+                    w = domains.get(rec.stream)
+                    before = drift_marks(w) if w is not None else None
+                    domains[rec.stream] = w = DomainFold.folded(w, rec)
+                    if before:
+                        ended += ended_episodes(rec.stream, before, drift_marks(w), rec.position,
+                                                timestamp(rec.recorded_at))
                     continue
                 item = change
             (position, stream, version, at, at_text, name, status, request_id, prop, scope,
@@ -95,7 +103,11 @@ class Replay:
                     record = record_from_row(found)
             if w is None:
                 raise ValueError(f"{name} at position {position} precedes DomainDefined")
+            # An outcome moves its property's mark alone; the fold keeps a mark exactly where the values differ.
+            mark = w.marks.get(prop)
             w.outcome(position, version, at, request_id, prop, scope, status, value, reason)
+            if mark is not None and ((now := w.marks.get(prop)) is None or now.position != mark.position):
+                ended += ended_episodes(stream, {prop: mark}, {}, position, at_text)
             if record is None:
                 raise ValueError(f"outcome at position {position} for unknown request {request_id}")
             history[request_id] = record  # this fold's own: settled in place
@@ -103,31 +115,38 @@ class Replay:
             if completed(record):
                 done.append(request_id)
 
-    def completed(self) -> list[tuple]:
-        """Return the history rows of the requests completed so far, and forget them."""
-        rows = []
+    def completed(self) -> list[tuple[str, list[tuple]]]:
+        """Return `(table, rows)` of the requests completed and the drift episodes ended so far, and forget them.
+
+        The tables are `history` and `outcomes`, then `episodes`.
+        """
+        records = []
         with _collector_paused():
             for request_id in self._completed:
                 record = self.history.get(request_id)
                 if record is not None and completed(record):
-                    rows.append(history_row(record))
+                    records.append(record)
                     del self.history[request_id]
+            rows = request_rows(records)
         self._completed = []
-        return rows
+        ended, self.ended = self.ended, []
+        return [*rows, ("episodes", ended)]
 
     def rows(self) -> Iterator[tuple[str, list[tuple]]]:
-        """Yield `(table, rows)` for every domain and every request still open, in batches."""
+        """Yield `(table, rows)` for every domain, every drift episode ended since `completed()`, and every request still open, in batches."""
         uuids = sorted(self.domains)
         for start in range(0, len(uuids), _ROWS_BATCH):
-            batch: dict[str, list[tuple]] = {t: [] for t in TABLES if t != "history"}
+            batch: dict[str, list[tuple]] = {t: [] for t in TABLES if t not in ("history", "outcomes")}
             with _collector_paused():
                 for uuid in uuids[start:start + _ROWS_BATCH]:
                     for table, part in domain_rows(self.domains[uuid]).items():
                         batch[table].extend(part)
             yield from batch.items()
+        yield "episodes", self.ended
+        self.ended = []
         with _collector_paused():
-            history = [history_row(self.history[r]) for r in sorted(self.history)]
-        yield "history", history
+            requests = request_rows(self.history[r] for r in sorted(self.history))
+        yield from requests
 
 
 @contextlib.contextmanager

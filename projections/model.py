@@ -17,16 +17,17 @@ from typing import Any, Iterable
 
 import attrs
 
-from vmledger.eventstore.catalogue import Outcome
+from vmledger.eventstore.catalogue import Cause, Outcome
 from vmledger.eventstore.codec import dumps, dumps_plain, dumps_value, loads, plain
 from vmledger.eventstore.events import ChangeOutcome, ChangeRequested
 from vmledger.eventstore.log import RecordedEvent, timestamp
 from vmledger.eventstore.state import (
-    DomainFold, DomainState, Mark, Pending, Slot, apply, awaiting, drifting,
+    DomainFold, DomainState, Mark, Pending, Slot, apply, awaiting, drifting, drift_marks,
 )
 
 __all__ = ["Model", "TABLES", "state_to_json", "state_from_json", "domain_rows", "history_row", "history_from_row",
-           "requested_record", "settle_record", "completed", "record_from_row"]
+           "requested_record", "settle_record", "completed", "record_from_row", "outcome_rows", "request_rows",
+           "ended_episodes", "FORGET_REQUEST", "KEPT_EPISODES"]
 
 #: Projection tables and their columns, in row order; the first `key` columns identify a row.
 TABLES: dict[str, tuple[tuple[str, ...], int]] = {
@@ -36,7 +37,18 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
     "drift": (("domain", "property", "persistent", "live", "cause", "request_id", "since_position", "since"), 2),
     "history": (("request_id", "domain", "domain_name", "property", "requested", "scope", "principal",
                  "reason", "requested_at", "position", "outcomes", "completed_at"), 1),
+    # A drift episode: one drift row's life, from the event that made the difference to the one that
+    # ended the difference or made another (ended None while the row stands).
+    "episodes": (("domain", "property", "since_position", "cause", "request_id", "since", "ended_position",
+                  "ended"), 3),
+    # A request's outcome in one scope, in plain columns that an audit counts in SQL.
+    "outcomes": (("request_id", "scope", "domain", "property", "principal", "requested_at", "position", "status",
+                  "reason"), 2),
 }
+#: The episodes an audit lists: all but the windows between one request's two outcomes, which ended `in_flight`.
+KEPT_EPISODES = f"(cause <> '{Cause.IN_FLIGHT.value}' OR ended IS NULL)"
+#: The statements that take a request's rows out (a late outcome reopens a written request), by request id.
+FORGET_REQUEST = tuple(f"DELETE FROM {table} WHERE request_id = ?" for table in ("history", "outcomes"))
 
 
 def _iso(t: datetime) -> str:
@@ -119,6 +131,37 @@ def settle_record(record: list[Any], scope: str, status: str, value: Any, reason
     record[_COMPLETED_AT] = completed
 
 
+def outcome_rows(record: list[Any]) -> list[tuple]:
+    """Return the `outcomes` rows of a history record, one per scope, by scope."""
+    return [(record[0], scope, record[1], record[3], record[6], record[8], record[9], o["status"], o["reason"])
+            for scope, o in sorted(record[_OUTCOMES].items())]
+
+
+def request_rows(records: Iterable[list[Any]]) -> list[tuple[str, list[tuple]]]:
+    """Return `(table, rows)` of the `history` and `outcomes` rows of history records."""
+    history, outcomes = [], []
+    for record in records:
+        history.append(history_row(record))
+        outcomes.extend(outcome_rows(record))
+    return [("history", history), ("outcomes", outcomes)]
+
+
+def _episode(uuid: str, prop: str, mark: Mark, ended_position: int | None, ended: str | None) -> tuple:
+    return (uuid, prop, mark.position, mark.cause, mark.request_id, _iso(mark.at), ended_position, ended)
+
+
+def ended_episodes(uuid: str, before: dict[str, Mark], after: dict[str, Mark], position: int,
+                   at_text: str) -> list[tuple]:
+    """Return the rows of the drift episodes an event at `position` ended: the marks of `before` gone from `after`.
+
+    `before` and `after` are the drifting marks (`eventstore.state.drift_marks`)
+    around the event; a mark replaced by one of another event ends its episode
+    too, while one whose cause alone changed (an `in_flight` settled) goes on.
+    """
+    return [_episode(uuid, prop, mark, position, at_text) for prop, mark in sorted(before.items())
+            if (now := after.get(prop)) is None or now.position != mark.position]
+
+
 def completed(record: list[Any]) -> bool:
     """Tell whether a history record has an outcome in every scope."""
     return record[_COMPLETED_AT] is not None
@@ -136,6 +179,7 @@ def domain_rows(s: DomainState | DomainFold, snapshot: str | None = None) -> dic
                  for k, v in sorted(s.live.items())] if s.running else [],
         "drift": [(uuid, prop, dumps_value(p.value), dumps_value(l.value), m.cause, m.request_id,
                    m.position, _iso(m.at)) for prop, p, l, m in drifting(s)],
+        "episodes": [_episode(uuid, prop, m, None, None) for prop, m in sorted(drift_marks(s).items())],
     }
 
 
@@ -159,6 +203,8 @@ class Model:
     states: dict[str, DomainState] = attrs.field(factory=dict)
     history: dict[str, list[Any]] = attrs.field(factory=dict)
     position: int = 0
+    #: The rows of the drift episodes ended so far, in log order.
+    ended: list[tuple] = attrs.field(factory=list)
 
     def feed(self, rec: RecordedEvent) -> None:
         """Apply one record to the domain states and the history.
@@ -169,6 +215,9 @@ class Model:
         before = self.states.get(rec.stream)
         after = apply(before, rec)
         self.states[rec.stream] = after
+        if before is not None and before.marks:
+            self.ended.extend(ended_episodes(rec.stream, drift_marks(before), drift_marks(after), rec.position,
+                                             _iso(rec.recorded_at)))
         self.feed_history(rec, bool(before and before.running), after.name)
         self.position = rec.position
 
@@ -217,7 +266,9 @@ class Model:
         for uuid in sorted(self.states):
             for table, part in self.domain_rows(uuid).items():
                 rows[table].extend(part)
-        rows["history"] = [self.history_row(r) for r in sorted(self.history)]
+        for table, part in request_rows(self.history[r] for r in sorted(self.history)):
+            rows[table] = part
+        rows["episodes"].extend(self.ended)
         for table, (_, key) in TABLES.items():
             rows[table].sort(key=lambda row: row[:key])
         return rows

@@ -12,10 +12,10 @@ from typing import Any, Awaitable, Callable, Iterable
 from vmledger.eventstore.codec import loads
 from vmledger.eventstore.errors import UnknownDomainError
 from vmledger.eventstore.state import DomainState
-from vmledger.projections.model import TABLES, Model, history_from_row, state_from_json
+from vmledger.projections.model import KEPT_EPISODES, TABLES, Model, history_from_row, state_from_json
 
 __all__ = ["Reader", "find_domain", "domains_named", "drift_rows", "history_records", "history_record", "domain_view", "list_domains",
-           "fleet_rows", "power_state"]
+           "fleet_rows", "power_state", "outcome_counts", "episode_rows"]
 
 Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
@@ -174,3 +174,60 @@ def domain_view(state: DomainState) -> dict[str, Any]:
         "locked_trays": sorted(state.locked_trays),
         "pending": sorted(state.pending),
     }
+
+
+async def outcome_counts(fetch_all: Reader, *, since: str | None = None, until: str | None = None,
+                         uuids: list[str] | None = None, principal: str | None = None) -> list[tuple]:
+    """Return `(principal, property, scope, status, reason, count)` of the outcomes of requests made in a period.
+
+    `since` and `until` are stored times (`eventstore.log.timestamp`), both
+    included; the count comes from the `outcomes` table's index, not the log.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    for condition, value in (("requested_at >= ?", since), ("requested_at <= ?", until), ("principal = ?", principal)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    if uuids is not None:
+        where.append(f"domain IN ({', '.join('?' * len(uuids))})")
+        params.extend(uuids)
+    rows = await fetch_all(
+        "SELECT principal, property, scope, status, reason, count(*) FROM outcomes"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " GROUP BY principal, property, scope, status, reason", tuple(params))
+    return sorted((tuple(r) for r in rows), key=lambda r: tuple("" if v is None else v for v in r[:5]))
+
+
+async def episode_rows(fetch_all: Reader, *, since: str | None = None, until: str | None = None,
+                       uuids: list[str] | None = None, principal: str | None = None) -> list[tuple]:
+    """Return the rows of the drift episodes that overlap a period, by start, with the domain's name for its uuid.
+
+    `since` and `until` are stored times: an episode overlaps when it began
+    at or before `until` and had not ended before `since`.  With
+    `principal`, only episodes whose request that principal made.  An
+    episode that ended while its cause was still `in_flight` is left out: it
+    is the time between one request's two outcomes, a request being carried
+    out (one per request in both scopes), not a difference that stayed.
+    """
+    cols = TABLES["episodes"][0]
+    # Written as the index `episodes_kept` says it, so that SQLite reads that index.
+    where, params = [KEPT_EPISODES], []
+    if until is not None:
+        where.append("e.since <= ?")
+        params.append(until)
+    if since is not None:
+        where.append("(e.ended IS NULL OR e.ended >= ?)")
+        params.append(since)
+    if uuids is not None:
+        where.append(f"e.domain IN ({', '.join('?' * len(uuids))})")
+        params.extend(uuids)
+    join = ""
+    if principal is not None:
+        join = " JOIN history h ON h.request_id = e.request_id"
+        where.append("h.principal = ?")
+        params.append(principal)
+    rows = await fetch_all(
+        f"SELECT {', '.join('e.' + c for c in cols)}, m.name FROM episodes e JOIN domains m ON m.uuid = e.domain{join}"
+        + " WHERE " + " AND ".join(where) + " ORDER BY e.since_position, e.domain, e.property", tuple(params))
+    return [(r[-1], *r[1:-1]) for r in rows]

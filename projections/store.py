@@ -18,7 +18,9 @@ from vmledger.eventstore.backends.common import CHUNK, SCAN_COLUMNS
 from vmledger.eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from vmledger.projections._parts import PartRows, fold_in_parts
 from vmledger.projections._replay import Replay
-from vmledger.projections.model import TABLES, Model, domain_rows, record_from_row, state_from_json
+from vmledger.projections.model import (
+    FORGET_REQUEST, KEPT_EPISODES, TABLES, Model, domain_rows, outcome_rows, record_from_row, state_from_json,
+)
 
 __all__ = ["SCHEMA", "RULES", "TableProjector", "DuplicateRequestError", "table_rows"]
 
@@ -47,6 +49,19 @@ SCHEMA: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS history_position ON history (position)",
     # The console's fleet asks each domain's latest request: one probe a domain, not a scan of the history.
     "CREATE INDEX IF NOT EXISTS history_latest ON history (domain, position)",
+    """CREATE TABLE IF NOT EXISTS episodes (
+        domain TEXT NOT NULL, property TEXT NOT NULL, since_position BIGINT NOT NULL, cause TEXT NOT NULL,
+        request_id TEXT, since TEXT NOT NULL, ended_position BIGINT, ended TEXT,
+        PRIMARY KEY (domain, property, since_position))""",
+    # The episodes an audit lists (`queries.episode_rows`): all but the windows between a request's two outcomes.
+    f"CREATE INDEX IF NOT EXISTS episodes_kept ON episodes (since) WHERE {KEPT_EPISODES}",
+    """CREATE TABLE IF NOT EXISTS outcomes (
+        request_id TEXT NOT NULL, scope TEXT NOT NULL, domain TEXT NOT NULL, property TEXT NOT NULL,
+        principal TEXT NOT NULL, requested_at TEXT NOT NULL, position BIGINT NOT NULL, status TEXT NOT NULL,
+        reason TEXT, PRIMARY KEY (request_id, scope))""",
+    # An audit counts outcomes by these columns over a time range: a scan of this index alone, in group order.
+    "CREATE INDEX IF NOT EXISTS outcomes_tally ON outcomes (principal, property, scope, status, reason, requested_at)",
+    "CREATE INDEX IF NOT EXISTS outcomes_domain ON outcomes (domain, requested_at, request_id, scope)",
     """CREATE TABLE IF NOT EXISTS projection_position (
         name TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
 )
@@ -123,8 +138,9 @@ def _cpus() -> int:
 
 
 #: The version of the fold's rules the projection rows are made by.  Rows an older version made (2:
-#: the drift rule of issue 13, persistent_only) are rebuilt when a writer next opens the ledger.
-RULES = 2
+#: the drift rule of issue 13, persistent_only; 3: the episodes and outcomes tables of issue 17) are
+#: rebuilt when a writer next opens the ledger.
+RULES = 3
 _RULES_ROW = "SELECT position FROM projection_position WHERE name = 'rules'"
 _SET_RULES = ("INSERT INTO projection_position (name, position) VALUES ('rules', ?) "
               "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
@@ -247,12 +263,13 @@ class TableProjector:
                 # A late outcome of a request already written: take its row back.
                 stored = yield ("fetch_all", _HISTORY_BY_ID, (request_id,))
                 if stored:
-                    yield ("execute", "DELETE FROM history WHERE request_id = ?", (request_id,))
+                    for forget in FORGET_REQUEST:
+                        yield ("execute", forget, (request_id,))
                 request_id = replay.resume(tuple(stored[0]) if stored else None)
             last = rows[-1][0] if rows else head
-            done = replay.completed()
-            if done:
-                yield ("execute_many", _insert("history"), done)
+            for table, done in replay.completed():
+                if done:
+                    yield ("execute_many", _insert(table), done)
             if progress is not None:
                 progress(last, head)
         for table, part in replay.rows():
@@ -302,7 +319,7 @@ class _Batch:
         states = {r.stream: model.states.get(r.stream) for r in records}
         ids = set(_request_ids(records))
         history = {i: model.history.get(i) for i in ids}
-        position = model.position
+        position, ended = model.position, len(model.ended)
         try:
             for rec in records:
                 e = rec.event
@@ -324,6 +341,7 @@ class _Batch:
                     else:
                         into[key] = value  # type: ignore[assignment]
             model.position = position
+            del model.ended[ended:]
             raise
         self._streams.update(states)
         self._requests.update(ids)
@@ -342,8 +360,12 @@ class _Batch:
             for table, part in rows.items():
                 _diff(table, before.get(uuid, {}).get(table, ()), part, gone, changed)
         wanted = sorted(self._requests)
-        _diff("history", [self._stored_history[r] for r in wanted if r in self._stored_history],
-              [model.history_row(r) for r in wanted if r in model.history], gone, changed)
+        stored = [self._stored_history[r] for r in wanted if r in self._stored_history]
+        _diff("history", stored, [model.history_row(r) for r in wanted if r in model.history], gone, changed)
+        _diff("outcomes", [row for h in stored for row in outcome_rows(record_from_row(h))],
+              [row for r in wanted if r in model.history for row in outcome_rows(model.history[r])], gone, changed)
+        # An episode that ended was open in the rows read, or began in this batch: its row, with its end.
+        changed["episodes"].extend(model.ended)
         # Undefined domains first: a name is unique among defined ones at every row written.
         changed["domains"].sort(key=lambda row: row[3])
         for table, keys in gone.items():

@@ -25,7 +25,7 @@ from vmledger.eventstore.backends.common import CHUNK
 from vmledger.eventstore.codec import dumps
 from vmledger.eventstore.errors import ChainBrokenError
 from vmledger.projections._replay import Replay
-from vmledger.projections.model import TABLES
+from vmledger.projections.model import FORGET_REQUEST, TABLES
 from vmledger.projections.store import SCHEMA
 
 __all__ = ["Reader", "folded_rows", "domain_groups", "paired_groups", "compare", "digest"]
@@ -34,14 +34,16 @@ Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 #: Rows read per query, per table.
 PAGE = 2000
 # Each table's reading order: the column naming the domain first, then columns that make the order
-# total and that an index serves (history's key, the request id, comes last: a domain's history
-# rows are put in key order in memory, where one domain's rows are).
+# total and that an index serves (history's key, the request id, and outcomes', come after other
+# columns: a domain's rows are put in key order in memory, where one domain's rows are).
 _ORDER = {
     "domains": ("uuid",),
     "persistent": ("domain", "property"),
     "live": ("domain", "property"),
     "drift": ("domain", "property"),
     "history": ("domain", "property", "position", "request_id"),
+    "episodes": ("domain", "property", "since_position"),
+    "outcomes": ("domain", "requested_at", "request_id", "scope"),
 }
 _INSERT = {table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
            for table, (cols, _) in TABLES.items()}
@@ -72,9 +74,11 @@ async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK) ->
                 while request_id is not None:  # a late outcome of a completed request: its row back
                     found = await db.execute_fetchall(_HISTORY_BY_ID, (request_id,))
                     if found:
-                        await db.execute("DELETE FROM history WHERE request_id = ?", (request_id,))
+                        for forget in FORGET_REQUEST:
+                            await db.execute(forget, (request_id,))
                     request_id = replay.resume(tuple(found[0]) if found else None)
-                await db.executemany(_INSERT["history"], replay.completed())
+                for table, done in replay.completed():
+                    await db.executemany(_INSERT[table], done)
                 part.clear()
 
             async for row in rows:
@@ -146,7 +150,8 @@ async def domain_groups(fetch_all: Reader) -> AsyncIterator[tuple[str, Group]]:
             return
         uuid = min(found)
         group = {table: await t.take(uuid) for table, t in tables.items()}
-        group["history"].sort(key=lambda row: row[0])
+        for table in ("history", "outcomes"):
+            group[table].sort(key=lambda row, key=TABLES[table][1]: row[:key])
         yield uuid, group
 
 

@@ -26,7 +26,9 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    figure is the child's peak RSS plus that many times its largest worker's;
    then `verify` over the same log, and a checkpoint since the one it made,
    timed in another child with its peak RSS (verify's own scratch fold runs
-   in that process);
+   in that process); then `audit` of the month the log spans (it was built
+   in bulk at one append a second from 2024-01-01), from the indexed
+   `outcomes` and `episodes` tables, the median of at least 3 calls;
 4. `open`, `drift`, `show NAME` and `get NAME memory` on one fleet of
    `--read-domains` domains whose log holds `--small-events` events, and on a
    copy of it grown to `--events`, the two measured call for call in turn:
@@ -569,12 +571,32 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
         table.note("  verify --checkpoint since that verify", f"{verified['checkpoint']:.1f}", "s",
                    "no new events: the chain from the checkpoint on, every domain's rows against its digest")
         results.update(verify_rss=verified["rss"])
+        await bench_audit(big, args, table, results)
         rates = []
         for r in range(args.repeat):
             progress(f"raw scan + orjson decode: run {r + 1}/{args.repeat}")
             rates.append(await asyncio.to_thread(raw_scan_decode, big))
         table.add(f"raw scan + orjson decode, {args.events:,} events", rates, "events/s")
         results["raw_scan"] = statistics.median(rates)
+
+
+async def bench_audit(path: str, args: argparse.Namespace, table: Table, results: dict[str, float]) -> None:
+    """Time `audit` over January 2024, the month the bulk-built log at `path` spans, and over one domain of it."""
+    month = {"since": datetime(2024, 1, 1, tzinfo=timezone.utc), "until": datetime(2024, 2, 1, tzinfo=timezone.utc)}
+    async with bulk_open(path) as ledger:
+        for label, kwargs in (("audit of a month", {}), ("  the same, one domain", {"domain": "dom00000"})):
+            runs = []
+            for r in range(max(args.repeat, 3)):
+                progress(f"{label.strip()}: run {r + 1}")
+                start = time.perf_counter()
+                report = await ledger.audit(**month, **kwargs)
+                runs.append(time.perf_counter() - start)
+            requests = sum(c.requests for c in report.requests if c.scope == "persistent")
+            table.add(f"{label}, {args.events:,} events", [1 / t for t in runs], "reports/s",
+                      f"{statistics.median(runs) * 1000:.0f} ms; requests: {requests:,}, drift episodes: "
+                      f"{len(report.episodes):,}")
+            if not kwargs:
+                results.update(audit=statistics.median(runs), audit_limit=1.0)
 
 
 async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str, float]) -> None:
@@ -872,6 +894,7 @@ def print_targets(results: dict[str, float]) -> None:
     target("3. rebuild events/s vs raw scan + orjson decode", "rebuild", "raw_scan", 0.33)
     target("3. rebuild peak RSS MiB vs 256 MiB", "rebuild_rss", "rss_limit", 1.0, at_most=True)
     target("3. verify peak RSS MiB vs 256 MiB", "verify_rss", "rss_limit", 1.0, at_most=True)
+    target("3. audit of a month, seconds vs 1 s", "audit", "audit_limit", 1.0, at_most=True)
     for key in ("open", "drift", "show", "get"):
         target(f"4. {key} at the big log vs at the small log (s)", f"big_{key}", f"small_{key}", 1.2, at_most=True)
     results["console_limit"] = 0.1

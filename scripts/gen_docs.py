@@ -67,6 +67,20 @@ DRIFT_RULE = (
     "Rows that an older version of these rules made are rebuilt when a writer next opens the ledger.",
 )
 
+EPISODES = (
+    "A **drift episode** is the life of one drift row: it begins at the row's `since_position` and ends at the "
+    "event that removes the row, or that becomes the row's new `since` (an `in_flight` row that gets its cause "
+    "goes on, as its `since` stays).",
+    "The projector keeps the episodes in a table of their own, in the transaction of each append, and `rebuild` "
+    "and `verify` make them with the same fold.",
+    "`vmledger audit` lists the episodes that overlap its period, each with the time it lies within the period, "
+    "and each domain's **time in drift**: the time within the period in which any of its properties drifted "
+    "(the union of its episodes, not their sum).",
+    "It leaves out an episode that ended while its cause was still `in_flight`: the time between one request's "
+    "two outcomes, a request being carried out rather than a difference that stayed (there is one for every "
+    "request in both scopes that changed a value); `drift --as-of` still shows it.",
+)
+
 _STABLE_ENV = {"COLUMNS": "100", "VMLEDGER_DB": None, "VMLEDGER_HYPERVISOR": None, "VMLEDGER_TIMEOUT": None,
                "VMLEDGER_URL": None}
 
@@ -129,6 +143,7 @@ def render() -> str:
     lines += [f"| `{r.value}` | {REASONS[r]} |" for r in Reason]
     lines += ["", "## Drift", "", *DRIFT_RULE, "", "### Drift causes", "", "| cause | meaning |", "|---|---|"]
     lines += [f"| `{c.value}` | {CAUSES[c]} |" for c in Cause]
+    lines += ["", "### Drift episodes", "", *EPISODES]
     lines += ["", "## Command line", ""]
     parser = build_parser()
     commands = [a for a in parser._subparsers._group_actions[0].choices]  # type: ignore[union-attr]

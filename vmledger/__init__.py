@@ -27,6 +27,7 @@ from vmledger._compose import open
 from vmledger.ledger import Ledger, default_principal
 from vmledger.replay import Projection
 from vmledger.results import DomainView, DriftRow, Outcome, PropertyRow, PropertyValue, RequestRecord
+from vmledger.results import AuditReport, ConfigDiff, RevertReport
 
 __all__ = [
     "open",
@@ -41,6 +42,9 @@ __all__ = [
     "PropertyRow",
     "DriftRow",
     "PropertyValue",
+    "AuditReport",
+    "ConfigDiff",
+    "RevertReport",
     "VmledgerError",
     "InvalidRequestError",
     "UnknownDomainError",

@@ -46,6 +46,7 @@ from vmledger.ledger import default_principal
 from vmledger.results import DomainView, DriftRow, RequestRecord
 from vmledger.service import commands as service_commands
 from vmledger import _tool_commands as tool_commands
+from vmledger import _tools_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         json_flag(s)
     tool_commands.add_commands(sub)
     service_commands.add_commands(sub, _Parser)
+    _tools_cli.add_commands(command, default_principal())
     return parser
 
 
@@ -383,7 +385,8 @@ def _event_json(rec: RecordedEvent) -> dict[str, Any]:
 #: Commands that may create the ledger they name; every other command needs one that exists.
 CREATING = frozenset({"init", "define", "adopt", "import", "demo"})
 #: Commands that only read: they need read permission alone, and never create anything.
-READING = frozenset({"list", "show", "get", "drift", "history", "events", "export", "verify", "plot"})
+READING = frozenset({"list", "show", "get", "drift", "history", "events", "export", "verify", "plot", "audit",
+                     "diff"})
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -442,6 +445,8 @@ async def _init(args: argparse.Namespace) -> int:
 async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
     cmd = args.command
     as_json = getattr(args, "json", False)
+    if cmd in _tools_cli.COMMANDS:
+        return await _tools_cli.run_command(ledger, args)
     if cmd == "define":
         cdroms = {}
         for spec in args.cdrom:

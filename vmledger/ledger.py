@@ -47,6 +47,7 @@ from vmledger.eventstore.errors import (
     ConcurrencyError,
     InvalidRequestError,
     RequestIdReusedError,
+    StorageError,
     UnknownDomainError,
     UnknownPropertyError,
     VmledgerError,
@@ -56,15 +57,16 @@ from vmledger.eventstore.events import (
 )
 from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Value
 from vmledger.eventstore import transfer
-from vmledger.eventstore.log import EventFilter, Metadata, RecordedEvent
+from vmledger.eventstore.log import EventFilter, Metadata, RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainState, fold
 from vmledger.projections import queries
 from vmledger.projections.model import Model, state_from_json
-from vmledger.projections.store import DuplicateRequestError
+from vmledger.projections.store import RULES, DuplicateRequestError
 from vmledger.projections.verify import compare, digest, domain_groups, folded_rows, paired_groups
 from vmledger._checkpoint import Checkpoint
 from vmledger.replay import Replaying
-from vmledger.results import DomainView, DriftRow, PropertyValue, RequestRecord
+from vmledger.results import AuditReport, ConfigDiff, DomainView, DriftRow, PropertyValue, RequestRecord, RevertReport
+from vmledger._audit import audit_report, config_changes, revert_plan
 
 __all__ = ["Ledger", "default_principal"]
 
@@ -429,6 +431,7 @@ class Ledger(Replaying):
         principal: str | None = None,
         reason: str | None = None,
         expected_version: int | None = None,
+        correlation_id: str | None = None,
     ) -> RequestRecord:
         """Request a change and record it with its outcome in every scope concerned.
 
@@ -437,7 +440,9 @@ class Ledger(Replaying):
         nothing.  `principal` defaults to the user name of the process.
         `expected_version` makes the request a compare-and-set: it is
         recorded only if the domain's stream is at that version when its
-        `…Requested` is appended (HTTP `If-Match`).
+        `…Requested` is appended (HTTP `If-Match`).  `correlation_id` ties
+        the requests of one task together in the events' metadata (by
+        default each request is its own: its id).
 
         Raises:
             InvalidRequestError: the request is malformed, or its id was used for
@@ -452,8 +457,10 @@ class Ledger(Replaying):
             request_id=self._new_id() if request_id is None else request_id, domain=name,
             property=prop, value=value, scope=scope, principal=principal, reason=reason,
         )
+        if correlation_id is not None:
+            check_request_id(correlation_id)
         meta = Metadata(principal=principal, request_id=request.request_id,
-                        correlation_id=request.request_id)
+                        correlation_id=request.request_id if correlation_id is None else correlation_id)
         for _ in range(_RETRIES):
             # A generated id is new: only a caller's id can have been recorded already.
             if request_id is not None and (seen := await self._seen(request)) is not None:
@@ -652,6 +659,124 @@ class Ledger(Replaying):
             check_principal(principal)
         return [RequestRecord.from_dict(r) for r in await queries.history_records(
             self.log.fetch_all, uuids=uuids, prop=prop, principal=principal, since=since, until=until)]
+
+    # Audit and replay tools.
+
+    async def audit(self, *, since: datetime | None = None, until: datetime | None = None,
+                    domain: str | None = None, principal: str | None = None) -> AuditReport:
+        """Report a period: outcomes per principal, property and scope, the top reasons, and drift episodes.
+
+        Requests count when they were made within `[since, until]`; drift
+        episodes when they overlap it, each with the time it lies within it,
+        and each domain with the time any of its properties drifted.  Without
+        `until` the period ends now.  `domain` selects every domain that bore
+        the name; `principal` the requests it made and the episodes they caused.
+        The answer comes from the `outcomes` and `episodes` tables, never a replay of the log.
+
+        Raises:
+            UnknownDomainError: no domain ever had the name `domain`.
+            InvalidRequestError: `since` or `until` is not a `datetime`, `until` precedes `since`, or a name is malformed.
+        """
+        for bound in (since, until):
+            if bound is not None and not isinstance(bound, datetime):
+                raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
+        # A time without a zone is UTC, as everywhere in the ledger.
+        since, until = _utc(since), _utc(until)
+        end = self._clock() if until is None else until
+        if since is not None and end < since:
+            raise InvalidRequestError("the period ends before it begins: until precedes since")
+        uuids = None if domain is None else await queries.domains_named(self.log.fetch_all, check_name(domain))
+        if principal is not None:
+            check_principal(principal)
+        await self._need_rules(RULES, "the audit's tables")
+        first, last = (None if t is None else timestamp(t) for t in (since, until))
+        counts = await queries.outcome_counts(self.log.fetch_all, since=first, until=last, uuids=uuids,
+                                              principal=principal)
+        episodes = await queries.episode_rows(self.log.fetch_all, since=first, until=timestamp(end), uuids=uuids,
+                                              principal=principal)
+        return audit_report(counts, episodes, since=since, until=end, domain=domain, principal=principal)
+
+    async def _need_rules(self, rules: int, what: str) -> None:
+        """Refuse to read projection rows that the rules `rules` brought, when older rules made the stored ones.
+
+        A writer rebuilds such rows when it opens the ledger; a reader cannot.
+
+        Raises:
+            StorageError: older rules made the rows.
+        """
+        found = await self.log.fetch_all("SELECT position FROM projection_position WHERE name = 'rules'")
+        if not found or found[0][0] < rules:
+            raise StorageError(f"this ledger's projections were made by an older vmledger, without {what}: "
+                               "open it once for writing (vmledger rebuild, say) to rebuild them")
+
+    async def diff(self, name: str, *, from_position: int | datetime = 0,
+                   to_position: int | datetime | None = None) -> ConfigDiff:
+        """Return how a domain's persistent and live configs changed between two points, event by event.
+
+        Each point is a log position or a time (the last position recorded
+        by then); `to_position` defaults to the head.  `name` is the domain
+        that bore it at `to_position`, defined now or undefined since.
+
+        Raises:
+            UnknownDomainError: no domain had the name at `to_position`.
+            InvalidRequestError: a point is malformed or past the head, or `from_position` is after `to_position`.
+        """
+        start = await self.position_of(from_position)
+        end = await self.log.head() if to_position is None else await self.position_of(to_position)
+        if start > end:
+            raise InvalidRequestError(f"the diff goes backwards: from #{start} to #{end}")
+        uuid = await self._stream_named(name, end)
+        changes = config_changes(await self.log.read_stream(uuid, to_position=end), start)
+        return ConfigDiff(domain=name, from_position=start, to_position=end, changes=tuple(changes))
+
+    async def _stream_named(self, name: str, position: int) -> str:
+        """Return the stream of the domain that bore `name` at `position`: the last defined there or before.
+
+        Raises:
+            UnknownDomainError: none had.
+        """
+        found = None
+        for uuid in await queries.domains_named(self.log.fetch_all, check_name(name)):
+            first = (await self.log.fetch_all("SELECT min(position) FROM events WHERE stream = ?", (uuid,)))[0][0]
+            if first is not None and first <= position:
+                found = uuid
+        if found is None:
+            raise UnknownDomainError(f"unknown domain {name!r} at position {position}")
+        return found
+
+    async def revert(self, name: str, *, to: int | datetime, scope: str = Scope.BOTH.value, dry_run: bool = False,
+                     principal: str | None = None) -> RevertReport:
+        """Bring a domain's config back to what it was at a position or time, with ordinary requests.
+
+        Each request is recorded as `set` records it, with the reason
+        `revert to #POSITION` and one correlation id for them all; its record
+        is in the report.  `scope` `persistent` reverts the persistent config,
+        `both` the live one too (`_audit.revert_plan` says how).  Values that
+        cannot go back (fixed while running, a device gone or new) are listed
+        in `unrevertible`, not requested.  `dry_run` plans and writes nothing.
+
+        Raises:
+            UnknownDomainError: `name` is not a defined domain.
+            InvalidRequestError: the domain did not exist at `to`, `to` is malformed or past the head,
+                or `scope` is neither `persistent` nor `both`.
+        """
+        if scope not in (Scope.PERSISTENT.value, Scope.BOTH.value):
+            raise InvalidRequestError(f"invalid scope {shown(scope)} for revert (use persistent or both)")
+        if not isinstance(dry_run, bool):
+            raise InvalidRequestError(f"dry_run must be true or false, not {shown(dry_run)}")
+        principal = check_principal(_who(principal))
+        position = await self.position_of(to)
+        now = await self._state(name)
+        then = fold(await self.log.read_stream(now.uuid, to_position=position))
+        if then is None:
+            raise InvalidRequestError(f"domain {name!r} did not exist at position {position}")
+        steps, lost = revert_plan(then, now, scope)
+        correlation_id, records = self._new_id(), []
+        for step in [] if dry_run else steps:
+            records.append(await self.set(name, step.property, step.value, scope=step.scope, principal=principal,
+                                          reason=f"revert to #{position}", correlation_id=correlation_id))
+        return RevertReport(domain=name, to_position=position, correlation_id=correlation_id, dry_run=dry_run,
+                            steps=tuple(steps), records=tuple(records), unrevertible=tuple(lost))
 
     def events(self, *, from_position: int = 0, to_position: int | None = None, domain: str | None = None,
                types: str | Iterable[str] | None = None, since: datetime | None = None,
@@ -936,6 +1061,11 @@ def _awaits(state: DomainState, request: SetRequest, scope: str) -> bool:
     return pending is not None and pending.awaits(scope)
 
 
+def _utc(when: datetime | None) -> datetime | None:
+    """Return `when` with UTC as its zone if it names none (None stays None)."""
+    return when.replace(tzinfo=timezone.utc) if when is not None and when.tzinfo is None else when
+
+
 def _event_filter(*, types: str | Iterable[str] | None = None, since: datetime | None = None,
                   until: datetime | None = None) -> EventFilter:
     """Return the filter of event types and a period that a caller names, checked.
@@ -947,8 +1077,7 @@ def _event_filter(*, types: str | Iterable[str] | None = None, since: datetime |
         if bound is not None and not isinstance(bound, datetime):
             raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
     # A naive time is UTC, as the log stores it; made aware here so that it compares with recorded times.
-    since, until = (t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
-                    for t in (since, until))
+    since, until = _utc(since), _utc(until)
     if types is None:
         return EventFilter(since=since, until=until)
     names = (types,) if isinstance(types, str) else tuple(types) if isinstance(types, (list, tuple)) else None

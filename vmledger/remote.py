@@ -26,7 +26,7 @@ from vmledger.eventstore.log import RecordedEvent
 from vmledger._checkpoint import Checkpoint
 from vmledger._wire import REPLAYED_HEADER, error_from_problem, event_from_json
 from vmledger.replay import Replaying
-from vmledger.results import DomainView, DriftRow, PropertyValue, RequestRecord
+from vmledger.results import AuditReport, ConfigDiff, DomainView, DriftRow, PropertyValue, RequestRecord, RevertReport
 
 __all__ = ["connect", "RemoteLedger", "RemoteSimulator"]
 
@@ -39,6 +39,11 @@ def _q(text: str) -> str:
     if not isinstance(text, str):
         raise InvalidRequestError(f"expected text, not {type(text).__name__}")
     return urllib.parse.quote(text, safe="")
+
+
+def _point(point: int | datetime | None) -> int | str | None:
+    """Return a position or time as the API takes it: a position as is, a time in ISO 8601."""
+    return point.isoformat() if isinstance(point, datetime) else point
 
 
 class RemoteLedger(Replaying):
@@ -155,7 +160,7 @@ class RemoteLedger(Replaying):
 
     async def drift(self, name: str | None = None, *, as_of: int | datetime | None = None) -> list[DriftRow]:
         """Return where live differs from persistent, now or as of a position or time."""
-        shown = as_of.isoformat() if isinstance(as_of, datetime) else as_of
+        shown = _point(as_of)
         return [DriftRow.from_dict(d) for d in await self._json("GET", "/v1/drift",
                                                                  params={"domain": name, "as_of": shown})]
 
@@ -166,6 +171,25 @@ class RemoteLedger(Replaying):
                   "since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
                   "limit": 1000}
         return [RequestRecord.from_dict(r) for r in await self._pages("/v1/history", params)]
+
+    async def audit(self, *, since: datetime | None = None, until: datetime | None = None,
+                    domain: str | None = None, principal: str | None = None) -> AuditReport:
+        """Report a period: outcomes, the top reasons, drift episodes and time in drift."""
+        params = {"since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
+                  "domain": domain, "principal": principal}
+        return AuditReport.from_dict(await self._json("GET", "/v1/audit", params=params))
+
+    async def diff(self, name: str, *, from_position: int | datetime = 0,
+                   to_position: int | datetime | None = None) -> ConfigDiff:
+        """Return how a domain's configs changed between two points, event by event."""
+        params = {"from": _point(from_position), "to": _point(to_position)}
+        return ConfigDiff.from_dict(await self._json("GET", f"/v1/domains/{_q(name)}/diff", params=params))
+
+    async def revert(self, name: str, *, to: int | datetime, scope: str = "both", dry_run: bool = False,
+                     principal: str | None = None) -> RevertReport:
+        """Bring a domain's config back to a point with ordinary requests; the server records its token's principal."""
+        body = {"to": _point(to), "scope": scope, "dry_run": dry_run}
+        return RevertReport.from_dict(await self._json("POST", f"/v1/domains/{_q(name)}/revert", json_body=body))
 
     async def events(self, *, from_position: int = 0, to_position: int | None = None, domain: str | None = None,
                      types: str | Iterable[str] | None = None, since: datetime | None = None,

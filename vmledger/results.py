@@ -17,7 +17,9 @@ import attrs
 from vmledger.eventstore.hypervisor import Value
 from vmledger.eventstore.log import timestamp
 
-__all__ = ["Outcome", "RequestRecord", "PropertyRow", "DomainView", "DriftRow", "PropertyValue"]
+__all__ = ["Outcome", "RequestRecord", "PropertyRow", "DomainView", "DriftRow", "PropertyValue", "OutcomeCount",
+           "ReasonCount", "DriftEpisode", "DomainDrift", "AuditReport", "ConfigChange", "ConfigDiff", "RevertStep",
+           "Unrevertible", "RevertReport"]
 
 
 def _time(text: str | None) -> datetime | None:
@@ -220,3 +222,227 @@ class PropertyValue(_Indexable):
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape `get --json` prints."""
         return {"domain": self.domain, "property": self.property, "scope": self.scope, "value": self.value}
+
+
+@attrs.frozen(kw_only=True)
+class OutcomeCount(_Indexable):
+    """How many requests of one principal for one property had each outcome in one scope, in an audit's period."""
+
+    principal: str
+    property: str
+    #: The scope of the outcomes counted: `persistent` or `live`.
+    scope: str
+    #: The requests with an outcome in that scope: the sum of the five counts.
+    requests: int
+    applied: int
+    partial: int
+    refused: int
+    failed: int
+    in_flight: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape: principal, property, scope, requests and a count per outcome."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class ReasonCount(_Indexable):
+    """How many outcomes in an audit's period were refused or failed for one reason."""
+
+    #: `refused` or `failed`.
+    status: str
+    reason: str | None
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape: status, reason, count."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class DriftEpisode(_Indexable):
+    """One drift row's life: from the event that made the difference to the one that ended it or made another."""
+
+    domain: str
+    property: str
+    cause: str
+    request_id: str | None
+    since_position: int
+    started: datetime
+    #: The position and time of the event that ended the episode; None while it is open.
+    ended_position: int | None
+    ended: datetime | None
+    #: Seconds of the episode within the audit's period (up to its end, or the period's while open).
+    duration: float
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DriftEpisode":
+        """Return the episode of its JSON shape."""
+        return cls(**{**d, "started": _time(d["started"]), "ended": _time(d["ended"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape, times in ISO 8601 text and the duration in seconds."""
+        return {"domain": self.domain, "property": self.property, "cause": self.cause,
+                "request_id": self.request_id, "since_position": self.since_position,
+                "started": _text(self.started), "ended_position": self.ended_position,
+                "ended": _text(self.ended), "duration": self.duration}
+
+
+@attrs.frozen(kw_only=True)
+class DomainDrift(_Indexable):
+    """How long a domain had any property in drift within an audit's period."""
+
+    domain: str
+    #: The episodes of the domain that overlap the period.
+    episodes: int
+    #: Seconds within the period in which at least one of its properties drifted.
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape: domain, episodes, seconds."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class AuditReport(_Indexable):
+    """What `audit` reports for a period: outcomes counted, the top reasons, and drift episodes."""
+
+    #: The period, both ends included; `until` is the time the report was made when none was asked.
+    since: datetime | None
+    until: datetime
+    domain: str | None
+    principal: str | None
+    requests: tuple[OutcomeCount, ...]
+    #: The refusal and failure reasons, most frequent first.
+    reasons: tuple[ReasonCount, ...]
+    episodes: tuple[DriftEpisode, ...]
+    #: The time in drift of each domain with an episode in the period, by name.
+    drift: tuple[DomainDrift, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AuditReport":
+        """Return the report of its JSON shape."""
+        return cls(since=_time(d["since"]), until=_time(d["until"]), domain=d["domain"], principal=d["principal"],
+                   requests=tuple(OutcomeCount(**r) for r in d["requests"]),
+                   reasons=tuple(ReasonCount(**r) for r in d["reasons"]),
+                   episodes=tuple(DriftEpisode.from_dict(e) for e in d["episodes"]),
+                   drift=tuple(DomainDrift(**x) for x in d["drift"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape `audit --format json` prints."""
+        return {"since": _text(self.since), "until": _text(self.until), "domain": self.domain,
+                "principal": self.principal, "requests": [r.to_dict() for r in self.requests],
+                "reasons": [r.to_dict() for r in self.reasons], "episodes": [e.to_dict() for e in self.episodes],
+                "drift": [d.to_dict() for d in self.drift]}
+
+
+@attrs.frozen(kw_only=True)
+class ConfigChange(_Indexable):
+    """One value of a domain's persistent or live config moved by one event."""
+
+    #: `persistent` or `live`.
+    scope: str
+    property: str
+    #: The value before the event (None when the config had none: a live config before a start).
+    before: Value | None
+    after: Value | None
+    position: int
+    #: The event's type, e.g. `MemoryChangeApplied`, `LiveValueObserved`, `DomainStarted`.
+    event: str
+    #: The request the event belongs to, None for lifecycle and observation events.
+    request_id: str | None
+    at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape: scope, property, before, after, position, event, request_id, at."""
+        return {"scope": self.scope, "property": self.property, "before": self.before, "after": self.after,
+                "position": self.position, "event": self.event, "request_id": self.request_id,
+                "at": _text(self.at)}
+
+
+@attrs.frozen(kw_only=True)
+class ConfigDiff(_Indexable):
+    """How a domain's configs changed between two log positions, change by change."""
+
+    domain: str
+    from_position: int
+    to_position: int
+    changes: tuple[ConfigChange, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ConfigDiff":
+        """Return the diff of its JSON shape."""
+        return cls(domain=d["domain"], from_position=d["from_position"], to_position=d["to_position"],
+                   changes=tuple(ConfigChange(**{**c, "at": _time(c["at"])}) for c in d["changes"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape `diff --json` prints."""
+        return {"domain": self.domain, "from_position": self.from_position, "to_position": self.to_position,
+                "changes": [c.to_dict() for c in self.changes]}
+
+
+@attrs.frozen(kw_only=True)
+class RevertStep(_Indexable):
+    """One request a revert makes (or plans): a property, the scope, the value it had then and has now."""
+
+    property: str
+    scope: str
+    value: Value
+    current: Value | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape: property, scope, value, current."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class Unrevertible(_Indexable):
+    """A value a revert cannot bring back, and why."""
+
+    property: str
+    #: `persistent` or `live`.
+    scope: str
+    #: The value at the revert's position (None: the property did not exist then).
+    value: Value | None
+    #: The value now (None: the property no longer exists).
+    current: Value | None
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape: property, scope, value, current, why."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class RevertReport(_Indexable):
+    """What `revert` did (or, dry, would do): its requests, their records, and the values it cannot bring back."""
+
+    domain: str
+    to_position: int
+    #: The correlation id every request of the revert shares.
+    correlation_id: str
+    dry_run: bool
+    steps: tuple[RevertStep, ...]
+    #: Each request's record, in the order of `steps`; empty on a dry run.
+    records: tuple[RequestRecord, ...]
+    unrevertible: tuple[Unrevertible, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RevertReport":
+        """Return the report of its JSON shape."""
+        return cls(domain=d["domain"], to_position=d["to_position"], correlation_id=d["correlation_id"],
+                   dry_run=d["dry_run"], steps=tuple(RevertStep(**s) for s in d["steps"]),
+                   records=tuple(RequestRecord.from_dict(r) for r in d["records"]),
+                   unrevertible=tuple(Unrevertible(**u) for u in d["unrevertible"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape `revert --json` prints."""
+        return {"domain": self.domain, "to_position": self.to_position, "correlation_id": self.correlation_id,
+                "dry_run": self.dry_run, "steps": [s.to_dict() for s in self.steps],
+                "records": [r.to_dict() for r in self.records],
+                "unrevertible": [u.to_dict() for u in self.unrevertible]}
+
+    @property
+    def applied(self) -> bool:
+        """Return whether every request was applied exactly and nothing was left that could not go back."""
+        return all(r.applied for r in self.records) and not self.unrevertible

@@ -354,3 +354,20 @@ def test_observe_resolves_an_abandoned_request(tmp_path: Any) -> None:
     assert (in_flight, live["status"], live["value"], drift) == ("in_flight", "applied", 2 * GiB, [
         {"domain": "web", "property": "memory", "persistent": GiB, "live": 2 * GiB, "cause": "live_only",
          "request_id": "orphan", "since_position": drift[0]["since_position"], "since": drift[0]["since"]}])
+
+
+def test_diff_revert_and_audit_commands(cli: Cli) -> None:
+    """`diff` lists a request's changes, `revert --to` undoes them with exit 0, and `audit` counts both requests (issue 17)."""
+    a = cli.head()
+    assert cli("set", "web", "memory", "2GiB", "--principal", "bob")[0] == 0
+    diff = cli.json("diff", "web", "--from", str(a))
+    revert = cli.json("revert", "web", "--to", str(a), "--principal", "bob")
+    audit = cli.json("audit", "--domain", "web", "--principal", "bob")
+    assert (diff[0], [(c["scope"], c["property"], c["before"], c["after"], c["event"]) for c in diff[1]["changes"]]) == (
+        0, [("persistent", "memory", GiB, 2 * GiB, "MemoryChangeApplied"),
+            ("live", "memory", GiB, 2 * GiB, "MemoryChangeApplied")])
+    assert (revert[0], [(s["property"], s["scope"], s["value"]) for s in revert[1]["steps"]],
+            [(r["principal"], r["reason"]) for r in revert[1]["records"]]) == (
+        0, [("memory", "both", GiB)], [("bob", f"revert to #{a}")])
+    assert (audit[0], [(r["property"], r["scope"], r["requests"], r["applied"]) for r in audit[1]["requests"]]) == (
+        0, [("memory", "live", 2, 2), ("memory", "persistent", 2, 2)])

@@ -313,6 +313,7 @@ def test_fold_in_two_chunks_equals_fold_at_once(data: st.DataObject, h: History)
         states={u: state_from_json(state_to_json(s)) for u, s in first.states.items()},
         history={r: record_from_row(first.history_row(r)) for r in first.history},
         position=first.position,
+        ended=list(first.ended),  # written when they ended, as the stored rows hold them
     )
     second.feed_all(h.records[split:])
     assert (second.all_rows(), second.states, second.position, whole.states) == (
@@ -415,7 +416,7 @@ def _replayed(rows: list[tuple[Any, ...]], size: int, via_record: set[int]) -> t
     `scan` leaves to `record` do); a late outcome gets its written record back.
     Returns the rows, and the domain states after each chunk.
     """
-    replay, written, states = Replay(), {}, []
+    replay, written, outcomes, ended, states = Replay(), {}, {}, [], []
     for start in range(0, len(rows), size):
         def decode(chunk: Any, start: int = start) -> list[Any]:
             return [record((*row, "")) if start + i in via_record else item
@@ -423,13 +424,20 @@ def _replayed(rows: list[tuple[Any, ...]], size: int, via_record: set[int]) -> t
 
         request_id = replay.fold(rows[start:start + size], decode)
         while request_id is not None:
+            for scope in ("live", "persistent"):  # its rows are taken out, as the rebuild takes them
+                outcomes.pop((request_id, scope), None)
             request_id = replay.resume(written.pop(request_id, None))
-        written.update((row[0], row) for row in replay.completed())
+        done = dict(replay.completed())
+        written.update((row[0], row) for row in done["history"])
+        outcomes.update((row[:2], row) for row in done["outcomes"])
+        ended.extend(done["episodes"])
         states.append({u: w.state() for u, w in replay.domains.items()})
     tables: dict[str, list[tuple]] = {t: [] for t in TABLES}
     for table, part in replay.rows():
         tables[table].extend(part)
     tables["history"].extend(written.values())
+    tables["outcomes"].extend(outcomes.values())
+    tables["episodes"].extend(ended)
     for table, (_, key) in TABLES.items():
         tables[table].sort(key=lambda row: row[:key])
     return tables, states

@@ -38,6 +38,10 @@ from vmledger._wire import (
 from vmledger.service.metrics import Metrics
 from vmledger.service.schema import (
     AdoptBody,
+    AuditReport,
+    ConfigDiff,
+    RevertBody,
+    RevertReport,
     DefineBody,
     DomainView,
     DriftRow,
@@ -356,6 +360,39 @@ async def history(
     return Response(page, headers=_next_link(request, cursor=cursor + limit) if more else None)
 
 
+@get("/v1/audit", opt=READ, responses=_problems(404), security=_SECURITY, tags=["queries"])
+async def audit(
+    request: Request,
+    since: Optional[str] = QueryParameter(default=None, description="ISO time: the period's start"),
+    until: Optional[str] = QueryParameter(default=None, description="ISO time: the period's end (default: now)"),
+    domain: FromQuery[Optional[str]] = None,
+    by: Optional[str] = QueryParameter(name="principal", default=None),
+) -> AuditReport:
+    """Report a period: outcomes per principal, property and scope, the top reasons, drift episodes and time in drift."""
+    return plain(await _svc(request).ledger.audit(
+        since=_units.parse_time(since) if since else None, until=_units.parse_time(until) if until else None,
+        domain=domain, principal=by))
+
+
+@get("/v1/domains/{name:str}/diff", opt=READ, responses=_problems(404), security=_SECURITY, tags=["queries"])
+async def diff(request: Request, name: DomainName,
+               start: str = QueryParameter(name="from", description="a log position or an ISO time"),
+               end: Optional[str] = QueryParameter(name="to", default=None,
+                                                   description="a log position or an ISO time (default: the head)"),
+               ) -> ConfigDiff:
+    """List every change of a domain's persistent and live configs between two points, with its event and request."""
+    return plain(await _svc(request).ledger.diff(name, from_position=_as_of(start), to_position=_as_of(end)))
+
+
+@post("/v1/domains/{name:str}/revert", opt=OPERATE, responses=_problems(404, 409), security=_SECURITY,
+      tags=["requests"], status_code=200)
+async def revert(request: Request, name: DomainName, data: JSONBody[RevertBody]) -> RevertReport:
+    """Bring a domain's config back to a point with ordinary requests by the token's principal (`dry_run`: plan only)."""
+    to = data.to if isinstance(data.to, int) else _as_of(data.to)
+    return plain(await _svc(request).ledger.revert(name, to=to, scope=data.scope, dry_run=data.dry_run,
+                                                   principal=principal(request)))
+
+
 @get("/v1/events", opt=READ, responses=_problems(), security=_SECURITY, tags=["events"])
 async def events(
     request: Request,
@@ -663,6 +700,7 @@ HANDLERS: list[Callable[..., Any]] = [
     show_request, get_property, drift, history, events, head, event_stream, observe, adopt, verify, rebuild, export,
     import_log, list_tokens, add_token, revoke_token, sim, healthz, readyz, metrics, openapi,
 ]
+HANDLERS += [audit, diff, revert]  # issue 17's audit and replay tools
 
 
 def create_app(service: Service) -> Litestar:

@@ -16,6 +16,8 @@ __all__ = [
     "DefineBody", "SetBody", "AdoptBody", "VerifyBody", "TokenBody", "SimBody",
     "Problem", "DomainView", "DomainProperty", "Outcome", "RequestRecord", "PropertyValue", "DriftRow",
     "EventRecord", "Position", "TokenInfo", "NewToken", "CheckpointBody", "Health",
+    "RevertBody", "OutcomeCount", "ReasonCount", "DriftEpisode", "DomainDrift", "AuditReport", "ConfigChange",
+    "ConfigDiff", "RevertStep", "Unrevertible", "RevertReport",
 ]
 
 #: A property value: bytes or a count (int), a media path (str), or nothing known (null).
@@ -44,6 +46,15 @@ class SetBody:
     value: Union[int, str]
     scope: Literal["live", "persistent", "both", "current"] = "both"
     reason: Optional[str] = None
+
+
+@attrs.frozen(kw_only=True)
+class RevertBody:
+    """A revert: the log position or ISO time to go back to, the scope, and whether only to plan it."""
+
+    to: Union[int, str]
+    scope: Literal["persistent", "both"] = "both"
+    dry_run: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -169,6 +180,116 @@ class DriftRow(TypedDict):
     request_id: Optional[str]
     since_position: int
     since: str
+
+
+class OutcomeCount(TypedDict):
+    """How many requests of one principal for one property had each outcome in one scope."""
+
+    principal: str
+    property: str
+    scope: str
+    requests: int
+    applied: int
+    partial: int
+    refused: int
+    failed: int
+    in_flight: int
+
+
+class ReasonCount(TypedDict):
+    """How many outcomes were refused or failed for one reason."""
+
+    status: str
+    reason: Optional[str]
+    count: int
+
+
+class DriftEpisode(TypedDict):
+    """One drift row's life, and its seconds within the period."""
+
+    domain: str
+    property: str
+    cause: str
+    request_id: Optional[str]
+    since_position: int
+    started: str
+    ended_position: Optional[int]
+    ended: Optional[str]
+    duration: float
+
+
+class DomainDrift(TypedDict):
+    """A domain's time in drift within the period."""
+
+    domain: str
+    episodes: int
+    seconds: float
+
+
+class AuditReport(TypedDict):
+    """A period's outcomes per principal, property and scope, its top reasons, and its drift episodes."""
+
+    since: Optional[str]
+    until: str
+    domain: Optional[str]
+    principal: Optional[str]
+    requests: list[OutcomeCount]
+    reasons: list[ReasonCount]
+    episodes: list[DriftEpisode]
+    drift: list[DomainDrift]
+
+
+class ConfigChange(TypedDict):
+    """One value of a config moved by one event."""
+
+    scope: str
+    property: str
+    before: Value
+    after: Value
+    position: int
+    event: str
+    request_id: Optional[str]
+    at: str
+
+
+class ConfigDiff(TypedDict):
+    """Every change of a domain's configs between two positions."""
+
+    domain: str
+    from_position: int
+    to_position: int
+    changes: list[ConfigChange]
+
+
+class RevertStep(TypedDict):
+    """One request of a revert: property, scope, the value it goes back to, the value now."""
+
+    property: str
+    scope: str
+    value: Value
+    current: Value
+
+
+class Unrevertible(TypedDict):
+    """A value a revert cannot bring back, and why."""
+
+    property: str
+    scope: str
+    value: Value
+    current: Value
+    why: str
+
+
+class RevertReport(TypedDict):
+    """A revert's requests, their records, and the values it cannot bring back."""
+
+    domain: str
+    to_position: int
+    correlation_id: str
+    dry_run: bool
+    steps: list[RevertStep]
+    records: list[RequestRecord]
+    unrevertible: list[Unrevertible]
 
 
 class EventRecord(TypedDict):
