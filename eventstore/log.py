@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Generator, Protocol, Sequence, TypeVar
@@ -28,6 +29,9 @@ __all__ = [
     "timestamp",
 ]
 
+# Cached: a domain's snapshot repeats the times of its drift marks and pending requests on every write.
+# Equal aware times are one instant, whose UTC text is one text.
+@functools.lru_cache(maxsize=4096)
 def timestamp(when: datetime) -> str:
     """Return the stored text of a time: UTC, ISO 8601, always with microseconds.
 
