@@ -10,6 +10,9 @@ appends are checked, chained and folded in memory, then written with one
 statement per table, so it costs a few statements however many appends.
 Reads use a second connection, through aiosqlite; WAL lets them run beside
 the writer, and a busy timeout lets several processes share the file.
+A third connection, in a thread of its own, copies committed pages from the
+WAL back into the database (checkpoints) beside the writer, rather than in
+the commit that happens to fill the WAL.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import functools
 import hashlib
 import os
 import sqlite3
+import threading
+import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -58,6 +63,11 @@ _SCHEMA = (
     *FILTER_INDEXES,
 )
 _POLL_SECONDS = 0.2
+#: How long the checkpointer lets commits gather before it copies their pages into the database.
+_CHECKPOINT_SECONDS = 0.1
+#: WAL pages past which the writer checkpoints itself, should the checkpointer fall behind or fail
+#: (SQLite's default, 1000, would make it take over from the checkpointer under load).
+_WRITER_CHECKPOINT_PAGES = 10_000
 
 T = TypeVar("T")
 
@@ -155,6 +165,61 @@ class _PartRows:
             conn.close()
 
 
+class _Checkpointer:
+    """Checkpoints the WAL from a thread and connection of its own, a while after commits.
+
+    A checkpoint copies committed pages from the WAL into the database file
+    and syncs it; SQLite would otherwise run one inside whichever commit
+    fills the WAL past 1,000 pages, which then costs that commit as much
+    again.  Here the writer only nudges (`nudge`), and a passive checkpoint
+    runs beside it (sqlite3 releases the GIL meanwhile), waiting for no
+    reader or writer.  Durability is unchanged: a commit is durable once
+    the WAL holding it is synced, and a checkpoint never moves an
+    uncommitted page.  Should this fall behind, the writer checkpoints
+    itself past `_WRITER_CHECKPOINT_PAGES`.
+    """
+
+    def __init__(self, path: str, busy_ms: int) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        self._due = threading.Event()
+        self._stopping = False
+        #: The last error a checkpoint raised (the writer's own checkpoints cover for it), or None.
+        self.error: sqlite3.Error | None = None
+        self._thread = threading.Thread(target=self._run, name="vmledger-sqlite-checkpointer", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """Say that a commit added pages to the WAL."""
+        self._due.set()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._due.wait()
+                if self._stopping:
+                    return
+                time.sleep(_CHECKPOINT_SECONDS)  # one checkpoint for the commits of a while, not one each
+                self._due.clear()
+                if self._stopping:  # `close` set the flag before its nudge, which the line above may have cleared
+                    return
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.error = None
+                except sqlite3.Error as e:
+                    # A full disk, say: kept, and tried again on the next nudge; the writer's own
+                    # checkpoints bound the WAL meanwhile.
+                    self.error = e
+        finally:
+            self._conn.close()
+
+    def close(self) -> None:
+        """Stop the thread, after the checkpoint under way if any, and close its connection."""
+        self._stopping = True
+        self._due.set()
+        self._thread.join()
+
+
 class SQLiteEventLog(LogReads):
     """An event log in one SQLite file, with projection tables beside it.
 
@@ -182,6 +247,7 @@ class SQLiteEventLog(LogReads):
         self._busy_ms = int(busy_timeout * 1000)
         self._max_pages = None if max_pages is None else int(max_pages)
         self._thread: ThreadPoolExecutor | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -210,6 +276,8 @@ class SQLiteEventLog(LogReads):
             # (missing directory, no permission) into a clean error, where a
             # failed aiosqlite connect leaves its worker thread behind.
             self._writer = await self._run(self._open_writer)
+            if self.path != ":memory:":
+                self._checkpointer = await self._run(_Checkpointer, self.path, self._busy_ms)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             for pragma in self._pragmas():
                 await self._reader.execute(pragma)
@@ -262,6 +330,7 @@ class SQLiteEventLog(LogReads):
             _check_ledger(conn, self.path, create=self._create)
             for pragma in self._pragmas():
                 conn.execute(pragma)
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_WRITER_CHECKPOINT_PAGES}")  # see _Checkpointer
             schema = (*_SCHEMA, *self._projector.schema)
             # The schema's digest, kept in the file's user_version, tells whether
             # the tables are there already: then opening writes nothing and takes
@@ -290,6 +359,9 @@ class SQLiteEventLog(LogReads):
     async def aclose(self) -> None:
         """Finish the appends under way, then close both connections."""
         await self._group.drain()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.close)
+            self._checkpointer = None
         if self._reader is not None:
             await self._reader.close()
         if self._writer is not None:
@@ -325,6 +397,8 @@ class SQLiteEventLog(LogReads):
             except sqlite3.Error as e:
                 raise _storage_error(e) from e
             self.commits += 1
+        if self._checkpointer is not None:
+            self._checkpointer.nudge()
         self._wake()
         return result
 

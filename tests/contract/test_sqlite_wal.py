@@ -1,0 +1,36 @@
+"""SQLite's WAL is checkpointed beside the writer, not inside the commit that fills it (issue #19)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sqlite3
+from datetime import datetime, timezone
+
+from vmledger.eventstore.backends.sqlite import SQLiteEventLog
+from vmledger.eventstore.events import DomainDefined
+from vmledger.eventstore.log import Metadata
+from vmledger.projections.store import TableProjector
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}
+
+
+def test_committed_events_reach_the_database_file_while_the_ledger_stays_open(tmp_path: str) -> None:
+    """Events committed a moment ago are in the database file itself, without its WAL, while the writer is open."""
+    db, copy = os.path.join(tmp_path, "l.db"), os.path.join(tmp_path, "copy.db")
+
+    async def go() -> list[tuple[int, str]]:
+        async with SQLiteEventLog(db, TableProjector()) as log:
+            for i in range(40):  # far fewer pages than the writer's own checkpoint threshold
+                name = f"d{i}"
+                await log.append(name, 0, [DomainDefined(domain=name, uuid=name, guest_type="pv", config=CONFIG,
+                                                         capabilities={})], Metadata(), now=T0)
+            await asyncio.sleep(1.0)  # the checkpointer gathers commits for 0.1 s, then copies them
+            shutil.copyfile(db, copy)  # the file alone: what is only in the WAL is not in the copy
+            with contextlib.closing(sqlite3.connect(copy)) as conn:
+                return conn.execute("SELECT count(*), max(type) FROM events").fetchall()
+
+    assert asyncio.run(go()) == [(40, "DomainDefined")]
