@@ -122,6 +122,8 @@ def render() -> str:
               TEXT_RULE, "",
               "| input | limit |", "|---|---|"]
     lines += [f"| {what} | {rule} |" for what, rule in LIMITS]
+    lines += ["", "A request id vmledger makes up, when the request names none, is a UUID version 7 (RFC 9562) "
+              "in 32 hex digits: it sorts by the millisecond it was made."]
     lines += ["", "## Events", "",
               "Change events are named `<Property>Change<Outcome>`.",
               f"`…{Outcome.REQUESTED.value}` carries: {', '.join(f'`{f.name}`' for f in ChangeRequested.__attrs_attrs__)}.",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import urllib.parse
-import uuid
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
@@ -145,7 +145,7 @@ async def open(  # noqa: A001 - the public name the design promises
             ledger = Ledger(
                 log, adapter,
                 clock=lambda: datetime.now(timezone.utc),
-                new_id=lambda: uuid.uuid4().hex,
+                new_id=_time_ordered_id,
                 hypervisor_timeout=hypervisor_timeout,
             )
             if isinstance(adapter, SimulatedHypervisor) and adapter is not hypervisor and not read_only:
@@ -154,6 +154,19 @@ async def open(  # noqa: A001 - the public name the design promises
     finally:
         await adapter.aclose()
 
+
+
+def _time_ordered_id() -> str:
+    """Return a new id: a UUID version 7 (RFC 9562) in 32 hex digits, which sorts by the millisecond it was made.
+
+    Request ids key the history and outcome rows: ids that grow with time
+    add each batch's keys at the end of those indexes, where random ones
+    (version 4) dirtied a page of each index per request, every one
+    written again at each commit.
+    """
+    ms = time.time_ns() // 1_000_000 & (1 << 48) - 1
+    rand = int.from_bytes(os.urandom(10), "big")  # 12 bits for rand_a, 62 for rand_b
+    return f"{ms << 80 | 7 << 76 | (rand >> 68) << 64 | 2 << 62 | rand & (1 << 62) - 1:032x}"
 
 async def _restore_simulator(ledger: Ledger, sim: SimulatedHypervisor) -> None:
     """Start a simulator whose state file is missing as the ledger last recorded its domains.
