@@ -27,6 +27,7 @@ the messages are `multiprocessing.connection` pickles:
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -169,7 +170,14 @@ class _Worker:
 
 
 def work(input_: Connection, output: Connection) -> None:
-    """Fold one part and send its rows (the worker process's main)."""
+    """Fold one part and send its rows (the worker process's main).
+
+    The cyclic garbage collector stays off for the worker's life: the fold
+    makes no reference cycles, and pausing it around each chunk only moved
+    its passes over the many long-lived domain folds to the pause's end
+    (about a tenth of a worker's time).
+    """
+    gc.disable()
     rows, part, parts, head, chunk = input_.recv()
     replay = Replay()
     try:
