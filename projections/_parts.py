@@ -35,7 +35,7 @@ import subprocess
 import sys
 import traceback
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Generator, Iterator, Protocol
+from typing import Any, Callable, Generator, Iterator, Protocol, Sequence
 
 from vmledger.eventstore.errors import VmledgerError
 from vmledger.eventstore.log import Step
@@ -71,20 +71,23 @@ def part_of(stream: str, parts: int) -> int:
 
 
 def fold_in_parts(rows: PartRows, parts: int, head: int, chunk: int, insert: Callable[[str], str],
-                  history_by_id: str, progress: Callable[[int, int], None] | None
-                  ) -> Generator[Step, Any, bool]:
+                  history_by_id: str, progress: Callable[[int, int], None] | None,
+                  first: Sequence[Step] = ()) -> Generator[Step, Any, bool]:
     """Yield the statements that write the rows of `parts` workers' folds of the log up to `head`.
 
     Returns True once every part is folded and written, False when the log
     must be folded in one process instead (see the module's docstring); the
     rows written so far must then be deleted.  `insert(table)` is the SQL
     inserting a row of `table`, `history_by_id` the query of one stored
-    history row by request id.
+    history row by request id.  `first` (deleting the rows to replace) is
+    yielded once the workers are started, so that it runs while they start.
     """
     workers: list[_Worker] = []
     try:
         for part in range(parts):
             workers.append(_Worker.start((rows, part, parts, head, chunk)))
+        for step in first:
+            yield step
         reached = [0] * parts
         running = {w.output: i for i, w in enumerate(workers)}
         while running:

@@ -246,15 +246,15 @@ class TableProjector:
         the streams each, while this one writes their rows (see
         `projections._parts`); the rows are the same.
         """
-        for table in TABLES:
-            yield ("execute", f"DELETE FROM {table}", ())
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
+        clear: list[Step] = [("execute", f"DELETE FROM {table}", ()) for table in TABLES]
         if parts is not None and self.parts > 1 and head >= self._parts_from:
-            if (yield from fold_in_parts(parts, self.parts, head, self._chunk, _insert, _HISTORY_BY_ID, progress)):
+            # The workers start (a process each) while this one deletes the old rows.
+            if (yield from fold_in_parts(parts, self.parts, head, self._chunk, _insert, _HISTORY_BY_ID, progress,
+                                         clear)):
                 yield ("execute", _SET_POSITION, (head,))
                 return head
-            for table in TABLES:
-                yield ("execute", f"DELETE FROM {table}", ())
+        yield from clear
         replay, last = Replay(), 0
         while last < head:
             rows = yield ("fetch_all", _READ_CHUNK, (last, head, self._chunk))
