@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from collections import Counter
 from typing import Any, Callable, Generator, Iterator, Sequence
 
 from vmledger.eventstore.catalogue import Outcome
 from vmledger.eventstore.log import RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainFold, drift_marks
 from vmledger.projections.model import (
-    TABLES, completed, domain_rows, ended_episodes, record_from_row, request_rows, requested_record, settle_record,
+    TABLES, completed, count_outcome_days, domain_rows, ended_episodes, outcome_day_rows, outcome_rows,
+    record_from_row, request_rows, requested_record, settle_record,
 )
 from vmledger.projections.scan import Change, as_change, scan
 
@@ -40,6 +42,8 @@ class Replay:
         self._completed: list[str] = []  # requests completed since the last `completed()`
         #: The rows of the drift episodes ended since the last `completed()`.
         self.ended: list[tuple] = []
+        #: The `outcome_days` counts of the outcome rows given out so far, less those taken back.
+        self.days: Counter[tuple] = Counter()
         self._folding = self._fold([])
 
     def fold(self, rows: Sequence[Sequence[Any]],
@@ -72,7 +76,7 @@ class Replay:
 
     def _fold(self, items: list[Change | RecordedEvent]) -> Generator[str, tuple | None, None]:
         """Fold `items`, yielding the id of a request whose stored history row is needed, to be sent back."""
-        domains, history, done, ended = self.domains, self.history, self._completed, self.ended
+        domains, history, done, ended, days = self.domains, self.history, self._completed, self.ended, self.days
         for item in items:
             if item.__class__ is not tuple:
                 rec: RecordedEvent = item  # type: ignore[assignment]
@@ -99,8 +103,9 @@ class Replay:
             record = history.get(request_id)
             if record is None:  # a late outcome of a request written out: take its row back
                 found = yield request_id
-                if found is not None:
+                if found is not None:  # the caller takes its rows out: their counts go too
                     record = record_from_row(found)
+                    count_outcome_days(days, outcome_rows(record), -1)
             if w is None:
                 raise ValueError(f"{name} at position {position} precedes DomainDefined")
             # An outcome moves its property's mark alone; the fold keeps a mark exactly where the values differ.
@@ -128,12 +133,13 @@ class Replay:
                     records.append(record)
                     del self.history[request_id]
             rows = request_rows(records)
+            count_outcome_days(self.days, rows[1][1])
         self._completed = []
         ended, self.ended = self.ended, []
         return [*rows, ("episodes", ended)]
 
     def rows(self) -> Iterator[tuple[str, list[tuple]]]:
-        """Yield `(table, rows)` for every domain, every drift episode ended since `completed()`, and every request still open, in batches."""
+        """Yield `(table, rows)` for every domain, every drift episode ended since `completed()`, every request still open, in batches, and last the `outcome_days` of every outcome row given out."""
         uuids = sorted(self.domains)
         for start in range(0, len(uuids), _ROWS_BATCH):
             batch: dict[str, list[tuple]] = {t: [] for t in TABLES if t not in ("history", "outcomes")}
@@ -146,7 +152,9 @@ class Replay:
         self.ended = []
         with _collector_paused():
             requests = request_rows(self.history[r] for r in sorted(self.history))
+            count_outcome_days(self.days, requests[1][1])
         yield from requests
+        yield "outcome_days", outcome_day_rows(self.days)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ and the incremental tables cannot disagree unless storage does.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any, Iterable
 
@@ -27,7 +28,8 @@ from vmledger.eventstore.state import (
 
 __all__ = ["Model", "TABLES", "state_to_json", "state_from_json", "domain_rows", "history_row", "history_from_row",
            "requested_record", "settle_record", "completed", "record_from_row", "outcome_rows", "request_rows",
-           "ended_episodes", "FORGET_REQUEST", "KEPT_EPISODES"]
+           "ended_episodes", "FORGET_REQUEST", "KEPT_EPISODES", "OUTCOME_DAYS", "count_outcome_days",
+           "outcome_day_rows"]
 
 #: Projection tables and their columns, in row order; the first `key` columns identify a row.
 TABLES: dict[str, tuple[tuple[str, ...], int]] = {
@@ -45,6 +47,12 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
     "outcomes": (("request_id", "scope", "domain", "property", "principal", "requested_at", "position", "status",
                   "reason"), 2),
 }
+#: The outcomes of the requests made on each UTC day, counted by principal, property, scope, status and
+#: reason ('' for none: a key column is never null); the first `key` columns identify a row.  Not one of
+#: `TABLES`, which are each domain's rows: these are the whole ledger's, so that an audit of a month
+#: sums a few rows a day instead of counting every outcome (issue 17).  The projector adds each
+#: append's change to the counts, so a count may fall to 0: such a row stands for no row.
+OUTCOME_DAYS: tuple[tuple[str, ...], int] = (("day", "principal", "property", "scope", "status", "reason", "count"), 6)
 #: The episodes an audit lists: all but the windows between one request's two outcomes, which ended `in_flight`.
 KEPT_EPISODES = f"(cause <> '{Cause.IN_FLIGHT.value}' OR ended IS NULL)"
 #: The statements that take a request's rows out (a late outcome reopens a written request), by request id.
@@ -135,6 +143,21 @@ def outcome_rows(record: list[Any]) -> list[tuple]:
     """Return the `outcomes` rows of a history record, one per scope, by scope."""
     return [(record[0], scope, record[1], record[3], record[6], record[8], record[9], o["status"], o["reason"])
             for scope, o in sorted(record[_OUTCOMES].items())]
+
+
+def count_outcome_days(counts: Counter[tuple], rows: Iterable[tuple], sign: int = 1) -> None:
+    """Add `sign` to `counts` for each `outcomes` row, under its `OUTCOME_DAYS` key.
+
+    The day is the first ten characters of the request's stored time
+    (`eventstore.log.timestamp`: UTC, fixed width), its date.
+    """
+    for r in rows:
+        counts[r[5][:10], r[4], r[3], r[1], r[7], r[8] or ""] += sign
+
+
+def outcome_day_rows(counts: Counter[tuple]) -> list[tuple]:
+    """Return the `outcome_days` rows (or changes to them) of counts, by key, leaving out the zero ones."""
+    return [(*key, n) for key, n in sorted(counts.items()) if n]
 
 
 def request_rows(records: Iterable[list[Any]]) -> list[tuple[str, list[tuple]]]:

@@ -6,7 +6,7 @@ Every query has two sources that produce identical rows: the stored tables
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Awaitable, Callable, Iterable
 
 from vmledger.eventstore.codec import loads
@@ -181,11 +181,66 @@ async def outcome_counts(fetch_all: Reader, *, since: str | None = None, until: 
     """Return `(principal, property, scope, status, reason, count)` of the outcomes of requests made in a period.
 
     `since` and `until` are stored times (`eventstore.log.timestamp`), both
-    included; the count comes from the `outcomes` table's index, not the log.
+    included.  The whole days of the period are summed from `outcome_days`,
+    a few rows a day; the requests of the part days at its ends, and of
+    `uuids` (the table counts no domain's apart), are counted from the
+    `outcomes` table's indexes.  Never from the log.
     """
+    if uuids is not None:
+        return _tallied(await _counted(fetch_all, since, until, principal, uuids))
+    first, last = _whole_days(since, until)
+    if first is not None and last is not None and first > last:  # within two days: no whole one
+        return _tallied(await _counted(fetch_all, since, until, principal))
+    where, params = [], []
+    for condition, value in (("day >= ?", first), ("day <= ?", last), ("principal = ?", principal)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    rows = await fetch_all(
+        "SELECT principal, property, scope, status, reason, CAST(sum(count) AS BIGINT) FROM outcome_days"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " GROUP BY principal, property, scope, status, reason", tuple(params))
+    found = [(*r[:4], r[4] or None, r[5]) for r in rows]
+    if first is not None and since is not None and since < _DAY_STARTS.format(first):
+        found += await _counted(fetch_all, since, None, principal, before=_DAY_STARTS.format(first))
+    if last is not None and until is not None and until > _DAY_ENDS.format(last):
+        found += await _counted(fetch_all, None, until, principal, after=_DAY_ENDS.format(last))
+    return _tallied(found)
+
+
+#: The stored times (`eventstore.log.timestamp`) at which a day, `YYYY-MM-DD`, starts and ends.
+_DAY_STARTS, _DAY_ENDS = "{}T00:00:00.000000+00:00", "{}T23:59:59.999999+00:00"
+
+
+def _whole_days(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    """Return the first and the last day that lie whole within `[since, until]` (None: no bound on that side)."""
+    first = last = None
+    # Days compare as text, as they are stored; past the calendar's ends, a text beyond every day stands for the day.
+    if since is not None:
+        first = since[:10]
+        if since > _DAY_STARTS.format(first):
+            try:
+                first = (date.fromisoformat(first) + timedelta(days=1)).isoformat()
+            except OverflowError:
+                first = "9999-99-99"
+    if until is not None:
+        last = until[:10]
+        if until < _DAY_ENDS.format(last):
+            try:
+                last = (date.fromisoformat(last) - timedelta(days=1)).isoformat()
+            except OverflowError:
+                last = "0000-00-00"
+    return first, last
+
+
+async def _counted(fetch_all: Reader, since: str | None, until: str | None, principal: str | None,
+                   uuids: list[str] | None = None, *, before: str | None = None,
+                   after: str | None = None) -> list[tuple]:
+    """Return the counts of the `outcomes` rows of requests made within `[since, until]`, `before` and `after` excluded."""
     where: list[str] = []
     params: list[Any] = []
-    for condition, value in (("requested_at >= ?", since), ("requested_at <= ?", until), ("principal = ?", principal)):
+    for condition, value in (("requested_at >= ?", since), ("requested_at <= ?", until),
+                             ("requested_at < ?", before), ("requested_at > ?", after), ("principal = ?", principal)):
         if value is not None:
             where.append(condition)
             params.append(value)
@@ -196,7 +251,16 @@ async def outcome_counts(fetch_all: Reader, *, since: str | None = None, until: 
         "SELECT principal, property, scope, status, reason, count(*) FROM outcomes"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " GROUP BY principal, property, scope, status, reason", tuple(params))
-    return sorted((tuple(r) for r in rows), key=lambda r: tuple("" if v is None else v for v in r[:5]))
+    return [tuple(r) for r in rows]
+
+
+def _tallied(rows: Iterable[tuple]) -> list[tuple]:
+    """Return counts summed by their first five columns, by them (None first), the zero sums left out."""
+    summed: dict[tuple, int] = {}
+    for *key, count in rows:
+        summed[tuple(key)] = summed.get(tuple(key), 0) + count
+    return sorted(((*key, n) for key, n in summed.items() if n),
+                  key=lambda r: tuple("" if v is None else v for v in r[:5]))
 
 
 async def episode_rows(fetch_all: Reader, *, since: str | None = None, until: str | None = None,

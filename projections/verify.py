@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import tempfile
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
@@ -26,9 +27,9 @@ from vmledger.eventstore.codec import dumps
 from vmledger.eventstore.errors import ChainBrokenError
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import FORGET_REQUEST, TABLES
-from vmledger.projections.store import SCHEMA
+from vmledger.projections.store import ADD_OUTCOME_DAYS, OUTCOME_DAYS_ROWS, SCHEMA
 
-__all__ = ["Reader", "folded_rows", "domain_groups", "paired_groups", "compare", "digest"]
+__all__ = ["Reader", "folded_rows", "domain_groups", "paired_groups", "compare", "digest", "compare_days"]
 
 Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 #: Rows read per query, per table.
@@ -47,6 +48,7 @@ _ORDER = {
 }
 _INSERT = {table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
            for table, (cols, _) in TABLES.items()}
+_INSERT["outcome_days"] = ADD_OUTCOME_DAYS
 _HISTORY_BY_ID = f"SELECT {', '.join(TABLES['history'][0])} FROM history WHERE request_id = ?"
 Group = dict[str, list[tuple]]
 
@@ -54,6 +56,8 @@ Group = dict[str, list[tuple]]
 @contextlib.asynccontextmanager
 async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK) -> AsyncIterator[Reader]:
     """Fold the stored rows (`COLUMNS`, in order) into a scratch database; yield a reader of its projection rows.
+
+    The reader answers `OUTCOME_DAYS_ROWS` with the days the fold counted.
 
     The scratch file lives in a temporary directory, removed on exit.
 
@@ -193,3 +197,25 @@ def compare(expected: Group, actual: Group) -> None:
         pos_col = "since_position" if "since_position" in cols else "position"
         position = row[cols.index(pos_col)] if pos_col in cols else 0
         raise ChainBrokenError(int(position), f"projection {table} disagrees with the log at row {row[:2]}")
+
+
+async def compare_days(expected: list[tuple], fetch_all: Reader, head: int) -> None:
+    """Check that the stored `outcome_days` rows (`OUTCOME_DAYS_ROWS`, zero counts left out) are `expected`.
+
+    The table is the whole ledger's, no domain's, so it is checked whole,
+    after the domains: its rows are a few a day.
+
+    Raises:
+        ChainBrokenError: naming the position of the first request made on
+            the first day that differs (the head if the log has none that day).
+    """
+    have = [tuple(r) for r in await fetch_all(OUTCOME_DAYS_ROWS, ())]
+    if have == expected:
+        return
+    row = next(min(r for r in pair if r is not None)
+               for pair in itertools.zip_longest(expected, have) if pair[0] != pair[1])
+    day = row[0]
+    found = await fetch_all("SELECT position, requested_at FROM outcomes WHERE requested_at >= ? "
+                            "ORDER BY requested_at LIMIT 1", (f"{day}T",))
+    position = found[0][0] if found and found[0][1].startswith(day) else head
+    raise ChainBrokenError(int(position), f"projection outcome_days disagrees with the log at row {row[:2]}")

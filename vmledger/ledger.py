@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import logging
 import weakref
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar, cast
 
@@ -60,9 +61,9 @@ from vmledger.eventstore import transfer
 from vmledger.eventstore.log import EventFilter, Metadata, RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainState, fold
 from vmledger.projections import queries
-from vmledger.projections.model import Model, state_from_json
-from vmledger.projections.store import RULES, DuplicateRequestError
-from vmledger.projections.verify import compare, digest, domain_groups, folded_rows, paired_groups
+from vmledger.projections.model import Model, count_outcome_days, outcome_day_rows, state_from_json
+from vmledger.projections.store import OUTCOME_DAYS_ROWS, RULES, DuplicateRequestError
+from vmledger.projections.verify import compare, compare_days, digest, domain_groups, folded_rows, paired_groups
 from vmledger._checkpoint import Checkpoint
 from vmledger.replay import Replaying
 from vmledger.results import AuditReport, ConfigDiff, DomainView, DriftRow, PropertyValue, RequestRecord, RevertReport
@@ -671,7 +672,7 @@ class Ledger(Replaying):
         and each domain with the time any of its properties drifted.  Without
         `until` the period ends now.  `domain` selects every domain that bore
         the name; `principal` the requests it made and the episodes they caused.
-        The answer comes from the `outcomes` and `episodes` tables, never a replay of the log.
+        The answer comes from the `outcome_days`, `outcomes` and `episodes` tables, never a replay of the log.
 
         Raises:
             UnknownDomainError: no domain ever had the name `domain`.
@@ -976,7 +977,7 @@ class Ledger(Replaying):
             if since is None:
                 domains = await self._compare_all(head)
             else:
-                domains = await self._compare_since(since)
+                domains = await self._compare_since(since, head)
             return Checkpoint(position=head, hash=await self._hash_at(head), domains=domains)
 
     async def _hash_at(self, position: int) -> str:
@@ -984,16 +985,20 @@ class Ledger(Replaying):
         return rows[0][0] if rows else ""
 
     async def _compare_all(self, head: int) -> dict[str, str]:
-        """Compare every domain's stored rows with a fold of the log up to `head`; return their digests."""
+        """Compare every domain's stored rows, then the day counts, with a fold of the log up to `head`; return the domains' digests."""
         digests = {}
         async with folded_rows(self.log.read_rows(0, head)) as expected:
             async for uuid, want, have in paired_groups(expected, self.log.fetch_all):
                 compare(want, have)
                 digests[uuid] = digest(have)
+            await compare_days(await expected(OUTCOME_DAYS_ROWS), self.log.fetch_all, head)
         return digests
 
-    async def _compare_since(self, since: Checkpoint) -> dict[str, str]:
-        """Refold the domains with events after `since`; check every other one against its digest; return the digests."""
+    async def _compare_since(self, since: Checkpoint, head: int) -> dict[str, str]:
+        """Refold the domains with events after `since`; check every other one against its digest; return the digests.
+
+        The day counts, no domain's, are checked against the outcome rows of every domain, checked so.
+        """
         touched = {row[0] for row in await self.log.fetch_all(
             "SELECT DISTINCT stream FROM events WHERE position > ?", (since.position,))}
         empty: dict[str, list[tuple]] = {}
@@ -1010,11 +1015,15 @@ class Ledger(Replaying):
                 raise ChainBrokenError(since.position, (
                     f"projection rows of domain {name} changed since the checkpoint, with no event of its own"))
 
+        # The day counts are no domain's: they must be those of the outcome rows, each domain's checked here.
+        days: Counter[tuple] = Counter()
         async for uuid, rows in domain_groups(self.log.fetch_all):
             await check(uuid, rows)
             digests[uuid] = digest(rows)
+            count_outcome_days(days, rows["outcomes"])
         for uuid in sorted((set(since.domains) | touched) - set(digests)):
             await check(uuid, empty)
+        await compare_days(outcome_day_rows(days), self.log.fetch_all, head)
         return digests
 
 

@@ -286,3 +286,37 @@ def test_a_ledger_of_rules_2_gets_its_episodes_and_outcomes_on_open(url: str, tm
     assert (written, *asyncio.run(reopen())) == ((4, 9), (0, 0), (
         "this ledger's projections were made by an older vmledger, without the audit's tables: "
         "open it once for writing (vmledger rebuild, say) to rebuild them"), (4, 9), True)
+
+
+def test_whole_days_count_from_the_day_table_and_verify_catches_an_edited_count(url: str, tmp_path: Any) -> None:
+    """A period of whole days (and an open one) counts the story's requests as counted by hand, from `outcome_days`; a count edited there fails verify, in full and since a checkpoint, naming the day's first request."""
+    positions = asyncio.run(_write_story(url, str(tmp_path / "sim.json")))
+    sim = SimulatedHypervisor(str(tmp_path / "sim.json"))
+
+    async def audits() -> tuple[list[Any], vmledger.Checkpoint]:
+        async with vmledger.open(url, hypervisor=sim) as ledger:
+            found = [[r.to_dict() for r in (await ledger.audit(**kw)).requests] for kw in (
+                {"since": T0, "until": T0 + timedelta(days=2)}, {"until": T0 + timedelta(days=1)}, {})]
+            return found, await ledger.checkpoint()
+
+    async def damage(since: vmledger.Checkpoint | None) -> str:
+        async with vmledger.open(url, hypervisor=sim) as ledger:
+            with pytest.raises(vmledger.ChainBrokenError) as caught:
+                await ledger.checkpoint(since)
+            return str(caught.value)
+
+    async def tamper() -> None:
+        async with vmledger.open(url, hypervisor=sim) as ledger:
+            await _execute(ledger, "UPDATE outcome_days SET count = count + 1 WHERE principal = 'bob' AND scope = 'live' "
+                                   "AND status = 'refused' AND reason = 'tray_locked'")
+
+    found, checkpoint = asyncio.run(audits())
+    asyncio.run(tamper())
+    whole = [_counts("alice", "memory", "live", partial=1), _counts("alice", "memory", "persistent", applied=1, refused=1),
+             _counts("alice", "vcpus", "persistent", applied=1), _counts("bob", "media:hdc", "live", refused=1),
+             _counts("bob", "media:hdc", "persistent", applied=1), _counts("bob", "vcpus", "live", refused=1),
+             _counts("carol", "memory", "live", in_flight=1), _counts("carol", "memory", "persistent", in_flight=1)]
+    message = (f"ledger damaged at position {positions[10] - 2}: projection outcome_days disagrees with the log at row "
+               "('2025-03-01', 'bob')")  # r1's request, the day's first
+    assert (found, asyncio.run(damage(None)), asyncio.run(damage(checkpoint))) == ([whole] * 3, message, message)
+

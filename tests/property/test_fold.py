@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+from collections import Counter
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -51,7 +52,11 @@ from vmledger.eventstore.hypervisor import LiveResult, Observation
 from vmledger.eventstore.log import Metadata, RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainFold, DomainState, Mark, Slot, apply
 from vmledger.projections._replay import Replay
-from vmledger.projections.model import TABLES, Model, domain_rows, history_from_row, record_from_row, state_from_json, state_to_json
+from vmledger.projections.model import (
+    TABLES, Model, count_outcome_days, domain_rows, history_from_row, outcome_day_rows, record_from_row, state_from_json,
+    state_to_json,
+)
+from vmledger.projections.store import OUTCOME_DAYS_ROWS
 from vmledger.projections.verify import domain_groups, folded_rows
 from tests.strategies import (
     DEVICES,
@@ -432,7 +437,7 @@ def _replayed(rows: list[tuple[Any, ...]], size: int, via_record: set[int]) -> t
         outcomes.update((row[:2], row) for row in done["outcomes"])
         ended.extend(done["episodes"])
         states.append({u: w.state() for u, w in replay.domains.items()})
-    tables: dict[str, list[tuple]] = {t: [] for t in TABLES}
+    tables: dict[str, list[tuple]] = {t: [] for t in (*TABLES, "outcome_days")}
     for table, part in replay.rows():
         tables[table].extend(part)
     tables["history"].extend(written.values())
@@ -449,7 +454,14 @@ def _modelled(records: list[RecordedEvent], size: int) -> tuple[Any, ...]:
     for start in range(0, len(records), size):
         model.feed_all(records[start:start + size])
         states.append(dict(model.states))
-    return model.all_rows(), states
+    return _with_days(model.all_rows()), states
+
+
+def _with_days(rows: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
+    """Return the rows with the `outcome_days` rows of their outcome rows."""
+    days: Counter[tuple] = Counter()
+    count_outcome_days(days, rows["outcomes"])
+    return {**rows, "outcome_days": outcome_day_rows(days)}
 
 
 @SETTINGS
@@ -557,7 +569,9 @@ def test_verify_expects_the_model_s_rows_of_any_log(records: list[RecordedEvent]
             async for _, group in domain_groups(fetch_all):
                 for table, part in group.items():
                     rows[table].extend(part)
-        return {table: sorted(part, key=lambda row: row[:TABLES[table][1]]) for table, part in rows.items()}
+            days = await fetch_all(OUTCOME_DAYS_ROWS)
+        return {**{table: sorted(part, key=lambda row: row[:TABLES[table][1]]) for table, part in rows.items()},
+                "outcome_days": days}
 
     def replayed() -> tuple[Any, ...]:
         return (asyncio.run(expected()),)
@@ -565,6 +579,6 @@ def test_verify_expects_the_model_s_rows_of_any_log(records: list[RecordedEvent]
     def modelled() -> tuple[Any, ...]:
         model = Model()
         model.feed_all(records)
-        return (model.all_rows(),)
+        return (_with_days(model.all_rows()),)
 
     assert _folded(replayed) == _folded(modelled)
