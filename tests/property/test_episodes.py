@@ -49,6 +49,19 @@ def _database(records: list[RecordedEvent]) -> _Tx:
     return _Tx(conn)
 
 
+def _projected(records: list[RecordedEvent], appends: list[int]) -> tuple[_Tx, _Tx]:
+    """Return two databases of `records`: one projected append by append, in batches of the sizes `appends` cycles through, and one rebuilt."""
+    incremental, rebuilt = _database(records), _database(records)
+    projector, start = TableProjector(), 0
+    for size in appends * len(records):  # the log in batches of those sizes, over and over
+        if start >= len(records):
+            break
+        projector.project_sync(incremental, records[start:start + size])
+        start += size
+    run_steps_sync(rebuilt, TableProjector().rebuild())
+    return incremental, rebuilt
+
+
 def _episodes(tx: _Tx) -> list[tuple]:
     cols = ", ".join(TABLES["episodes"][0])
     return tx.fetch_all(f"SELECT {cols} FROM episodes ORDER BY domain, property, since_position")
@@ -59,14 +72,7 @@ def _episodes(tx: _Tx) -> list[tuple]:
 def test_episodes_rebuilt_equal_the_incremental_ones_and_sum_to_sampled_drift(
         records: list[RecordedEvent], appends: list[int]) -> None:
     """Episodes appended in any batches equal a rebuild's, and each property's durations, in the table and in the audit's list, sum to the time `drift --as-of` shows it drifting, event by event."""
-    incremental, rebuilt = _database(records), _database(records)
-    projector, start = TableProjector(), 0
-    for size in appends * len(records):  # the log in batches of those sizes, over and over
-        if start >= len(records):
-            break
-        projector.project_sync(incremental, records[start:start + size])
-        start += size
-    run_steps_sync(rebuilt, TableProjector().rebuild())
+    incremental, rebuilt = _projected(records, appends)
 
     # The time each drift row stands, sampled as `drift --as-of` answers after every event (the rows as of
     # position p stand from p's time to the next event's), by the episode it belongs to: its since_position.

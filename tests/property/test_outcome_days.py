@@ -10,11 +10,11 @@ from typing import Any, Sequence
 import attrs
 from hypothesis import given, settings, strategies as st
 
-from tests.property.test_episodes import _database, _Tx
+from tests.property.test_episodes import _database, _projected, _Tx
 from tests.strategies import LOG_START, any_logs, recorded
 from vmledger.eventstore.catalogue import Outcome
 from vmledger.eventstore.events import ChangeRequested, DomainDefined, change_event
-from vmledger.eventstore.log import RecordedEvent, run_steps_sync, timestamp
+from vmledger.eventstore.log import RecordedEvent, timestamp
 from vmledger.projections.model import Model
 from vmledger.projections.queries import outcome_counts
 from vmledger.projections.store import OUTCOME_DAYS_ROWS, TableProjector
@@ -86,14 +86,7 @@ def test_day_counts_rebuilt_equal_the_incremental_ones_and_count_any_period_as_t
     near = st.builds(lambda rec, by: rec.recorded_at + by, st.sampled_from(records),
                      st.sampled_from((-timedelta(microseconds=1), timedelta(0), timedelta(microseconds=1))))
     periods = data.draw(st.lists(st.tuples(BOUNDS | near, BOUNDS | near), max_size=6), label="periods")
-    incremental, rebuilt = _database(records), _database(records)
-    projector, start = TableProjector(), 0
-    for size in appends * len(records):  # the log in batches of those sizes, over and over
-        if start >= len(records):
-            break
-        projector.project_sync(incremental, records[start:start + size])
-        start += size
-    run_steps_sync(rebuilt, TableProjector().rebuild())
+    incremental, rebuilt = _projected(records, appends)
     # The log's first and last days, and a day on each side, so that a period may hold every event or none.
     periods = [(None, None), (_bound(-1, timedelta(0)), _bound(-1, DAY - timedelta(microseconds=1))),
                (records[0].recorded_at, records[-1].recorded_at), *periods]
