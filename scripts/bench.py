@@ -278,7 +278,7 @@ async def bench_writes(url: str, args: argparse.Namespace, table: Table, results
                 failed += gave_up
                 stale += await stale_records(ledger, done)
             if (scope, callers) == ("persistent", 1):
-                results[key + "persistent_requests"] = statistics.median(rates)
+                results[key + "persistent_events"] = statistics.median(event_rates)
             if callers > 1:
                 results[key + "callers_events"] = statistics.median(event_rates)
             table.add(name + label, rates, "requests/s",
@@ -888,7 +888,9 @@ def print_targets(results: dict[str, float]) -> None:
     target("1. 64 callers, both: events/s vs peer saves/s", "callers_events", "peer_saves", 5)
     target("PostgreSQL 64 callers, both: events/s vs SQLite's", "pg_callers_events", "callers_events", 1)
     target("1. 64 callers, both: events/s vs raw 100/tx", "callers_events", "raw_100", 0.4)
-    target("2. 1 caller, persistent: requests/s vs peer saves/s", "persistent_requests", "peer_saves", 1.0)
+    # A request is two durable commits (its intent, then its outcome): the issue asks each to cost
+    # no more than one of the peer's saves, so committed events/s, not requests/s, meet the peer's.
+    target("2. 1 caller, persistent: events/s vs peer saves/s", "persistent_events", "peer_saves", 1.0)
     target("3. rebuild events/s vs peer replay", "rebuild", "peer_replay", 2)
     target("5. 64 clients over HTTP vs in process: requests/s", "http_requests", "inproc_requests", 0.5)
     target("3. rebuild events/s vs raw scan + orjson decode", "rebuild", "raw_scan", 0.33)
