@@ -134,8 +134,15 @@ class Transaction(Protocol):
         """Run one statement inside the transaction."""
         ...
 
-    async def execute_all(self, statements: Sequence[str], params: Sequence[Any] = ()) -> None:
-        """Run statements that take the same parameters, in order; in one round trip where the driver can."""
+    async def write_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+                        params: Sequence[Any] = ()) -> None:
+        """Run each `(sql, rows)` statement for each of its rows; in one round trip where the driver can.
+
+        Each statement is an `INSERT … VALUES (?, …)` (with any `ON CONFLICT`
+        clause) or a `DELETE … WHERE column = ? AND …`.  No two rows of
+        them touch the same row of a table, so they may run in any order.
+        `params` is unused (it keeps the shape of a step).
+        """
         ...
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -154,8 +161,9 @@ class SyncTransaction(Protocol):
         """Run one statement inside the transaction."""
         ...
 
-    def execute_all(self, statements: Sequence[str], params: Sequence[Any] = ()) -> None:
-        """Run statements that take the same parameters, in order."""
+    def write_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+                  params: Sequence[Any] = ()) -> None:
+        """Do what `Transaction.write_all` does."""
         ...
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -210,8 +218,8 @@ class ProjectionBatch(Protocol):
         """Fold one append's records, or refuse them whole with the error `project` raises, changing nothing."""
         ...
 
-    def write(self) -> Generator[Step, Any, None]:
-        """Write the rows the added appends changed."""
+    def write(self, *first: tuple[str, Sequence[Sequence[Any]]]) -> Generator[Step, Any, None]:
+        """Write the rows the added appends changed, with the `(sql, rows)` statements `first` (see `write_all`)."""
         ...
 
 

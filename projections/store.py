@@ -369,9 +369,14 @@ class _Batch:
         self._streams.update(states)
         self._requests.update(ids)
 
-    def write(self) -> Generator[Step, Any, None]:
-        """Write the rows the added appends changed, and the position they reached; nothing if none was added."""
+    def write(self, *first: tuple[str, Sequence[Sequence[Any]]]) -> Generator[Step, Any, None]:
+        """Write the rows the added appends changed, and the position they reached, with the statements `first`.
+
+        One `write_all` step holds them all; only `first`, if no append was added.
+        """
         if not self._streams:
+            if first:
+                yield ("write_all", list(first), ())
             return
         model, before = self.model, self._before
         # Only the rows that changed are written: an append touches a few of a domain's rows.
@@ -396,16 +401,21 @@ class _Batch:
         changed["episodes"].extend(model.ended)
         # Undefined domains first: a name is unique among defined ones at every row written.
         changed["domains"].sort(key=lambda row: row[3])
+        # `write_all` runs its statements in any order, so each row of a table is written once:
+        # a key both gone and changed is upserted alone (an upsert sets every column), and the
+        # last of a key's changed rows is the one written, as if each statement ran in turn.
+        statements = list(first)
         for table, keys in gone.items():
+            upserted = {row[:TABLES[table][1]] for row in changed.get(table, ())}
+            keys = [k for k in dict.fromkeys(keys) if k not in upserted]
             if keys:
-                yield ("execute_many", _DELETE[table], keys)
+                statements.append((_DELETE[table], keys))
         for table, part in changed.items():
             if part:
-                yield ("execute_many", _UPSERT[table], part)
-        added = outcome_day_rows(days)
-        if added:
-            yield ("execute_many", ADD_OUTCOME_DAYS, added)
-        yield ("execute", _SET_POSITION, (model.position,))
+                key = TABLES[table][1]
+                statements.append((_UPSERT[table], list({row[:key]: row for row in part}.values())))
+        statements += [(ADD_OUTCOME_DAYS, outcome_day_rows(days)), (_SET_POSITION, [(model.position,)])]
+        yield ("write_all", statements, ())
 
 
 #: The stored `outcome_days` rows, by key: the zero counts left out, as they stand for no row.

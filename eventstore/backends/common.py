@@ -290,8 +290,7 @@ def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> 
         versions[a.stream], last = records[-1].version, (records[-1].position, records[-1].hash)
         outcomes.append(records)
     if rows:
-        yield ("execute_many", INSERT, rows)
-        yield from projection.write()
+        yield from projection.write((INSERT, rows))
     return outcomes
 
 

@@ -167,6 +167,31 @@ def _storage_error(e: BaseException, *, committing: bool = False, connecting: bo
     return StorageError(f"PostgreSQL: {type(e).__name__}: {e}")
 
 
+#: The parameter types of each statement `write_all` ran, as PostgreSQL inferred them.
+_PARAMETER_TYPES: dict[str, list[str]] = {}
+_VALUES = re.compile(r"\bVALUES \(([^()]*)\)")
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+def _unnested(sql: str, types: Sequence[str], offset: int) -> str:
+    """Return `sql` (an `INSERT … VALUES` or `DELETE … WHERE`) reading its rows from arrays, one per parameter.
+
+    Parameter `$k` becomes column `_ck` of the rows `unnest` makes from
+    arrays `$(offset + 1)` on; the rows keep their order.
+    """
+    rows = (f"unnest({', '.join(f'${offset + i}::{t}[]' for i, t in enumerate(types, start=1))}) "
+            f"AS _u({', '.join(f'_c{i}' for i in range(1, len(types) + 1))})")
+    columns = lambda text: _PARAMETER.sub(r"_u._c\1", text)  # noqa: E731
+    if sql.startswith("INSERT INTO "):
+        values = _VALUES.search(sql)
+        if values:
+            return f"{sql[:values.start()]}SELECT {columns(values[1])} FROM {rows}{sql[values.end():]}"
+    elif sql.startswith("DELETE FROM ") and " WHERE " in sql:
+        table, _, where = sql[len("DELETE FROM "):].partition(" WHERE ")
+        return f"DELETE FROM {table} USING {rows} WHERE {columns(where)}"
+    raise ValueError(f"write_all takes INSERT … VALUES and DELETE … WHERE statements, not {sql!r}")
+
+
 class _Tx:
     """The `Transaction` a projector writes through: the writer's open connection."""
 
@@ -179,12 +204,25 @@ class _Tx:
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         await self._conn.execute(_pg(sql), *params)
 
-    async def execute_all(self, statements: Sequence[str], params: Sequence[Any] = ()) -> None:
-        # One round trip under the append lock instead of one per statement: data-modifying
-        # statements in WITH each run once, to completion (each numbers the shared parameters anew).
-        *first, last = [_pg(sql) for sql in statements]
-        head = "WITH " + ", ".join(f"s{i} AS ({sql})" for i, sql in enumerate(first)) + " " if first else ""
-        await self._conn.execute(head + last, *params)
+    async def write_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+                        params: Sequence[Any] = ()) -> None:
+        # One round trip under the append lock instead of one per statement: each statement reads
+        # its rows from arrays, one per column (`_unnested`), and data-modifying statements in
+        # WITH each run once, to completion, on the same snapshot (so in any order).
+        parts: list[str] = []
+        args: list[list[Any]] = []
+        for sql, rows in statements:
+            if rows:
+                pg = _pg(sql)
+                if pg not in _PARAMETER_TYPES:
+                    _PARAMETER_TYPES[pg] = [f'"{t.schema}"."{t.name}"'
+                                            for t in (await self._conn.prepare(pg)).get_parameters()]
+                parts.append(_unnested(pg, _PARAMETER_TYPES[pg], len(args)))
+                args += [list(column) for column in zip(*rows)]
+        if parts:
+            *first, last = parts
+            head = "WITH " + ", ".join(f"s{i} AS ({sql})" for i, sql in enumerate(first)) + " " if first else ""
+            await self._conn.execute(head + last, *args)
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:

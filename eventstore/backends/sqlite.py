@@ -127,9 +127,10 @@ class _SyncTx:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._conn.execute(sql, params)
 
-    def execute_all(self, statements: Sequence[str], params: Sequence[Any] = ()) -> None:
-        for sql in statements:
-            self._conn.execute(sql, params)
+    def write_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+                  params: Sequence[Any] = ()) -> None:
+        for sql, rows in statements:
+            self._conn.executemany(sql, rows)
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)

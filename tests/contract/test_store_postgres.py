@@ -65,8 +65,8 @@ class _HoldingBatch:
         yield from self._batch.add(records)
         self._held = self._held or any(r.stream == self._projector.stream for r in records)
 
-    def write(self) -> Generator[Step, Any, None]:
-        yield from self._batch.write()
+    def write(self, *first: Any) -> Generator[Step, Any, None]:
+        yield from self._batch.write(*first)
         if self._held:
             self._projector.holding.set()
             yield ("execute", "SELECT pg_sleep(?)", (self._projector.seconds,))
@@ -377,3 +377,39 @@ def test_ledger_answers_are_the_same_on_both_backends(request: pytest.FixtureReq
     assert on_pg[-4:-1] == [29, 29, 29]
     # beta's vCPUs, set in the persistent config only while it runs, are persistent_only (issue 13).
     assert {d["cause"] for d in on_pg[6]} == {"partial", "refused", "requires_restart", "external", "persistent_only"}
+
+
+def test_write_all_writes_its_statements_in_one_round_trip_as_sqlite_does_in_turn(pg_database: str) -> None:
+    """`write_all` on PostgreSQL (one statement over arrays) leaves the rows SQLite's statements, run in turn, leave."""
+    import sqlite3
+
+    from vmledger.eventstore.backends.postgres import _Tx
+    from vmledger.eventstore.backends.sqlite import _SyncTx
+
+    table = "CREATE TABLE t (k TEXT NOT NULL, n BIGINT NOT NULL, v TEXT, w BIGINT, PRIMARY KEY (k, n))"
+    seed = [("a", 1, "x", 1), ("a", 2, "y", None), ("b", 1, None, 3)]
+    statements = [
+        ("DELETE FROM t WHERE k = ? AND n = ?", [("a", 2), ("z", 9)]),
+        ("INSERT INTO t (k, n, v, w) VALUES (?, ?, ?, ?) ON CONFLICT (k, n) DO UPDATE SET v = excluded.v, "
+         "w = excluded.w", [("b", 1, "new", None), ("c", 5, "it's", 2**40)]),
+        ("INSERT INTO t (k, n, v, w) VALUES ('lit', ?, NULL, ?)", [(7, 8)]),
+        ("INSERT INTO t (k, n, v, w) VALUES (?, ?, ?, ?)", []),  # no rows: no statement
+    ]
+    expected = sorted([("a", 1, "x", 1), ("b", 1, "new", None), ("c", 5, "it's", 2**40), ("lit", 7, None, 8)])
+
+    lite = sqlite3.connect(":memory:", isolation_level=None)
+    lite.execute(table)
+    lite.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", seed)
+    _SyncTx(lite).write_all(statements)
+    assert sorted(lite.execute("SELECT * FROM t").fetchall()) == expected
+
+    async def go() -> list[tuple[Any, ...]]:
+        async with _admin(pg_database) as conn:
+            await conn.execute(table.replace("CREATE TABLE t", "CREATE TEMP TABLE t"))
+            await conn.executemany("INSERT INTO t VALUES ($1, $2, $3, $4)", seed)
+            await _Tx(conn).write_all(statements)
+            with pytest.raises(ValueError, match="write_all takes INSERT"):
+                await _Tx(conn).write_all([("UPDATE t SET v = ?", [("q",)])])
+            return sorted(tuple(r) for r in await conn.fetch("SELECT * FROM t"))
+
+    assert run(go()) == expected

@@ -37,6 +37,10 @@ class _Tx:
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.conn.executemany(sql, rows)
 
+    def write_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]], params: Sequence[Any] = ()) -> None:
+        for sql, rows in statements:
+            self.conn.executemany(sql, rows)
+
 
 def _database(records: list[RecordedEvent]) -> _Tx:
     """Return an in-memory database with the projection tables and `records` stored as the log."""
