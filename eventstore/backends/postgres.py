@@ -4,9 +4,9 @@ It mirrors `SQLiteEventLog`: one writing connection per log, serialised by a
 lock, and reads beside it (a small pool, since an asyncpg connection runs one
 statement at a time).  Appends that arrive together are committed together
 (group commit, see `common.GroupCommit`): one transaction holds a batch's
-events, their hash links, the projection rows and one `NOTIFY`, written with
-one statement per table, so a batch costs a dozen round trips however many
-appends it holds.  Subscribers wake on `LISTEN` through a dedicated
+events, their hash links, the projection rows and one `NOTIFY`, the rows
+written by one statement (see `_Tx.write_all`), so a batch costs seven round
+trips however many appends it holds.  Subscribers wake on `LISTEN` through a dedicated
 connection.  Appends from every process are serialised by a
 transaction-scoped advisory lock (see `APPEND_LOCK`), so positions are
 gap-free and become visible in order.
