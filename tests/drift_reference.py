@@ -21,8 +21,8 @@ FIXED_WHILE_RUNNING = {"max_memory", "max_vcpus", "numa_nodes"}
 
 def _live_cause(outcome: ChangeOutcome) -> str:
     status = outcome.outcome.status
-    if status in ("partially_applied", "applied"):
-        return "partial" if status == "partially_applied" else "live_only"
+    if status in ("partial", "applied"):
+        return "partial" if status == "partial" else "live_only"
     return "requires_restart" if outcome.reason == "requires_restart" else status
 
 
@@ -36,7 +36,7 @@ def _cause(rec: RecordedEvent, requests: dict[str, Any]) -> str:
         if not (scope == "live" or (running_then and scope in ("both", "current"))):
             return "requires_restart" if e.property in FIXED_WHILE_RUNNING else "persistent_only"
         return "in_flight" if other is None else _live_cause(other)
-    if e.outcome.status == "partially_applied":
+    if e.outcome.status == "partial":
         return "partial"
     other = outcomes.get("persistent")
     if other is None and (scope in ("persistent", "both") or (scope == "current" and not running_then)):
@@ -65,7 +65,7 @@ def reference_drift(events: Iterable[RecordedEvent]) -> list[DriftRow]:
             requests[e.request_id] = (e.scope, live[s] is not None, {})
         elif isinstance(e, ChangeOutcome):
             requests[e.request_id][2][e.scope] = e
-            if e.outcome.status in ("applied", "partially_applied") and e.value is not None:
+            if e.outcome.status in ("applied", "partial") and e.value is not None:
                 if e.scope == "persistent":
                     config[s][e.property] = e.value
                 elif live[s] is not None:
