@@ -155,7 +155,6 @@ async def open(  # noqa: A001 - the public name the design promises
         await adapter.aclose()
 
 
-
 def _time_ordered_id() -> str:
     """Return a new id: a UUID version 7 (RFC 9562) in 32 hex digits, which sorts by the millisecond it was made.
 
@@ -167,6 +166,7 @@ def _time_ordered_id() -> str:
     ms = time.time_ns() // 1_000_000 & (1 << 48) - 1
     rand = int.from_bytes(os.urandom(10), "big")  # 12 bits for rand_a, 62 for rand_b
     return f"{ms << 80 | 7 << 76 | (rand >> 68) << 64 | 2 << 62 | rand & (1 << 62) - 1:032x}"
+
 
 async def _restore_simulator(ledger: Ledger, sim: SimulatedHypervisor) -> None:
     """Start a simulator whose state file is missing as the ledger last recorded its domains.

@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from tests.strategies import any_logs
 from vmledger._audit import audit_report
+from vmledger.eventstore.backends.sqlite import _SyncTx as _Tx  # the writer thread's transaction, as the projector writes through
 from vmledger.eventstore.codec import dumps, encode
 from vmledger.eventstore.log import RecordedEvent, run_steps_sync, timestamp
 from vmledger.projections.model import TABLES, Model
@@ -20,26 +21,6 @@ from vmledger.projections.store import SCHEMA, TableProjector
 
 _EVENTS = ("CREATE TABLE events (position INTEGER PRIMARY KEY, stream TEXT, version INTEGER, type TEXT, "
            "schema_version INTEGER, data TEXT, metadata TEXT, recorded_at TEXT, hash TEXT)")
-
-
-class _Tx:
-    """A synchronous transaction over one sqlite3 connection, as the projector writes through."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, params).fetchall()
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.conn.execute(sql, params)
-
-    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.conn.executemany(sql, rows)
-
-    def write_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]], params: Sequence[Any] = ()) -> None:
-        for sql, rows in statements:
-            self.conn.executemany(sql, rows)
 
 
 def _database(records: list[RecordedEvent]) -> _Tx:
