@@ -130,6 +130,14 @@ class Transaction(Protocol):
         """Return every row of a query inside the transaction."""
         ...
 
+    async def fetch_many(self, queries: Sequence[tuple[str, Sequence[Any]]],
+                         params: Sequence[Any] = ()) -> list[list[tuple[Any, ...]]]:
+        """Return the rows of each `(sql, params)` query, in one round trip where the driver can.
+
+        Each query's rows come in no set order.  `params` is unused (it keeps the shape of a step).
+        """
+        ...
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one statement inside the transaction."""
         ...
@@ -155,6 +163,11 @@ class SyncTransaction(Protocol):
 
     def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Return every row of a query inside the transaction."""
+        ...
+
+    def fetch_many(self, queries: Sequence[tuple[str, Sequence[Any]]],
+                   params: Sequence[Any] = ()) -> list[list[tuple[Any, ...]]]:
+        """Do what `Transaction.fetch_many` does."""
         ...
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -210,8 +223,12 @@ class ProjectionBatch(Protocol):
     runs through an async driver or a synchronous one alike.
     """
 
-    def load(self, streams: Sequence[str], request_ids: Sequence[str]) -> Generator[Step, Any, None]:
-        """Read the stored rows of `streams` and of `request_ids`, which the appends to come touch."""
+    def load(self, streams: Sequence[str], request_ids: Sequence[str],
+             *first: tuple[str, Sequence[Any]]) -> Generator[Step, Any, list[list[tuple[Any, ...]]]]:
+        """Read the stored rows of `streams` and of `request_ids`, which the appends to come touch.
+
+        The `(sql, params)` queries `first` are read with them (see `fetch_many`); returns their rows.
+        """
         ...
 
     def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:

@@ -317,19 +317,22 @@ class _Batch:
         self._streams: set[str] = set()  # of the appends added
         self._requests: set[str] = set()
 
-    def load(self, streams: Sequence[str], request_ids: Sequence[str]) -> Generator[Step, Any, None]:
-        """Read the stored state of `streams` and the history of `request_ids`."""
-        model, wanted = self.model, sorted(set(streams))
-        found = yield ("fetch_all", f"SELECT uuid, state FROM domains WHERE uuid IN ({_marks(wanted)})", wanted)
-        for uuid, text in found:
+    def load(self, streams: Sequence[str], request_ids: Sequence[str],
+             *first: tuple[str, Sequence[Any]]) -> Generator[Step, Any, list[list[tuple[Any, ...]]]]:
+        """Read the stored state of `streams` and the history of `request_ids`, with the queries `first`."""
+        model, uuids, ids = self.model, sorted(set(streams)), sorted(set(request_ids))
+        queries = [*first, (f"SELECT uuid, state FROM domains WHERE uuid IN ({_marks(uuids)})", uuids)]
+        if ids:
+            queries.append((_select("history").replace(" ORDER BY", f" WHERE request_id IN ({_marks(ids)}) ORDER BY"),
+                            ids))
+        found = yield ("fetch_many", queries, ())
+        asked, (states, *history) = found[:len(first)], found[len(first):]
+        for uuid, text in states:
             model.states[uuid], self._before[uuid] = self._projector._parsed(uuid, text)
-        wanted = sorted(set(request_ids))
-        if wanted:
-            found = yield ("fetch_all", _select("history").replace(
-                " ORDER BY", f" WHERE request_id IN ({_marks(wanted)}) ORDER BY"), wanted)
-            for row in found:
-                model.history[row[0]] = record_from_row(row)
-                self._stored_history[row[0]] = tuple(row)
+        for row in history[0] if history else ():
+            model.history[row[0]] = record_from_row(row)
+            self._stored_history[row[0]] = tuple(row)
+        return asked
 
     def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
         """Fold one append's records, or leave the model as it was and raise.

@@ -270,10 +270,11 @@ def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> 
     if not batch:  # every caller of the batch was cancelled
         return []
     streams = sorted({a.stream for a in batch})
-    found = yield ("fetch_all", _versions_and_last(len(streams)), streams)
+    found, = yield from projection.load(streams, [e.request_id for a in batch for e in a.events
+                                                  if hasattr(e, "request_id")],
+                                        (_versions_and_last(len(streams)), streams))
     versions = {stream: version or 0 for stream, version, _, _ in found}
     last: tuple[int, str | None] = (found[0][2] or 0, found[0][3])
-    yield from projection.load(streams, [e.request_id for a in batch for e in a.events if hasattr(e, "request_id")])
     outcomes: list[Outcome] = []
     rows: list[tuple[Any, ...]] = []
     for a in batch:

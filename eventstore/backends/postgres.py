@@ -5,8 +5,9 @@ lock, and reads beside it (a small pool, since an asyncpg connection runs one
 statement at a time).  Appends that arrive together are committed together
 (group commit, see `common.GroupCommit`): one transaction holds a batch's
 events, their hash links, the projection rows and one `NOTIFY`, the rows
-written by one statement (see `_Tx.write_all`), so a batch costs seven round
-trips however many appends it holds.  Subscribers wake on `LISTEN` through a dedicated
+written by one statement (see `_Tx.write_all`), so a batch costs four round
+trips however many appends it holds: BEGIN with the append lock, the reads
+(see `_Tx.fetch_many`), the write, and COMMIT with the NOTIFY.  Subscribers wake on `LISTEN` through a dedicated
 connection.  Appends from every process are serialised by a
 transaction-scoped advisory lock (see `APPEND_LOCK`), so positions are
 gap-free and become visible in order.
@@ -201,6 +202,15 @@ class _Tx:
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await self._conn.fetch(_pg(sql), *params)]
 
+    async def fetch_many(self, queries: Sequence[tuple[str, Sequence[Any]]],
+                         params: Sequence[Any] = ()) -> list[list[tuple[Any, ...]]]:
+        # One round trip: each query's rows come back as one array of anonymous records.
+        if len(queries) == 1:
+            return [await self.fetch_all(*queries[0])]
+        sql = "SELECT " + ", ".join(f"ARRAY(SELECT _q FROM ({q}) AS _q)" for q, _ in queries)
+        row = await self._conn.fetchrow(_pg(sql), *[p for _, ps in queries for p in ps])
+        return [[tuple(r) for r in rows] for rows in row]
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         await self._conn.execute(_pg(sql), *params)
 
@@ -365,8 +375,12 @@ class PostgresEventLog(LogReads):
 
     # Writing.
 
-    async def _begin(self) -> asyncpg.Connection:
-        """Open a transaction on the writing connection, reconnecting if the server dropped it."""
+    async def _begin(self) -> tuple[asyncpg.Connection, bool]:
+        """Open a transaction on the writing connection, reconnecting if the server dropped it.
+
+        The transaction asks for the append lock in the same round trip,
+        without waiting for it: returns the connection and whether it holds the lock.
+        """
         self._need_open()
         if self.read_only:
             raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
@@ -382,15 +396,17 @@ class PostgresEventLog(LogReads):
                     self._writer = None
                 self._writer = await self._connect()
             try:
-                await self._writer.execute("BEGIN")
-                return self._writer
-            except _DRIVER_ERRORS as e:
+                # A simple query of two statements: its status is the last one's, "SELECT 1" if it got the lock.
+                status = await self._writer.execute(f"BEGIN; SELECT WHERE pg_try_advisory_xact_lock({APPEND_LOCK})")
+                return self._writer, status == "SELECT 1"
+            except BaseException as e:
+                # The query may have stopped after its BEGIN: start the next one on a new connection.
+                self._writer.terminate()
                 # An idle connection the server dropped (a restart, a failover)
                 # fails its first statement; nothing was written, so reconnect once.
-                if retried or not _lost(e):
+                if retried or not isinstance(e, _DRIVER_ERRORS) or not _lost(e):
                     raise
                 retried = True
-                self._writer.terminate()
 
     async def _finish(self, conn: asyncpg.Connection, statement: str) -> None:
         """Run COMMIT or ROLLBACK to its end even if the caller is cancelled meanwhile."""
@@ -410,9 +426,10 @@ class PostgresEventLog(LogReads):
         async with self._lock:
             committing = False
             try:
-                conn = await self._begin()
+                conn, locked = await self._begin()
                 try:
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+                    if not locked:  # another process holds it: wait, up to `lock_timeout`
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
                     yield conn
                     committing = True
                     # Both statements are literal (a constant and an int): one simple query, one round trip.
@@ -441,7 +458,7 @@ class PostgresEventLog(LogReads):
 
         Appends that arrive while a transaction is under way are gathered into
         the next one (group commit), under one acquisition of the append lock:
-        one commit's WAL flush serves them all, and a batch costs a dozen
+        one commit's WAL flush serves them all, and a batch costs four
         round trips however many appends it holds.  Each is checked and
         folded in memory before anything is written, so a refused append does
         not fail its neighbours, and each caller returns only after the commit

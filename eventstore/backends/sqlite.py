@@ -124,6 +124,10 @@ class _SyncTx:
     def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, params).fetchall()
 
+    def fetch_many(self, queries: Sequence[tuple[str, Sequence[Any]]],
+                   params: Sequence[Any] = ()) -> list[list[tuple[Any, ...]]]:
+        return [self._conn.execute(sql, ps).fetchall() for sql, ps in queries]
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._conn.execute(sql, params)
 

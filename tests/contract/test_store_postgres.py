@@ -58,8 +58,8 @@ class _HoldingBatch:
     def __init__(self, batch: Any, projector: _HoldingProjector) -> None:
         self._batch, self._projector, self._held = batch, projector, False
 
-    def load(self, streams: Sequence[str], request_ids: Sequence[str]) -> Generator[Step, Any, None]:
-        yield from self._batch.load(streams, request_ids)
+    def load(self, streams: Sequence[str], request_ids: Sequence[str], *first: Any) -> Generator[Step, Any, Any]:
+        return (yield from self._batch.load(streams, request_ids, *first))
 
     def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
         yield from self._batch.add(records)
@@ -413,3 +413,75 @@ def test_write_all_writes_its_statements_in_one_round_trip_as_sqlite_does_in_tur
             return sorted(tuple(r) for r in await conn.fetch("SELECT * FROM t"))
 
     assert run(go()) == expected
+
+
+def test_fetch_many_reads_its_queries_in_one_round_trip_as_sqlite_does_in_turn(pg_database: str) -> None:
+    """`fetch_many` on PostgreSQL (one statement of arrays of records) returns the rows SQLite's queries return."""
+    import sqlite3
+
+    from vmledger.eventstore.backends.postgres import _Tx
+    from vmledger.eventstore.backends.sqlite import _SyncTx
+
+    table = "CREATE TABLE t (k TEXT NOT NULL, n BIGINT NOT NULL, v TEXT, PRIMARY KEY (k, n))"
+    seed = [("a", 1, "x"), ("a", 2, None), ("b", 1, "it's, (odd)"), ("c", 3, "")]
+    queries = [
+        ("WITH s(k) AS (VALUES (?), (?)) SELECT s.k, (SELECT max(n) FROM t WHERE t.k = s.k), "
+         "(SELECT max(n) FROM t) FROM s", ["a", "zz"]),
+        ("SELECT k, n, v FROM t WHERE k IN (?, ?) ORDER BY k, n", ["a", "b"]),
+        ("SELECT v FROM t WHERE n > ?", [99]),  # no rows
+        ("SELECT count(*) FROM t WHERE v IS NULL OR v = ?", [""]),
+    ]
+    lite = sqlite3.connect(":memory:", isolation_level=None)
+    lite.execute(table)
+    lite.executemany("INSERT INTO t VALUES (?, ?, ?)", seed)
+    expected = [sorted(rows) for rows in _SyncTx(lite).fetch_many(queries)]
+    assert expected == [[("a", 2, 3), ("zz", None, 3)], [("a", 1, "x"), ("a", 2, None), ("b", 1, "it's, (odd)")],
+                        [], [(2,)]]
+
+    async def go() -> tuple[list[list[tuple[Any, ...]]], list[list[tuple[Any, ...]]], int]:
+        async with _admin(pg_database) as conn:
+            await conn.execute(table.replace("CREATE TABLE t", "CREATE TEMP TABLE t"))
+            await conn.executemany("INSERT INTO t VALUES ($1, $2, $3)", seed)
+            together = await _Tx(conn).fetch_many(queries)
+            alone = await _Tx(conn).fetch_many(queries[1:2])
+            # The first call made the driver look up the type of an array of records, once per connection.
+            statements: list[str] = []
+            conn.add_query_logger(lambda q: statements.append(q.query))
+            await _Tx(conn).fetch_many(queries[1:])
+            await asyncio.sleep(0.05)  # the driver calls query loggers soon after, not at once
+            return [sorted(rows) for rows in together], alone, len(statements)
+
+    together, alone, sent = run(go())
+    assert together == expected
+    assert alone == [expected[1]]
+    assert sent == 1
+
+
+def test_an_append_takes_four_round_trips_and_one_more_while_another_process_holds_the_lock(
+        pg_database: str) -> None:
+    """BEGIN asks for the append lock without waiting; only when another process holds it does the append wait.
+
+    (A definition takes a fifth, to look its name up.)
+    """
+    async def go() -> tuple[list[str], list[str], list[int]]:
+        async with PostgresEventLog(pg_database, TableProjector()) as log, _admin(pg_database) as admin:
+            await log.append("a", 0, [_defined("a")], Metadata(), now=T0)  # the driver learns the types once
+            sent: list[str] = []
+            assert log._writer is not None
+            log._writer.add_query_logger(lambda q: sent.append(q.query))
+            await log.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            await asyncio.sleep(0.05)  # the driver calls query loggers soon after, not at once
+            alone, sent[:] = list(sent), []
+            await admin.execute("SELECT pg_advisory_lock($1)", APPEND_LOCK)
+            blocked = asyncio.create_task(log.append("a", 2, [DomainStopped()], Metadata(), now=T0))
+            await _backend_pid(admin, "wait_event_type = 'Lock' AND wait_event = 'advisory'")
+            await admin.execute("SELECT pg_advisory_unlock($1)", APPEND_LOCK)
+            await asyncio.wait_for(blocked, 10)
+            await asyncio.sleep(0.05)
+            return alone, sent, [r.position async for r in log.read_all()]
+
+    alone, contended, positions = run(go())
+    assert len(alone) == 4, alone  # BEGIN and the lock, the reads, the write, COMMIT and NOTIFY
+    assert alone[0].startswith("BEGIN; SELECT WHERE pg_try_advisory_xact_lock(") and alone[-1].endswith("COMMIT")
+    assert len(contended) == 5 and contended[1] == "SELECT pg_advisory_xact_lock($1)", contended
+    assert positions == [1, 2, 3]
