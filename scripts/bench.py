@@ -7,6 +7,7 @@ Run from the repository root (the package installed, e.g. `pip install -e .`):
     python scripts/bench.py --events 20000 --repeat 1 --requests 100   # a quick smoke run
     python scripts/bench.py --db /tmp/ledger.db    # write benchmarks on that file (or sqlite:///URL)
     python scripts/bench.py --db postgresql://... --skip rebuild --skip reads   # PostgreSQL beside SQLite
+    python scripts/bench.py --pg-cluster --skip rebuild --skip reads   # the same, on a throwaway cluster
 
 It prints plain tables, headed by the machine line (CPU count, Python,
 SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
@@ -243,7 +244,12 @@ async def bench_writes(url: str, args: argparse.Namespace, table: Table, results
     spec = dict(guest_type="pv", memory=SIZES[0], max_memory=GiB, vcpus=1, max_vcpus=4,
                 principal=PRINCIPAL)
     n = args.requests
-    async with vmledger.open(url, hypervisor_timeout=30.0) as ledger:
+    async with contextlib.AsyncExitStack() as stack:
+        # On PostgreSQL the simulator's state would sit in the working directory, where a run
+        # stopped halfway leaves its domains: a fresh one, in a temporary directory.
+        sim = (SimulatedHypervisor(os.path.join(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix="vmledger-bench-")), "bench.sim.json")) if on_postgres(url) else "sim")
+        ledger = await stack.enter_async_context(vmledger.open(url, hypervisor=sim, hypervisor_timeout=30.0))
         store = await describe_store(ledger)
         label = f" [{store.split(' (')[0]}]" if labelled else ""
         progress(f"{store}: defining {len(pool) + 2} PV domains, starting {len(pool) + 1}")
@@ -916,6 +922,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--db", help="database path or sqlite:/// URL for the write benchmarks "
                                 "(default: a fresh file in a temporary directory)")
+    p.add_argument("--pg-cluster", action="store_true",
+                   help="start a throwaway PostgreSQL 15 cluster as the tests do (tests/pg.py), run the write "
+                        "benchmarks on it beside SQLite, and remove it at the end (instead of --db)")
     p.add_argument("--events", type=int, default=1_000_000,
                    help="events in the rebuild log, and in the peer's replay (default 1000000)")
     p.add_argument("--small-events", type=int, default=10_000,
@@ -940,6 +949,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--url", help="measure over HTTP against this running server (token in VMLEDGER_TOKEN); "
                                  "implies --http")
     args = p.parse_args(argv)
+    if args.pg_cluster and args.db:
+        p.error("--pg-cluster starts its own database: leave out --db")
     for name in ("events", "small_events", "read_calls", "read_domains", "peer_events", "repeat", "requests", "callers",
                  "domains", "rebuild_domains", "batch"):
         if getattr(args, name) < 1:
@@ -985,12 +996,18 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(child_rebuild(args.child_rebuild, args.repeat))
         return 0
     start = time.perf_counter()
-    table, results, stores = asyncio.run(run(args))
+    with contextlib.ExitStack() as stack:
+        if args.pg_cluster:
+            sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            from tests.pg import cluster
+            args.db = stack.enter_context(cluster())
+        table, results, stores = asyncio.run(run(args))
     print(machine_line())
     places = [args.db] * bool(args.db) + ["a temporary directory"] * (not args.db or on_postgres(args.db))
     for store, place in zip(stores, places):
         print(f"store for writes: {store}, at {place}")
-    print(f"rebuild on SQLite in a temporary directory; hypervisor: simulated (JSON state file beside the database); "
+    print(f"rebuild on SQLite in a temporary directory; hypervisor: simulated (JSON state file beside the database"
+          f"{', in a temporary directory for PostgreSQL' * on_postgres(args.db)}); "
           f"peer: eventsourcing on SQLite (WAL, synchronous=FULL); median of {args.repeat} run(s)")
     print()
     table.print()
