@@ -501,6 +501,14 @@ class LibvirtHypervisor:
 
         await self._lifecycle(work)
 
+    async def ping(self) -> None:
+        """Return once libvirt answers a call on the connection (a readiness probe); reconnect if it died.
+
+        Raises:
+            HypervisorError: libvirt cannot be reached or did not answer in time.
+        """
+        await self._lifecycle(lambda: self._connect().getLibVersion())
+
     # -- beyond the port: adopting an existing estate -----------------------------
 
     async def list_domains(self) -> list[str]:

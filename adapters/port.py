@@ -6,7 +6,7 @@ from typing import Protocol
 
 from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
 
-__all__ = ["Hypervisor", "Adoptable"]
+__all__ = ["Hypervisor", "Adoptable", "Pingable"]
 
 
 class Hypervisor(Protocol):
@@ -48,6 +48,14 @@ class Hypervisor(Protocol):
 
     async def aclose(self) -> None:
         """Release the adapter's resources."""
+        ...
+
+
+class Pingable(Protocol):
+    """A hypervisor that can say whether it answers at all, whatever domains it has (for `/readyz`)."""
+
+    async def ping(self) -> None:
+        """Return once the hypervisor answers a cheap call; raise `HypervisorError` if it cannot."""
         ...
 
 

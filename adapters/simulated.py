@@ -337,6 +337,14 @@ class SimulatedHypervisor:
         """Return the free host memory pool in bytes."""
         return await self._run(lambda state: state["host_free"], write=False)
 
+    async def ping(self) -> None:
+        """Return once the state file can be read (a readiness probe).
+
+        Raises:
+            HypervisorError: the state file cannot be read, or is damaged.
+        """
+        await self._run(lambda state: None, write=False)
+
     async def lock_tray(self, name: str, device: str) -> None:
         """Lock the CD-ROM tray of `device`, as a guest does.
 

@@ -197,6 +197,33 @@ def test_health_readiness_and_metrics(server: Served) -> None:
     assert "vmledger_append_seconds_bucket" in text and "vmledger_stream_subscribers 0.0" in text
 
 
+def test_readiness_asks_the_hypervisor_not_a_domain(tmp_path: Any) -> None:
+    """/readyz is 200 while the simulator answers, even with a domain gone behind the ledger's back, and 503 while its
+    state cannot be read."""
+    need_serve()
+    state = tmp_path / "ledger.db.sim.json"
+
+    def replace_state(text: str) -> None:
+        (tmp_path / "edit").write_text(text)
+        (tmp_path / "edit").replace(state)
+
+    with served(f"sqlite:///{tmp_path}/ledger.db", str(tmp_path / "server.log")) as s, s.client(None) as c:
+        with s.client("olga") as admin:
+            assert admin.post("/v1/domains", json=WEB).status_code == 201
+        saved = state.read_text()
+        gone = json.loads(saved)
+        del gone["domains"]["web"]
+        replace_state(json.dumps(gone))  # the ledger still holds `web`; the hypervisor answers without it
+        after_gone = c.get("/readyz")
+        replace_state("{")
+        damaged = c.get("/readyz")
+        replace_state(saved)
+        again = c.get("/readyz")
+    assert (after_gone.status_code, after_gone.json()) == (200, {"status": "ok"})
+    assert damaged.status_code == 503 and damaged.json()["status"].startswith("hypervisor: simulator state")
+    assert again.status_code == 200
+
+
 def test_openapi_is_31_and_lists_every_operation(server: Served) -> None:
     """/openapi.json is an OpenAPI 3.1 document naming every /v1/ operation with its bearer security."""
     with server.client(None) as c:

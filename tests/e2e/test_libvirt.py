@@ -484,6 +484,23 @@ def test_lifecycle_errors_raise_hypervisor_error(tmp_path: pathlib.Path) -> None
     run(tmp_path, scenario)
 
 
+def test_ping_answers_while_libvirt_answers_and_raises_when_it_cannot_be_reached(tmp_path: pathlib.Path) -> None:
+    """`ping` (the readiness probe) returns on a reachable libvirt and raises HypervisorError on one it cannot open."""
+    async def main() -> str:
+        reachable, missing = LibvirtHypervisor(URI, timeout=10.0), LibvirtHypervisor(
+            f"test://{tmp_path}/no-such-node.xml", timeout=10.0)
+        try:
+            assert await reachable.ping() is None
+            with pytest.raises(HypervisorError) as raised:
+                await missing.ping()
+            return str(raised.value)
+        finally:
+            await reachable.aclose()
+            await missing.aclose()
+
+    assert "no-such-node.xml" in asyncio.run(main())
+
+
 def test_missing_libvirt_python_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without libvirt-python the adapter raises HypervisorError naming the install commands."""
     monkeypatch.setitem(sys.modules, "libvirt", None)
