@@ -7,8 +7,8 @@ statement at a time).  Appends that arrive together are committed together
 events, their hash links, the projection rows and one `NOTIFY`, the rows
 written by one statement (see `_Tx.write_all`), so a batch costs four round
 trips however many appends it holds: BEGIN with the append lock, the reads
-(see `_Tx.fetch_many`), the write, and COMMIT with the NOTIFY.  Subscribers wake on `LISTEN` through a dedicated
-connection.  Appends from every process are serialised by a
+(see `_Tx.fetch_many`), the write, and COMMIT with the NOTIFY.  Subscribers
+wake on `LISTEN` through a dedicated connection.  Appends from every process are serialised by a
 transaction-scoped advisory lock (see `APPEND_LOCK`), so positions are
 gap-free and become visible in order.
 
