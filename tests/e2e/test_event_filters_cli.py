@@ -15,7 +15,7 @@ def _lines(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
-def test_events_filtered_by_domain_type_and_period(cli: Cli) -> None:
+def test_events_filtered_by_domain_type_and_period(cli: Cli) -> None:  # noqa: F811 - the imported fixture
     """Each filter, and their combination, prints the events of the unfiltered feed that match; a bad one exits 2."""
     assert cli("set", "web", "memory", "2GiB")[0] == 0
     assert cli("set", "db", "vcpus", "3", "--config")[0] == 0
