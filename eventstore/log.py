@@ -259,10 +259,11 @@ class Projector(Protocol):
         """Start projecting several appends in one transaction."""
         ...
 
-    def upgrade(self) -> Generator[Step, Any, bool]:
+    def upgrade(self, parts: Any = None) -> Generator[Step, Any, bool]:
         """Yield the statements that rebuild rows an older version's rules made; return whether it rebuilt.
 
-        Runs inside the transaction that sets up the schema, when a writer opens the log.
+        Runs inside the transaction that sets up the schema, when a writer opens the log;
+        `parts` as for `rebuild`.
         """
         ...
 

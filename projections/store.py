@@ -240,17 +240,18 @@ class TableProjector:
         if len(self._states) > _CACHED_STATES:
             del self._states[next(iter(self._states))]
 
-    def upgrade(self) -> Generator[Step, Any, bool]:
+    def upgrade(self, parts: PartRows | None = None) -> Generator[Step, Any, bool]:
         """Yield the statements that rebuild the rows if other rules made them; return whether it rebuilt.
 
         A ledger that names no rules was made before they were named (rules 1).
+        Given `parts`, a long log is folded by worker processes, as by `rebuild`.
         """
         found = yield ("fetch_all", _RULES_ROW, ())
         if found and found[0][0] == RULES:
             return False
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
         if head:
-            yield from self.rebuild()
+            yield from self.rebuild(parts=parts)
         yield ("execute", _SET_RULES, (RULES,))
         return bool(head)
 

@@ -347,7 +347,8 @@ class SQLiteEventLog(LogReads):
                 conn.execute("BEGIN IMMEDIATE")
                 for statement in schema:
                     conn.execute(statement)
-                run_steps_sync(_SyncTx(conn), self._projector.upgrade())
+                # The events are committed, so a long log's worker processes can read it meanwhile.
+                run_steps_sync(_SyncTx(conn), self._projector.upgrade(self._parts))
                 conn.execute(f"PRAGMA user_version = {stamp}")
                 conn.execute("COMMIT")
         except BaseException:

@@ -221,3 +221,38 @@ def test_a_rebuild_in_parts_reads_the_file_the_log_opened_after_a_change_of_dire
     with caplog.at_level(logging.DEBUG, logger="vmledger"):
         split = asyncio.run(go())
     assert (split, os.listdir(tmp_path / "elsewhere"), [r.message for r in caplog.records]) == (alone, [], [])
+
+
+def test_opening_a_ledger_of_older_rules_rebuilds_it_in_parts(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A writer opening a ledger whose rows older rules made rebuilds them in worker processes, to the rows the
+    appends wrote; that it used them shows when they cannot start (a fault made by patching the interpreter's path)."""
+    path = str(tmp_path / "ledger.db")
+
+    async def appended() -> dict:
+        async with SQLiteEventLog(path, TableProjector()) as log:
+            for rec in recorded(_fleet()):
+                await log.append(rec.stream, rec.version - 1, [rec.event], Metadata(principal="p"),
+                                 now=LOG_START + timedelta(seconds=rec.position))
+            return await table_rows(log.fetch_all)
+
+    def of_older_rules() -> None:
+        # As a version that named no rules left the file: its schema stamp, no rules row, a row its rules made.
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("PRAGMA user_version = 1")
+            conn.execute("DELETE FROM projection_position WHERE name = 'rules'")
+            conn.execute("UPDATE domains SET version = version + 1")
+
+    async def reopened() -> dict:
+        async with SQLiteEventLog(path, TableProjector(chunk=4, parts=3, parts_from=0)) as log:
+            return await table_rows(log.fetch_all)
+
+    incremental = asyncio.run(appended())
+    of_older_rules()
+    assert asyncio.run(reopened()) == incremental
+    of_older_rules()
+    monkeypatch.setattr(vmledger.projections._parts.sys, "executable", str(tmp_path / "no-python"))
+    with caplog.at_level(logging.WARNING, logger="vmledger"):
+        assert asyncio.run(reopened()) == incremental
+    assert [r.message.split(" (")[0] for r in caplog.records] == ["rebuild: the worker processes failed"]
