@@ -7,6 +7,7 @@ writes.  SQL here is plain enough for SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter, defaultdict
 from typing import Any, Callable, Generator, Sequence
@@ -327,10 +328,10 @@ class _Batch:
             queries.append((_select("history").replace(" ORDER BY", f" WHERE request_id IN ({_marks(ids)}) ORDER BY"),
                             ids))
         found = yield ("fetch_many", queries, ())
-        asked, (states, *history) = found[:len(first)], found[len(first):]
+        asked, states, history = found[:len(first)], found[len(first)], found[len(first) + 1:]
         for uuid, text in states:
             model.states[uuid], self._before[uuid] = self._projector._parsed(uuid, text)
-        for row in history[0] if history else ():
+        for row in itertools.chain.from_iterable(history):
             model.history[row[0]] = record_from_row(row)
             self._stored_history[row[0]] = tuple(row)
         return asked

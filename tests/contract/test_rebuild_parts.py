@@ -125,17 +125,22 @@ def test_the_two_domains_of_the_logs_fold_in_different_parts() -> None:
     assert (part_of("a", 2), part_of("b", 2), part_of("", 2)) == (1, 0, 0)
 
 
+async def _append_fleet(path: str) -> dict[str, list[tuple]]:
+    """Append `_fleet()` to a new ledger at `path`, an event an append; return the rows the appends wrote."""
+    async with SQLiteEventLog(path, TableProjector()) as log:
+        for rec in recorded(_fleet()):
+            await log.append(rec.stream, rec.version - 1, [rec.event], Metadata(principal="p"),
+                             now=LOG_START + timedelta(seconds=rec.position))
+        return await table_rows(log.fetch_all)
+
+
 def test_a_rebuild_in_parts_writes_the_rows_the_appends_wrote(tmp_path: Any) -> None:
     """Three worker processes rebuild a fleet's rows, late outcomes and open requests too, as the appends wrote them, reporting progress up to the head."""
     path = str(tmp_path / "ledger.db")
     seen: list[tuple[int, int]] = []
 
     async def go() -> tuple[dict, int, dict]:
-        async with SQLiteEventLog(path, TableProjector()) as log:
-            for rec in recorded(_fleet()):
-                await log.append(rec.stream, rec.version - 1, [rec.event], Metadata(principal="p"),
-                                 now=LOG_START + timedelta(seconds=rec.position))
-            incremental = await table_rows(log.fetch_all)
+        incremental = await _append_fleet(path)
         async with SQLiteEventLog(path, TableProjector(chunk=4, parts=3, parts_from=0)) as log:
             position = await log.rebuild(lambda at, head: seen.append((at, head)))
             return incremental, position, await table_rows(log.fetch_all)
@@ -230,13 +235,6 @@ def test_opening_a_ledger_of_older_rules_rebuilds_it_in_parts(
     appends wrote; that it used them shows when they cannot start (a fault made by patching the interpreter's path)."""
     path = str(tmp_path / "ledger.db")
 
-    async def appended() -> dict:
-        async with SQLiteEventLog(path, TableProjector()) as log:
-            for rec in recorded(_fleet()):
-                await log.append(rec.stream, rec.version - 1, [rec.event], Metadata(principal="p"),
-                                 now=LOG_START + timedelta(seconds=rec.position))
-            return await table_rows(log.fetch_all)
-
     def of_older_rules() -> None:
         # As a version that named no rules left the file: its schema stamp, no rules row, a row its rules made.
         with contextlib.closing(sqlite3.connect(path)) as conn, conn:
@@ -248,7 +246,7 @@ def test_opening_a_ledger_of_older_rules_rebuilds_it_in_parts(
         async with SQLiteEventLog(path, TableProjector(chunk=4, parts=3, parts_from=0)) as log:
             return await table_rows(log.fetch_all)
 
-    incremental = asyncio.run(appended())
+    incremental = asyncio.run(_append_fleet(path))
     of_older_rules()
     assert asyncio.run(reopened()) == incremental
     of_older_rules()
