@@ -119,15 +119,48 @@ def _delete(table: str) -> str:
     return f"DELETE FROM {table} WHERE {' AND '.join(f'{c} = ?' for c in cols[:key])}"
 
 
+def _update(table: str, columns: tuple[int, ...]) -> str:
+    cols, key = TABLES[table]
+    return (f"UPDATE {table} SET {', '.join(f'{cols[i]} = ?' for i in columns)} "
+            f"WHERE {' AND '.join(f'{c} = ?' for c in cols[:key])}")
+
+
 def _diff(table: str, old: Sequence[tuple], new: Sequence[tuple],
-          gone: dict[str, list[tuple]], changed: dict[str, list[tuple]]) -> None:
-    """Add to `gone` the keys of `old` rows that `new` lacks, and to `changed` the `new` rows not in `old`."""
+          gone: dict[str, list[tuple]], changed: dict[str, list[tuple]]) -> dict[tuple, tuple]:
+    """Add to `gone` the keys of `old` rows that `new` lacks, and to `changed` the `new` rows not in `old`.
+
+    Returns the `old` rows by key.
+    """
     key = TABLES[table][1]
     was = {row[:key]: row for row in old}
+    stored = dict(was)
     for row in new:
         if was.pop(row[:key], None) != row:
             changed[table].append(row)
     gone[table].extend(was)
+    return stored
+
+
+def _row_writes(table: str, rows: Sequence[tuple], stored: dict[tuple, tuple]) -> list[tuple[str, list[tuple]]]:
+    """Return the statements that write `rows` (one per key) of `table`, whose rows read are `stored` (by key).
+
+    A stored row is updated in the columns that changed, so that SQLite
+    leaves alone the indexes of the columns that did not (an upsert sets
+    every column, and rewrites every index entry of the row); a row not
+    stored, or one whose change moves a column of `_UPSERTED`, is upserted.
+    """
+    key = TABLES[table][1]
+    upserts: list[tuple] = []
+    updates: dict[tuple[int, ...], list[tuple]] = defaultdict(list)
+    for row in rows:
+        was = stored.get(row[:key])
+        columns = () if was is None else tuple(i for i in range(key, len(row)) if row[i] != was[i])
+        if not columns or _UPSERTED.get(table, frozenset()).intersection(columns):
+            upserts.append(row)
+        else:
+            updates[columns].append((*(row[i] for i in columns), *row[:key]))
+    writes = [(_update(table, columns), part) for columns, part in updates.items()]
+    return [*writes, (_UPSERT[table], upserts)] if upserts else writes
 
 
 #: The statement that adds `outcome_days` rows' counts to the stored ones: an append's changes, or a rebuild's
@@ -137,6 +170,11 @@ ADD_OUTCOME_DAYS = _add_counts()
 ALL_TABLES = (*TABLES, "outcome_days")
 _UPSERT = {table: _upsert(table) for table in TABLES}
 _DELETE = {table: _delete(table) for table in TABLES}
+#: The tables whose rows an append updates in the columns that changed, when it read them (`_row_writes`):
+#: the rows it read itself (`domains`, `history`) or made from them (`outcomes`).  By column index, those
+#: whose change still takes an upsert: the order of a batch's upserts keeps a defined name unique.
+_UPSERTED = {"domains": frozenset(TABLES["domains"][0].index(c) for c in ("name", "defined"))}
+_UPDATED = ("domains", "history", "outcomes")
 #: Domains whose parsed state a projector keeps: a fleet's busy domains, in bounded memory.
 _CACHED_STATES = 4096
 _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
@@ -387,17 +425,21 @@ class _Batch:
         # Only the rows that changed are written: an append touches a few of a domain's rows.
         gone: dict[str, list[tuple]] = defaultdict(list)
         changed: dict[str, list[tuple]] = defaultdict(list)
+        read: dict[str, dict[tuple, tuple]] = {table: {} for table in _UPDATED}
         for uuid in sorted(self._streams):
             rows = model.domain_rows(uuid)
             self._projector._remember(uuid, model.states[uuid], rows)
             for table, part in rows.items():
-                _diff(table, before.get(uuid, {}).get(table, ()), part, gone, changed)
+                was = _diff(table, before.get(uuid, {}).get(table, ()), part, gone, changed)
+                if table in read:
+                    read[table].update(was)
         wanted = sorted(self._requests)
         stored = [self._stored_history[r] for r in wanted if r in self._stored_history]
-        _diff("history", stored, [model.history_row(r) for r in wanted if r in model.history], gone, changed)
+        read["history"] = _diff("history", stored, [model.history_row(r) for r in wanted if r in model.history],
+                                gone, changed)
         old = [row for h in stored for row in outcome_rows(record_from_row(h))]
         new = [row for r in wanted if r in model.history for row in outcome_rows(model.history[r])]
-        _diff("outcomes", old, new, gone, changed)
+        read["outcomes"] = _diff("outcomes", old, new, gone, changed)
         # The day counts move by the outcome rows gone and come: a request's status moves from in flight.
         days: Counter[tuple] = Counter()
         count_outcome_days(days, old, -1)
@@ -418,7 +460,8 @@ class _Batch:
         for table, part in changed.items():
             if part:
                 key = TABLES[table][1]
-                statements.append((_UPSERT[table], list({row[:key]: row for row in part}.values())))
+                rows = list({row[:key]: row for row in part}.values())
+                statements += _row_writes(table, rows, read[table]) if table in read else [(_UPSERT[table], rows)]
         statements += [(ADD_OUTCOME_DAYS, outcome_day_rows(days)), (_SET_POSITION, [(model.position,)])]
         yield ("write_all", statements, ())
 

@@ -175,7 +175,7 @@ _PARAMETER = re.compile(r"\$(\d+)")
 
 
 def _unnested(sql: str, types: Sequence[str], offset: int) -> str:
-    """Return `sql` (an `INSERT … VALUES` or `DELETE … WHERE`) reading its rows from arrays, one per parameter.
+    """Return `sql` (`INSERT … VALUES`, `UPDATE … SET … WHERE`, `DELETE … WHERE`) reading its rows from arrays.
 
     Parameter `$k` becomes column `_ck` of the rows `unnest` makes from
     arrays `$(offset + 1)` on; the rows keep their order.
@@ -190,7 +190,11 @@ def _unnested(sql: str, types: Sequence[str], offset: int) -> str:
     elif sql.startswith("DELETE FROM ") and " WHERE " in sql:
         table, _, where = sql[len("DELETE FROM "):].partition(" WHERE ")
         return f"DELETE FROM {table} USING {rows} WHERE {columns(where)}"
-    raise ValueError(f"write_all takes INSERT … VALUES and DELETE … WHERE statements, not {sql!r}")
+    elif sql.startswith("UPDATE ") and " SET " in sql and " WHERE " in sql:
+        target, _, where = sql.partition(" WHERE ")
+        return f"{columns(target)} FROM {rows} WHERE {columns(where)}"
+    raise ValueError(f"write_all takes INSERT … VALUES, UPDATE … SET … WHERE and DELETE … WHERE statements, "
+                     f"not {sql!r}")
 
 
 class _Tx:

@@ -169,6 +169,64 @@ def test_two_logs_taking_turns_on_one_stream_write_the_rows_a_rebuild_writes(sto
     assert len(incremental["history"]) == 6 and len(incremental["drift"]) == 1
 
 
+#: Columns an append never changes in a stored row, some of them indexed: writing one rewrites the row's index entries.
+_KEPT_COLUMNS = {"domains": "guest_type", "history": "domain, property, position",
+                 "outcomes": "domain, requested_at, principal"}
+
+
+async def _refuse_writes_of_kept_columns(store: Store) -> None:
+    """Add triggers that fail any statement setting a `_KEPT_COLUMNS` column of a stored row (as an upsert does)."""
+    if store.backend == "sqlite":
+        with contextlib.closing(sqlite3.connect(os.path.join(store.where, "store.db"))) as conn, conn:
+            for table, columns in _KEPT_COLUMNS.items():
+                conn.execute(f"CREATE TRIGGER kept_{table} BEFORE UPDATE OF {columns} ON {table} "
+                             f"BEGIN SELECT RAISE(ABORT, '{table} rewritten'); END")
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(store.where)
+    try:
+        await conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                           "$$ BEGIN RAISE EXCEPTION '% rewritten', TG_TABLE_NAME; END $$")
+        for table, columns in _KEPT_COLUMNS.items():
+            await conn.execute(f"CREATE TRIGGER kept_{table} BEFORE UPDATE OF {columns} ON {table} "
+                               "FOR EACH ROW EXECUTE FUNCTION refuse()")
+    finally:
+        await conn.close()
+
+
+def test_an_append_updates_only_the_columns_that_changed_in_the_rows_it_read(store: Store) -> None:
+    """Settling a request rewrites no key or indexed column of its domain, history and outcome rows.
+
+    The triggers fail a statement that sets one, as an upsert of the whole row
+    does; the rows still equal a rebuild's.
+    """
+    def change(outcome: Outcome, request_id: str, **fields: Any) -> Any:
+        return change_event("memory", outcome)(request_id=request_id, property="memory", **fields)
+
+    async def go() -> tuple[dict, dict]:
+        async with store() as log:
+            await log.append("a", 0, [_defined("a")], Metadata(), now=T0)
+            await _refuse_writes_of_kept_columns(store)
+            await log.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0)
+            version = 2
+            for i, live in enumerate((Outcome.APPLIED, Outcome.PARTIALLY_APPLIED, Outcome.REFUSED)):
+                rid, size = f"r{i}", 2**29 + i
+                for event in (change(Outcome.REQUESTED, rid, value=size, scope="both", principal="p"),
+                              change(Outcome.APPLIED, rid, scope="persistent", requested=size, value=size),
+                              change(live, rid, scope="live", requested=size, value=size - i)):
+                    await log.append("a", version, [event], Metadata(), now=T0 + timedelta(i))
+                    version += 1
+            await log.append("a", version, [DomainStopped()], Metadata(), now=T0 + timedelta(5))
+            incremental = await table_rows(log.fetch_all)
+            await log.rebuild()
+            return incremental, await table_rows(log.fetch_all)
+
+    incremental, rebuilt = run(go())
+    assert incremental == rebuilt
+    assert [row[-1] is not None for row in incremental["history"]] == [True] * 3
+
+
 def test_expected_version_conflict_writes_nothing(store: Store) -> None:
     """An append at a stale version raises ConcurrencyError and leaves the log unchanged."""
     async def go() -> tuple:

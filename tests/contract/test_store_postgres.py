@@ -394,8 +394,11 @@ def test_write_all_writes_its_statements_in_one_round_trip_as_sqlite_does_in_tur
          "w = excluded.w", [("b", 1, "new", None), ("c", 5, "it's", 2**40)]),
         ("INSERT INTO t (k, n, v, w) VALUES ('lit', ?, NULL, ?)", [(7, 8)]),
         ("INSERT INTO t (k, n, v, w) VALUES (?, ?, ?, ?)", []),  # no rows: no statement
+        # Only the rows of the keys given change; a key of no row changes none.
+        ("UPDATE t SET w = ?, v = ? WHERE k = ? AND n = ?", [(None, "x, 'q'", "a", 1), (4, None, "nope", 1)]),
     ]
-    expected = sorted([("a", 1, "x", 1), ("b", 1, "new", None), ("c", 5, "it's", 2**40), ("lit", 7, None, 8)])
+    expected = sorted([("a", 1, "x, 'q'", None), ("b", 1, "new", None), ("c", 5, "it's", 2**40),
+                       ("lit", 7, None, 8)])
 
     lite = sqlite3.connect(":memory:", isolation_level=None)
     lite.execute(table)
@@ -409,7 +412,7 @@ def test_write_all_writes_its_statements_in_one_round_trip_as_sqlite_does_in_tur
             await conn.executemany("INSERT INTO t VALUES ($1, $2, $3, $4)", seed)
             await _Tx(conn).write_all(statements)
             with pytest.raises(ValueError, match="write_all takes INSERT"):
-                await _Tx(conn).write_all([("UPDATE t SET v = ?", [("q",)])])
+                await _Tx(conn).write_all([("UPDATE t SET v = ?", [("q",)])])  # no WHERE: every row
             return sorted(tuple(r) for r in await conn.fetch("SELECT * FROM t"))
 
     assert run(go()) == expected
