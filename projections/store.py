@@ -353,7 +353,7 @@ class _Batch:
         self._projector = projector
         self.model = Model()
         self._before: dict[str, dict[str, list[tuple]]] = {}  # the stored rows of each domain read
-        self._stored_history: dict[str, tuple] = {}
+        self._stored_history: dict[str, tuple[tuple, list[Any]]] = {}  # request id -> the row read, its record
         self._streams: set[str] = set()  # of the appends added
         self._requests: set[str] = set()
 
@@ -370,8 +370,9 @@ class _Batch:
         for uuid, text in states:
             model.states[uuid], self._before[uuid] = self._projector._parsed(uuid, text)
         for row in itertools.chain.from_iterable(history):
-            model.history[row[0]] = record_from_row(row)
-            self._stored_history[row[0]] = tuple(row)
+            # The fold settles a copy of a record (`Model.feed_history`): this one stays as read.
+            record = model.history[row[0]] = record_from_row(row)
+            self._stored_history[row[0]] = (tuple(row), record)
         return asked
 
     def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
@@ -435,9 +436,9 @@ class _Batch:
                     read[table].update(was)
         wanted = sorted(self._requests)
         stored = [self._stored_history[r] for r in wanted if r in self._stored_history]
-        read["history"] = _diff("history", stored, [model.history_row(r) for r in wanted if r in model.history],
-                                gone, changed)
-        old = [row for h in stored for row in outcome_rows(record_from_row(h))]
+        read["history"] = _diff("history", [row for row, _ in stored],
+                                [model.history_row(r) for r in wanted if r in model.history], gone, changed)
+        old = [row for _, record in stored for row in outcome_rows(record)]
         new = [row for r in wanted if r in model.history for row in outcome_rows(model.history[r])]
         read["outcomes"] = _diff("outcomes", old, new, gone, changed)
         # The day counts move by the outcome rows gone and come: a request's status moves from in flight.
