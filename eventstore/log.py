@@ -246,6 +246,8 @@ class Projector(Protocol):
     schema: Sequence[str]
     #: The version of the rules the rows are made by: part of the schema a backend checks on open.
     rules: int
+    #: The tables whose rows appends update after inserting them: a backend may leave room for the new versions.
+    updated_in_place: Sequence[str]
 
     async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
         """Apply freshly appended records to the projection tables."""

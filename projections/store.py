@@ -219,6 +219,8 @@ class TableProjector:
 
     schema = SCHEMA
     rules = RULES
+    #: A request's history row takes its outcomes after it is inserted, a domain's row every append.
+    updated_in_place = ("domains", "history")
 
     def __init__(self, *, chunk: int = CHUNK, parts: int | None = None, parts_from: int = _PARTS_FROM) -> None:
         self._chunk = chunk  # events per read of the rebuild
