@@ -144,10 +144,11 @@ def _diff(table: str, old: Sequence[tuple], new: Sequence[tuple],
 def _row_writes(table: str, rows: Sequence[tuple], stored: dict[tuple, tuple]) -> list[tuple[str, list[tuple]]]:
     """Return the statements that write `rows` (one per key) of `table`, whose rows read are `stored` (by key).
 
-    A stored row is updated in the columns that changed, so that SQLite
-    leaves alone the indexes of the columns that did not (an upsert sets
-    every column, and rewrites every index entry of the row); a row not
-    stored, or one whose change moves a column of `_UPSERTED`, is upserted.
+    A stored row is updated in the columns that changed, so that the
+    database leaves alone the index entries of the columns that did not (an
+    upsert sets every column: SQLite rewrites every index entry of the row);
+    a row not stored, or one whose change moves a column of `_UPSERTED`, is
+    upserted.
     """
     key = TABLES[table][1]
     upserts: list[tuple] = []
@@ -170,11 +171,9 @@ ADD_OUTCOME_DAYS = _add_counts()
 ALL_TABLES = (*TABLES, "outcome_days")
 _UPSERT = {table: _upsert(table) for table in TABLES}
 _DELETE = {table: _delete(table) for table in TABLES}
-#: The tables whose rows an append updates in the columns that changed, when it read them (`_row_writes`):
-#: the rows it read itself (`domains`, `history`) or made from them (`outcomes`).  By column index, those
-#: whose change still takes an upsert: the order of a batch's upserts keeps a defined name unique.
+#: By table and column index, the columns whose change a row read still takes an upsert for (`_row_writes`):
+#: the order of a batch's upserts keeps a defined name unique.
 _UPSERTED = {"domains": frozenset(TABLES["domains"][0].index(c) for c in ("name", "defined"))}
-_UPDATED = ("domains", "history", "outcomes")
 #: Domains whose parsed state a projector keeps: a fleet's busy domains, in bounded memory.
 _CACHED_STATES = 4096
 _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
@@ -428,13 +427,15 @@ class _Batch:
         # Only the rows that changed are written: an append touches a few of a domain's rows.
         gone: dict[str, list[tuple]] = defaultdict(list)
         changed: dict[str, list[tuple]] = defaultdict(list)
-        read: dict[str, dict[tuple, tuple]] = {table: {} for table in _UPDATED}
+        # The rows read, by key, of the tables whose rows are updated in the columns that changed
+        # (`_row_writes`): those the batch read itself (domains, history) or made from them (outcomes).
+        read: dict[str, dict[tuple, tuple]] = {"domains": {}}
         for uuid in sorted(self._streams):
             rows = model.domain_rows(uuid)
             self._projector._remember(uuid, model.states[uuid], rows)
             for table, part in rows.items():
                 was = _diff(table, before.get(uuid, {}).get(table, ()), part, gone, changed)
-                if table in read:
+                if table == "domains":
                     read[table].update(was)
         wanted = sorted(self._requests)
         stored = [self._stored_history[r] for r in wanted if r in self._stored_history]
