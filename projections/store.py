@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import Counter, defaultdict
-from typing import Any, Callable, Generator, Sequence
+from typing import Any, Callable, Generator, Iterable, Sequence
 
 from vmledger.eventstore.errors import InvalidRequestError
 from vmledger.eventstore.events import ChangeRequested, DomainDefined
@@ -125,20 +125,19 @@ def _update(table: str, columns: tuple[int, ...]) -> str:
             f"WHERE {' AND '.join(f'{c} = ?' for c in cols[:key])}")
 
 
-def _diff(table: str, old: Sequence[tuple], new: Sequence[tuple],
-          gone: dict[str, list[tuple]], changed: dict[str, list[tuple]]) -> dict[tuple, tuple]:
-    """Add to `gone` the keys of `old` rows that `new` lacks, and to `changed` the `new` rows not in `old`.
-
-    Returns the `old` rows by key.
-    """
+def _by_key(table: str, rows: Iterable[tuple]) -> dict[tuple, tuple]:
     key = TABLES[table][1]
-    was = {row[:key]: row for row in old}
-    stored = dict(was)
+    return {row[:key]: row for row in rows}
+
+
+def _diff(table: str, old: Sequence[tuple], new: Sequence[tuple],
+          gone: dict[str, list[tuple]], changed: dict[str, list[tuple]]) -> None:
+    """Add to `gone` the keys of `old` rows that `new` lacks, and to `changed` the `new` rows not in `old`."""
+    key, was = TABLES[table][1], _by_key(table, old)
     for row in new:
         if was.pop(row[:key], None) != row:
             changed[table].append(row)
     gone[table].extend(was)
-    return stored
 
 
 def _row_writes(table: str, rows: Sequence[tuple], stored: dict[tuple, tuple]) -> list[tuple[str, list[tuple]]]:
@@ -427,23 +426,23 @@ class _Batch:
         # Only the rows that changed are written: an append touches a few of a domain's rows.
         gone: dict[str, list[tuple]] = defaultdict(list)
         changed: dict[str, list[tuple]] = defaultdict(list)
-        # The rows read, by key, of the tables whose rows are updated in the columns that changed
-        # (`_row_writes`): those the batch read itself (domains, history) or made from them (outcomes).
-        read: dict[str, dict[tuple, tuple]] = {"domains": {}}
         for uuid in sorted(self._streams):
             rows = model.domain_rows(uuid)
             self._projector._remember(uuid, model.states[uuid], rows)
             for table, part in rows.items():
-                was = _diff(table, before.get(uuid, {}).get(table, ()), part, gone, changed)
-                if table == "domains":
-                    read[table].update(was)
+                _diff(table, before.get(uuid, {}).get(table, ()), part, gone, changed)
         wanted = sorted(self._requests)
         stored = [self._stored_history[r] for r in wanted if r in self._stored_history]
-        read["history"] = _diff("history", [row for row, _ in stored],
-                                [model.history_row(r) for r in wanted if r in model.history], gone, changed)
+        _diff("history", [row for row, _ in stored], [model.history_row(r) for r in wanted if r in model.history],
+              gone, changed)
         old = [row for _, record in stored for row in outcome_rows(record)]
         new = [row for r in wanted if r in model.history for row in outcome_rows(model.history[r])]
-        read["outcomes"] = _diff("outcomes", old, new, gone, changed)
+        _diff("outcomes", old, new, gone, changed)
+        # The rows read, by key, of the tables whose rows are updated in the columns that changed
+        # (`_row_writes`): those the batch read itself (domains, history) or made from them (outcomes).
+        read = {"domains": _by_key("domains", (row for uuid in self._streams
+                                               for row in before.get(uuid, {}).get("domains", ()))),
+                "history": _by_key("history", (row for row, _ in stored)), "outcomes": _by_key("outcomes", old)}
         # The day counts move by the outcome rows gone and come: a request's status moves from in flight.
         days: Counter[tuple] = Counter()
         count_outcome_days(days, old, -1)
