@@ -5,9 +5,11 @@ change events (`…Requested` and the outcomes, nearly all of a log) with
 their fields unboxed, as `projections.scan` decodes them, and every other
 event whole.  The rules are the fold's and the model's own
 (`DomainFold.requested`, `.outcome`, `.step`; `requested_record`,
-`settle_record`; `domain_rows`, `request_rows`, `ended_episodes`): this
+`settle_record`; `domain_rows`, `history_row`, `ended_episodes`): this
 module only decides when to call them and when to write a completed
-request's rows out.
+request's rows out.  It gives out no `outcomes` rows: the rebuild makes
+them from the `history` rows (`projections.store`), and counts their days
+here.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from vmledger.eventstore.catalogue import Outcome
 from vmledger.eventstore.log import RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainFold, drift_marks
 from vmledger.projections.model import (
-    TABLES, completed, count_outcome_days, domain_rows, ended_episodes, outcome_day_rows, outcome_rows,
-    record_from_row, request_rows, requested_record, settle_record,
+    TABLES, completed, count_outcome_days, domain_rows, ended_episodes, history_row, outcome_day_rows,
+    outcome_rows, record_from_row, requested_record, settle_record,
 )
 from vmledger.projections.scan import Change, as_change, scan
 
@@ -42,7 +44,7 @@ class Replay:
         self._completed: list[str] = []  # requests completed since the last `completed()`
         #: The rows of the drift episodes ended since the last `completed()`.
         self.ended: list[tuple] = []
-        #: The `outcome_days` counts of the outcome rows given out so far, less those taken back.
+        #: The `outcome_days` counts of the outcomes of the history rows given out so far, less those taken back.
         self.days: Counter[tuple] = Counter()
         self._folding = self._fold([])
 
@@ -123,7 +125,7 @@ class Replay:
     def completed(self) -> list[tuple[str, list[tuple]]]:
         """Return `(table, rows)` of the requests completed and the drift episodes ended so far, and forget them.
 
-        The tables are `history` and `outcomes`, then `episodes`.
+        The tables are `history`, then `episodes`.
         """
         records = []
         with _collector_paused():
@@ -132,14 +134,19 @@ class Replay:
                 if record is not None and completed(record):
                     records.append(record)
                     del self.history[request_id]
-            rows = request_rows(records)
-            count_outcome_days(self.days, rows[1][1])
+            history = self._given_out(records)
         self._completed = []
         ended, self.ended = self.ended, []
-        return [*rows, ("episodes", ended)]
+        return [("history", history), ("episodes", ended)]
+
+    def _given_out(self, records: list[list[Any]]) -> list[tuple]:
+        """Return the history rows of request records, counting the days of their outcomes."""
+        for record in records:
+            count_outcome_days(self.days, outcome_rows(record))
+        return [history_row(record) for record in records]
 
     def rows(self) -> Iterator[tuple[str, list[tuple]]]:
-        """Yield `(table, rows)` for every domain, every drift episode ended since `completed()`, every request still open, in batches, and last the `outcome_days` of every outcome row given out."""
+        """Yield `(table, rows)` for every domain, every drift episode ended since `completed()`, every request still open (`history`), in batches, and last the `outcome_days` of the outcomes of every history row given out."""
         uuids = sorted(self.domains)
         for start in range(0, len(uuids), _ROWS_BATCH):
             batch: dict[str, list[tuple]] = {t: [] for t in TABLES if t not in ("history", "outcomes")}
@@ -151,9 +158,8 @@ class Replay:
         yield "episodes", self.ended
         self.ended = []
         with _collector_paused():
-            requests = request_rows(self.history[r] for r in sorted(self.history))
-            count_outcome_days(self.days, requests[1][1])
-        yield from requests
+            history = self._given_out([self.history[r] for r in sorted(self.history)])
+        yield "history", history
         yield "outcome_days", outcome_day_rows(self.days)
 
 

@@ -25,7 +25,7 @@ from vmledger.projections.model import (
 )
 
 __all__ = ["SCHEMA", "RULES", "TableProjector", "DuplicateRequestError", "table_rows", "ADD_OUTCOME_DAYS",
-           "ALL_TABLES", "OUTCOME_DAYS_ROWS"]
+           "ALL_TABLES", "OUTCOME_DAYS_ROWS", "OUTCOMES_FROM_HISTORY"]
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS domains (
@@ -179,6 +179,14 @@ _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? 
 _READ_CHUNK = f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
 #: Events from which a rebuild given a way to read parts folds in worker processes: below, starting them costs more.
 _PARTS_FROM = 100_000
+#: A rebuild's `outcomes` rows, made by the database from the `outcomes` JSON of the `history` rows written,
+#: as `model.outcome_rows` makes them: in the order of the table's key, which takes a third of the time
+#: of inserting rows in the order the fold completes their requests.
+OUTCOMES_FROM_HISTORY = (
+    f"INSERT INTO outcomes ({', '.join(TABLES['outcomes'][0])}) "
+    "SELECT h.request_id, o.key, h.domain, h.property, h.principal, h.requested_at, h.position, "
+    "json_extract(o.value, '$.status'), json_extract(o.value, '$.reason') "
+    "FROM history h, json_each(h.outcomes) o ORDER BY h.request_id")
 _SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all', ?) "
                  "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
 
@@ -301,7 +309,8 @@ class TableProjector:
         The log is read in chunks inside the caller's write transaction, and
         the history rows of completed requests are written as the fold goes,
         so memory holds the domain states and the open requests, never the
-        whole history.  `progress(position, head)` is called after each chunk.
+        whole history.  The `outcomes` rows are made from the `history` rows
+        at the end, by the database (`OUTCOMES_FROM_HISTORY`).  `progress(position, head)` is called after each chunk.
         Returns the last position folded.
 
         Given `parts`, a way for other processes to read the log, a log of
@@ -315,6 +324,7 @@ class TableProjector:
             # The workers start (a process each) while this one deletes the old rows.
             if (yield from fold_in_parts(parts, self.parts, head, self._chunk, _insert, _HISTORY_BY_ID, progress,
                                          clear)):
+                yield ("execute", OUTCOMES_FROM_HISTORY, ())
                 yield ("execute", _SET_POSITION, (head,))
                 return head
         yield from clear
@@ -338,6 +348,7 @@ class TableProjector:
         for table, part in replay.rows():
             if part:
                 yield ("execute_many", _insert(table), part)
+        yield ("execute", OUTCOMES_FROM_HISTORY, ())
         yield ("execute", _SET_POSITION, (last,))
         return last
 

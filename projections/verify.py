@@ -27,7 +27,7 @@ from vmledger.eventstore.codec import dumps
 from vmledger.eventstore.errors import ChainBrokenError
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import FORGET_REQUEST, TABLES
-from vmledger.projections.store import ADD_OUTCOME_DAYS, OUTCOME_DAYS_ROWS, SCHEMA
+from vmledger.projections.store import ADD_OUTCOME_DAYS, OUTCOME_DAYS_ROWS, OUTCOMES_FROM_HISTORY, SCHEMA
 
 __all__ = ["Reader", "folded_rows", "domain_groups", "paired_groups", "compare", "digest", "compare_days"]
 
@@ -92,6 +92,7 @@ async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK) ->
             await fold()
             for table, table_rows in replay.rows():
                 await db.executemany(_INSERT[table], table_rows)
+            await db.execute(OUTCOMES_FROM_HISTORY)  # as a rebuild makes them
             await db.commit()
 
             async def fetch_all(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -141,11 +141,21 @@ def _bytewise(statement: str) -> str:
 
 
 _TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|\?""")
+# SQLite's JSON functions as the projections call them, on JSON text: `json_each(column)` and
+# `json_extract(column, '$.key')`.  PostgreSQL's take the text cast to json.
+_JSON_EACH = re.compile(r"\bjson_each\(([\w.]+)\)")
+_JSON_EXTRACT = re.compile(r"\bjson_extract\(([\w.]+), '\$\.(\w+)'\)")
 
 
 @functools.lru_cache(maxsize=512)
 def _pg(sql: str) -> str:
-    """Return `sql` with its `?` placeholders numbered `$1..$n` (quoted text and comments kept)."""
+    """Return `sql` in PostgreSQL's dialect.
+
+    Its `?` placeholders are numbered `$1..$n` (quoted text and comments
+    kept), and SQLite's JSON functions (`_JSON_EACH`, `_JSON_EXTRACT`)
+    become PostgreSQL's.
+    """
+    sql = _JSON_EXTRACT.sub(r"(\1::json ->> '\2')", _JSON_EACH.sub(r"json_each(\1::json)", sql))
     count = 0
 
     def number(m: re.Match[str]) -> str:

@@ -53,8 +53,8 @@ from vmledger.eventstore.log import Metadata, RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainFold, DomainState, Mark, Slot, apply
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import (
-    TABLES, Model, count_outcome_days, domain_rows, history_from_row, outcome_day_rows, record_from_row, state_from_json,
-    state_to_json,
+    TABLES, Model, count_outcome_days, domain_rows, history_from_row, outcome_day_rows, outcome_rows, record_from_row,
+    state_from_json, state_to_json,
 )
 from vmledger.projections.store import OUTCOME_DAYS_ROWS
 from vmledger.projections.verify import domain_groups, folded_rows
@@ -421,27 +421,25 @@ def _replayed(rows: list[tuple[Any, ...]], size: int, via_record: set[int]) -> t
     `scan` leaves to `record` do); a late outcome gets its written record back.
     Returns the rows, and the domain states after each chunk.
     """
-    replay, written, outcomes, ended, states = Replay(), {}, {}, [], []
+    replay, written, ended, states = Replay(), {}, [], []
     for start in range(0, len(rows), size):
         def decode(chunk: Any, start: int = start) -> list[Any]:
             return [record((*row, "")) if start + i in via_record else item
                     for i, (row, item) in enumerate(zip(chunk, scan(chunk)))]
 
         request_id = replay.fold(rows[start:start + size], decode)
-        while request_id is not None:
-            for scope in ("live", "persistent"):  # its rows are taken out, as the rebuild takes them
-                outcomes.pop((request_id, scope), None)
+        while request_id is not None:  # its row is taken out, as the rebuild takes it
             request_id = replay.resume(written.pop(request_id, None))
         done = dict(replay.completed())
         written.update((row[0], row) for row in done["history"])
-        outcomes.update((row[:2], row) for row in done["outcomes"])
         ended.extend(done["episodes"])
         states.append({u: w.state() for u, w in replay.domains.items()})
     tables: dict[str, list[tuple]] = {t: [] for t in (*TABLES, "outcome_days")}
     for table, part in replay.rows():
         tables[table].extend(part)
     tables["history"].extend(written.values())
-    tables["outcomes"].extend(outcomes.values())
+    # The rebuild makes the outcome rows of the history rows it wrote (`OUTCOMES_FROM_HISTORY`).
+    tables["outcomes"] = [row for h in tables["history"] for row in outcome_rows(record_from_row(h))]
     tables["episodes"].extend(ended)
     for table, (_, key) in TABLES.items():
         tables[table].sort(key=lambda row: row[:key])
