@@ -13,7 +13,6 @@ import asyncio
 import fcntl
 import json
 import os
-import tempfile
 import time
 import uuid
 from typing import IO, Any, Callable
@@ -491,8 +490,11 @@ class SimulatedHypervisor:
         # Written over the old one, of the same length: truncating a file that holds data makes
         # ext4 write it out first (auto_da_alloc), which cost as much as the rest of the save.
         os.pwrite(lock.fileno(), uuid.uuid4().hex.encode("ascii"), 0)
-        directory = os.path.dirname(os.path.abspath(self.state_path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sim-", suffix=".tmp")
+        directory, name = os.path.split(os.path.abspath(self.state_path))
+        # One name does, under the lock: a save that died leaves it behind, and the next writes it anew.
+        # (mkstemp's random name cost a fifth of the save.)
+        tmp = os.path.join(directory, f".{name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 # One compact string (orjson's where installed): json.dump encodes chunk by chunk.

@@ -192,6 +192,20 @@ def test_two_instances_share_the_state_file(tmp_path):
     )
 
 
+def test_a_save_that_died_leaves_nothing_the_next_save_keeps(tmp_path):
+    """The file a save died writing (its fixed name beside the state) is written anew by the next save, and gone after it."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        (tmp_path / ".sim.json.tmp").write_text('{"half a state')
+        await sim.apply_live("web", "vcpus", 3)
+        fresh = SimulatedHypervisor(tmp_path / "sim.json")  # reads the file, not a cache
+        return dict((await fresh.observe("web")).live)["vcpus"]
+
+    assert asyncio.run(scenario()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".sim")) == []
+
+
 def test_for_database_puts_state_beside_database(tmp_path):
     """The simulator for a database keeps its state in `<db>.sim.json`."""
 
