@@ -275,7 +275,9 @@ class Projector(Protocol):
 
         Runs inside one write transaction; returns the last position folded.
         `parts`, if given, reads parts of the log from other processes (see
-        `projections._parts.PartRows`), which may fold them there.
+        `projections._parts.PartRows`), which may fold them there; such a
+        rebuild may drop and build indexes in its transaction, so a backend
+        gives `parts` only where readers go on reading meanwhile (SQLite's WAL).
         """
         ...
 

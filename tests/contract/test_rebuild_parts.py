@@ -166,6 +166,31 @@ def test_a_rebuild_whose_workers_cannot_start_folds_in_one_process(
         alone, ["rebuild: the worker processes failed"])
 
 
+def _indexes(path: str) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name").fetchall()
+
+
+@pytest.mark.parametrize("how", ["folded", "workers fail", "workers give up", "row does not decode"])
+def test_a_rebuild_in_parts_leaves_the_indexes_the_schema_makes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, how: str,
+) -> None:
+    """A rebuild in parts drops the secondary indexes of the tables it fills and builds them again: after it, the file has every index it had, whether the workers folded, failed to start, gave up (the fold goes on in one process) or met a row that does not decode."""
+    path = str(tmp_path / "ledger.db")
+    _stored(path, [_row(r) for r in recorded(_fleet())])
+    before = _indexes(path)
+    if how == "workers fail":  # before the indexes go
+        monkeypatch.setattr(vmledger.projections._parts.sys, "executable", str(tmp_path / "no-python"))
+    if how == "workers give up":  # after: a fake answer, where a real one needs a log the store accepts but no decision writes
+        monkeypatch.setattr(vmledger.projections._parts._Worker, "receive", lambda self: ("unfolded", "injected"))
+    if how == "row does not decode":
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("UPDATE events SET data = '{not json' WHERE position = 40")
+    outcome = _rebuilt(path, TableProjector(chunk=4, parts=2, parts_from=0))
+    assert (outcome[0], _indexes(path)) == ("raised" if how == "row does not decode" else "rebuilt", before)
+    assert {"history_domain", "outcomes_time", "episodes_kept"} <= {name for name, _ in before}
+
+
 def test_a_rebuild_in_parts_of_a_row_that_does_not_decode_raises_and_changes_nothing(tmp_path: Any) -> None:
     """A row whose data does not decode fails the rebuild in parts as in one process, and the projection rows stay as they were."""
     path = str(tmp_path / "ledger.db")
