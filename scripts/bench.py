@@ -25,7 +25,10 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    per append) rather than through `set`, timed in a child process; the
    rebuild folds in worker processes, one per CPU (up to 4), so the memory
    figure is the child's peak RSS plus that many times its largest worker's;
-   then `verify` over the same log, and a checkpoint since the one it made,
+   then the same streams taken a request of each domain at a time, with
+   uuid request ids (`build_interleaved_log`: the order of a real fleet's
+   ledger, harder on the rebuild's indexes), rebuilt the same way;
+   then `verify` over the first log, and a checkpoint since the one it made,
    timed in another child with its peak RSS (verify's own scratch fold runs
    in that process); then `audit` of the month the log spans (it was built
    in bulk at one append a second from 2024-01-01), from the indexed
@@ -67,6 +70,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import sqlite3
@@ -80,8 +84,11 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
+import attrs
+
 import vmledger
 from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.backends.common import chained_rows
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.eventstore.catalogue import Outcome, Reason
 from vmledger.eventstore.errors import ConcurrencyError
@@ -532,6 +539,42 @@ async def build_log(ledger: vmledger.Ledger, total: int, domains: int, batch: in
     return time.perf_counter() - start, appends
 
 
+async def build_interleaved_log(ledger: vmledger.Ledger, total: int, domains: int) -> float:
+    """Fill an empty log with `total` events over `domains` streams as a fleet's requests come; return the seconds.
+
+    The streams are `domain_events`', but taken a request at a time from each
+    domain in turn, with uuid request ids (as `set` makes them): the order a
+    rebuild meets in a real ledger, where `build_log`'s batches of one domain
+    at a time, numbered in order, are the easiest for it.  The rows are
+    chained here and written through `log.import_rows` (with their
+    projections), for speed.
+    """
+    ids = random.Random(1)
+    streams = [domain_events(d, total // domains + (d < total % domains)) for d in range(domains)]
+    meta, base = Metadata(principal=PRINCIPAL), datetime(2024, 1, 1, tzinfo=timezone.utc)
+    have, position, last_hash, rows = [0] * domains, 0, None, []
+    start = time.perf_counter()
+    while position < total:
+        for d, events in enumerate(streams):
+            # The definition and the start first, then one request (its three events) at a time.
+            step = events[have[d]:have[d] + (2 if have[d] == 0 else 3)]
+            if not step:
+                continue
+            if hasattr(step[0], "request_id"):  # one request's events: a new uuid for the three
+                request_id = str(uuid.UUID(int=ids.getrandbits(128), version=4))
+                step = [attrs.evolve(e, request_id=request_id) for e in step]
+            made, _ = chained_rows(f"{d:032x}", have[d], step, meta, base + timedelta(seconds=position + 1),
+                                   position, last_hash)
+            position, last_hash, have[d] = made[-1][0], made[-1][-1], have[d] + len(step)
+            rows += made
+            if len(rows) >= 5000:
+                await ledger.log.import_rows(rows)
+                rows = []
+    if rows:
+        await ledger.log.import_rows(rows)
+    return time.perf_counter() - start
+
+
 async def timed(fn: Callable[[], Awaitable[int]]) -> tuple[float, int]:
     start = time.perf_counter()
     result = await fn()
@@ -548,22 +591,16 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
             seconds, appends = await build_log(ledger, args.events, domains, args.batch)
         table.note(f"bulk append via log.append ({domains:,} streams)", f"{args.events / seconds:,.0f}", "events/s",
                    f"one run, {appends:,} appends of up to {args.batch} events, {seconds:.1f} s")
-        progress(f"rebuild: {args.repeat} run(s) in a child process")
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, os.path.abspath(__file__), "--child-rebuild", big, "--repeat", str(args.repeat),
-            stdout=asyncio.subprocess.PIPE)
-        out, _ = await child.communicate()
-        if child.returncode:
-            raise SystemExit(f"bench: the rebuild child failed with exit {child.returncode}")
-        measured = json.loads(out)
-        # The rebuild's worker processes run beside it: the memory it takes is theirs and its own together.
-        rss = measured["rss"] + measured["parts"] * measured["worker_rss"]
-        workers = (f", {measured['parts']} worker processes at most {measured['worker_rss']:.0f} MiB each, "
-                   f"together {rss:.0f} MiB" if measured["parts"] else "")
-        table.add(f"rebuild, {args.events:,} events, {domains:,} domains", measured["rates"], "events/s",
-                  f"{args.events / statistics.median(measured['rates']):.1f} s; peak RSS of the child "
-                  f"{measured['rss']:.0f} MiB{workers}")
-        results.update(rebuild=statistics.median(measured["rates"]), rebuild_rss=rss, rss_limit=256)
+        rate, rss = await rebuild_in_child(big, f"rebuild, {args.events:,} events, {domains:,} domains", args, table)
+        results.update(rebuild=rate, rebuild_rss=rss, rss_limit=256)
+        mixed = os.path.join(tmp, "interleaved.db")
+        async with bulk_open(mixed) as ledger:
+            progress(f"building a log of {args.events:,} events over {domains:,} domains, a request at a time")
+            seconds = await build_interleaved_log(ledger, args.events, domains)
+        table.note("  the same log, a request of each domain in turn", f"{args.events / seconds:,.0f}", "events/s",
+                   f"built through log.import_rows in {seconds:.1f} s; uuid request ids")
+        await rebuild_in_child(mixed, "  rebuild of that log", args, table)
+        os.remove(mixed)
         progress("verify, then a checkpoint since it: one run each in a child process")
         child = await asyncio.create_subprocess_exec(
             sys.executable, os.path.abspath(__file__), "--child-verify", big, stdout=asyncio.subprocess.PIPE)
@@ -584,6 +621,26 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
             rates.append(await asyncio.to_thread(raw_scan_decode, big))
         table.add(f"raw scan + orjson decode, {args.events:,} events", rates, "events/s")
         results["raw_scan"] = statistics.median(rates)
+
+
+async def rebuild_in_child(path: str, label: str, args: argparse.Namespace, table: Table) -> tuple[float, float]:
+    """Time `--repeat` rebuilds of the log at `path` in a child process, add them to `table`; return the median rate and the peak RSS."""
+    progress(f"{label.strip()}: {args.repeat} run(s) in a child process")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, os.path.abspath(__file__), "--child-rebuild", path, "--repeat", str(args.repeat),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await child.communicate()
+    if child.returncode:
+        raise SystemExit(f"bench: the rebuild child failed with exit {child.returncode}")
+    measured = json.loads(out)
+    # The rebuild's worker processes run beside it: the memory it takes is theirs and its own together.
+    rss = measured["rss"] + measured["parts"] * measured["worker_rss"]
+    workers = (f", {measured['parts']} worker processes at most {measured['worker_rss']:.0f} MiB each, "
+               f"together {rss:.0f} MiB" if measured["parts"] else "")
+    rate = statistics.median(measured["rates"])
+    table.add(label, measured["rates"], "events/s",
+              f"{args.events / rate:.1f} s; peak RSS of the child {measured['rss']:.0f} MiB{workers}")
+    return rate, rss
 
 
 async def bench_audit(path: str, args: argparse.Namespace, table: Table, results: dict[str, float]) -> None:
