@@ -67,6 +67,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import glob
 import json
 import os
 import platform
@@ -88,7 +89,7 @@ import attrs
 
 import vmledger
 from vmledger.adapters.simulated import SimulatedHypervisor
-from vmledger.eventstore.backends.common import chained_rows
+from vmledger.eventstore.backends.common import INSERT, chained_rows
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.eventstore.catalogue import Outcome, Reason
 from vmledger.eventstore.errors import ConcurrencyError
@@ -539,40 +540,44 @@ async def build_log(ledger: vmledger.Ledger, total: int, domains: int, batch: in
     return time.perf_counter() - start, appends
 
 
-async def build_interleaved_log(ledger: vmledger.Ledger, total: int, domains: int) -> float:
-    """Fill an empty log with `total` events over `domains` streams as a fleet's requests come; return the seconds.
+def build_interleaved_log(path: str, total: int, domains: int) -> None:
+    """Fill the events table of a new ledger at `path` with `total` events over `domains` streams as a fleet's requests come.
 
     The streams are `domain_events`', but taken a request at a time from each
     domain in turn, with uuid request ids (as `set` makes them): the order a
     rebuild meets in a real ledger, where `build_log`'s batches of one domain
     at a time, numbered in order, are the easiest for it.  The rows are
-    chained here and written through `log.import_rows` (with their
-    projections), for speed.
+    chained here and inserted as they are, projections left empty: the
+    rebuild timed next makes them.  Run in a child process
+    (`--child-interleaved`), whose memory holds every stream.
     """
+    async def schema() -> None:
+        async with bulk_open(path):
+            pass
+
+    asyncio.run(schema())
     ids = random.Random(1)
     streams = [domain_events(d, total // domains + (d < total % domains)) for d in range(domains)]
     meta, base = Metadata(principal=PRINCIPAL), datetime(2024, 1, 1, tzinfo=timezone.utc)
     have, position, last_hash, rows = [0] * domains, 0, None, []
-    start = time.perf_counter()
-    while position < total:
-        for d, events in enumerate(streams):
-            # The definition and the start first, then one request (its three events) at a time.
-            step = events[have[d]:have[d] + (2 if have[d] == 0 else 3)]
-            if not step:
-                continue
-            if hasattr(step[0], "request_id"):  # one request's events: a new uuid for the three
-                request_id = str(uuid.UUID(int=ids.getrandbits(128), version=4))
-                step = [attrs.evolve(e, request_id=request_id) for e in step]
-            made, _ = chained_rows(f"{d:032x}", have[d], step, meta, base + timedelta(seconds=position + 1),
-                                   position, last_hash)
-            position, last_hash, have[d] = made[-1][0], made[-1][-1], have[d] + len(step)
-            rows += made
-            if len(rows) >= 5000:
-                await ledger.log.import_rows(rows)
-                rows = []
-    if rows:
-        await ledger.log.import_rows(rows)
-    return time.perf_counter() - start
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        while position < total:
+            for d, events in enumerate(streams):
+                # The definition and the start first, then one request (its three events) at a time.
+                step = events[have[d]:have[d] + (2 if have[d] == 0 else 3)]
+                if not step:
+                    continue
+                if hasattr(step[0], "request_id"):  # one request's events: a new uuid for the three
+                    request_id = str(uuid.UUID(int=ids.getrandbits(128), version=4))
+                    step = [attrs.evolve(e, request_id=request_id) for e in step]
+                made, _ = chained_rows(f"{d:032x}", have[d], step, meta, base + timedelta(seconds=position + 1),
+                                       position, last_hash)
+                position, last_hash, have[d] = made[-1][0], made[-1][-1], have[d] + len(step)
+                rows += made
+                if len(rows) >= 10_000:
+                    conn.executemany(INSERT, rows)
+                    rows = []
+        conn.executemany(INSERT, rows)
 
 
 async def timed(fn: Callable[[], Awaitable[int]]) -> tuple[float, int]:
@@ -594,13 +599,16 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
         rate, rss = await rebuild_in_child(big, f"rebuild, {args.events:,} events, {domains:,} domains", args, table)
         results.update(rebuild=rate, rebuild_rss=rss, rss_limit=256)
         mixed = os.path.join(tmp, "interleaved.db")
-        async with bulk_open(mixed) as ledger:
-            progress(f"building a log of {args.events:,} events over {domains:,} domains, a request at a time")
-            seconds = await build_interleaved_log(ledger, args.events, domains)
-        table.note("  the same log, a request of each domain in turn", f"{args.events / seconds:,.0f}", "events/s",
-                   f"built through log.import_rows in {seconds:.1f} s; uuid request ids")
-        await rebuild_in_child(mixed, "  rebuild of that log", args, table)
-        os.remove(mixed)
+        progress(f"building a log of {args.events:,} events over {domains:,} domains, a request at a time")
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, os.path.abspath(__file__), "--child-interleaved", mixed, "--events", str(args.events),
+            "--rebuild-domains", str(domains))
+        if await child.wait():
+            raise SystemExit(f"bench: building the interleaved log failed with exit {child.returncode}")
+        await rebuild_in_child(mixed, "  the same events, a request of each domain in turn, uuid ids: rebuild",
+                               args, table)
+        for leftover in glob.glob(mixed + "*"):
+            os.remove(leftover)
         progress("verify, then a checkpoint since it: one run each in a child process")
         child = await asyncio.create_subprocess_exec(
             sys.executable, os.path.abspath(__file__), "--child-verify", big, stdout=asyncio.subprocess.PIPE)
@@ -992,6 +1000,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peer-events", type=int, default=2000,
                    help="events per run of the peer's saves and raw sqlite3 one-per-transaction (default 2000)")
     p.add_argument("--child-rebuild", metavar="PATH", help=argparse.SUPPRESS)
+    p.add_argument("--child-interleaved", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--child-verify", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is shown (default 3)")
     p.add_argument("--requests", type=int, default=500, help="set requests per write run (default 500)")
@@ -1051,6 +1060,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child_rebuild:
         asyncio.run(child_rebuild(args.child_rebuild, args.repeat))
+        return 0
+    if args.child_interleaved:
+        build_interleaved_log(args.child_interleaved, args.events, args.rebuild_domains)
         return 0
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
