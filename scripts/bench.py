@@ -26,8 +26,9 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    rebuild folds in worker processes, one per CPU (up to 4), so the memory
    figure is the child's peak RSS plus that many times its largest worker's;
    then the same streams taken a request of each domain at a time, with
-   uuid request ids (`build_interleaved_log`: the order of a real fleet's
-   ledger, harder on the rebuild's indexes), rebuilt the same way;
+   request ids as `set` makes them, time-ordered UUIDs
+   (`build_interleaved_log`: the order of a real fleet's ledger), rebuilt
+   the same way;
    then `verify` over the first log, and a checkpoint since the one it made,
    timed in another child with its peak RSS (verify's own scratch fold runs
    in that process); then `audit` of the month the log spans (it was built
@@ -88,6 +89,7 @@ from typing import Any, Awaitable, Callable
 import attrs
 
 import vmledger
+from vmledger._compose import uuid7
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.backends.common import INSERT, chained_rows
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
@@ -544,9 +546,10 @@ def build_interleaved_log(path: str, total: int, domains: int) -> None:
     """Fill the events table of a new ledger at `path` with `total` events over `domains` streams as a fleet's requests come.
 
     The streams are `domain_events`', but taken a request at a time from each
-    domain in turn, with uuid request ids (as `set` makes them): the order a
-    rebuild meets in a real ledger, where `build_log`'s batches of one domain
-    at a time, numbered in order, are the easiest for it.  The rows are
+    domain in turn, with request ids as `set` makes them (UUIDs version 7 of
+    the time each request is recorded at): the order a rebuild meets in a
+    real ledger, where `build_log`'s batches of one domain at a time,
+    numbered in order, are the easiest for it.  The rows are
     chained here and inserted as they are, projections left empty: the
     rebuild timed next makes them.  Run in a child process
     (`--child-interleaved`), whose memory holds every stream.
@@ -567,11 +570,11 @@ def build_interleaved_log(path: str, total: int, domains: int) -> None:
                 step = events[have[d]:have[d] + (2 if have[d] == 0 else 3)]
                 if not step:
                     continue
-                if hasattr(step[0], "request_id"):  # one request's events: a new uuid for the three
-                    request_id = str(uuid.UUID(int=ids.getrandbits(128), version=4))
+                at = base + timedelta(seconds=position + 1)
+                if hasattr(step[0], "request_id"):  # one request's events: a new id for the three
+                    request_id = uuid7(int(at.timestamp() * 1000), ids.getrandbits(80))
                     step = [attrs.evolve(e, request_id=request_id) for e in step]
-                made, _ = chained_rows(f"{d:032x}", have[d], step, meta, base + timedelta(seconds=position + 1),
-                                       position, last_hash)
+                made, _ = chained_rows(f"{d:032x}", have[d], step, meta, at, position, last_hash)
                 position, last_hash, have[d] = made[-1][0], made[-1][-1], have[d] + len(step)
                 rows += made
                 if len(rows) >= 10_000:
@@ -605,8 +608,8 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
             "--rebuild-domains", str(domains))
         if await child.wait():
             raise SystemExit(f"bench: building the interleaved log failed with exit {child.returncode}")
-        await rebuild_in_child(mixed, "  the same events, a request of each domain in turn, uuid ids: rebuild",
-                               args, table)
+        await rebuild_in_child(
+            mixed, "  the same events, a request of each domain in turn, ids as set makes them: rebuild", args, table)
         for leftover in glob.glob(mixed + "*"):
             os.remove(leftover)
         progress("verify, then a checkpoint since it: one run each in a child process")

@@ -163,8 +163,15 @@ def _time_ordered_id() -> str:
     (version 4) dirtied a page of each index per request, every one
     written again at each commit.
     """
-    ms = time.time_ns() // 1_000_000 & (1 << 48) - 1
-    rand = int.from_bytes(os.urandom(10), "big")  # 12 bits for rand_a, 62 for rand_b
+    return uuid7(time.time_ns() // 1_000_000, int.from_bytes(os.urandom(10), "big"))
+
+
+def uuid7(ms: int, rand: int) -> str:
+    """Return, in 32 hex digits, the UUID version 7 of Unix millisecond `ms` and 80 random bits `rand`.
+
+    Its 74 random bits are the top 12 of `rand` (rand_a) and the low 62 (rand_b).
+    """
+    ms &= (1 << 48) - 1
     return f"{ms << 80 | 7 << 76 | (rand >> 68) << 64 | 2 << 62 | rand & (1 << 62) - 1:032x}"
 
 

@@ -6,7 +6,11 @@ import asyncio
 import os
 import uuid
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import vmledger
+from vmledger._compose import uuid7
 
 GiB = 2**30
 
@@ -25,3 +29,17 @@ def test_generated_request_ids_are_version_7_uuids_in_the_order_of_their_request
     ids = asyncio.run(go())
     assert [(uuid.UUID(i).version, uuid.UUID(i).hex == i) for i in ids] == [(7, True)] * 3
     assert sorted(ids) == ids and len(set(ids)) == 3
+
+
+@settings(database=None, deadline=None)
+@given(ms=st.integers(0, 2**48 - 1), later=st.integers(1, 2**20), rand=st.integers(0, 2**80 - 1),
+       other=st.integers(0, 2**80 - 1))
+def test_uuid7_keeps_its_millisecond_and_random_bits_and_sorts_by_time(ms: int, later: int, rand: int,
+                                                                       other: int) -> None:
+    """`uuid7` is an RFC 9562 version-7 UUID whose fields give back its millisecond and random bits."""
+    made = uuid.UUID(uuid7(ms, rand))
+    assert (made.version, made.variant, made.hex) == (7, uuid.RFC_4122, uuid7(ms, rand))
+    assert made.int >> 80 == ms
+    assert (made.int >> 64 & 0xFFF, made.int & (2**62 - 1)) == (rand >> 68, rand & (2**62 - 1))
+    if ms + later < 2**48:
+        assert uuid7(ms, rand) < uuid7(ms + later, other)
