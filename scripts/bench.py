@@ -24,7 +24,8 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    domains, built in bulk through `ledger.log.append` (up to `--batch` events
    per append) rather than through `set`, timed in a child process; the
    rebuild folds in worker processes, one per CPU (up to 4), so the memory
-   figure is the child's peak RSS plus that many times its largest worker's;
+   figure is the child's peak RSS plus that many times its largest worker's,
+   and the CPU seconds are the child's and its workers', each its own;
    then the same streams taken a request of each domain at a time, with
    request ids as `set` makes them, time-ordered UUIDs
    (`build_interleaved_log`: the order of a real fleet's ledger), rebuilt
@@ -649,8 +650,11 @@ async def rebuild_in_child(path: str, label: str, args: argparse.Namespace, tabl
     workers = (f", {measured['parts']} worker processes at most {measured['worker_rss']:.0f} MiB each, "
                f"together {rss:.0f} MiB" if measured["parts"] else "")
     rate = statistics.median(measured["rates"])
+    # CPU time varies less than the rate where the machine is shared: that of the run of median CPU, by process.
+    own, theirs = sorted(measured["cpu"], key=sum)[len(measured["cpu"]) // 2]
     table.add(label, measured["rates"], "events/s",
-              f"{args.events / rate:.1f} s; peak RSS of the child {measured['rss']:.0f} MiB{workers}")
+              f"{args.events / rate:.1f} s; CPU {own:.1f} s in the child + {theirs:.1f} s in its workers; "
+              f"peak RSS of the child {measured['rss']:.0f} MiB{workers}")
     return rate, rss
 
 
@@ -718,17 +722,25 @@ async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str,
 
 async def child_rebuild(path: str, repeat: int) -> None:
     """Time `rebuild` on an existing log `repeat` times; print the rates and this process's peak RSS as JSON."""
-    rates = []
+    rates, cpu = [], []
     async with bulk_open(path) as ledger:
         head = await ledger.log.head()
         for _ in range(repeat):
+            before = cpu_seconds()
             seconds, position = await timed(ledger.rebuild)
             if position != head:
                 raise SystemExit(f"bench: rebuild reached {position}, head is {head}")
             rates.append(head / seconds)
+            cpu.append([after - then for after, then in zip(cpu_seconds(), before)])
     worker_rss = peak_rss_mib(resource.RUSAGE_CHILDREN)
     parts = TableProjector().parts if worker_rss else 0  # the rebuild's worker processes, if it started any
-    print(json.dumps({"rates": rates, "rss": peak_rss_mib(), "parts": parts, "worker_rss": worker_rss}))
+    print(json.dumps({"rates": rates, "cpu": cpu, "rss": peak_rss_mib(), "parts": parts, "worker_rss": worker_rss}))
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """Return the CPU seconds, user and system, of this process and of its children that have ended."""
+    return tuple(sum(getattr(resource.getrusage(who), f) for f in ("ru_utime", "ru_stime"))
+                 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))  # type: ignore[return-value]
 
 
 async def child_verify(path: str) -> None:
