@@ -721,7 +721,7 @@ async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str,
 
 
 async def child_rebuild(path: str, repeat: int) -> None:
-    """Time `rebuild` on an existing log `repeat` times; print the rates and this process's peak RSS as JSON."""
+    """Time `rebuild` on an existing log `repeat` times; print the rates, CPU seconds and peak RSS as JSON."""
     rates, cpu = [], []
     async with bulk_open(path) as ledger:
         head = await ledger.log.head()
