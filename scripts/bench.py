@@ -19,7 +19,10 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    `asyncio.gather`), scope `both`, spread over `--domains` running PV
    domains, and the committed events/s that implies (log head before/after);
    each write figure notes the process's CPU time per request, all threads
-   together, which a busy shared machine disturbs less than the rates;
+   together, which a busy shared machine disturbs less than the rates; on
+   SQLite, each case's first run is then replayed through the writer's
+   transactions alone, in one thread without `fsync` (`replay_writer`):
+   CPU µs per append, the steadiest figure of the write path;
 3. `rebuild` events/s over a log of `--events` events and `--rebuild-domains`
    domains, built in bulk through `ledger.log.append` (up to `--batch` events
    per append) rather than through `set`, timed in a child process; the
@@ -93,12 +96,12 @@ import attrs
 import vmledger
 from vmledger._compose import uuid7
 from vmledger.adapters.simulated import SimulatedHypervisor
-from vmledger.eventstore.backends.common import INSERT, chained_rows
+from vmledger.eventstore.backends.common import INSERT, PendingAppend, batch_steps, chained_rows
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.eventstore.catalogue import Outcome, Reason
 from vmledger.eventstore.errors import ConcurrencyError
 from vmledger.eventstore.events import DomainDefined, DomainStarted, Event, change_event
-from vmledger.eventstore.log import Metadata
+from vmledger.eventstore.log import Metadata, run_steps_sync
 from vmledger.projections.store import TableProjector
 
 MiB, GiB = 2**20, 2**30
@@ -160,15 +163,28 @@ def progress(text: str) -> None:
 
 
 class AppendCounter:
-    """Count the appends of a log and the version conflicts among them (wraps `log.append`)."""
+    """Count the appends of a log and the version conflicts among them (wraps `log.append`).
+
+    While `kept` is a list, each append's arguments go into it too, in the
+    order the appends were queued, for `replay_writer`.
+    """
 
     def __init__(self, log: Any) -> None:
         self.appends = self.conflicts = 0
+        self.kept: list[tuple[Any, ...]] | None = None
+        self._log = log
         self._append = log.append
         log.append = self
 
+    @property
+    def commits(self) -> int:
+        """Return the write transactions the log has committed so far."""
+        return self._log.commits
+
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.appends += 1
+        if self.kept is not None:
+            self.kept.append((*args, kwargs["now"]))
         try:
             return await self._append(*args, **kwargs)
         except ConcurrencyError:
@@ -252,6 +268,7 @@ class WriteStore:
     cleanup: bool  # stop and undefine the benchmark's domains at the end (a `--db` the user keeps)
     key: str = ""  # prefixes the names of the figures kept in `results`
     ledger: Any = None
+    scratch: str = ""  # a temporary directory for the copies `replay_writer` starts from
     description: str = ""
     label: str = ""
     rows: list[Callable[[Table], None]] = attrs.field(factory=list)
@@ -273,6 +290,7 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
     n = args.requests
     async with contextlib.AsyncExitStack() as stack:
         for store in stores:
+            store.scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="vmledger-bench-"))
             # On PostgreSQL the simulator's state would sit in the working directory, where a run
             # stopped halfway leaves its domains: a fresh one, in a temporary directory.
             sim = (SimulatedHypervisor(os.path.join(stack.enter_context(tempfile.TemporaryDirectory(
@@ -303,11 +321,21 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
                     for _ in stores]
             for counter in counters:
                 counter.appends = counter.conflicts = 0
+            replays: list[tuple[WriteStore, str, list[tuple[Any, ...]], int, int]] = []
             for r in range(args.repeat):
-                for store, got in zip(stores, runs):
+                for store, got, counter in zip(stores, runs, counters):
                     progress(f"{name}{store.label}: run {r + 1}/{args.repeat}, {n} requests")
+                    if r == 0 and not on_postgres(store.url):
+                        # The first run's appends, and the database they were made on, for `replay_writer`.
+                        base = os.path.join(store.scratch, f"replay-{len(store.rows)}.db")
+                        copy_database(store.ledger.log.path, base)
+                        counter.kept, commits, conflicts = [], counter.commits, counter.conflicts
                     seconds, cpu_seconds, events, done, gave_up = await timed_sets(
                         store.ledger, make(r + 1), scope, callers)
+                    if counter.kept is not None:
+                        replays.append((store, base, counter.kept, counter.commits - commits,
+                                        counter.conflicts - conflicts))
+                        counter.kept = None
                     got["rates"].append(len(done) / seconds)
                     got["event_rates"].append(events / seconds)
                     # Little's law: callers in flight / completion rate.
@@ -323,6 +351,15 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
                     results[store.key + "callers_events"] = statistics.median(got["event_rates"])
                 store.rows.append(functools.partial(_write_rows, name + store.label, got, n, counter.appends,
                                                     counter.conflicts))
+            for store, base, kept, commits, conflicts in replays:
+                progress(f"{name}{store.label}: the writer's transactions, replayed")
+                per_commit = max(1, round(len(kept) / max(commits, 1)))
+                costs = [replay_writer(base, kept, per_commit, conflicts) for _ in range(args.repeat + 2)]
+                store.rows.append(lambda table, costs=costs, per_commit=per_commit, count=len(kept): table.add(
+                    "  the writer's transactions, replayed", costs, "µs/append",
+                    f"CPU of the writer's Python and SQL alone (one thread, synchronous=OFF): the first run's "
+                    f"{count:,} appends, {per_commit} per transaction (its mean group commit), on a copy of the "
+                    f"database it started from"))
         for store in stores:
             progress(f"verifying the write benchmarks' log{store.label}")
             head = await store.ledger.verify()
@@ -337,6 +374,71 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
                 for name in (stopped, running, *pool):
                     await store.ledger.undefine(name)
     return [store.description for store in stores]
+
+
+def copy_database(source_path: str, path: str) -> None:
+    """Copy the SQLite database at `source_path` to `path`, as one snapshot of its committed state."""
+    source = sqlite3.connect(source_path)
+    target = sqlite3.connect(path)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+
+
+class _ReplayTx:
+    """The synchronous transaction `batch_steps` writes through: one plain sqlite3 connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.fetch_all = lambda sql, params: conn.execute(sql, params).fetchall()
+        self.fetch_many = lambda queries, params: [conn.execute(q, ps).fetchall() for q, ps in queries]
+        self.execute = lambda sql, params: conn.execute(sql, params)
+        self.execute_many = conn.executemany
+
+    def write_all(self, statements: Any, params: Any) -> None:
+        for sql, rows in statements:
+            self.execute_many(sql, rows)
+
+
+def replay_writer(base: str, appends: list[tuple[Any, ...]], per_commit: int, conflicts: int) -> float:
+    """Return the CPU µs per append of the writer's transactions, replayed on a copy of `base`.
+
+    The appends (`stream, expected version, events, metadata, time`, in the
+    order they were queued) are committed `per_commit` at a time, each
+    transaction as the SQLite writer runs it (`BEGIN IMMEDIATE`, the batch's
+    statements, `COMMIT`), but in this thread and with `synchronous=OFF`:
+    the Python and SQL of a group commit, without the `fsync`, the thread
+    hop and the other threads a run shares the interpreter with, so a
+    change to the write path shows in it where the rates drift with the machine.
+    The appends the run refused for a version conflict (`conflicts` of them)
+    are refused here too, and cost what a refusal costs.
+    """
+    path = base + ".replay"
+    shutil.copyfile(base, path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = OFF")
+        projector, refused, cpu = TableProjector(), 0, 0.0
+        for i in range(0, len(appends), per_commit):
+            batch = [PendingAppend(stream=stream, expected=expected, events=tuple(events), metadata=metadata, now=now,
+                                   future=None)  # type: ignore[arg-type]
+                     for stream, expected, events, metadata, now in appends[i:i + per_commit]]
+            start = time.process_time()
+            conn.execute("BEGIN IMMEDIATE")
+            outcomes = run_steps_sync(_ReplayTx(conn), batch_steps(projector.batch(), batch))
+            conn.execute("COMMIT")
+            cpu += time.process_time() - start
+            refused += sum(isinstance(o, Exception) for o in outcomes)
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path + suffix)
+    if refused != conflicts:
+        raise SystemExit(f"bench: the replay refused {refused} appends where the run refused {conflicts}")
+    return cpu / max(len(appends), 1) * 1e6
 
 
 def _write_rows(name: str, got: dict[str, Any], n: int, appends: int, conflicts: int, table: Table) -> None:
