@@ -22,7 +22,7 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    together, which a busy shared machine disturbs less than the rates; on
    SQLite, each case's first run is then replayed through the writer's
    transactions alone, in one thread without `fsync` (`replay_writer`):
-   CPU µs per append, the steadiest figure of the write path;
+   CPU µs per append, the steadiest figure of the write path within a run;
 3. `rebuild` events/s over a log of `--events` events and `--rebuild-domains`
    domains, built in bulk through `ledger.log.append` (up to `--batch` events
    per append) rather than through `set`, timed in a child process; the
@@ -423,8 +423,11 @@ def replay_writer(base: str, appends: list[tuple[Any, ...]], per_commit: int, co
     transaction as the SQLite writer runs it (`BEGIN IMMEDIATE`, the batch's
     statements, `COMMIT`), but in this thread and with `synchronous=OFF`:
     the Python and SQL of a group commit, without the `fsync`, the thread
-    hop and the other threads a run shares the interpreter with, so a
-    change to the write path shows in it where the rates drift with the machine.
+    hop and the other threads a run shares the interpreter with.  Its runs
+    agree within about 10% where the rates do not; on a shared machine the
+    CPU time of the same work still moves between hours (twofold on the
+    machine of the speed issue), so compare two versions of the write path
+    by their figures of the same hour.
     The appends the run refused for a version conflict (`conflicts` of them)
     are refused here too, and cost what a refusal costs.
     """
