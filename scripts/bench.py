@@ -99,7 +99,7 @@ import vmledger
 from vmledger._compose import uuid7
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.backends.common import INSERT, PendingAppend, batch_steps, chained_rows
-from vmledger.eventstore.backends.sqlite import SQLiteEventLog
+from vmledger.eventstore.backends.sqlite import SQLiteEventLog, SyncTx
 from vmledger.eventstore.catalogue import Outcome, Reason
 from vmledger.eventstore.errors import ConcurrencyError
 from vmledger.eventstore.events import DomainDefined, DomainStarted, Event, change_event
@@ -370,10 +370,8 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
                     progress(f"{name}: the peer's saves, run {r + 1}/{args.repeat}")
                     peer_rates.append(await peer_saves_run(args))
             for store, got, counter in zip(stores, runs, counters):
-                if (scope, callers) == ("persistent", 1):
-                    results[store.key + "persistent_events"] = statistics.median(got["event_rates"])
-                if callers > 1:
-                    results[store.key + "callers_events"] = statistics.median(got["event_rates"])
+                if against:
+                    results[f"{store.key}{against}_events"] = statistics.median(got["event_rates"])
                 store.rows.append(functools.partial(_write_rows, name + store.label, got, n, counter.appends,
                                                     counter.conflicts))
             for store, base, kept, commits, conflicts in replays:
@@ -417,20 +415,6 @@ def copy_database(source_path: str, path: str) -> None:
         source.close()
 
 
-class _ReplayTx:
-    """The synchronous transaction `batch_steps` writes through: one plain sqlite3 connection."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.fetch_all = lambda sql, params: conn.execute(sql, params).fetchall()
-        self.fetch_many = lambda queries, params: [conn.execute(q, ps).fetchall() for q, ps in queries]
-        self.execute = lambda sql, params: conn.execute(sql, params)
-        self.execute_many = conn.executemany
-
-    def write_all(self, statements: Any, params: Any) -> None:
-        for sql, rows in statements:
-            self.execute_many(sql, rows)
-
-
 def replay_writer(base: str, appends: list[tuple[Any, ...]], per_commit: int, conflicts: int) -> float:
     """Return the CPU µs per append of the writer's transactions, replayed on a copy of `base`.
 
@@ -460,7 +444,7 @@ def replay_writer(base: str, appends: list[tuple[Any, ...]], per_commit: int, co
                      for stream, expected, events, metadata, now in appends[i:i + per_commit]]
             start = time.process_time()
             conn.execute("BEGIN IMMEDIATE")
-            outcomes = run_steps_sync(_ReplayTx(conn), batch_steps(projector.batch(), batch))
+            outcomes = run_steps_sync(SyncTx(conn), batch_steps(projector.batch(), batch))
             conn.execute("COMMIT")
             cpu += time.process_time() - start
             refused += sum(isinstance(o, Exception) for o in outcomes)

@@ -45,7 +45,7 @@ from vmledger.eventstore.errors import (
 from vmledger.eventstore.events import Event
 from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync
 
-__all__ = ["SQLiteEventLog"]
+__all__ = ["SQLiteEventLog", "SyncTx"]
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -115,8 +115,8 @@ def _check_ledger(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
                         missing=f"no ledger at {path}: the file holds no ledger")
 
 
-class _SyncTx:
-    """The `SyncTransaction` a projector writes through, in the writer thread."""
+class SyncTx:
+    """The `SyncTransaction` a projector writes through, on a plain sqlite3 connection (the writer thread's)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -348,7 +348,7 @@ class SQLiteEventLog(LogReads):
                 for statement in schema:
                     conn.execute(statement)
                 # The events are committed, so a long log's worker processes can read it meanwhile.
-                run_steps_sync(_SyncTx(conn), self._projector.upgrade(self._parts))
+                run_steps_sync(SyncTx(conn), self._projector.upgrade(self._parts))
                 conn.execute(f"PRAGMA user_version = {stamp}")
                 conn.execute("COMMIT")
         except BaseException:
@@ -450,7 +450,7 @@ class SQLiteEventLog(LogReads):
         """Write the appends `take` gives in one transaction, in the writer thread (see `batch_steps`)."""
         batch = take()
         return await self._write(
-            lambda conn: run_steps_sync(_SyncTx(conn), batch_steps(self._projector.batch(), batch)))
+            lambda conn: run_steps_sync(SyncTx(conn), batch_steps(self._projector.batch(), batch)))
 
     async def import_rows(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert already-chained rows verbatim after the last event, with their projections.
@@ -469,7 +469,7 @@ class SQLiteEventLog(LogReads):
         if rows[0][0] != head + 1:
             raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
         conn.executemany(INSERT, rows)
-        self._projector.project_sync(_SyncTx(conn), [record(r) for r in rows])
+        self._projector.project_sync(SyncTx(conn), [record(r) for r in rows])
 
     def _wake(self) -> None:
         """Wake this process's subscribers after a commit."""
@@ -488,7 +488,7 @@ class SQLiteEventLog(LogReads):
             StorageError: SQLite failed; the projections are unchanged.
         """
         return await self._write(
-            lambda conn: run_steps_sync(_SyncTx(conn), self._projector.rebuild(progress, self._parts)))
+            lambda conn: run_steps_sync(SyncTx(conn), self._projector.rebuild(progress, self._parts)))
 
     # Reading.
 

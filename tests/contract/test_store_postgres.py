@@ -385,7 +385,7 @@ def test_write_all_writes_its_statements_in_one_round_trip_as_sqlite_does_in_tur
     import sqlite3
 
     from vmledger.eventstore.backends.postgres import _Tx
-    from vmledger.eventstore.backends.sqlite import _SyncTx
+    from vmledger.eventstore.backends.sqlite import SyncTx
 
     table = "CREATE TABLE t (k TEXT NOT NULL, n BIGINT NOT NULL, v TEXT, w BIGINT, PRIMARY KEY (k, n))"
     seed = [("a", 1, "x", 1), ("a", 2, "y", None), ("b", 1, None, 3)]
@@ -404,7 +404,7 @@ def test_write_all_writes_its_statements_in_one_round_trip_as_sqlite_does_in_tur
     lite = sqlite3.connect(":memory:", isolation_level=None)
     lite.execute(table)
     lite.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", seed)
-    _SyncTx(lite).write_all(statements)
+    SyncTx(lite).write_all(statements)
     assert sorted(lite.execute("SELECT * FROM t").fetchall()) == expected
 
     async def go() -> list[tuple[Any, ...]]:
@@ -424,7 +424,7 @@ def test_fetch_many_reads_its_queries_in_one_round_trip_as_sqlite_does_in_turn(p
     import sqlite3
 
     from vmledger.eventstore.backends.postgres import _Tx
-    from vmledger.eventstore.backends.sqlite import _SyncTx
+    from vmledger.eventstore.backends.sqlite import SyncTx
 
     table = "CREATE TABLE t (k TEXT NOT NULL, n BIGINT NOT NULL, v TEXT, PRIMARY KEY (k, n))"
     seed = [("a", 1, "x"), ("a", 2, None), ("b", 1, "it's, (odd)"), ("c", 3, "")]
@@ -438,7 +438,7 @@ def test_fetch_many_reads_its_queries_in_one_round_trip_as_sqlite_does_in_turn(p
     lite = sqlite3.connect(":memory:", isolation_level=None)
     lite.execute(table)
     lite.executemany("INSERT INTO t VALUES (?, ?, ?)", seed)
-    expected = [sorted(rows) for rows in _SyncTx(lite).fetch_many(queries)]
+    expected = [sorted(rows) for rows in SyncTx(lite).fetch_many(queries)]
     assert expected == [[("a", 2, 3), ("zz", None, 3)], [("a", 1, "x"), ("a", 2, None), ("b", 1, "it's, (odd)")],
                         [], [(2,)]]
 

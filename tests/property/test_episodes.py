@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from tests.strategies import any_logs
 from vmledger._audit import audit_report
-from vmledger.eventstore.backends.sqlite import _SyncTx as _Tx  # the writer thread's transaction, as the projector writes through
+from vmledger.eventstore.backends.sqlite import SyncTx as _Tx  # the writer thread's transaction, as the projector writes through
 from vmledger.eventstore.codec import dumps, encode
 from vmledger.eventstore.log import RecordedEvent, run_steps_sync, timestamp
 from vmledger.projections.model import TABLES, Model
