@@ -23,12 +23,12 @@ from vmledger.eventstore.codec import dumps, dumps_plain, dumps_value, loads, pl
 from vmledger.eventstore.events import ChangeOutcome, ChangeRequested
 from vmledger.eventstore.log import RecordedEvent, timestamp
 from vmledger.eventstore.state import (
-    DomainFold, DomainState, Mark, Pending, Slot, apply, awaiting, drifting, drift_marks,
+    DomainFold, DomainState, Mark, Pending, Slot, apply, awaiting, drift_marks,
 )
 
 __all__ = ["Model", "TABLES", "state_to_json", "state_from_json", "domain_rows", "history_row", "history_from_row",
            "requested_record", "settle_record", "completed", "record_from_row", "outcome_rows", "request_rows",
-           "ended_episodes", "FORGET_REQUEST", "KEPT_EPISODES", "OUTCOME_DAYS", "count_outcome_days",
+           "ended_episodes", "domains_row", "properties", "property_rows", "changed_properties", "FORGET_REQUEST", "KEPT_EPISODES", "OUTCOME_DAYS", "count_outcome_days",
            "outcome_day_rows"]
 
 #: Projection tables and their columns, in row order; the first `key` columns identify a row.
@@ -192,18 +192,59 @@ def completed(record: list[Any]) -> bool:
 
 def domain_rows(s: DomainState | DomainFold, snapshot: str | None = None) -> dict[str, list[tuple]]:
     """Return the rows of every per-domain table for one domain (`snapshot`: its state text, if known)."""
-    uuid = s.uuid
-    return {
-        "domains": [(uuid, s.name, s.guest_type, int(s.defined), int(s.running),
-                     s.version, s.position, state_to_json(s) if snapshot is None else snapshot)],
-        "persistent": [(uuid, k, dumps_value(v.value), v.position, v.request_id)
-                       for k, v in sorted(s.persistent.items())],
-        "live": [(uuid, k, dumps_value(v.value), v.position, v.request_id)
-                 for k, v in sorted(s.live.items())] if s.running else [],
-        "drift": [(uuid, prop, dumps_value(p.value), dumps_value(l.value), m.cause, m.request_id,
-                   m.position, _iso(m.at)) for prop, p, l, m in drifting(s)],
-        "episodes": [_episode(uuid, prop, m, None, None) for prop, m in sorted(drift_marks(s).items())],
-    }
+    rows: dict[str, list[tuple]] = {"domains": [domains_row(s, snapshot)], "persistent": [], "live": [], "drift": [],
+                                    "episodes": []}
+    for prop in properties(s):
+        for table, row in property_rows(s, prop):
+            rows[table].append(row)
+    return rows
+
+
+def domains_row(s: DomainState | DomainFold, snapshot: str | None = None) -> tuple:
+    """Return the `domains` row of one domain (`snapshot`: its state text, if known)."""
+    return (s.uuid, s.name, s.guest_type, int(s.defined), int(s.running), s.version, s.position,
+            state_to_json(s) if snapshot is None else snapshot)
+
+
+def properties(s: DomainState | DomainFold) -> list[str]:
+    """Return the properties a domain has rows of (`property_rows`), sorted."""
+    return sorted({*s.persistent, *s.live, *s.marks} if s.running else s.persistent)
+
+
+def property_rows(s: DomainState | DomainFold, prop: str) -> list[tuple[str, tuple]]:
+    """Return `(table, row)` for each row of one property of a domain, in the tables other than `domains`.
+
+    They are made of the property's persistent and live slots and its mark
+    alone, and whether the domain runs: a `persistent` row, a `live` one while
+    it runs, and a `drift` row with its open `episodes` row where both values
+    differ (`eventstore.state.drifting`).
+    """
+    uuid, p = s.uuid, s.persistent.get(prop)
+    rows = [] if p is None else [("persistent", (uuid, prop, dumps_value(p.value), p.position, p.request_id))]
+    if s.running and (l := s.live.get(prop)) is not None:
+        rows.append(("live", (uuid, prop, dumps_value(l.value), l.position, l.request_id)))
+        # The fold keeps a mark exactly where both values differ; a snapshot written by an older fold may not.
+        if p is not None and (m := s.marks.get(prop)) is not None and p.value != l.value:
+            rows.append(("drift", (uuid, prop, dumps_value(p.value), dumps_value(l.value), m.cause, m.request_id,
+                                   m.position, _iso(m.at))))
+            rows.append(("episodes", _episode(uuid, prop, m, None, None)))
+    return rows
+
+
+def changed_properties(before: DomainState | DomainFold, after: DomainState | DomainFold) -> list[str]:
+    """Return the properties whose `property_rows` may differ between two states of a domain, sorted.
+
+    A property's rows are made of its slots and mark alone, and the fold
+    replaces a slot or mark it changes, never changes one in place: a
+    property whose three are the same objects in both has the same rows.
+    Every property, when the domain started or stopped between the two.
+    """
+    if before.running != after.running:
+        return sorted({*properties(before), *properties(after)})
+    maps = [(before.persistent, after.persistent)]
+    if after.running:
+        maps += [(before.live, after.live), (before.marks, after.marks)]
+    return sorted({prop for old, new in maps for prop in {*old, *new} if old.get(prop) is not new.get(prop)})
 
 
 def history_row(r: list[Any]) -> tuple:

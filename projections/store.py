@@ -20,8 +20,8 @@ from vmledger.eventstore.log import RecordedEvent, Step, SyncTransaction, Transa
 from vmledger.projections._parts import PartRows, fold_in_parts
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import (
-    FORGET_REQUEST, KEPT_EPISODES, OUTCOME_DAYS, TABLES, Model, count_outcome_days, domain_rows, outcome_day_rows,
-    outcome_rows, record_from_row, state_from_json,
+    FORGET_REQUEST, KEPT_EPISODES, OUTCOME_DAYS, TABLES, Model, changed_properties, count_outcome_days, domains_row,
+    outcome_day_rows, outcome_rows, properties, property_rows, record_from_row, state_from_json,
 )
 
 __all__ = ["SCHEMA", "RULES", "TableProjector", "DuplicateRequestError", "table_rows", "ADD_OUTCOME_DAYS",
@@ -239,8 +239,8 @@ class TableProjector:
         #: Worker processes a rebuild of `parts_from` events or more folds in, given a way to read parts.
         self.parts = _cpus() if parts is None else parts
         self._parts_from = parts_from
-        #: Domain uuid -> (state, rows) of the snapshot this projector wrote or read last, newest last.
-        self._states: dict[str, tuple[DomainState, dict[str, list[tuple]]]] = {}
+        #: Domain uuid -> (state, `domains` row) of the snapshot this projector wrote or read last, newest last.
+        self._states: dict[str, tuple[DomainState, tuple]] = {}
 
     async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
         """Fold `records` into the rows of the domains and requests they touch.
@@ -273,23 +273,23 @@ class TableProjector:
         yield from batch.add(records)
         yield from batch.write()
 
-    def _parsed(self, uuid: str, text: str) -> tuple[DomainState, dict[str, list[tuple]]]:
-        """Return the state a stored snapshot holds and the rows it stands for, from the cache if it holds `text`."""
+    def _parsed(self, uuid: str, text: str) -> tuple[DomainState, tuple]:
+        """Return the state a stored snapshot holds and its `domains` row, from the cache if it holds `text`."""
         hit = self._states.get(uuid)
-        if hit is not None and hit[1]["domains"][0][-1] == text:
+        if hit is not None and hit[1][-1] == text:
             return hit
         state = state_from_json(text)
         # The stored text, whichever version of vmledger wrote it, is what the row holds.
-        return state, domain_rows(state, snapshot=text)
+        return state, domains_row(state, snapshot=text)
 
-    def _remember(self, uuid: str, state: DomainState, rows: dict[str, list[tuple]]) -> None:
-        """Keep a domain's newest state and rows; the oldest entry goes past `_CACHED_STATES`.
+    def _remember(self, uuid: str, state: DomainState, row: tuple) -> None:
+        """Keep a domain's newest state and `domains` row; the oldest entry goes past `_CACHED_STATES`.
 
         An entry is used only while the stored snapshot text equals its own,
         so a write by another process, or one rolled back, costs a parse, never a wrong row.
         """
         self._states.pop(uuid, None)
-        self._states[uuid] = (state, rows)
+        self._states[uuid] = (state, row)
         if len(self._states) > _CACHED_STATES:
             del self._states[next(iter(self._states))]
 
@@ -380,7 +380,7 @@ class _Batch:
     def __init__(self, projector: TableProjector) -> None:
         self._projector = projector
         self.model = Model()
-        self._before: dict[str, dict[str, list[tuple]]] = {}  # the stored rows of each domain read
+        self._before: dict[str, tuple[DomainState, tuple]] = {}  # the state and `domains` row of each domain read
         self._stored_history: dict[str, tuple[tuple, list[Any]]] = {}  # request id -> the row read, its record
         self._streams: set[str] = set()  # of the appends added
         self._requests: set[str] = set()
@@ -396,7 +396,8 @@ class _Batch:
         found = yield ("fetch_many", queries, ())
         asked, states, history = found[:len(first)], found[len(first)], found[len(first) + 1:]
         for uuid, text in states:
-            model.states[uuid], self._before[uuid] = self._projector._parsed(uuid, text)
+            self._before[uuid] = seed = self._projector._parsed(uuid, text)
+            model.states[uuid] = seed[0]
         for row in itertools.chain.from_iterable(history):
             # The fold settles a copy of a record (`Model.feed_history`): this one stays as read.
             record = model.history[row[0]] = record_from_row(row)
@@ -451,14 +452,24 @@ class _Batch:
                 yield ("write_all", list(first), ())
             return
         model, before = self.model, self._before
-        # Only the rows that changed are written: an append touches a few of a domain's rows.
+        # Only the rows that changed are written: an append touches a few of a domain's rows, those of
+        # the properties whose slots or mark it replaced (`changed_properties`) and the `domains` row.
         gone: dict[str, list[tuple]] = defaultdict(list)
         changed: dict[str, list[tuple]] = defaultdict(list)
         for uuid in sorted(self._streams):
-            rows = model.domain_rows(uuid)
-            self._projector._remember(uuid, model.states[uuid], rows)
-            for table, part in rows.items():
-                _diff(table, before.get(uuid, {}).get(table, ()), part, gone, changed)
+            state, (was, was_row) = model.states[uuid], before.get(uuid, (None, None))
+            row = domains_row(state)
+            self._projector._remember(uuid, state, row)
+            _diff("domains", () if was_row is None else (was_row,), (row,), gone, changed)
+            old: dict[str, list[tuple]] = defaultdict(list)
+            new: dict[str, list[tuple]] = defaultdict(list)
+            for prop in properties(state) if was is None else changed_properties(was, state):
+                for rows, s in ((old, was), (new, state)):
+                    if s is not None:
+                        for table, r in property_rows(s, prop):
+                            rows[table].append(r)
+            for table in {*old, *new}:
+                _diff(table, old[table], new[table], gone, changed)
         wanted = sorted(self._requests)
         stored = [self._stored_history[r] for r in wanted if r in self._stored_history]
         _diff("history", [row for row, _ in stored], [model.history_row(r) for r in wanted if r in model.history],
@@ -468,8 +479,7 @@ class _Batch:
         _diff("outcomes", old, new, gone, changed)
         # The rows read, by key, of the tables whose rows are updated in the columns that changed
         # (`_row_writes`): those the batch read itself (domains, history) or made from them (outcomes).
-        read = {"domains": _by_key("domains", (row for uuid in self._streams
-                                               for row in before.get(uuid, {}).get("domains", ()))),
+        read = {"domains": _by_key("domains", (before[uuid][1] for uuid in self._streams if uuid in before)),
                 "history": _by_key("history", (row for row, _ in stored)), "outcomes": _by_key("outcomes", old)}
         # The day counts move by the outcome rows gone and come: a request's status moves from in flight.
         days: Counter[tuple] = Counter()
