@@ -86,6 +86,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -120,6 +121,30 @@ def machine_line() -> str:
     """Return the line that says what this ran on."""
     return (f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
             f"SQLite {sqlite3.sqlite_version}, {platform.platform()}")
+
+
+def thread_cpu() -> Counter[str]:
+    """Return the CPU seconds this process's threads have used, by group: the event loop's, the writer's, the others'.
+
+    The event loop runs in the main thread; the SQLite writer in its own
+    (PostgreSQL's writing runs in the event loop).  A process bound by the
+    interpreter's lock runs one of them at a time, so their sum per request
+    is what a rate on one CPU is made of.  Read from Linux's per-thread
+    counters (/proc/self/task/*/stat, in clock ticks); empty elsewhere.
+    """
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    cpu: Counter[str] = Counter()
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                name = names.get(int(tid), "")
+                group = ("event loop" if name == "MainThread" else
+                         "writer thread" if name.startswith("vmledger-sqlite-writer") else "other threads")
+                cpu[group] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return cpu
 
 
 def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
@@ -229,12 +254,13 @@ async def stale_records(ledger: vmledger.Ledger, records: list[dict[str, Any]]) 
 
 
 async def timed_sets(ledger: vmledger.Ledger, calls: list[tuple[str, int]], scope: str,
-                     callers: int) -> tuple[float, float, int, list[dict[str, Any]], int]:
+                     callers: int) -> tuple[float, float, Counter[str], int, list[dict[str, Any]], int]:
     """Run `set(domain, "memory", size)` for every call with `callers` tasks.
 
-    Returns (seconds, CPU seconds of the process, events committed, history
-    records, requests that gave up).  CPU time, all threads together, is
-    the steadier figure where the machine is shared.
+    Returns (seconds, CPU seconds of the process, those of its threads by
+    group (`thread_cpu`), events committed, history records, requests that
+    gave up).  CPU time, all threads together, is the steadier figure where
+    the machine is shared.
     A request that gives up is one whose `set` ran out of retries on version
     conflicts (`ConcurrencyError`); the others go on.
     """
@@ -252,14 +278,15 @@ async def timed_sets(ledger: vmledger.Ledger, calls: list[tuple[str, int]], scop
         return done
 
     before = await ledger.log.head()
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu, threads = time.perf_counter(), time.process_time(), thread_cpu()
     if callers == 1:
         done = [await caller(calls)]
     else:
         done = await asyncio.gather(*(caller(s) for s in shares))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    threads = thread_cpu() - threads
     events = await ledger.log.head() - before
-    return seconds, cpu, events, [r for part in done for r in part], gave_up
+    return seconds, cpu, threads, events, [r for part in done for r in part], gave_up
 
 
 async def describe_store(ledger: vmledger.Ledger) -> str:
@@ -335,7 +362,7 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
         ]
         counters = [AppendCounter(store.ledger.log) for store in stores]
         for name, scope, callers, make in cases:
-            runs = [dict(rates=[], event_rates=[], records=[], latency=[], cpu=[], failed=0, stale=0)
+            runs = [dict(rates=[], event_rates=[], records=[], latency=[], cpu=[], threads=[], failed=0, stale=0)
                     for _ in stores]
             for counter in counters:
                 counter.appends = counter.conflicts = 0
@@ -352,7 +379,7 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
                         base = os.path.join(store.scratch, f"replay-{len(store.rows)}.db")
                         copy_database(store.ledger.log.path, base)
                         counter.kept, commits, conflicts = [], counter.commits, counter.conflicts
-                    seconds, cpu_seconds, events, done, gave_up = await timed_sets(
+                    seconds, cpu_seconds, threads, events, done, gave_up = await timed_sets(
                         store.ledger, make(r + 1), scope, callers)
                     if counter.kept is not None:
                         replays.append((store, base, counter.kept, counter.commits - commits,
@@ -363,6 +390,7 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
                     # Little's law: callers in flight / completion rate.
                     got["latency"].append(seconds / max(len(done), 1) * 1000 * callers)
                     got["cpu"].append(cpu_seconds / max(len(done), 1) * 1000)
+                    got["threads"].append({k: v / max(len(done), 1) * 1000 for k, v in threads.items()})
                     got["records"] += done
                     got["failed"] += gave_up
                     got["stale"] += await stale_records(store.ledger, done)
@@ -458,12 +486,19 @@ def replay_writer(base: str, appends: list[tuple[Any, ...]], per_commit: int, co
     return cpu / max(len(appends), 1) * 1e6
 
 
+def _by_thread(runs: list[dict[str, float]]) -> str:
+    """Return the median CPU ms/request of each group of threads over runs (see `thread_cpu`), as a parenthesis."""
+    groups = [g for g in ("event loop", "writer thread", "other threads") if any(g in r for r in runs)]
+    parts = [f"{g} {statistics.median(r.get(g, 0.0) for r in runs):.2f}" for g in groups]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _write_rows(name: str, got: dict[str, Any], n: int, appends: int, conflicts: int, table: Table) -> None:
     """Add the rows of one write case on one store (see `bench_writes`) to `table`."""
     records = got["records"]
     table.add(name, got["rates"], "requests/s",
               f"{n} requests/run, mean latency {statistics.median(got['latency']):.1f} ms, "
-              f"CPU {statistics.median(got['cpu']):.2f} ms/request")
+              f"CPU {statistics.median(got['cpu']):.2f} ms/request{_by_thread(got['threads'])}")
     table.add("  committed events", got["event_rates"], "events/s",
               f"{appends / max(len(records), 1):.2f} appends/request, {conflicts} version conflicts retried")
     problems = [f"{got['failed']} requests gave up (ConcurrencyError after the ledger's retries)"] * bool(
