@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 from datetime import datetime, timedelta, timezone
@@ -135,6 +136,42 @@ def test_rebuild_in_small_chunks_writes_the_rows_the_appends_wrote(store: Store)
 
     incremental, rebuilt = run(go())
     assert (rebuilt, len(incremental["history"])) == ({**incremental, "position": 25}, 8)
+
+
+#: Text that a writer quoting or encoding by hand would get wrong: quotes, escapes, placeholders, JSON,
+#: SQL, line and paragraph separators, text outside the BMP, and a long run.
+HOSTILE = ["it's", 'say "hi"', "back\\slash \\u0041 \\n", "$1 ? :name %s", '{"a": [1, null]}', "[1,2]",
+           "x'); DROP TABLE events; --", "line\nbreak\ttab\r", "sep\u2028\u2029", "ünïcødé 雪 🚀", "", " ",
+           "null", "-7", "1e400", "x" * 5000]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_any_text_comes_back_as_written_and_as_a_rebuild_writes_it(store: Store, text: str) -> None:
+    """Text in every field a caller writes reads back unchanged, and the rows an append wrote equal a rebuild's."""
+    def change(outcome: Outcome, **fields: Any) -> Any:
+        return change_event("media:hdc", outcome)(request_id=text + "!", property="media:hdc", **fields)
+
+    async def go() -> tuple[list, list, dict, dict]:
+        config = {**CONFIG, "media:hdc": ""}
+        written = [DomainDefined(domain=text + "?", uuid="u", guest_type="hvm", config=config, capabilities={}),
+                   DomainStarted(config=config),
+                   change(Outcome.REQUESTED, value=text, scope="both", principal=text, reason=text),
+                   change(Outcome.APPLIED, scope="persistent", requested=text, value=text),
+                   change(Outcome.FAILED, scope="live", requested=text, value="", message=text)]
+        async with store() as log:
+            for version, event in enumerate(written):
+                await log.append("u", version, [event], Metadata(principal=text, correlation_id=text), now=T0)
+            read = [(r.event, r.metadata) async for r in log.read_all()]
+            incremental = await table_rows(log.fetch_all)
+            await log.rebuild()
+            return written, read, incremental, await table_rows(log.fetch_all)
+
+    written, read, incremental, rebuilt = run(go())
+    assert read == [(e, Metadata(principal=text, correlation_id=text)) for e in written]
+    assert incremental == rebuilt
+    (history,) = incremental["history"]
+    assert (history[1:3], history[6:8]) == (("u", text + "?"), (text, text))
+    assert [row[2] for row in incremental["persistent"] if row[1] == "media:hdc"] == [json.dumps(text, ensure_ascii=False)]
 
 
 def test_two_logs_taking_turns_on_one_stream_write_the_rows_a_rebuild_writes(store: Store) -> None:
