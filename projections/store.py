@@ -15,7 +15,7 @@ from typing import Any, Callable, Generator, Iterable, Sequence
 from vmledger.eventstore.errors import InvalidRequestError
 from vmledger.eventstore.events import ChangeRequested, DomainDefined
 from vmledger.eventstore.state import DomainState
-from vmledger.eventstore.backends.common import CHUNK, SCAN_COLUMNS
+from vmledger.eventstore.backends.common import CHUNK, SCAN_COLUMNS, TEXTS, texts
 from vmledger.eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from vmledger.projections._parts import PartRows, fold_in_parts
 from vmledger.projections._replay import Replay
@@ -176,6 +176,9 @@ _UPSERTED = {"domains": frozenset(TABLES["domains"][0].index(c) for c in ("name"
 #: Domains whose parsed state a projector keeps: a fleet's busy domains, in bounded memory.
 _CACHED_STATES = 4096
 _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
+# What a batch reads (`_Batch.load`): the snapshots of some domains, the history rows of some requests.
+_STATES_OF = f"SELECT uuid, state FROM domains WHERE uuid IN ({TEXTS})"
+_HISTORY_OF = _select("history").replace(" ORDER BY", f" WHERE request_id IN ({TEXTS}) ORDER BY")
 _READ_CHUNK = f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
 #: Events from which a rebuild given a way to read parts folds in worker processes: below, starting them costs more.
 _PARTS_FROM = 100_000
@@ -389,10 +392,9 @@ class _Batch:
              *first: tuple[str, Sequence[Any]]) -> Generator[Step, Any, list[list[tuple[Any, ...]]]]:
         """Read the stored state of `streams` and the history of `request_ids`, with the queries `first`."""
         model, uuids, ids = self.model, sorted(set(streams)), sorted(set(request_ids))
-        queries = [*first, (f"SELECT uuid, state FROM domains WHERE uuid IN ({_marks(uuids)})", uuids)]
+        queries = [*first, (_STATES_OF, (texts(uuids),))]
         if ids:
-            queries.append((_select("history").replace(" ORDER BY", f" WHERE request_id IN ({_marks(ids)}) ORDER BY"),
-                            ids))
+            queries.append((_HISTORY_OF, (texts(ids),)))
         found = yield ("fetch_many", queries, ())
         asked, states, history = found[:len(first)], found[len(first)], found[len(first) + 1:]
         for uuid, text in states:

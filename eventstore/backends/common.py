@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Sequence
 
 import attrs
 
-from vmledger.eventstore.codec import decode, dumps_flat, encode, loads
+from vmledger.eventstore.codec import decode, dumps_flat, dumps_plain, encode, loads
 from vmledger.eventstore.errors import (
     ChainBrokenError, ConcurrencyError, LedgerNotFoundError, NotALedgerError, StorageError, VmledgerError,
 )
@@ -22,7 +22,7 @@ from vmledger.eventstore.log import (
 __all__ = [
     "COLUMNS", "SCAN_COLUMNS", "CHUNK", "record", "decode_metadata", "decode_time",
     "chained_rows", "verify_rows", "ChainChecker", "LogReads", "check_ledger_tables", "FILTER_INDEXES",
-    "filter_sql", "INSERT", "PendingAppend", "GroupCommit", "batch_steps",
+    "filter_sql", "INSERT", "PendingAppend", "GroupCommit", "batch_steps", "TEXTS", "texts",
 ]
 
 #: The columns of the events table, in row order.
@@ -35,6 +35,16 @@ CHUNK = 2000
 INSERT = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: Appends per group commit, at most.
 MAX_BATCH = 256
+#: A subquery of the texts of one parameter, a JSON array (`texts`): `column IN ({TEXTS})` in SQLite and
+#: PostgreSQL alike (which reads `json_each(?)` as `json_array_elements_text`).  One statement whatever the
+#: list's length, so that both keep it prepared, where `IN (?, ?, …)` is a statement a length.
+TEXTS = "SELECT value FROM json_each(?)"
+
+
+def texts(values: Sequence[str]) -> str:
+    """Return the parameter of `TEXTS` that stands for `values`."""
+    return dumps_plain(list(values))
+
 
 Row = Sequence[Any]
 
@@ -249,14 +259,13 @@ class GroupCommit:
                     a.future.set_result(outcome)
 
 
-def _versions_and_last(streams: int) -> str:
-    """Return the query of each stream's last version beside the log's last position and hash."""
-    # One lookup of the last version per stream (`max` reads one index entry), never a scan of a stream.
-    # The log's end, uncorrelated, is evaluated once (SQLite and PostgreSQL alike), not once per stream.
-    return (f"WITH s(stream) AS (VALUES {', '.join(['(?)'] * streams)}) "
-            "SELECT s.stream, (SELECT max(version) FROM events WHERE events.stream = s.stream), "
-            "(SELECT max(position) FROM events), "
-            "(SELECT hash FROM events WHERE position = (SELECT max(position) FROM events)) FROM s")
+# The query of each stream's last version (of the streams of a `TEXTS` parameter) beside the log's last
+# position and hash.  One lookup of the last version per stream (`max` reads one index entry), never a scan
+# of a stream.  The log's end, uncorrelated, is evaluated once (SQLite and PostgreSQL alike), not once per stream.
+_VERSIONS_AND_LAST = (f"WITH s(stream) AS ({TEXTS}) "
+                      "SELECT s.stream, (SELECT max(version) FROM events WHERE events.stream = s.stream), "
+                      "(SELECT max(position) FROM events), "
+                      "(SELECT hash FROM events WHERE position = (SELECT max(position) FROM events)) FROM s")
 
 
 def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> Generator[Step, Any, list[Outcome]]:
@@ -272,7 +281,7 @@ def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> 
     streams = sorted({a.stream for a in batch})
     found, = yield from projection.load(streams, [e.request_id for a in batch for e in a.events
                                                   if hasattr(e, "request_id")],
-                                        (_versions_and_last(len(streams)), streams))
+                                        (_VERSIONS_AND_LAST, (texts(streams),)))
     versions = {stream: version or 0 for stream, version, _, _ in found}
     last: tuple[int, str | None] = (found[0][2] or 0, found[0][3])
     outcomes: list[Outcome] = []

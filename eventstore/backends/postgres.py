@@ -150,6 +150,8 @@ _TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|\?""")
 # SQLite's JSON functions as the projections call them, on JSON text: `json_each(column)` and
 # `json_extract(column, '$.key')`.  PostgreSQL's take the text cast to json.
 _JSON_EACH = re.compile(r"\bjson_each\(([\w.]+)\)")
+# And `json_each(?)` of a JSON array of texts (`common.TEXTS`), whose `value` column is text.
+_JSON_EACH_PARAMETER = re.compile(r"\bjson_each\(\?\)")
 _JSON_EXTRACT = re.compile(r"\bjson_extract\(([\w.]+), '\$\.(\w+)'\)")
 
 
@@ -162,6 +164,7 @@ def _pg(sql: str) -> str:
     become PostgreSQL's.
     """
     sql = _JSON_EXTRACT.sub(r"(\1::json ->> '\2')", _JSON_EACH.sub(r"json_each(\1::json)", sql))
+    sql = _JSON_EACH_PARAMETER.sub("json_array_elements_text(?::json)", sql)
     count = 0
 
     def number(m: re.Match[str]) -> str:
