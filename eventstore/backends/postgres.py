@@ -150,8 +150,11 @@ _TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|\?""")
 # SQLite's JSON functions as the projections call them, on JSON text: `json_each(column)` and
 # `json_extract(column, '$.key')`.  PostgreSQL's take the text cast to json.
 _JSON_EACH = re.compile(r"\bjson_each\(([\w.]+)\)")
-# And `json_each(?)` of a JSON array of texts (`common.TEXTS`), whose `value` column is text.
+# And `json_each(?)` of a JSON array of texts (`common.TEXTS`), whose `value` column is text.  Behind `IN`, it
+# becomes `= ANY` of an array: the planner, which takes a set-returning function for 100 rows, joined those
+# with a scan of the whole table where `= ANY` probes its index.
 _JSON_EACH_PARAMETER = re.compile(r"\bjson_each\(\?\)")
+_IN_TEXTS = re.compile(r"\bIN \(SELECT value FROM json_each\(\?\)\)")
 _JSON_EXTRACT = re.compile(r"\bjson_extract\(([\w.]+), '\$\.(\w+)'\)")
 
 
@@ -164,6 +167,7 @@ def _pg(sql: str) -> str:
     become PostgreSQL's.
     """
     sql = _JSON_EXTRACT.sub(r"(\1::json ->> '\2')", _JSON_EACH.sub(r"json_each(\1::json)", sql))
+    sql = _IN_TEXTS.sub("= ANY(ARRAY(SELECT json_array_elements_text(?::json)))", sql)
     sql = _JSON_EACH_PARAMETER.sub("json_array_elements_text(?::json)", sql)
     count = 0
 
