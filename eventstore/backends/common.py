@@ -201,8 +201,12 @@ class GroupCommit:
     outcome and re-read.
     """
 
-    def __init__(self, commit: Callable[[Callable[[], list[PendingAppend]]], Awaitable[list[Outcome]]]) -> None:
+    def __init__(self, commit: Callable[[Callable[[], list[PendingAppend]]], Awaitable[list[Outcome]]],
+                 idle: Callable[[], Awaitable[None]] | None = None, linger: float = 0.0) -> None:
         self._commit = commit
+        #: Called once no append has waited for `linger` seconds after the last batch.
+        self._idle, self._linger = idle, linger
+        self._arrival: asyncio.Event | None = None
         self._waiting: list[PendingAppend] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -214,6 +218,8 @@ class GroupCommit:
         item = PendingAppend(stream=stream, expected=expected, events=tuple(events), metadata=metadata,
                              now=now, future=asyncio.get_running_loop().create_future())
         self._waiting.append(item)
+        if self._arrival is not None:
+            self._arrival.set()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await item.future
@@ -225,6 +231,25 @@ class GroupCommit:
                 await self._flusher
 
     async def _flush(self) -> None:
+        """Commit waiting appends, a batch per transaction, until none wait; then call `idle`, if given."""
+        while self._waiting:
+            await self._flush_waiting()
+            if self._idle is not None and not await self._arrived():
+                await self._idle()
+
+    async def _arrived(self) -> bool:
+        """Wait up to `linger` seconds for an append to arrive; return whether one waits."""
+        if not self._waiting and self._linger > 0:
+            self._arrival = asyncio.Event()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._linger):
+                        await self._arrival.wait()
+            finally:
+                self._arrival = None
+        return bool(self._waiting)
+
+    async def _flush_waiting(self) -> None:
         """Commit waiting appends, a batch per transaction, until none wait."""
         while self._waiting:
             batch: list[PendingAppend] = []

@@ -3,14 +3,15 @@
 It mirrors `SQLiteEventLog`: one writing connection per log, serialised by a
 lock, and reads beside it (a small pool, since an asyncpg connection runs one
 statement at a time).  Appends that arrive together are committed together
-(group commit, see `common.GroupCommit`): one transaction holds a batch's
-events, their hash links, the projection rows and one `NOTIFY`, the rows
-written by one statement (see `_Tx.write_all`), so a batch costs four round
-trips however many appends it holds: BEGIN with the append lock, the reads
-(see `_Tx.fetch_many`), the write, and COMMIT with the NOTIFY.  Subscribers
-wake on `LISTEN` through a dedicated connection.  Appends from every process are serialised by a
-transaction-scoped advisory lock (see `APPEND_LOCK`), so positions are
-gap-free and become visible in order.
+(group commit, see `common.GroupCommit`): one statement writes a batch's
+events, their hash links, the projection rows and its `NOTIFY`, and commits
+them, a transaction of its own (see `_BatchTx`).  Appends from every process
+are serialised by an advisory lock (see `APPEND_LOCK`), so positions are
+gap-free and become visible in order; a writer keeps it for its session while
+its appends keep coming, so that a batch costs two round trips however many
+appends it holds: the reads (see `_Tx.fetch_many`) and the write.  Taking the
+lock and giving it back cost one each, when appends start and stop.
+Subscribers wake on `LISTEN` through a dedicated connection.
 
 Projection SQL is written with `?` placeholders, as for SQLite; this module
 turns them into `$1..$n`.
@@ -25,7 +26,7 @@ import functools
 import re
 import urllib.parse
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import asyncpg
 from asyncpg import exceptions as pg
@@ -73,13 +74,15 @@ CHANNEL = "vmledger_events"
 # "position > 6" sees 8, moves past 7, and never sees 7 when T1 commits.  Two
 # proven cures exist:
 #
-# * Serialise appends with a transaction-scoped advisory lock (chosen).  Under
-#   it an append reads the last row, numbers its events last+1.. and commits;
-#   PostgreSQL releases transaction locks only after the commit is visible,
-#   so the next append starts from it and positions become visible strictly
-#   in order, with no gap (a rolled-back append leaves no hole, unlike a
-#   sequence).  The hash chain needs this order anyway: each link covers its
-#   predecessor's hash, so appends cannot be computed concurrently.
+# * Serialise appends with an advisory lock (chosen).  Under it an append
+#   reads the last row, numbers its events last+1.. and commits; the lock
+#   goes to the next writer only after the commit is visible (a transaction's
+#   lock goes at its end; a batch, a statement of its own, has committed when
+#   it returns, before its writer gives back the lock it holds for its
+#   session), so the next append starts from it and positions become visible
+#   strictly in order, with no gap (a rolled-back append leaves no hole,
+#   unlike a sequence).  The hash chain needs this order anyway: each link
+#   covers its predecessor's hash, so appends cannot be computed concurrently.
 # * Let appends run concurrently and have readers stop below the safe horizon
 #   `pg_snapshot_xmin(pg_current_snapshot())` compared with a stored
 #   `pg_current_xact_id()` per row.  It buys concurrent writers, but every row
@@ -93,7 +96,10 @@ CHANNEL = "vmledger_events"
 # concurrent appends into one transaction, but transactions of different
 # processes are never flushed together.  One slow batch (a large projection
 # update, a stalled client holding the lock) delays every writer, up to
-# `busy_timeout` (`lock_timeout`), after which they fail with StorageError.  Readers and followers never wait for the lock.
+# `busy_timeout` (`lock_timeout`), after which they fail with StorageError.
+# A writer whose appends keep coming holds the lock `_HOLD` seconds at most,
+# and `_LINGER` after its last, before it queues again behind the others.
+# Readers and followers never wait for the lock.
 # Advisory locks are per database, so ledgers in other databases of the same
 # cluster do not contend.
 
@@ -101,6 +107,12 @@ CHANNEL = "vmledger_events"
 #: Operators find its holder in `pg_locks` (locktype advisory, classid 1986882661, objid 1684497778).
 APPEND_LOCK = 0x766D6C6564676572
 
+#: Seconds a writer keeps the append lock for its session at most, while its appends keep coming:
+#: then it gives the lock back, and queues for it behind the other processes that wait for it.
+_HOLD = 0.1
+#: Seconds a writer keeps the lock after its last batch, for the next append of a caller that appends again
+#: at once (a request's outcome after its intent): another process waits that long more, at most.
+_LINGER = 0.005
 #: Prepared statements the writing connection keeps (asyncpg's default is 100).
 _STATEMENTS = 1024
 #: The writing connection's planner costs.  A batch's statements each touch a few rows by key (`_Tx.write_all`),
@@ -266,11 +278,21 @@ class _Tx:
 
     async def write_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]],
                         params: Sequence[Any] = ()) -> None:
-        # One round trip under the append lock instead of one per statement: each statement reads
-        # its rows from one JSON text (`_from_json`), and data-modifying statements in WITH each
-        # run once, to completion, on the same snapshot (so in any order).
+        parts, args = await self._parts(statements)
+        if parts:
+            *first, last = parts
+            await self._conn.execute(_with(first) + last, *args)
+
+    async def _parts(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> tuple[list[str], list[Any]]:
+        """Return the statements of `write_all` that have rows, each reading them from a JSON text, and those texts.
+
+        One round trip under the append lock instead of one per statement:
+        each statement reads its rows from one JSON text (`_from_json`), and
+        data-modifying statements in WITH each run once, to completion, on the
+        same snapshot (so in any order).
+        """
         parts: list[str] = []
-        args: list[str] = []
+        args: list[Any] = []
         for sql, rows in statements:
             if rows:
                 pg = _pg(sql)
@@ -279,14 +301,52 @@ class _Tx:
                                                  for t in (await self._conn.prepare(pg)).get_parameters())
                 args.append(dumps_plain(rows))
                 parts.append(_from_json(pg, _PARAMETER_TYPES[pg], len(args)))
-        if parts:
-            *first, last = parts
-            head = "WITH " + ", ".join(f"s{i} AS ({sql})" for i, sql in enumerate(first)) + " " if first else ""
-            await self._conn.execute(head + last, *args)
+        return parts, args
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             await self._conn.executemany(_pg(sql), rows)
+
+
+def _with(statements: Sequence[str]) -> str:
+    """Return the WITH clause that runs `statements` (data-modifying) before a main statement, or ''."""
+    return "WITH " + ", ".join(f"s{i} AS ({sql})" for i, sql in enumerate(statements)) + " " if statements else ""
+
+
+class _BatchTx(_Tx):
+    """The `Transaction` of a batch of appends: reads, then one statement that writes the batch and commits it.
+
+    It runs on the writing connection outside any explicit transaction,
+    while the connection holds the append lock for its session
+    (`PostgresEventLog._hold`): nobody else writes meanwhile, so the reads,
+    each a statement of its own, see the log the batch follows, and its one
+    `write_all` statement is the batch's transaction, committed when it
+    returns (a statement of its own is atomic), with the `NOTIFY` of the
+    batch's last event.  It takes no other writing statement, which would
+    commit alone.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, run: Callable[[Any], Awaitable[Any]]) -> None:
+        super().__init__(conn)
+        self._run = run
+        #: Whether the writing statement was sent: from then on a lost connection leaves the outcome unknown.
+        self.committing = False
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        raise RuntimeError("a batch of appends writes in one write_all statement")
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise RuntimeError("a batch of appends writes in one write_all statement")
+
+    async def write_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+                        params: Sequence[Any] = ()) -> None:
+        parts, args = await self._parts(statements)
+        last = max((row[0] for sql, rows in statements if sql == INSERT for row in rows), default=None)
+        if not parts or last is None:
+            raise RuntimeError("a batch of appends writes its events")
+        self.committing = True
+        # The notification goes out with the commit, in commit order, and never on a rollback.
+        await self._run(self._conn.execute(f"{_with(parts)}SELECT pg_notify('{CHANNEL}', '{int(last)}')", *args))
 
 
 async def _keep(conn: asyncpg.Connection) -> None:
@@ -340,8 +400,11 @@ class PostgresEventLog(LogReads):
         self._lock = asyncio.Lock()
         self._listen_lock = asyncio.Lock()
         self._settling: asyncio.Task[Any] | None = None
+        #: The writing connection while it holds the append lock for its session (`_hold`), and since when.
+        self._held: asyncpg.Connection | None = None
+        self._held_since = 0.0
         self._appended = asyncio.Event()
-        self._group = GroupCommit(self._commit_batch)
+        self._group = GroupCommit(self._commit_batch, idle=self._idle, linger=_LINGER)
         #: Write transactions committed by this log: appends per commit shows group commit at work.
         self.commits = 0
 
@@ -427,45 +490,98 @@ class PostgresEventLog(LogReads):
 
     # Writing.
 
+    async def _connected(self) -> asyncpg.Connection:
+        """Return the writing connection, connecting again if it is closed, once a shielded statement on it ends."""
+        self._need_open()
+        if self.read_only:
+            raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
+        if self._settling is not None:
+            # A cancelled caller's shielded statement (COMMIT, ROLLBACK, a batch's write) may still run on it.
+            await asyncio.wait({self._settling})
+            self._settling = None
+        if self._writer is None or self._writer.is_closed():
+            if self._writer is not None:
+                self._writer.terminate()
+                self._writer = None
+            self._writer = await self._connect(writer=True)
+        return self._writer
+
+    async def _on_writer(self, statement: Callable[[asyncpg.Connection], Awaitable[Any]]) -> tuple[asyncpg.Connection, Any]:
+        """Run `statement(connection)` on the writing connection; return both.
+
+        An idle connection the server dropped (a restart, a failover) fails
+        its first statement, which then did nothing: it runs once more on a
+        new connection.  After any other failure the connection is closed, its
+        state unknown.
+        """
+        retried = False
+        while True:
+            conn = await self._connected()
+            try:
+                return conn, await statement(conn)
+            except BaseException as e:
+                conn.terminate()
+                if retried or not isinstance(e, _DRIVER_ERRORS) or not _lost(e):
+                    raise
+                retried = True
+
     async def _begin(self) -> tuple[asyncpg.Connection, bool]:
         """Open a transaction on the writing connection, reconnecting if the server dropped it.
 
         The transaction asks for the append lock in the same round trip,
         without waiting for it: returns the connection and whether it holds the lock.
         """
-        self._need_open()
-        if self.read_only:
-            raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
-        if self._settling is not None:
-            # A cancelled caller's shielded COMMIT/ROLLBACK may still run on it.
-            await asyncio.wait({self._settling})
-            self._settling = None
-        retried = False
-        while True:
-            if self._writer is None or self._writer.is_closed():
-                if self._writer is not None:
-                    self._writer.terminate()
-                    self._writer = None
-                self._writer = await self._connect(writer=True)
+        # A simple query of two statements: its status is the last one's, "SELECT 1" if it got the lock.
+        conn, status = await self._on_writer(
+            lambda conn: conn.execute(f"BEGIN; SELECT WHERE pg_try_advisory_xact_lock({APPEND_LOCK})"))
+        return conn, status == "SELECT 1"
+
+    async def _hold(self) -> asyncpg.Connection:
+        """Return the writing connection holding the append lock for its session, waiting for it up to `lock_timeout`.
+
+        The lock stays with the session across batches while appends keep
+        coming (see `_commit_batch`), until `_release`, or until the
+        connection closes, which frees it on the server.
+        """
+        if self._held is not None and self._held is self._writer and not self._held.is_closed():
+            return self._held
+        conn, locked = await self._on_writer(lambda conn: conn.fetchval("SELECT pg_try_advisory_lock($1)", APPEND_LOCK))
+        if not locked:  # another process holds it: wait, up to `lock_timeout`
             try:
-                # A simple query of two statements: its status is the last one's, "SELECT 1" if it got the lock.
-                status = await self._writer.execute(f"BEGIN; SELECT WHERE pg_try_advisory_xact_lock({APPEND_LOCK})")
-                return self._writer, status == "SELECT 1"
+                await conn.execute("SELECT pg_advisory_lock($1)", APPEND_LOCK)
             except BaseException as e:
-                # The query may have stopped after its BEGIN: start the next one on a new connection.
-                self._writer.terminate()
-                # An idle connection the server dropped (a restart, a failover)
-                # fails its first statement; nothing was written, so reconnect once.
-                if retried or not isinstance(e, _DRIVER_ERRORS) or not _lost(e):
-                    raise
-                retried = True
+                if not isinstance(e, asyncpg.PostgresError):  # the wait's outcome is unknown: end the session
+                    conn.terminate()
+                raise
+        self._held, self._held_since = conn, asyncio.get_running_loop().time()
+        return conn
+
+    async def _release(self) -> None:
+        """Give the session's append lock back, if held (under `_lock`)."""
+        conn, self._held = self._held, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.execute("SELECT pg_advisory_unlock($1)", APPEND_LOCK)
+            except BaseException:
+                conn.terminate()  # its session, and the lock, end on the server
+                raise
+
+    async def _idle(self) -> None:
+        """Give the append lock back once no append waits, so that other processes' appends get their turn."""
+        async with self._lock:
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await self._release()
+
+    async def _shielded(self, statement: Awaitable[Any]) -> Any:
+        """Run a statement to its end even if the caller is cancelled meanwhile (a COMMIT, a ROLLBACK, a batch's write)."""
+        task = asyncio.ensure_future(statement)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._settling = task
+        return await asyncio.shield(task)
 
     async def _finish(self, conn: asyncpg.Connection, statement: str) -> None:
         """Run COMMIT or ROLLBACK to its end even if the caller is cancelled meanwhile."""
-        task = asyncio.ensure_future(conn.execute(statement))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._settling = task
-        await asyncio.shield(task)
+        await self._shielded(conn.execute(statement))
 
     @contextlib.asynccontextmanager
     async def _transaction(self, notify: list[int] | None = None) -> AsyncIterator[asyncpg.Connection]:
@@ -509,9 +625,9 @@ class PostgresEventLog(LogReads):
         """Append `events` to `stream` at `expected_version`, with projections; return them once committed.
 
         Appends that arrive while a transaction is under way are gathered into
-        the next one (group commit), under one acquisition of the append lock:
-        one commit's WAL flush serves them all, and a batch costs four
-        round trips however many appends it holds.  Each is checked and
+        the next one (group commit), under the append lock: one commit's WAL
+        flush serves them all, and a batch costs two round trips however many
+        appends it holds (see `_commit_batch`).  Each is checked and
         folded in memory before anything is written, so a refused append does
         not fail its neighbours, and each caller returns only after the commit
         that holds its events.  A cancelled caller's append may still be
@@ -527,15 +643,31 @@ class PostgresEventLog(LogReads):
         return await self._group.append(stream, expected_version, events, metadata, now)
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
-        """Write the appends `take` gives in one transaction under the append lock (see `batch_steps`).
+        """Write the appends `take` gives in one statement, under the append lock of the session (see `batch_steps`).
 
         The batch is taken once the lock is held: appends that arrive while
-        the transaction begins and waits for it join this batch.
+        the lock is being taken join this batch.  The lock stays held while
+        appends keep coming, so that a batch costs two round trips (its reads,
+        and the statement that writes and commits it), and is given back once
+        none waits (`_idle`) or after `_HOLD` seconds, for other processes.
         """
-        last: list[int] = []
-        async with self._transaction(notify=last) as conn:
-            outcomes = await run_steps(_Tx(conn), batch_steps(self._projector.batch(), take()))
-            last += [o[-1].position for o in outcomes if not isinstance(o, Exception)]
+        async with self._lock:
+            tx: _BatchTx | None = None
+            try:
+                tx = _BatchTx(await self._hold(), self._shielded)
+                outcomes = await run_steps(tx, batch_steps(self._projector.batch(), take()))
+            except BaseException as e:
+                # An error the server answered leaves the session as it was (a failed statement did nothing).
+                # After any other, its state is unknown: close it, and the server frees the lock with it;
+                # but a write under way goes on, shielded, and the next batch waits for it (`_connected`).
+                if tx is not None and not isinstance(e, asyncpg.PostgresError) and not tx.committing:
+                    tx._conn.terminate()
+                if isinstance(e, _DRIVER_ERRORS):
+                    raise _storage_error(e, committing=tx is not None and tx.committing) from e
+                raise
+            if asyncio.get_running_loop().time() - self._held_since > _HOLD:
+                with contextlib.suppress(*_DRIVER_ERRORS):  # the batch is committed whatever this does
+                    await self._release()
         self.commits += 1
         self._wake()
         return outcomes

@@ -38,9 +38,9 @@ def run(coro: Any) -> Any:
 
 
 class _HoldingProjector(TableProjector):
-    """A projector that keeps the append's transaction open for a while when it touches one stream.
+    """A projector that keeps the append lock held for a while before it writes, when it touches one stream.
 
-    It holds it on the server, with `pg_sleep` as the batch's last statement.
+    It holds it on the server, with `pg_sleep` as the batch's last read.
     """
 
     def __init__(self, stream: str, seconds: float) -> None:
@@ -54,7 +54,7 @@ class _HoldingProjector(TableProjector):
 
 
 class _HoldingBatch:
-    """A projection batch whose writing ends with a sleep inside the transaction, once it holds the stream."""
+    """A projection batch whose writing starts with a sleep under the append lock, once it holds the stream."""
 
     def __init__(self, batch: Any, projector: _HoldingProjector) -> None:
         self._batch, self._projector, self._held = batch, projector, False
@@ -67,10 +67,10 @@ class _HoldingBatch:
         self._held = self._held or any(r.stream == self._projector.stream for r in records)
 
     def write(self, *first: Any) -> Generator[Step, Any, None]:
-        yield from self._batch.write(*first)
         if self._held:
             self._projector.holding.set()
-            yield ("execute", "SELECT pg_sleep(?)", (self._projector.seconds,))
+            yield ("fetch_all", "SELECT pg_sleep(?)", (self._projector.seconds,))
+        yield from self._batch.write(*first)
 
 
 @contextlib.asynccontextmanager
@@ -93,8 +93,8 @@ async def _backend_pid(admin: Any, where: str) -> int:
             await asyncio.sleep(0.01)
 
 
-def test_follower_skips_nothing_while_one_writer_holds_its_transaction_open(pg_database: str) -> None:
-    """A follower receives every event once, in order, while a writer holds its append open 2 s (issue 4)."""
+def test_follower_skips_nothing_while_one_writer_holds_the_append_lock(pg_database: str) -> None:
+    """A follower receives every event once, in order, while a writer holds the append lock 2 s (issue 4)."""
     async def go() -> tuple[list, list, int]:
         slow_projector = _HoldingProjector("slow", 2.0)
         async with contextlib.AsyncExitStack() as stack:
@@ -122,7 +122,7 @@ def test_follower_skips_nothing_while_one_writer_holds_its_transaction_open(pg_d
             following = asyncio.create_task(follow())
             held = asyncio.create_task(slow.append("slow", 0, [_defined("slow")], Metadata(), now=T0))
             await asyncio.wait_for(slow_projector.holding.wait(), 5)
-            # The other writers start while the slow append's transaction is open.
+            # The other writers start while the slow append holds the lock, before it writes.
             await asyncio.gather(held, *(write(w, f"w{i}") for i, w in enumerate(writers)))
             await asyncio.wait_for(following, 10)
             stored = [(r.position, r.stream, r.version) async for r in follower.read_all()]
@@ -461,34 +461,47 @@ def test_fetch_many_reads_its_queries_in_one_round_trip_as_sqlite_does_in_turn(p
     assert sent == 1
 
 
-def test_an_append_takes_four_round_trips_and_one_more_while_another_process_holds_the_lock(
-        pg_database: str) -> None:
-    """BEGIN asks for the append lock without waiting; only when another process holds it does the append wait.
+def test_an_append_takes_three_round_trips_and_appends_that_keep_coming_take_two(pg_database: str) -> None:
+    """An append takes the append lock, reads, and writes with its commit; the lock goes back once appends stop.
 
-    (A definition takes a fifth, to look its name up.)
+    Appends that keep coming keep the lock: a batch is its reads and its
+    write.  Only while another process holds the lock does a writer wait for
+    it, a round trip more.  (A definition takes one more, to look its name up.)
     """
-    async def go() -> tuple[list[str], list[str], list[int]]:
+    try_lock, lock, unlock = (f"SELECT pg_{f}($1)" for f in ("try_advisory_lock", "advisory_lock", "advisory_unlock"))
+
+    async def go() -> tuple[list[str], list[str], list[str], int, list[int]]:
         async with PostgresEventLog(pg_database, TableProjector()) as log, _admin(pg_database) as admin:
             await log.append("a", 0, [_defined("a")], Metadata(), now=T0)  # the driver learns the types once
+            await asyncio.sleep(0.05)  # the lock goes back
             sent: list[str] = []
             assert log._writer is not None
             log._writer.add_query_logger(lambda q: sent.append(q.query))
             await log.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0)
-            await asyncio.sleep(0.05)  # the driver calls query loggers soon after, not at once
+            await asyncio.sleep(0.05)  # the lock goes back; the driver calls query loggers soon after, not at once
             alone, sent[:] = list(sent), []
-            await admin.execute("SELECT pg_advisory_lock($1)", APPEND_LOCK)
+            await admin.execute(lock.replace("$1", "$1::bigint"), APPEND_LOCK)
             blocked = asyncio.create_task(log.append("a", 2, [DomainStopped()], Metadata(), now=T0))
             await _backend_pid(admin, "wait_event_type = 'Lock' AND wait_event = 'advisory'")
-            await admin.execute("SELECT pg_advisory_unlock($1)", APPEND_LOCK)
+            await admin.execute(unlock.replace("$1", "$1::bigint"), APPEND_LOCK)
             await asyncio.wait_for(blocked, 10)
             await asyncio.sleep(0.05)
-            return alone, sent, [r.position async for r in log.read_all()]
+            contended, sent[:] = list(sent), []
+            commits = log.commits
+            for version in range(3, 23):  # one caller appending at once, as a request's outcome follows its intent
+                await log.append("a", version, [DomainStarted(config=CONFIG) if version % 2 else DomainStopped()],
+                                 Metadata(), now=T0)
+            await asyncio.sleep(0.05)
+            return alone, contended, list(sent), log.commits - commits, [r.position async for r in log.read_all()]
 
-    alone, contended, positions = run(go())
-    assert len(alone) == 4, alone  # BEGIN and the lock, the reads, the write, COMMIT and NOTIFY
-    assert alone[0].startswith("BEGIN; SELECT WHERE pg_try_advisory_xact_lock(") and alone[-1].endswith("COMMIT")
-    assert len(contended) == 5 and contended[1] == "SELECT pg_advisory_xact_lock($1)", contended
-    assert positions == [1, 2, 3]
+    alone, contended, kept, batches, positions = run(go())
+    assert len(alone) == 4 and (alone[0], alone[-1]) == (try_lock, unlock), alone
+    assert "pg_notify" in alone[2] and "INSERT INTO events" in alone[2], alone  # the write, its commit and notify
+    assert [q for q in contended if "advisory" in q] == [try_lock, lock, unlock], contended
+    assert len(contended) == 5, contended
+    assert batches == 20 and (kept.count(try_lock), kept.count(unlock)) == (1, 1), kept
+    assert len(kept) == 2 + 2 * batches, kept
+    assert positions == list(range(1, 24))
 
 
 def test_most_history_updates_stay_in_their_page_and_touch_no_index(pg_database: str, tmp_path: Any) -> None:
