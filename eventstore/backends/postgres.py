@@ -345,8 +345,10 @@ class _BatchTx(_Tx):
         if not parts or last is None:
             raise RuntimeError("a batch of appends writes its events")
         self.committing = True
-        # The notification goes out with the commit, in commit order, and never on a rollback.
-        await self._run(self._conn.execute(f"{_with(parts)}SELECT pg_notify('{CHANNEL}', '{int(last)}')", *args))
+        # The notification goes out with the commit, in commit order, and never on a rollback.  Its position
+        # is a parameter: in the text, it would make every batch's statement a new one to prepare.
+        await self._run(self._conn.execute(f"{_with(parts)}SELECT pg_notify('{CHANNEL}', ${len(args) + 1}::text)",
+                                           *args, str(last)))
 
 
 async def _keep(conn: asyncpg.Connection) -> None:
