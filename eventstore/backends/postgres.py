@@ -115,11 +115,12 @@ _HOLD = 0.1
 _LINGER = 0.005
 #: Prepared statements the writing connection keeps (asyncpg's default is 100).
 _STATEMENTS = 1024
-#: The writing connection's planner costs.  A batch's statements each touch a few rows by key (`_Tx.write_all`),
-#: in pages the server has cached; under the default `random_page_cost` of 4 (a disk's seeks) the planner
-#: chose to join them with a scan of a small table, `outcomes` or `drift`, whole: on the benchmark's 64 callers
-#: (tables of a few thousand rows) a batch's write took 3.2 ms, against 2.2 ms with index probes.
-_WRITER_SETTINGS = {"random_page_cost": "1.1"}
+#: The writing connection's planner settings.  A batch's statements each touch a few rows by key
+#: (`_Tx.write_all`), in pages the server has cached, and join them with the rows they read from a JSON text,
+#: which the planner takes for 100 rows: under the default `random_page_cost` of 4 (a disk's seeks), and with
+#: hash joins, it scanned a table of up to some ten thousand rows whole, `outcomes` or `drift`, for a few of
+#: its rows; every statement of the writing connection touches rows by key, or a table whole with no join.
+_WRITER_SETTINGS = {"random_page_cost": "1.1", "enable_hashjoin": "off", "enable_mergejoin": "off"}
 
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError)
 _LOST = (pg.PostgresConnectionError, pg.AdminShutdownError, pg.CrashShutdownError,
