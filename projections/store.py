@@ -463,15 +463,15 @@ class _Batch:
             row = domains_row(state)
             self._projector._remember(uuid, state, row)
             _diff("domains", () if was_row is None else (was_row,), (row,), gone, changed)
-            old: dict[str, list[tuple]] = defaultdict(list)
-            new: dict[str, list[tuple]] = defaultdict(list)
+            rows_before: dict[str, list[tuple]] = defaultdict(list)
+            rows_after: dict[str, list[tuple]] = defaultdict(list)
             for prop in properties(state) if was is None else changed_properties(was, state):
-                for rows, s in ((old, was), (new, state)):
+                for rows, s in ((rows_before, was), (rows_after, state)):
                     if s is not None:
                         for table, r in property_rows(s, prop):
                             rows[table].append(r)
-            for table in {*old, *new}:
-                _diff(table, old[table], new[table], gone, changed)
+            for table in {*rows_before, *rows_after}:
+                _diff(table, rows_before[table], rows_after[table], gone, changed)
         wanted = sorted(self._requests)
         stored = [self._stored_history[r] for r in wanted if r in self._stored_history]
         _diff("history", [row for row, _ in stored], [model.history_row(r) for r in wanted if r in model.history],

@@ -509,7 +509,8 @@ class PostgresEventLog(LogReads):
             self._writer = await self._connect(writer=True)
         return self._writer
 
-    async def _on_writer(self, statement: Callable[[asyncpg.Connection], Awaitable[Any]]) -> tuple[asyncpg.Connection, Any]:
+    async def _on_writer(self, statement: Callable[[asyncpg.Connection], Awaitable[Any]]
+                         ) -> tuple[asyncpg.Connection, Any]:
         """Run `statement(connection)` on the writing connection; return both.
 
         An idle connection the server dropped (a restart, a failover) fails
@@ -576,7 +577,7 @@ class PostgresEventLog(LogReads):
                 await self._release()
 
     async def _shielded(self, statement: Awaitable[Any]) -> Any:
-        """Run a statement to its end even if the caller is cancelled meanwhile (a COMMIT, a ROLLBACK, a batch's write)."""
+        """Run a statement (a COMMIT, a ROLLBACK, a batch's write) to its end even if the caller is cancelled."""
         task = asyncio.ensure_future(statement)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._settling = task

@@ -171,7 +171,8 @@ def test_any_text_comes_back_as_written_and_as_a_rebuild_writes_it(store: Store,
     assert incremental == rebuilt
     (history,) = incremental["history"]
     assert (history[1:3], history[6:8]) == (("u", text + "?"), (text, text))
-    assert [row[2] for row in incremental["persistent"] if row[1] == "media:hdc"] == [json.dumps(text, ensure_ascii=False)]
+    media = [row[2] for row in incremental["persistent"] if row[1] == "media:hdc"]
+    assert media == [json.dumps(text, ensure_ascii=False)]
 
 
 def test_two_logs_taking_turns_on_one_stream_write_the_rows_a_rebuild_writes(store: Store) -> None:
