@@ -493,8 +493,8 @@ class PostgresEventLog(LogReads):
 
     # Writing.
 
-    async def _connected(self) -> asyncpg.Connection:
-        """Return the writing connection, connecting again if it is closed, once a shielded statement on it ends."""
+    async def _settled(self) -> None:
+        """Wait for the end of a shielded statement on the writing connection, if one runs."""
         self._need_open()
         if self.read_only:
             raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
@@ -502,6 +502,10 @@ class PostgresEventLog(LogReads):
             # A cancelled caller's shielded statement (COMMIT, ROLLBACK, a batch's write) may still run on it.
             await asyncio.wait({self._settling})
             self._settling = None
+
+    async def _connected(self) -> asyncpg.Connection:
+        """Return the writing connection, connecting again if it is closed, once a shielded statement on it ends."""
+        await self._settled()
         if self._writer is None or self._writer.is_closed():
             if self._writer is not None:
                 self._writer.terminate()
@@ -547,6 +551,7 @@ class PostgresEventLog(LogReads):
         coming (see `_commit_batch`), until `_release`, or until the
         connection closes, which frees it on the server.
         """
+        await self._settled()
         if self._held is not None and self._held is self._writer and not self._held.is_closed():
             return self._held
         conn, locked = await self._on_writer(lambda conn: conn.fetchval("SELECT pg_try_advisory_lock($1)", APPEND_LOCK))

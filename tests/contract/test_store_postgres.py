@@ -73,6 +73,26 @@ class _HoldingBatch:
         yield from self._batch.write(*first)
 
 
+class _SlowWriteProjector(_HoldingProjector):
+    """A projector whose batch's one writing statement takes a while on the server, when it touches one stream."""
+
+    def batch(self) -> Any:
+        return _SlowWriteBatch(TableProjector.batch(self), self)
+
+
+class _SlowWriteBatch(_HoldingBatch):
+    """A projection batch whose writing statement sleeps on the server, once it holds the stream."""
+
+    def write(self, *first: Any) -> Generator[Step, Any, None]:
+        if not self._held:
+            return (yield from self._batch.write(*first))
+        self._projector.holding.set()
+        # An update of no row whose condition sleeps once: the statement stays under way meanwhile.
+        sleep = ("UPDATE projection_position SET position = position WHERE name = ? AND pg_sleep(?) IS NULL",
+                 [("none", self._projector.seconds)])
+        yield from self._batch.write(*first, sleep)
+
+
 @contextlib.asynccontextmanager
 async def _admin(dsn: str) -> AsyncIterator[Any]:
     conn = await asyncpg.connect(dsn)
@@ -211,6 +231,25 @@ def test_append_notifies_its_last_position_on_commit_only(pg_database: str) -> N
         return got
 
     assert run(go()) == [(CHANNEL, "2"), (CHANNEL, "3")]
+
+
+def test_a_batch_cancelled_while_it_writes_commits_whole_and_the_next_waits_for_it(pg_database: str) -> None:
+    """A batch whose writer is cancelled during its write statement commits it whole; the next batch waits for it."""
+    async def go() -> tuple[list[str], int]:
+        slow = _SlowWriteProjector("slow", 0.5)
+        async with PostgresEventLog(pg_database, slow) as log:
+            append = asyncio.create_task(log.append("slow", 0, [_defined("slow")], Metadata(), now=T0))
+            await asyncio.wait_for(slow.holding.wait(), 5)
+            await asyncio.sleep(0.2)  # the write statement is under way on the server
+            flusher = log._group._flusher
+            assert flusher is not None
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StorageError):
+                await append
+            await log.append("b", 0, [_defined("b")], Metadata(), now=T0)
+            return sorted({r.stream async for r in log.read_all()}), await log.verify_chain()
+
+    assert run(go()) == (["b", "slow"], 2)
 
 
 def test_lost_writer_connection_raises_storage_error_then_reconnects(pg_database: str) -> None:
