@@ -109,7 +109,7 @@ APPEND_LOCK = 0x766D6C6564676572
 
 #: Seconds a writer keeps the append lock for its session at most, while its appends keep coming:
 #: then it gives the lock back, and queues for it behind the other processes that wait for it.
-_HOLD = 0.1
+_HOLD = 0.02
 #: Seconds a writer keeps the lock after its last batch, for the next append of a caller that appends again
 #: at once (a request's outcome after its intent): another process waits that long more, at most.
 _LINGER = 0.005

@@ -500,47 +500,58 @@ def test_fetch_many_reads_its_queries_in_one_round_trip_as_sqlite_does_in_turn(p
     assert sent == 1
 
 
-def test_an_append_takes_three_round_trips_and_appends_that_keep_coming_take_two(pg_database: str) -> None:
+def test_an_append_takes_three_round_trips_and_appends_that_keep_coming_take_two(
+        pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """An append takes the append lock, reads, and writes with its commit; the lock goes back once appends stop.
 
-    Appends that keep coming keep the lock: a batch is its reads and its
-    write.  Only while another process holds the lock does a writer wait for
-    it, a round trip more.  (A definition takes one more, to look its name up.)
+    Appends that keep coming keep the lock, up to `_HOLD` seconds: a batch is
+    its reads and its write.  Only while another process holds the lock does
+    a writer wait for it, a round trip more.  (A definition takes one more,
+    to look its name up.)  The lock's times are stretched here, so that a
+    slow machine's pauses between two appends do not end a hold.
     """
+    from vmledger.eventstore.backends import postgres
+
+    monkeypatch.setattr(postgres, "_LINGER", 0.3)
+    monkeypatch.setattr(postgres, "_HOLD", 60.0)
     try_lock, lock, unlock = (f"SELECT pg_{f}($1)" for f in ("try_advisory_lock", "advisory_lock", "advisory_unlock"))
 
-    async def go() -> tuple[list[str], list[str], list[str], int, list[int]]:
+    async def appends(log: PostgresEventLog, versions: range) -> None:
+        for version in versions:  # one caller appending at once, as a request's outcome follows its intent
+            await log.append("a", version, [DomainStarted(config=CONFIG) if version % 2 else DomainStopped()],
+                             Metadata(), now=T0)
+        await asyncio.sleep(0.5)  # the lock goes back; the driver calls query loggers soon after, not at once
+
+    async def go() -> tuple[list[str], ...]:
         async with PostgresEventLog(pg_database, TableProjector()) as log, _admin(pg_database) as admin:
             await log.append("a", 0, [_defined("a")], Metadata(), now=T0)  # the driver learns the types once
-            await asyncio.sleep(0.05)  # the lock goes back
+            await asyncio.sleep(0.5)
             sent: list[str] = []
             assert log._writer is not None
             log._writer.add_query_logger(lambda q: sent.append(q.query))
-            await log.append("a", 1, [DomainStarted(config=CONFIG)], Metadata(), now=T0)
-            await asyncio.sleep(0.05)  # the lock goes back; the driver calls query loggers soon after, not at once
+            await appends(log, range(1, 2))
             alone, sent[:] = list(sent), []
             await admin.execute(lock.replace("$1", "$1::bigint"), APPEND_LOCK)
             blocked = asyncio.create_task(log.append("a", 2, [DomainStopped()], Metadata(), now=T0))
             await _backend_pid(admin, "wait_event_type = 'Lock' AND wait_event = 'advisory'")
             await admin.execute(unlock.replace("$1", "$1::bigint"), APPEND_LOCK)
             await asyncio.wait_for(blocked, 10)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
             contended, sent[:] = list(sent), []
-            commits = log.commits
-            for version in range(3, 23):  # one caller appending at once, as a request's outcome follows its intent
-                await log.append("a", version, [DomainStarted(config=CONFIG) if version % 2 else DomainStopped()],
-                                 Metadata(), now=T0)
-            await asyncio.sleep(0.05)
-            return alone, contended, list(sent), log.commits - commits, [r.position async for r in log.read_all()]
+            await appends(log, range(3, 23))
+            kept, sent[:] = list(sent), []
+            monkeypatch.setattr(postgres, "_HOLD", 0.0)  # every batch gives the lock back, for other processes
+            await appends(log, range(23, 33))
+            return alone, contended, kept, list(sent), [[r.position async for r in log.read_all()]]
 
-    alone, contended, kept, batches, positions = run(go())
+    alone, contended, kept, turns, (positions,) = run(go())
     assert len(alone) == 4 and (alone[0], alone[-1]) == (try_lock, unlock), alone
     assert "pg_notify" in alone[2] and "INSERT INTO events" in alone[2], alone  # the write, its commit and notify
     assert [q for q in contended if "advisory" in q] == [try_lock, lock, unlock], contended
     assert len(contended) == 5, contended
-    assert batches == 20 and (kept.count(try_lock), kept.count(unlock)) == (1, 1), kept
-    assert len(kept) == 2 + 2 * batches, kept
-    assert positions == list(range(1, 24))
+    assert (kept.count(try_lock), kept.count(unlock), len(kept)) == (1, 1, 2 + 2 * 20), kept
+    assert (turns.count(try_lock), turns.count(unlock), len(turns)) == (10, 10, 4 * 10), turns
+    assert positions == list(range(1, 34))
 
 
 def test_most_history_updates_stay_in_their_page_and_touch_no_index(pg_database: str, tmp_path: Any) -> None:
