@@ -198,7 +198,9 @@ class GroupCommit:
     each append's outcome; a caller's `append` returns only once the
     transaction holding its events has committed.  A cancelled caller's
     append may still be committed: treat cancellation as an unknown
-    outcome and re-read.
+    outcome and re-read.  `idle()`, if given, runs once no append has
+    arrived for `linger` seconds after the last batch (where the
+    PostgreSQL writer gives its lock back).
     """
 
     def __init__(self, commit: Callable[[Callable[[], list[PendingAppend]]], Awaitable[list[Outcome]]],
