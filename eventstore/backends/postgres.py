@@ -545,7 +545,7 @@ class PostgresEventLog(LogReads):
         return conn, status == "SELECT 1"
 
     async def _hold(self) -> asyncpg.Connection:
-        """Return the writing connection holding the append lock for its session, waiting for it up to `lock_timeout`.
+        """Return the writing connection, holding the append lock for its session (waiting up to `lock_timeout`).
 
         The lock stays with the session across batches while appends keep
         coming (see `_commit_batch`), until `_release`, or until the
@@ -554,7 +554,8 @@ class PostgresEventLog(LogReads):
         await self._settled()
         if self._held is not None and self._held is self._writer and not self._held.is_closed():
             return self._held
-        conn, locked = await self._on_writer(lambda conn: conn.fetchval("SELECT pg_try_advisory_lock($1)", APPEND_LOCK))
+        conn, locked = await self._on_writer(
+            lambda conn: conn.fetchval("SELECT pg_try_advisory_lock($1)", APPEND_LOCK))
         if not locked:  # another process holds it: wait, up to `lock_timeout`
             try:
                 await conn.execute("SELECT pg_advisory_lock($1)", APPEND_LOCK)
@@ -668,7 +669,7 @@ class PostgresEventLog(LogReads):
             except BaseException as e:
                 # An error the server answered leaves the session as it was (a failed statement did nothing).
                 # After any other, its state is unknown: close it, and the server frees the lock with it;
-                # but a write under way goes on, shielded, and the next batch waits for it (`_connected`).
+                # but a write under way goes on, shielded, and the next batch waits for it (`_settled`).
                 if tx is not None and not isinstance(e, asyncpg.PostgresError) and not tx.committing:
                     tx._conn.terminate()
                 if isinstance(e, _DRIVER_ERRORS):
