@@ -336,6 +336,8 @@ class SQLiteEventLog(LogReads):
             for pragma in self._pragmas():
                 conn.execute(pragma)
             conn.execute(f"PRAGMA wal_autocheckpoint = {_WRITER_CHECKPOINT_PAGES}")  # see _Checkpointer
+            # A large sort (a rebuild's index builds) may use the other CPUs, a helper thread each.
+            conn.execute(f"PRAGMA threads = {(os.cpu_count() or 1) - 1}")
             schema = (*_SCHEMA, *self._projector.schema)
             # The schema's digest, kept in the file's user_version, tells whether
             # the tables are there already: then opening writes nothing and takes
