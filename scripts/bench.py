@@ -911,15 +911,15 @@ async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str,
 
 
 async def child_rebuild(path: str, repeat: int) -> None:
-    """Time `rebuild` on an existing log `repeat` times; print the rates, CPU seconds and peak RSS as JSON."""
+    """Time `rebuild` on an existing log `repeat` times; print the rates, CPU seconds, seconds after the fold and peak RSS as JSON."""
     rates, cpu, after_fold = [], [], []
     async with bulk_open(path) as ledger:
         head = await ledger.log.head()
         for _ in range(repeat):
             folded: list[float] = []
 
-            def progress(position: int, head: int) -> None:  # called from the writer thread
-                if position == head and not folded:
+            def progress(position: int, total: int) -> None:  # called from the writer thread
+                if position == total and not folded:
                     folded.append(time.perf_counter())
 
             before = cpu_seconds()
