@@ -146,6 +146,14 @@ _PART_ROWS = (f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND positio
               "AND coalesce(unicode(substr(stream, -1)), 0) % ? = ? ORDER BY position LIMIT ?")
 
 
+def _cpus() -> int:
+    """Return how many CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @attrs.frozen
 class _PartRows:
     """Reads a part of the log through a connection of its own: picklable, for a rebuild's worker process.
@@ -337,7 +345,7 @@ class SQLiteEventLog(LogReads):
                 conn.execute(pragma)
             conn.execute(f"PRAGMA wal_autocheckpoint = {_WRITER_CHECKPOINT_PAGES}")  # see _Checkpointer
             # A large sort (a rebuild's index builds) may use the other CPUs, a helper thread each.
-            conn.execute(f"PRAGMA threads = {(os.cpu_count() or 1) - 1}")
+            conn.execute(f"PRAGMA threads = {_cpus() - 1}")
             schema = (*_SCHEMA, *self._projector.schema)
             # The schema's digest, kept in the file's user_version, tells whether
             # the tables are there already: then opening writes nothing and takes
