@@ -15,7 +15,7 @@ from typing import Any, Callable, Generator, Iterable, Sequence
 from vmledger.eventstore.errors import InvalidRequestError
 from vmledger.eventstore.events import ChangeRequested, DomainDefined
 from vmledger.eventstore.state import DomainState
-from vmledger.eventstore.backends.common import CHUNK, SCAN_COLUMNS, TEXTS, texts
+from vmledger.eventstore.backends.common import CHUNK, SCAN_COLUMNS, TEXTS, cpus, texts
 from vmledger.eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from vmledger.projections._parts import PartRows, fold_in_parts
 from vmledger.projections._replay import Replay
@@ -205,13 +205,7 @@ def _cpus() -> int:
 
     Only on POSIX systems, where the workers get their pipes as inherited file descriptors.
     """
-    if os.name != "posix":
-        return 1
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        count = os.cpu_count() or 1
-    return min(count, 4)
+    return min(cpus(), 4) if os.name == "posix" else 1
 
 
 #: The version of the fold's rules the projection rows are made by.  Rows an older version made (2:

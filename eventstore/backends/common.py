@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 from datetime import datetime
 from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Sequence
 
@@ -22,7 +23,7 @@ from vmledger.eventstore.log import (
 __all__ = [
     "COLUMNS", "SCAN_COLUMNS", "CHUNK", "record", "decode_metadata", "decode_time",
     "chained_rows", "verify_rows", "ChainChecker", "LogReads", "check_ledger_tables", "FILTER_INDEXES",
-    "filter_sql", "INSERT", "PendingAppend", "GroupCommit", "batch_steps", "TEXTS", "texts",
+    "filter_sql", "INSERT", "PendingAppend", "GroupCommit", "batch_steps", "TEXTS", "texts", "cpus",
 ]
 
 #: The columns of the events table, in row order.
@@ -39,6 +40,14 @@ MAX_BATCH = 256
 #: PostgreSQL alike (which reads `json_each(?)` as `json_array_elements_text`).  One statement whatever the
 #: list's length, so that both keep it prepared, where `IN (?, ?, …)` is a statement a length.
 TEXTS = "SELECT value FROM json_each(?)"
+
+
+def cpus() -> int:
+    """Return how many CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def texts(values: Sequence[str]) -> str:

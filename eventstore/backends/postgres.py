@@ -594,13 +594,8 @@ class PostgresEventLog(LogReads):
         await self._shielded(conn.execute(statement))
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, notify: list[int] | None = None) -> AsyncIterator[asyncpg.Connection]:
-        """Hold the writer lock, one transaction and the append lock; commit at the end.
-
-        A position the caller puts in `notify` is sent on `CHANNEL` in the
-        COMMIT's round trip: listeners receive it on commit, in commit order,
-        and never on rollback.
-        """
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """Hold the writer lock, one transaction and the append lock; commit at the end."""
         async with self._lock:
             committing = False
             try:
@@ -610,9 +605,7 @@ class PostgresEventLog(LogReads):
                         await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
                     yield conn
                     committing = True
-                    # Both statements are literal (a constant and an int): one simple query, one round trip.
-                    await self._finish(conn, f"SELECT pg_notify('{CHANNEL}', '{int(notify[-1])}'); COMMIT"
-                                       if notify else "COMMIT")
+                    await self._finish(conn, "COMMIT")
                 except BaseException:
                     if not committing and not conn.is_closed() and conn.is_in_transaction():
                         try:

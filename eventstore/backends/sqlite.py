@@ -35,7 +35,7 @@ import attrs
 
 from vmledger.eventstore.backends.common import (
     FILTER_INDEXES, INSERT, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, batch_steps,
-    check_ledger_tables, record,
+    check_ledger_tables, cpus, record,
 )
 from vmledger.eventstore.errors import (
     InvalidRequestError,
@@ -144,14 +144,6 @@ class SyncTx:
 # modulo the parts is the part's number (`projections._parts.part_of`).
 _PART_ROWS = (f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND position <= ? "
               "AND coalesce(unicode(substr(stream, -1)), 0) % ? = ? ORDER BY position LIMIT ?")
-
-
-def _cpus() -> int:
-    """Return how many CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @attrs.frozen
@@ -345,7 +337,7 @@ class SQLiteEventLog(LogReads):
                 conn.execute(pragma)
             conn.execute(f"PRAGMA wal_autocheckpoint = {_WRITER_CHECKPOINT_PAGES}")  # see _Checkpointer
             # A large sort (a rebuild's index builds) may use the other CPUs, a helper thread each.
-            conn.execute(f"PRAGMA threads = {_cpus() - 1}")
+            conn.execute(f"PRAGMA threads = {cpus() - 1}")
             schema = (*_SCHEMA, *self._projector.schema)
             # The schema's digest, kept in the file's user_version, tells whether
             # the tables are there already: then opening writes nothing and takes
