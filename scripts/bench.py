@@ -97,6 +97,7 @@ from typing import Any, Awaitable, Callable
 import attrs
 
 import vmledger
+from vmledger import _loop
 from vmledger._compose import uuid7
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.backends.common import INSERT, PendingAppend, batch_steps, chained_rows
@@ -120,7 +121,8 @@ SIZES = tuple(512 * MiB + i * 64 * MiB for i in range(4))
 def machine_line() -> str:
     """Return the line that says what this ran on."""
     return (f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"SQLite {sqlite3.sqlite_version}, {platform.platform()}")
+            f"SQLite {sqlite3.sqlite_version}, {platform.platform()}; "
+            f"event loop: {_loop.loop_name(_loop.loop_factory())} (as the command line's: VMLEDGER_LOOP)")
 
 
 def thread_cpu() -> Counter[str]:
@@ -1283,10 +1285,10 @@ async def run(args: argparse.Namespace) -> tuple[Table, dict[str, float], list[s
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.child_verify:
-        asyncio.run(child_verify(args.child_verify))
+        _loop.run(child_verify(args.child_verify))
         return 0
     if args.child_rebuild:
-        asyncio.run(child_rebuild(args.child_rebuild, args.repeat))
+        _loop.run(child_rebuild(args.child_rebuild, args.repeat))
         return 0
     if args.child_interleaved:
         build_interleaved_log(args.child_interleaved, args.events, args.rebuild_domains)
@@ -1297,7 +1299,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             from tests.pg import cluster
             args.db = stack.enter_context(cluster())
-        table, results, stores = asyncio.run(run(args))
+        table, results, stores = _loop.run(run(args))
     print(machine_line())
     places = [args.db] * bool(args.db) + ["a temporary directory"] * (not args.db or on_postgres(args.db))
     for store, place in zip(stores, places):

@@ -1,4 +1,4 @@
-"""The `vmledger` command line: one `asyncio.run()` per command.
+"""The `vmledger` command line: one run of an event loop per command (`_loop.run`: uvloop where installed).
 
 Exit codes: 0 success and every scope applied exactly; 3 a request was
 recorded but some scope was partial, refused or failed; 2 a usage error or
@@ -8,7 +8,6 @@ an invalid request (nothing written); 4 `verify` found damage; 1 anything else.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import difflib
 import json
 import logging
@@ -39,7 +38,7 @@ from vmledger.eventstore.events import (
     PersistentValueObserved,
 )
 from vmledger.eventstore.log import RecordedEvent, timestamp
-from vmledger import _units
+from vmledger import _loop, _units
 from vmledger._checkpoint import read_checkpoint, write_checkpoint
 from vmledger._compose import DEFAULT_DB
 from vmledger.ledger import default_principal
@@ -655,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_run(args))
+        return _loop.run(_run(args))
     except ChainBrokenError as e:
         print(f"vmledger: {e}", file=sys.stderr)
         return EXIT_DAMAGED

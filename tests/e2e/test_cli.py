@@ -313,6 +313,28 @@ def test_console_script_errors_are_one_line(tmp_path: Any) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", "vmledger: error: unknown domain 'nope'\n")
 
 
+def test_vmledger_loop_picks_the_loop_and_an_unknown_one_creates_nothing(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command answers the same on either loop; an unknown VMLEDGER_LOOP exits 2 with one line, no file made."""
+    db = tmp_path / "l.db"
+    monkeypatch.setenv("VMLEDGER_LOOP", "fast")
+    assert (main(["--db", str(db), "init"]), capsys.readouterr(), db.exists()) == (
+        2, ("", "vmledger: error: VMLEDGER_LOOP must be one of uvloop, asyncio, not 'fast'\n"), False)
+    answers = []
+    for loop in ("asyncio", "uvloop"):
+        monkeypatch.setenv("VMLEDGER_LOOP", loop)
+        path = tmp_path / f"{loop}.db"
+        codes = [main(["--db", str(path), *args]) for args in (
+            ["init"], ["define", "web", "--type", "pv", "--memory", "1GiB", "--max-memory", "4GiB", "--vcpus", "1",
+             "--max-vcpus", "2"], ["start", "web"])]
+        capsys.readouterr()
+        codes.append(main(["--db", str(path), "set", "web", "memory", "2GiB", "--json"]))
+        answers.append((codes, json.loads(capsys.readouterr().out)["outcomes"]))
+    assert answers[0] == answers[1] == ([0, 0, 0, 0], {
+        scope: {"status": "applied", "value": 2 * GiB, "reason": None, "message": None}
+        for scope in ("persistent", "live")})
+
+
 def test_demo_runs(tmp_path: Any) -> None:
     """`vmledger demo` plays the story in a fresh ledger and prints a verified report."""
     proc = subprocess.run([sys.executable, "-m", "vmledger.cli", "demo"], capture_output=True, text=True,
