@@ -122,7 +122,7 @@ def machine_line() -> str:
     """Return the line that says what this ran on."""
     return (f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
             f"SQLite {sqlite3.sqlite_version}, {platform.platform()}; "
-            f"event loop: {_loop.loop_name(_loop.loop_factory())} (as the command line's: VMLEDGER_LOOP)")
+            f"event loop: {_loop.loop_name(_loop.loop_factory())}, as the command line picks it (VMLEDGER_LOOP)")
 
 
 def thread_cpu() -> Counter[str]:
@@ -1289,6 +1289,10 @@ async def run(args: argparse.Namespace) -> tuple[Table, dict[str, float], list[s
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    try:
+        _loop.loop_factory()
+    except vmledger.InvalidRequestError as e:
+        raise SystemExit(f"bench: {e}") from None
     if args.child_verify:
         _loop.run(child_verify(args.child_verify))
         return 0

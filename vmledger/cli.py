@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Record every VM configuration request and what came of it; "
         "show persistent vs live config, drift and history.",
         epilog=_units.SIZE_RULE[0].upper() + _units.SIZE_RULE[1:] + ".\n"
-        "Tables and messages show sizes in binary units, exactly; JSON always gives bytes.\n" + _property_help(),
+        "Tables and messages show sizes in binary units, exactly; JSON always gives bytes.\n"
+        "Commands run on uvloop where it is installed; env VMLEDGER_LOOP=asyncio keeps Python's own event loop.\n"
+        + _property_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--db", default=os.environ.get("VMLEDGER_DB", DEFAULT_DB),
