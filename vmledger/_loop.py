@@ -52,14 +52,14 @@ def loop_name(factory: Callable[[], asyncio.AbstractEventLoop] | None) -> str:
     return f"uvloop {uvloop.__version__}"
 
 
-def run(main: Coroutine[Any, Any, T], choice: str | None = None) -> T:
-    """Run `main` to its end on a new loop of `choice` (as `loop_factory`), as `asyncio.run` does.
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to its end on a new loop of the kind `VMLEDGER_LOOP` picks (`loop_factory`), as `asyncio.run` does.
 
     Raises:
         InvalidRequestError: as `loop_factory` (before `main` starts; it is closed unrun).
     """
     try:
-        factory = loop_factory(choice)
+        factory = loop_factory()
     except InvalidRequestError:
         main.close()
         raise
