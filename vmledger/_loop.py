@@ -2,10 +2,11 @@
 
 uvloop runs the same coroutines with less CPU per turn of the loop, and
 asyncpg's protocol is fastest on it: on the bench's 64 callers over
-PostgreSQL, the loop took 0.44 ms a request against 0.53 ms on asyncio's,
-for 12 % more requests a second.  `VMLEDGER_LOOP=asyncio` keeps asyncio's
-loop (to compare, or to rule the loop out); `VMLEDGER_LOOP=uvloop` insists
-on uvloop.  A library caller runs `vmledger.open()` on whatever loop it runs.
+PostgreSQL, the loop took 0.42-0.43 ms a request against 0.48-0.52 ms on
+asyncio's, for 11-18 % more requests a second (two pairs of runs in turn).
+`VMLEDGER_LOOP=asyncio` keeps asyncio's loop (to compare, or to rule the
+loop out); `VMLEDGER_LOOP=uvloop` insists on uvloop.  A library caller runs
+`vmledger.open()` on whatever loop it runs.
 """
 
 from __future__ import annotations
