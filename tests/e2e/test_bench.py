@@ -24,14 +24,15 @@ def bench(*args: str) -> list[str]:
     """Run the benchmark; return the lines it printed on stdout once it exited 0."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), *TOY, *args], capture_output=True,
                           text=True, timeout=600, check=False, cwd=ROOT, stdin=subprocess.DEVNULL)
-    assert (proc.returncode, [line for line in proc.stderr.splitlines() if not line.startswith("[bench] ")]) == (
-        0, [])
+    said = [line for line in proc.stderr.splitlines() if not line.startswith("[bench] ")]  # beside the progress
+    assert (proc.returncode, said) == (0, [])
     return proc.stdout.splitlines()
 
 
 def notes(lines: list[str], name: str) -> list[str]:
     """Return the notes column of every table row whose name is `name` (after its indent)."""
-    return [re.split(r"\s{2,}", line.strip())[-1] for line in lines if re.split(r"\s{2,}", line.strip())[0] == name]
+    rows = (re.split(r"\s{2,}", line.strip()) for line in lines)
+    return [cells[-1] for cells in rows if cells[0] == name]
 
 
 def test_the_toy_bench_runs_every_part_and_its_writes_all_apply() -> None:
