@@ -231,9 +231,9 @@ def _change_events() -> dict[str, type[Event]]:
             base = ChangeRequested if outcome is Outcome.REQUESTED else ChangeOutcome
             name = f"{prop.event_prefix}Change{outcome.value}"
             doc = f"A change of `{prop.name}` {_DOC_WORDS[outcome]} (fields: see `{base.__name__}`)."
-            cls = attrs.frozen(kw_only=True)(
-                type(name, (base,), {"name": name, "outcome": outcome, "__doc__": doc})
-            )
+            # A plain slotted subclass: it adds no field, so the base's generated methods serve it as they are
+            # (they name and compare by `self.__class__`), and importing the module builds no code per class.
+            cls = type(name, (base,), {"__slots__": (), "name": name, "outcome": outcome, "__doc__": doc})
             made[name] = cls
             _CHANGE_EVENTS[(prop.name, outcome)] = cls
     return made

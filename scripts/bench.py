@@ -41,7 +41,9 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
 4. `open`, `drift`, `show NAME` and `get NAME memory` on one fleet of
    `--read-domains` domains whose log holds `--small-events` events, and on a
    copy of it grown to `--events`, the two measured call for call in turn:
-   their cost must not grow with the log;
+   their cost must not grow with the log; and `vmledger show NAME` on the big
+   log as the command line runs it, a process each, beside `vmledger
+   --version` and `python -c pass`: what every command pays to start;
 5. with `--http` (or `--url URL`, the token in VMLEDGER_TOKEN): durable `set`
    requests/s and per-request p50/p99 latency with `--callers` concurrent
    clients over HTTP against `vmledger serve` (started on a temporary SQLite
@@ -906,10 +908,15 @@ async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str,
                            f"{costs[key] * 1000:.2f}", "ms",
                            f"server time (in-process ASGI, bearer token), CPU {costs[key + '_cpu'] * 1000:.2f} ms; "
                            f"median of {args.read_calls} calls")
+        progress(f"vmledger show and --version, a process each, at {args.events:,} events")
+        results["cli_show"], results["cli_version"], results["cli_python"] = cli_costs(big, max(args.read_calls // 10, 3))
     for key in ("open", "drift", "show", "get"):
         table.note(f"{key}: {domains:,} domains, {args.events:,} events", f"{results['big_' + key] * 1000:.2f}",
                    "ms", f"at {args.small_events:,} events {results['small_' + key] * 1000:.2f} ms; "
                    f"median of {args.read_calls} calls, the two logs in turn")
+    table.note(f"command line: vmledger show, {args.events:,} events", f"{results['cli_show'] * 1000:.1f}", "ms",
+               f"a process each, start to exit; vmledger --version {results['cli_version'] * 1000:.1f} ms, "
+               f"python -c pass {results['cli_python'] * 1000:.1f} ms; median of {max(args.read_calls // 10, 3)} calls")
     table.note(f"events --domain: {domains:,} domains, {args.events:,} events",
                f"{results['big_events_domain'] * 1000:.2f}", "ms",
                f"{results['big_events_domain_count']:,} events of one domain through Ledger.events(domain=...); "
@@ -1121,6 +1128,30 @@ async def read_costs(paths: list[str], calls: int) -> list[dict[str, float]]:
                 await ledger.log.head()
             own["open"].append(time.perf_counter() - start)
     return [{k: statistics.median(v) for k, v in own.items()} for own in times]
+
+
+def cli_costs(path: str, calls: int) -> tuple[float, float, float]:
+    """Return the median seconds of a `vmledger show` process on the ledger at `path`, of `vmledger --version`, and of `python -c pass`, run in turn.
+
+    The command line pays its imports on every call: `--version` opens no
+    ledger, and Python's own start-up is the floor under both.  The calls
+    may write bytecode caches, as an installed package has them, and a first
+    call of each, not counted, writes them.
+    """
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    vmledger_cli = [sys.executable, "-m", "vmledger.cli"]
+    commands = [[*vmledger_cli, "--db", path, "--hypervisor", f"sim:{path}.bulk-sim.json", "show", "dom00000"],
+                [*vmledger_cli, "--version"], [sys.executable, "-c", "pass"]]
+    times: list[list[float]] = [[] for _ in commands]
+    for call in range(calls + 1):
+        for command, own in zip(commands, times):
+            start = time.perf_counter()
+            subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, check=True)
+            if call:
+                own.append(time.perf_counter() - start)
+    return tuple(statistics.median(own) for own in times)  # type: ignore[return-value]
 
 
 async def domain_feed_costs(paths: list[str], calls: int) -> list[tuple[float, int]]:

@@ -10,7 +10,6 @@ import urllib.parse
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
-from vmledger.adapters.libvirt import LibvirtHypervisor
 from vmledger.adapters.port import Hypervisor
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
@@ -78,6 +77,8 @@ def _hypervisor(uri: str | Hypervisor, db_path: str, timeout: float) -> Hypervis
             raise InvalidRequestError(f"hypervisor {shown(uri)} names no state file (use sim:PATH)")
         return SimulatedHypervisor(uri[len("sim:"):])
     if uri.startswith("libvirt+") and len(uri) > len("libvirt+"):
+        from vmledger.adapters.libvirt import LibvirtHypervisor  # its imports are for libvirt's users alone
+
         return LibvirtHypervisor(uri[len("libvirt+"):], timeout=timeout)
     raise InvalidRequestError(
         f"unsupported hypervisor {shown(uri)} (use sim, sim:PATH, or libvirt+URI such as libvirt+qemu:///system)")

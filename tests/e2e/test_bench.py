@@ -42,6 +42,7 @@ def test_the_toy_bench_runs_every_part_and_its_writes_all_apply() -> None:
     assert notes(lines, "outcomes") == [persistent, both, both]
     assert [n.split(":")[1] for n in notes(lines, "verify after the writes")] == [
         " chain intact, projections equal a rebuild"]
+    assert notes(lines, "command line: vmledger show, 2,000 events")[0].startswith("a process each")
     first = next(i for i, line in enumerate(lines) if line.startswith("target ")) + 1
     assert [re.split(r"\s{2,}", line)[0] for line in lines[first:] if line and not line.startswith("total ")] == [
         f"{CALLERS} clients over HTTP vs in process: requests/s",
