@@ -61,6 +61,7 @@ from vmledger.eventstore import transfer
 from vmledger.eventstore.log import EventFilter, Metadata, RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainState, fold
 from vmledger.projections import queries
+from vmledger.projections.scan import scan
 from vmledger.projections.model import Model, count_outcome_days, outcome_day_rows, state_from_json
 from vmledger.projections.store import OUTCOME_DAYS_ROWS, RULES, DuplicateRequestError
 from vmledger.projections.verify import compare, compare_days, digest, domain_groups, folded_rows, paired_groups
@@ -973,7 +974,7 @@ class Ledger(Replaying):
                 raise InvalidRequestError(f"position {start} is past the head of the log ({head})")
             if since is not None and since.position and await self._hash_at(since.position) != since.hash:
                 raise ChainBrokenError(since.position, "the event differs from the checkpoint's: the log was rewritten")
-            head = await self.log.verify_chain(from_position=start)
+            head = await self.log.verify_chain(from_position=start, decode=scan)
             if since is None:
                 domains = await self._compare_all(head)
             else:

@@ -340,17 +340,26 @@ def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> 
     return outcomes
 
 
+#: Checks that stored rows decode, all of them at once (`SCAN_COLUMNS` rows), raising StorageError if one does not.
+Decoder = Callable[[Sequence[Row]], object]
+
+
 class ChainChecker:
-    """Checks stored rows one by one, in position order: positions, stream versions, hash links."""
+    """Checks stored rows in position order: positions, stream versions, hash links, and that each decodes.
+
+    `decode` checks a batch of rows (see `check_all`) at once, as `record`
+    would one by one or more cheaply; `record`'s error names the row.
+    """
 
     def __init__(self, position: int = 0, prev: str | None = None,
-                 versions: dict[str, int] | None = None) -> None:
+                 versions: dict[str, int] | None = None, decode: Decoder | None = None) -> None:
         self.position = position
         self.prev = prev or GENESIS_HASH
         self.versions = dict(versions or {})
+        self._decode = decode
 
-    def check(self, row: Row) -> None:
-        """Accept the next row, or name its position in `ChainBrokenError`."""
+    def check(self, row: Row, *, decoded: bool = False) -> None:
+        """Accept the next row, or name its position in `ChainBrokenError`; `decoded`: it is known to decode."""
         position, stream, version, hash_ = row[0], row[1], row[2], row[8]
         if position != self.position + 1:
             raise ChainBrokenError(self.position + 1, f"event missing (next stored position is {position})")
@@ -358,26 +367,44 @@ class ChainChecker:
             raise ChainBrokenError(position, f"stream {stream} version {version} out of order")
         if _link(self.prev, row) != hash_:
             raise ChainBrokenError(position, "hash does not match the stored event")
-        try:
-            record(row)
-        except VmledgerError as e:
-            raise ChainBrokenError(position, str(e)) from e
+        if not decoded:
+            try:
+                record(row)
+            except VmledgerError as e:
+                raise ChainBrokenError(position, str(e)) from e
         self.position, self.prev, self.versions[stream] = position, hash_, version
+
+    def check_all(self, rows: Sequence[Row]) -> None:
+        """Accept the next rows, as `check` each in turn would; the rows decode together if `decode` is given.
+
+        Should one not decode, the rows are checked one by one, so that the
+        error is the one `check` raises first.
+        """
+        decoded = False
+        if self._decode is not None:
+            try:
+                self._decode([row[:8] for row in rows])
+                decoded = True
+            except VmledgerError:
+                pass
+        for row in rows:
+            self.check(row, decoded=decoded)
 
 
 async def verify_rows(
     fetch_all: Callable[..., Awaitable[list[tuple[Any, ...]]]],
     rows: Callable[[int], AsyncIterator[Row]],
     from_position: int,
+    decode: Decoder | None = None,
 ) -> int:
     """Check positions, stream versions and hash links of the stored rows; return the last position.
 
-    `fetch_all` runs a `?`-placeholder query; `rows(p)` yields the rows after `p`.
+    `fetch_all` runs a `?`-placeholder query; `rows(p)` yields the rows after `p`; `decode` as `ChainChecker`'s.
 
     Raises:
         ChainBrokenError: naming the first position that does not check out.
     """
-    checker = ChainChecker(from_position)
+    checker = ChainChecker(from_position, decode=decode)
     # Rows are read after a position, so one stored below the first would pass unseen.
     lowest = (await fetch_all("SELECT min(position) FROM events"))[0][0]
     if lowest is not None and lowest < 1:
@@ -389,8 +416,13 @@ async def verify_rows(
         checker.prev = found[0][0]
         checker.versions = dict(await fetch_all(
             "SELECT stream, max(version) FROM events WHERE position <= ? GROUP BY stream", (from_position,)))
+    batch: list[Row] = []
     async for row in rows(from_position):
-        checker.check(row)
+        batch.append(row)
+        if len(batch) == CHUNK:
+            checker.check_all(batch)
+            batch = []
+    checker.check_all(batch)
     return checker.position
 
 
@@ -450,10 +482,12 @@ class LogReads:
         async for row in self.read_rows(from_position, to_position, where):
             yield record(row)
 
-    async def verify_chain(self, *, from_position: int = 0) -> int:
-        """Check positions, stream versions and the hash chain; return the last position.
+    async def verify_chain(self, *, from_position: int = 0, decode: Decoder | None = None) -> int:
+        """Check positions, stream versions, the hash chain and that every event decodes; return the last position.
+
+        `decode` checks that a batch of rows decodes (see `ChainChecker`); `record` checks each by default.
 
         Raises:
             ChainBrokenError: naming the first position that does not check out.
         """
-        return await verify_rows(self.fetch_all, lambda p: self.read_rows(p, None), from_position)
+        return await verify_rows(self.fetch_all, lambda p: self.read_rows(p, None), from_position, decode)

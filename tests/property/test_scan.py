@@ -19,11 +19,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vmledger.projections import scan as _scan_module
-from vmledger.eventstore.backends.common import record
+from vmledger.eventstore.backends.common import ChainChecker, _link, record
 from vmledger.projections.scan import as_change, scan
 from vmledger.eventstore.codec import dumps, encode, loads
 from vmledger.eventstore.events import EVENT_TYPES
-from vmledger.eventstore.log import RecordedEvent
+from vmledger.eventstore.log import GENESIS_HASH, RecordedEvent
 from tests.strategies import events
 
 SETTINGS = settings(database=None, deadline=None, max_examples=300)
@@ -132,3 +132,41 @@ def test_every_change_event_is_scanned_without_record() -> None:
     """Every change event type of the catalogue is decoded by `scan` itself, none left to `record` (a guard on their fields)."""
     changes = {name for name, cls in EVENT_TYPES.items() if "Change" in name}
     assert set(_scan_module._FAST) == changes
+
+
+@st.composite
+def _chains(draw: Callable[[st.SearchStrategy[Any]], Any]) -> list[tuple[Any, ...]]:
+    """Return stored rows (`COLUMNS`) linked as a log's are, often broken: a row that does not decode, a gap, a bad link."""
+    chain, prev = [], GENESIS_HASH
+    for position, row in enumerate(draw(st.lists(rows(), min_size=1, max_size=6)), start=1):
+        fields = (position, "s", position, *row[3:])
+        how = draw(st.sampled_from(("linked", "linked", "linked", "gap", "version", "hash")))
+        if how == "gap":
+            fields = (position + 1, *fields[1:])
+        elif how == "version":
+            fields = (position, "s", 9, *fields[3:])
+        try:
+            link = _link(prev, fields)
+        except UnicodeEncodeError:  # a lone surrogate: no stored text holds one
+            continue
+        chain.append((*fields, "0" * 64 if how == "hash" else link))
+        prev = link
+    return chain
+
+
+@SETTINGS
+@given(chain=_chains())
+def test_a_chain_checked_in_a_batch_fails_where_row_by_row_it_fails_first(chain: list[tuple[Any, ...]]) -> None:
+    """`ChainChecker.check_all` with `scan` as its decoder raises what checking row by row with `record` raises first."""
+    def one_by_one() -> list[Any]:
+        checker = ChainChecker()
+        for row in chain:
+            checker.check(row)
+        return [checker.position]
+
+    def batched() -> list[Any]:
+        checker = ChainChecker(decode=scan)
+        checker.check_all(chain)
+        return [checker.position]
+
+    assert _outcome(batched) == _outcome(one_by_one)
