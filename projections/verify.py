@@ -101,8 +101,8 @@ async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK) ->
             yield fetch_all
 
 
-async def _pages(fetch_all: Reader, table: str) -> AsyncIterator[tuple]:
-    """Yield every row of `table` in its reading order, a page per query (keyset paging)."""
+async def _pages(fetch_all: Reader, table: str) -> AsyncIterator[list[tuple]]:
+    """Yield every row of `table` in its reading order, a page per query (keyset paging), a page at a time."""
     cols = TABLES[table][0]
     order = _ORDER[table]
     at = [cols.index(c) for c in order]
@@ -114,8 +114,8 @@ async def _pages(fetch_all: Reader, table: str) -> AsyncIterator[tuple]:
         else:
             found = await fetch_all(
                 f"{select} WHERE ({by}) > ({', '.join('?' * len(order))}) ORDER BY {by} LIMIT {PAGE}", after)
-        for row in found:
-            yield tuple(row)
+        if found:
+            yield [tuple(row) for row in found]
         if len(found) < PAGE:
             return
         after = tuple(found[-1][i] for i in at)
@@ -125,25 +125,31 @@ class _Table:
     """One table's rows in reading order, taken a domain at a time."""
 
     def __init__(self, fetch_all: Reader, table: str) -> None:
-        self._rows = _pages(fetch_all, table)
+        self._pages = _pages(fetch_all, table)
         self._column = TABLES[table][0].index("uuid" if table == "domains" else "domain")
-        self.next: tuple | None = None
+        self._page: list[tuple] = []  # the rows of the page read last, from `_at` on not taken yet
+        self._at = 0
         self._done = False
 
     async def peek(self) -> str | None:
         """Return the domain of the next row (None at the end)."""
-        if self.next is None and not self._done:
-            self.next = await anext(self._rows, None)
-            self._done = self.next is None
-        return None if self.next is None else self.next[self._column]
+        if self._at == len(self._page) and not self._done:
+            self._page, self._at = await anext(self._pages, []), 0
+            self._done = not self._page
+        return self._page[self._at][self._column] if self._at < len(self._page) else None
 
     async def take(self, uuid: str) -> list[tuple]:
         """Return the rows of domain `uuid` that come next."""
-        taken = []
+        taken: list[tuple] = []
+        column = self._column
         while await self.peek() == uuid:
-            taken.append(self.next)
-            self.next = None
-        return taken  # type: ignore[return-value]
+            page, start = self._page, self._at
+            end = start
+            while end < len(page) and page[end][column] == uuid:
+                end += 1
+            taken += page[start:end]
+            self._at = end
+        return taken
 
 
 async def domain_groups(fetch_all: Reader) -> AsyncIterator[tuple[str, Group]]:
