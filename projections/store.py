@@ -327,19 +327,13 @@ class TableProjector:
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
         clear: list[Step] = [("execute", f"DELETE FROM {table}", ()) for table in ALL_TABLES]
         build: list[Step] = []
-        if parts is not None and self.parts > 1 and head >= self._parts_from:
-            # The secondary indexes of the tables filled in bulk go while their rows are written, and are
-            # built again at the end (`_BULK_INDEXES`).  Readers meanwhile read the committed tables and
-            # indexes: a backend gives `parts` only where its readers do (SQLite's WAL).
-            drop: list[Step] = [("execute", f"DROP INDEX IF EXISTS {name}", ()) for name, _ in _BULK_INDEXES]
-            build = [("execute", statement, ()) for _, statement in _BULK_INDEXES]
-            # The workers start (a process each) while this one drops the indexes and deletes the old rows.
-            if (yield from fold_in_parts(parts, self.parts, head, self._chunk, _insert, _HISTORY_BY_ID, progress,
-                                         [*drop, *clear])):
-                yield ("execute", OUTCOMES_FROM_HISTORY, ())
-                yield from build
+        if parts is not None and self.folds_in_parts(parts, head):
+            # Readers meanwhile read the committed tables and indexes: a backend gives `parts` only where
+            # its readers do (SQLite's WAL).
+            if (yield from self.fold_in_parts(parts, head, progress, clear)):
                 yield ("execute", _SET_POSITION, (head,))
                 return head
+            build = [("execute", statement, ()) for _, statement in _BULK_INDEXES]
         yield from clear
         replay, last = Replay(), 0
         while last < head:
@@ -365,6 +359,32 @@ class TableProjector:
         yield from build  # the indexes that a fold in parts dropped before it gave up
         yield ("execute", _SET_POSITION, (last,))
         return last
+
+
+    def folds_in_parts(self, parts: PartRows | None, head: int) -> bool:
+        """Tell whether a log of `head` events, given `parts` (a way to read its parts), is folded in worker processes."""
+        return parts is not None and self.parts > 1 and head >= self._parts_from
+
+    def fold_in_parts(self, parts: PartRows, head: int, progress: Callable[[int, int], None] | None = None,
+                      first: Sequence[Step] = ()) -> Generator[Step, Any, bool]:
+        """Yield the statements that fill the projection tables with the fold of the log up to `head`, in worker processes.
+
+        The tables must hold no rows once `first` has run (the workers start
+        meanwhile).  The secondary indexes of the tables filled in bulk go
+        while their rows are written, and are built again at the end
+        (`_BULK_INDEXES`), with the `outcomes` rows made from the `history`
+        rows.  Returns True then, or False, with no index built again, where
+        the log must be folded in one process instead (see `projections._parts`);
+        the rows written so far must then be deleted.
+        """
+        drop: list[Step] = [("execute", f"DROP INDEX IF EXISTS {name}", ()) for name, _ in _BULK_INDEXES]
+        if not (yield from fold_in_parts(parts, self.parts, head, self._chunk, _insert, _HISTORY_BY_ID, progress,
+                                         [*drop, *first])):
+            return False
+        yield ("execute", OUTCOMES_FROM_HISTORY, ())
+        for _, statement in _BULK_INDEXES:
+            yield ("execute", statement, ())
+        return True
 
 
 def _request_ids(records: Sequence[RecordedEvent]) -> list[str]:

@@ -13,21 +13,28 @@ per table and one domain's rows.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
 import os
+import sqlite3
 import tempfile
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiosqlite
 
 from vmledger.eventstore.backends.common import CHUNK
+from vmledger.eventstore.backends.sqlite import SyncTx
 from vmledger.eventstore.codec import dumps
 from vmledger.eventstore.errors import ChainBrokenError
+from vmledger.eventstore.log import run_steps_sync
+from vmledger.projections._parts import PartRows
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import FORGET_REQUEST, TABLES
-from vmledger.projections.store import ADD_OUTCOME_DAYS, OUTCOME_DAYS_ROWS, OUTCOMES_FROM_HISTORY, SCHEMA
+from vmledger.projections.store import (
+    ADD_OUTCOME_DAYS, OUTCOME_DAYS_ROWS, OUTCOMES_FROM_HISTORY, SCHEMA, TableProjector,
+)
 
 __all__ = ["Reader", "folded_rows", "domain_groups", "paired_groups", "compare", "digest", "compare_days"]
 
@@ -51,12 +58,20 @@ _INSERT = {table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('
 _INSERT["outcome_days"] = ADD_OUTCOME_DAYS
 _HISTORY_BY_ID = f"SELECT {', '.join(TABLES['history'][0])} FROM history WHERE request_id = ?"
 Group = dict[str, list[tuple]]
+#: The scratch database's settings: a file thrown away, never read after a crash.
+_SCRATCH = ("journal_mode = OFF", "synchronous = OFF")
 
 
 @contextlib.asynccontextmanager
-async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK) -> AsyncIterator[Reader]:
+async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK, parts: PartRows | None = None,
+                      head: int = 0, projector: TableProjector | None = None) -> AsyncIterator[Reader]:
     """Fold the stored rows (`COLUMNS`, in order) into a scratch database; yield a reader of its projection rows.
 
+    Given `parts`, a way for worker processes to read the log, and `head`,
+    the position `rows` end at, a long log is folded in worker processes as
+    `projector` (by default a `TableProjector` reading `chunk` events at a
+    time) folds it for a rebuild (`TableProjector.fold_in_parts`), and
+    `rows` are read only if it must be folded in one process after all.
     The reader answers `OUTCOME_DAYS_ROWS` with the days the fold counted.
 
     The scratch file lives in a temporary directory, removed on exit.
@@ -66,39 +81,70 @@ async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK) ->
         ValueError: the fold refuses an event (as `Model.feed`).
     """
     with tempfile.TemporaryDirectory(prefix="vmledger-verify-") as tmp:
-        async with aiosqlite.connect(os.path.join(tmp, "expected.db")) as db:
-            for pragma in ("journal_mode = OFF", "synchronous = OFF"):
-                await db.execute(f"PRAGMA {pragma}")
-            for statement in SCHEMA:
-                await db.execute(statement)
-            replay, part = Replay(), []
-
-            async def fold() -> None:
-                request_id = replay.fold(part)
-                while request_id is not None:  # a late outcome of a completed request: its row back
-                    found = await db.execute_fetchall(_HISTORY_BY_ID, (request_id,))
-                    if found:
-                        for forget in FORGET_REQUEST:
-                            await db.execute(forget, (request_id,))
-                    request_id = replay.resume(tuple(found[0]) if found else None)
-                for table, done in replay.completed():
-                    await db.executemany(_INSERT[table], done)
-                part.clear()
-
-            async for row in rows:
-                part.append(row[:-1])  # all but the hash
-                if len(part) == chunk:
-                    await fold()
-            await fold()
-            for table, table_rows in replay.rows():
-                await db.executemany(_INSERT[table], table_rows)
-            await db.execute(OUTCOMES_FROM_HISTORY)  # as a rebuild makes them
-            await db.commit()
+        path = os.path.join(tmp, "expected.db")
+        projector = projector or TableProjector(chunk=chunk)
+        if parts is None or not projector.folds_in_parts(parts, head) or not await asyncio.to_thread(
+                _fold_in_parts, path, projector, parts, head):
+            await _fold(path, rows, chunk)
+        async with aiosqlite.connect(path) as db:
 
             async def fetch_all(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
                 return [tuple(r) for r in await db.execute_fetchall(sql, params)]
 
             yield fetch_all
+
+
+def _fold_in_parts(path: str, projector: TableProjector, parts: PartRows, head: int) -> bool:
+    """Fold the log up to `head` into a new scratch database at `path` in worker processes; False if it cannot be.
+
+    Then nothing is left at `path`.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in _SCRATCH:
+            conn.execute(f"PRAGMA {pragma}")
+        for statement in SCHEMA:
+            conn.execute(statement)
+        conn.execute("BEGIN")
+        if run_steps_sync(SyncTx(conn), projector.fold_in_parts(parts, head)):
+            conn.execute("COMMIT")
+            return True
+    finally:
+        conn.close()
+    os.remove(path)  # unjournalled: what it wrote cannot be rolled back
+    return False
+
+
+async def _fold(path: str, rows: AsyncIterator[Sequence[Any]], chunk: int) -> None:
+    """Fold the stored rows (`COLUMNS`, in order) into a new scratch database at `path`, in this process."""
+    async with aiosqlite.connect(path) as db:
+        for pragma in _SCRATCH:
+            await db.execute(f"PRAGMA {pragma}")
+        for statement in SCHEMA:
+            await db.execute(statement)
+        replay, part = Replay(), []
+
+        async def fold() -> None:
+            request_id = replay.fold(part)
+            while request_id is not None:  # a late outcome of a completed request: its row back
+                found = await db.execute_fetchall(_HISTORY_BY_ID, (request_id,))
+                if found:
+                    for forget in FORGET_REQUEST:
+                        await db.execute(forget, (request_id,))
+                request_id = replay.resume(tuple(found[0]) if found else None)
+            for table, done in replay.completed():
+                await db.executemany(_INSERT[table], done)
+            part.clear()
+
+        async for row in rows:
+            part.append(row[:-1])  # all but the hash
+            if len(part) == chunk:
+                await fold()
+        await fold()
+        for table, table_rows in replay.rows():
+            await db.executemany(_INSERT[table], table_rows)
+        await db.execute(OUTCOMES_FROM_HISTORY)  # as a rebuild makes them
+        await db.commit()
 
 
 async def _pages(fetch_all: Reader, table: str) -> AsyncIterator[list[tuple]]:

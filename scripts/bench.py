@@ -34,8 +34,8 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    (`build_interleaved_log`: the order of a real fleet's ledger), rebuilt
    the same way;
    then `verify` over the first log, and a checkpoint since the one it made,
-   timed in another child with its peak RSS (verify's own scratch fold runs
-   in that process); then `audit` of the month the log spans (it was built
+   timed in another child with its peak RSS and its fold's workers', as the
+   rebuild's; then `audit` of the month the log spans (it was built
    in bulk at one append a second from 2024-01-01), from the indexed
    `outcomes` and `episodes` tables, the median of at least 3 calls;
 4. `open`, `drift`, `show NAME` and `get NAME memory` on one fleet of
@@ -816,12 +816,13 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
         if child.returncode:
             raise SystemExit(f"bench: the verify child failed with exit {child.returncode}")
         verified = json.loads(out)
+        rss, workers = with_workers(verified)
         table.add(f"verify, {args.events:,} events, {domains:,} domains", [args.events / verified["verify"]],
                   "events/s", f"{verified['verify']:.1f} s; peak RSS of the child {verified['rss']:.0f} MiB "
-                  f"(verify and the checkpoint below together)")
+                  f"(verify and the checkpoint below together){workers}")
         table.note("  verify --checkpoint since that verify", f"{verified['checkpoint']:.1f}", "s",
                    "no new events: the chain from the checkpoint on, every domain's rows against its digest")
-        results.update(verify_rss=verified["rss"])
+        results.update(verify_rss=rss)
         await bench_audit(big, args, table, results)
         rates = []
         for r in range(args.repeat):
@@ -829,6 +830,17 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
             rates.append(await asyncio.to_thread(raw_scan_decode, big))
         table.add(f"raw scan + orjson decode, {args.events:,} events", rates, "events/s")
         results["raw_scan"] = statistics.median(rates)
+
+
+def with_workers(measured: dict[str, Any]) -> tuple[float, str]:
+    """Return the peak RSS of a child (`rss`) and its worker processes (`parts` of at most `worker_rss`) together, and the words for it.
+
+    The workers of a rebuild's or a verify's fold run beside the child: the
+    memory it takes is theirs and its own together.
+    """
+    rss = measured["rss"] + measured["parts"] * measured["worker_rss"]
+    return rss, (f", {measured['parts']} worker processes at most {measured['worker_rss']:.0f} MiB each, "
+                 f"together {rss:.0f} MiB" if measured["parts"] else "")
 
 
 async def rebuild_in_child(path: str, label: str, args: argparse.Namespace, table: Table) -> tuple[float, float]:
@@ -841,10 +853,7 @@ async def rebuild_in_child(path: str, label: str, args: argparse.Namespace, tabl
     if child.returncode:
         raise SystemExit(f"bench: the rebuild child failed with exit {child.returncode}")
     measured = json.loads(out)
-    # The rebuild's worker processes run beside it: the memory it takes is theirs and its own together.
-    rss = measured["rss"] + measured["parts"] * measured["worker_rss"]
-    workers = (f", {measured['parts']} worker processes at most {measured['worker_rss']:.0f} MiB each, "
-               f"together {rss:.0f} MiB" if measured["parts"] else "")
+    rss, workers = with_workers(measured)
     rate = statistics.median(measured["rates"])
     # CPU time varies less than the rate where the machine is shared: that of the run of median CPU, by process.
     own, theirs = sorted(measured["cpu"], key=sum)[len(measured["cpu"]) // 2]
@@ -965,7 +974,10 @@ async def child_verify(path: str) -> None:
         started = time.perf_counter()
         await ledger.checkpoint(checkpoint)
         since = time.perf_counter() - started
-    print(json.dumps({"verify": verify, "checkpoint": since, "rss": peak_rss_mib()}))
+    worker_rss = peak_rss_mib(resource.RUSAGE_CHILDREN)
+    parts = TableProjector().parts if worker_rss else 0  # verify's worker processes, if it started any
+    print(json.dumps({"verify": verify, "checkpoint": since, "rss": peak_rss_mib(), "parts": parts,
+                      "worker_rss": worker_rss}))
 
 
 # -- the peer and the limits: the eventsourcing library and raw sqlite3 -------------

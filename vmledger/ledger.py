@@ -988,7 +988,8 @@ class Ledger(Replaying):
     async def _compare_all(self, head: int) -> dict[str, str]:
         """Compare every domain's stored rows, then the day counts, with a fold of the log up to `head`; return the domains' digests."""
         digests = {}
-        async with folded_rows(self.log.read_rows(0, head)) as expected:
+        async with folded_rows(self.log.read_rows(0, head), parts=self.log.part_rows, head=head,
+                               projector=self.log.projector) as expected:
             async for uuid, want, have in paired_groups(expected, self.log.fetch_all):
                 compare(want, have)
                 digests[uuid] = digest(have)

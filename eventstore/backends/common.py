@@ -17,7 +17,7 @@ from vmledger.eventstore.errors import (
 )
 from vmledger.eventstore.events import Event
 from vmledger.eventstore.log import (
-    GENESIS_HASH, EventFilter, Metadata, ProjectionBatch, RecordedEvent, Step, chain_hash, timestamp,
+    GENESIS_HASH, EventFilter, Metadata, ProjectionBatch, Projector, RecordedEvent, Step, chain_hash, timestamp,
 )
 
 __all__ = [
@@ -430,6 +430,14 @@ class LogReads:
     """The read methods both backends share, written over their `fetch_all` (`?` placeholders)."""
 
     fetch_all: Callable[..., Awaitable[list[tuple[Any, ...]]]]
+    #: Reads a part of the log in a worker process (`projections._parts.PartRows`), where the backend can.
+    part_rows: Any = None
+    _projector: Projector
+
+    @property
+    def projector(self) -> Projector:
+        """Return the projector that writes this log's projection rows."""
+        return self._projector
 
     async def head(self) -> int:
         """Return the position of the last event (0 for an empty log)."""

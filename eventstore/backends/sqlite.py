@@ -148,17 +148,19 @@ _PART_ROWS = (f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND positio
 
 @attrs.frozen
 class _PartRows:
-    """Reads a part of the log through a connection of its own: picklable, for a rebuild's worker process.
+    """Reads a part of the log through a connection of its own: picklable, for a worker process.
 
-    The rebuilding writer holds the write lock meanwhile, so every chunk
-    read sees the log it folds.
+    A rebuild's workers read while the rebuilding writer holds the write
+    lock, so every chunk read sees the log it folds; `verify`'s read the
+    events up to the head it checks, which no append changes.  `uri` is the
+    file's, as the log's reader opens it.
     """
 
-    path: str
+    uri: str
     busy_ms: int
 
     def __call__(self, part: int, parts: int, head: int, chunk: int) -> Iterator[list[tuple[Any, ...]]]:
-        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn = sqlite3.connect(self.uri, uri=True, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {self.busy_ms}")
             conn.execute("PRAGMA query_only = 1")
@@ -261,11 +263,13 @@ class SQLiteEventLog(LogReads):
         self._group = GroupCommit(self._commit_batch)
         #: Write transactions committed by this log: appends per commit shows group commit at work.
         self.commits = 0
-        self._parts: _PartRows | None = None
+        #: Reads a part of the log in a worker process (`projections._parts`), for a rebuild or `verify`; None in memory.
+        self.part_rows: _PartRows | None = None
 
     async def __aenter__(self) -> "SQLiteEventLog":
-        # The file the connections open, for a rebuild's worker processes, whatever the working directory becomes.
-        self._parts = None if self.path == ":memory:" else _PartRows(os.path.abspath(self.path), self._busy_ms)
+        # The file the connections open, for worker processes, whatever the working directory becomes.
+        if self.path != ":memory:":
+            self.part_rows = _PartRows("file:" + urllib.parse.quote(os.path.abspath(self.path)), self._busy_ms)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vmledger-sqlite-writer")
         try:
             if self.path != ":memory:" and not self._create and not os.path.exists(self.path):
@@ -273,6 +277,7 @@ class SQLiteEventLog(LogReads):
             if self.read_only:
                 # Checked in the thread with a plain connection, for the same reason as the writer below.
                 uri = await self._run(self._read_only_uri)
+                self.part_rows = _PartRows(uri, self._busy_ms)
                 self._reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
                 await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
                 await self._reader.execute("PRAGMA query_only = 1")
@@ -350,7 +355,7 @@ class SQLiteEventLog(LogReads):
                 for statement in schema:
                     conn.execute(statement)
                 # The events are committed, so a long log's worker processes can read it meanwhile.
-                run_steps_sync(SyncTx(conn), self._projector.upgrade(self._parts))
+                run_steps_sync(SyncTx(conn), self._projector.upgrade(self.part_rows))
                 conn.execute(f"PRAGMA user_version = {stamp}")
                 conn.execute("COMMIT")
         except BaseException:
@@ -490,7 +495,7 @@ class SQLiteEventLog(LogReads):
             StorageError: SQLite failed; the projections are unchanged.
         """
         return await self._write(
-            lambda conn: run_steps_sync(SyncTx(conn), self._projector.rebuild(progress, self._parts)))
+            lambda conn: run_steps_sync(SyncTx(conn), self._projector.rebuild(progress, self.part_rows)))
 
     # Reading.
 

@@ -16,13 +16,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import vmledger.projections._parts
-from vmledger.eventstore.backends.common import COLUMNS
+import vmledger.projections.verify
+from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.backends.common import COLUMNS, _link
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.eventstore.catalogue import Outcome
 from vmledger.eventstore.codec import dumps, encode
-from vmledger.eventstore.errors import StorageError
+from vmledger.eventstore.errors import StorageError, VmledgerError
 from vmledger.eventstore.events import DomainDefined, DomainStarted, Event, change_event
-from vmledger.eventstore.log import Metadata, RecordedEvent, timestamp
+from vmledger.eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, timestamp
+from vmledger.ledger import Ledger
 from vmledger.projections._parts import part_of
 from vmledger.projections.store import TableProjector, table_rows
 from tests.strategies import LOG_START, any_logs, recorded
@@ -279,3 +282,79 @@ def test_opening_a_ledger_of_older_rules_rebuilds_it_in_parts(
     with caplog.at_level(logging.WARNING, logger="vmledger"):
         assert asyncio.run(reopened()) == incremental
     assert [r.message.split(" (")[0] for r in caplog.records] == ["rebuild: the worker processes failed"]
+
+
+def _verified(path: str, projector: TableProjector, tamper: str = "") -> tuple[Any, ...]:
+    """Verify the ledger at `path`, its log on `projector`, after the statement `tamper`; return its checkpoint, or the error."""
+    async def go() -> tuple[Any, ...]:
+        async with SQLiteEventLog(path, projector) as log:
+            if tamper:
+                with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+                    conn.execute(tamper)
+            ledger = Ledger(log, SimulatedHypervisor(path + ".sim.json"), clock=lambda: LOG_START, new_id=str)
+            try:
+                return ("verified", await ledger.checkpoint())
+            except (ValueError, VmledgerError) as e:
+                return ("raised", type(e), str(e))
+
+    return asyncio.run(go())
+
+
+@settings(database=None, deadline=None, max_examples=10)
+@given(any_logs(), st.integers(1, 60))
+@example(records=_ACROSS, chunk=1)
+def test_verify_in_parts_finds_what_one_process_finds(records: list[RecordedEvent], chunk: int) -> None:
+    """On any log, rebuilt, `verify` folding in worker processes gives the checkpoint, or raises the error, of one process's fold."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ledger.db")
+        _stored(path, [_row(r) for r in records])
+        _rebuilt(path, TableProjector(chunk=chunk, parts=1))
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:  # the rows hash as stored, for the chain
+            prev = GENESIS_HASH
+            for row in conn.execute(f"SELECT {COLUMNS} FROM events ORDER BY position").fetchall():
+                prev = _link(prev, row)
+                conn.execute("UPDATE events SET hash = ? WHERE position = ?", (prev, row[0]))
+        alone = _verified(path, TableProjector(chunk=chunk, parts=1))
+        assert _verified(path, TableProjector(chunk=chunk, parts=2, parts_from=0)) == alone
+
+
+@pytest.mark.parametrize("tamper", [
+    "",
+    "UPDATE live SET value = '1' WHERE domain = 'domain-c' AND property = 'memory'",
+    "DELETE FROM episodes WHERE rowid = (SELECT max(rowid) FROM episodes)",
+    "UPDATE outcome_days SET count = count + 1",
+])
+def test_verify_in_parts_checks_the_rows_the_appends_wrote(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, tamper: str,
+) -> None:
+    """`verify` of a fleet folds it in worker processes, not in its own, and passes, or names the row changed behind the log's back as one process's fold does."""
+    path = str(tmp_path / "ledger.db")
+    asyncio.run(_append_fleet(path))
+    alone = _verified(path, TableProjector(parts=1), tamper)
+    monkeypatch.setattr(vmledger.projections.verify, "_fold", _refuse)
+    assert _verified(path, TableProjector(chunk=4, parts=3, parts_from=0)) == alone
+    assert alone[0] == ("raised" if tamper else "verified")
+
+
+async def _refuse(*args: Any) -> None:
+    raise AssertionError("verify folded in its own process")
+
+
+def test_verify_of_a_log_the_parts_cannot_fold_alone_folds_in_one_process(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outcome on another domain's stream than its request's: the workers give up, and `verify` folds in its own process."""
+    path = str(tmp_path / "ledger.db")
+    asyncio.run(_append(path, _ACROSS))
+    assert _verified(path, TableProjector(chunk=1, parts=2, parts_from=0))[0] == "verified"
+    monkeypatch.setattr(vmledger.projections.verify, "_fold", _refuse)
+    with pytest.raises(AssertionError, match="verify folded in its own process"):
+        _verified(path, TableProjector(chunk=1, parts=2, parts_from=0))
+
+
+async def _append(path: str, records: list[RecordedEvent]) -> None:
+    """Append `records` to a new ledger at `path`, an event an append."""
+    async with SQLiteEventLog(path, TableProjector()) as log:
+        for rec in records:
+            await log.append(rec.stream, rec.version - 1, [rec.event], Metadata(principal="p"),
+                             now=LOG_START + timedelta(seconds=rec.position))
