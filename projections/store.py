@@ -327,7 +327,7 @@ class TableProjector:
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
         clear: list[Step] = [("execute", f"DELETE FROM {table}", ()) for table in ALL_TABLES]
         build: list[Step] = []
-        if parts is not None and self.folds_in_parts(parts, head):
+        if parts is not None and self.folds_in_parts(head):
             # Readers meanwhile read the committed tables and indexes: a backend gives `parts` only where
             # its readers do (SQLite's WAL).
             if (yield from self.fold_in_parts(parts, head, progress, clear)):
@@ -360,10 +360,9 @@ class TableProjector:
         yield ("execute", _SET_POSITION, (last,))
         return last
 
-
-    def folds_in_parts(self, parts: PartRows | None, head: int) -> bool:
-        """Tell whether a log of `head` events, given `parts` (a way to read its parts), is folded in worker processes."""
-        return parts is not None and self.parts > 1 and head >= self._parts_from
+    def folds_in_parts(self, head: int) -> bool:
+        """Tell whether a log of `head` events is folded in worker processes, given a way to read its parts."""
+        return self.parts > 1 and head >= self._parts_from
 
     def fold_in_parts(self, parts: PartRows, head: int, progress: Callable[[int, int], None] | None = None,
                       first: Sequence[Step] = ()) -> Generator[Step, Any, bool]:

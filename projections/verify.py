@@ -3,7 +3,8 @@
 `verify` must hold neither the stored rows nor the expected ones whole: a
 log of a million events has hundreds of thousands of history rows.  So the
 rebuild's fold (`Replay`) writes the rows it expects into a scratch SQLite
-file as it goes, exactly as a rebuild writes the tables, and both sides are
+file as it goes, exactly as a rebuild writes the tables (a long log in
+worker processes, where the backend lets them read it), and both sides are
 then read back in pages, in the same order, one domain's rows at a time:
 each table sorted by the column naming its domain first, on an index.  A
 domain's rows are compared, and digested for a checkpoint, while the next
@@ -83,7 +84,7 @@ async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK, pa
     with tempfile.TemporaryDirectory(prefix="vmledger-verify-") as tmp:
         path = os.path.join(tmp, "expected.db")
         projector = projector or TableProjector(chunk=chunk)
-        if parts is None or not projector.folds_in_parts(parts, head) or not await asyncio.to_thread(
+        if parts is None or not projector.folds_in_parts(head) or not await asyncio.to_thread(
                 _fold_in_parts, path, projector, parts, head):
             await _fold(path, rows, chunk)
         async with aiosqlite.connect(path) as db:

@@ -340,15 +340,16 @@ def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> 
     return outcomes
 
 
-#: Checks that stored rows decode, all of them at once (`SCAN_COLUMNS` rows), raising StorageError if one does not.
+#: Checks that stored rows (`SCAN_COLUMNS`) decode, all of them in one call, raising a VmledgerError if one does not.
 Decoder = Callable[[Sequence[Row]], object]
 
 
 class ChainChecker:
     """Checks stored rows in position order: positions, stream versions, hash links, and that each decodes.
 
-    `decode` checks a batch of rows (see `check_all`) at once, as `record`
-    would one by one or more cheaply; `record`'s error names the row.
+    `decode`, if given, checks in one call that a batch of rows decodes
+    (`check_all`), as `record` would check each; where it raises, `record`
+    finds the row and its error.
     """
 
     def __init__(self, position: int = 0, prev: str | None = None,
