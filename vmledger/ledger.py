@@ -1006,13 +1006,13 @@ class Ledger(Replaying):
         empty: dict[str, list[tuple]] = {}
         digests = {}
 
-        async def check(uuid: str, rows: dict[str, list[tuple]]) -> None:
+        async def check(uuid: str, rows: dict[str, list[tuple]], digested: str) -> None:
             if uuid in touched:
                 model = Model()
                 model.feed_all(await self.log.read_stream(uuid))
                 want = model.all_rows()
                 compare(want, {table: rows.get(table, []) for table in want})
-            elif since.domains.get(uuid) != digest(rows):
+            elif since.domains.get(uuid) != digested:
                 name = rows["domains"][0][1] if rows.get("domains") else uuid
                 raise ChainBrokenError(since.position, (
                     f"projection rows of domain {name} changed since the checkpoint, with no event of its own"))
@@ -1020,11 +1020,11 @@ class Ledger(Replaying):
         # The day counts are no domain's: they must be those of the outcome rows, each domain's checked here.
         days: Counter[tuple] = Counter()
         async for uuid, rows in domain_groups(self.log.fetch_all):
-            await check(uuid, rows)
             digests[uuid] = digest(rows)
+            await check(uuid, rows, digests[uuid])
             count_outcome_days(days, rows["outcomes"])
         for uuid in sorted((set(since.domains) | touched) - set(digests)):
-            await check(uuid, empty)
+            await check(uuid, empty, digest(empty))
         await compare_days(outcome_day_rows(days), self.log.fetch_all, head)
         return digests
 
