@@ -61,8 +61,8 @@ from vmledger.eventstore import transfer
 from vmledger.eventstore.log import EventFilter, Metadata, RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainState, fold
 from vmledger.projections import queries
-from vmledger.projections.scan import scan
 from vmledger.projections.model import Model, count_outcome_days, outcome_day_rows, state_from_json
+from vmledger.projections.scan import scan
 from vmledger.projections.store import OUTCOME_DAYS_ROWS, RULES, DuplicateRequestError
 from vmledger.projections.verify import compare, compare_days, digest, domain_groups, folded_rows, paired_groups
 from vmledger._checkpoint import Checkpoint

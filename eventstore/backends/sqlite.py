@@ -269,7 +269,7 @@ class SQLiteEventLog(LogReads):
     async def __aenter__(self) -> "SQLiteEventLog":
         # The file the connections open, for worker processes, whatever the working directory becomes.
         if self.path != ":memory:":
-            self.part_rows = _PartRows("file:" + urllib.parse.quote(os.path.abspath(self.path)), self._busy_ms)
+            self.part_rows = _PartRows(self._uri(), self._busy_ms)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vmledger-sqlite-writer")
         try:
             if self.path != ":memory:" and not self._create and not os.path.exists(self.path):
@@ -307,6 +307,10 @@ class SQLiteEventLog(LogReads):
         return (f"PRAGMA busy_timeout = {self._busy_ms}", "PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL",
                 *cap)
 
+    def _uri(self) -> str:
+        """Return the URI of the file, absolute: the same file whatever the working directory becomes."""
+        return "file:" + urllib.parse.quote(os.path.abspath(self.path))
+
     def _read_only_uri(self) -> str:
         """Return the URI a read-only reader opens: the first of these that can read the file.
 
@@ -316,7 +320,7 @@ class SQLiteEventLog(LogReads):
         shared-memory index cannot be made (a directory the process cannot
         write).  The reader runs with `query_only` whichever it is.
         """
-        base = "file:" + urllib.parse.quote(os.path.abspath(self.path))
+        base = self._uri()
         for uri in (base, base + "?mode=ro", base + "?mode=ro&immutable=1"):
             conn = sqlite3.connect(uri, uri=True, isolation_level=None)
             try:
