@@ -909,9 +909,25 @@ class Ledger(Replaying):
         """
         if await self.log.head():
             raise InvalidRequestError("import needs an empty ledger")
-        checker = transfer.ChainChecker()
-        for number, line in enumerate(lines(), start=1):
-            checker.check(transfer.from_line(line, number))
+        checker = transfer.ChainChecker(decode=scan)
+        numbered = enumerate(lines(), start=1)
+        while True:
+            # A chunk at a time, up to a line that is not an export line: the rows before it are
+            # checked first, so the error is the first one a line-by-line check meets.
+            rows: list[tuple] = []
+            bad: InvalidRequestError | None = None
+            try:
+                for number, line in numbered:
+                    rows.append(transfer.from_line(line, number))
+                    if len(rows) == _IMPORT_CHUNK:
+                        break
+            except InvalidRequestError as e:
+                bad = e
+            checker.check_all(rows)
+            if bad is not None:
+                raise bad
+            if len(rows) < _IMPORT_CHUNK:
+                break
         batch: list[tuple] = []
         for number, line in enumerate(lines(), start=1):
             batch.append(transfer.from_line(line, number))

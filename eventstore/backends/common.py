@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Sequence
 
 import attrs
 
-from vmledger.eventstore.codec import decode, dumps_flat, dumps_plain, encode, loads
+from vmledger.eventstore.codec import decode, dumps_flat, dumps_plain, encode, loads_exact
 from vmledger.eventstore.errors import (
     ChainBrokenError, ConcurrencyError, LedgerNotFoundError, NotALedgerError, StorageError, VmledgerError,
 )
@@ -99,7 +99,7 @@ def decode_metadata(text: str) -> Metadata:
         StorageError: it is not a JSON object of the metadata's text fields.
     """
     try:
-        fields = loads(text)
+        fields = loads_exact(text)[0]
     except (TypeError, ValueError):
         fields = None
     if not isinstance(fields, dict):

@@ -10,14 +10,19 @@ must give what `record` gives, or raise the same error.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import vmledger
+from vmledger import ledger as ledger_module
+from vmledger.eventstore import transfer
+from vmledger.eventstore.errors import ChainBrokenError, InvalidRequestError
 from vmledger.projections import scan as _scan_module
 from vmledger.eventstore.backends.common import ChainChecker, _link, record
 from vmledger.projections.scan import as_change, scan
@@ -170,3 +175,52 @@ def test_a_chain_checked_in_a_batch_fails_where_row_by_row_it_fails_first(chain:
         return [checker.position]
 
     assert _outcome(batched) == _outcome(one_by_one)
+
+
+@settings(database=None, deadline=None, max_examples=80)
+@given(chain=_chains(), bad=st.none() | st.tuples(st.integers(0, 6), st.sampled_from(("{", "[]", '{"position":1}'))))
+def test_an_import_fails_where_checking_its_lines_one_by_one_fails_first(
+        tmp_path_factory: pytest.TempPathFactory, chain: list[tuple[Any, ...]], bad: tuple[int, str] | None) -> None:
+    """`import` checks an export in chunks, and still refuses it with the first error a line-by-line check meets.
+
+    The export is a chain of rows (broken or not), perhaps with one line that
+    is no export line; the chunks are of two lines, so that errors fall
+    within a chunk and across chunks.  Refused, the ledger stays empty.
+    """
+    lines = []
+    for row in chain:
+        try:
+            lines.append(transfer.to_line(row))
+        except ValueError:  # data that is no JSON: an export never holds it, a damaged line stands for it
+            lines.append("{")
+    if bad is not None:
+        lines.insert(min(bad[0], len(lines)), bad[1])
+
+    def one_by_one() -> list[Any]:
+        checker = ChainChecker()
+        for number, line in enumerate(lines, start=1):
+            checker.check(transfer.from_line(line, number))
+        return [checker.position]
+
+    async def imported(path: str) -> tuple[tuple[Any, ...], int]:
+        async with vmledger.open(path) as ledger:
+            outcome = await _outcome_async(lambda: ledger.import_lines(lambda: lines))
+            return outcome, await ledger.log.head()
+
+    expected = _outcome(one_by_one)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ledger_module, "_IMPORT_CHUNK", 2)
+        outcome, head = asyncio.run(imported(str(tmp_path_factory.mktemp("import") / "ledger.db")))
+    if expected[0] == "raised":
+        assert (outcome, head) == (expected, 0)
+    else:  # the chain holds; what the rows then fold into is another test's
+        assert outcome[0] == "gave" or outcome[1] not in (ChainBrokenError, InvalidRequestError)
+
+
+async def _outcome_async(fn: Callable[[], Awaitable[Any]]) -> tuple[Any, ...]:
+    """Return `("gave", [result])`, or the type and text of what awaiting `fn()` raises."""
+    try:
+        result = await fn()
+    except Exception as e:  # noqa: BLE001 - the error itself is what is compared
+        return ("raised", type(e), str(e))
+    return ("gave", [(type(result), result)])
