@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import vmledger
 from vmledger.eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, Scope, check_seconds, lookup, shown
-from vmledger.eventstore.codec import loads
+from vmledger.eventstore.codec import loads_exact
 from vmledger.eventstore.errors import (
     ChainBrokenError,
     InvalidRequestError,
@@ -376,7 +376,7 @@ def _event_json(rec: RecordedEvent) -> dict[str, Any]:
 
     _, _, data = encode(rec.event)
     return {"position": rec.position, "stream": rec.stream, "version": rec.version,
-            "type": rec.type, "data": loads(data), "metadata": rec.metadata.to_dict(),
+            "type": rec.type, "data": loads_exact(data)[0], "metadata": rec.metadata.to_dict(),
             "recorded_at": rec.recorded_at.isoformat()}
 
 
@@ -521,8 +521,8 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         stream = (ledger.subscribe(from_position=start, domain=args.domain, types=args.types, since=since)
                   if args.follow else
                   ledger.events(from_position=start, domain=args.domain, types=args.types, since=since, until=until))
-        async for rec in stream:
-            print(json.dumps(_event_json(rec), ensure_ascii=False), flush=True)
+        async for rec in stream:  # a feed shows each event as it comes; a listing may buffer its lines
+            print(json.dumps(_event_json(rec), ensure_ascii=False), flush=args.follow)
     elif cmd == "observe":
         recorded = await ledger.observe(args.name)
         if as_json:
