@@ -38,6 +38,8 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    rebuild's; then `audit` of the month the log spans (it was built
    in bulk at one append a second from 2024-01-01), from the indexed
    `outcomes` and `episodes` tables, the median of at least 3 calls;
+   then `vmledger export` of that log to a file and `vmledger import` of the
+   file into a new ledger, a process each, one run each;
 4. `open`, `drift`, `show NAME` and `get NAME memory` on one fleet of
    `--read-domains` domains whose log holds `--small-events` events, and on a
    copy of it grown to `--events`, the two measured call for call in turn:
@@ -824,12 +826,37 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
                    "no new events: the chain from the checkpoint on, every domain's rows against its digest")
         results.update(verify_rss=rss)
         await bench_audit(big, args, table, results)
+        progress("vmledger export of that log to a file, then vmledger import of the file: a process each")
+        exported, imported = await asyncio.to_thread(transfer_costs, big, tmp)
+        table.add(f"vmledger export, {args.events:,} events", [args.events / exported], "events/s",
+                  f"{exported:.1f} s, to a file, start to exit")
+        table.add("  vmledger import of that file", [args.events / imported], "events/s",
+                  f"{imported:.1f} s, into a new SQLite ledger, start to exit: the chain checked, then written")
         rates = []
         for r in range(args.repeat):
             progress(f"raw scan + orjson decode: run {r + 1}/{args.repeat}")
             rates.append(await asyncio.to_thread(raw_scan_decode, big))
         table.add(f"raw scan + orjson decode, {args.events:,} events", rates, "events/s")
         results["raw_scan"] = statistics.median(rates)
+
+
+def transfer_costs(path: str, tmp: str) -> tuple[float, float]:
+    """Return the seconds of `vmledger export` of the ledger at `path` to a file in `tmp`, and of `vmledger import` of it."""
+    import subprocess
+
+    lines, moved = os.path.join(tmp, "export.jsonl"), os.path.join(tmp, "imported.db")
+    cli = [sys.executable, "-m", "vmledger.cli"]
+    start = time.perf_counter()
+    with open(lines, "w") as out:
+        subprocess.run([*cli, "--db", path, "export"], stdin=subprocess.DEVNULL, stdout=out, check=True)
+    exported = time.perf_counter() - start
+    start = time.perf_counter()
+    subprocess.run([*cli, "--db", moved, "--hypervisor", f"sim:{moved}.sim.json", "import", lines],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+    imported = time.perf_counter() - start
+    for leftover in [lines, *glob.glob(moved + "*")]:
+        os.remove(leftover)
+    return exported, imported
 
 
 def with_workers(measured: dict[str, Any]) -> tuple[float, str]:
