@@ -200,12 +200,19 @@ _SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all'
                  "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
 
 
+#: A rebuild's (and verify's) worker processes at most.  The rebuilding process, which writes every
+#: row they send, is the slower end: at 1,000,000 events it takes 7.5 s of CPU where the workers take
+#: 10 s between them, so three workers already outpace it, and a fourth costs about 40 MiB more (270 MiB
+#: in all with four, 229 MiB with three: `scripts/bench.py --parts N` on two CPUs).
+_MAX_PARTS = 3
+
+
 def _cpus() -> int:
-    """Return the CPUs this process may run on, at most 4: a rebuild's worker processes, one per CPU.
+    """Return the CPUs this process may run on, at most `_MAX_PARTS`: a rebuild's worker processes, one per CPU.
 
     Only on POSIX systems, where the workers get their pipes as inherited file descriptors.
     """
-    return min(cpus(), 4) if os.name == "posix" else 1
+    return min(cpus(), _MAX_PARTS) if os.name == "posix" else 1
 
 
 #: The version of the fold's rules the projection rows are made by.  Rows an older version made (2:

@@ -40,8 +40,9 @@ from vmledger.projections.store import (
 __all__ = ["Reader", "folded_rows", "domain_groups", "paired_groups", "compare", "digest", "compare_days"]
 
 Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
-#: Rows read per query, per table.
-PAGE = 2000
+#: Rows read per query, per table.  The pages of every table, of both sides, are held at once while
+#: domains are compared: at 1,000 rows they take about 12 MiB less than at 2,000, for about 3 % more time.
+PAGE = 1000
 # Each table's reading order: the column naming the domain first, then columns that make the order
 # total and that an index serves (history's key, the request id, and outcomes', come after other
 # columns: a domain's rows are put in key order in memory, where one domain's rows are).

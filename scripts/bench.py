@@ -26,7 +26,7 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
 3. `rebuild` events/s over a log of `--events` events and `--rebuild-domains`
    domains, built in bulk through `ledger.log.append` (up to `--batch` events
    per append) rather than through `set`, timed in a child process; the
-   rebuild folds in worker processes, one per CPU (up to 4), so the memory
+   rebuild folds in worker processes, one per CPU (up to 3), so the memory
    figure is the child's peak RSS plus that many times its largest worker's,
    and the CPU seconds are the child's and its workers', each its own;
    then the same streams taken a request of each domain at a time, with
@@ -813,7 +813,8 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
             os.remove(leftover)
         progress("verify, then a checkpoint since it: one run each in a child process")
         child = await asyncio.create_subprocess_exec(
-            sys.executable, os.path.abspath(__file__), "--child-verify", big, stdout=asyncio.subprocess.PIPE)
+            sys.executable, os.path.abspath(__file__), "--child-verify", big, *parts_option(args),
+            stdout=asyncio.subprocess.PIPE)
         out, _ = await child.communicate()
         if child.returncode:
             raise SystemExit(f"bench: the verify child failed with exit {child.returncode}")
@@ -859,6 +860,18 @@ def transfer_costs(path: str, tmp: str) -> tuple[float, float]:
     return exported, imported
 
 
+def parts_option(args: argparse.Namespace) -> list[str]:
+    """Return the `--parts` option a child takes, if one was given."""
+    return ["--parts", str(args.parts)] if args.parts else []
+
+
+def force_parts(parts: int) -> None:
+    """Make this process's rebuild and verify fold in `parts` worker processes, whatever its CPUs."""
+    from vmledger.projections import store
+
+    store._cpus = lambda: parts
+
+
 def with_workers(measured: dict[str, Any]) -> tuple[float, str]:
     """Return the peak RSS of a child (`rss`) and its worker processes (`parts` of at most `worker_rss`) together, and the words for it.
 
@@ -875,7 +888,7 @@ async def rebuild_in_child(path: str, label: str, args: argparse.Namespace, tabl
     progress(f"{label.strip()}: {args.repeat} run(s) in a child process")
     child = await asyncio.create_subprocess_exec(
         sys.executable, os.path.abspath(__file__), "--child-rebuild", path, "--repeat", str(args.repeat),
-        stdout=asyncio.subprocess.PIPE)
+        *parts_option(args), stdout=asyncio.subprocess.PIPE)
     out, _ = await child.communicate()
     if child.returncode:
         raise SystemExit(f"bench: the rebuild child failed with exit {child.returncode}")
@@ -1315,6 +1328,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=500, help="events per append when building the log (default 500)")
     p.add_argument("--skip", choices=("writes", "rebuild", "reads", "peer", "console"), action="append", default=[],
                    help="leave out one part (may be repeated)")
+    p.add_argument("--parts", type=int,
+                   help="fold the rebuild and verify in this many worker processes, whatever the CPUs (default: "
+                        "as they choose, one per CPU up to 3), to measure the memory a bigger machine's takes")
     p.add_argument("--http", action="store_true",
                    help="also measure durable sets over HTTP against vmledger serve, beside in process")
     p.add_argument("--url", help="measure over HTTP against this running server (token in VMLEDGER_TOKEN); "
@@ -1322,6 +1338,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.pg_cluster and args.db:
         p.error("--pg-cluster starts its own database: leave out --db")
+    if args.parts is not None and args.parts < 2:
+        p.error("--parts must be at least 2: with fewer, the fold runs in the rebuilding process")
     for name in ("events", "small_events", "read_calls", "read_domains", "peer_events", "repeat", "requests", "callers",
                  "domains", "rebuild_domains", "batch"):
         if getattr(args, name) < 1:
@@ -1359,6 +1377,8 @@ async def run(args: argparse.Namespace) -> tuple[Table, dict[str, float], list[s
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.parts:
+        force_parts(args.parts)
     try:
         _loop.loop_factory()
     except vmledger.InvalidRequestError as e:

@@ -57,6 +57,7 @@ from vmledger.projections.model import (
     state_from_json, state_to_json,
 )
 from vmledger.projections.store import OUTCOME_DAYS_ROWS
+from vmledger.projections import verify as verify_module
 from vmledger.projections.verify import domain_groups, folded_rows
 from tests.strategies import (
     DEVICES,
@@ -558,21 +559,32 @@ async def _stored_rows(records: list[RecordedEvent]) -> Any:
 
 
 @SETTINGS
-@given(any_logs(), st.integers(1, 3) | st.integers(1, 40))
-def test_verify_expects_the_model_s_rows_of_any_log(records: list[RecordedEvent], chunk: int) -> None:
-    """The rows verify expects (the rebuild's fold, written to a scratch file, read a domain at a time) are the model's, or its error."""
+@given(any_logs(), st.integers(1, 3) | st.integers(1, 40), st.integers(1, 3) | st.just(verify_module.PAGE))
+def test_verify_expects_the_model_s_rows_of_any_log(records: list[RecordedEvent], chunk: int, page: int) -> None:
+    """The rows verify expects (the rebuild's fold, written to a scratch file, read a domain at a time) are the model's, or its error.
+
+    Read in pages of a few rows too, so that a domain's rows span pages: each
+    domain comes once, in order, with its own rows.
+    """
     async def expected() -> dict[str, list[tuple]]:
         rows: dict[str, list[tuple]] = {table: [] for table in TABLES}
+        seen: list[str] = []
         async with folded_rows(_stored_rows(records), chunk) as fetch_all:
-            async for _, group in domain_groups(fetch_all):
+            async for uuid, group in domain_groups(fetch_all):
+                seen.append(uuid)
                 for table, part in group.items():
+                    column = TABLES[table][0].index("uuid" if table == "domains" else "domain")
+                    assert {row[column] for row in part} <= {uuid}
                     rows[table].extend(part)
             days = await fetch_all(OUTCOME_DAYS_ROWS)
+        assert seen == sorted(set(seen))
         return {**{table: sorted(part, key=lambda row: row[:TABLES[table][1]]) for table, part in rows.items()},
                 "outcome_days": days}
 
     def replayed() -> tuple[Any, ...]:
-        return (asyncio.run(expected()),)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(verify_module, "PAGE", page)
+            return (asyncio.run(expected()),)
 
     def modelled() -> tuple[Any, ...]:
         model = Model()
