@@ -41,7 +41,8 @@ __all__ = ["Reader", "folded_rows", "domain_groups", "paired_groups", "compare",
 
 Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 #: Rows read per query, per table.  The pages of every table, of both sides, are held at once while
-#: domains are compared: at 1,000 rows they take about 12 MiB less than at 2,000, for about 3 % more time.
+#: domains are compared: at 1,000 rows they take about 12 MiB less than at 2,000, and `verify` of
+#: 1,000,000 events takes as long, within the noise (27.0-28.7 s against 26.1-29.3 s, in turn).
 PAGE = 1000
 # Each table's reading order: the column naming the domain first, then columns that make the order
 # total and that an index serves (history's key, the request id, and outcomes', come after other
