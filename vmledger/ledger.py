@@ -910,24 +910,19 @@ class Ledger(Replaying):
         if await self.log.head():
             raise InvalidRequestError("import needs an empty ledger")
         checker = transfer.ChainChecker(decode=scan)
-        numbered = enumerate(lines(), start=1)
-        while True:
-            # A chunk at a time, up to a line that is not an export line: the rows before it are
-            # checked first, so the error is the first one a line-by-line check meets.
-            rows: list[tuple] = []
-            bad: InvalidRequestError | None = None
-            try:
-                for number, line in numbered:
-                    rows.append(transfer.from_line(line, number))
-                    if len(rows) == _IMPORT_CHUNK:
-                        break
-            except InvalidRequestError as e:
-                bad = e
+        rows: list[tuple] = []
+        try:
+            for number, line in enumerate(lines(), start=1):
+                rows.append(transfer.from_line(line, number))
+                if len(rows) == _IMPORT_CHUNK:
+                    checker.check_all(rows)
+                    rows = []
+        except InvalidRequestError:
+            # The rows before a line that is no export line are checked first: the error is the first
+            # one a line-by-line check meets.
             checker.check_all(rows)
-            if bad is not None:
-                raise bad
-            if len(rows) < _IMPORT_CHUNK:
-                break
+            raise
+        checker.check_all(rows)
         batch: list[tuple] = []
         for number, line in enumerate(lines(), start=1):
             batch.append(transfer.from_line(line, number))
