@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from vmledger.eventstore.backends.common import ChainChecker
 from vmledger.eventstore.codec import canonical, dumps, dumps_plain, dumps_value, loads_exact
-from vmledger.eventstore.errors import InvalidRequestError
+from vmledger.eventstore.errors import InvalidRequestError, VmledgerError
 
-__all__ = ["to_line", "from_line", "ChainChecker"]
+__all__ = ["to_line", "from_line", "checked_chunks", "ChainChecker"]
 
 _KEYS = ("position", "stream", "version", "type", "schema_version", "data", "metadata", "recorded_at", "hash")
 
@@ -49,3 +49,37 @@ def from_line(line: str, number: int) -> tuple[Any, ...]:
     except ValueError as e:
         raise InvalidRequestError(f"line {number}: not an exported event ({e})") from e
     return row
+
+
+def checked_chunks(lines: Iterable[str], checker: ChainChecker, size: int) -> Iterator[list[tuple[Any, ...]]]:
+    """Yield the rows of an export's lines `size` at a time, each chunk checked by `checker` before it is yielded.
+
+    Where a line is no export line, or breaks the chain, the rows before it
+    are yielded first, then its error is raised once they are taken: so a
+    caller that folds each chunk as it comes meets the first error that
+    importing line by line would, be it the fold's own or the export's.
+
+    Raises:
+        InvalidRequestError: a line is not an export line, naming its line number.
+        ChainBrokenError: the chain breaks, naming the position.
+    """
+    rows: list[tuple[Any, ...]] = []
+    start = checker.position
+    try:
+        for number, line in enumerate(lines, start=1):
+            try:
+                rows.append(from_line(line, number))
+            except InvalidRequestError:
+                checker.check_all(rows)  # a break in the chain before this line comes first
+                raise
+            if len(rows) == size:
+                checker.check_all(rows)
+                yield rows
+                rows, start = [], checker.position
+        checker.check_all(rows)
+    except VmledgerError:
+        if checker.position > start:
+            yield rows[:checker.position - start]
+        raise
+    if rows:
+        yield rows

@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("export", "print the log as JSON lines with every stored field and hash link")
     p.add_argument("--from", dest="from_position", default="0", help="start after this position")
-    p = command("import", "load an exported log into an empty ledger, checking the chain first")
+    p = command("import", "load an exported log into an empty ledger, all or nothing, checking its chain")
     p.add_argument("file", help="an export file, or - for standard input")
     json_flag(p)
 
@@ -597,10 +597,9 @@ async def _verify(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
 
 
 def _export_file(name: str) -> Callable[[], Iterable[str]]:
-    """Return a function that reads an export's lines (it is read twice; standard input is kept in memory)."""
+    """Return a function that reads an export's lines, once (standard input as it comes)."""
     if name == "-":
-        kept = [line for line in sys.stdin if line.strip()]
-        return lambda: kept
+        return lambda: (line for line in sys.stdin if line.strip())
     if not os.path.isfile(name):
         raise InvalidRequestError(f"no such export file: {name}")
 

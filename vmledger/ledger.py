@@ -898,39 +898,26 @@ class Ledger(Replaying):
             yield transfer.to_line(row)
 
     async def import_lines(self, lines: Callable[[], Iterable[str]]) -> int:
-        """Import an exported log into this empty ledger; return the last position.
+        """Import an exported log into this empty ledger, all or nothing; return the last position.
 
-        `lines()` is called twice: the whole chain is checked first, so a damaged
-        export writes nothing, then imported in chunks.
+        `lines()` is read once, a chunk at a time: each chunk's chain is
+        checked, then its events are stored and folded, all in one
+        transaction.  The first error that importing line by line would meet
+        rolls it back whole: the ledger stays empty.
 
         Raises:
-            InvalidRequestError: the ledger is not empty, or a line is not an export line.
+            InvalidRequestError: the ledger is not empty, a line is not an export line, or the
+                events do not fold (an event before its domain's `DomainDefined`, a defined name reused).
+            DuplicateRequestError: a `…Requested` reuses a request id.
             ChainBrokenError: the export's chain breaks, naming the position.
         """
         if await self.log.head():
             raise InvalidRequestError("import needs an empty ledger")
         checker = transfer.ChainChecker(decode=scan)
-        rows: list[tuple] = []
         try:
-            for number, line in enumerate(lines(), start=1):
-                rows.append(transfer.from_line(line, number))
-                if len(rows) == _IMPORT_CHUNK:
-                    checker.check_all(rows)
-                    rows = []
-        except InvalidRequestError:
-            # The rows before a line that is no export line are checked first: the error is the first
-            # one a line-by-line check meets.
-            checker.check_all(rows)
-            raise
-        checker.check_all(rows)
-        batch: list[tuple] = []
-        for number, line in enumerate(lines(), start=1):
-            batch.append(transfer.from_line(line, number))
-            if len(batch) == _IMPORT_CHUNK:
-                await self.log.import_rows(batch)
-                batch = []
-        if batch:
-            await self.log.import_rows(batch)
+            await self.log.import_rows(transfer.checked_chunks(lines(), checker, _IMPORT_CHUNK))
+        except ValueError as e:  # the fold refuses an event: the chain holds, but no ledger wrote it
+            raise InvalidRequestError(f"the export's events do not fold: {e}") from e
         return checker.position
 
     # Maintenance.

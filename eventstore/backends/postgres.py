@@ -26,7 +26,7 @@ import functools
 import re
 import urllib.parse
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import asyncpg
 from asyncpg import exceptions as pg
@@ -675,22 +675,26 @@ class PostgresEventLog(LogReads):
         self._wake()
         return outcomes
 
-    async def import_rows(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert already-chained rows verbatim after the last event, with their projections.
+    async def import_rows(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> None:
+        """Insert already-chained rows verbatim after the last event, with their projections, in one transaction.
 
-        The caller checks the chain (see `ChainChecker`); this checks only
-        that the rows continue the stored log.
+        `chunks` gives the rows a chunk at a time; the caller checks the
+        chain (see `transfer.checked_chunks`), this checks only that the rows
+        continue the stored log.  Whatever reading or folding a chunk raises
+        rolls back every chunk.
 
         Raises:
             InvalidRequestError: the rows do not start right after the last stored event.
-            StorageError: PostgreSQL failed; nothing of these rows was written.
+            StorageError: PostgreSQL failed; nothing was written.
         """
         async with self._transaction() as conn:
             head = await conn.fetchval("SELECT max(position) FROM events") or 0
-            if rows[0][0] != head + 1:
-                raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
-            await conn.executemany(_pg(INSERT), rows)
-            await self._projector.project(_Tx(conn), [record(tuple(r)) for r in rows])
+            for rows in chunks:
+                if rows[0][0] != head + 1:
+                    raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
+                await conn.executemany(_pg(INSERT), rows)
+                await self._projector.project(_Tx(conn), [record(tuple(r)) for r in rows])
+                head = rows[-1][0]
         self._wake()
 
     async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:

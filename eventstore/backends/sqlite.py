@@ -28,7 +28,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import aiosqlite
 import attrs
@@ -463,24 +463,28 @@ class SQLiteEventLog(LogReads):
         return await self._write(
             lambda conn: run_steps_sync(SyncTx(conn), batch_steps(self._projector.batch(), batch)))
 
-    async def import_rows(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert already-chained rows verbatim after the last event, with their projections.
+    async def import_rows(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> None:
+        """Insert already-chained rows verbatim after the last event, with their projections, in one transaction.
 
-        The caller checks the chain (see `ChainChecker`); this checks only
-        that the rows continue the stored log.
+        `chunks` gives the rows a chunk at a time and is read in the writer
+        thread; the caller checks the chain (see `transfer.checked_chunks`),
+        this checks only that the rows continue the stored log.  Whatever
+        reading or folding a chunk raises rolls back every chunk.
 
         Raises:
             InvalidRequestError: the rows do not start right after the last stored event.
-            StorageError: SQLite failed; nothing of these rows was written.
+            StorageError: SQLite failed; nothing was written.
         """
-        await self._write(self._import, rows)
+        await self._write(self._import, chunks)
 
-    def _import(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+    def _import(self, conn: sqlite3.Connection, chunks: Iterable[Sequence[Sequence[Any]]]) -> None:
         head = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
-        if rows[0][0] != head + 1:
-            raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
-        conn.executemany(INSERT, rows)
-        self._projector.project_sync(SyncTx(conn), [record(r) for r in rows])
+        for rows in chunks:
+            if rows[0][0] != head + 1:
+                raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
+            conn.executemany(INSERT, rows)
+            self._projector.project_sync(SyncTx(conn), [record(r) for r in rows])
+            head = rows[-1][0]
 
     def _wake(self) -> None:
         """Wake this process's subscribers after a commit."""

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 
 import vmledger
+from vmledger import ledger as ledger_module
+from vmledger.eventstore.codec import dumps
+from vmledger.eventstore.log import chain_hash
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.projections.store import table_rows
 
@@ -71,3 +75,39 @@ def test_damaged_export_imports_nothing(tmp_path: Any) -> None:
 
     position, head = asyncio.run(go())
     assert (position, head) == (6, 0)
+
+
+def _defined_again(lines: list[str]) -> str:
+    """Return an export line that continues `lines`' chain: the first domain defined again under its name, on a new stream."""
+    first, last = json.loads(lines[0]), json.loads(lines[-1])
+    fields = {**first, "stream": "f" * 32, "data": {**first["data"], "uuid": "f" * 32},
+              "position": last["position"] + 1, "version": 1}
+    fields["hash"] = chain_hash(last["hash"], position=fields["position"], stream=fields["stream"], version=1,
+                                type=fields["type"], schema_version=fields["schema_version"], data=dumps(fields["data"]),
+                                metadata=dumps(fields["metadata"]), recorded_at=fields["recorded_at"])
+    return dumps(fields)
+
+
+def test_an_import_the_fold_refuses_at_its_end_imports_nothing(
+        tmp_path: Any, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export whose chain holds but whose last event the fold refuses is refused whole, chunks already folded included; the ledger stays empty, and takes the good export after."""
+    monkeypatch.setattr(ledger_module, "_IMPORT_CHUNK", 2)
+    sim = SimulatedHypervisor(tmp_path / "sim.json")
+
+    async def go() -> tuple:
+        async with vmledger.open(str(tmp_path / "a.db"), hypervisor=sim) as a:
+            await _story(a)
+            good = [line async for line in a.export()]
+        async with vmledger.open(url, hypervisor=sim) as b:
+            with pytest.raises(vmledger.InvalidRequestError) as caught:
+                await b.import_lines(lambda: [*good, _defined_again(good)])
+            refused = str(caught.value), await b.log.head(), await table_rows(b.log.fetch_all)
+            await b.import_lines(lambda: good)
+            return refused, [line async for line in b.export()], await b.verify(), good
+
+    (error, head, rows), imported, verified, good = asyncio.run(go())
+    assert error == "domain 'web' is already defined"
+    assert head == 0
+    assert all(not table for name, table in rows.items() if name != "projection_position"), rows
+    assert imported == good
+    assert verified == len(good)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
 import vmledger
+from vmledger.eventstore.backends.common import chained_rows
+from vmledger.eventstore.events import DomainDefined
+from vmledger.eventstore.log import Metadata
+from vmledger.eventstore.transfer import to_line
+from tests.e2e.served import _child_defaults, cli
 
 WRITER = """
 import asyncio, sys
@@ -161,3 +168,50 @@ def test_a_ledger_decides_on_what_another_wrote_since_its_own_last_append(tmp_pa
 
 def _persistent(shown: dict[str, Any]) -> dict[str, Any]:
     return {p["property"]: p["persistent"] for p in shown["properties"]}
+
+
+def _fleet_export(path: pathlib.Path, count: int) -> list[str]:
+    """Write an export of `count` domains, each defined by one event, to `path`; return its lines."""
+    config = {"memory": 2**30, "max_memory": 2**31, "vcpus": 1, "max_vcpus": 4, "numa_nodes": 1}
+    capabilities = {"balloon": True, "memory_hotplug": None, "vcpu_hotplug": None}
+    meta, at, last, lines = Metadata(principal="p"), datetime(2026, 1, 1, tzinfo=timezone.utc), None, []
+    for i in range(count):
+        event = DomainDefined(domain=f"d{i:06d}", uuid=f"{i:032x}", guest_type="pv", config=config,
+                              capabilities=capabilities)
+        (row,), _ = chained_rows(f"{i:032x}", 0, [event], meta, at, i, last)
+        last = row[-1]
+        lines.append(to_line(row) + "\n")
+    path.write_text("".join(lines), encoding="utf-8")
+    return lines
+
+
+def test_an_import_killed_while_it_writes_leaves_the_ledger_empty(tmp_path: Any) -> None:
+    """`vmledger import` killed (SIGKILL) once it has written megabytes leaves an empty ledger, never a part of the export; run again, it imports it all."""
+    export, db = tmp_path / "fleet.jsonl", str(tmp_path / "copy.db")
+    lines = _fleet_export(export, 10_000)
+    wal = pathlib.Path(db + "-wal")
+    proc = subprocess.Popen([sys.executable, "-m", "vmledger.cli", "--db", db, "import", str(export)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_child_defaults)
+    try:
+        deadline = time.monotonic() + 60
+        # The whole import takes about 18 MiB of write-ahead log here; 8 MiB is past the first few thousand events.
+        while proc.poll() is None and time.monotonic() < deadline and (
+                not wal.exists() or wal.stat().st_size < 8 * 2**20):
+            time.sleep(0.002)
+        writing = proc.poll() is None
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert writing, "the import ended before it was killed"
+
+    async def head() -> int:
+        async with vmledger.open(db) as ledger:
+            return await ledger.verify()
+
+    assert asyncio.run(head()) == 0
+    again = cli(db, "import", str(export))
+    assert (again.returncode, again.stdout, again.stderr) == (0, "imported 10000 events; chain verified\n", "")
+    assert cli(db, "export").stdout == "".join(lines)

@@ -15,6 +15,7 @@ import importlib.util
 import json
 from typing import Any, Awaitable, Callable
 
+import attrs
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -26,9 +27,9 @@ from vmledger.projections import scan as _scan_module
 from vmledger.eventstore.backends.common import ChainChecker, _link, record
 from vmledger.projections.scan import as_change, scan
 from vmledger.eventstore.codec import dumps, encode, loads
-from vmledger.eventstore.events import EVENT_TYPES
+from vmledger.eventstore.events import EVENT_TYPES, DomainDefined, DomainStarted
 from vmledger.eventstore.log import GENESIS_HASH, RecordedEvent
-from tests.strategies import events
+from tests.strategies import any_logs, events
 
 SETTINGS = settings(database=None, deadline=None, max_examples=300)
 META = dumps({"correlation_id": None, "principal": "p", "request_id": None})
@@ -158,6 +159,46 @@ def _chains(draw: Callable[[st.SearchStrategy[Any]], Any]) -> list[tuple[Any, ..
     return chain
 
 
+@st.composite
+def _foldable_chains(draw: Callable[[st.SearchStrategy[Any]], Any]) -> list[tuple[Any, ...]]:
+    """Return the linked rows of a log that folds (`any_logs`), perhaps spoilt once.
+
+    Spoilt: a domain's name defined again on a stream of its own, a request
+    id used again (both refused by the fold, their chain intact), a gap or a
+    bad link.
+    """
+    records = draw(any_logs(max_events=6))
+    items = [(r.stream, *encode(r.event)) for r in records]
+    at = draw(st.integers(0, len(items)))
+    how = draw(st.sampled_from(("as is", "defined again", "request again", "gap", "hash")))
+    if how == "defined again":
+        first = records[0].event
+        assert isinstance(first, DomainDefined)
+        items.insert(at, ("c", *encode(attrs.evolve(first, uuid="c"))))
+    elif how == "request again":
+        requests = [i for i, item in enumerate(items) if item[1].endswith("Requested")]
+        if requests:
+            items.insert(max(at, requests[0] + 1), items[requests[0]])
+    return _linked(items, at, how)
+
+
+def _linked(items: list[tuple[str, str, int, str]], at: int = -1, how: str = "as is") -> list[tuple[Any, ...]]:
+    """Return the stored rows of `items` (stream, type, schema version, data) linked in turn; the row at `at` with a gap or a bad link if `how` says so."""
+    chain, prev, versions = [], GENESIS_HASH, {}
+    for index, (stream, name, version, data) in enumerate(items):
+        versions[stream] = versions.get(stream, 0) + 1
+        spoilt = index == at
+        fields = (index + 1 + (how == "gap" and spoilt), stream, versions[stream], name, version, data, META, AT)
+        link = _link(prev, fields)
+        chain.append((*fields, "0" * 64 if how == "hash" and spoilt else link))
+        prev = link
+    return chain
+
+
+#: An event the fold refuses (no `DomainDefined` before it), then a gap, in one chunk of two lines.
+_REFUSED_THEN_GAP = _linked([("s", *encode(DomainStarted(config={})))] * 2, at=1, how="gap")
+
+
 @SETTINGS
 @given(chain=_chains())
 def test_a_chain_checked_in_a_batch_fails_where_row_by_row_it_fails_first(chain: list[tuple[Any, ...]]) -> None:
@@ -177,14 +218,19 @@ def test_a_chain_checked_in_a_batch_fails_where_row_by_row_it_fails_first(chain:
 
 
 @settings(database=None, deadline=None, max_examples=80)
-@given(chain=_chains(), bad=st.none() | st.tuples(st.integers(0, 6), st.sampled_from(("{", "[]", '{"position":1}'))))
-def test_an_import_fails_where_checking_its_lines_one_by_one_fails_first(
+@given(chain=_chains() | _foldable_chains(),
+       bad=st.none() | st.tuples(st.integers(0, 10), st.sampled_from(("{", "[]", '{"position":1}'))))
+@example(chain=_REFUSED_THEN_GAP, bad=None)
+@example(chain=_REFUSED_THEN_GAP[:1], bad=(1, "{"))
+def test_an_import_fails_where_importing_its_lines_one_by_one_fails_first(
         tmp_path_factory: pytest.TempPathFactory, chain: list[tuple[Any, ...]], bad: tuple[int, str] | None) -> None:
-    """`import` checks an export in chunks, and still refuses it with the first error a line-by-line check meets.
+    """`import` checks and folds an export in chunks, and still refuses it with the first error a line-by-line import meets.
 
-    The export is a chain of rows (broken or not), perhaps with one line that
-    is no export line; the chunks are of two lines, so that errors fall
-    within a chunk and across chunks.  Refused, the ledger stays empty.
+    The export is a chain of rows (broken or not, folding or not), perhaps
+    with one line that is no export line; the chunks are of two lines, so that errors fall
+    within a chunk and across chunks.  The first error is the fold's, if it
+    refuses a row before the line where checking line by line stops, else
+    that line's.  Refused, the ledger stays empty.
     """
     lines = []
     for row in chain:
@@ -194,29 +240,31 @@ def test_an_import_fails_where_checking_its_lines_one_by_one_fails_first(
             lines.append("{")
     if bad is not None:
         lines.insert(min(bad[0], len(lines)), bad[1])
+    accepted = []
 
     def one_by_one() -> list[Any]:
         checker = ChainChecker()
         for number, line in enumerate(lines, start=1):
             checker.check(transfer.from_line(line, number))
+            accepted.append(line)
         return [checker.position]
 
-    async def imported(path: str) -> tuple[tuple[Any, ...], int]:
+    async def imported(path: str, lines: list[str]) -> tuple[tuple[Any, ...], int]:
         async with vmledger.open(path) as ledger:
-            outcome = await _outcome_async(lambda: ledger.import_lines(lambda: lines))
+            outcome = await _outcome_async(lambda: ledger.import_lines(lambda: iter(lines)))
             return outcome, await ledger.log.head()
 
-    def in_chunks(size: int) -> tuple[tuple[Any, ...], int]:
+    def in_chunks(size: int, lines: list[str]) -> tuple[tuple[Any, ...], int]:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(ledger_module, "_IMPORT_CHUNK", size)
-            return asyncio.run(imported(str(tmp_path_factory.mktemp("import") / "ledger.db")))
+            return asyncio.run(imported(str(tmp_path_factory.mktemp("import") / "ledger.db"), lines))
 
-    expected = _outcome(one_by_one)
-    outcome, head = in_chunks(2)
-    if expected[0] == "raised":
-        assert (outcome, head) == (expected, 0)
-    else:  # the chain holds: what its rows then fold into is as in one chunk
-        assert outcome == in_chunks(len(lines) + 1)[0]
+    checked = _outcome(one_by_one)
+    folded = in_chunks(len(lines) + 1, accepted)  # the rows before the first bad line, in one chunk
+    expected = folded if folded[0][0] == "raised" else (checked, len(lines) if checked[0] == "gave" else 0)
+    outcome, head = in_chunks(2, lines)
+    assert (outcome, head) == expected
+    assert head in (0, len(lines))
 
 
 async def _outcome_async(fn: Callable[[], Awaitable[Any]]) -> tuple[Any, ...]:

@@ -552,7 +552,7 @@ async def export(request: Request, start: int = QueryParameter(name="from", defa
 @post("/v1/import", opt=ADMIN, responses=_problems(409), security=_SECURITY, tags=["maintenance"],
       status_code=200, request_max_body_size=MAX_IMPORT_BODY)
 async def import_log(request: Request) -> Position:
-    """Load an exported log (NDJSON body) into this empty ledger, checking the whole chain first."""
+    """Load an exported log (NDJSON body) into this empty ledger, all or nothing: any error leaves it empty."""
     body = await request.body()
     try:
         text = body.decode("utf-8")
