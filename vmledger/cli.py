@@ -8,6 +8,7 @@ an invalid request (nothing written); 4 `verify` found damage; 1 anything else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import logging
@@ -407,6 +408,8 @@ async def _run(args: argparse.Namespace) -> int:
         return tool_commands.print_schema(args)
     if args.command in service_commands.COMMANDS:
         return await service_commands.run_command(args)
+    if args.command == "import":  # a misspelt file name creates no ledger
+        args.lines = _export_file(args.file)
     if args.url:
         opened = vmledger.connect(args.url, token=os.environ.get("VMLEDGER_TOKEN"), ca=os.environ.get("VMLEDGER_CA"))
     else:
@@ -559,7 +562,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         async for line in ledger.export(from_position=_units.parse_position(args.from_position)):
             print(line)
     elif cmd == "import":
-        head = await ledger.import_lines(_export_file(args.file))
+        head = await ledger.import_lines(args.lines)
         _print_json({"events": head, "chain": "verified"}) if as_json else print(
             f"imported {head} events; chain verified")
     elif cmd == "rebuild":
@@ -598,14 +601,19 @@ async def _verify(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
 
 def _export_file(name: str) -> Callable[[], Iterable[str]]:
     """Return a function that reads an export's lines, once (standard input as it comes)."""
-    if name == "-":
-        return lambda: (line for line in sys.stdin if line.strip())
-    if not os.path.isfile(name):
+    if name != "-" and not os.path.isfile(name):
         raise InvalidRequestError(f"no such export file: {name}")
 
     def lines() -> Iterator[str]:
-        with open(name, encoding="utf-8") as f:
-            yield from (line for line in f if line.strip())
+        with contextlib.nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InvalidRequestError(f"line {number} of {'standard input' if name == '-' else name} "
+                                              f"is not UTF-8 text ({e.reason})") from e
+                if line.strip():
+                    yield line
 
     return lines
 

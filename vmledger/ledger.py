@@ -916,7 +916,10 @@ class Ledger(Replaying):
         checker = transfer.ChainChecker(decode=scan)
         try:
             await self.log.import_rows(transfer.checked_chunks(lines(), checker, _IMPORT_CHUNK))
-        except ValueError as e:  # the fold refuses an event: the chain holds, but no ledger wrote it
+        except ValueError as e:
+            if isinstance(e, UnicodeError):  # reading `lines()` failed: no export line to speak of
+                raise
+            # The fold refuses an event: the chain holds, but no ledger wrote it.
             raise InvalidRequestError(f"the export's events do not fold: {e}") from e
         return checker.position
 

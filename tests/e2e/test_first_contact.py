@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -356,6 +357,28 @@ def test_import_prints_json(web: Cli) -> None:
     pathlib.Path("ledger.jsonl").write_text(export)
     code, out, _ = web("--db", "copy.db", "import", "ledger.jsonl", "--json")
     assert (code, json.loads(out)) == (0, {"events": 3, "chain": "verified"})
+
+
+def test_import_names_a_line_that_is_not_utf8_and_imports_nothing(web: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export with a line that is not UTF-8, from a file or standard input, exits 2 naming the line, and the ledger stays empty."""
+    _, export, _ = web("--db", "l.db", "export")
+    damaged = export.encode().replace(b"\n", b"\n\xff\n", 1)
+    pathlib.Path("bad.jsonl").write_bytes(damaged)
+    assert web("--db", "copy.db", "import", "bad.jsonl") == (
+        2, "", "vmledger: error: line 2 of bad.jsonl is not UTF-8 text (invalid start byte)\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(damaged)))
+    assert web("--db", "copy.db", "import", "-") == (
+        2, "", "vmledger: error: line 2 of standard input is not UTF-8 text (invalid start byte)\n")
+    assert web("--db", "copy.db", "events") == (0, "", "")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(export.encode())))
+    assert web("--db", "copy.db", "import", "-") == (0, "imported 3 events; chain verified\n", "")
+
+
+def test_import_of_a_missing_file_creates_no_ledger(cli: Cli) -> None:
+    """`import` of a file that does not exist exits 2 saying so, and leaves no ledger behind."""
+    assert cli("--db", "new.db", "import", "nothing.jsonl") == (
+        2, "", "vmledger: error: no such export file: nothing.jsonl\n")
+    assert sorted(p.name for p in cli.cwd.iterdir()) == []
 
 
 def test_set_json_is_the_history_record_and_a_replay_says_so(web: Cli) -> None:
