@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _orjson_dumps = _orjson_loads = None
 
 __all__ = ["encode", "decode", "dumps", "dumps_flat", "dumps_plain", "dumps_value", "plain", "plain_tree",
-           "loads", "loads_exact", "canonical", "UPCASTERS"]
+           "PLAIN_TYPES", "loads", "loads_exact", "canonical", "UPCASTERS"]
 
 
 def _live_value_observed_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -81,19 +81,19 @@ def dumps_value(value: Any) -> str:
 
 
 # The values orjson writes as `dumps` does (with the limits `dumps_plain` catches).
-_PLAIN = frozenset((str, int, bool, type(None)))
+PLAIN_TYPES = frozenset((str, int, bool, type(None)))
 
 
 def plain(values: Iterable[Any]) -> bool:
     """Tell whether `dumps_plain` may write every one of `values` (a config value may be a float, or hold one)."""
-    return all(v.__class__ in _PLAIN for v in values)
+    return all(v.__class__ in PLAIN_TYPES for v in values)
 
 
 def plain_tree(obj: Any) -> bool:
     """Tell whether `dumps_plain` may write `obj` as a whole: lists and dicts of values `plain` accepts, no float."""
     for value in obj.values() if obj.__class__ is dict else obj if obj.__class__ is list else (obj,):
         kind = value.__class__
-        if kind not in _PLAIN and not ((kind is dict or kind is list) and plain_tree(value)):
+        if kind not in PLAIN_TYPES and not ((kind is dict or kind is list) and plain_tree(value)):
             return False
     return True
 
