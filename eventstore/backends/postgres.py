@@ -256,6 +256,22 @@ def _from_json(sql: str, types: tuple[str, ...], index: int) -> str:
                      f"not {sql!r}")
 
 
+_PLAIN_INSERT = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \([?, ]+\)")
+
+
+async def _insert_many(conn: asyncpg.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Run `sql` for each of `rows`; a plain `INSERT … VALUES` of several rows as one `COPY`.
+
+    A rebuild's or an import's rows go in about twice as fast so: the server
+    reads them as one stream, not as one statement each.
+    """
+    plain = _PLAIN_INSERT.fullmatch(sql)
+    if plain is not None and len(rows) > 1:
+        await conn.copy_records_to_table(plain[1], records=rows, columns=plain[2].split(", "))
+    elif rows:
+        await conn.executemany(_pg(sql), rows)
+
+
 class _Tx:
     """The `Transaction` a projector writes through: the writer's open connection."""
 
@@ -305,8 +321,7 @@ class _Tx:
         return parts, args
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            await self._conn.executemany(_pg(sql), rows)
+        await _insert_many(self._conn, sql, rows)
 
 
 def _with(statements: Sequence[str]) -> str:
@@ -692,7 +707,7 @@ class PostgresEventLog(LogReads):
             for rows in chunks:
                 if rows[0][0] != head + 1:
                     raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
-                await conn.executemany(_pg(INSERT), rows)
+                await _insert_many(conn, INSERT, rows)
                 await self._projector.project(_Tx(conn), [record(tuple(r)) for r in rows])
                 head = rows[-1][0]
         self._wake()
