@@ -54,32 +54,37 @@ def from_line(line: str, number: int) -> tuple[Any, ...]:
 def checked_chunks(lines: Iterable[str], checker: ChainChecker, size: int) -> Iterator[list[tuple[Any, ...]]]:
     """Yield the rows of an export's lines `size` at a time, each chunk checked by `checker` before it is yielded.
 
-    Where a line is no export line, or breaks the chain, the rows before it
-    are yielded first, then its error is raised once they are taken: so a
-    caller that folds each chunk as it comes meets the first error that
-    importing line by line would, be it the fold's own or the export's.
+    Where a line is no export line (or reading `lines` raises a
+    `VmledgerError`), or breaks the chain, the rows before it are yielded
+    first, then its error is raised once they are taken: so a caller that
+    folds each chunk as it comes meets the first error that importing line
+    by line would, be it the fold's own or the export's.
 
     Raises:
         InvalidRequestError: a line is not an export line, naming its line number.
         ChainBrokenError: the chain breaks, naming the position.
     """
-    rows: list[tuple[Any, ...]] = []
-    start = checker.position
-    try:
-        for number, line in enumerate(lines, start=1):
+    lines, number = iter(lines), 0
+    while True:
+        rows: list[tuple[Any, ...]] = []
+        failure: VmledgerError | None = None
+        line: str | None = ""
+        start = checker.position
+        while line is not None and len(rows) < size:
             try:
-                rows.append(from_line(line, number))
-            except InvalidRequestError:
-                checker.check_all(rows)  # a break in the chain before this line comes first
-                raise
-            if len(rows) == size:
-                checker.check_all(rows)
-                yield rows
-                rows, start = [], checker.position
-        checker.check_all(rows)
-    except VmledgerError:
+                line = next(lines, None)
+                if line is not None:
+                    number += 1
+                    rows.append(from_line(line, number))
+            except VmledgerError as e:  # a line that is no export line, or one that cannot be read
+                failure, line = e, None
+        try:
+            checker.check_all(rows)
+        except VmledgerError as e:  # the chain breaks before the line that failed, if one did
+            failure = e
         if checker.position > start:
             yield rows[:checker.position - start]
-        raise
-    if rows:
-        yield rows
+        if failure is not None:
+            raise failure
+        if line is None:
+            return

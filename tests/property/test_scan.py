@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import attrs
 import pytest
@@ -217,20 +217,34 @@ def test_a_chain_checked_in_a_batch_fails_where_row_by_row_it_fails_first(chain:
     assert _outcome(batched) == _outcome(one_by_one)
 
 
+#: A line that cannot be read: reading the export raises where it stands.
+_UNREADABLE = "(unreadable)"
+
+
+def _read(lines: list[str]) -> Iterator[str]:
+    """Yield the lines, raising at `_UNREADABLE` as the command line's reader does at a line that is not UTF-8."""
+    for number, line in enumerate(lines, start=1):
+        if line == _UNREADABLE:
+            raise vmledger.InvalidRequestError(f"line {number} of the export is not UTF-8 text")
+        yield line
+
+
 @settings(database=None, deadline=None, max_examples=80)
 @given(chain=_chains() | _foldable_chains(),
-       bad=st.none() | st.tuples(st.integers(0, 10), st.sampled_from(("{", "[]", '{"position":1}'))))
+       bad=st.none() | st.tuples(st.integers(0, 10), st.sampled_from(("{", "[]", '{"position":1}', _UNREADABLE))))
 @example(chain=_REFUSED_THEN_GAP, bad=None)
 @example(chain=_REFUSED_THEN_GAP[:1], bad=(1, "{"))
+@example(chain=_linked([("s", *encode(DomainStarted(config={})))], at=0, how="gap"), bad=(1, _UNREADABLE))
 def test_an_import_fails_where_importing_its_lines_one_by_one_fails_first(
         tmp_path_factory: pytest.TempPathFactory, chain: list[tuple[Any, ...]], bad: tuple[int, str] | None) -> None:
     """`import` checks and folds an export in chunks, and still refuses it with the first error a line-by-line import meets.
 
     The export is a chain of rows (broken or not, folding or not), perhaps
-    with one line that is no export line; the chunks are of two lines, so that errors fall
-    within a chunk and across chunks.  The first error is the fold's, if it
-    refuses a row before the line where checking line by line stops, else
-    that line's.  Refused, the ledger stays empty.
+    with one line that is no export line, or that cannot be read; the chunks
+    are of two lines, so that errors fall within a chunk and across chunks.
+    The first error is the fold's, if it refuses a row before the line where
+    checking line by line stops, else that line's.  Refused, the ledger
+    stays empty.
     """
     lines = []
     for row in chain:
@@ -244,14 +258,14 @@ def test_an_import_fails_where_importing_its_lines_one_by_one_fails_first(
 
     def one_by_one() -> list[Any]:
         checker = ChainChecker()
-        for number, line in enumerate(lines, start=1):
+        for number, line in enumerate(_read(lines), start=1):
             checker.check(transfer.from_line(line, number))
             accepted.append(line)
         return [checker.position]
 
     async def imported(path: str, lines: list[str]) -> tuple[tuple[Any, ...], int]:
         async with vmledger.open(path) as ledger:
-            outcome = await _outcome_async(lambda: ledger.import_lines(lambda: iter(lines)))
+            outcome = await _outcome_async(lambda: ledger.import_lines(lambda: _read(lines)))
             return outcome, await ledger.log.head()
 
     def in_chunks(size: int, lines: list[str]) -> tuple[tuple[Any, ...], int]:
