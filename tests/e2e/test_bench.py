@@ -45,7 +45,7 @@ def test_the_toy_bench_runs_every_part_and_its_writes_all_apply() -> None:
     assert notes(lines, "command line: vmledger show, 2,000 events")[0].startswith("a process each")
     assert [n.split(" s, ")[1] for n in notes(lines, "vmledger export, 2,000 events")
             + notes(lines, "vmledger import of that file")] == [
-        "to a file, start to exit", "into a new SQLite ledger, start to exit: the chain checked, then written"]
+        "to a file, start to exit", "into a new SQLite ledger, start to exit: each chunk checked, stored and folded, in one transaction"]
     first = next(i for i, line in enumerate(lines) if line.startswith("target ")) + 1
     assert [re.split(r"\s{2,}", line)[0] for line in lines[first:] if line and not line.startswith("total ")] == [
         f"{CALLERS} clients over HTTP vs in process: requests/s",
