@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import threading
 import weakref
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar, cast
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, TypeVar, cast
 
 import attrs
 
@@ -81,6 +82,10 @@ _IMPORT_CHUNK = 2000
 #: the system has no name for the user, this.
 UNKNOWN_PRINCIPAL = "unknown"
 _log = logging.getLogger("vmledger")
+
+
+class _Interrupted(Exception):
+    """Rolls back an import whose caller was cancelled (interrupted), at its next chunk."""
 
 
 class Ledger(Replaying):
@@ -903,7 +908,8 @@ class Ledger(Replaying):
         `lines()` is read once, a chunk at a time: each chunk's chain is
         checked, then its events are stored and folded, all in one
         transaction.  The first error that importing line by line would meet
-        rolls it back whole: the ledger stays empty.
+        rolls it back whole: the ledger stays empty.  So does cancelling the
+        call, at the next chunk, unless the import was already committing.
 
         Raises:
             InvalidRequestError: the ledger is not empty, a line is not an export line, or the
@@ -914,8 +920,19 @@ class Ledger(Replaying):
         if await self.log.head():
             raise InvalidRequestError("import needs an empty ledger")
         checker = transfer.ChainChecker(decode=scan)
+        interrupted = threading.Event()
+
+        def chunks() -> Iterator[list[tuple]]:
+            for chunk in transfer.checked_chunks(lines(), checker, _IMPORT_CHUNK):
+                if interrupted.is_set():  # the writer thread goes on alone: roll back, not finish unseen
+                    raise _Interrupted()
+                yield chunk
+
         try:
-            await self.log.import_rows(transfer.checked_chunks(lines(), checker, _IMPORT_CHUNK))
+            await self.log.import_rows(chunks())
+        except asyncio.CancelledError:
+            interrupted.set()
+            raise
         except ValueError as e:
             if isinstance(e, UnicodeError):  # reading `lines()` failed: no export line to speak of
                 raise

@@ -172,6 +172,12 @@ class _PartRows:
             conn.close()
 
 
+def _retrieved(done: asyncio.Future[Any]) -> None:
+    """Mark what a write ended with as seen: a cancelled caller's write that then fails is not logged as lost."""
+    if not done.cancelled():
+        done.exception()
+
+
 class _Checkpointer:
     """Checkpoints the WAL from a thread and connection of its own, a while after commits.
 
@@ -408,9 +414,12 @@ class SQLiteEventLog(LogReads):
             StorageError: SQLite failed; nothing of `fn`'s writes was kept.
         """
         async with self._lock:
+            # Shielded: once the thread runs it, the transaction commits or rolls back whole.  Should the
+            # caller be cancelled meanwhile, nobody is left to tell how it ended (see `_retrieved`).
+            done = asyncio.ensure_future(self._run(self._atomically, fn, *args))
+            done.add_done_callback(_retrieved)
             try:
-                # Shielded: once the thread runs it, the transaction commits or rolls back whole.
-                result = await asyncio.shield(self._run(self._atomically, fn, *args))
+                result = await asyncio.shield(done)
             except sqlite3.Error as e:
                 raise _storage_error(e) from e
             self.commits += 1

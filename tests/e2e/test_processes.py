@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -185,13 +186,17 @@ def _fleet_export(path: pathlib.Path, count: int) -> list[str]:
     return lines
 
 
-def test_an_import_killed_while_it_writes_leaves_the_ledger_empty(tmp_path: Any) -> None:
-    """`vmledger import` killed (SIGKILL) once it has written megabytes leaves an empty ledger, never a part of the export; run again, it imports it all."""
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_an_import_stopped_while_it_writes_leaves_the_ledger_empty(tmp_path: Any, how: str) -> None:
+    """`vmledger import` killed (SIGKILL) or interrupted (SIGINT, as Ctrl-C does) once it has written megabytes leaves an empty ledger, never a part of the export, nor all of it unseen; run again, it imports it all."""
     export, db = tmp_path / "fleet.jsonl", str(tmp_path / "copy.db")
     lines = _fleet_export(export, 10_000)
     wal = pathlib.Path(db + "-wal")
-    proc = subprocess.Popen([sys.executable, "-m", "vmledger.cli", "--db", db, "import", str(export)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_child_defaults)
+    stderr = tmp_path / "stderr.txt"
+    with open(stderr, "w", encoding="utf-8") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "vmledger.cli", "--db", db, "import", str(export)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=_child_defaults)
     try:
         deadline = time.monotonic() + 60
         # The whole import takes about 18 MiB of write-ahead log here; 8 MiB is past the first few thousand events.
@@ -199,13 +204,14 @@ def test_an_import_killed_while_it_writes_leaves_the_ledger_empty(tmp_path: Any)
                 not wal.exists() or wal.stat().st_size < 8 * 2**20):
             time.sleep(0.002)
         writing = proc.poll() is None
-        proc.kill()
-        proc.wait(timeout=30)
+        proc.send_signal(getattr(signal, how))
+        code = proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert writing, "the import ended before it was killed"
+    assert writing, "the import ended before it was stopped"
+    assert (code, stderr.read_text(encoding="utf-8")) == ((130, "") if how == "SIGINT" else (-signal.SIGKILL, ""))
 
     async def head() -> int:
         async with vmledger.open(db) as ledger:
