@@ -24,8 +24,8 @@ try:  # orjson (the `bench` extra) reads and writes JSON faster, and the same: s
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson_dumps = _orjson_loads = None
 
-__all__ = ["encode", "decode", "dumps", "dumps_flat", "dumps_plain", "dumps_value", "plain", "plain_tree",
-           "PLAIN_TYPES", "loads", "loads_exact", "canonical", "UPCASTERS"]
+__all__ = ["encode", "decode", "dumps", "dumps_flat", "dumps_plain", "dumps_plain_utf8", "dumps_value", "plain",
+           "plain_tree", "PLAIN_TYPES", "loads", "loads_exact", "canonical", "UPCASTERS"]
 
 
 def _live_value_observed_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +63,16 @@ def dumps_plain(obj: Any) -> str:
         except TypeError:
             pass
     return dumps(obj)
+
+
+def dumps_plain_utf8(obj: Any) -> bytes:
+    """Return `dumps_plain(obj)` encoded as UTF-8, straight from orjson when it is installed."""
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(obj, option=OPT_SORT_KEYS)
+        except TypeError:
+            pass
+    return dumps(obj).encode("utf-8")
 
 
 def dumps_flat(obj: dict[str, Any]) -> str:

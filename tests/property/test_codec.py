@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vmledger.eventstore.codec import UPCASTERS, decode, dumps, encode, loads
@@ -159,6 +159,9 @@ def test_temporary_registrations_are_gone() -> None:
 
 @given(st.lists(st.none() | st.booleans() | st.integers() | st.floats()
                 | st.text(st.characters(exclude_categories=("Cs",))), min_size=9, max_size=9))
+@example(["h", 1, "s", 1, "T", 1, "{}", "{}", 1e16])  # orjson writes 1e16, json 1e+16
+@example(["h", 2**64, "s", 1, "T", 1, "{}", "{}", "t"])  # beyond orjson's integers
+@example(["h", 1, "s\x00\x1f\u2028\"\\é", 1, "T", True, None, "{}", "t"])
 def test_chain_hash_is_the_sha256_of_the_dumps_of_its_fields(fields: list) -> None:
     """`chain_hash` writes its fields as `dumps` writes their list, whatever a stored row holds."""
     prev, position, stream, version, type_, schema_version, data, metadata, recorded_at = fields
