@@ -24,8 +24,8 @@ try:  # orjson (the `bench` extra) reads and writes JSON faster, and the same: s
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson_dumps = _orjson_loads = None
 
-__all__ = ["encode", "decode", "dumps", "dumps_flat", "dumps_plain", "dumps_plain_utf8", "dumps_value", "plain",
-           "plain_tree", "PLAIN_TYPES", "loads", "loads_exact", "canonical", "UPCASTERS"]
+__all__ = ["encode", "decode", "dumps", "dumps_flat", "dumps_plain", "dumps_value", "orjson_utf8", "plain",
+           "plain_tree", "FAST_JSON", "PLAIN_TYPES", "loads", "loads_exact", "canonical", "UPCASTERS"]
 
 
 def _live_value_observed_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def dumps_plain(obj: Any) -> str:
     For text, integers within 64 bits, booleans, null, and lists and dicts
     of them with text keys, orjson with sorted keys writes the very text of
     `dumps`; it refuses other integers and lone surrogates, which take
-    `dumps`.  It writes floats differently (`1e16`, not `1e+16`), so callers
+    `dumps`.  It writes floats differently (`1e-7`, not `1e-07`; NaN as null), so callers
     keep them away: check the values with `plain` first.
     """
     if _orjson_dumps is not None:
@@ -65,14 +65,18 @@ def dumps_plain(obj: Any) -> str:
     return dumps(obj)
 
 
-def dumps_plain_utf8(obj: Any) -> bytes:
-    """Return `dumps_plain(obj)` encoded as UTF-8, straight from orjson when it is installed."""
+#: Whether orjson is installed, so that `orjson_utf8` may write anything.
+FAST_JSON = _orjson_dumps is not None
+
+
+def orjson_utf8(obj: Any) -> bytes | None:
+    """Return `dumps_plain(obj)` encoded as UTF-8, straight from orjson; None where orjson is not installed or refuses it."""
     if _orjson_dumps is not None:
         try:
             return _orjson_dumps(obj, option=OPT_SORT_KEYS)
         except TypeError:
             pass
-    return dumps(obj).encode("utf-8")
+    return None
 
 
 def dumps_flat(obj: dict[str, Any]) -> str:

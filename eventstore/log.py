@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Callable, Generator, Protocol, Sequence, 
 
 import attrs
 
-from vmledger.eventstore.codec import PLAIN_TYPES, dumps, dumps_plain_utf8
+from vmledger.eventstore.codec import FAST_JSON, PLAIN_TYPES, dumps_value, orjson_utf8
 from vmledger.eventstore.events import Event
 
 __all__ = [
@@ -115,14 +115,15 @@ def chain_hash(
 ) -> str:
     """Return the SHA-256 link of one event: it covers every stored field and its predecessor.
 
-    That is the SHA-256 of the UTF-8 `dumps` of the fields' list; written
-    through orjson when no field is a float, which only a row changed behind
-    the ledger's back holds (see `dumps_plain`).
+    That is the SHA-256 of the UTF-8 `dumps` of the fields' list: written by
+    orjson where it is installed and no field is a float (which only a row
+    changed behind the ledger's back holds: see `dumps_plain`), else item by
+    item, the same text without the encoder's setup per call.
     """
-    fields = [prev_hash, position, stream, version, type, schema_version, data, metadata, recorded_at]
-    if PLAIN_TYPES.issuperset(map(_type_of, fields)):
-        return hashlib.sha256(dumps_plain_utf8(fields)).hexdigest()
-    return hashlib.sha256(dumps(fields).encode("utf-8")).hexdigest()
+    fields = (prev_hash, position, stream, version, type, schema_version, data, metadata, recorded_at)
+    if FAST_JSON and PLAIN_TYPES.issuperset(map(_type_of, fields)) and (text := orjson_utf8(fields)) is not None:
+        return hashlib.sha256(text).hexdigest()
+    return hashlib.sha256(("[" + ",".join(map(dumps_value, fields)) + "]").encode("utf-8")).hexdigest()
 
 
 _type_of = type  # `chain_hash`'s parameter `type` hides the builtin there

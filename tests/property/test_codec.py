@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from vmledger.eventstore.codec import UPCASTERS, decode, dumps, encode, loads
 from vmledger.eventstore.errors import StorageError
 from vmledger.eventstore.events import EVENT_TYPES, LiveValueObserved, MediaTrayLocked
+from vmledger.eventstore import log as log_module
 from vmledger.eventstore.log import chain_hash, timestamp
 from vmledger.eventstore.hypervisor import Value
 from tests.strategies import devices, event_strategy, events, property_names, values
@@ -157,17 +158,21 @@ def test_temporary_registrations_are_gone() -> None:
     assert (EVENT_TYPES["MediaTrayLocked"], sorted(UPCASTERS)) == (MediaTrayLocked, [("LiveValueObserved", 1)])
 
 
-@given(st.lists(st.none() | st.booleans() | st.integers() | st.floats()
-                | st.text(st.characters(exclude_categories=("Cs",))), min_size=9, max_size=9))
-@example(["h", 1, "s", 1, "T", 1, "{}", "{}", 1e16])  # orjson writes 1e16, json 1e+16
-@example(["h", 2**64, "s", 1, "T", 1, "{}", "{}", "t"])  # beyond orjson's integers
-@example(["h", 1, "s\x00\x1f\u2028\"\\é", 1, "T", True, None, "{}", "t"])
-def test_chain_hash_is_the_sha256_of_the_dumps_of_its_fields(fields: list) -> None:
-    """`chain_hash` writes its fields as `dumps` writes their list, whatever a stored row holds."""
+@pytest.mark.parametrize("fast", [True, False], ids=["orjson", "json"])
+@given(fields=st.lists(st.none() | st.booleans() | st.integers() | st.floats()
+                       | st.text(st.characters(exclude_categories=("Cs",))), min_size=9, max_size=9))
+@example(fields=["h", 1, "s", 1, "T", 1, "{}", "{}", 1e-07])  # orjson writes 1e-7, json 1e-07
+@example(fields=["h", 1, "s", 1, "T", 1, "{}", "{}", float("nan")])  # orjson writes null, json NaN
+@example(fields=["h", 2**64, "s", 1, "T", 1, "{}", "{}", "t"])  # beyond orjson's integers
+@example(fields=["h", 1, "s\x00\x1f\u2028\"\\é", 1, "T", True, None, "{}", "t"])
+def test_chain_hash_is_the_sha256_of_the_dumps_of_its_fields(fields: list, fast: bool) -> None:
+    """`chain_hash`, through orjson or not, writes its fields as `dumps` writes their list, whatever a stored row holds."""
     prev, position, stream, version, type_, schema_version, data, metadata, recorded_at = fields
-    assert chain_hash(prev, position=position, stream=stream, version=version, type=type_,
-                      schema_version=schema_version, data=data, metadata=metadata,
-                      recorded_at=recorded_at) == hashlib.sha256(dumps(fields).encode("utf-8")).hexdigest()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(log_module, "FAST_JSON", fast and log_module.FAST_JSON)
+        assert chain_hash(prev, position=position, stream=stream, version=version, type=type_,
+                          schema_version=schema_version, data=data, metadata=metadata,
+                          recorded_at=recorded_at) == hashlib.sha256(dumps(fields).encode("utf-8")).hexdigest()
 
 
 @given(st.datetimes(datetime(2, 1, 1), datetime(9998, 1, 1)), st.sampled_from([None, timezone.utc, timezone(timedelta(hours=-5)), timezone(timedelta(0), "Z")]))

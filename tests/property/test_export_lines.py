@@ -92,6 +92,7 @@ def test_loads_exact_reads_as_json_does(loader: str, text: str) -> None:
 @given(text=json_texts())
 @example(text='{"a":18446744073709551616}')
 @example(text='{"a":1e16}')
+@example(text='{"a":1e-7}')
 def test_canonical_is_the_dumps_of_the_parse(loader: str, text: str) -> None:
     """`canonical(text)` is `dumps(json.loads(text))` to the character, or raises its error."""
     with _parsing(loader):

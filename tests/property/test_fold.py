@@ -529,13 +529,13 @@ def test_rebuild_fold_leaves_the_collector_as_it_found_it() -> None:
 
 
 def test_rebuild_rows_write_float_values_as_json_does() -> None:
-    """A fold whose config holds a float (which orjson would write as 1e16) gets the state's rows, text for text."""
+    """A fold whose config holds a float (which orjson would write as 1e-7) gets the state's rows, text for text."""
     state = DomainState(uuid="u", name="web", guest_type="pv", running=True, capabilities={"balloon": 0.5},
-                        persistent={"memory": Slot(value=1e16, position=1)}, live={"memory": Slot(value=2, position=2)},
+                        persistent={"memory": Slot(value=1e-07, position=1)}, live={"memory": Slot(value=2, position=2)},
                         marks={"memory": Mark(cause="external", request_id=None, position=2, at=BASE)})
     rows = domain_rows(DomainFold(state))
     assert (rows, rows["drift"][0][2], json.loads(rows["domains"][0][-1])["capabilities"]) == (
-        Model(states={"u": state}).domain_rows("u"), "1e+16", {"balloon": 0.5})
+        Model(states={"u": state}).domain_rows("u"), "1e-07", {"balloon": 0.5})
 
 
 _ANY_TEXT = st.text(st.characters(codec=None, categories=None, exclude_categories=()), max_size=6)
@@ -571,7 +571,7 @@ def _digest_by_json(rows: dict[str, list[tuple]]) -> tuple[Any, ...]:
 
 @settings(database=None, deadline=None, max_examples=300)
 @given(st.dictionaries(st.sampled_from(sorted(TABLES)), st.lists(st.tuples(_CELLS, _CELLS, _CELLS), max_size=3)))
-@example({"live": [("a", "memory", 1e16)]})  # orjson writes 1e16, json 1e+16
+@example({"live": [("a", "memory", 1e-07)]})  # orjson writes 1e-7, json 1e-07
 @example({"drift": [("a", float("nan"), None)]})  # orjson writes null, json NaN
 def test_a_digest_is_of_the_json_text_of_the_rows(rows: dict[str, list[tuple]]) -> None:
     """`verify.digest` (orjson where it writes the same) is the SHA-256 of the rows' `json` text, whatever they hold; so checkpoints stay valid."""
