@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _orjson_dumps = _orjson_loads = None
 
 __all__ = ["encode", "decode", "dumps", "dumps_flat", "dumps_plain", "dumps_value", "orjson_utf8", "plain",
-           "plain_tree", "FAST_JSON", "PLAIN_TYPES", "loads", "loads_exact", "canonical", "UPCASTERS"]
+           "plain_tree", "FAST_JSON", "loads", "loads_exact", "canonical", "UPCASTERS"]
 
 
 def _live_value_observed_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -57,12 +57,8 @@ def dumps_plain(obj: Any) -> str:
     `dumps`.  It writes floats differently (`1e-7`, not `1e-07`; NaN as null), so callers
     keep them away: check the values with `plain` first.
     """
-    if _orjson_dumps is not None:
-        try:
-            return _orjson_dumps(obj, option=OPT_SORT_KEYS).decode()
-        except TypeError:
-            pass
-    return dumps(obj)
+    text = orjson_utf8(obj)
+    return dumps(obj) if text is None else text.decode()
 
 
 #: Whether orjson is installed, so that `orjson_utf8` may write anything.
@@ -70,7 +66,7 @@ FAST_JSON = _orjson_dumps is not None
 
 
 def orjson_utf8(obj: Any) -> bytes | None:
-    """Return `dumps_plain(obj)` encoded as UTF-8, straight from orjson; None where orjson is not installed or refuses it."""
+    """Return orjson's UTF-8 text of `obj`, keys sorted (see `dumps_plain`); None where orjson is not installed or refuses it."""
     if _orjson_dumps is not None:
         try:
             return _orjson_dumps(obj, option=OPT_SORT_KEYS)
@@ -95,19 +91,19 @@ def dumps_value(value: Any) -> str:
 
 
 # The values orjson writes as `dumps` does (with the limits `dumps_plain` catches).
-PLAIN_TYPES = frozenset((str, int, bool, type(None)))
+_PLAIN = frozenset((str, int, bool, type(None)))
 
 
 def plain(values: Iterable[Any]) -> bool:
     """Tell whether `dumps_plain` may write every one of `values` (a config value may be a float, or hold one)."""
-    return all(v.__class__ in PLAIN_TYPES for v in values)
+    return _PLAIN.issuperset(map(type, values))
 
 
 def plain_tree(obj: Any) -> bool:
     """Tell whether `dumps_plain` may write `obj` as a whole: lists and dicts of values `plain` accepts, no float."""
     for value in obj.values() if obj.__class__ is dict else obj if obj.__class__ is list else (obj,):
         kind = value.__class__
-        if kind not in PLAIN_TYPES and not ((kind is dict or kind is list) and plain_tree(value)):
+        if kind not in _PLAIN and not ((kind is dict or kind is list) and plain_tree(value)):
             return False
     return True
 

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Callable, Generator, Protocol, Sequence, 
 
 import attrs
 
-from vmledger.eventstore.codec import FAST_JSON, PLAIN_TYPES, dumps_value, orjson_utf8
+from vmledger.eventstore.codec import FAST_JSON, dumps_value, orjson_utf8, plain
 from vmledger.eventstore.events import Event
 
 __all__ = [
@@ -121,12 +121,9 @@ def chain_hash(
     item, the same text without the encoder's setup per call.
     """
     fields = (prev_hash, position, stream, version, type, schema_version, data, metadata, recorded_at)
-    if FAST_JSON and PLAIN_TYPES.issuperset(map(_type_of, fields)) and (text := orjson_utf8(fields)) is not None:
+    if FAST_JSON and plain(fields) and (text := orjson_utf8(fields)) is not None:
         return hashlib.sha256(text).hexdigest()
     return hashlib.sha256(("[" + ",".join(map(dumps_value, fields)) + "]").encode("utf-8")).hexdigest()
-
-
-_type_of = type  # `chain_hash`'s parameter `type` hides the builtin there
 
 
 class Transaction(Protocol):

@@ -27,7 +27,7 @@ import aiosqlite
 
 from vmledger.eventstore.backends.common import CHUNK
 from vmledger.eventstore.backends.sqlite import SyncTx
-from vmledger.eventstore.codec import PLAIN_TYPES, dumps, dumps_plain
+from vmledger.eventstore.codec import dumps, dumps_plain, plain
 from vmledger.eventstore.errors import ChainBrokenError
 from vmledger.eventstore.log import run_steps_sync
 from vmledger.projections._parts import PartRows
@@ -239,8 +239,8 @@ def digest(rows: Group) -> str:
     a row changed behind the ledger's back): the same text, quicker.
     """
     tree = [[table, rows.get(table, [])] for table in TABLES]
-    kinds = set(map(type, itertools.chain.from_iterable(itertools.chain.from_iterable(rows.values()))))
-    return hashlib.sha256((dumps_plain(tree) if kinds <= PLAIN_TYPES else dumps(tree)).encode()).hexdigest()
+    cells = itertools.chain.from_iterable(itertools.chain.from_iterable(rows.values()))
+    return hashlib.sha256((dumps_plain(tree) if plain(cells) else dumps(tree)).encode()).hexdigest()
 
 
 def compare(expected: Group, actual: Group) -> None:
