@@ -28,7 +28,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence, TypeVar
 
 import aiosqlite
 import attrs
@@ -43,7 +43,7 @@ from vmledger.eventstore.errors import (
     StorageError,
 )
 from vmledger.eventstore.events import Event
-from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync
+from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, Step, run_steps_sync
 
 __all__ = ["SQLiteEventLog", "SyncTx"]
 
@@ -170,6 +170,24 @@ class _PartRows:
                 last = rows[-1][0]
         finally:
             conn.close()
+
+
+class _Stopped(Exception):
+    """Rolls back a long write whose caller was cancelled, at its next statement (see `_stoppable`)."""
+
+
+def _stoppable(steps: Generator[Step, Any, T], stop: threading.Event) -> Generator[Step, Any, T]:
+    """Yield the steps of `steps`, raising `_Stopped` before the first one after `stop` is set."""
+    with contextlib.closing(steps):
+        reply = None
+        while True:
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+            if stop.is_set():
+                raise _Stopped()
+            reply = yield step
 
 
 def _retrieved(done: asyncio.Future[Any]) -> None:
@@ -407,8 +425,12 @@ class SQLiteEventLog(LogReads):
 
     # Writing.
 
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _write(self, fn: Callable[..., T], *args: Any, stop: threading.Event | None = None) -> T:
         """Run `fn(connection, *args)` in one durable write transaction, in the writer thread.
+
+        Given `stop`, which `fn` checks as it goes (see `_stoppable`), a
+        cancelled caller sets it, so that the transaction rolls back early
+        rather than run on unseen.
 
         Raises:
             StorageError: SQLite failed; nothing of `fn`'s writes was kept.
@@ -422,6 +444,10 @@ class SQLiteEventLog(LogReads):
                 result = await asyncio.shield(done)
             except sqlite3.Error as e:
                 raise _storage_error(e) from e
+            except asyncio.CancelledError:
+                if stop is not None:
+                    stop.set()
+                raise
             self.commits += 1
         if self._checkpointer is not None:
             self._checkpointer.nudge()
@@ -506,13 +532,16 @@ class SQLiteEventLog(LogReads):
         Appends wait meanwhile (other processes up to their busy timeout), so
         nothing is missed.  `progress(position, head)` is called from the
         writer thread.  Returns the last position folded.  A long log is
-        folded by worker processes that read the file themselves.
+        folded by worker processes that read the file themselves.  Cancelled,
+        it rolls back at its next statement, leaving the projections as they
+        were.
 
         Raises:
             StorageError: SQLite failed; the projections are unchanged.
         """
-        return await self._write(
-            lambda conn: run_steps_sync(SyncTx(conn), self._projector.rebuild(progress, self.part_rows)))
+        stop = threading.Event()
+        return await self._write(lambda conn: run_steps_sync(
+            SyncTx(conn), _stoppable(self._projector.rebuild(progress, self.part_rows), stop)), stop=stop)
 
     # Reading.
 

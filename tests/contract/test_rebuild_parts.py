@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 import tempfile
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -234,6 +235,45 @@ def test_a_rebuild_in_parts_that_fails_to_write_stops_its_workers_and_changes_no
     message, rows = asyncio.run(go())
     assert (message.startswith("the disk is full"), rows, _children() - before) == (
         True, {table: [] for table in rows}, set())
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_a_cancelled_rebuild_stops_at_its_next_statement_and_changes_nothing(tmp_path: Any, parts: int) -> None:
+    """A rebuild cancelled (Ctrl-C) while it folds rolls back at its next statement, rather than run on unseen and commit: the rows it would have replaced stay, its workers stop, and a rebuild after it replaces them."""
+    path = str(tmp_path / "ledger.db")
+    before = _children()
+
+    async def go() -> tuple[Any, ...]:
+        incremental = await _append_fleet(path)
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("DELETE FROM history")  # what the rebuild would put back
+        seen: list[int] = []
+        folding, resume = asyncio.Event(), threading.Event()
+        loop = asyncio.get_running_loop()
+
+        def progress(at: int, head: int) -> None:  # in the writer thread: hold it until the caller is cancelled
+            seen.append(at)
+            if len(seen) == 1:
+                loop.call_soon_threadsafe(folding.set)
+                resume.wait(30)
+
+        projector = TableProjector(chunk=4, parts=parts, parts_from=0)
+        async with SQLiteEventLog(path, projector) as log:
+            rebuild = asyncio.ensure_future(log.rebuild(progress))
+            await folding.wait()
+            rebuild.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await rebuild
+            resume.set()
+        # Closed: the writer thread has ended its transaction, one way or the other.
+        async with SQLiteEventLog(path, projector) as log:
+            left = await table_rows(log.fetch_all)
+            await log.rebuild()
+            return incremental, seen, left, await table_rows(log.fetch_all)
+
+    incremental, seen, left, rebuilt = asyncio.run(go())
+    assert (max(seen) < 60, left, rebuilt, _children() - before) == (
+        True, {**incremental, "history": []}, incremental, set())
 
 
 def test_a_rebuild_in_parts_reads_the_file_the_log_opened_after_a_change_of_directory(
