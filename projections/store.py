@@ -81,9 +81,15 @@ SCHEMA: tuple[str, ...] = (
 class DuplicateRequestError(InvalidRequestError):
     """Raised when an append records a request id that the history already holds."""
 
-    def __init__(self, request_id: str) -> None:
-        super().__init__(f"request id {request_id!r} is already recorded")
+    def __init__(self, request_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"request id {request_id!r} is already recorded")
         self.request_id = request_id
+
+
+def _refusing(error: InvalidRequestError, rec: RecordedEvent) -> InvalidRequestError:
+    """Return `error`, which refuses `rec`, with `rec` as its `refused`: an import names where its export fails."""
+    error.refused = rec  # type: ignore[attr-defined]
+    return error
 
 
 def _insert(table: str) -> str:
@@ -442,14 +448,14 @@ class _Batch:
             for rec in records:
                 e = rec.event
                 if isinstance(e, ChangeRequested) and e.request_id in model.history:
-                    raise DuplicateRequestError(e.request_id)
+                    raise _refusing(DuplicateRequestError(e.request_id), rec)
                 if isinstance(e, DomainDefined):
                     stored = yield ("fetch_all", "SELECT uuid FROM domains WHERE name = ? AND defined = 1",
                                     (e.domain,))
                     # A domain this batch holds is as the model has it; any other, as stored.
                     if (any(uuid not in model.states for (uuid,) in stored)
                             or any(s.defined and s.name == e.domain for s in model.states.values())):
-                        raise InvalidRequestError(f"domain {e.domain!r} is already defined")
+                        raise _refusing(InvalidRequestError(f"domain {e.domain!r} is already defined"), rec)
                 model.feed(rec)
         except BaseException:
             for saved, into in ((states, model.states), (history, model.history)):

@@ -938,6 +938,15 @@ class Ledger(Replaying):
                 raise
             # The fold refuses an event: the chain holds, but no ledger wrote it.
             raise InvalidRequestError(f"the export's events do not fold: {e}") from e
+        except InvalidRequestError as e:
+            refused = getattr(e, "refused", None)  # an event the store refuses, as it would an append
+            if refused is None:
+                raise
+            text = (f"the export's events do not fold: {e} "
+                    f"({type(refused.event).__name__} at position {refused.position})")
+            if isinstance(e, DuplicateRequestError):
+                raise DuplicateRequestError(e.request_id, text) from e
+            raise InvalidRequestError(text) from e
         return checker.position
 
     # Maintenance.

@@ -13,7 +13,7 @@ from vmledger import ledger as ledger_module
 from vmledger.eventstore.codec import dumps
 from vmledger.eventstore.log import chain_hash
 from vmledger.adapters.simulated import SimulatedHypervisor
-from vmledger.projections.store import table_rows
+from vmledger.projections.store import DuplicateRequestError, table_rows
 
 GiB = 2**30
 
@@ -77,20 +77,34 @@ def test_damaged_export_imports_nothing(tmp_path: Any) -> None:
     assert (position, head) == (6, 0)
 
 
-def _defined_again(lines: list[str]) -> str:
-    """Return an export line that continues `lines`' chain: the first domain defined again under its name, on a new stream."""
-    first, last = json.loads(lines[0]), json.loads(lines[-1])
-    fields = {**first, "stream": "f" * 32, "data": {**first["data"], "uuid": "f" * 32},
-              "position": last["position"] + 1, "version": 1}
-    fields["hash"] = chain_hash(last["hash"], position=fields["position"], stream=fields["stream"], version=1,
+def _continued(lines: list[str], how: str) -> tuple[str, type, str]:
+    """Return an export line that continues `lines`' chain with an event the store refuses, its error type and text.
+
+    `how`: the first domain defined again under its name, on a new stream; or
+    the first request asked again, with its request id, on its stream.
+    """
+    events, last = [json.loads(line) for line in lines], json.loads(lines[-1])
+    if how == "defined again":
+        first = events[0]
+        fields = {**first, "stream": "f" * 32, "data": {**first["data"], "uuid": "f" * 32}, "version": 1}
+        refusal = (vmledger.InvalidRequestError, f"domain {first['data']['domain']!r} is already defined")
+    else:
+        first = next(e for e in events if e["type"].endswith("Requested"))
+        version = max(e["version"] for e in events if e["stream"] == first["stream"]) + 1
+        fields = {**first, "version": version}
+        refusal = (DuplicateRequestError, f"request id {first['data']['request_id']!r} is already recorded")
+    fields["position"] = position = last["position"] + 1
+    fields["hash"] = chain_hash(last["hash"], position=position, stream=fields["stream"], version=fields["version"],
                                 type=fields["type"], schema_version=fields["schema_version"], data=dumps(fields["data"]),
                                 metadata=dumps(fields["metadata"]), recorded_at=fields["recorded_at"])
-    return dumps(fields)
+    return dumps(fields), refusal[0], (
+        f"the export's events do not fold: {refusal[1]} ({fields['type']} at position {position})")
 
 
+@pytest.mark.parametrize("how", ["defined again", "requested again"])
 def test_an_import_the_fold_refuses_at_its_end_imports_nothing(
-        tmp_path: Any, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An export whose chain holds but whose last event the fold refuses is refused whole, chunks already folded included; the ledger stays empty, and takes the good export after."""
+        tmp_path: Any, url: str, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """An export whose chain holds but whose last event the store refuses (a defined name, a request id used again) is refused whole, naming that event, chunks already folded included; the ledger stays empty, and takes the good export after."""
     monkeypatch.setattr(ledger_module, "_IMPORT_CHUNK", 2)
     sim = SimulatedHypervisor(tmp_path / "sim.json")
 
@@ -98,15 +112,17 @@ def test_an_import_the_fold_refuses_at_its_end_imports_nothing(
         async with vmledger.open(str(tmp_path / "a.db"), hypervisor=sim) as a:
             await _story(a)
             good = [line async for line in a.export()]
+        bad, *expected = _continued(good, how)
         async with vmledger.open(url, hypervisor=sim) as b:
             with pytest.raises(vmledger.InvalidRequestError) as caught:
-                await b.import_lines(lambda: [*good, _defined_again(good)])
-            refused = str(caught.value), await b.log.head(), await table_rows(b.log.fetch_all)
+                await b.import_lines(lambda: [*good, bad])
+            refused = [type(caught.value), str(caught.value)], expected, await b.log.head(), await table_rows(
+                b.log.fetch_all)
             await b.import_lines(lambda: good)
             return refused, [line async for line in b.export()], await b.verify(), good
 
-    (error, head, rows), imported, verified, good = asyncio.run(go())
-    assert error == "domain 'web' is already defined"
+    (error, expected, head, rows), imported, verified, good = asyncio.run(go())
+    assert error == expected
     assert head == 0
     assert all(not table for name, table in rows.items() if name != "projection_position"), rows
     assert imported == good
