@@ -54,6 +54,8 @@ def from_line(line: str, number: int) -> tuple[Any, ...]:
 def checked_chunks(lines: Iterable[str], checker: ChainChecker, size: int) -> Iterator[list[tuple[Any, ...]]]:
     """Yield the rows of an export's lines `size` at a time, each chunk checked by `checker` before it is yielded.
 
+    Blank lines are skipped; errors number the lines as `lines` gives them.
+
     Where a line is no export line (or reading `lines` raises a
     `VmledgerError`), or breaks the chain, the rows before it are yielded
     first, then its error is raised once they are taken: so a caller that
@@ -75,7 +77,8 @@ def checked_chunks(lines: Iterable[str], checker: ChainChecker, size: int) -> It
                 line = next(lines, None)
                 if line is not None:
                     number += 1
-                    rows.append(from_line(line, number))
+                    if line.strip():
+                        rows.append(from_line(line, number))
             except VmledgerError as e:  # a line that is no export line, or one that cannot be read
                 failure, line = e, None
         try:

@@ -612,8 +612,7 @@ def _export_file(name: str) -> Callable[[], Iterable[str]]:
                 except UnicodeDecodeError as e:
                     raise InvalidRequestError(f"line {number} of {'standard input' if name == '-' else name} "
                                               f"is not UTF-8 text ({e.reason})") from e
-                if line.strip():
-                    yield line
+                yield line
 
     return lines
 

@@ -905,7 +905,8 @@ class Ledger(Replaying):
     async def import_lines(self, lines: Callable[[], Iterable[str]]) -> int:
         """Import an exported log into this empty ledger, all or nothing; return the last position.
 
-        `lines()` is read once, a chunk at a time: each chunk's chain is
+        `lines()` is read once, a chunk at a time (blank lines are skipped,
+        but counted in the line numbers of errors): each chunk's chain is
         checked, then its events are stored and folded, all in one
         transaction.  The first error that importing line by line would meet
         rolls it back whole: the ledger stays empty.  So does cancelling the

@@ -374,6 +374,19 @@ def test_import_names_a_line_that_is_not_utf8_and_imports_nothing(web: Cli, monk
     assert web("--db", "copy.db", "import", "-") == (0, "imported 3 events; chain verified\n", "")
 
 
+def test_import_skips_blank_lines_and_names_a_bad_line_by_its_number_in_the_file(web: Cli) -> None:
+    """Blank lines in an export are skipped, yet counted: an error names the line as an editor numbers it."""
+    _, export, _ = web("--db", "l.db", "export")
+    first, *rest = export.splitlines(keepends=True)
+    pathlib.Path("spaced.jsonl").write_text("\n" + first + "  \n" + "".join(rest) + "\n")
+    pathlib.Path("bad.jsonl").write_text("\n" + first + "\n" + "[]\n" + "".join(rest))
+    code, out, err = web("--db", "copy.db", "import", "bad.jsonl")
+    assert (code, out, err.startswith("vmledger: error: line 4: not an exported event")) == (2, "", True), err
+    assert web("--db", "copy.db", "events") == (0, "", "")
+    assert web("--db", "copy.db", "import", "spaced.jsonl") == (0, "imported 3 events; chain verified\n", "")
+    assert web("--db", "copy.db", "export")[1] == export
+
+
 def test_import_of_a_missing_file_creates_no_ledger(cli: Cli) -> None:
     """`import` of a file that does not exist exits 2 saying so, and leaves no ledger behind."""
     assert cli("--db", "new.db", "import", "nothing.jsonl") == (

@@ -296,6 +296,27 @@ def _certificates(tmp: Any) -> tuple[str, str, str]:
     return tuple(str(p) for p in paths)  # type: ignore[return-value]
 
 
+def test_import_reads_lines_as_the_command_line_does(tmp_path: Any) -> None:
+    """`POST /v1/import` breaks lines at newlines only, as `vmledger import` reads a file: a U+2028 in a line's text stays in it, and blank lines are skipped."""
+    need_serve()
+    from vmledger.eventstore.backends.common import chained_rows
+    from vmledger.eventstore.events import DomainDefined
+    from vmledger.eventstore.log import Metadata
+    from vmledger.eventstore.transfer import to_line
+
+    event = DomainDefined(domain="web", uuid="0" * 32, guest_type="pv", capabilities={"balloon": True},
+                          config={"memory": GiB, "max_memory": GiB, "vcpus": 1, "max_vcpus": 1, "numa_nodes": 1})
+    (row,), _ = chained_rows("0" * 32, 0, [event], Metadata(principal="a\u2028b"),
+                             dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), 0, None)
+    line = to_line(row)
+    with served(f"sqlite:///{tmp_path}/ledger.db", str(tmp_path / "server.log")) as server, \
+            server.client("alice") as c:
+        imported = c.post("/v1/import", content=f"\n{line}\n\n".encode())
+        exported = c.get("/v1/export")
+    assert ("\u2028" in line, imported.status_code, imported.json(), exported.text) == (
+        True, 200, {"position": 1}, line + "\n")
+
+
 def test_tls_with_a_test_made_certificate(tmp_path: Any) -> None:
     """Over HTTPS the client trusts the server when told the CA, and refuses it otherwise."""
     need_serve()

@@ -558,7 +558,7 @@ async def import_log(request: Request) -> Position:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InvalidRequestError(f"the export is not UTF-8 text: {e}") from e
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = text.split("\n")  # as the command line reads a file: U+2028 in a message is no line break
     return {"position": await _svc(request).ledger.import_lines(lambda: lines)}
 
 
