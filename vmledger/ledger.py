@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 import getpass
 import logging
-import threading
 import weakref
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, TypeVar, cast
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar, cast
 
 import attrs
 
@@ -82,10 +81,6 @@ _IMPORT_CHUNK = 2000
 #: the system has no name for the user, this.
 UNKNOWN_PRINCIPAL = "unknown"
 _log = logging.getLogger("vmledger")
-
-
-class _Interrupted(Exception):
-    """Rolls back an import whose caller was cancelled (interrupted), at its next chunk."""
 
 
 class Ledger(Replaying):
@@ -921,19 +916,8 @@ class Ledger(Replaying):
         if await self.log.head():
             raise InvalidRequestError("import needs an empty ledger")
         checker = transfer.ChainChecker(decode=scan)
-        interrupted = threading.Event()
-
-        def chunks() -> Iterator[list[tuple]]:
-            for chunk in transfer.checked_chunks(lines(), checker, _IMPORT_CHUNK):
-                if interrupted.is_set():  # the writer thread goes on alone: roll back, not finish unseen
-                    raise _Interrupted()
-                yield chunk
-
         try:
-            await self.log.import_rows(chunks())
-        except asyncio.CancelledError:
-            interrupted.set()
-            raise
+            await self.log.import_rows(transfer.checked_chunks(lines(), checker, _IMPORT_CHUNK))
         except ValueError as e:
             if isinstance(e, UnicodeError):  # reading `lines()` failed: no export line to speak of
                 raise

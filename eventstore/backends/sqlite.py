@@ -173,7 +173,7 @@ class _PartRows:
 
 
 class _Stopped(Exception):
-    """Rolls back a long write whose caller was cancelled, at its next statement (see `_stoppable`)."""
+    """Rolls back a long write whose caller was cancelled (see `_write`)."""
 
 
 def _stoppable(steps: Generator[Step, Any, T], stop: threading.Event) -> Generator[Step, Any, T]:
@@ -504,17 +504,22 @@ class SQLiteEventLog(LogReads):
         `chunks` gives the rows a chunk at a time and is read in the writer
         thread; the caller checks the chain (see `transfer.checked_chunks`),
         this checks only that the rows continue the stored log.  Whatever
-        reading or folding a chunk raises rolls back every chunk.
+        reading or folding a chunk raises rolls back every chunk, as does
+        cancelling the call, at the next chunk.
 
         Raises:
             InvalidRequestError: the rows do not start right after the last stored event.
             StorageError: SQLite failed; nothing was written.
         """
-        await self._write(self._import, chunks)
+        stop = threading.Event()
+        await self._write(self._import, chunks, stop, stop=stop)
 
-    def _import(self, conn: sqlite3.Connection, chunks: Iterable[Sequence[Sequence[Any]]]) -> None:
+    def _import(self, conn: sqlite3.Connection, chunks: Iterable[Sequence[Sequence[Any]]],
+                stop: threading.Event) -> None:
         head = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
         for rows in chunks:
+            if stop.is_set():
+                raise _Stopped()
             if rows[0][0] != head + 1:
                 raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
             conn.executemany(INSERT, rows)
