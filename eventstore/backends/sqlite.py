@@ -309,7 +309,12 @@ class SQLiteEventLog(LogReads):
             # The writer first: a plain connect turns the common failures
             # (missing directory, no permission) into a clean error, where a
             # failed aiosqlite connect leaves its worker thread behind.
-            self._writer = await self._run(self._open_writer)
+            stop = threading.Event()  # an open that rebuilds rows older rules made stops as a rebuild does
+            try:
+                self._writer = await self._run(self._open_writer, stop)
+            except asyncio.CancelledError:
+                stop.set()
+                raise
             if self.path != ":memory:":
                 self._checkpointer = await self._run(_Checkpointer, self.path, self._busy_ms)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -362,7 +367,7 @@ class SQLiteEventLog(LogReads):
                 conn.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _open_writer(self) -> sqlite3.Connection:
+    def _open_writer(self, stop: threading.Event) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             _check_ledger(conn, self.path, create=self._create)
@@ -383,7 +388,7 @@ class SQLiteEventLog(LogReads):
                 for statement in schema:
                     conn.execute(statement)
                 # The events are committed, so a long log's worker processes can read it meanwhile.
-                run_steps_sync(SyncTx(conn), self._projector.upgrade(self.part_rows))
+                run_steps_sync(SyncTx(conn), _stoppable(self._projector.upgrade(self.part_rows), stop))
                 conn.execute(f"PRAGMA user_version = {stamp}")
                 conn.execute("COMMIT")
         except BaseException:

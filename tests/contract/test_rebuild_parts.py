@@ -10,7 +10,7 @@ import sqlite3
 import tempfile
 import threading
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable, Generator
 
 import pytest
 from hypothesis import example, given, settings
@@ -322,6 +322,67 @@ def test_opening_a_ledger_of_older_rules_rebuilds_it_in_parts(
     with caplog.at_level(logging.WARNING, logger="vmledger"):
         assert asyncio.run(reopened()) == incremental
     assert [r.message.split(" (")[0] for r in caplog.records] == ["rebuild: the worker processes failed"]
+
+
+class _HeldUpgrade(TableProjector):
+    """A projector whose upgrade, once it has begun rebuilding, holds the writer thread until told to go on."""
+
+    def __init__(self, folding: Callable[[], None], resume: threading.Event, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._folding, self._resume = folding, resume
+
+    def upgrade(self, parts: Any = None) -> Generator[Any, Any, bool]:
+        steps, reply, taken = super().upgrade(parts), None, 0
+        while True:
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+            taken += 1
+            if taken == 3:  # the rules row and the head are read: the rebuild's first statement
+                self._folding()
+                self._resume.wait(30)
+            reply = yield step
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_an_open_cancelled_while_it_rebuilds_rows_of_older_rules_changes_nothing(tmp_path: Any, parts: int) -> None:
+    """Opening a ledger of older rules rebuilds its rows; cancelled meanwhile (Ctrl-C), it rolls back at its next statement rather than finish unseen: the rows and the schema stamp stay, and the next open rebuilds them."""
+    path = str(tmp_path / "ledger.db")
+    incremental = asyncio.run(_append_fleet(path))
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        # As a version that named no rules left the file (see the test above).
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("DELETE FROM projection_position WHERE name = 'rules'")
+        conn.execute("UPDATE domains SET version = version + 1")
+    before = _children()
+
+    async def go() -> None:
+        folding, resume = asyncio.Event(), threading.Event()
+        loop = asyncio.get_running_loop()
+        projector = _HeldUpgrade(lambda: loop.call_soon_threadsafe(folding.set), resume,
+                                 chunk=4, parts=parts, parts_from=0)
+        opening = asyncio.ensure_future(SQLiteEventLog(path, projector).__aenter__())
+        async with asyncio.timeout(30):
+            await folding.wait()
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        resume.set()
+
+    asyncio.run(go())
+    with contextlib.closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")  # waits for the writer thread to end its transaction
+        left = conn.execute("PRAGMA user_version").fetchone()[0], sorted(conn.execute("SELECT version FROM domains"))
+        conn.execute("ROLLBACK")
+
+    async def reopened() -> dict:
+        async with SQLiteEventLog(path, TableProjector()) as log:
+            return await table_rows(log.fetch_all)
+
+    stale = sorted((row[5] + 1,) for row in incremental["domains"])
+    assert (left, _children() - before) == ((1, stale), set())
+    assert asyncio.run(reopened()) == incremental
 
 
 def _verified(path: str, projector: TableProjector, tamper: str = "") -> tuple[Any, ...]:
