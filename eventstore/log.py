@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import threading
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Generator, Protocol, Sequence, TypeVar
 
@@ -22,6 +23,7 @@ __all__ = [
     "Step",
     "run_steps",
     "run_steps_sync",
+    "Stopped",
     "EventLog",
     "EventFilter",
     "GENESIS_HASH",
@@ -210,8 +212,17 @@ async def run_steps(tx: Transaction, steps: Generator[Step, Any, T]) -> T:
             reply = await getattr(tx, method)(sql, params)
 
 
-def run_steps_sync(tx: SyncTransaction, steps: Generator[Step, Any, T]) -> T:
-    """Do what `run_steps` does, through a synchronous transaction."""
+class Stopped(Exception):
+    """Raised in a thread's transaction whose caller was cancelled, so that it rolls back (see `run_steps_sync`)."""
+
+
+def run_steps_sync(tx: SyncTransaction, steps: Generator[Step, Any, T], stop: threading.Event | None = None) -> T:
+    """Do what `run_steps` does, through a synchronous transaction.
+
+    Raises:
+        Stopped: `stop` is set, checked before each statement: a cancelled
+            caller sets it, so that its thread stops rather than run on unseen.
+    """
     reply = None
     with contextlib.closing(steps):
         while True:
@@ -219,6 +230,8 @@ def run_steps_sync(tx: SyncTransaction, steps: Generator[Step, Any, T]) -> T:
                 method, sql, params = steps.send(reply)
             except StopIteration as done:
                 return done.value
+            if stop is not None and stop.is_set():
+                raise Stopped()
             reply = getattr(tx, method)(sql, params)
 
 

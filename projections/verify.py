@@ -21,7 +21,8 @@ import itertools
 import os
 import sqlite3
 import tempfile
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+import threading
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import aiosqlite
 
@@ -61,6 +62,7 @@ _INSERT = {table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('
 _INSERT["outcome_days"] = ADD_OUTCOME_DAYS
 _HISTORY_BY_ID = f"SELECT {', '.join(TABLES['history'][0])} FROM history WHERE request_id = ?"
 Group = dict[str, list[tuple]]
+T = TypeVar("T")
 #: The scratch database's settings: a file thrown away, never read after a crash.
 _SCRATCH = ("journal_mode = OFF", "synchronous = OFF")
 
@@ -86,7 +88,7 @@ async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK, pa
     with tempfile.TemporaryDirectory(prefix="vmledger-verify-") as tmp:
         path = os.path.join(tmp, "expected.db")
         projector = projector or TableProjector(chunk=chunk)
-        if parts is None or not projector.folds_in_parts(head) or not await asyncio.to_thread(
+        if parts is None or not projector.folds_in_parts(head) or not await _in_thread(
                 _fold_in_parts, path, projector, parts, head):
             await _fold(path, rows, chunk)
         async with aiosqlite.connect(path) as db:
@@ -97,7 +99,17 @@ async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK, pa
             yield fetch_all
 
 
-def _fold_in_parts(path: str, projector: TableProjector, parts: PartRows, head: int) -> bool:
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Return `fn(*args, stop)` run in a thread; cancelled, set `stop`, which `fn` checks as it goes."""
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(fn, *args, stop)
+    except asyncio.CancelledError:
+        stop.set()  # else the thread runs on, and the process waits for it to end before it exits
+        raise
+
+
+def _fold_in_parts(path: str, projector: TableProjector, parts: PartRows, head: int, stop: threading.Event) -> bool:
     """Fold the log up to `head` into a new scratch database at `path` in worker processes; False if it cannot be.
 
     Then nothing is left at `path`.
@@ -109,7 +121,7 @@ def _fold_in_parts(path: str, projector: TableProjector, parts: PartRows, head: 
         for statement in SCHEMA:
             conn.execute(statement)
         conn.execute("BEGIN")
-        if run_steps_sync(SyncTx(conn), projector.fold_in_parts(parts, head)):
+        if run_steps_sync(SyncTx(conn), projector.fold_in_parts(parts, head), stop):
             conn.execute("COMMIT")
             return True
     finally:

@@ -28,7 +28,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import aiosqlite
 import attrs
@@ -43,7 +43,7 @@ from vmledger.eventstore.errors import (
     StorageError,
 )
 from vmledger.eventstore.events import Event
-from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, Step, run_steps_sync
+from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, Stopped, run_steps_sync
 
 __all__ = ["SQLiteEventLog", "SyncTx"]
 
@@ -170,24 +170,6 @@ class _PartRows:
                 last = rows[-1][0]
         finally:
             conn.close()
-
-
-class _Stopped(Exception):
-    """Rolls back a long write whose caller was cancelled (see `_write`)."""
-
-
-def _stoppable(steps: Generator[Step, Any, T], stop: threading.Event) -> Generator[Step, Any, T]:
-    """Yield the steps of `steps`, raising `_Stopped` before the first one after `stop` is set."""
-    with contextlib.closing(steps):
-        reply = None
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration as done:
-                return done.value
-            if stop.is_set():
-                raise _Stopped()
-            reply = yield step
 
 
 def _retrieved(done: asyncio.Future[Any]) -> None:
@@ -388,7 +370,7 @@ class SQLiteEventLog(LogReads):
                 for statement in schema:
                     conn.execute(statement)
                 # The events are committed, so a long log's worker processes can read it meanwhile.
-                run_steps_sync(SyncTx(conn), _stoppable(self._projector.upgrade(self.part_rows), stop))
+                run_steps_sync(SyncTx(conn), self._projector.upgrade(self.part_rows), stop)
                 conn.execute(f"PRAGMA user_version = {stamp}")
                 conn.execute("COMMIT")
         except BaseException:
@@ -433,7 +415,7 @@ class SQLiteEventLog(LogReads):
     async def _write(self, fn: Callable[..., T], *args: Any, stop: threading.Event | None = None) -> T:
         """Run `fn(connection, *args)` in one durable write transaction, in the writer thread.
 
-        Given `stop`, which `fn` checks as it goes (see `_stoppable`), a
+        Given `stop`, which `fn` checks as it goes (see `run_steps_sync`), a
         cancelled caller sets it, so that the transaction rolls back early
         rather than run on unseen.
 
@@ -524,7 +506,7 @@ class SQLiteEventLog(LogReads):
         head = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
         for rows in chunks:
             if stop.is_set():
-                raise _Stopped()
+                raise Stopped()
             if rows[0][0] != head + 1:
                 raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
             conn.executemany(INSERT, rows)
@@ -550,8 +532,8 @@ class SQLiteEventLog(LogReads):
             StorageError: SQLite failed; the projections are unchanged.
         """
         stop = threading.Event()
-        return await self._write(lambda conn: run_steps_sync(
-            SyncTx(conn), _stoppable(self._projector.rebuild(progress, self.part_rows), stop)), stop=stop)
+        steps = self._projector.rebuild(progress, self.part_rows)
+        return await self._write(lambda conn: run_steps_sync(SyncTx(conn), steps, stop), stop=stop)
 
     # Reading.
 

@@ -324,25 +324,41 @@ def test_opening_a_ledger_of_older_rules_rebuilds_it_in_parts(
     assert [r.message.split(" (")[0] for r in caplog.records] == ["rebuild: the worker processes failed"]
 
 
-class _HeldUpgrade(TableProjector):
-    """A projector whose upgrade, once it has begun rebuilding, holds the writer thread until told to go on."""
+class _Held(TableProjector):
+    """A projector whose first rebuild or fold in parts, once under way, holds its thread until told to go on.
 
-    def __init__(self, folding: Callable[[], None], resume: threading.Event, **kwargs: Any) -> None:
+    `folding()` is called (from that thread) as it holds; `ended` is set once
+    the held steps are closed, whether they ran to their end or were stopped.
+    """
+
+    def __init__(self, folding: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._folding, self._resume = folding, resume
+        self._folding, self.resume, self.ended, self.taken = folding, threading.Event(), threading.Event(), 0
+
+    def _held(self, steps: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+        held, reply = not self.taken, None
+        try:
+            with contextlib.closing(steps):
+                while True:
+                    try:
+                        step = steps.send(reply)
+                    except StopIteration as done:
+                        return done.value
+                    if held:
+                        self.taken += 1
+                        if self.taken == 3:  # the fold's first statements are done
+                            self._folding()
+                            self.resume.wait(30)
+                    reply = yield step
+        finally:
+            if held:
+                self.ended.set()
 
     def upgrade(self, parts: Any = None) -> Generator[Any, Any, bool]:
-        steps, reply, taken = super().upgrade(parts), None, 0
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration as done:
-                return done.value
-            taken += 1
-            if taken == 3:  # the rules row and the head are read: the rebuild's first statement
-                self._folding()
-                self._resume.wait(30)
-            reply = yield step
+        return (yield from self._held(super().upgrade(parts)))
+
+    def fold_in_parts(self, *args: Any, **kwargs: Any) -> Generator[Any, Any, bool]:
+        return (yield from self._held(super().fold_in_parts(*args, **kwargs)))
 
 
 @pytest.mark.parametrize("parts", [1, 2])
@@ -358,17 +374,15 @@ def test_an_open_cancelled_while_it_rebuilds_rows_of_older_rules_changes_nothing
     before = _children()
 
     async def go() -> None:
-        folding, resume = asyncio.Event(), threading.Event()
-        loop = asyncio.get_running_loop()
-        projector = _HeldUpgrade(lambda: loop.call_soon_threadsafe(folding.set), resume,
-                                 chunk=4, parts=parts, parts_from=0)
+        folding, loop = asyncio.Event(), asyncio.get_running_loop()
+        projector = _Held(lambda: loop.call_soon_threadsafe(folding.set), chunk=4, parts=parts, parts_from=0)
         opening = asyncio.ensure_future(SQLiteEventLog(path, projector).__aenter__())
         async with asyncio.timeout(30):
             await folding.wait()
         opening.cancel()
         with pytest.raises(asyncio.CancelledError):
             await opening
-        resume.set()
+        projector.resume.set()
 
     asyncio.run(go())
     with contextlib.closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as conn:
@@ -399,6 +413,32 @@ def _verified(path: str, projector: TableProjector, tamper: str = "") -> tuple[A
                 return ("raised", type(e), str(e))
 
     return asyncio.run(go())
+
+
+def test_a_verify_cancelled_while_its_workers_fold_stops_them(tmp_path: Any) -> None:
+    """`verify` cancelled (Ctrl-C) while it writes its worker processes' rows stops at its next statement, rather than run on unseen (the process would wait for it before it exits), and stops its workers."""
+    path = str(tmp_path / "ledger.db")
+    asyncio.run(_append_fleet(path))
+    before = _children()
+
+    async def go() -> tuple[bool, int]:
+        folding, loop = asyncio.Event(), asyncio.get_running_loop()
+        projector = _Held(lambda: loop.call_soon_threadsafe(folding.set), chunk=4, parts=2, parts_from=0)
+        async with SQLiteEventLog(path, projector) as log:
+            ledger = Ledger(log, SimulatedHypervisor(path + ".sim.json"), clock=lambda: LOG_START, new_id=str)
+            verifying = asyncio.ensure_future(ledger.verify())
+            async with asyncio.timeout(30):
+                await folding.wait()
+            verifying.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await verifying
+            projector.resume.set()
+            ended = await asyncio.to_thread(projector.ended.wait, 30)
+            return ended, projector.taken
+
+    ended, taken = asyncio.run(go())
+    # The fold of the 60 events, four at a time, takes dozens of statements: it took none after the held one.
+    assert (ended, taken, _children() - before) == (True, 3, set())
 
 
 @settings(database=None, deadline=None, max_examples=10)
