@@ -940,7 +940,9 @@ class Ledger(Replaying):
         """Rebuild every projection from the log; return the position rebuilt to.
 
         `progress(position, head)` is called as the fold goes, possibly from
-        another thread.  Writers wait until the rebuild commits.
+        another thread.  Writers wait until the rebuild commits.  Cancelled
+        (Ctrl-C), it rolls back at its next statement: the projections stay
+        as they were.
         """
         return await self.log.rebuild(progress)
 
