@@ -24,7 +24,7 @@ try:  # orjson (the `bench` extra) reads and writes JSON faster, and the same: s
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson_dumps = _orjson_loads = None
 
-__all__ = ["encode", "decode", "dumps", "dumps_flat", "dumps_plain", "dumps_value", "orjson_utf8", "plain",
+__all__ = ["encode", "decode", "event_data", "dumps", "dumps_flat", "dumps_plain", "dumps_value", "orjson_utf8", "plain",
            "plain_tree", "FAST_JSON", "loads", "loads_exact", "canonical", "UPCASTERS"]
 
 
@@ -141,7 +141,8 @@ def canonical(text: str) -> str:
     return dumps_plain(obj) if is_plain else dumps(obj)
 
 
-def _to_data(event: Event) -> dict[str, Any]:
+def event_data(event: Event) -> dict[str, Any]:
+    """Return the fields of `event` as the JSON data of its row holds them (`encode` writes it, keys sorted)."""
     data: dict[str, Any] = {}
     for field in attrs.fields(type(event)):
         value = getattr(event, field.name)
@@ -151,7 +152,7 @@ def _to_data(event: Event) -> dict[str, Any]:
 
 def encode(event: Event) -> tuple[str, int, str]:
     """Return `(type name, schema version, JSON data)` for `event`."""
-    return event.name, event.schema_version, dumps_flat(_to_data(event))
+    return event.name, event.schema_version, dumps_flat(event_data(event))
 
 
 def decode(name: str, schema_version: int, data: str | dict[str, Any]) -> Event:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime, timedelta, timezone
 from typing import ClassVar
 
@@ -13,9 +14,10 @@ from hypothesis import strategies as st
 
 from vmledger.eventstore.codec import UPCASTERS, decode, dumps, encode, loads
 from vmledger.eventstore.errors import StorageError
-from vmledger.eventstore.events import EVENT_TYPES, LiveValueObserved, MediaTrayLocked
+from vmledger import cli
+from vmledger.eventstore.events import EVENT_TYPES, DomainDefined, Event, LiveValueObserved, MediaTrayLocked
 from vmledger.eventstore import log as log_module
-from vmledger.eventstore.log import chain_hash, timestamp
+from vmledger.eventstore.log import Metadata, RecordedEvent, chain_hash, timestamp
 from vmledger.eventstore.hypervisor import Value
 from tests.strategies import devices, event_strategy, events, property_names, values
 
@@ -181,3 +183,23 @@ def test_timestamp_is_the_utc_time_in_microseconds(when: datetime, tz: timezone 
     when = when.replace(tzinfo=tz)
     reference = (when.replace(tzinfo=timezone.utc) if tz is None else when).astimezone(timezone.utc)
     assert timestamp(when) == reference.isoformat(timespec="microseconds")
+
+
+_ODD_TEXT = st.text(max_size=6) | st.sampled_from(("\u2028", "é", "\"\\", "\x00", "\ud800"))
+
+
+@SETTINGS
+@given(events(), _ODD_TEXT, st.integers(1, 2**63 - 1), st.integers(1, 2**31),
+       st.none() | _ODD_TEXT, st.none() | _ODD_TEXT,
+       st.datetimes(timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30))])))
+@example(event=DomainDefined(domain="web", uuid="u", guest_type="pv", capabilities={"balloon": True},
+                             config={"vcpus": 1, "memory": 2**40, "media:hdc": "/iso/é.iso", "max_vcpus": 2}),
+         stream="s", position=1, version=1, principal="a\u2028b", request_id=None,
+         when=datetime(2026, 1, 1, tzinfo=timezone.utc))
+def test_an_events_line_is_the_json_of_the_event_as_stored(event: Event, stream: str, position: int, version: int,
+                                                          principal: str | None, request_id: str | None,
+                                                          when: datetime) -> None:
+    """`vmledger events` writes each line by pieces, not through the stored text, and still writes its `json.dumps`."""
+    rec = RecordedEvent(position=position, stream=stream, version=version, event=event,
+                        metadata=Metadata(principal=principal, request_id=request_id), recorded_at=when)
+    assert cli._event_line(rec) == json.dumps(cli._event_json(rec), ensure_ascii=False)
