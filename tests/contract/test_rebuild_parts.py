@@ -10,7 +10,7 @@ import sqlite3
 import tempfile
 import threading
 from datetime import timedelta
-from typing import Any, Callable, Generator
+from typing import Any, Awaitable, Generator
 
 import pytest
 from hypothesis import example, given, settings
@@ -327,13 +327,22 @@ def test_opening_a_ledger_of_older_rules_rebuilds_it_in_parts(
 class _Held(TableProjector):
     """A projector whose first rebuild or fold in parts, once under way, holds its thread until told to go on.
 
-    `folding()` is called (from that thread) as it holds; `ended` is set once
-    the held steps are closed, whether they ran to their end or were stopped.
+    `ended` is set once the held steps are closed, whether they ran to their
+    end or were stopped; `taken` counts them.
     """
 
-    def __init__(self, folding: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._folding, self.resume, self.ended, self.taken = folding, threading.Event(), threading.Event(), 0
+        self.holding, self.resume, self.ended, self.taken = threading.Event(), threading.Event(), threading.Event(), 0
+
+    async def cancel_while_held(self, work: Awaitable[Any]) -> None:
+        """Run `work` until this projector holds its thread, cancel it, then let the thread go on."""
+        task = asyncio.ensure_future(work)
+        assert await asyncio.to_thread(self.holding.wait, 30), "the fold never began"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        self.resume.set()
 
     def _held(self, steps: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
         held, reply = not self.taken, None
@@ -347,7 +356,7 @@ class _Held(TableProjector):
                     if held:
                         self.taken += 1
                         if self.taken == 3:  # the fold's first statements are done
-                            self._folding()
+                            self.holding.set()
                             self.resume.wait(30)
                     reply = yield step
         finally:
@@ -373,18 +382,8 @@ def test_an_open_cancelled_while_it_rebuilds_rows_of_older_rules_changes_nothing
         conn.execute("UPDATE domains SET version = version + 1")
     before = _children()
 
-    async def go() -> None:
-        folding, loop = asyncio.Event(), asyncio.get_running_loop()
-        projector = _Held(lambda: loop.call_soon_threadsafe(folding.set), chunk=4, parts=parts, parts_from=0)
-        opening = asyncio.ensure_future(SQLiteEventLog(path, projector).__aenter__())
-        async with asyncio.timeout(30):
-            await folding.wait()
-        opening.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await opening
-        projector.resume.set()
-
-    asyncio.run(go())
+    projector = _Held(chunk=4, parts=parts, parts_from=0)
+    asyncio.run(projector.cancel_while_held(SQLiteEventLog(path, projector).__aenter__()))
     with contextlib.closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as conn:
         conn.execute("BEGIN IMMEDIATE")  # waits for the writer thread to end its transaction
         left = conn.execute("PRAGMA user_version").fetchone()[0], sorted(conn.execute("SELECT version FROM domains"))
@@ -421,22 +420,15 @@ def test_a_verify_cancelled_while_its_workers_fold_stops_them(tmp_path: Any) -> 
     asyncio.run(_append_fleet(path))
     before = _children()
 
-    async def go() -> tuple[bool, int]:
-        folding, loop = asyncio.Event(), asyncio.get_running_loop()
-        projector = _Held(lambda: loop.call_soon_threadsafe(folding.set), chunk=4, parts=2, parts_from=0)
+    projector = _Held(chunk=4, parts=2, parts_from=0)
+
+    async def go() -> bool:
         async with SQLiteEventLog(path, projector) as log:
             ledger = Ledger(log, SimulatedHypervisor(path + ".sim.json"), clock=lambda: LOG_START, new_id=str)
-            verifying = asyncio.ensure_future(ledger.verify())
-            async with asyncio.timeout(30):
-                await folding.wait()
-            verifying.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await verifying
-            projector.resume.set()
-            ended = await asyncio.to_thread(projector.ended.wait, 30)
-            return ended, projector.taken
+            await projector.cancel_while_held(ledger.verify())
+            return await asyncio.to_thread(projector.ended.wait, 30)
 
-    ended, taken = asyncio.run(go())
+    ended, taken = asyncio.run(go()), projector.taken
     # The fold of the 60 events, four at a time, takes dozens of statements: it took none after the held one.
     assert (ended, taken, _children() - before) == (True, 3, set())
 
