@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable
 
@@ -68,6 +69,23 @@ class Store:
         else:
             run(self._rewrite_postgres(change))
 
+    def execute(self, sql: str) -> None:
+        """Run one statement straight through the driver (sqlite3 or asyncpg), behind the logs' back."""
+        if self.backend == "sqlite":
+            with contextlib.closing(sqlite3.connect(os.path.join(self.where, "store.db"))) as conn, conn:
+                conn.execute(sql)
+        else:
+            run(self._execute_postgres(sql))
+
+    async def _execute_postgres(self, sql: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.where)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
     async def _rewrite_postgres(self, change: Callable[[list[Row]], list[Row]]) -> None:
         import asyncpg
 
@@ -107,28 +125,33 @@ def test_append_assigns_gap_free_positions_and_versions(store: Store) -> None:
                          (3, "b", 1, "DomainDefined"), (4, "a", 3, "DomainStopped")]
 
 
-def test_rebuild_in_small_chunks_writes_the_rows_the_appends_wrote(store: Store) -> None:
-    """A rebuild reading two events at a time writes exactly the incremental rows, late and open requests too."""
+async def _requests(log: Any) -> None:
+    """Append two running domains' requests: completed, late (a second outcome long after) and in flight."""
     def change(outcome: Outcome, request_id: str, **fields: Any) -> Any:
         return change_event("memory", outcome)(request_id=request_id, property="memory", **fields)
 
+    for name in ("a", "b"):
+        await log.append(name, 0, [_defined(name), DomainStarted(config=CONFIG)], Metadata(), now=T0)
+    versions = {"a": 2, "b": 2}
+    for i in range(4):
+        for name in ("a", "b"):
+            rid, size = f"{name}{i}", 2**29 + i
+            steps = [change(Outcome.REQUESTED, rid, value=size, scope="both", principal="p"),
+                     change(Outcome.APPLIED, rid, scope="persistent", requested=size, value=size),
+                     change(Outcome.PARTIALLY_APPLIED, rid, scope="live", requested=size, value=size - 1)]
+            for event in steps[:3 if i < 3 else 1]:  # the last requests stay in flight
+                versions[name] += 1
+                await log.append(name, versions[name] - 1, [event], Metadata(), now=T0 + timedelta(i))
+    # A second live outcome of a request completed long before.
+    await log.append("a", versions["a"], [change(Outcome.APPLIED, "a0", scope="live", requested=2**29,
+                                                 value=2**29)], Metadata(), now=T0 + timedelta(9))
+
+
+def test_rebuild_in_small_chunks_writes_the_rows_the_appends_wrote(store: Store) -> None:
+    """A rebuild reading two events at a time writes exactly the incremental rows, late and open requests too."""
     async def go() -> tuple[dict, dict]:
         async with store() as log:
-            for name in ("a", "b"):
-                await log.append(name, 0, [_defined(name), DomainStarted(config=CONFIG)], Metadata(), now=T0)
-            versions = {"a": 2, "b": 2}
-            for i in range(4):
-                for name in ("a", "b"):
-                    rid, size = f"{name}{i}", 2**29 + i
-                    steps = [change(Outcome.REQUESTED, rid, value=size, scope="both", principal="p"),
-                             change(Outcome.APPLIED, rid, scope="persistent", requested=size, value=size),
-                             change(Outcome.PARTIALLY_APPLIED, rid, scope="live", requested=size, value=size - 1)]
-                    for event in steps[:3 if i < 3 else 1]:  # the last requests stay in flight
-                        versions[name] += 1
-                        await log.append(name, versions[name] - 1, [event], Metadata(), now=T0 + timedelta(i))
-            # A second live outcome of a request completed long before.
-            await log.append("a", versions["a"], [change(Outcome.APPLIED, "a0", scope="live", requested=2**29,
-                                                         value=2**29)], Metadata(), now=T0 + timedelta(9))
+            await _requests(log)
             incremental = await table_rows(log.fetch_all)
         async with store(TableProjector(chunk=2)) as log:
             position = await log.rebuild()
@@ -136,6 +159,42 @@ def test_rebuild_in_small_chunks_writes_the_rows_the_appends_wrote(store: Store)
 
     incremental, rebuilt = run(go())
     assert (rebuilt, len(incremental["history"])) == ({**incremental, "position": 25}, 8)
+
+
+def test_a_cancelled_rebuild_leaves_the_rows_as_they_were(store: Store) -> None:
+    """A rebuild cancelled (Ctrl-C) after its first chunk rolls back rather than run on unseen: the rows it would replace stay, and a rebuild after it replaces them."""
+    async def written() -> dict:
+        async with store() as log:
+            await _requests(log)
+            return await table_rows(log.fetch_all)
+
+    seen: list[int] = []
+
+    async def go() -> tuple[Any, ...]:
+        cancelled = threading.Event()
+        async with store(TableProjector(chunk=2)) as log:
+            loop = asyncio.get_running_loop()
+
+            def progress(at: int, head: int) -> None:
+                seen.append(at)
+                if len(seen) == 1:
+                    loop.call_soon_threadsafe(rebuilding.cancel)
+                    if threading.current_thread() is not threading.main_thread():
+                        cancelled.wait(30)  # SQLite's writer thread: on once the cancellation has landed
+
+            rebuilding = asyncio.ensure_future(log.rebuild(progress))
+            with pytest.raises(asyncio.CancelledError):
+                await rebuilding
+            cancelled.set()
+        async with store() as log:  # the first log, closed, waited for its writer thread
+            left = await table_rows(log.fetch_all)
+            await log.rebuild()
+            return left, await table_rows(log.fetch_all)
+
+    incremental = run(written())
+    store.execute("DELETE FROM history")  # what a rebuild puts back
+    left, rebuilt = run(go())
+    assert (seen, left, rebuilt) == ([2], {**incremental, "history": []}, incremental)
 
 
 #: Text that a writer quoting or encoding by hand would get wrong: quotes, escapes, placeholders, JSON,
