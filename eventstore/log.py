@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
 import threading
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, Generator, Protocol, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Protocol, Sequence, TypeVar
 
 import attrs
 
@@ -24,6 +25,7 @@ __all__ = [
     "run_steps",
     "run_steps_sync",
     "Stopped",
+    "stopping",
     "EventLog",
     "EventFilter",
     "GENESIS_HASH",
@@ -214,6 +216,20 @@ async def run_steps(tx: Transaction, steps: Generator[Step, Any, T]) -> T:
 
 class Stopped(Exception):
     """Raised in a thread's transaction whose caller was cancelled, so that it rolls back (see `run_steps_sync`)."""
+
+
+async def stopping(run: Callable[[threading.Event], Awaitable[T]]) -> T:
+    """Return `await run(stop)`, where `run` starts work in a thread that checks `stop` (see `run_steps_sync`).
+
+    Cancelled, it sets `stop`: the thread stops at its next check rather
+    than run on unseen, and keep the process from exiting until it ends.
+    """
+    stop = threading.Event()
+    try:
+        return await run(stop)
+    except asyncio.CancelledError:
+        stop.set()
+        raise
 
 
 def run_steps_sync(tx: SyncTransaction, steps: Generator[Step, Any, T], stop: threading.Event | None = None) -> T:

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import tempfile
 import threading
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiosqlite
 
@@ -30,7 +30,7 @@ from vmledger.eventstore.backends.common import CHUNK
 from vmledger.eventstore.backends.sqlite import SyncTx
 from vmledger.eventstore.codec import dumps, dumps_plain, plain
 from vmledger.eventstore.errors import ChainBrokenError
-from vmledger.eventstore.log import run_steps_sync
+from vmledger.eventstore.log import run_steps_sync, stopping
 from vmledger.projections._parts import PartRows
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import FORGET_REQUEST, TABLES
@@ -62,7 +62,6 @@ _INSERT = {table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('
 _INSERT["outcome_days"] = ADD_OUTCOME_DAYS
 _HISTORY_BY_ID = f"SELECT {', '.join(TABLES['history'][0])} FROM history WHERE request_id = ?"
 Group = dict[str, list[tuple]]
-T = TypeVar("T")
 #: The scratch database's settings: a file thrown away, never read after a crash.
 _SCRATCH = ("journal_mode = OFF", "synchronous = OFF")
 
@@ -88,8 +87,8 @@ async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK, pa
     with tempfile.TemporaryDirectory(prefix="vmledger-verify-") as tmp:
         path = os.path.join(tmp, "expected.db")
         projector = projector or TableProjector(chunk=chunk)
-        if parts is None or not projector.folds_in_parts(head) or not await _in_thread(
-                _fold_in_parts, path, projector, parts, head):
+        if parts is None or not projector.folds_in_parts(head) or not await stopping(
+                lambda stop: asyncio.to_thread(_fold_in_parts, path, projector, parts, head, stop)):
             await _fold(path, rows, chunk)
         async with aiosqlite.connect(path) as db:
 
@@ -97,16 +96,6 @@ async def folded_rows(rows: AsyncIterator[Sequence[Any]], chunk: int = CHUNK, pa
                 return [tuple(r) for r in await db.execute_fetchall(sql, params)]
 
             yield fetch_all
-
-
-async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Return `fn(*args, stop)` run in a thread; cancelled, set `stop`, which `fn` checks as it goes."""
-    stop = threading.Event()
-    try:
-        return await asyncio.to_thread(fn, *args, stop)
-    except asyncio.CancelledError:
-        stop.set()  # else the thread runs on, and the process waits for it to end before it exits
-        raise
 
 
 def _fold_in_parts(path: str, projector: TableProjector, parts: PartRows, head: int, stop: threading.Event) -> bool:

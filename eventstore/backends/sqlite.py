@@ -43,7 +43,7 @@ from vmledger.eventstore.errors import (
     StorageError,
 )
 from vmledger.eventstore.events import Event
-from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, Stopped, run_steps_sync
+from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, Stopped, run_steps_sync, stopping
 
 __all__ = ["SQLiteEventLog", "SyncTx"]
 
@@ -291,12 +291,8 @@ class SQLiteEventLog(LogReads):
             # The writer first: a plain connect turns the common failures
             # (missing directory, no permission) into a clean error, where a
             # failed aiosqlite connect leaves its worker thread behind.
-            stop = threading.Event()  # an open that rebuilds rows older rules made stops as a rebuild does
-            try:
-                self._writer = await self._run(self._open_writer, stop)
-            except asyncio.CancelledError:
-                stop.set()
-                raise
+            # An open that rebuilds the rows older rules made stops as a rebuild does.
+            self._writer = await stopping(lambda stop: self._run(self._open_writer, stop))
             if self.path != ":memory:":
                 self._checkpointer = await self._run(_Checkpointer, self.path, self._busy_ms)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -412,12 +408,8 @@ class SQLiteEventLog(LogReads):
 
     # Writing.
 
-    async def _write(self, fn: Callable[..., T], *args: Any, stop: threading.Event | None = None) -> T:
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(connection, *args)` in one durable write transaction, in the writer thread.
-
-        Given `stop`, which `fn` checks as it goes (see `run_steps_sync`), a
-        cancelled caller sets it, so that the transaction rolls back early
-        rather than run on unseen.
 
         Raises:
             StorageError: SQLite failed; nothing of `fn`'s writes was kept.
@@ -431,10 +423,6 @@ class SQLiteEventLog(LogReads):
                 result = await asyncio.shield(done)
             except sqlite3.Error as e:
                 raise _storage_error(e) from e
-            except asyncio.CancelledError:
-                if stop is not None:
-                    stop.set()
-                raise
             self.commits += 1
         if self._checkpointer is not None:
             self._checkpointer.nudge()
@@ -498,8 +486,7 @@ class SQLiteEventLog(LogReads):
             InvalidRequestError: the rows do not start right after the last stored event.
             StorageError: SQLite failed; nothing was written.
         """
-        stop = threading.Event()
-        await self._write(self._import, chunks, stop, stop=stop)
+        await stopping(lambda stop: self._write(self._import, chunks, stop))
 
     def _import(self, conn: sqlite3.Connection, chunks: Iterable[Sequence[Sequence[Any]]],
                 stop: threading.Event) -> None:
@@ -531,9 +518,8 @@ class SQLiteEventLog(LogReads):
         Raises:
             StorageError: SQLite failed; the projections are unchanged.
         """
-        stop = threading.Event()
         steps = self._projector.rebuild(progress, self.part_rows)
-        return await self._write(lambda conn: run_steps_sync(SyncTx(conn), steps, stop), stop=stop)
+        return await stopping(lambda stop: self._write(lambda conn: run_steps_sync(SyncTx(conn), steps, stop)))
 
     # Reading.
 
