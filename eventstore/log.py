@@ -8,7 +8,7 @@ import functools
 import hashlib
 import threading
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Protocol, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Iterable, Protocol, Sequence, TypeVar
 
 import attrs
 
@@ -284,16 +284,17 @@ class Projector(Protocol):
     #: The tables whose rows appends update after inserting them: a backend may leave room for the new versions.
     updated_in_place: Sequence[str]
 
-    async def project(self, tx: Transaction, records: Sequence[RecordedEvent]) -> None:
-        """Apply freshly appended records to the projection tables."""
-        ...
-
-    def project_sync(self, tx: SyncTransaction, records: Sequence[RecordedEvent]) -> None:
-        """Do what `project` does, through a synchronous transaction."""
-        ...
-
     def batch(self) -> ProjectionBatch:
         """Start projecting several appends in one transaction."""
+        ...
+
+    def imported(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> Generator[Step, Any, int]:
+        """Yield the statements that store already-chained rows in an empty log, with their projections.
+
+        `chunks` gives the rows a chunk at a time.  Runs inside one write
+        transaction; returns the last position.  Only that the rows follow
+        each other is checked: the caller checks their chain.
+        """
         ...
 
     def upgrade(self, parts: Any = None) -> Generator[Step, Any, bool]:

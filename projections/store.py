@@ -12,13 +12,15 @@ import os
 from collections import Counter, defaultdict
 from typing import Any, Callable, Generator, Iterable, Sequence
 
+from vmledger.eventstore.catalogue import Outcome
 from vmledger.eventstore.errors import InvalidRequestError
 from vmledger.eventstore.events import ChangeRequested, DomainDefined
 from vmledger.eventstore.state import DomainState
-from vmledger.eventstore.backends.common import CHUNK, SCAN_COLUMNS, TEXTS, cpus, texts
+from vmledger.eventstore.backends.common import CHUNK, INSERT, SCAN_COLUMNS, TEXTS, cpus, record, texts
 from vmledger.eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from vmledger.projections._parts import PartRows, fold_in_parts
 from vmledger.projections._replay import Replay
+from vmledger.projections.scan import scan
 from vmledger.projections.model import (
     FORGET_REQUEST, KEPT_EPISODES, OUTCOME_DAYS, TABLES, Model, changed_properties, count_outcome_days, domains_row,
     outcome_day_rows, outcome_rows, properties, property_rows, record_from_row, state_from_json,
@@ -185,6 +187,9 @@ _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? 
 # What a batch reads (`_Batch.load`): the snapshots of some domains, the history rows of some requests.
 _STATES_OF = f"SELECT uuid, state FROM domains WHERE uuid IN ({TEXTS})"
 _HISTORY_OF = _select("history").replace(" ORDER BY", f" WHERE request_id IN ({TEXTS}) ORDER BY")
+# What an import into an empty log reads of each chunk: which of its requests' ids the history holds.
+_RECORDED = f"SELECT request_id FROM history WHERE request_id IN ({TEXTS})"
+_IN_FLIGHT = Outcome.REQUESTED.status
 _READ_CHUNK = f"SELECT {SCAN_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
 #: Events from which a rebuild given a way to read parts folds in worker processes: below, starting them costs more.
 _PARTS_FROM = 100_000
@@ -351,27 +356,44 @@ class TableProjector:
         replay, last = Replay(), 0
         while last < head:
             rows = yield ("fetch_all", _READ_CHUNK, (last, head, self._chunk))
-            request_id = replay.fold(rows)
-            while request_id is not None:
-                # A late outcome of a request already written: take its row back.
-                stored = yield ("fetch_all", _HISTORY_BY_ID, (request_id,))
-                if stored:
-                    for forget in FORGET_REQUEST:
-                        yield ("execute", forget, (request_id,))
-                request_id = replay.resume(tuple(stored[0]) if stored else None)
+            yield from _folded(replay, rows)
             last = rows[-1][0] if rows else head
-            for table, done in replay.completed():
-                if done:
-                    yield ("execute_many", _insert(table), done)
             if progress is not None:
                 progress(last, head)
-        for table, part in replay.rows():
-            if part:
-                yield ("execute_many", _insert(table), part)
-        yield ("execute", OUTCOMES_FROM_HISTORY, ())
+        yield from _replayed(replay, last)
         yield from build  # the indexes that a fold in parts dropped before it gave up
-        yield ("execute", _SET_POSITION, (last,))
         return last
+
+    def imported(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> Generator[Step, Any, int]:
+        """Yield the statements that store already-chained rows in an empty log, with their projections.
+
+        `chunks` gives the rows (`COLUMNS`) a chunk at a time, checked by the
+        caller (see `transfer.checked_chunks`): only that they follow each
+        other is checked here.  They are folded as a rebuild folds them, the
+        rows of completed requests written as they go, and each event is
+        first checked as an append checks it (`_Filling`).  Returns the last
+        position.
+
+        Raises:
+            InvalidRequestError: the log holds events, the rows do not follow
+                each other, or a `DomainDefined` reuses the name of a defined domain.
+            DuplicateRequestError: a `…Requested` reuses a recorded request id.
+            ValueError: the fold refuses an event (as `Model.feed`).
+        """
+        head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
+        if head:
+            raise InvalidRequestError(f"an import needs an empty log; this one ends at position {head}")
+        for table in ALL_TABLES:  # none should hold rows: a rebuild clears them too
+            yield ("execute", f"DELETE FROM {table}", ())
+        filling = _Filling()
+        for rows in chunks:
+            if rows[0][0] != head + 1:
+                raise InvalidRequestError(f"the import's rows skip from position {head} to {rows[0][0]}")
+            yield ("execute_many", INSERT, rows)
+            yield from filling.add(rows)
+            head = rows[-1][0]
+        yield from _replayed(filling.replay, head)
+        return head
 
     def folds_in_parts(self, head: int) -> bool:
         """Tell whether a log of `head` events is folded in worker processes, given a way to read its parts."""
@@ -397,6 +419,85 @@ class TableProjector:
         for _, statement in _BULK_INDEXES:
             yield ("execute", statement, ())
         return True
+
+
+def _folded(replay: Replay, rows: Sequence[Any], decode: Callable[[Sequence[Any]], list[Any]] = scan
+            ) -> Generator[Step, Any, None]:
+    """Yield the statements that fold `rows` (as `decode` reads them) into `replay`, and write what it completed."""
+    request_id = replay.fold(rows, decode)
+    while request_id is not None:
+        # A late outcome of a request already written: take its row back.
+        stored = yield ("fetch_all", _HISTORY_BY_ID, (request_id,))
+        if stored:
+            for forget in FORGET_REQUEST:
+                yield ("execute", forget, (request_id,))
+        request_id = replay.resume(tuple(stored[0]) if stored else None)
+    for table, done in replay.completed():
+        if done:
+            yield ("execute_many", _insert(table), done)
+
+
+def _replayed(replay: Replay, position: int) -> Generator[Step, Any, None]:
+    """Yield the statements that write the rows `replay` holds at the end of a fold up to `position`."""
+    for table, part in replay.rows():
+        if part:
+            yield ("execute_many", _insert(table), part)
+    yield ("execute", OUTCOMES_FROM_HISTORY, ())
+    yield ("execute", _SET_POSITION, (position,))
+
+
+class _Filling:
+    """The fold of an import into an empty log: the rebuild's, with the store's refusals of an append.
+
+    An append is refused when a `…Requested` uses a recorded request id, or
+    a `DomainDefined` the name of a defined domain (`_Batch.add`); the fold
+    itself (`Replay`) trusts the log.  So each chunk's events are checked
+    here in turn, each before it is folded, against the fold so far, and
+    the first error is the one folding them append by append meets.
+    """
+
+    def __init__(self) -> None:
+        self.replay = Replay()
+        #: Name -> the streams that were defined with it: a domain's name changes only where it is defined.
+        self._named: dict[str, set[str]] = defaultdict(set)
+
+    def add(self, rows: Sequence[Sequence[Any]]) -> Generator[Step, Any, None]:
+        """Yield the statements that fold stored rows (`COLUMNS`, in order); raise the first refusal.
+
+        Raises:
+            DuplicateRequestError, InvalidRequestError: as `TableProjector.project`.
+            ValueError: the fold refuses an event (as `Model.feed`).
+        """
+        items = scan([row[:8] for row in rows])
+        asked = {i: request_id for i, item in enumerate(items) if (request_id := _asked(item)) is not None}
+        # The ids recorded before this chunk: written out, or still open (the fold may write them out meanwhile).
+        seen = {request_id for request_id in asked.values() if request_id in self.replay.history}
+        if asked:
+            found = yield ("fetch_all", _RECORDED, (texts(sorted(set(asked.values()))),))
+            seen.update(request_id for (request_id,) in found)
+        start = 0
+        for i, item in enumerate(items):
+            request_id = asked.get(i)
+            if request_id is not None:
+                if request_id in seen:
+                    yield from _folded(self.replay, items[start:i], list)
+                    raise _refusing(DuplicateRequestError(request_id), record(tuple(rows[i])))
+                seen.add(request_id)
+            elif item.__class__ is not tuple and isinstance(item.event, DomainDefined):
+                yield from _folded(self.replay, items[start:i], list)
+                start, name = i, item.event.domain
+                if any((w := self.replay.domains.get(uuid)) is not None and w.defined and w.name == name
+                       for uuid in self._named[name]):
+                    raise _refusing(InvalidRequestError(f"domain {name!r} is already defined"), record(tuple(rows[i])))
+                self._named[name].add(item.stream)
+        yield from _folded(self.replay, items[start:], list)
+
+
+def _asked(item: Any) -> str | None:
+    """Return the request id of a `…Requested` as `scan` gives it, else None."""
+    if item.__class__ is tuple:
+        return item[7] if item[6] == _IN_FLIGHT else None
+    return item.event.request_id if isinstance(item.event, ChangeRequested) else None
 
 
 def _request_ids(records: Sequence[RecordedEvent]) -> list[str]:

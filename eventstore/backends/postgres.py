@@ -33,10 +33,9 @@ from asyncpg import exceptions as pg
 
 from vmledger.eventstore.backends.common import (
     FILTER_INDEXES, INSERT, GroupCommit, LogReads, Outcome, PendingAppend, batch_steps, check_ledger_tables,
-    record,
 )
 from vmledger.eventstore.codec import dumps_plain
-from vmledger.eventstore.errors import InvalidRequestError, StorageError
+from vmledger.eventstore.errors import StorageError
 from vmledger.eventstore.events import Event
 from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, run_steps
 
@@ -691,25 +690,19 @@ class PostgresEventLog(LogReads):
         return outcomes
 
     async def import_rows(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> None:
-        """Insert already-chained rows verbatim after the last event, with their projections, in one transaction.
+        """Insert already-chained rows verbatim into the empty log, with their projections, in one transaction.
 
         `chunks` gives the rows a chunk at a time; the caller checks the
         chain (see `transfer.checked_chunks`), this checks only that the rows
-        continue the stored log.  Whatever reading or folding a chunk raises
-        rolls back every chunk.
+        follow each other (see `TableProjector.imported`).  Whatever reading
+        or folding a chunk raises rolls back every chunk.
 
         Raises:
-            InvalidRequestError: the rows do not start right after the last stored event.
+            InvalidRequestError: the log holds events, or the rows do not follow each other.
             StorageError: PostgreSQL failed; nothing was written.
         """
         async with self._transaction() as conn:
-            head = await conn.fetchval("SELECT max(position) FROM events") or 0
-            for rows in chunks:
-                if rows[0][0] != head + 1:
-                    raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
-                await _insert_many(conn, INSERT, rows)
-                await self._projector.project(_Tx(conn), [record(tuple(r)) for r in rows])
-                head = rows[-1][0]
+            await run_steps(_Tx(conn), self._projector.imported(chunks))
         self._wake()
 
     async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:

@@ -34,16 +34,12 @@ import aiosqlite
 import attrs
 
 from vmledger.eventstore.backends.common import (
-    FILTER_INDEXES, INSERT, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, batch_steps,
-    check_ledger_tables, cpus, record,
+    FILTER_INDEXES, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, batch_steps, check_ledger_tables,
+    cpus,
 )
-from vmledger.eventstore.errors import (
-    InvalidRequestError,
-    LedgerNotFoundError,
-    StorageError,
-)
+from vmledger.eventstore.errors import LedgerNotFoundError, StorageError
 from vmledger.eventstore.events import Event
-from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, Stopped, run_steps_sync, stopping
+from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync, stopping
 
 __all__ = ["SQLiteEventLog", "SyncTx"]
 
@@ -474,31 +470,21 @@ class SQLiteEventLog(LogReads):
             lambda conn: run_steps_sync(SyncTx(conn), batch_steps(self._projector.batch(), batch)))
 
     async def import_rows(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> None:
-        """Insert already-chained rows verbatim after the last event, with their projections, in one transaction.
+        """Insert already-chained rows verbatim into the empty log, with their projections, in one transaction.
 
         `chunks` gives the rows a chunk at a time and is read in the writer
         thread; the caller checks the chain (see `transfer.checked_chunks`),
-        this checks only that the rows continue the stored log.  Whatever
-        reading or folding a chunk raises rolls back every chunk, as does
-        cancelling the call, at the next chunk.
+        this checks only that the rows follow each other (see
+        `TableProjector.imported`).  Whatever reading or folding a chunk
+        raises rolls back every chunk, as does cancelling the call, at its
+        next statement.
 
         Raises:
-            InvalidRequestError: the rows do not start right after the last stored event.
+            InvalidRequestError: the log holds events, or the rows do not follow each other.
             StorageError: SQLite failed; nothing was written.
         """
-        await stopping(lambda stop: self._write(self._import, chunks, stop))
-
-    def _import(self, conn: sqlite3.Connection, chunks: Iterable[Sequence[Sequence[Any]]],
-                stop: threading.Event) -> None:
-        head = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
-        for rows in chunks:
-            if stop.is_set():
-                raise Stopped()
-            if rows[0][0] != head + 1:
-                raise InvalidRequestError(f"the import starts at position {rows[0][0]}, the log ends at {head}")
-            conn.executemany(INSERT, rows)
-            self._projector.project_sync(SyncTx(conn), [record(r) for r in rows])
-            head = rows[-1][0]
+        steps = self._projector.imported(chunks)
+        await stopping(lambda stop: self._write(lambda conn: run_steps_sync(SyncTx(conn), steps, stop)))
 
     def _wake(self) -> None:
         """Wake this process's subscribers after a commit."""

@@ -10,6 +10,7 @@ import pytest
 
 import vmledger
 from vmledger import ledger as ledger_module
+from vmledger.eventstore import transfer
 from vmledger.eventstore.codec import dumps
 from vmledger.eventstore.log import chain_hash
 from vmledger.adapters.simulated import SimulatedHypervisor
@@ -127,3 +128,25 @@ def test_an_import_the_fold_refuses_at_its_end_imports_nothing(
     assert all(not table for name, table in rows.items() if name != "projection_position"), rows
     assert imported == good
     assert verified == len(good)
+
+
+def test_the_store_refuses_an_import_into_a_log_that_holds_events(tmp_path: Any, url: str) -> None:
+    """The import's own transaction checks that the log is empty (an append may come after the ledger's check): refused, nothing changes."""
+    sim = SimulatedHypervisor(tmp_path / "sim.json")
+
+    async def go() -> tuple:
+        async with vmledger.open(str(tmp_path / "a.db"), hypervisor=sim) as a:
+            await _story(a)
+            lines = [line async for line in a.export()]
+        rows = [transfer.from_line(line, n) for n, line in enumerate(lines, start=1)]
+        async with vmledger.open(url, hypervisor=sim) as b:
+            await b.define("other", guest_type="pv", memory=GiB, max_memory=GiB, vcpus=1, max_vcpus=1)
+            before = await b.log.head(), await table_rows(b.log.fetch_all)
+            with pytest.raises(vmledger.InvalidRequestError) as caught:
+                await b.log.import_rows([rows])
+            return str(caught.value), before, (await b.log.head(), await table_rows(b.log.fetch_all)), await b.verify()
+
+    error, before, after, verified = asyncio.run(go())
+    assert error == "an import needs an empty log; this one ends at position 1"
+    assert after == before
+    assert verified == 1
