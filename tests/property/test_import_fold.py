@@ -3,9 +3,12 @@
 `TableProjector.imported` folds the events of an import into an empty log
 with the rebuild's fold (`Replay`), and checks each event, before it folds
 it, for the two refusals of the store (a request id used again, the name of
-a defined domain defined again).  Whatever the log, it must end as folding
-each chunk as one append did before it: the same rows, or the same error,
-naming the same event.
+a defined domain defined again).  Whatever the log, in whatever chunks, it
+must end as appending its events one at a time does: the same rows, or the
+same error, naming the same event.  (One at a time: a chunk folded as one
+append, as imports did before, wrote the domains rows in an order that the
+unique index of defined names could refuse, where one domain took the name
+another gave up in the same chunk.)
 """
 
 from __future__ import annotations
@@ -71,6 +74,12 @@ _APPLIED = change_event("memory", Outcome.APPLIED)(request_id="r", property="mem
 #: is checked), then asked again in the same chunk.
 _COMPLETED_THEN_ASKED_AGAIN = [("a", _DEFINED), ("a", _ASKED), ("a", DomainStarted(config={})),
                                ("a", _APPLIED), ("b", attrs.evolve(_DEFINED, domain="b", uuid="b")), ("a", _ASKED)]
+#: The name of a defined domain defined again, on another stream: refused.
+_NAME_TAKEN = [("a", _DEFINED), ("c", attrs.evolve(_DEFINED, uuid="c"))]
+#: A domain defined again under another name, its old name then taken by another domain: no refusal.
+_RENAMED_THEN_NAME_TAKEN = [("a", _DEFINED), ("c", attrs.evolve(_DEFINED, domain="b", uuid="c")),
+                            ("c", attrs.evolve(_DEFINED, domain="c", uuid="c")),
+                            ("b", attrs.evolve(_DEFINED, domain="b", uuid="b"))]
 #: A name defined again once its domain is undefined: no refusal.
 _DEFINED_AGAIN_ONCE_FREE = [("a", _DEFINED), ("a", DomainUndefined()), ("c", attrs.evolve(_DEFINED, uuid="c"))]
 
@@ -108,17 +117,19 @@ def _ended(run: Callable[[SyncTx], None]) -> tuple[Any, ...]:
 @example(events=_REFUSED_THEN_ASKED_AGAIN, size=4)
 @example(events=_DEFINED_AGAIN_ONCE_FREE, size=3)
 @example(events=_COMPLETED_THEN_ASKED_AGAIN, size=3)
-def test_an_import_into_an_empty_log_ends_as_appending_its_chunks_does(
+@example(events=_RENAMED_THEN_NAME_TAKEN, size=2)
+@example(events=_NAME_TAKEN, size=2)
+def test_an_import_into_an_empty_log_ends_as_appending_its_events_one_by_one_does(
         events: list[tuple[str, Event]], size: int) -> None:
-    """`imported` into an empty log ends as folding each chunk as an append does: same rows, or same error and event."""
+    """`imported` into an empty log, in any chunks, ends as appending each event does: rows, or error and event."""
     rows = _rows(recorded(events))
     chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
 
-    def appended(tx: SyncTx) -> None:  # each chunk stored, then folded as one append
+    def appended(tx: SyncTx) -> None:  # each event stored, then folded as an append of its own
         projector = TableProjector()
-        for chunk in chunks:
-            tx.execute_many(INSERT, chunk)
-            projector.project_sync(tx, [record(row) for row in chunk])
+        for row in rows:
+            tx.execute_many(INSERT, [row])
+            projector.project_sync(tx, [record(row)])
 
     def imported(tx: SyncTx) -> None:
         assert run_steps_sync(tx, TableProjector().imported(chunks)) == len(rows)
