@@ -137,7 +137,8 @@ def test_a_domain_takes_in_a_batch_the_name_another_gives_up_in_it(places: Place
                 log.append("b", 0, [_defined("x", uuid="b")], Metadata(), now=T0),
                 return_exceptions=True)
             kinds = [type(r).__name__ if isinstance(r, Exception) else [e.position for e in r] for r in results]
-            return kinds, [tuple(r) for r in await log.fetch_all("SELECT uuid, name, defined FROM domains ORDER BY uuid")]
+            domains = await log.fetch_all("SELECT uuid, name, defined FROM domains ORDER BY uuid")
+            return kinds, [tuple(r) for r in domains]
 
     assert asyncio.run(go()) == ([[2], [3]], [("b", "x", 1), ("c", "y", 1)])
 
