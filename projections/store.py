@@ -34,7 +34,11 @@ SCHEMA: tuple[str, ...] = (
         uuid TEXT PRIMARY KEY, name TEXT NOT NULL, guest_type TEXT NOT NULL,
         defined INTEGER NOT NULL, running INTEGER NOT NULL,
         version INTEGER NOT NULL, position BIGINT NOT NULL, state TEXT NOT NULL)""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS domains_defined_name ON domains (name) WHERE defined = 1",
+    # A defined domain's name is unique: every append checks it under the log's write lock (`_Batch.add`), as
+    # does an import, and a rebuild folds a log so checked.  The index only finds a name.  (It was unique, and a
+    # batch that wrote its domains rows one at a time failed where a domain took the name another gave up.)
+    "DROP INDEX IF EXISTS domains_defined_name",
+    "CREATE INDEX IF NOT EXISTS domains_by_name ON domains (name) WHERE defined = 1",
     """CREATE TABLE IF NOT EXISTS persistent (
         domain TEXT NOT NULL, property TEXT NOT NULL, value TEXT NOT NULL,
         position BIGINT NOT NULL, request_id TEXT, PRIMARY KEY (domain, property))""",
@@ -154,8 +158,7 @@ def _row_writes(table: str, rows: Sequence[tuple], stored: dict[tuple, tuple]) -
     A stored row is updated in the columns that changed, so that the
     database leaves alone the index entries of the columns that did not (an
     upsert sets every column: SQLite rewrites every index entry of the row);
-    a row not stored, or one whose change moves a column of `_UPSERTED`, is
-    upserted.
+    a row not stored is upserted.
     """
     key = TABLES[table][1]
     upserts: list[tuple] = []
@@ -163,7 +166,7 @@ def _row_writes(table: str, rows: Sequence[tuple], stored: dict[tuple, tuple]) -
     for row in rows:
         was = stored.get(row[:key])
         columns = () if was is None else tuple(i for i in range(key, len(row)) if row[i] != was[i])
-        if not columns or _UPSERTED.get(table, frozenset()).intersection(columns):
+        if not columns:
             upserts.append(row)
         else:
             updates[columns].append((*(row[i] for i in columns), *row[:key]))
@@ -178,9 +181,6 @@ ADD_OUTCOME_DAYS = _add_counts()
 ALL_TABLES = (*TABLES, "outcome_days")
 _UPSERT = {table: _upsert(table) for table in TABLES}
 _DELETE = {table: _delete(table) for table in TABLES}
-#: By table and column index, the columns whose change a row read still takes an upsert for (`_row_writes`):
-#: the order of a batch's upserts keeps a defined name unique.
-_UPSERTED = {"domains": frozenset(TABLES["domains"][0].index(c) for c in ("name", "defined"))}
 #: Domains whose parsed state a projector keeps: a fleet's busy domains, in bounded memory.
 _CACHED_STATES = 4096
 _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
@@ -616,8 +616,6 @@ class _Batch:
         count_outcome_days(days, new)
         # An episode that ended was open in the rows read, or began in this batch: its row, with its end.
         changed["episodes"].extend(model.ended)
-        # Undefined domains first: a name is unique among defined ones at every row written.
-        changed["domains"].sort(key=lambda row: row[3])
         # `write_all` runs its statements in any order, so each row of a table is written once:
         # a key both gone and changed is upserted alone (an upsert sets every column), and the
         # last of a key's changed rows is the one written, as if each statement ran in turn.

@@ -122,12 +122,12 @@ def test_refused_appends_do_not_fail_their_batch(places: Places) -> None:
         [[2], ConcurrencyError.__name__, InvalidRequestError.__name__, [3]], 1, [1, 2, 3], 3)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: a batch writes its domains rows one at a time, undefined ones first, and the unique index of "
-    "defined names refuses a name that another domain of the same batch gives up by being defined again under "
-    "another name; both appends fail, where one at a time both commit"))
 def test_a_domain_takes_in_a_batch_the_name_another_gives_up_in_it(places: Places) -> None:
-    """A domain defined again under another name, and a new domain taking its old name, in one batch: both commit."""
+    """A domain defined again under another name, and a new domain taking its old name, in one batch: both commit.
+
+    They failed together where the rows of defined domains' names had a
+    unique index: the batch writes its domains rows one at a time.
+    """
     async def go() -> tuple:
         async with places.open("g") as log:
             await log.append("c", 0, [_defined("x", uuid="c")], Metadata(), now=T0)
