@@ -35,8 +35,8 @@ SCHEMA: tuple[str, ...] = (
         defined INTEGER NOT NULL, running INTEGER NOT NULL,
         version INTEGER NOT NULL, position BIGINT NOT NULL, state TEXT NOT NULL)""",
     # A defined domain's name is unique: every append checks it under the log's write lock (`_Batch.add`), as
-    # does an import, and a rebuild folds a log so checked.  The index only finds a name.  (It was unique, and a
-    # batch that wrote its domains rows one at a time failed where a domain took the name another gave up.)
+    # does an import, and a rebuild folds a log so checked.  The index only finds a name: a unique one would
+    # refuse a batch in which a domain takes the name another gives up, as the batch writes its rows one by one.
     "DROP INDEX IF EXISTS domains_defined_name",
     "CREATE INDEX IF NOT EXISTS domains_by_name ON domains (name) WHERE defined = 1",
     """CREATE TABLE IF NOT EXISTS persistent (
