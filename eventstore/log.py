@@ -222,7 +222,7 @@ async def stopping(run: Callable[[threading.Event], Awaitable[T]]) -> T:
     """Return `await run(stop)`, where `run` starts work in a thread that checks `stop` (see `run_steps_sync`).
 
     Cancelled, it sets `stop`: the thread stops at its next check rather
-    than run on unseen, and keep the process from exiting until it ends.
+    than run on unseen, keeping the process from exiting until it ends.
     """
     stop = threading.Event()
     try:

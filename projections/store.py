@@ -92,8 +92,15 @@ class DuplicateRequestError(InvalidRequestError):
         self.request_id = request_id
 
 
-def _refusing(error: InvalidRequestError, rec: RecordedEvent) -> InvalidRequestError:
-    """Return `error`, which refuses `rec`, with `rec` as its `refused`: an import names where its export fails."""
+def _refusal(rec: RecordedEvent) -> InvalidRequestError:
+    """Return the store's refusal of `rec`, with `rec` as its `refused`: an import names where its export fails.
+
+    `rec` is a `…Requested` of a recorded request id, or a `DomainDefined`
+    of the name of a defined domain.
+    """
+    e = rec.event
+    error = (DuplicateRequestError(e.request_id) if isinstance(e, ChangeRequested)
+             else InvalidRequestError(f"domain {e.domain!r} is already defined"))
     error.refused = rec  # type: ignore[attr-defined]
     return error
 
@@ -481,14 +488,14 @@ class _Filling:
             if request_id is not None:
                 if request_id in seen:
                     yield from _folded(self.replay, items[start:i], list)
-                    raise _refusing(DuplicateRequestError(request_id), record(tuple(rows[i])))
+                    raise _refusal(record(tuple(rows[i])))
                 seen.add(request_id)
             elif item.__class__ is not tuple and isinstance(item.event, DomainDefined):
                 yield from _folded(self.replay, items[start:i], list)
                 start, name = i, item.event.domain
                 if any((w := self.replay.domains.get(uuid)) is not None and w.defined and w.name == name
                        for uuid in self._named[name]):
-                    raise _refusing(InvalidRequestError(f"domain {name!r} is already defined"), record(tuple(rows[i])))
+                    raise _refusal(record(tuple(rows[i])))
                 self._named[name].add(item.stream)
         yield from _folded(self.replay, items[start:], list)
 
@@ -549,14 +556,14 @@ class _Batch:
             for rec in records:
                 e = rec.event
                 if isinstance(e, ChangeRequested) and e.request_id in model.history:
-                    raise _refusing(DuplicateRequestError(e.request_id), rec)
+                    raise _refusal(rec)
                 if isinstance(e, DomainDefined):
                     stored = yield ("fetch_all", "SELECT uuid FROM domains WHERE name = ? AND defined = 1",
                                     (e.domain,))
                     # A domain this batch holds is as the model has it; any other, as stored.
                     if (any(uuid not in model.states for (uuid,) in stored)
                             or any(s.defined and s.name == e.domain for s in model.states.values())):
-                        raise _refusing(InvalidRequestError(f"domain {e.domain!r} is already defined"), rec)
+                        raise _refusal(rec)
                 model.feed(rec)
         except BaseException:
             for saved, into in ((states, model.states), (history, model.history)):

@@ -28,7 +28,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence, TypeVar
 
 import aiosqlite
 import attrs
@@ -39,7 +39,7 @@ from vmledger.eventstore.backends.common import (
 )
 from vmledger.eventstore.errors import LedgerNotFoundError, StorageError
 from vmledger.eventstore.events import Event
-from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, run_steps_sync, stopping
+from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, Step, run_steps_sync, stopping
 
 __all__ = ["SQLiteEventLog", "SyncTx"]
 
@@ -425,6 +425,13 @@ class SQLiteEventLog(LogReads):
         self._wake()
         return result
 
+    async def _write_steps(self, steps: Generator[Step, Any, T]) -> T:
+        """Run `steps` in one durable write transaction in the writer thread (see `_write`).
+
+        Cancelled, they stop at their next statement, and the transaction rolls back.
+        """
+        return await stopping(lambda stop: self._write(lambda conn: run_steps_sync(SyncTx(conn), steps, stop)))
+
     def _atomically(self, fn: Callable[..., T], *args: Any) -> T:
         conn = self._need_writer()
         conn.execute("BEGIN IMMEDIATE")
@@ -483,8 +490,7 @@ class SQLiteEventLog(LogReads):
             InvalidRequestError: the log holds events, or the rows do not follow each other.
             StorageError: SQLite failed; nothing was written.
         """
-        steps = self._projector.imported(chunks)
-        await stopping(lambda stop: self._write(lambda conn: run_steps_sync(SyncTx(conn), steps, stop)))
+        await self._write_steps(self._projector.imported(chunks))
 
     def _wake(self) -> None:
         """Wake this process's subscribers after a commit."""
@@ -504,8 +510,7 @@ class SQLiteEventLog(LogReads):
         Raises:
             StorageError: SQLite failed; the projections are unchanged.
         """
-        steps = self._projector.rebuild(progress, self.part_rows)
-        return await stopping(lambda stop: self._write(lambda conn: run_steps_sync(SyncTx(conn), steps, stop)))
+        return await self._write_steps(self._projector.rebuild(progress, self.part_rows))
 
     # Reading.
 
