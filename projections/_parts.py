@@ -33,16 +33,19 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Generator, Iterator, Protocol, Sequence
 
-from vmledger.eventstore.errors import VmledgerError
+from vmledger.eventstore.backends.common import ChainChecker
+from vmledger.eventstore.errors import ChainBrokenError, VmledgerError
 from vmledger.eventstore.log import Step
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import FORGET_REQUEST
+from vmledger.projections.scan import scan
 
-__all__ = ["PartRows", "part_of", "fold_in_parts", "work"]
+__all__ = ["PartRows", "part_of", "fold_in_parts", "check_chain", "work"]
 
 _log = logging.getLogger("vmledger")
 # The worker's main: this process's module search path first, so that it imports the very code this
@@ -60,8 +63,12 @@ def _search_path() -> str:
 class PartRows(Protocol):
     """Reads one part of the log in a worker process; picklable, so the worker gets its own copy."""
 
-    def __call__(self, part: int, parts: int, head: int, chunk: int) -> Iterator[list[tuple[Any, ...]]]:
-        """Yield, in chunks of at most `chunk` rows in position order, the `SCAN_COLUMNS` rows up to `head` of the streams `part_of(stream, parts) == part`."""
+    def __call__(self, part: int, parts: int, head: int, chunk: int, hashes: bool = False
+                 ) -> Iterator[list[tuple[Any, ...]]]:
+        """Yield, in chunks of at most `chunk` rows in position order, the `SCAN_COLUMNS` rows up to `head` of the streams `part_of(stream, parts) == part`.
+
+        With `hashes`, the rows are `COLUMNS` rows, their hash last.
+        """
         ...
 
 
@@ -172,8 +179,56 @@ class _Worker:
         self.output.close()
 
 
+def check_chain(rows: PartRows, head: int, chunk: int, stop: threading.Event) -> int | None:
+    """Check the chain of the log up to `head` in a worker process, as `ChainChecker` does; return the last position.
+
+    Returns None if the worker fails to start or stops (the caller checks
+    the chain itself instead), and early if `stop` is set.
+
+    Raises:
+        ChainBrokenError: naming the first position that does not check out.
+    """
+    try:
+        worker = _Worker.start(("chain", rows, head, chunk))
+    except OSError as e:
+        _log.warning("verify: the worker process failed to start (%s); checking the chain in this one", e)
+        return None
+    try:
+        while not wait([worker.output], timeout=0.1):
+            if stop.is_set():
+                return None
+        message = worker.receive()
+    except (OSError, EOFError) as e:
+        _log.warning("verify: the worker process failed (%s); checking the chain in this one", e)
+        return None
+    finally:
+        worker.stop()
+    if message[0] == "broken":
+        raise ChainBrokenError(message[1], message[2])
+    if message[0] == "checked":
+        return int(message[1])
+    _log.warning("verify: the worker process failed (%s); checking the chain in this one",
+                 message[1].strip().splitlines()[-1])
+    return None
+
+
+def _check(rows: PartRows, head: int, chunk: int, output: Connection) -> None:
+    """Check the chain of the log up to `head` and send the verdict (the worker process's main, given "chain")."""
+    checker = ChainChecker(decode=scan)
+    try:
+        for chunk_rows in rows(0, 1, head, chunk, hashes=True):
+            checker.check_all(chunk_rows)
+    except ChainBrokenError as e:
+        output.send(("broken", e.position, e.detail))
+        return
+    except Exception:
+        output.send(("failed", traceback.format_exc()))
+        return
+    output.send(("checked", checker.position))
+
+
 def work(input_: Connection, output: Connection) -> None:
-    """Fold one part and send its rows (the worker process's main).
+    """Fold one part and send its rows, or check the chain (the worker process's main).
 
     The cyclic garbage collector stays off for the worker's life: the fold
     makes no reference cycles, and pausing it around each chunk only moved
@@ -181,7 +236,11 @@ def work(input_: Connection, output: Connection) -> None:
     (about a tenth of a worker's time).
     """
     gc.disable()
-    rows, part, parts, head, chunk = input_.recv()
+    spec = input_.recv()
+    if spec[0] == "chain":
+        _check(*spec[1:], output)
+        return
+    rows, part, parts, head, chunk = spec
     replay = Replay()
     try:
         for chunk_rows in rows(part, parts, head, chunk):

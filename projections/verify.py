@@ -26,19 +26,20 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiosqlite
 
-from vmledger.eventstore.backends.common import CHUNK
+from vmledger.eventstore.backends.common import CHUNK, check_lowest
 from vmledger.eventstore.backends.sqlite import SyncTx
 from vmledger.eventstore.codec import dumps, dumps_plain, plain
 from vmledger.eventstore.errors import ChainBrokenError
 from vmledger.eventstore.log import run_steps_sync, stopping
-from vmledger.projections._parts import PartRows
+from vmledger.projections._parts import PartRows, check_chain
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import FORGET_REQUEST, TABLES
 from vmledger.projections.store import (
     ADD_OUTCOME_DAYS, OUTCOME_DAYS_ROWS, OUTCOMES_FROM_HISTORY, SCHEMA, TableProjector,
 )
 
-__all__ = ["Reader", "folded_rows", "domain_groups", "paired_groups", "compare", "digest", "compare_days"]
+__all__ = ["Reader", "folded_rows", "chain_in_worker", "domain_groups", "paired_groups", "compare", "digest",
+           "compare_days"]
 
 Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 #: Rows read per query, per table.  The pages of every table, of both sides, are held at once while
@@ -149,6 +150,17 @@ async def _fold(path: str, rows: AsyncIterator[Sequence[Any]], chunk: int) -> No
             await db.executemany(_INSERT[table], table_rows)
         await db.execute(OUTCOMES_FROM_HISTORY)  # as a rebuild makes them
         await db.commit()
+
+
+async def chain_in_worker(parts: PartRows, fetch_all: Reader, head: int, alone: Callable[[], Awaitable[int]]) -> int:
+    """Check the chain of the log up to `head` in a worker process, or with `alone()` if it cannot; return the head.
+
+    Raises:
+        ChainBrokenError: naming the first position that does not check out.
+    """
+    await check_lowest(fetch_all)
+    checked = await stopping(lambda stop: asyncio.to_thread(check_chain, parts, head, CHUNK, stop))
+    return await alone() if checked is None else checked
 
 
 async def _pages(fetch_all: Reader, table: str) -> AsyncIterator[list[tuple]]:

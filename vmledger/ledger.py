@@ -64,7 +64,9 @@ from vmledger.projections import queries
 from vmledger.projections.model import Model, count_outcome_days, outcome_day_rows, state_from_json
 from vmledger.projections.scan import scan
 from vmledger.projections.store import OUTCOME_DAYS_ROWS, RULES, DuplicateRequestError
-from vmledger.projections.verify import compare, compare_days, digest, domain_groups, folded_rows, paired_groups
+from vmledger.projections.verify import (
+    chain_in_worker, compare, compare_days, digest, domain_groups, folded_rows, paired_groups,
+)
 from vmledger._checkpoint import Checkpoint
 from vmledger.replay import Replaying
 from vmledger.results import AuditReport, ConfigDiff, DomainView, DriftRow, PropertyValue, RequestRecord, RevertReport
@@ -988,12 +990,39 @@ class Ledger(Replaying):
                 raise InvalidRequestError(f"position {start} is past the head of the log ({head})")
             if since is not None and since.position and await self._hash_at(since.position) != since.hash:
                 raise ChainBrokenError(since.position, "the event differs from the checkpoint's: the log was rewritten")
-            head = await self.log.verify_chain(from_position=start, decode=scan)
-            if since is None:
-                domains = await self._compare_all(head)
+            if since is None and not start:
+                head, domains = await self._verify_all(head)
             else:
-                domains = await self._compare_since(since, head)
+                head = await self.log.verify_chain(from_position=start, decode=scan)
+                domains = await (self._compare_all(head) if since is None else self._compare_since(since, head))
             return Checkpoint(position=head, hash=await self._hash_at(head), domains=domains)
+
+    async def _verify_all(self, head: int) -> tuple[int, dict[str, str]]:
+        """Check the whole chain and compare every domain's rows (`_compare_all`); return the head and the digests.
+
+        Where the fold runs in worker processes, the chain is checked in one
+        more while this process folds and compares.  Its verdict comes first
+        all the same: a broken chain is the error raised, whatever the fold
+        or the comparison met meanwhile (a damaged event explains both).
+        """
+        parts, projector = self.log.part_rows, self.log.projector
+        if parts is None or not projector.folds_in_parts(head):  # type: ignore[attr-defined]
+            head = await self.log.verify_chain(decode=scan)
+            return head, await self._compare_all(head)
+        chain = asyncio.ensure_future(chain_in_worker(parts, self.log.fetch_all, head,
+                                                      lambda: self.log.verify_chain(decode=scan)))
+        compared = asyncio.ensure_future(self._compare_all(head))
+        try:
+            await asyncio.wait({chain, compared}, return_when=asyncio.FIRST_EXCEPTION)
+            await asyncio.wait({chain})
+            broken = chain.exception()
+            if broken is not None:
+                raise broken
+            return chain.result(), await compared
+        finally:
+            for task in (chain, compared):
+                task.cancel()
+            await asyncio.gather(chain, compared, return_exceptions=True)
 
     async def _hash_at(self, position: int) -> str:
         rows = await self.log.fetch_all("SELECT hash FROM events WHERE position = ?", (position,))

@@ -392,6 +392,17 @@ class ChainChecker:
             self.check(row, decoded=decoded)
 
 
+async def check_lowest(fetch_all: Callable[..., Awaitable[list[tuple[Any, ...]]]]) -> None:
+    """Check that no event is stored before position 1: rows are read after a position, so it would pass unseen.
+
+    Raises:
+        ChainBrokenError: naming the lowest position.
+    """
+    lowest = (await fetch_all("SELECT min(position) FROM events"))[0][0]
+    if lowest is not None and lowest < 1:
+        raise ChainBrokenError(lowest, f"an event is stored at position {lowest}, before position 1")
+
+
 async def verify_rows(
     fetch_all: Callable[..., Awaitable[list[tuple[Any, ...]]]],
     rows: Callable[[int], AsyncIterator[Row]],
@@ -406,10 +417,7 @@ async def verify_rows(
         ChainBrokenError: naming the first position that does not check out.
     """
     checker = ChainChecker(from_position, decode=decode)
-    # Rows are read after a position, so one stored below the first would pass unseen.
-    lowest = (await fetch_all("SELECT min(position) FROM events"))[0][0]
-    if lowest is not None and lowest < 1:
-        raise ChainBrokenError(lowest, f"an event is stored at position {lowest}, before position 1")
+    await check_lowest(fetch_all)
     if from_position:
         found = await fetch_all("SELECT hash FROM events WHERE position = ?", (from_position,))
         if not found:

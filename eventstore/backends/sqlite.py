@@ -34,8 +34,8 @@ import aiosqlite
 import attrs
 
 from vmledger.eventstore.backends.common import (
-    FILTER_INDEXES, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, batch_steps, check_ledger_tables,
-    cpus,
+    COLUMNS, FILTER_INDEXES, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, batch_steps,
+    check_ledger_tables, cpus,
 )
 from vmledger.eventstore.errors import LedgerNotFoundError, StorageError
 from vmledger.eventstore.events import Event
@@ -155,13 +155,14 @@ class _PartRows:
     uri: str
     busy_ms: int
 
-    def __call__(self, part: int, parts: int, head: int, chunk: int) -> Iterator[list[tuple[Any, ...]]]:
+    def __call__(self, part: int, parts: int, head: int, chunk: int, hashes: bool = False
+                 ) -> Iterator[list[tuple[Any, ...]]]:
         conn = sqlite3.connect(self.uri, uri=True, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {self.busy_ms}")
             conn.execute("PRAGMA query_only = 1")
-            last = 0
-            while rows := conn.execute(_PART_ROWS, (last, head, parts, part, chunk)).fetchall():
+            last, query = 0, _PART_ROWS.replace(SCAN_COLUMNS, COLUMNS, 1) if hashes else _PART_ROWS
+            while rows := conn.execute(query, (last, head, parts, part, chunk)).fetchall():
                 yield rows
                 last = rows[-1][0]
         finally:

@@ -23,7 +23,7 @@ from vmledger.eventstore.backends.common import COLUMNS, _link
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.eventstore.catalogue import Outcome
 from vmledger.eventstore.codec import dumps, encode
-from vmledger.eventstore.errors import StorageError, VmledgerError
+from vmledger.eventstore.errors import ChainBrokenError, StorageError, VmledgerError
 from vmledger.eventstore.events import DomainDefined, DomainStarted, Event, change_event
 from vmledger.eventstore.log import GENESIS_HASH, Metadata, RecordedEvent, timestamp
 from vmledger.ledger import Ledger
@@ -441,13 +441,63 @@ def test_verify_in_parts_finds_what_one_process_finds(records: list[RecordedEven
         path = os.path.join(tmp, "ledger.db")
         _stored(path, [_row(r) for r in records])
         _rebuilt(path, TableProjector(chunk=chunk, parts=1))
-        with contextlib.closing(sqlite3.connect(path)) as conn, conn:  # the rows hash as stored, for the chain
-            prev = GENESIS_HASH
-            for row in conn.execute(f"SELECT {COLUMNS} FROM events ORDER BY position").fetchall():
-                prev = _link(prev, row)
-                conn.execute("UPDATE events SET hash = ? WHERE position = ?", (prev, row[0]))
+        _relink(path)  # the rows hash as stored, for the chain
         alone = _verified(path, TableProjector(chunk=chunk, parts=1))
         assert _verified(path, TableProjector(chunk=chunk, parts=2, parts_from=0)) == alone
+
+
+#: Changes to one stored event, behind the log's back: `(statement, its parameters but the position)`.
+_EVENT_EDITS = st.sampled_from([
+    ("UPDATE events SET data = data || ' ' WHERE position = ?", ()),
+    ("UPDATE events SET data = '{' WHERE position = ?", ()),
+    ("UPDATE events SET stream = 'c' WHERE position = ?", ()),
+    ("UPDATE events SET version = version + 100 WHERE position = ?", ()),
+    ("UPDATE events SET type = 'DomainStopped' WHERE position = ?", ()),
+    ("UPDATE events SET metadata = '{}' WHERE position = ?", ()),
+    ("UPDATE events SET recorded_at = 'yesterday' WHERE position = ?", ()),
+    ("UPDATE events SET hash = ? WHERE position = ?", ("f" * 64,)),
+    ("UPDATE events SET position = position + 1000 WHERE position = ?", ()),
+    ("DELETE FROM events WHERE position = ?", ()),
+])
+
+
+@settings(database=None, deadline=None, max_examples=15)
+@given(any_logs(), st.data())
+def test_verify_in_parts_names_the_damage_one_process_names(records: list[RecordedEvent], data: st.DataObject) -> None:
+    """A stored event changed behind the log's back: `verify`, its chain checked in a worker process while it folds and compares, raises what checking the chain first, in its own process, raises."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ledger.db")
+        _stored(path, [_row(r) for r in records])
+        _rebuilt(path, TableProjector(chunk=4, parts=1))
+        _relink(path)
+        sql, params = data.draw(_EVENT_EDITS)
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute(sql, (*params, data.draw(st.integers(1, len(records)))))
+        alone = _verified(path, TableProjector(chunk=4, parts=1))
+        assert alone[0] == "raised"
+        assert _verified(path, TableProjector(chunk=4, parts=2, parts_from=0)) == alone
+
+
+def test_verify_checks_the_chain_itself_where_no_worker_process_starts(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The chain's worker process cannot start (no Python to run): `verify` checks the chain in its own process, and still names a changed event."""
+    path = str(tmp_path / "ledger.db")
+    asyncio.run(_append_fleet(path))
+    tamper = "UPDATE events SET data = data || ' ' WHERE position = 7"
+    alone = _verified(path, TableProjector(parts=1), tamper)
+    monkeypatch.setattr(vmledger.projections._parts.sys, "executable", str(tmp_path / "no-python"))
+    assert _verified(path, TableProjector(chunk=4, parts=2, parts_from=0)) == alone
+    assert alone[:2] == ("raised", ChainBrokenError) and "position 7:" in alone[2]
+
+
+def _relink(path: str) -> None:
+    """Give every stored event of the file the hash its fields and its predecessor's hash make."""
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        prev = GENESIS_HASH
+        for row in conn.execute(f"SELECT {COLUMNS} FROM events ORDER BY position").fetchall():
+            prev = _link(prev, row)
+            conn.execute("UPDATE events SET hash = ? WHERE position = ?", (prev, row[0]))
 
 
 @pytest.mark.parametrize("tamper", [
