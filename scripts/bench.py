@@ -176,6 +176,59 @@ def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
     return peak / MiB if sys.platform == "darwin" else peak / 1024
 
 
+class TreeRss:
+    """Samples, while in use, the resident memory of this process and of every process it started, together.
+
+    `peak` is the largest sum seen, in MiB, every `interval` seconds: the
+    memory a rebuild or a verify takes with its worker processes, which
+    each reach their own peak at their own time.  `workers` counts the
+    processes it started that it saw.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval, self.peak, self._seen = interval, 0.0, set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @property
+    def workers(self) -> int:
+        return len(self._seen - {os.getpid()})
+
+    def __enter__(self) -> "TreeRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            pids = _tree(os.getpid())
+            self._seen.update(pids)
+            self.peak = max(self.peak, sum(map(_rss_mib, pids)))
+
+
+def _tree(pid: int) -> list[int]:
+    """Return `pid` and the pids of its descendants, as /proc has them (a thread's children are the process's)."""
+    found = [pid]
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                for child in f.read().split():
+                    found += _tree(int(child))
+    return found
+
+
+def _rss_mib(pid: int) -> float:
+    """Return a process's resident set size in MiB (0 once it has ended)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class Table:
     """Rows of `benchmark | median | unit | runs/notes`, printed as plain text."""
 
@@ -874,14 +927,17 @@ def force_parts(parts: int) -> None:
 
 
 def with_workers(measured: dict[str, Any]) -> tuple[float, str]:
-    """Return the peak RSS of a child (`rss`) and its worker processes (`parts` of at most `worker_rss`) together, and the words for it.
+    """Return the peak RSS of a child and its worker processes together (`TreeRss`), and the words for it.
 
-    The workers of a rebuild's or a verify's fold run beside the child: the
-    memory it takes is theirs and its own together.
+    The workers of a rebuild's or a verify's fold, and verify's chain
+    check, run beside the child: the memory it takes is theirs and its own
+    together.  Without workers, it is the child's own peak (`rss`).
     """
-    rss = measured["rss"] + measured["parts"] * measured["worker_rss"]
-    return rss, (f", {measured['parts']} worker processes at most {measured['worker_rss']:.0f} MiB each, "
-                 f"together {rss:.0f} MiB" if measured["parts"] else "")
+    if not measured["workers"]:
+        return measured["rss"], ""
+    rss = max(measured["rss"], measured["tree_rss"])
+    return rss, (f"; with its {measured['workers']} worker processes at most {rss:.0f} MiB together "
+                 f"(sampled every 10 ms), the largest worker {measured['worker_rss']:.0f} MiB")
 
 
 async def rebuild_in_child(path: str, label: str, args: argparse.Namespace, table: Table) -> tuple[float, float]:
@@ -977,27 +1033,27 @@ async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str,
 async def child_rebuild(path: str, repeat: int) -> None:
     """Time `rebuild` on an existing log `repeat` times; print the rates, CPU seconds, seconds after the fold and peak RSS as JSON."""
     rates, cpu, after_fold = [], [], []
-    async with bulk_open(path) as ledger:
-        head = await ledger.log.head()
-        for _ in range(repeat):
-            folded: list[float] = []
+    with TreeRss() as tree:
+        async with bulk_open(path) as ledger:
+            head = await ledger.log.head()
+            for _ in range(repeat):
+                folded: list[float] = []
 
-            def progress(position: int, total: int) -> None:  # called from the writer thread
-                if position == total and not folded:
-                    folded.append(time.perf_counter())
+                def progress(position: int, total: int) -> None:  # called from the writer thread
+                    if position == total and not folded:
+                        folded.append(time.perf_counter())
 
-            before = cpu_seconds()
-            seconds, position = await timed(functools.partial(ledger.rebuild, progress=progress))
-            end = time.perf_counter()
-            if position != head:
-                raise SystemExit(f"bench: rebuild reached {position}, head is {head}")
-            rates.append(head / seconds)
-            cpu.append([after - then for after, then in zip(cpu_seconds(), before)])
-            after_fold.append(end - folded[0])
-    worker_rss = peak_rss_mib(resource.RUSAGE_CHILDREN)
-    parts = TableProjector().parts if worker_rss else 0  # the rebuild's worker processes, if it started any
-    print(json.dumps({"rates": rates, "cpu": cpu, "after_fold": after_fold, "rss": peak_rss_mib(), "parts": parts,
-                      "worker_rss": worker_rss}))
+                before = cpu_seconds()
+                seconds, position = await timed(functools.partial(ledger.rebuild, progress=progress))
+                end = time.perf_counter()
+                if position != head:
+                    raise SystemExit(f"bench: rebuild reached {position}, head is {head}")
+                rates.append(head / seconds)
+                cpu.append([after - then for after, then in zip(cpu_seconds(), before)])
+                after_fold.append(end - folded[0])
+    print(json.dumps({"rates": rates, "cpu": cpu, "after_fold": after_fold, "rss": peak_rss_mib(),
+                      "workers": tree.workers, "tree_rss": tree.peak,
+                      "worker_rss": peak_rss_mib(resource.RUSAGE_CHILDREN)}))
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -1008,17 +1064,16 @@ def cpu_seconds() -> tuple[float, float]:
 
 async def child_verify(path: str) -> None:
     """Time `verify`, then `checkpoint` since the checkpoint it makes; print the seconds and the peak RSS as JSON."""
-    async with bulk_open(path) as ledger:
-        started = time.perf_counter()
-        checkpoint = await ledger.checkpoint()
-        verify = time.perf_counter() - started
-        started = time.perf_counter()
-        await ledger.checkpoint(checkpoint)
-        since = time.perf_counter() - started
-    worker_rss = peak_rss_mib(resource.RUSAGE_CHILDREN)
-    parts = TableProjector().parts if worker_rss else 0  # verify's worker processes, if it started any
-    print(json.dumps({"verify": verify, "checkpoint": since, "rss": peak_rss_mib(), "parts": parts,
-                      "worker_rss": worker_rss}))
+    with TreeRss() as tree:
+        async with bulk_open(path) as ledger:
+            started = time.perf_counter()
+            checkpoint = await ledger.checkpoint()
+            verify = time.perf_counter() - started
+            started = time.perf_counter()
+            await ledger.checkpoint(checkpoint)
+            since = time.perf_counter() - started
+    print(json.dumps({"verify": verify, "checkpoint": since, "rss": peak_rss_mib(), "workers": tree.workers,
+                      "tree_rss": tree.peak, "worker_rss": peak_rss_mib(resource.RUSAGE_CHILDREN)}))
 
 
 # -- the peer and the limits: the eventsourcing library and raw sqlite3 -------------
