@@ -514,9 +514,7 @@ class PostgresEventLog(LogReads):
             raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
         if self._settling is not None:
             # A cancelled caller's shielded statement (COMMIT, ROLLBACK, a batch's write) may still run on it.
-            # Waiting for a task already done would still yield to the event loop, and put off the next batch.
-            if not self._settling.done():
-                await asyncio.wait({self._settling})
+            await asyncio.wait({self._settling})
             self._settling = None
 
     async def _connected(self) -> asyncpg.Connection:
