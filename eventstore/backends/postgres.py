@@ -514,6 +514,9 @@ class PostgresEventLog(LogReads):
             raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
         if self._settling is not None:
             # A cancelled caller's shielded statement (COMMIT, ROLLBACK, a batch's write) may still run on it.
+            # Waited for even once done, it gives the event loop a turn, which the next batch needs: the callers
+            # the last write woke append again at once (a finished request's caller, its next intent) and join
+            # it.  Taken without that turn, batches were a quarter smaller, and 64 callers slower.
             await asyncio.wait({self._settling})
             self._settling = None
 
