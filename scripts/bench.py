@@ -181,18 +181,15 @@ class TreeRss:
 
     `peak` is the largest sum seen, in MiB, every `interval` seconds: the
     memory a rebuild or a verify takes with its worker processes, which
-    each reach their own peak at their own time.  `workers` counts the
-    processes it started that it saw.
+    each reach their own peak at their own time.  `workers` is the most
+    processes it started that it saw running at once.  A sample costs
+    about 0.3 ms of CPU, in the process measured: every 50 ms, under 1%.
     """
 
-    def __init__(self, interval: float = 0.01) -> None:
-        self.interval, self.peak, self._seen = interval, 0.0, set()
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak, self.workers = interval, 0.0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    @property
-    def workers(self) -> int:
-        return len(self._seen - {os.getpid()})
 
     def __enter__(self) -> "TreeRss":
         self._thread.start()
@@ -205,7 +202,7 @@ class TreeRss:
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
             pids = _tree(os.getpid())
-            self._seen.update(pids)
+            self.workers = max(self.workers, len(pids) - 1)
             self.peak = max(self.peak, sum(map(_rss_mib, pids)))
 
 
@@ -937,7 +934,7 @@ def with_workers(measured: dict[str, Any]) -> tuple[float, str]:
         return measured["rss"], ""
     rss = max(measured["rss"], measured["tree_rss"])
     return rss, (f"; with its {measured['workers']} worker processes at most {rss:.0f} MiB together "
-                 f"(sampled every 10 ms), the largest worker {measured['worker_rss']:.0f} MiB")
+                 f"(sampled every 50 ms), the largest worker {measured['worker_rss']:.0f} MiB")
 
 
 async def rebuild_in_child(path: str, label: str, args: argparse.Namespace, table: Table) -> tuple[float, float]:
