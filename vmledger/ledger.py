@@ -1001,38 +1001,50 @@ class Ledger(Replaying):
         """Check the whole chain and compare every domain's rows (`_compare_all`); return the head and the digests.
 
         Where the fold runs in worker processes, the chain is checked in one
-        more while this process folds and compares.  Its verdict comes first
-        all the same: a broken chain is the error raised, whatever the fold
-        or the comparison met meanwhile (a damaged event explains both).
+        more once they end, while this process compares (so that the
+        workers' memory and the chain's are not taken at once).  Its verdict
+        comes first all the same: a broken chain is the error raised,
+        whatever the fold or the comparison met (a damaged event explains both).
         """
         parts, projector = self.log.part_rows, self.log.projector
         if parts is None or not projector.folds_in_parts(head):  # type: ignore[attr-defined]
             head = await self.log.verify_chain(decode=scan)
             return head, await self._compare_all(head)
-        chain = asyncio.ensure_future(chain_in_worker(parts, self.log.fetch_all, head,
-                                                      lambda: self.log.verify_chain(decode=scan)))
-        compared = asyncio.ensure_future(self._compare_all(head))
+        checking: asyncio.Future[int] | None = None
+
+        def chain() -> Awaitable[int]:
+            return chain_in_worker(parts, self.log.fetch_all, head, lambda: self.log.verify_chain(decode=scan))
+
+        def folded() -> None:
+            nonlocal checking
+            checking = asyncio.ensure_future(chain())
+
         try:
-            await asyncio.wait({chain, compared}, return_when=asyncio.FIRST_EXCEPTION)
-            await asyncio.wait({chain})
-            broken = chain.exception()
-            if broken is not None:
-                raise broken
-            return chain.result(), await compared
-        finally:
-            for task in (chain, compared):
-                task.cancel()
-            await asyncio.gather(chain, compared, return_exceptions=True)
+            digests = await self._compare_all(head, folded)
+        except Exception:
+            await (checking or chain())  # a broken chain is raised ahead of what the fold or comparison met
+            raise
+        except BaseException:  # cancelled: the chain's worker stops too
+            if checking is not None:
+                checking.cancel()
+                await asyncio.gather(checking, return_exceptions=True)
+            raise
+        return await cast("asyncio.Future[int]", checking), digests
 
     async def _hash_at(self, position: int) -> str:
         rows = await self.log.fetch_all("SELECT hash FROM events WHERE position = ?", (position,))
         return rows[0][0] if rows else ""
 
-    async def _compare_all(self, head: int) -> dict[str, str]:
-        """Compare every domain's stored rows, then the day counts, with a fold of the log up to `head`; return the domains' digests."""
+    async def _compare_all(self, head: int, folded: Callable[[], None] | None = None) -> dict[str, str]:
+        """Compare every domain's stored rows, then the day counts, with a fold of the log up to `head`; return the domains' digests.
+
+        `folded()`, if given, is called once the fold is done, before the comparison.
+        """
         digests = {}
         async with folded_rows(self.log.read_rows(0, head), parts=self.log.part_rows, head=head,
                                projector=self.log.projector) as expected:
+            if folded is not None:
+                folded()
             async for uuid, want, have in paired_groups(expected, self.log.fetch_all):
                 compare(want, have)
                 digests[uuid] = digest(have)
