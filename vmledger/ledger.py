@@ -1020,12 +1020,13 @@ class Ledger(Replaying):
             checking = asyncio.ensure_future(chain())
 
         try:
-            digests = await self._compare_all(head, folded)
-        except Exception:
-            await (checking or chain())  # a broken chain is raised ahead of what the fold or comparison met
-            raise
-        except BaseException:  # cancelled: the chain's worker stops too
-            if checking is not None:
+            try:
+                digests = await self._compare_all(head, folded)
+            except Exception:
+                await (checking or chain())  # a broken chain is raised ahead of what the fold or comparison met
+                raise
+        except BaseException:  # cancelled, even while the chain is checked after a failure: its worker stops too
+            if checking is not None and not checking.done():
                 checking.cancel()
                 await asyncio.gather(checking, return_exceptions=True)
             raise
