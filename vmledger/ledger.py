@@ -990,26 +990,25 @@ class Ledger(Replaying):
                 raise InvalidRequestError(f"position {start} is past the head of the log ({head})")
             if since is not None and since.position and await self._hash_at(since.position) != since.hash:
                 raise ChainBrokenError(since.position, "the event differs from the checkpoint's: the log was rewritten")
-            if since is None and not start:
-                head, domains = await self._verify_all(head)
+            parts = self.log.part_rows  # where the fold runs in worker processes, the chain is checked in one too
+            in_parts = parts is not None and self.log.projector.folds_in_parts(head)  # type: ignore[attr-defined]
+            if since is None and not start and in_parts:
+                head, domains = await self._verify_in_parts(parts, head)
             else:
                 head = await self.log.verify_chain(from_position=start, decode=scan)
                 domains = await (self._compare_all(head) if since is None else self._compare_since(since, head))
             return Checkpoint(position=head, hash=await self._hash_at(head), domains=domains)
 
-    async def _verify_all(self, head: int) -> tuple[int, dict[str, str]]:
+    async def _verify_in_parts(self, parts: Any, head: int) -> tuple[int, dict[str, str]]:
         """Check the whole chain and compare every domain's rows (`_compare_all`); return the head and the digests.
 
-        Where the fold runs in worker processes, the chain is checked in one
-        more once they end, while this process compares (so that the
-        workers' memory and the chain's are not taken at once).  Its verdict
-        comes first all the same: a broken chain is the error raised,
-        whatever the fold or the comparison met (a damaged event explains both).
+        For a fold in worker processes reading the log through `parts`: the
+        chain is checked in one more once they end, while this process
+        compares (so that the workers' memory and the chain's are not taken
+        at once).  Its verdict comes first all the same: a broken chain is
+        the error raised, whatever the fold or the comparison met (a damaged
+        event explains both).
         """
-        parts, projector = self.log.part_rows, self.log.projector
-        if parts is None or not projector.folds_in_parts(head):  # type: ignore[attr-defined]
-            head = await self.log.verify_chain(decode=scan)
-            return head, await self._compare_all(head)
         checking: asyncio.Future[int] | None = None
 
         def chain() -> Awaitable[int]:
