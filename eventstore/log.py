@@ -288,12 +288,14 @@ class Projector(Protocol):
         """Start projecting several appends in one transaction."""
         ...
 
-    def imported(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> Generator[Step, Any, int]:
+    def imported(self, chunks: Iterable[Sequence[Sequence[Any]]], bulk: bool = False) -> Generator[Step, Any, int]:
         """Yield the statements that store already-chained rows in an empty log, with their projections.
 
         `chunks` gives the rows a chunk at a time.  Runs inside one write
         transaction; returns the last position.  Only that the rows follow
-        each other is checked: the caller checks their chain.
+        each other is checked: the caller checks their chain.  `bulk`: the
+        backend's readers read the committed schema meanwhile, so the
+        projector may drop indexes while it writes and build them at the end.
         """
         ...
 

@@ -371,7 +371,7 @@ class TableProjector:
         yield from build  # the indexes that a fold in parts dropped before it gave up
         return last
 
-    def imported(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> Generator[Step, Any, int]:
+    def imported(self, chunks: Iterable[Sequence[Sequence[Any]]], bulk: bool = False) -> Generator[Step, Any, int]:
         """Yield the statements that store already-chained rows in an empty log, with their projections.
 
         `chunks` gives the rows (`COLUMNS`) a chunk at a time, checked by the
@@ -380,6 +380,11 @@ class TableProjector:
         rows of completed requests written as they go, and each event is
         first checked as an append checks it (`_Filling`).  Returns the last
         position.
+
+        With `bulk`, the secondary indexes of `history`, `outcomes` and
+        `episodes` go while the rows are written, and are built again at the
+        end (`_BULK_INDEXES`), as a rebuild in parts does: for a backend whose
+        readers meanwhile read the committed tables and indexes (SQLite's WAL).
 
         Raises:
             InvalidRequestError: the log holds events, the rows do not follow
@@ -392,6 +397,9 @@ class TableProjector:
             raise InvalidRequestError(f"an import needs an empty log; this one ends at position {head}")
         for table in ALL_TABLES:  # none should hold rows: a rebuild clears them too
             yield ("execute", f"DELETE FROM {table}", ())
+        indexes = _BULK_INDEXES if bulk else ()
+        for name, _ in indexes:
+            yield ("execute", f"DROP INDEX IF EXISTS {name}", ())
         filling = _Filling()
         for rows in chunks:
             if rows[0][0] != head + 1:
@@ -400,6 +408,8 @@ class TableProjector:
             yield from filling.add(rows)
             head = rows[-1][0]
         yield from _replayed(filling.replay, head)
+        for _, statement in indexes:
+            yield ("execute", statement, ())
         return head
 
     def folds_in_parts(self, head: int) -> bool:

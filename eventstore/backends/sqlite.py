@@ -491,7 +491,8 @@ class SQLiteEventLog(LogReads):
             InvalidRequestError: the log holds events, or the rows do not follow each other.
             StorageError: SQLite failed; nothing was written.
         """
-        await self._write_steps(self._projector.imported(chunks))
+        # Readers read the committed tables and indexes meanwhile (WAL): the projector may drop indexes.
+        await self._write_steps(self._projector.imported(chunks, bulk=True))
 
     def _wake(self) -> None:
         """Wake this process's subscribers after a commit."""

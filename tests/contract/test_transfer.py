@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from vmledger.eventstore import transfer
 from vmledger.eventstore.codec import dumps
 from vmledger.eventstore.log import chain_hash
 from vmledger.adapters.simulated import SimulatedHypervisor
-from vmledger.projections.store import DuplicateRequestError, table_rows
+from vmledger.projections.store import _BULK_INDEXES, DuplicateRequestError, table_rows
 
 GiB = 2**30
 
@@ -150,3 +152,37 @@ def test_the_store_refuses_an_import_into_a_log_that_holds_events(tmp_path: Any,
     assert error == "an import needs an empty log; this one ends at position 1"
     assert after == before
     assert verified == 1
+
+
+def _schema(path: Any) -> list[tuple[str, ...]]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+
+def test_an_sqlite_import_builds_again_the_indexes_it_drops_while_it_writes(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An import into SQLite writes without the secondary indexes of `history`, `outcomes` and `episodes`: after it, and after one refused once chunks were written, the file's schema is a new ledger's, those indexes in it."""
+    monkeypatch.setattr(ledger_module, "_IMPORT_CHUNK", 2)
+    sim = SimulatedHypervisor(tmp_path / "sim.json")
+
+    async def go() -> list[Any]:
+        async with vmledger.open(str(tmp_path / "a.db"), hypervisor=sim) as a:
+            await _story(a)
+            good = [line async for line in a.export()]
+        bad = _continued(good, "requested again")[0]
+        async with vmledger.open(str(tmp_path / "new.db"), hypervisor=sim):
+            pass
+        schemas = [_schema(tmp_path / "new.db")]
+        async with vmledger.open(str(tmp_path / "b.db"), hypervisor=sim) as b:
+            with pytest.raises(vmledger.InvalidRequestError):
+                await b.import_lines(lambda: [*good, bad])
+            schemas.append(_schema(tmp_path / "b.db"))
+            await b.import_lines(lambda: good)
+            schemas.append(_schema(tmp_path / "b.db"))
+            assert await b.verify() == len(good)
+        return schemas
+
+    new, refused, imported = asyncio.run(go())
+    assert {name for name, _ in _BULK_INDEXES} <= {row[1] for row in new if row[0] == "index"}
+    assert refused == new
+    assert imported == new
