@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any, Awaitable, Generator
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import vmledger.projections._parts
@@ -472,7 +472,9 @@ def test_verify_in_parts_names_the_damage_one_process_names(records: list[Record
         _relink(path)
         sql, params = data.draw(_EVENT_EDITS)
         with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            before = conn.execute("SELECT * FROM events ORDER BY position").fetchall()
             conn.execute(sql, (*params, data.draw(st.integers(1, len(records)))))
+            assume(conn.execute("SELECT * FROM events ORDER BY position").fetchall() != before)  # a type it had
         alone = _verified(path, TableProjector(chunk=4, parts=1))
         assert alone[0] == "raised"
         assert _verified(path, TableProjector(chunk=4, parts=2, parts_from=0)) == alone
