@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import sqlite3
 import tempfile
 import threading
+import time
 from datetime import timedelta
 from typing import Any, Awaitable, Generator
 
@@ -17,6 +19,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import vmledger.projections._parts
+import vmledger.projections.store
 import vmledger.projections.verify
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.backends.common import COLUMNS, _link
@@ -154,6 +157,43 @@ def test_a_rebuild_in_parts_writes_the_rows_the_appends_wrote(tmp_path: Any) -> 
     assert (rebuilt, position, heads, seen[-1][0], [at for at, _ in seen] == sorted(at for at, _ in seen)) == (
         incremental, 60, {60}, 60, True)
     assert {part_of(f"domain-{c}", 3) for c in "abcdef"} == {0, 1, 2}  # every worker has domains to fold
+
+
+@pytest.mark.parametrize("limit", [1, vmledger.projections._parts._EARLY_BYTES])
+def test_a_rebuild_in_parts_takes_the_messages_its_workers_sent_while_it_deleted(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, limit: int,
+) -> None:
+    """The workers' messages read ahead while the rebuild deletes the old rows (each worker's up to its request for a stored row or its end; or one, the limit of bytes reached) are taken first, in order: the rows are the appends', and the workers' (no fold in one process)."""
+    parts = vmledger.projections._parts
+    early: list[Any] = []
+    enter, exit_, fold = parts._Early.__enter__, parts._Early.__exit__, parts.fold_in_parts
+
+    def cleared(first: Any) -> Generator[Any, Any, None]:  # deletes, then waits for the reading ahead, up to 30 s
+        yield from first
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and early[0]._thread.is_alive() and not all(
+                w.early and pickle.loads(w.early[-1])[0] in ("need", "done") for w in early[0]._workers):
+            time.sleep(0.01)
+
+    read: list[int] = []
+    monkeypatch.setattr(parts, "_EARLY_BYTES", limit)
+    monkeypatch.setattr(parts._Early, "__enter__", lambda self: early.append(self) or enter(self))
+    monkeypatch.setattr(parts._Early, "__exit__",
+                        lambda self, *exc: exit_(self, *exc) or read.append(sum(len(w.early) for w in self._workers)))
+    monkeypatch.setattr(vmledger.projections.store, "fold_in_parts",
+                        lambda *args: fold(*args[:-1], cleared(args[-1])))  # `first` taken once the workers run
+    path = str(tmp_path / "ledger.db")
+
+    async def go() -> tuple[dict, int, dict]:
+        incremental = await _append_fleet(path)
+        async with SQLiteEventLog(path, TableProjector(chunk=4, parts=3, parts_from=0)) as log:
+            return incremental, await log.rebuild(), await table_rows(log.fetch_all)
+
+    with caplog.at_level(logging.DEBUG, logger="vmledger"):
+        incremental, position, rebuilt = asyncio.run(go())
+    assert (rebuilt, position, caplog.messages) == (incremental, 60, [])
+    # One message; or each worker's rows, and its request or its end.
+    assert (read == [1]) if limit == 1 else (len(read) == 1 and read[0] >= 2 * 3)
 
 
 def test_a_rebuild_whose_workers_cannot_start_folds_in_one_process(
