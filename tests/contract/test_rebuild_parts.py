@@ -277,8 +277,11 @@ def test_a_rebuild_in_parts_that_fails_to_write_stops_its_workers_and_changes_no
         True, {table: [] for table in rows}, set())
 
 
-def test_a_cancelled_rebuild_in_parts_stops_at_its_next_statement_and_changes_nothing(tmp_path: Any) -> None:
-    """A rebuild in parts cancelled (Ctrl-C) while it folds rolls back at its next statement, rather than run on unseen and commit: the rows it would have replaced stay, its workers stop, and a rebuild after it replaces them (in one process: `test_store.py`)."""
+@pytest.mark.parametrize("when", ["folding", "deleting the old rows"])
+def test_a_cancelled_rebuild_in_parts_stops_at_its_next_statement_and_changes_nothing(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, when: str,
+) -> None:
+    """A rebuild in parts cancelled (Ctrl-C) while it folds, or while it deletes the old rows (its workers' messages read ahead meanwhile), rolls back at its next statement, rather than run on unseen and commit: the rows it would have replaced stay, its workers and its reading thread stop, and a rebuild after it replaces them (in one process: `test_store.py`)."""
     path = str(tmp_path / "ledger.db")
     before = _children()
 
@@ -290,12 +293,25 @@ def test_a_cancelled_rebuild_in_parts_stops_at_its_next_statement_and_changes_no
         folding, resume = asyncio.Event(), threading.Event()
         loop = asyncio.get_running_loop()
 
-        def progress(at: int, head: int) -> None:  # in the writer thread: hold it until the caller is cancelled
-            seen.append(at)
-            if len(seen) == 1:
-                loop.call_soon_threadsafe(folding.set)
-                resume.wait(30)
+        def hold() -> None:  # in the writer thread: hold it until the caller is cancelled
+            loop.call_soon_threadsafe(folding.set)
+            resume.wait(30)
 
+        def progress(at: int, head: int) -> None:
+            seen.append(at)
+            if when == "folding" and len(seen) == 1:
+                hold()
+
+        def held(first: Any) -> Generator[Any, Any, None]:  # the deletes, held after the first
+            for n, step in enumerate(first):
+                yield step
+                if n == 0:
+                    hold()
+
+        if when == "deleting the old rows":
+            fold = vmledger.projections._parts.fold_in_parts
+            monkeypatch.setattr(vmledger.projections.store, "fold_in_parts",
+                                lambda *args: fold(*args[:-1], held(args[-1])))
         projector = TableProjector(chunk=4, parts=2, parts_from=0)
         async with SQLiteEventLog(path, projector) as log:
             rebuild = asyncio.ensure_future(log.rebuild(progress))
@@ -311,8 +327,9 @@ def test_a_cancelled_rebuild_in_parts_stops_at_its_next_statement_and_changes_no
             return incremental, seen, left, await table_rows(log.fetch_all)
 
     incremental, seen, left, rebuilt = asyncio.run(go())
-    assert (max(seen) < 60, left, rebuilt, _children() - before) == (
-        True, {**incremental, "history": []}, incremental, set())
+    reading = [t for t in threading.enumerate() if t.name == "vmledger-rebuild-early"]
+    assert (max(seen, default=0) < 60, left, rebuilt, _children() - before, reading) == (
+        True, {**incremental, "history": []}, incremental, set(), [])
 
 
 def test_a_rebuild_in_parts_reads_the_file_the_log_opened_after_a_change_of_directory(
