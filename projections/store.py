@@ -206,6 +206,9 @@ _PARTS_FROM = 100_000
 #: process's time, where building each once, in one sorted pass, takes a few seconds at 1M events.
 _BULK_INDEXES = tuple((s.split()[5], s) for s in SCHEMA
                       if s.startswith("CREATE INDEX") and s.split()[7] in ("history", "outcomes", "episodes"))
+#: The statements that drop the `_BULK_INDEXES`, and that build them again.
+_DROP_BULK: tuple[Step, ...] = tuple(("execute", f"DROP INDEX IF EXISTS {name}", ()) for name, _ in _BULK_INDEXES)
+_BUILD_BULK: tuple[Step, ...] = tuple(("execute", statement, ()) for _, statement in _BULK_INDEXES)
 #: A rebuild's `outcomes` rows, made by the database from the `outcomes` JSON of the `history` rows written,
 #: as `model.outcome_rows` makes them, in the order of the table's key: on the bench's log of 1M events,
 #: 4 s where inserting the rows the fold made, in the order it completed their requests, took 10 s.
@@ -351,14 +354,14 @@ class TableProjector:
         """
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
         clear: list[Step] = [("execute", f"DELETE FROM {table}", ()) for table in ALL_TABLES]
-        build: list[Step] = []
+        build: Sequence[Step] = ()
         if parts is not None and self.folds_in_parts(head):
             # Readers meanwhile read the committed tables and indexes: a backend gives `parts` only where
             # its readers do (SQLite's WAL).
             if (yield from self.fold_in_parts(parts, head, progress, clear)):
                 yield ("execute", _SET_POSITION, (head,))
                 return head
-            build = [("execute", statement, ()) for _, statement in _BULK_INDEXES]
+            build = _BUILD_BULK
         yield from clear
         replay, last = Replay(), 0
         while last < head:
@@ -397,9 +400,8 @@ class TableProjector:
             raise InvalidRequestError(f"an import needs an empty log; this one ends at position {head}")
         for table in ALL_TABLES:  # none should hold rows: a rebuild clears them too
             yield ("execute", f"DELETE FROM {table}", ())
-        indexes = _BULK_INDEXES if bulk else ()
-        for name, _ in indexes:
-            yield ("execute", f"DROP INDEX IF EXISTS {name}", ())
+        if bulk:
+            yield from _DROP_BULK
         filling = _Filling()
         for rows in chunks:
             if rows[0][0] != head + 1:
@@ -408,8 +410,8 @@ class TableProjector:
             yield from filling.add(rows)
             head = rows[-1][0]
         yield from _replayed(filling.replay, head)
-        for _, statement in indexes:
-            yield ("execute", statement, ())
+        if bulk:
+            yield from _BUILD_BULK
         return head
 
     def folds_in_parts(self, head: int) -> bool:
@@ -428,13 +430,11 @@ class TableProjector:
         the log must be folded in one process instead (see `projections._parts`);
         the rows written so far must then be deleted.
         """
-        drop: list[Step] = [("execute", f"DROP INDEX IF EXISTS {name}", ()) for name, _ in _BULK_INDEXES]
         if not (yield from fold_in_parts(parts, self.parts, head, self._chunk, _insert, _HISTORY_BY_ID, progress,
-                                         [*drop, *first])):
+                                         [*_DROP_BULK, *first])):
             return False
         yield ("execute", OUTCOMES_FROM_HISTORY, ())
-        for _, statement in _BULK_INDEXES:
-            yield ("execute", statement, ())
+        yield from _BUILD_BULK
         return True
 
 
