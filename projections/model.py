@@ -54,6 +54,7 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
 #: append's change to the counts, so a count may fall to 0: such a row stands for no row.
 OUTCOME_DAYS: tuple[tuple[str, ...], int] = (("day", "principal", "property", "scope", "status", "reason", "count"), 6)
 #: The episodes an audit lists: all but the windows between one request's two outcomes, which ended `in_flight`.
+#: The projector stores no such window once it ended (`ended_episodes`); ledgers of rules 4 hold them.
 KEPT_EPISODES = f"(cause <> '{Cause.IN_FLIGHT.value}' OR ended IS NULL)"
 #: The statements that take a request's rows out (a late outcome reopens a written request), by request id.
 FORGET_REQUEST = tuple(f"DELETE FROM {table} WHERE request_id = ?" for table in ("history", "outcomes"))
@@ -180,9 +181,12 @@ def ended_episodes(uuid: str, before: dict[str, Mark], after: dict[str, Mark], p
     `before` and `after` are the drifting marks (`eventstore.state.drift_marks`)
     around the event; a mark replaced by one of another event ends its episode
     too, while one whose cause alone changed (an `in_flight` settled) goes on.
+    An episode that ends while its cause is still `in_flight` (the window
+    between a request's two outcomes) makes no row: the audit never lists it
+    (`KEPT_EPISODES`), and its open row is deleted with its drift row.
     """
     return [_episode(uuid, prop, mark, position, at_text) for prop, mark in sorted(before.items())
-            if (now := after.get(prop)) is None or now.position != mark.position]
+            if ((now := after.get(prop)) is None or now.position != mark.position) and mark.cause != Cause.IN_FLIGHT]
 
 
 def completed(record: list[Any]) -> bool:

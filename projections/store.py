@@ -238,8 +238,9 @@ def _cpus() -> int:
 
 #: The version of the fold's rules the projection rows are made by.  Rows an older version made (2:
 #: the drift rule of issue 13, persistent_only; 3: the episodes and outcomes tables of issue 17; 4: the
-#: outcome_days table of issue 17) are rebuilt when a writer next opens the ledger.
-RULES = 4
+#: outcome_days table of issue 17; 5: no `episodes` row for a window that ended `in_flight`) are rebuilt when
+#: a writer next opens the ledger.
+RULES = 5
 _RULES_ROW = "SELECT position FROM projection_position WHERE name = 'rules'"
 _SET_RULES = ("INSERT INTO projection_position (name, position) VALUES ('rules', ?) "
               "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
