@@ -79,6 +79,9 @@ EPISODES = (
     "It leaves out an episode that ended while its cause was still `in_flight`: the time between one request's "
     "two outcomes, a request being carried out rather than a difference that stayed (there is one for every "
     "request in both scopes that changed a value); `drift --as-of` still shows it.",
+    "The table keeps such an episode's row while it is open, and deletes it with its drift row when it ends in "
+    "flight. A ledger that an earlier version wrote keeps them: the first writer to open it rebuilds its "
+    "projections once, and a reader's `audit` leaves them out all the same.",
 )
 
 _STABLE_ENV = {"COLUMNS": "100", "VMLEDGER_DB": None, "VMLEDGER_HYPERVISOR": None, "VMLEDGER_TIMEOUT": None,
