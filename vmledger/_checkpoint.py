@@ -26,16 +26,23 @@ _FORMAT = "vmledger-checkpoint/1"
 
 @attrs.frozen(kw_only=True)
 class Checkpoint:
-    """What a verify proved: the head position, its hash, and each domain's projection digest."""
+    """What a verify proved: the head position, its hash, and each domain's projection digest.
+
+    `rules` names the fold rules the digests were made by (`projections.store.RULES`);
+    None where the checkpoint names none, as those an older vmledger wrote.
+    """
 
     position: int
     hash: str
     domains: Mapping[str, str] = attrs.field(converter=lambda d: dict(sorted(d.items())))
+    rules: int | None = None
 
     def to_text(self) -> str:
         """Return the checkpoint as one line of JSON."""
-        return json.dumps({"format": _FORMAT, "position": self.position, "hash": self.hash,
-                           "domains": self.domains}, sort_keys=True, separators=(",", ":")) + "\n"
+        d: dict[str, Any] = {"format": _FORMAT, "position": self.position, "hash": self.hash, "domains": self.domains}
+        if self.rules is not None:
+            d["rules"] = self.rules
+        return json.dumps(d, sort_keys=True, separators=(",", ":")) + "\n"
 
     @classmethod
     def from_text(cls, text: str) -> "Checkpoint":
@@ -50,12 +57,14 @@ class Checkpoint:
             d = None
         if not (isinstance(d, dict) and d.get("format") == _FORMAT):
             raise InvalidRequestError(f"not a vmledger checkpoint (format {_FORMAT})")
-        position, hash_, domains = d.get("position"), d.get("hash"), d.get("domains")
+        position, hash_, domains, rules = d.get("position"), d.get("hash"), d.get("domains"), d.get("rules")
         if (isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= MAX_POSITION
                 or not isinstance(hash_, str) or not isinstance(domains, dict)
                 or not all(isinstance(k, str) and isinstance(v, str) for k, v in domains.items())):
             raise InvalidRequestError("damaged vmledger checkpoint: position, hash or domains malformed")
-        return cls(position=position, hash=hash_, domains=domains)
+        if rules is not None and (isinstance(rules, bool) or not isinstance(rules, int) or not 1 <= rules <= 2**31):
+            raise InvalidRequestError("damaged vmledger checkpoint: rules malformed")
+        return cls(position=position, hash=hash_, domains=domains, rules=rules)
 
 
 def read_checkpoint(path: str) -> Checkpoint | None:

@@ -602,10 +602,14 @@ async def _verify(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
     since = read_checkpoint(args.checkpoint)
     checkpoint = await ledger.checkpoint(since)
     write_checkpoint(args.checkpoint, checkpoint)
-    checked = f"since the checkpoint at position {since.position}" if since else "in full"
+    if since is None:
+        checked, start = "in full", 0
+    elif since.rules != checkpoint.rules:  # see Ledger.checkpoint
+        checked, start = "in full, as the checkpoint's digests are of rows another version's fold rules made", 0
+    else:
+        checked, start = f"since the checkpoint at position {since.position}", since.position
     if args.json:
-        _print_json({"ok": True, "events": checkpoint.position, "from": since.position if since else 0,
-                     "checkpoint": args.checkpoint})
+        _print_json({"ok": True, "events": checkpoint.position, "from": start, "checkpoint": args.checkpoint})
         return
     print(f"ok: {checkpoint.position} events, chain intact, projections equal a rebuild "
           f"(checked {checked}); checkpoint saved to {args.checkpoint}")

@@ -63,7 +63,7 @@ from vmledger.eventstore.state import DomainState, fold
 from vmledger.projections import queries
 from vmledger.projections.model import Model, count_outcome_days, outcome_day_rows, state_from_json
 from vmledger.projections.scan import scan
-from vmledger.projections.store import OUTCOME_DAYS_ROWS, DuplicateRequestError
+from vmledger.projections.store import OUTCOME_DAYS_ROWS, RULES, DuplicateRequestError
 from vmledger.projections.verify import (
     chain_in_worker, compare, compare_days, digest, domain_groups, folded_rows, paired_groups,
 )
@@ -971,6 +971,10 @@ class Ledger(Replaying):
         from their own streams, and every other domain's projection rows
         must still match the checkpoint's digest.  The cost is the new
         events, the streams they touch, and one scan of the projections.
+        A checkpoint whose digests other fold rules made (`Checkpoint.rules`:
+        an older vmledger's, whose rows a writer has rebuilt since) proves
+        nothing of today's rows: past its event's hash, all is verified in
+        full.  The checkpoint returned names the rules of this version.
 
         Raises:
             ChainBrokenError: naming the first position that does not check out.
@@ -991,6 +995,8 @@ class Ledger(Replaying):
                 raise InvalidRequestError(f"position {start} is past the head of the log ({head})")
             if since is not None and since.position and await self._hash_at(since.position) != since.hash:
                 raise ChainBrokenError(since.position, "the event differs from the checkpoint's: the log was rewritten")
+            if since is not None and since.rules != RULES:  # its digests are of rows other rules made
+                start, since = 0, None
             parts = self.log.part_rows  # where the fold runs in worker processes, the chain is checked in one too
             in_parts = parts is not None and self.log.projector.folds_in_parts(head)  # type: ignore[attr-defined]
             if since is None and not start and in_parts:
@@ -998,7 +1004,7 @@ class Ledger(Replaying):
             else:
                 head = await self.log.verify_chain(from_position=start, decode=scan)
                 domains = await (self._compare_all(head) if since is None else self._compare_since(since, head))
-            return Checkpoint(position=head, hash=await self._hash_at(head), domains=domains)
+            return Checkpoint(position=head, hash=await self._hash_at(head), domains=domains, rules=RULES)
 
     async def _verify_in_parts(self, parts: Any, head: int) -> tuple[int, dict[str, str]]:
         """Check the whole chain and compare every domain's rows (`_compare_all`); return the head and the digests.

@@ -276,9 +276,11 @@ class RemoteLedger(Replaying):
             raise InvalidRequestError(f"since must be a Checkpoint, not {type(since).__name__}")
         body: dict[str, Any] = {"checkpoint": True}
         if since is not None:
-            body["since"] = {"position": since.position, "hash": since.hash, "domains": dict(since.domains)}
+            body["since"] = {"position": since.position, "hash": since.hash, "domains": dict(since.domains),
+                             "rules": since.rules}
         made = (await self._json("POST", "/v1/verify", json_body=body))["checkpoint"]
-        return Checkpoint(position=made["position"], hash=made["hash"], domains=made["domains"])
+        return Checkpoint(position=made["position"], hash=made["hash"], domains=made["domains"],
+                          rules=made.get("rules"))
 
 
 class RemoteSimulator:

@@ -7,11 +7,13 @@ import contextlib
 import sqlite3
 from typing import Any
 
+import attrs
 import pytest
 
 import vmledger
 from vmledger.eventstore.errors import ChainBrokenError, InvalidRequestError
 from vmledger.eventstore.log import GENESIS_HASH
+from vmledger.projections.store import RULES
 from tests.contract.test_store import HASH, Row, Store, _relinked
 
 GiB = 2**30
@@ -132,6 +134,24 @@ def test_a_log_rewritten_with_fresh_links_passes_verify_but_not_the_checkpoint(w
     assert (head, _damage(url, first)) == (first.position, (
         f"ledger damaged at position {first.position}: the event differs from the checkpoint's: "
         "the log was rewritten"))
+
+
+def test_a_checkpoint_of_other_fold_rules_is_verified_in_full_past_its_hash(where: Store) -> None:
+    """Digests an older version's rules made (a row those rules kept, a rule since changed) would differ from today's rows with no event to explain it: past the checkpoint's hash, such a checkpoint is verified in full, while the same digests under today's rules are damage."""
+    url = _url(where)
+    first = asyncio.run(_story(url))
+    asyncio.run(_more(url))
+    other = {uuid: "0" * 64 for uuid in first.domains}
+    older = attrs.evolve(first, domains=other, rules=None)
+    rewritten = attrs.evolve(older, hash="0" * 64)
+    assert (asyncio.run(_checkpoint(url, older)), _damage(url, attrs.evolve(first, domains=other)),
+            _damage(url, rewritten)) == (
+        asyncio.run(_checkpoint(url, None)),
+        f"ledger damaged at position {first.position}: projection rows of domain db changed since the "
+        "checkpoint, with no event of its own",
+        f"ledger damaged at position {first.position}: the event differs from the checkpoint's: "
+        "the log was rewritten")
+    assert (first.rules, asyncio.run(_checkpoint(url, older)).rules) == (RULES, RULES)
 
 
 def test_an_edited_projection_of_a_domain_without_new_events_is_caught(where: Store) -> None:

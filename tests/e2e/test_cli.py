@@ -287,6 +287,21 @@ def test_verify_checkpoint_file(cli: Cli, tmp_path: Any) -> None:
         head, head + 3)
 
 
+def test_verify_checks_in_full_since_a_checkpoint_of_other_fold_rules(cli: Cli, tmp_path: Any) -> None:
+    """A checkpoint file an older vmledger saved (it names no rules, its digests are of that version's rows) is checked in full past its hash, and replaced by one naming this version's rules."""
+    file = tmp_path / "ledger.checkpoint"
+    head = cli.head()
+    assert cli("verify", "--checkpoint", str(file))[0] == 0
+    saved = json.loads(file.read_text(encoding="utf-8"))
+    older = {**saved, "domains": {uuid: "0" * 64 for uuid in saved["domains"]}}
+    del older["rules"]
+    file.write_text(json.dumps(older), encoding="utf-8")
+    code, out, err = cli("verify", "--checkpoint", str(file))
+    assert (code, out, err, json.loads(file.read_text(encoding="utf-8"))) == (
+        0, f"ok: {head} events, chain intact, projections equal a rebuild (checked in full, as the checkpoint's "
+           f"digests are of rows another version's fold rules made); checkpoint saved to {file}\n", "", saved)
+
+
 @pytest.mark.parametrize("text", ["", "{}", "not json", '{"format":"vmledger-checkpoint/1","position":-1}'])
 def test_verify_refuses_a_damaged_checkpoint_file_and_keeps_it(cli: Cli, tmp_path: Any, text: str) -> None:
     """A file that holds no checkpoint exits 2 with one line, and is left as it was."""

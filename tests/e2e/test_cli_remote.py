@@ -30,6 +30,7 @@ from tests.e2e.test_cli import (  # noqa: F401 - collected again, with this modu
     test_short_balloon_is_partial_and_drifts,
     test_stopped_domain_scopes,
     test_verify_checkpoint_file,
+    test_verify_checks_in_full_since_a_checkpoint_of_other_fold_rules,
     test_verify_refuses_a_bad_start,
     test_verify_refuses_a_damaged_checkpoint_file_and_keeps_it,
 )

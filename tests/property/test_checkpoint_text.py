@@ -13,7 +13,8 @@ from vmledger import Checkpoint
 SETTINGS = settings(database=None, deadline=None, max_examples=100)
 _hex = st.text("0123456789abcdef", min_size=64, max_size=64)
 checkpoints = st.builds(Checkpoint, position=st.integers(0, MAX_POSITION), hash=_hex,
-                        domains=st.dictionaries(st.text(min_size=1, max_size=40), _hex, max_size=20))
+                        domains=st.dictionaries(st.text(min_size=1, max_size=40), _hex, max_size=20),
+                        rules=st.none() | st.integers(1, 2**31))
 
 
 @SETTINGS
@@ -32,3 +33,19 @@ def test_a_cut_text_is_refused(checkpoint: Checkpoint, data: st.DataObject) -> N
     cut = data.draw(st.integers(0, len(text) - 1))
     with pytest.raises(InvalidRequestError):
         Checkpoint.from_text(text[:cut])
+
+
+_TEXT = ('{"domains":{"d":"%s"},"format":"vmledger-checkpoint/1","hash":"%s","position":3%s}'
+         % ("a" * 64, "b" * 64, "%s"))
+
+
+def test_a_checkpoint_of_an_older_vmledger_names_no_rules() -> None:
+    """A checkpoint text without `rules`, as an older vmledger wrote it, reads as one whose rules are unknown."""
+    assert Checkpoint.from_text(_TEXT % "") == Checkpoint(position=3, hash="b" * 64, domains={"d": "a" * 64})
+
+
+@pytest.mark.parametrize("rules", ["0", "-1", "true", '"5"', "5.0", "[5]", str(2**31 + 1)])
+def test_malformed_rules_are_refused(rules: str) -> None:
+    """Rules that are no whole number from 1 to 2**31 make the text no checkpoint."""
+    with pytest.raises(InvalidRequestError, match="rules malformed"):
+        Checkpoint.from_text(_TEXT % f',"rules":{rules}')

@@ -522,12 +522,13 @@ async def verify(request: Request, data: JSONBody[VerifyBody]) -> dict[str, Any]
         since = None
         if data.since is not None:
             try:
-                since = Checkpoint(position=data.since.position, hash=data.since.hash, domains=data.since.domains)
+                since = Checkpoint(position=data.since.position, hash=data.since.hash, domains=data.since.domains,
+                                   rules=data.since.rules)
             except (TypeError, ValueError) as e:
                 raise InvalidRequestError(f"not a checkpoint: {e}") from e
         done = await ledger.checkpoint(since)
         return {"position": done.position, "checkpoint": {"position": done.position, "hash": done.hash,
-                                                           "domains": dict(done.domains)}}
+                                                           "domains": dict(done.domains), "rules": done.rules}}
     return {"position": await ledger.verify(from_position=data.from_position)}
 
 

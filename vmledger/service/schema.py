@@ -72,6 +72,8 @@ class CheckpointBody:
     position: int
     hash: str
     domains: dict[str, str] = attrs.field(factory=dict)
+    #: The fold rules its digests were made by; absent from an older vmledger's checkpoint.
+    rules: Optional[int] = None
 
 
 @attrs.frozen(kw_only=True)
