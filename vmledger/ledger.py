@@ -709,10 +709,14 @@ class Ledger(Replaying):
         Raises:
             StorageError: older rules made the rows.
         """
-        found = await self.log.fetch_all("SELECT position FROM projection_position WHERE name = 'rules'")
-        if not found or found[0][0] < rules:
+        if await self._stored_rules() < rules:
             raise StorageError(f"this ledger's projections were made by an older vmledger, without {what}: "
                                "open it once for writing (vmledger rebuild, say) to rebuild them")
+
+    async def _stored_rules(self) -> int:
+        """Return the fold rules the stored projection rows were made by (1: a ledger of before rules were named)."""
+        found = await self.log.fetch_all("SELECT position FROM projection_position WHERE name = 'rules'")
+        return found[0][0] if found else 1
 
     async def diff(self, name: str, *, from_position: int | datetime = 0,
                    to_position: int | datetime | None = None) -> ConfigDiff:
@@ -958,6 +962,8 @@ class Ledger(Replaying):
         Raises:
             ChainBrokenError: naming the first position that does not check out.
             InvalidRequestError: the position is not a whole number, or past the head.
+            StorageError: another version's fold rules made the projections, and this
+                ledger is open read-only, so it cannot rebuild them.
         """
         return (await self._verify(check_position(from_position), None)).position
 
@@ -979,6 +985,7 @@ class Ledger(Replaying):
         Raises:
             ChainBrokenError: naming the first position that does not check out.
             InvalidRequestError: `since` is not a checkpoint.
+            StorageError: as `verify`.
         """
         if since is not None and not isinstance(since, Checkpoint):
             raise InvalidRequestError(f"since must be a Checkpoint, not {type(since).__name__}")
@@ -986,6 +993,12 @@ class Ledger(Replaying):
 
     async def _verify(self, start: int, since: Checkpoint | None) -> Checkpoint:
         async with self.log.snapshot():
+            stored = await self._stored_rules()
+            if stored != RULES:  # a reader's: a writer rebuilt them when it opened the ledger
+                raise StorageError(
+                    f"this ledger's projections were made by another vmledger's fold rules ({stored}; this one's are "
+                    f"{RULES}), so they cannot be compared with its fold: open the ledger once for writing "
+                    "(vmledger rebuild, say) to rebuild them, then verify")
             head = await self.log.head()
             if since is not None and since.position > head:
                 raise ChainBrokenError(head + 1, (
