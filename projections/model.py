@@ -54,7 +54,7 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
 #: append's change to the counts, so a count may fall to 0: such a row stands for no row.
 OUTCOME_DAYS: tuple[tuple[str, ...], int] = (("day", "principal", "property", "scope", "status", "reason", "count"), 6)
 #: The episodes an audit lists: all but the windows between one request's two outcomes, which ended `in_flight`.
-#: The projector stores no such window once it ended (`ended_episodes`); ledgers of rules 4 hold them.
+#: The projector stores no such window once it ended (`ended_episodes`); ledgers of older rules hold them.
 KEPT_EPISODES = f"(cause <> '{Cause.IN_FLIGHT.value}' OR ended IS NULL)"
 #: The statements that take a request's rows out (a late outcome reopens a written request), by request id.
 FORGET_REQUEST = tuple(f"DELETE FROM {table} WHERE request_id = ?" for table in ("history", "outcomes"))
