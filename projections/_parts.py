@@ -221,6 +221,8 @@ class _Early:
         held, reading = 0, {w.output: w for w in self._workers}
         while reading and held < self._limit and not self._stop.is_set():
             for ready in wait(list(reading), timeout=0.05):
+                if held >= self._limit:  # several pipes may be ready at once: the limit holds all the same
+                    break
                 try:
                     message = ready.recv_bytes()
                 except (OSError, EOFError):
