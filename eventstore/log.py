@@ -266,6 +266,17 @@ class ProjectionBatch(Protocol):
         """
         ...
 
+    def recall(self, memory: Any, streams: Sequence[str], events: Sequence[Event]) -> bool:
+        """Instead of `load`, seed the batch from a writer's memory if it holds what the appends of `events` need.
+
+        Returns whether it did (see `batch_steps`).
+        """
+        ...
+
+    def remember(self, memory: Any) -> None:
+        """Add to a writer's memory the rows the batch read and wrote, as they stand once it is written."""
+        ...
+
     def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
         """Fold one append's records, or refuse them whole with the error `project` raises, changing nothing."""
         ...

@@ -14,9 +14,9 @@ from typing import Any, Callable, Generator, Iterable, Sequence
 
 from vmledger.eventstore.catalogue import Outcome
 from vmledger.eventstore.errors import InvalidRequestError
-from vmledger.eventstore.events import ChangeRequested, DomainDefined
+from vmledger.eventstore.events import ChangeRequested, DomainDefined, Event
 from vmledger.eventstore.state import DomainState
-from vmledger.eventstore.backends.common import CHUNK, INSERT, SCAN_COLUMNS, TEXTS, cpus, record, texts
+from vmledger.eventstore.backends.common import CHUNK, INSERT, SCAN_COLUMNS, TEXTS, WriterMemory, cpus, record, texts
 from vmledger.eventstore.log import RecordedEvent, Step, SyncTransaction, Transaction, run_steps, run_steps_sync
 from vmledger.projections._parts import PartRows, fold_in_parts
 from vmledger.projections._replay import Replay
@@ -165,7 +165,7 @@ def _row_writes(table: str, rows: Sequence[tuple], stored: dict[tuple, tuple]) -
     A stored row is updated in the columns that changed, so that the
     database leaves alone the index entries of the columns that did not (an
     upsert sets every column: SQLite rewrites every index entry of the row);
-    a row not stored is upserted.
+    a row not stored is upserted, or inserted where `_NEW_ROW` says.
     """
     key = TABLES[table][1]
     upserts: list[tuple] = []
@@ -178,7 +178,7 @@ def _row_writes(table: str, rows: Sequence[tuple], stored: dict[tuple, tuple]) -
         else:
             updates[columns].append((*(row[i] for i in columns), *row[:key]))
     writes = [(_update(table, columns), part) for columns, part in updates.items()]
-    return [*writes, (_UPSERT[table], upserts)] if upserts else writes
+    return [*writes, (_NEW_ROW[table], upserts)] if upserts else writes
 
 
 #: The statement that adds `outcome_days` rows' counts to the stored ones: an append's changes, or a rebuild's
@@ -188,6 +188,10 @@ ADD_OUTCOME_DAYS = _add_counts()
 ALL_TABLES = (*TABLES, "outcome_days")
 _UPSERT = {table: _upsert(table) for table in TABLES}
 _DELETE = {table: _delete(table) for table in TABLES}
+#: How a batch writes a row it did not read (`_row_writes`).  A new request's history row is inserted: where
+#: the batch was seeded from a writer's memory, a request id stored before it that the memory did not know
+#: then fails the write, and the batch runs again with reads (see `batch_steps`).
+_NEW_ROW = {**_UPSERT, "history": _insert("history")}
 #: Domains whose parsed state a projector keeps: a fleet's busy domains, in bounded memory.
 _CACHED_STATES = 4096
 _HISTORY_BY_ID = _select("history").replace(" ORDER BY", " WHERE request_id = ? ORDER BY")
@@ -530,6 +534,8 @@ class _Batch:
         self.model = Model()
         self._before: dict[str, tuple[DomainState, tuple]] = {}  # the state and `domains` row of each domain read
         self._stored_history: dict[str, tuple[tuple, list[Any]]] = {}  # request id -> the row read, its record
+        self._written: dict[str, tuple[DomainState, tuple]] = {}  # the state and `domains` row of each written
+        self._written_history: dict[str, tuple[tuple, list[Any]]] = {}  # request id -> the row written, its record
         self._streams: set[str] = set()  # of the appends added
         self._requests: set[str] = set()
 
@@ -550,6 +556,33 @@ class _Batch:
             record = model.history[row[0]] = record_from_row(row)
             self._stored_history[row[0]] = (tuple(row), record)
         return asked
+
+    def recall(self, memory: WriterMemory, streams: Sequence[str], events: Sequence[Event]) -> bool:
+        """Seed the model from `memory` instead of `load`, if it holds every row the appends of `events` need.
+
+        They need the state of each stream, and the history record of each
+        request an event names, but those of new requests (`…Requested`):
+        their rows are inserted (`_NEW_ROW`).  Returns whether it seeded.
+        """
+        states, history = memory.states, memory.history
+        if (any(uuid not in states for uuid in streams)
+                or any(e.request_id not in history for e in events
+                       if hasattr(e, "request_id") and not isinstance(e, ChangeRequested))):
+            return False
+        for uuid in streams:
+            self._before[uuid] = seed = states[uuid]
+            self.model.states[uuid] = seed[0]
+        for e in events:
+            stored = history.get(getattr(e, "request_id", None))
+            if stored is not None:
+                self._stored_history[e.request_id] = stored
+                self.model.history[e.request_id] = stored[1]
+        return True
+
+    def remember(self, memory: WriterMemory) -> None:
+        """Add to `memory` the rows this batch read and those it wrote, as they stand once written."""
+        memory.keep(memory.states, {**self._before, **self._written})
+        memory.keep(memory.history, {**self._stored_history, **self._written_history})
 
     def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
         """Fold one append's records, or leave the model as it was and raise.
@@ -607,6 +640,7 @@ class _Batch:
             state, (was, was_row) = model.states[uuid], before.get(uuid, (None, None))
             row = domains_row(state)
             self._projector._remember(uuid, state, row)
+            self._written[uuid] = (state, row)
             _diff("domains", () if was_row is None else (was_row,), (row,), gone, changed)
             rows_before: dict[str, list[tuple]] = defaultdict(list)
             rows_after: dict[str, list[tuple]] = defaultdict(list)
@@ -619,7 +653,8 @@ class _Batch:
                 _diff(table, rows_before[table], rows_after[table], gone, changed)
         wanted = sorted(self._requests)
         stored = [self._stored_history[r] for r in wanted if r in self._stored_history]
-        _diff("history", [row for row, _ in stored], [model.history_row(r) for r in wanted if r in model.history],
+        self._written_history = {r: (model.history_row(r), model.history[r]) for r in wanted if r in model.history}
+        _diff("history", [row for row, _ in stored], [row for row, _ in self._written_history.values()],
               gone, changed)
         old = [row for _, record in stored for row in outcome_rows(record)]
         new = [row for r in wanted if r in model.history for row in outcome_rows(model.history[r])]

@@ -23,7 +23,7 @@ from vmledger.eventstore.log import (
 __all__ = [
     "COLUMNS", "SCAN_COLUMNS", "CHUNK", "record", "decode_metadata", "decode_time",
     "chained_rows", "verify_rows", "ChainChecker", "LogReads", "check_ledger_tables", "FILTER_INDEXES",
-    "filter_sql", "INSERT", "PendingAppend", "GroupCommit", "batch_steps", "TEXTS", "texts", "cpus",
+    "filter_sql", "INSERT", "PendingAppend", "GroupCommit", "batch_steps", "WriterMemory", "TEXTS", "texts", "cpus",
 ]
 
 #: The columns of the events table, in row order.
@@ -304,22 +304,70 @@ _VERSIONS_AND_LAST = (f"WITH s(stream) AS ({TEXTS}) "
                       "(SELECT hash FROM events WHERE position = (SELECT max(position) FROM events)) FROM s")
 
 
-def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> Generator[Step, Any, list[Outcome]]:
+@attrs.define
+class WriterMemory:
+    """What a writer knows of the log and its rows from the batches it read and wrote (see `batch_steps`).
+
+    True only while no other writer can have written since it was made: the
+    PostgreSQL writer makes one each time its session takes the append lock,
+    and a new one after any other write of its own (a rebuild, an import).
+    A batch whose streams and requests it all holds needs no reads.  Each
+    of its maps keeps the newest `LIMIT` entries, which is all a busy fleet needs.
+    """
+
+    LIMIT = 4096
+
+    #: Stream -> its last version.
+    versions: dict[str, int] = attrs.field(factory=dict)
+    #: The log's last position and hash; None until a batch has read them.
+    last: tuple[int, str | None] | None = None
+    #: The projection's own (`ProjectionBatch.recall` seeds a batch from them, `remember` adds to them).
+    states: dict[str, Any] = attrs.field(factory=dict)
+    history: dict[str, Any] = attrs.field(factory=dict)
+    #: Whether the last batch was seeded from this memory, without reading.
+    recalled: bool = False
+
+    def keep(self, into: dict[str, Any], entries: dict[str, Any]) -> None:
+        """Put `entries` in one of the maps as its newest, dropping its oldest past `LIMIT`."""
+        for key, value in entries.items():
+            into.pop(key, None)
+            into[key] = value
+        while len(into) > self.LIMIT:
+            del into[next(iter(into))]
+
+
+def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend],
+                memory: WriterMemory | None = None) -> Generator[Step, Any, list[Outcome]]:
     """Yield the statements that write a batch of appends, each refused or written whole; return their outcomes.
 
     Runs inside a transaction that holds the log's write lock, so the log's
     end moves only with this batch.  Each append is checked, chained and
     folded in memory after the ones accepted before it; then the events and
     the projection rows of all the accepted ones are written once.
+
+    Given a `memory`, the batch skips its reads where the memory holds
+    what they would give (the stream versions, the log's end, the rows the
+    projection needs), and the memory learns what the batch read and wrote,
+    once written.  A request id the store holds but the memory does not know
+    makes the write fail, as a new request's history row is inserted, not
+    upserted: the caller then runs the batch again with an empty memory.
     """
     if not batch:  # every caller of the batch was cancelled
         return []
     streams = sorted({a.stream for a in batch})
-    found, = yield from projection.load(streams, [e.request_id for a in batch for e in a.events
-                                                  if hasattr(e, "request_id")],
-                                        (_VERSIONS_AND_LAST, (texts(streams),)))
-    versions = {stream: version or 0 for stream, version, _, _ in found}
-    last: tuple[int, str | None] = (found[0][2] or 0, found[0][3])
+    events = [e for a in batch for e in a.events]
+    recalled = (memory is not None and memory.last is not None and all(s in memory.versions for s in streams)
+                and projection.recall(memory, streams, events))
+    if recalled:
+        assert memory is not None and memory.last is not None
+        versions, last = {stream: memory.versions[stream] for stream in streams}, memory.last
+    else:
+        found, = yield from projection.load(streams, [e.request_id for e in events if hasattr(e, "request_id")],
+                                            (_VERSIONS_AND_LAST, (texts(streams),)))
+        versions = {stream: version or 0 for stream, version, _, _ in found}
+        last = (found[0][2] or 0, found[0][3])
+    if memory is not None:
+        memory.recalled = recalled
     outcomes: list[Outcome] = []
     rows: list[tuple[Any, ...]] = []
     for a in batch:
@@ -337,6 +385,10 @@ def batch_steps(projection: ProjectionBatch, batch: Sequence[PendingAppend]) -> 
         outcomes.append(records)
     if rows:
         yield from projection.write((INSERT, rows))
+    if memory is not None:  # written (or nothing to write): the memory learns the rows as they now stand
+        memory.keep(memory.versions, versions)
+        memory.last = last
+        projection.remember(memory)
     return outcomes
 
 

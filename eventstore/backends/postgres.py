@@ -9,8 +9,11 @@ them, a transaction of its own (see `_BatchTx`).  Appends from every process
 are serialised by an advisory lock (see `APPEND_LOCK`), so positions are
 gap-free and become visible in order; a writer keeps it for its session while
 its appends keep coming, so that a batch costs two round trips however many
-appends it holds: the reads (see `_Tx.fetch_many`) and the write.  Taking the
-lock and giving it back cost one each, when appends start and stop.
+appends it holds: the reads (see `_Tx.fetch_many`) and the write.  While it
+keeps the lock, nobody else writes, and it remembers what its batches read
+and wrote (see `common.WriterMemory`): a batch whose rows it remembers is
+the write alone, one round trip.  Taking the lock and giving it back cost
+one each, when appends start and stop.
 Subscribers wake on `LISTEN` through a dedicated connection.
 
 Projection SQL is written with `?` placeholders, as for SQLite; this module
@@ -32,7 +35,8 @@ import asyncpg
 from asyncpg import exceptions as pg
 
 from vmledger.eventstore.backends.common import (
-    FILTER_INDEXES, INSERT, GroupCommit, LogReads, Outcome, PendingAppend, batch_steps, check_ledger_tables,
+    FILTER_INDEXES, INSERT, GroupCommit, LogReads, Outcome, PendingAppend, WriterMemory, batch_steps,
+    check_ledger_tables,
 )
 from vmledger.eventstore.codec import dumps_plain
 from vmledger.eventstore.errors import StorageError
@@ -96,8 +100,9 @@ CHANNEL = "vmledger_events"
 # processes are never flushed together.  One slow batch (a large projection
 # update, a stalled client holding the lock) delays every writer, up to
 # `busy_timeout` (`lock_timeout`), after which they fail with StorageError.
-# A writer whose appends keep coming holds the lock `_HOLD` seconds at most,
-# and `_LINGER` after its last, before it queues again behind the others.
+# A writer whose appends keep coming holds the lock `_HOLD` seconds at most
+# while another process waits for it, and `_LINGER` after its last append,
+# before it queues again behind the others.
 # Readers and followers never wait for the lock.
 # Advisory locks are per database, so ledgers in other databases of the same
 # cluster do not contend.
@@ -106,9 +111,13 @@ CHANNEL = "vmledger_events"
 #: Operators find its holder in `pg_locks` (locktype advisory, classid 1986882661, objid 1684497778).
 APPEND_LOCK = 0x766D6C6564676572
 
-#: Seconds a writer keeps the append lock for its session at most, while its appends keep coming:
-#: then it gives the lock back, and queues for it behind the other processes that wait for it.
+#: Seconds a writer keeps the append lock for its session at most, while its appends keep coming, when
+#: another process waits for it (`_WAITING`): then it gives the lock back, and queues behind the others.
 _HOLD = 0.02
+#: Whether a session of this database waits for the append lock (a bigint key: its high and low halves).
+_WAITING = ("SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid = $1 AND objid = $2 AND objsubid = 1)")
 #: Seconds a writer keeps the lock after its last batch, for the next append of a caller that appends again
 #: at once (a request's outcome after its intent): another process waits that long more, at most.
 _LINGER = 0.005
@@ -420,6 +429,8 @@ class PostgresEventLog(LogReads):
         #: The writing connection while it holds the append lock for its session (`_hold`), and since when.
         self._held: asyncpg.Connection | None = None
         self._held_since = 0.0
+        #: What the batches of the session's hold of the lock read and wrote: a new one at each hold.
+        self._memory = WriterMemory()
         self._appended = asyncio.Event()
         self._group = GroupCommit(self._commit_batch, idle=self._idle, linger=_LINGER)
         #: Write transactions committed by this log: appends per commit shows group commit at work.
@@ -581,6 +592,7 @@ class PostgresEventLog(LogReads):
                     conn.terminate()
                 raise
         self._held, self._held_since = conn, asyncio.get_running_loop().time()
+        self._memory = WriterMemory()  # others may have written since this session last held the lock
         return conn
 
     async def _release(self) -> None:
@@ -592,6 +604,24 @@ class PostgresEventLog(LogReads):
             except BaseException:
                 conn.terminate()  # its session, and the lock, end on the server
                 raise
+
+    async def _give_way(self) -> None:
+        """Give the append lock back if another process waits for it, else keep it `_HOLD` seconds more (under `_lock`).
+
+        Kept, the lock keeps the writer's memory of its rows (`WriterMemory`), which spares its batches their reads.
+        """
+        conn = self._held
+        if conn is None or conn.is_closed():
+            return
+        try:
+            waiting = await conn.fetchval(_WAITING, APPEND_LOCK >> 32, APPEND_LOCK & 0xFFFFFFFF)
+        except BaseException:
+            conn.terminate()  # its session, and the lock, end on the server
+            raise
+        if waiting:
+            await self._release()
+        else:
+            self._held_since = asyncio.get_running_loop().time()
 
     async def _idle(self) -> None:
         """Give the append lock back once no append waits, so that other processes' appends get their turn."""
@@ -615,6 +645,7 @@ class PostgresEventLog(LogReads):
         """Hold the writer lock, one transaction and the append lock; commit at the end."""
         async with self._lock:
             committing = False
+            self._memory = WriterMemory()  # what this transaction writes, the batches of the hold did not
             try:
                 conn, locked = await self._begin()
                 try:
@@ -646,8 +677,8 @@ class PostgresEventLog(LogReads):
 
         Appends that arrive while a transaction is under way are gathered into
         the next one (group commit), under the append lock: one commit's WAL
-        flush serves them all, and a batch costs two round trips however many
-        appends it holds (see `_commit_batch`).  Each is checked and
+        flush serves them all, and a batch costs one or two round trips however
+        many appends it holds (see `_commit_batch`).  Each is checked and
         folded in memory before anything is written, so a refused append does
         not fail its neighbours, and each caller returns only after the commit
         that holds its events.  A cancelled caller's append may still be
@@ -668,18 +699,32 @@ class PostgresEventLog(LogReads):
         The batch is taken once the lock is held: appends that arrive while
         the lock is being taken join this batch.  The lock stays held while
         appends keep coming, so that a batch costs two round trips (its reads,
-        and the statement that writes and commits it), and is given back once
-        none waits (`_idle`) or after `_HOLD` seconds, for other processes.
+        and the statement that writes and commits it), or one when the
+        writer's memory of the hold holds what the reads would give; it is
+        given back once no append waits (`_idle`), or after `_HOLD` seconds if
+        another process waits for it.
         """
         async with self._lock:
             tx: _BatchTx | None = None
             try:
-                tx = _BatchTx(await self._hold(), self._shielded)
-                outcomes = await run_steps(tx, batch_steps(self._projector.batch(), take()))
+                tx = _BatchTx(conn := await self._hold(), self._shielded)
+                batch, memory = take(), self._memory
+                try:
+                    outcomes = await run_steps(tx, batch_steps(self._projector.batch(), batch, memory))
+                except asyncpg.PostgresError:
+                    if not memory.recalled:
+                        raise
+                    # The server refused the batch, written from memory without reads, and wrote nothing: a
+                    # new request's id it already held (see `batch_steps`).  The batch runs again, with reads.
+                    tx, memory = _BatchTx(conn, self._shielded), WriterMemory()
+                    self._memory = memory
+                    outcomes = await run_steps(tx, batch_steps(self._projector.batch(), batch, memory))
             except BaseException as e:
                 # An error the server answered leaves the session as it was (a failed statement did nothing).
                 # After any other, its state is unknown: close it, and the server frees the lock with it;
                 # but a write under way goes on, shielded, and the next batch waits for it (`_settled`).
+                # Either way the memory may miss what was written: the next batch reads.
+                self._memory = WriterMemory()
                 if tx is not None and not isinstance(e, asyncpg.PostgresError) and not tx.committing:
                     tx._conn.terminate()
                 if isinstance(e, _DRIVER_ERRORS):
@@ -687,7 +732,7 @@ class PostgresEventLog(LogReads):
                 raise
             if asyncio.get_running_loop().time() - self._held_since > _HOLD:
                 with contextlib.suppress(*_DRIVER_ERRORS):  # the batch is committed whatever this does
-                    await self._release()
+                    await self._give_way()
         self.commits += 1
         self._wake()
         return outcomes

@@ -51,11 +51,11 @@ class Places:
         return self._where[name]
 
     @contextlib.asynccontextmanager
-    async def open(self, name: str) -> AsyncIterator[Any]:
-        """Yield a log on the database `name`, emptied."""
+    async def open(self, name: str, *, empty: bool = True) -> AsyncIterator[Any]:
+        """Yield a log on the database `name`, emptied unless `empty` is false."""
         where = self.where(name)
         if self._dsn is None:
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", "-wal", "-shm") if empty else ():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(where + suffix)
             async with SQLiteEventLog(where, TableProjector()) as log:
@@ -69,7 +69,7 @@ class Places:
         try:
             tables = [r[0] for r in await conn.fetch(
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
-            if tables:
+            if tables and empty:
                 await conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables))
         finally:
             await conn.close()
@@ -197,25 +197,38 @@ _APPENDS = st.lists(st.tuples(
              min_size=1, max_size=3)), min_size=1, max_size=12)
 
 
-async def _outcomes(places: Places, name: str, appends: list[tuple[str, int, list[tuple[str, str, str]]]],
-                    together: bool) -> tuple:
+Appends = list[tuple[str, int, list[tuple[str, str, str]]]]
+
+
+async def _one_at_a_time(log: Any, appends: Appends) -> list:
+    """Make `appends` one after the other; return what each got."""
+    got: list = []
+    for stream, expected, events in appends:
+        try:
+            got.append(await log.append(stream, expected, [_event(kind, stream, name, rid)
+                                                            for kind, name, rid in events],
+                                        Metadata(principal="p"), now=T0))
+        except (ConcurrencyError, ValueError, TypeError, InvalidRequestError) as e:
+            got.append(e)
+    return _answers(got)
+
+
+def _answers(got: list) -> list:
+    return [(type(r).__name__, str(r)) if isinstance(r, Exception) else [(e.position, e.hash) for e in r]
+            for r in got]
+
+
+async def _outcomes(places: Places, name: str, appends: Appends, together: bool) -> tuple:
     """Make `appends` on an empty database, together (one batch) or one at a time; return what each got, and the rows."""
     async with places.open(name) as log:
-        calls = [log.append(stream, expected, [_event(kind, stream, name, rid) for kind, name, rid in events],
-                            Metadata(principal="p"), now=T0) for stream, expected, events in appends]
         if together:
-            got = await asyncio.gather(*calls, return_exceptions=True)
+            answers = _answers(await asyncio.gather(
+                *(log.append(stream, expected, [_event(kind, stream, name, rid) for kind, name, rid in events],
+                             Metadata(principal="p"), now=T0) for stream, expected, events in appends),
+                return_exceptions=True))
             commits = log.commits
         else:
-            got = []
-            for call in calls:
-                try:
-                    got.append(await call)
-                except (ConcurrencyError, ValueError, TypeError, InvalidRequestError) as e:
-                    got.append(e)
-            commits = 1
-        answers = [(type(r).__name__, str(r)) if isinstance(r, Exception) else [(e.position, e.hash) for e in r]
-                   for r in got]
+            answers, commits = await _one_at_a_time(log, appends), 1
         return answers, commits, await table_rows(log.fetch_all), [r.hash async for r in log.read_all()]
 
 
@@ -234,5 +247,36 @@ def test_a_batch_commits_what_its_appends_made_one_at_a_time(places: Places) -> 
         together = asyncio.run(_outcomes(places, "together", appends, True))
         alone = asyncio.run(_outcomes(places, "alone", appends, False))
         assert together == alone
+
+    check()
+
+
+async def _in_two_opens(places: Places, before: Appends, appends: Appends) -> tuple:
+    """Make `before`, then `appends` in a log opened again, one at a time; return what each got, and the rows."""
+    async with places.open("two") as log:
+        answers = await _one_at_a_time(log, before)
+    async with places.open("two", empty=False) as log:
+        answers += await _one_at_a_time(log, appends)
+        return answers, await table_rows(log.fetch_all), [r.hash async for r in log.read_all()]
+
+
+def test_a_writers_memory_of_its_rows_gives_what_reading_them_gives(pg_dsn: str, tmp_path: Any) -> None:
+    """PostgreSQL appends written from the writer's memory, without reads, get what SQLite's, which read, get.
+
+    The writer's memory starts empty when it opens the log again, so it
+    does not know the requests of `before`: a new request reusing one of
+    their ids must be refused as a duplicate all the same.
+    """
+    sqlite, postgres = Places("sqlite", str(tmp_path), None), Places("postgres", str(tmp_path), pg_dsn)
+
+    @settings(database=None, deadline=None, max_examples=_EXAMPLES["postgres"])
+    @given(_APPENDS, _APPENDS)
+    # The stream is in the memory (its append before), the request id r1 is not: its row is stored.
+    @example([("a", 0, [("define", "x", "r1"), ("requested", "x", "r1")])],
+             [("a", 2, [("start", "x", "r1")]), ("a", 3, [("requested", "x", "r1")]),
+              ("a", 3, [("requested", "x", "r2")])])
+    def check(before: Appends, appends: Appends) -> None:
+        assert asyncio.run(_in_two_opens(postgres, before, appends)) == asyncio.run(
+            _in_two_opens(sqlite, before, appends))
 
     check()

@@ -62,6 +62,12 @@ class _HoldingBatch:
     def load(self, streams: Sequence[str], request_ids: Sequence[str], *first: Any) -> Generator[Step, Any, Any]:
         return (yield from self._batch.load(streams, request_ids, *first))
 
+    def recall(self, *args: Any) -> bool:
+        return self._batch.recall(*args)
+
+    def remember(self, memory: Any) -> None:
+        self._batch.remember(memory)
+
     def add(self, records: Sequence[RecordedEvent]) -> Generator[Step, Any, None]:
         yield from self._batch.add(records)
         self._held = self._held or any(r.stream == self._projector.stream for r in records)
@@ -156,6 +162,36 @@ def test_follower_skips_nothing_while_one_writer_holds_the_append_lock(pg_databa
         [(f"early{i}", 1) for i in range(5)] + [("slow", 1)]
         + [(f"w{i}", v) for i in range(4) for v in range(1, 7)])
     assert head == 30
+
+
+def test_a_writer_whose_appends_keep_coming_lets_another_process_append(pg_database: str) -> None:
+    """A writer appending without a pause gives the append lock, within `_HOLD`, to another process that waits."""
+    async def go() -> tuple[int, int, bool]:
+        async with (PostgresEventLog(pg_database, TableProjector(), busy_timeout=10) as busy,
+                    PostgresEventLog(pg_database, TableProjector(), busy_timeout=10) as other):
+            await busy.append("busy", 0, [_defined("busy")], Metadata(), now=T0)
+            stop = asyncio.Event()
+
+            async def keep_appending() -> int:
+                version = 1
+                while not stop.is_set():
+                    event = DomainStarted(config=CONFIG) if version % 2 else DomainStopped()
+                    await busy.append("busy", version, [event], Metadata(), now=T0)
+                    version += 1
+                return version
+
+            appending = asyncio.create_task(keep_appending())
+            try:
+                await asyncio.sleep(0.2)
+                (rec,) = await asyncio.wait_for(other.append("other", 0, [_defined("other")], Metadata(), now=T0), 5)
+                still = not appending.done()
+            finally:
+                stop.set()
+                await appending
+            return rec.position, await busy.head(), still
+
+    position, head, still = run(go())
+    assert still and position < head, (position, head)  # the busy writer went on appending after it
 
 
 def test_notify_wakes_a_subscriber_of_another_connection(pg_database: str) -> None:
@@ -504,11 +540,13 @@ def test_an_append_takes_three_round_trips_and_appends_that_keep_coming_take_two
         pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """An append takes the append lock, reads, and writes with its commit; the lock goes back once appends stop.
 
-    Appends that keep coming keep the lock, up to `_HOLD` seconds: a batch is
-    its reads and its write.  Only while another process holds the lock does
-    a writer wait for it, a round trip more.  (A definition takes one more,
-    to look its name up.)  The lock's times are stretched here, so that a
-    slow machine's pauses between two appends do not end a hold.
+    Appends that keep coming keep the lock: a batch is its reads and its
+    write, or its write alone once the writer's memory of the hold knows
+    its rows.  Every `_HOLD` seconds the writer asks whether another process
+    waits for the lock, a round trip more.  Only while another process holds
+    the lock does a writer wait for it, a round trip more.  (A definition
+    takes one more, to look its name up.)  The lock's times are stretched
+    here, so that a slow machine's pauses between two appends do not end a hold.
     """
     from vmledger.eventstore.backends import postgres
 
@@ -540,17 +578,24 @@ def test_an_append_takes_three_round_trips_and_appends_that_keep_coming_take_two
             contended, sent[:] = list(sent), []
             await appends(log, range(3, 23))
             kept, sent[:] = list(sent), []
-            monkeypatch.setattr(postgres, "_HOLD", 0.0)  # every batch gives the lock back, for other processes
+            monkeypatch.setattr(postgres, "_HOLD", 0.0)  # after every batch, the writer asks whether others wait
             await appends(log, range(23, 33))
             return alone, contended, kept, list(sent), [[r.position async for r in log.read_all()]]
+
+    def count(queries: list[str]) -> tuple[int, ...]:
+        """Return the lock's takings and givings back, the reads, the writes, and the questions whether others wait."""
+        return (queries.count(try_lock), queries.count(unlock), sum(q.startswith("SELECT ARRAY") for q in queries),
+                sum("pg_notify" in q for q in queries), sum("pg_locks" in q for q in queries))
 
     alone, contended, kept, turns, (positions,) = run(go())
     assert len(alone) == 4 and (alone[0], alone[-1]) == (try_lock, unlock), alone
     assert "pg_notify" in alone[2] and "INSERT INTO events" in alone[2], alone  # the write, its commit and notify
     assert [q for q in contended if "advisory" in q] == [try_lock, lock, unlock], contended
     assert len(contended) == 5, contended
-    assert (kept.count(try_lock), kept.count(unlock), len(kept)) == (1, 1, 2 + 2 * 20), kept
-    assert (turns.count(try_lock), turns.count(unlock), len(turns)) == (10, 10, 4 * 10), turns
+    # A hold reads once: the next batches find the stream, its version and the log's end in the writer's memory.
+    assert (count(kept), len(kept)) == ((1, 1, 1, 20, 0), 2 + 1 + 20), kept
+    # With no other process waiting, the writer keeps the lock, and its memory.
+    assert (count(turns), len(turns)) == ((1, 1, 1, 10, 10), 2 + 1 + 10 + 10), turns
     assert positions == list(range(1, 34))
 
 
