@@ -578,7 +578,9 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         _print_json({"events": head, "chain": "verified"}) if as_json else print(
             f"imported {head} events; chain verified")
     elif cmd == "rebuild":
-        position = await ledger.rebuild()
+        # Opening a ledger whose rows another version's fold rules made rebuilt them a moment ago: not twice.
+        rebuilt = getattr(getattr(ledger, "log", None), "rebuilt_on_open", False)
+        position = await ledger.log.head() if rebuilt else await ledger.rebuild()
         _print_json({"position": position}) if as_json else print(f"rebuilt projections up to position {position}")
     elif cmd == "verify":
         await _verify(ledger, args)

@@ -435,6 +435,8 @@ class PostgresEventLog(LogReads):
         self._group = GroupCommit(self._commit_batch, idle=self._idle, linger=_LINGER)
         #: Write transactions committed by this log: appends per commit shows group commit at work.
         self.commits = 0
+        #: Whether opening rebuilt the projections, their rows made by another version's fold rules.
+        self.rebuilt_on_open = False
 
     async def __aenter__(self) -> "PostgresEventLog":
         self._open = True
@@ -452,7 +454,7 @@ class PostgresEventLog(LogReads):
                     for statement in (*_SCHEMA, *map(_bytewise, self._projector.schema)):
                         await conn.execute(statement)
                     await _leave_room(conn, self._projector.updated_in_place)
-                    await run_steps(_Tx(conn), self._projector.upgrade())
+                    self.rebuilt_on_open = await run_steps(_Tx(conn), self._projector.upgrade())
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self._readers, reset=_keep,
                 server_settings=self._settings, timeout=self._connect_timeout)

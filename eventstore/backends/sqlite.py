@@ -266,6 +266,8 @@ class SQLiteEventLog(LogReads):
         self._group = GroupCommit(self._commit_batch)
         #: Write transactions committed by this log: appends per commit shows group commit at work.
         self.commits = 0
+        #: Whether opening rebuilt the projections, their rows made by another version's fold rules.
+        self.rebuilt_on_open = False
         #: Reads a part of the log in a worker process (`projections._parts`), for a rebuild or `verify`; None in memory.
         self.part_rows: _PartRows | None = None
 
@@ -363,7 +365,7 @@ class SQLiteEventLog(LogReads):
                 for statement in schema:
                     conn.execute(statement)
                 # The events are committed, so a long log's worker processes can read it meanwhile.
-                run_steps_sync(SyncTx(conn), self._projector.upgrade(self.part_rows), stop)
+                self.rebuilt_on_open = run_steps_sync(SyncTx(conn), self._projector.upgrade(self.part_rows), stop)
                 conn.execute(f"PRAGMA user_version = {stamp}")
                 conn.execute("COMMIT")
         except BaseException:

@@ -10,6 +10,7 @@ import pytest
 
 import vmledger
 from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.cli import main
 from vmledger.projections.store import RULES
 
 GiB = 2**30
@@ -64,3 +65,62 @@ async def _execute(ledger: vmledger.Ledger, sql: str) -> None:
     else:
         with sqlite3.connect(ledger.log.path) as conn:
             conn.execute(sql)
+
+
+async def _rows_rebuilt(url: str) -> int:
+    """Return how many `domains` rows PostgreSQL has counted inserted, which a rebuild inserts again (0 on SQLite)."""
+    if not url.startswith("postgres"):
+        return 0
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'domains'")
+    finally:
+        await conn.close()
+
+
+def test_rebuild_of_a_ledger_of_older_rules_rebuilds_once_as_it_opens(
+        url: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`vmledger rebuild` after an upgrade of the fold rules rebuilds once, as it opens; then as asked."""
+    sim = tmp_path / "sim.json"
+
+    async def write() -> int:
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim)) as ledger:
+            for name in ("web", "db"):
+                await ledger.define(name, guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=2, max_vcpus=4)
+            await ledger.start("web")
+            await ledger.set("web", "vcpus", 3, scope="persistent")
+            for sql in ("UPDATE drift SET cause = 'requires_restart'", "DELETE FROM projection_position WHERE name = 'rules'"):
+                await _execute(ledger, sql)
+            return await ledger.log.head()
+
+    async def opened() -> tuple[bool, list[str], int]:
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim)) as ledger:
+            return ledger.log.rebuilt_on_open, [d["cause"] for d in await ledger.drift()], await ledger.verify()
+
+    def older() -> None:
+        if not url.startswith("postgres"):
+            with sqlite3.connect(url) as conn:
+                conn.execute("PRAGMA user_version = 1")
+
+    head = asyncio.run(write())
+    older()
+    capsys.readouterr()
+    runs = []
+    for _ in range(2):
+        inserted = asyncio.run(_rows_rebuilt(url))
+        code = main(["--db", url, "--hypervisor", f"sim:{sim}", "rebuild"])
+        runs.append((code, capsys.readouterr().out, asyncio.run(_rows_rebuilt(url)) - inserted))
+    # Two domains: a rebuild inserts their two rows again, on PostgreSQL, where the count is kept.
+    rebuilt = 2 if url.startswith("postgres") else 0
+    assert runs == [(0, f"rebuilt projections up to position {head}\n", rebuilt)] * 2
+    assert asyncio.run(opened()) == (False, ["persistent_only"], head)
+
+    async def forget_rules() -> None:
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim)) as ledger:
+            await _execute(ledger, "DELETE FROM projection_position WHERE name = 'rules'")
+
+    asyncio.run(forget_rules())
+    older()
+    assert asyncio.run(opened())[0]  # the flag the command reads
