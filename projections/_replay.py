@@ -7,9 +7,8 @@ event whole.  The rules are the fold's and the model's own
 (`DomainFold.requested`, `.outcome`, `.step`; `requested_record`,
 `settle_record`; `domain_rows`, `history_row`, `ended_episodes`): this
 module only decides when to call them and when to write a completed
-request's rows out.  It gives out no `outcomes` rows: the rebuild makes
-them from the `history` rows (`projections.store`), and counts their days
-here.
+request's rows out.  It counts the days of the outcomes of the `history`
+rows it gives out (`outcome_days`).
 """
 
 from __future__ import annotations
@@ -149,7 +148,7 @@ class Replay:
         """Yield `(table, rows)` for every domain, every drift episode ended since `completed()`, every request still open (`history`), in batches, and last the `outcome_days` of the outcomes of every history row given out."""
         uuids = sorted(self.domains)
         for start in range(0, len(uuids), _ROWS_BATCH):
-            batch: dict[str, list[tuple]] = {t: [] for t in TABLES if t not in ("history", "outcomes")}
+            batch: dict[str, list[tuple]] = {t: [] for t in TABLES if t != "history"}
             with _collector_paused():
                 for uuid in uuids[start:start + _ROWS_BATCH]:
                     for table, part in domain_rows(self.domains[uuid]).items():

@@ -43,9 +43,6 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
     # ended the difference or made another (ended None while the row stands).
     "episodes": (("domain", "property", "since_position", "cause", "request_id", "since", "ended_position",
                   "ended"), 3),
-    # A request's outcome in one scope, in plain columns that an audit counts in SQL.
-    "outcomes": (("request_id", "scope", "domain", "property", "principal", "requested_at", "position", "status",
-                  "reason"), 2),
 }
 #: The outcomes of the requests made on each UTC day, counted by principal, property, scope, status and
 #: reason ('' for none: a key column is never null); the first `key` columns identify a row.  Not one of
@@ -57,7 +54,7 @@ OUTCOME_DAYS: tuple[tuple[str, ...], int] = (("day", "principal", "property", "s
 #: The projector stores no such window once it ended (`ended_episodes`); ledgers of older rules hold them.
 KEPT_EPISODES = f"(cause <> '{Cause.IN_FLIGHT.value}' OR ended IS NULL)"
 #: The statements that take a request's rows out (a late outcome reopens a written request), by request id.
-FORGET_REQUEST = tuple(f"DELETE FROM {table} WHERE request_id = ?" for table in ("history", "outcomes"))
+FORGET_REQUEST = ("DELETE FROM history WHERE request_id = ?",)
 
 
 def _iso(t: datetime) -> str:
@@ -141,13 +138,19 @@ def settle_record(record: list[Any], scope: str, status: str, value: Any, reason
 
 
 def outcome_rows(record: list[Any]) -> list[tuple]:
-    """Return the `outcomes` rows of a history record, one per scope, by scope."""
+    """Return the outcomes of a history record, one per scope, by scope.
+
+    Each is `(request_id, scope, domain, property, principal, requested_at,
+    position, status, reason)`: no table's row (the `history` row's
+    `outcomes` JSON holds them, and an audit reads them there), but what
+    `count_outcome_days` counts.
+    """
     return [(record[0], scope, record[1], record[3], record[6], record[8], record[9], o["status"], o["reason"])
             for scope, o in sorted(record[_OUTCOMES].items())]
 
 
 def count_outcome_days(counts: Counter[tuple], rows: Iterable[tuple], sign: int = 1) -> None:
-    """Add `sign` to `counts` for each `outcomes` row, under its `OUTCOME_DAYS` key.
+    """Add `sign` to `counts` for each outcome (`outcome_rows`), under its `OUTCOME_DAYS` key.
 
     The day is the first ten characters of the request's stored time
     (`eventstore.log.timestamp`: UTC, fixed width), its date.
@@ -162,12 +165,8 @@ def outcome_day_rows(counts: Counter[tuple]) -> list[tuple]:
 
 
 def request_rows(records: Iterable[list[Any]]) -> list[tuple[str, list[tuple]]]:
-    """Return `(table, rows)` of the `history` and `outcomes` rows of history records."""
-    history, outcomes = [], []
-    for record in records:
-        history.append(history_row(record))
-        outcomes.extend(outcome_rows(record))
-    return [("history", history), ("outcomes", outcomes)]
+    """Return `(table, rows)` of the `history` rows of history records."""
+    return [("history", [history_row(record) for record in records])]
 
 
 def _episode(uuid: str, prop: str, mark: Mark, ended_position: int | None, ended: str | None) -> tuple:

@@ -184,7 +184,7 @@ async def outcome_counts(fetch_all: Reader, *, since: str | None = None, until: 
     included.  The whole days of the period are summed from `outcome_days`,
     a few rows a day; the requests of the part days at its ends, and of
     `uuids` (the table counts no domain's apart), are counted from the
-    `outcomes` table's indexes.  Never from the log.
+    `outcomes` of their `history` rows, found by index.  Never from the log.
     """
     if uuids is not None:
         return _tallied(await _counted(fetch_all, since, until, principal, uuids))
@@ -236,21 +236,24 @@ def _whole_days(since: str | None, until: str | None) -> tuple[str | None, str |
 async def _counted(fetch_all: Reader, since: str | None, until: str | None, principal: str | None,
                    uuids: list[str] | None = None, *, before: str | None = None,
                    after: str | None = None) -> list[tuple]:
-    """Return the counts of the `outcomes` rows of requests made within `[since, until]`, `before` and `after` excluded."""
+    """Return the counts of the outcomes of requests made within `[since, until]`, `before` and `after` excluded."""
     where: list[str] = []
     params: list[Any] = []
-    for condition, value in (("requested_at >= ?", since), ("requested_at <= ?", until),
-                             ("requested_at < ?", before), ("requested_at > ?", after), ("principal = ?", principal)):
+    for condition, value in (("h.requested_at >= ?", since), ("h.requested_at <= ?", until),
+                             ("h.requested_at < ?", before), ("h.requested_at > ?", after),
+                             ("h.principal = ?", principal)):
         if value is not None:
             where.append(condition)
             params.append(value)
     if uuids is not None:
-        where.append(f"domain IN ({', '.join('?' * len(uuids))})")
+        where.append(f"h.domain IN ({', '.join('?' * len(uuids))})")
         params.extend(uuids)
+    # Each scope's outcome, as `model.outcome_rows` reads it from the record: its key, status and reason.
     rows = await fetch_all(
-        "SELECT principal, property, scope, status, reason, count(*) FROM outcomes"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " GROUP BY principal, property, scope, status, reason", tuple(params))
+        "SELECT principal, property, scope, status, reason, count(*) FROM (SELECT h.principal, h.property, "
+        "o.key AS scope, json_extract(o.value, '$.status') AS status, json_extract(o.value, '$.reason') AS reason "
+        "FROM history h, json_each(h.outcomes) o" + (" WHERE " + " AND ".join(where) if where else "")
+        + ") AS o GROUP BY principal, property, scope, status, reason", tuple(params))
     return [tuple(r) for r in rows]
 
 

@@ -27,7 +27,7 @@ from vmledger.projections.model import (
 )
 
 __all__ = ["SCHEMA", "RULES", "TableProjector", "DuplicateRequestError", "table_rows", "ADD_OUTCOME_DAYS",
-           "ALL_TABLES", "OUTCOME_DAYS_ROWS", "OUTCOMES_FROM_HISTORY"]
+           "ALL_TABLES", "OUTCOME_DAYS_ROWS"]
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS domains (
@@ -58,22 +58,19 @@ SCHEMA: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS history_position ON history (position)",
     # The console's fleet asks each domain's latest request: one probe a domain, not a scan of the history.
     "CREATE INDEX IF NOT EXISTS history_latest ON history (domain, position)",
+    # An audit counts the outcomes of the requests made in the part days at the ends of its period (it sums
+    # the whole days from `outcome_days`), and a domain's, from the `outcomes` JSON of these rows.
+    "CREATE INDEX IF NOT EXISTS history_requested ON history (requested_at)",
+    "CREATE INDEX IF NOT EXISTS history_domain_requested ON history (domain, requested_at)",
     """CREATE TABLE IF NOT EXISTS episodes (
         domain TEXT NOT NULL, property TEXT NOT NULL, since_position BIGINT NOT NULL, cause TEXT NOT NULL,
         request_id TEXT, since TEXT NOT NULL, ended_position BIGINT, ended TEXT,
         PRIMARY KEY (domain, property, since_position))""",
     # The episodes an audit lists (`queries.episode_rows`): all but the windows between a request's two outcomes.
     f"CREATE INDEX IF NOT EXISTS episodes_kept ON episodes (since) WHERE {KEPT_EPISODES}",
-    """CREATE TABLE IF NOT EXISTS outcomes (
-        request_id TEXT NOT NULL, scope TEXT NOT NULL, domain TEXT NOT NULL, property TEXT NOT NULL,
-        principal TEXT NOT NULL, requested_at TEXT NOT NULL, position BIGINT NOT NULL, status TEXT NOT NULL,
-        reason TEXT, PRIMARY KEY (request_id, scope))""",
-    # An audit counts the outcomes of the part days at the ends of its period (the whole days it sums from
-    # `outcome_days`): a range of this index alone.  It replaces `outcomes_tally`, which led with the
-    # principal, so that a period's count read the whole index.
-    "DROP INDEX IF EXISTS outcomes_tally",
-    "CREATE INDEX IF NOT EXISTS outcomes_time ON outcomes (requested_at, principal, property, scope, status, reason)",
-    "CREATE INDEX IF NOT EXISTS outcomes_domain ON outcomes (domain, requested_at, request_id, scope)",
+    # Rules 3 to 5 kept each request's outcomes twice: in its history row, and a row each in `outcomes`,
+    # with three indexes, which cost a third of a batch's writing and of a rebuild's end.
+    "DROP TABLE IF EXISTS outcomes",
     # Written as `model.OUTCOME_DAYS` says; `count` BIGINT, as a sum of counts is in PostgreSQL.
     """CREATE TABLE IF NOT EXISTS outcome_days (
         day TEXT NOT NULL, principal TEXT NOT NULL, property TEXT NOT NULL, scope TEXT NOT NULL,
@@ -209,18 +206,10 @@ _PARTS_FROM = 100_000
 #: log of uuid request ids over interleaved domains, keeping them up row by row took half the rebuilding
 #: process's time, where building each once, in one sorted pass, takes a few seconds at 1M events.
 _BULK_INDEXES = tuple((s.split()[5], s) for s in SCHEMA
-                      if s.startswith("CREATE INDEX") and s.split()[7] in ("history", "outcomes", "episodes"))
+                      if s.startswith("CREATE INDEX") and s.split()[7] in ("history", "episodes"))
 #: The statements that drop the `_BULK_INDEXES`, and that build them again.
 _DROP_BULK: tuple[Step, ...] = tuple(("execute", f"DROP INDEX IF EXISTS {name}", ()) for name, _ in _BULK_INDEXES)
 _BUILD_BULK: tuple[Step, ...] = tuple(("execute", statement, ()) for _, statement in _BULK_INDEXES)
-#: A rebuild's `outcomes` rows, made by the database from the `outcomes` JSON of the `history` rows written,
-#: as `model.outcome_rows` makes them, in the order of the table's key: on the bench's log of 1M events,
-#: 4 s where inserting the rows the fold made, in the order it completed their requests, took 10 s.
-OUTCOMES_FROM_HISTORY = (
-    f"INSERT INTO outcomes ({', '.join(TABLES['outcomes'][0])}) "
-    "SELECT h.request_id, o.key, h.domain, h.property, h.principal, h.requested_at, h.position, "
-    "json_extract(o.value, '$.status'), json_extract(o.value, '$.reason') "
-    "FROM history h, json_each(h.outcomes) o ORDER BY h.request_id")
 _SET_POSITION = ("INSERT INTO projection_position (name, position) VALUES ('all', ?) "
                  "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
 
@@ -242,9 +231,13 @@ def _cpus() -> int:
 
 #: The version of the fold's rules the projection rows are made by.  Rows an older version made (2:
 #: the drift rule of issue 13, persistent_only; 3: the episodes and outcomes tables of issue 17; 4: the
-#: outcome_days table of issue 17; 5: no `episodes` row for a window that ended `in_flight`) are rebuilt when
-#: a writer next opens the ledger.
-RULES = 5
+#: outcome_days table of issue 17; 5: no `episodes` row for a window that ended `in_flight`; 6: no `outcomes`
+#: table, its rows read from the history's) are rebuilt when a writer next opens the ledger.
+RULES = 6
+#: Older rules whose rows are this version's but for a table `SCHEMA` drops: a writer's open names the rules
+#: of this version without a rebuild.  A checkpoint of theirs still names them, so `verify` checks in full
+#: once after it (`Checkpoint.rules`): its digests count the dropped rows.
+_SAME_ROWS = (5,)
 _RULES_ROW = "SELECT position FROM projection_position WHERE name = 'rules'"
 _SET_RULES = ("INSERT INTO projection_position (name, position) VALUES ('rules', ?) "
               "ON CONFLICT (name) DO UPDATE SET position = excluded.position")
@@ -326,6 +319,7 @@ class TableProjector:
     def upgrade(self, parts: PartRows | None = None) -> Generator[Step, Any, bool]:
         """Yield the statements that rebuild the rows if other rules made them; return whether it rebuilt.
 
+        Rows of `_SAME_ROWS` are these rules' already: only the rules row changes.
         A ledger that names no rules was made before they were named (rules 1).
         Given `parts`, a long log is folded by worker processes, as by `rebuild`.
         """
@@ -333,10 +327,11 @@ class TableProjector:
         if found and found[0][0] == RULES:
             return False
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
-        if head:
+        rebuilds = bool(head) and not (found and found[0][0] in _SAME_ROWS)
+        if rebuilds:
             yield from self.rebuild(parts=parts)
         yield ("execute", _SET_RULES, (RULES,))
-        return bool(head)
+        return rebuilds
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None,
                 parts: PartRows | None = None) -> Generator[Step, Any, int]:
@@ -345,16 +340,14 @@ class TableProjector:
         The log is read in chunks inside the caller's write transaction, and
         the history rows of completed requests are written as the fold goes,
         so memory holds the domain states and the open requests, never the
-        whole history.  The `outcomes` rows are made from the `history` rows
-        at the end, by the database (`OUTCOMES_FROM_HISTORY`).
-        `progress(position, head)` is called after each chunk.
+        whole history.  `progress(position, head)` is called after each chunk.
         Returns the last position folded.
 
         Given `parts`, a way for other processes to read the log, a log of
         `parts_from` events or more is folded by worker processes, a part of
         the streams each, while this one writes their rows (see
         `projections._parts`); the rows are the same.  Such a rebuild drops
-        the secondary indexes of `history`, `outcomes` and `episodes` in its
+        the secondary indexes of `history` and `episodes` in its
         transaction and builds them again before it ends (`_BULK_INDEXES`).
         """
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
@@ -389,9 +382,9 @@ class TableProjector:
         first checked as an append checks it (`_Filling`).  Returns the last
         position.
 
-        With `bulk`, the secondary indexes of `history`, `outcomes` and
-        `episodes` go while the rows are written, and are built again at the
-        end (`_BULK_INDEXES`), as a rebuild in parts does: for a backend whose
+        With `bulk`, the secondary indexes of `history` and `episodes` go
+        while the rows are written, and are built again at the end
+        (`_BULK_INDEXES`), as a rebuild in parts does: for a backend whose
         readers meanwhile read the committed tables and indexes (SQLite's WAL).
 
         Raises:
@@ -430,15 +423,13 @@ class TableProjector:
         The tables must hold no rows once `first` has run (the workers start
         meanwhile).  The secondary indexes of the tables filled in bulk go
         while their rows are written, and are built again at the end
-        (`_BULK_INDEXES`), with the `outcomes` rows made from the `history`
-        rows.  Returns True then, or False, with no index built again, where
-        the log must be folded in one process instead (see `projections._parts`);
-        the rows written so far must then be deleted.
+        (`_BULK_INDEXES`).  Returns True then, or False, with no index built
+        again, where the log must be folded in one process instead (see
+        `projections._parts`); the rows written so far must then be deleted.
         """
         if not (yield from fold_in_parts(parts, self.parts, head, self._chunk, _insert, _HISTORY_BY_ID, progress,
                                          [*_DROP_BULK, *first])):
             return False
-        yield ("execute", OUTCOMES_FROM_HISTORY, ())
         yield from _BUILD_BULK
         return True
 
@@ -464,7 +455,6 @@ def _replayed(replay: Replay, position: int) -> Generator[Step, Any, None]:
     for table, part in replay.rows():
         if part:
             yield ("execute_many", _insert(table), part)
-    yield ("execute", OUTCOMES_FROM_HISTORY, ())
     yield ("execute", _SET_POSITION, (position,))
 
 
@@ -656,17 +646,14 @@ class _Batch:
         self._written_history = {r: (model.history_row(r), model.history[r]) for r in wanted if r in model.history}
         _diff("history", [row for row, _ in stored], [row for row, _ in self._written_history.values()],
               gone, changed)
-        old = [row for _, record in stored for row in outcome_rows(record)]
-        new = [row for r in wanted if r in model.history for row in outcome_rows(model.history[r])]
-        _diff("outcomes", old, new, gone, changed)
         # The rows read, by key, of the tables whose rows are updated in the columns that changed
-        # (`_row_writes`): those the batch read itself (domains, history) or made from them (outcomes).
+        # (`_row_writes`): those the batch read itself.
         read = {"domains": _by_key("domains", (before[uuid][1] for uuid in self._streams if uuid in before)),
-                "history": _by_key("history", (row for row, _ in stored)), "outcomes": _by_key("outcomes", old)}
-        # The day counts move by the outcome rows gone and come: a request's status moves from in flight.
+                "history": _by_key("history", (row for row, _ in stored))}
+        # The day counts move by the requests' outcomes gone and come: a request's status moves from in flight.
         days: Counter[tuple] = Counter()
-        count_outcome_days(days, old, -1)
-        count_outcome_days(days, new)
+        count_outcome_days(days, (row for _, record in stored for row in outcome_rows(record)), -1)
+        count_outcome_days(days, (row for r in wanted if r in model.history for row in outcome_rows(model.history[r])))
         # An episode that ended was open in the rows read, or began in this batch: its row, with its end.
         changed["episodes"].extend(model.ended)
         # `write_all` runs its statements in any order, so each row of a table is written once:

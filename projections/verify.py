@@ -35,7 +35,7 @@ from vmledger.projections._parts import PartRows, check_chain
 from vmledger.projections._replay import Replay
 from vmledger.projections.model import FORGET_REQUEST, TABLES
 from vmledger.projections.store import (
-    ADD_OUTCOME_DAYS, OUTCOME_DAYS_ROWS, OUTCOMES_FROM_HISTORY, SCHEMA, TableProjector,
+    ADD_OUTCOME_DAYS, OUTCOME_DAYS_ROWS, SCHEMA, TableProjector,
 )
 
 __all__ = ["Reader", "folded_rows", "chain_in_worker", "domain_groups", "paired_groups", "compare", "digest",
@@ -47,8 +47,8 @@ Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 #: 1,000,000 events takes as long, within the noise (27.0-28.7 s against 26.1-29.3 s, in turn).
 PAGE = 1000
 # Each table's reading order: the column naming the domain first, then columns that make the order
-# total and that an index serves (history's key, the request id, and outcomes', come after other
-# columns: a domain's rows are put in key order in memory, where one domain's rows are).
+# total and that an index serves (history's key, the request id, comes after other columns: a domain's
+# rows are put in key order in memory, where one domain's rows are).
 _ORDER = {
     "domains": ("uuid",),
     "persistent": ("domain", "property"),
@@ -56,7 +56,6 @@ _ORDER = {
     "drift": ("domain", "property"),
     "history": ("domain", "property", "position", "request_id"),
     "episodes": ("domain", "property", "since_position"),
-    "outcomes": ("domain", "requested_at", "request_id", "scope"),
 }
 _INSERT = {table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
            for table, (cols, _) in TABLES.items()}
@@ -148,7 +147,6 @@ async def _fold(path: str, rows: AsyncIterator[Sequence[Any]], chunk: int) -> No
         await fold()
         for table, table_rows in replay.rows():
             await db.executemany(_INSERT[table], table_rows)
-        await db.execute(OUTCOMES_FROM_HISTORY)  # as a rebuild makes them
         await db.commit()
 
 
@@ -223,8 +221,7 @@ async def domain_groups(fetch_all: Reader) -> AsyncIterator[tuple[str, Group]]:
             return
         uuid = min(found)
         group = {table: await t.take(uuid) for table, t in tables.items()}
-        for table in ("history", "outcomes"):
-            group[table].sort(key=lambda row, key=TABLES[table][1]: row[:key])
+        group["history"].sort(key=lambda row: row[:TABLES["history"][1]])
         yield uuid, group
 
 
@@ -290,7 +287,7 @@ async def compare_days(expected: list[tuple], fetch_all: Reader, head: int) -> N
     row = next(min(r for r in pair if r is not None)
                for pair in itertools.zip_longest(expected, have) if pair[0] != pair[1])
     day = row[0]
-    found = await fetch_all("SELECT position, requested_at FROM outcomes WHERE requested_at >= ? "
+    found = await fetch_all("SELECT position, requested_at FROM history WHERE requested_at >= ? "
                             "ORDER BY requested_at LIMIT 1", (f"{day}T",))
     position = found[0][0] if found and found[0][1].startswith(day) else head
     raise ChainBrokenError(int(position), f"projection outcome_days disagrees with the log at row {row[:2]}")

@@ -37,7 +37,8 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    timed in another child with its peak RSS and its fold's workers', as the
    rebuild's; then `audit` of the month the log spans (it was built
    in bulk at one append a second from 2024-01-01), from the indexed
-   `outcomes` and `episodes` tables, the median of at least 3 calls;
+   `outcome_days`, `history` and `episodes` tables, the median of at least
+   3 calls;
    then `vmledger export` of that log to a file and `vmledger import` of the
    file into a new ledger, a process each, one run each;
 4. `open`, `drift`, `show NAME` and `get NAME memory` on one fleet of

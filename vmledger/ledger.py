@@ -61,7 +61,9 @@ from vmledger.eventstore import transfer
 from vmledger.eventstore.log import EventFilter, Metadata, RecordedEvent, timestamp
 from vmledger.eventstore.state import DomainState, fold
 from vmledger.projections import queries
-from vmledger.projections.model import Model, count_outcome_days, outcome_day_rows, state_from_json
+from vmledger.projections.model import (
+    Model, count_outcome_days, outcome_day_rows, outcome_rows, record_from_row, state_from_json,
+)
 from vmledger.projections.scan import scan
 from vmledger.projections.store import OUTCOME_DAYS_ROWS, RULES, DuplicateRequestError
 from vmledger.projections.verify import (
@@ -675,7 +677,7 @@ class Ledger(Replaying):
         and each domain with the time any of its properties drifted.  Without
         `until` the period ends now.  `domain` selects every domain that bore
         the name; `principal` the requests it made and the episodes they caused.
-        The answer comes from the `outcome_days`, `outcomes` and `episodes` tables, never a replay of the log.
+        The answer comes from the `outcome_days`, `history` and `episodes` tables, never a replay of the log.
 
         Raises:
             UnknownDomainError: no domain ever had the name `domain`.
@@ -1074,7 +1076,7 @@ class Ledger(Replaying):
     async def _compare_since(self, since: Checkpoint, head: int) -> dict[str, str]:
         """Refold the domains with events after `since`; check every other one against its digest; return the digests.
 
-        The day counts, no domain's, are checked against the outcome rows of every domain, checked so.
+        The day counts, no domain's, are checked against the outcomes of every domain's history rows, checked so.
         """
         touched = {row[0] for row in await self.log.fetch_all(
             "SELECT DISTINCT stream FROM events WHERE position > ?", (since.position,))}
@@ -1097,7 +1099,7 @@ class Ledger(Replaying):
         async for uuid, rows in domain_groups(self.log.fetch_all):
             digests[uuid] = digest(rows)
             await check(uuid, rows, digests[uuid])
-            count_outcome_days(days, rows["outcomes"])
+            count_outcome_days(days, (o for row in rows["history"] for o in outcome_rows(record_from_row(row))))
         for uuid in sorted((set(since.domains) | touched) - set(digests)):
             await check(uuid, empty, digest(empty))
         await compare_days(outcome_day_rows(days), self.log.fetch_all, head)

@@ -126,7 +126,7 @@ _STATEMENTS = 1024
 #: The writing connection's planner settings.  A batch's statements each touch a few rows by key
 #: (`_Tx.write_all`), in pages the server has cached, and join them with the rows they read from a JSON text,
 #: which the planner takes for 100 rows: under the default `random_page_cost` of 4 (a disk's seeks), and with
-#: hash joins, it scanned a table of up to some ten thousand rows whole, `outcomes` or `drift`, for a few of
+#: hash joins, it scanned a table of up to some ten thousand rows whole, `history` or `drift`, for a few of
 #: its rows; every statement of the writing connection touches rows by key, or a table whole with no join.
 _WRITER_SETTINGS = {"random_page_cost": "1.1", "enable_hashjoin": "off", "enable_mergejoin": "off"}
 

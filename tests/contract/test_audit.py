@@ -255,18 +255,19 @@ def test_revert_brings_back_what_can_go_back_and_lists_the_rest(url: str, tmp_pa
                                     "drift": "requires_restart"}
 
 
-def test_a_ledger_of_rules_2_gets_its_episodes_and_outcomes_on_open(url: str, tmp_path: Any) -> None:
-    """A ledger written before episodes and outcomes were kept (rules 2) has them rebuilt when a writer opens it, and verifies; a reader's audit is refused until then."""
+def test_a_ledger_of_rules_2_gets_its_episodes_and_outcome_days_on_open(url: str, tmp_path: Any) -> None:
+    """A ledger written before episodes and outcomes were counted (rules 2) has them rebuilt when a writer opens it, and verifies; a reader's audit is refused until then."""
     sim = SimulatedHypervisor(str(tmp_path / "sim.json"))
     asyncio.run(_write_story(url, str(tmp_path / "sim.json")))
 
     async def rows(ledger: vmledger.Ledger) -> tuple[int, int]:
-        return tuple([(await ledger.log.fetch_all(f"SELECT count(*) FROM {t}"))[0][0] for t in ("episodes", "outcomes")])
+        return tuple([(await ledger.log.fetch_all(sql))[0][0] for sql in (
+            "SELECT count(*) FROM episodes", "SELECT CAST(coalesce(sum(count), 0) AS BIGINT) FROM outcome_days")])
 
     async def downgrade() -> tuple[int, int]:
         async with vmledger.open(url, hypervisor=sim) as ledger:
             counted = await rows(ledger)
-            for sql in ("DELETE FROM episodes", "DELETE FROM outcomes",
+            for sql in ("DELETE FROM episodes", "DELETE FROM outcome_days",
                         "UPDATE projection_position SET position = 2 WHERE name = 'rules'"):
                 await _execute(ledger, sql)
             return counted

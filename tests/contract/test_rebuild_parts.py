@@ -232,7 +232,7 @@ def test_a_rebuild_in_parts_leaves_the_indexes_the_schema_makes(
             conn.execute("UPDATE events SET data = '{not json' WHERE position = 40")
     outcome = _rebuilt(path, TableProjector(chunk=4, parts=2, parts_from=0))
     assert (outcome[0], _indexes(path)) == ("raised" if how == "row does not decode" else "rebuilt", before)
-    assert {"history_domain", "outcomes_time", "episodes_kept"} <= {name for name, _ in before}
+    assert {"history_domain", "history_requested", "episodes_kept"} <= {name for name, _ in before}
 
 
 def test_a_rebuild_in_parts_of_a_row_that_does_not_decode_raises_and_changes_nothing(tmp_path: Any) -> None:

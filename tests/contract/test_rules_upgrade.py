@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import Counter
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -124,3 +126,55 @@ def test_rebuild_of_a_ledger_of_older_rules_rebuilds_once_as_it_opens(
     asyncio.run(forget_rules())
     older()
     assert asyncio.run(opened())[0]  # the flag the command reads
+
+
+def test_a_ledger_of_rules_5_loses_its_outcomes_table_on_open_without_a_rebuild(url: str, tmp_path: Any) -> None:
+    """Rules 5 kept each outcome twice, in the history row and in an `outcomes` row: a writer's open drops the table and names the current rules without a rebuild; audits before and after, a reader's among them, are the same."""
+    sim = tmp_path / "sim.json"
+    UNTIL = datetime.now(timezone.utc) + timedelta(days=1)  # noqa: N806: open episodes last as long in each audit
+
+    async def write() -> tuple[Any, Any, int]:
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim)) as ledger:
+            await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=2, max_vcpus=4)
+            await ledger.start("web")
+            await ledger.set("web", "vcpus", 3, scope="both")
+            await ledger.set("web", "vcpus", 9, scope="both")  # refused: above max_vcpus
+            await ledger.set("web", "memory", 2 * GiB, scope="persistent")
+            audit, history = await ledger.audit(until=UNTIL), await ledger.history()
+            # The table as rules 5 kept it: a row per scope of each request, from its history row.
+            for sql in ("CREATE TABLE outcomes (request_id TEXT NOT NULL, scope TEXT NOT NULL, domain TEXT NOT NULL, "
+                        "property TEXT NOT NULL, principal TEXT NOT NULL, requested_at TEXT NOT NULL, "
+                        "position BIGINT NOT NULL, status TEXT NOT NULL, reason TEXT, PRIMARY KEY (request_id, scope))",
+                        "CREATE INDEX outcomes_time ON outcomes (requested_at, principal, property, scope, status, reason)",
+                        "INSERT INTO outcomes SELECT request_id, 'persistent', domain, property, principal, requested_at, "
+                        "position, 'applied', NULL FROM history",
+                        "UPDATE projection_position SET position = 5 WHERE name = 'rules'"):
+                await _execute(ledger, sql)
+            return audit, history, await ledger.log.head()
+
+    async def read() -> Any:
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim), read_only=True) as ledger:
+            return await ledger.audit(until=UNTIL)
+
+    async def reopen() -> tuple[bool, Any, list[tuple], int, bool]:
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim)) as ledger:
+            rules = await ledger.log.fetch_all("SELECT position FROM projection_position WHERE name = 'rules'")
+            tables = await ledger.log.fetch_all(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'outcomes'" if not url.startswith("postgres")
+                else "SELECT count(*) FROM pg_class WHERE relname = 'outcomes'")
+            return (ledger.log.rebuilt_on_open, await ledger.audit(until=UNTIL), rules, tables[0][0],
+                    await ledger.verify() == await ledger.log.head())
+
+    audit, history, head = asyncio.run(write())
+    if not url.startswith("postgres"):
+        with sqlite3.connect(url) as conn:  # the schema stamp of the version of rules 5
+            conn.execute("PRAGMA user_version = 1")
+    assert asyncio.run(read()) == audit
+    inserted = asyncio.run(_rows_rebuilt(url))
+    assert asyncio.run(reopen()) == (False, audit, [(RULES,)], 0, True)
+    assert asyncio.run(_rows_rebuilt(url)) == inserted  # no rebuild inserted the domain's row again
+    # The audit counts what the requests' own records say, refused ones among them.
+    told = Counter((r.principal, r.property, scope, o.status) for r in history for scope, o in r.outcomes.items())
+    counted = Counter({(c.principal, c.property, c.scope, status): getattr(c, status) for c in audit.requests
+                       for status in ("applied", "refused", "failed", "in_flight")})
+    assert +counted == told and {status for *_, status in told} == {"applied", "refused"}

@@ -267,8 +267,7 @@ def test_two_logs_taking_turns_on_one_stream_write_the_rows_a_rebuild_writes(sto
 
 
 #: Columns an append never changes in a stored row, some of them indexed: writing one rewrites the row's index entries.
-_KEPT_COLUMNS = {"domains": "guest_type", "history": "domain, property, position",
-                 "outcomes": "domain, requested_at, principal"}
+_KEPT_COLUMNS = {"domains": "guest_type", "history": "domain, property, position, requested_at, principal"}
 
 
 async def _refuse_writes_of_kept_columns(store: Store) -> None:
@@ -293,7 +292,7 @@ async def _refuse_writes_of_kept_columns(store: Store) -> None:
 
 
 def test_an_append_updates_only_the_columns_that_changed_in_the_rows_it_read(store: Store) -> None:
-    """Settling a request rewrites no key or indexed column of its domain, history and outcome rows.
+    """Settling a request rewrites no key or indexed column of its domain and history rows.
 
     The triggers fail a statement that sets one, as an upsert of the whole row
     does; the rows still equal a rebuild's.

@@ -440,8 +440,6 @@ def _replayed(rows: list[tuple[Any, ...]], size: int, via_record: set[int]) -> t
     for table, part in replay.rows():
         tables[table].extend(part)
     tables["history"].extend(written.values())
-    # The rebuild makes the outcome rows of the history rows it wrote (`OUTCOMES_FROM_HISTORY`).
-    tables["outcomes"] = [row for h in tables["history"] for row in outcome_rows(record_from_row(h))]
     tables["episodes"].extend(ended)
     for table, (_, key) in TABLES.items():
         tables[table].sort(key=lambda row: row[:key])
@@ -458,9 +456,9 @@ def _modelled(records: list[RecordedEvent], size: int) -> tuple[Any, ...]:
 
 
 def _with_days(rows: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
-    """Return the rows with the `outcome_days` rows of their outcome rows."""
+    """Return the rows with the `outcome_days` rows of the outcomes of their history rows."""
     days: Counter[tuple] = Counter()
-    count_outcome_days(days, rows["outcomes"])
+    count_outcome_days(days, (o for h in rows["history"] for o in outcome_rows(record_from_row(h))))
     return {**rows, "outcome_days": outcome_day_rows(days)}
 
 
