@@ -954,8 +954,8 @@ async def rebuild_in_child(path: str, label: str, args: argparse.Namespace, tabl
     own, theirs = sorted(measured["cpu"], key=sum)[len(measured["cpu"]) // 2]
     table.add(label, measured["rates"], "events/s",
               f"{args.events / rate:.1f} s, of which {statistics.median(measured['after_fold']):.1f} s after the "
-              f"fold reached the head (the rows a rebuild makes at its end, the outcomes from the history, the "
-              f"indexes it dropped, and the commit); "
+              f"fold reached the head (the rows a rebuild makes at its end, the indexes it dropped, and the "
+              f"commit); "
               f"CPU {own:.1f} s in the child + {theirs:.1f} s in its workers; "
               f"peak RSS of the child {measured['rss']:.0f} MiB{workers}")
     return rate, rss
