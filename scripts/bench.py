@@ -16,8 +16,8 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
 1. durable `set` requests/s with one sequential caller: scope `persistent` on a
    stopped domain, and scope `both` on a running PV domain;
 2. durable `set` requests/s with `--callers` concurrent callers (one
-   `asyncio.gather`), scope `both`, spread over `--domains` running PV
-   domains, and the committed events/s that implies (log head before/after);
+   `asyncio.gather`, `--callers-requests` a run), scope `both`, spread over
+   `--domains` running PV domains, and the committed events/s that implies (log head before/after);
    each write figure notes the process's CPU time per request, all threads
    together, which a busy shared machine disturbs less than the rates; on
    SQLite, each case's first run is then replayed through the writer's
@@ -407,18 +407,19 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
             for name in (running, *pool):
                 await ledger.start(name)
 
+        many = args.callers_requests
         cases = [
-            ("set persistent, 1 caller (stopped domain)", "persistent", 1,
+            ("set persistent, 1 caller (stopped domain)", "persistent", 1, n,
              lambda r: [(stopped, SIZES[(r + i) % 4]) for i in range(n)]),
-            ("set both, 1 caller (running PV domain)", "both", 1,
+            ("set both, 1 caller (running PV domain)", "both", 1, n,
              lambda r: [(running, SIZES[(r + i) % 4]) for i in range(n)]),
-            (f"set both, {args.callers} callers, {len(pool)} domains", "both", args.callers,
+            (f"set both, {args.callers} callers, {len(pool)} domains", "both", args.callers, many,
              # Request i goes to domain i % len(pool), so the pool's domains see
              # several callers at once: version conflicts are part of the load.
-             lambda r: [(pool[i % len(pool)], SIZES[(r + i // len(pool)) % 4]) for i in range(n)]),
+             lambda r: [(pool[i % len(pool)], SIZES[(r + i // len(pool)) % 4]) for i in range(many)]),
         ]
         counters = [AppendCounter(store.ledger.log) for store in stores]
-        for name, scope, callers, make in cases:
+        for name, scope, callers, count, make in cases:
             runs = [dict(rates=[], event_rates=[], records=[], latency=[], cpu=[], threads=[], failed=0, stale=0)
                     for _ in stores]
             for counter in counters:
@@ -430,7 +431,7 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
             peer_rates: list[float] = []
             for r in range(args.repeat):
                 for store, got, counter in zip(stores, runs, counters):
-                    progress(f"{name}{store.label}: run {r + 1}/{args.repeat}, {n} requests")
+                    progress(f"{name}{store.label}: run {r + 1}/{args.repeat}, {count} requests")
                     if r == 0 and not on_postgres(store.url):
                         # The first run's appends, and the database they were made on, for `replay_writer`.
                         base = os.path.join(store.scratch, f"replay-{len(store.rows)}.db")
@@ -457,7 +458,7 @@ async def bench_writes(stores: list[WriteStore], args: argparse.Namespace, table
             for store, got, counter in zip(stores, runs, counters):
                 if against:
                     results[f"{store.key}{against}_events"] = statistics.median(got["event_rates"])
-                store.rows.append(functools.partial(_write_rows, name + store.label, got, n, counter.appends,
+                store.rows.append(functools.partial(_write_rows, name + store.label, got, count, counter.appends,
                                                     counter.conflicts))
             for store, base, kept, commits, conflicts in replays:
                 progress(f"{name}{store.label}: the writer's transactions, replayed")
@@ -1375,7 +1376,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--child-interleaved", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--child-verify", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is shown (default 3)")
-    p.add_argument("--requests", type=int, default=500, help="set requests per write run (default 500)")
+    p.add_argument("--requests", type=int, default=500,
+                   help="set requests per write run of one caller, and of the HTTP case (default 500)")
+    p.add_argument("--callers-requests", type=int, default=2000,
+                   help="set requests per write run of the --callers case (default 2000): at 500, a run of 64 "
+                        "callers lasted about 0.4 s, too short to compare two stores in")
     p.add_argument("--callers", type=int, default=64, help="concurrent callers (default 64)")
     p.add_argument("--domains", type=int, default=50, help="running domains the callers share (default 50)")
     p.add_argument("--rebuild-domains", type=int, default=10_000, help="streams of the rebuild log (default 10000)")
@@ -1395,7 +1400,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.parts is not None and args.parts < 2:
         p.error("--parts must be at least 2: with fewer, the fold runs in the rebuilding process")
     for name in ("events", "small_events", "read_calls", "read_domains", "peer_events", "repeat", "requests", "callers",
-                 "domains", "rebuild_domains", "batch"):
+                 "callers_requests", "domains", "rebuild_domains", "batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args

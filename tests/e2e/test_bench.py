@@ -16,8 +16,8 @@ from tests.pg import create_database
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 REQUESTS, CALLERS = 20, 4
 TOY = ["--events", "2000", "--small-events", "500", "--read-calls", "3", "--read-domains", "10", "--repeat", "1",
-       "--requests", str(REQUESTS), "--callers", str(CALLERS), "--domains", "4", "--rebuild-domains", "20",
-       "--batch", "50", "--skip", "peer"]
+       "--requests", str(REQUESTS), "--callers-requests", str(REQUESTS), "--callers", str(CALLERS), "--domains", "4",
+       "--rebuild-domains", "20", "--batch", "50", "--skip", "peer"]
 
 
 def bench(*args: str) -> list[str]:
