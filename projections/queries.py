@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from vmledger.eventstore.codec import loads
 from vmledger.eventstore.errors import UnknownDomainError
+from vmledger.eventstore.log import timestamp
 from vmledger.eventstore.state import DomainState
 from vmledger.projections.model import KEPT_EPISODES, TABLES, Model, history_from_row, state_from_json
 
@@ -106,22 +107,34 @@ async def history_records(
     since: datetime | None = None,
     until: datetime | None = None,
     request_id: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Return requests with their outcomes, oldest first, filtered as asked."""
+    """Return requests with their outcomes, oldest first, filtered as asked: `limit` of them from the `offset`th.
+
+    `since` and `until` (both included; naive: UTC) compare with the stored
+    times as text (`eventstore.log.timestamp`) in the query, which finds a
+    period's rows by the `history_requested` index where that is shorter.
+    """
     cols = ", ".join(TABLES["history"][0])
     where, params = [], []
     if uuids is not None:
         where.append(f"domain IN ({', '.join('?' * len(uuids))})")
         params.extend(uuids)
-    for column, value in (("property", prop), ("principal", principal), ("request_id", request_id)):
+    for condition, value in (("property = ?", prop), ("principal = ?", principal), ("request_id = ?", request_id),
+                             ("requested_at >= ?", None if since is None else timestamp(since)),
+                             ("requested_at <= ?", None if until is None else timestamp(until))):
         if value is not None:
-            where.append(f"{column} = ?")
+            where.append(condition)
             params.append(value)
+    page = ""
+    if limit is not None or offset:  # an OFFSET needs a LIMIT in SQLite; 2**62 stands for none
+        page = " LIMIT ? OFFSET ?"
+        params += [2**62 if limit is None else limit, offset]
     rows = await fetch_all(
-        f"SELECT {cols} FROM history" + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY position", tuple(params),
-    )
-    return filter_time([history_record(r) for r in rows], since, until)
+        f"SELECT {cols} FROM history" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY position"
+        + page, tuple(params))
+    return [history_record(r) for r in rows]
 
 
 def power_state(running: bool) -> str:
@@ -146,13 +159,10 @@ async def fleet_rows(fetch_all: Reader) -> list[tuple[str, str, str, int, tuple[
 
 def filter_time(records: Iterable[dict[str, Any]], since: datetime | None,
                 until: datetime | None) -> list[dict[str, Any]]:
-    """Keep the records requested within `[since, until]`."""
-    out = []
-    for r in records:
-        at = datetime.fromisoformat(r["requested_at"])
-        if (since is None or at >= since) and (until is None or at <= until):
-            out.append(r)
-    return out
+    """Keep the records requested within `[since, until]` (naive: UTC), as `history_records` keeps them."""
+    first, last = (None if t is None else timestamp(t) for t in (since, until))
+    return [r for r in records
+            if (first is None or r["requested_at"] >= first) and (last is None or r["requested_at"] <= last)]
 
 
 def domain_view(state: DomainState) -> dict[str, Any]:

@@ -645,26 +645,36 @@ class Ledger(Replaying):
         principal: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[RequestRecord]:
         """Return every request with its outcomes, oldest first, filtered as asked.
 
         A domain's history stays when it is undefined: `name` selects the
-        requests of every domain that bore it, defined now or not.
+        requests of every domain that bore it, defined now or not.  `since`
+        and `until` are both included; a naive time is taken as UTC.  With
+        `limit`, at most that many requests, from the `offset`th on (0 the
+        first): a page of the list, which the query reads alone.
 
         Raises:
             UnknownDomainError: no domain, defined or undefined, ever had the name `name`.
-            InvalidRequestError: `since` or `until` is not a `datetime`, or another argument is malformed.
+            InvalidRequestError: `since` or `until` is not a `datetime`, `limit` is not a positive integer
+                or `offset` not a natural one, or another argument is malformed.
         """
         for bound in (since, until):
             if bound is not None and not isinstance(bound, datetime):
                 raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
+        for value, least, what in ((1 if limit is None else limit, 1, "limit"), (offset, 0, "offset")):
+            if type(value) is not int or not least <= value <= 2**62:
+                raise InvalidRequestError(f"{what} must be an integer from {least} to 2**62, not {shown(value)}")
         uuids = None if name is None else await queries.domains_named(self.log.fetch_all, check_name(name))
         if prop is not None:
             lookup(prop)
         if principal is not None:
             check_principal(principal)
         return [RequestRecord.from_dict(r) for r in await queries.history_records(
-            self.log.fetch_all, uuids=uuids, prop=prop, principal=principal, since=since, until=until)]
+            self.log.fetch_all, uuids=uuids, prop=prop, principal=principal, since=since, until=until, limit=limit,
+            offset=offset)]
 
     # Audit and replay tools.
 

@@ -71,15 +71,15 @@ class RemoteLedger(Replaying):
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return (await self._call(method, path, **kwargs)).json()
 
-    async def _pages(self, path: str, params: Mapping[str, Any]) -> list[Any]:
-        """Return every item of a paginated list, following `Link: rel="next"`."""
+    async def _pages(self, path: str, params: Mapping[str, Any], most: int | None = None) -> list[Any]:
+        """Return every item of a paginated list, following `Link: rel="next"`; the first `most` of them."""
         items: list[Any] = []
         response = await self._call("GET", path, params=params)
         while True:
             items += response.json()
             link = response.links.get("next")
-            if not link:
-                return items
+            if not link or (most is not None and len(items) >= most):
+                return items[:most]
             response = await self._call("GET", link["url"])
 
     # Lifecycle.
@@ -165,12 +165,13 @@ class RemoteLedger(Replaying):
                                                                  params={"domain": name, "as_of": shown})]
 
     async def history(self, name: str | None = None, prop: str | None = None, *, principal: str | None = None,
-                      since: datetime | None = None, until: datetime | None = None) -> list[RequestRecord]:
-        """Return every request with its outcomes, oldest first, filtered as asked."""
+                      since: datetime | None = None, until: datetime | None = None, limit: int | None = None,
+                      offset: int = 0) -> list[RequestRecord]:
+        """Return every request with its outcomes, oldest first, filtered as asked; `limit` from the `offset`th."""
         params = {"domain": name, "property": prop, "principal": principal,
                   "since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
-                  "limit": 1000}
-        return [RequestRecord.from_dict(r) for r in await self._pages("/v1/history", params)]
+                  "limit": 1000 if limit is None else min(limit, 1000), "cursor": offset or None}
+        return [RequestRecord.from_dict(r) for r in await self._pages("/v1/history", params, limit)]
 
     async def audit(self, *, since: datetime | None = None, until: datetime | None = None,
                     domain: str | None = None, principal: str | None = None) -> AuditReport:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
@@ -364,3 +365,38 @@ def test_whole_days_count_from_the_day_table_and_verify_catches_an_edited_count(
                "('2025-03-01', 'bob')")  # r1's request, the day's first
     assert (found, asyncio.run(damage(None)), asyncio.run(damage(checkpoint))) == ([whole] * 3, message, message)
 
+
+
+def test_the_history_of_a_period_and_its_pages_are_slices_of_the_whole_history(url: str, tmp_path: Any) -> None:
+    """`history` with `since` and `until` (both included; naive: UTC), `limit` and `offset`, bounds and pages the query reads alone, gives the slice of the whole history that comparing the times in Python keeps; a bad page is refused."""
+    sim = str(tmp_path / "sim.json")
+    asyncio.run(_write_story(url, sim))
+    times = [T0 + timedelta(seconds=s) for s in (10, 60, 130)]  # r1, r3 and r6 were requested then
+    bounds = [None, *times, times[1] + timedelta(microseconds=1), times[1] - timedelta(microseconds=1),
+              times[1].replace(tzinfo=None), times[1].astimezone(timezone(timedelta(hours=2)))]
+    pages = [(None, 0), (2, 0), (2, 1), (None, 4)]
+
+    async def query() -> tuple[list[Any], dict[tuple[int, int, int], list[str]], list[str]]:
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim), read_only=True) as ledger:
+            found = {}
+            for (i, since), (j, until), (k, (limit, offset)) in itertools.product(
+                    enumerate(bounds), enumerate(bounds), enumerate(pages)):
+                found[i, j, k] = [r.request_id for r in await ledger.history(
+                    since=since, until=until, limit=limit, offset=offset)]
+            refused = []
+            for bad in ({"limit": 0}, {"limit": True}, {"offset": -1}, {"offset": None}, {"limit": 2**63}):
+                with pytest.raises(vmledger.InvalidRequestError) as caught:
+                    await ledger.history(**bad)
+                refused.append(str(caught.value).split(" must ")[0])
+            return await ledger.history(), found, refused
+
+    whole, found, refused = asyncio.run(query())
+    utc = [None if b is None else b.replace(tzinfo=timezone.utc) if b.tzinfo is None else b for b in bounds]
+    for (i, j, k), ids in found.items():
+        kept = [r.request_id for r in whole
+                if (utc[i] is None or r.requested_at >= utc[i]) and (utc[j] is None or r.requested_at <= utc[j])]
+        limit, offset = pages[k]
+        assert ids == kept[offset:None if limit is None else offset + limit], (bounds[i], bounds[j], pages[k])
+    assert [r.request_id for r in whole] == ["r1", "r2", "r3", "r4", "r5", "r6"]
+    assert found[2, 2, 0] == ["r3"] and found[4, 0, 0] == ["r4", "r5", "r6"]  # one instant; from just after r3
+    assert refused == ["limit", "limit", "offset", "offset", "limit"]

@@ -242,7 +242,7 @@ def test_openapi_is_31_and_lists_every_operation(server: Served) -> None:
 
 
 def test_remote_ledger_has_the_ledgers_methods(server: Served) -> None:
-    """`vmledger.connect` answers as `Ledger` does, and raises the ledger's errors with their messages."""
+    """`vmledger.connect` answers as `Ledger` does (a page of the history too), and raises the ledger's errors with their messages."""
     import vmledger
 
     async def go() -> tuple:
@@ -252,10 +252,14 @@ def test_remote_ledger_has_the_ledgers_methods(server: Served) -> None:
             events = [e async for e in ledger.events(from_position=record["position"] - 1)]
             with pytest.raises(vmledger.UnknownDomainError) as unknown:
                 await ledger.get("nope", "memory")
-            return view["domain"], record["principal"], [e.type for e in events[:2]], str(unknown.value)
+            for vcpus in (2, 3):
+                await ledger.set("web", "vcpus", vcpus, scope="persistent")
+            whole, page = await ledger.history("web"), await ledger.history("web", limit=2, offset=1)
+            return (view["domain"], record["principal"], [e.type for e in events[:2]], str(unknown.value),
+                    len(whole) >= 3 and page == whole[1:3], await ledger.history("web", offset=len(whole)))
 
     assert asyncio.run(go()) == ("web", "olga", ["VcpusChangeRequested", "VcpusChangeApplied"],
-                                 "unknown domain 'nope'")
+                                 "unknown domain 'nope'", True, [])
 
 
 def _certificates(tmp: Any) -> tuple[str, str, str]:

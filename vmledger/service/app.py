@@ -352,12 +352,12 @@ async def history(
     cursor: int = QueryParameter(default=0, ge=0, le=2**62, description="from the Link rel=next of the previous page"),
 ) -> Response[list[RequestRecord]]:
     """List requests with their outcomes, oldest first, a page at a time (`Link: rel="next"`)."""
+    # One more than the page: whether a next page is there, without counting the rest.
     records = await _svc(request).ledger.history(
         domain, prop, principal=by, since=_units.parse_time(since) if since else None,
-        until=_units.parse_time(until) if until else None)
-    page = plain(records[cursor:cursor + limit])
-    more = cursor + limit < len(records)
-    return Response(page, headers=_next_link(request, cursor=cursor + limit) if more else None)
+        until=_units.parse_time(until) if until else None, limit=limit + 1, offset=cursor)
+    more = len(records) > limit
+    return Response(plain(records[:limit]), headers=_next_link(request, cursor=cursor + limit) if more else None)
 
 
 @get("/v1/audit", opt=READ, responses=_problems(404), security=_SECURITY, tags=["queries"])
