@@ -9,10 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmledger.console.views import OUTCOMES, Timeline, chart
+from vmledger.eventstore.catalogue import Outcome as Event
 from vmledger.results import Outcome, RequestRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-STATUSES = ("applied", "partial", "refused", "failed", "requested")
+#: Every status a record's outcome takes, as the fold writes it: `in_flight` while it awaits the outcome.
+STATUSES = tuple(e.status for e in Event)
 MiB = 2**20
 
 

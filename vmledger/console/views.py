@@ -27,7 +27,7 @@ __all__ = ["Moment", "FleetRow", "LastChange", "Timeline", "moment", "fleet", "f
            "timeline", "chart", "latest_events", "OUTCOMES", "CAUSES"]
 
 #: The outcome words a history filter accepts.
-OUTCOMES = ("applied", "partial", "refused", "failed", "requested")
+OUTCOMES = ("applied", "partial", "refused", "failed", "in_flight")
 #: The drift causes a drift filter accepts.
 CAUSES = ("partial", "refused", "failed", "requires_restart", "persistent_only", "live_only", "external", "in_flight")
 
@@ -244,7 +244,7 @@ def chart(timeline: Timeline, prop: str) -> dict[str, Any] | None:
 
     marks: list[tuple[float, str, float | None]] = [(t.timestamp(), "observed", y(v)) for t, _, v in timeline.observed]
     for r in timeline.requests:
-        worst = max((o.status for o in r.outcomes.values()), key=OUTCOMES.index, default="requested")
+        worst = max((o.status for o in r.outcomes.values()), key=OUTCOMES.index, default="in_flight")
         marks.append((r.requested_at.timestamp(), worst, y(r.requested)))
     steps = [(t.timestamp(), y(p), y(live)) for t, p, live in timeline.values]
     xs = sorted({x for x, *_ in steps} | {x for x, _, _ in marks})

@@ -6,7 +6,7 @@
 
   // Timeline charts (uPlot, shipped in the package).
   var COLOURS = {persistent: "#1f3a5f", live: "#2f8f4e", applied: "#2f8f4e", partial: "#c48a00",
-                 refused: "#b3261e", failed: "#6b1111", requested: "#5f6368", observed: "#7b3fb5"};
+                 refused: "#b3261e", failed: "#6b1111", in_flight: "#5f6368", observed: "#7b3fb5"};
   function drawCharts(root) {
     if (typeof uPlot === "undefined") return;
     root.querySelectorAll("[data-chart]").forEach(function (el) {
