@@ -15,8 +15,8 @@ from vmledger.eventstore.log import timestamp
 from vmledger.eventstore.state import DomainState
 from vmledger.projections.model import KEPT_EPISODES, TABLES, Model, history_from_row, state_from_json
 
-__all__ = ["Reader", "find_domain", "domains_named", "drift_rows", "history_records", "history_record", "domain_view", "list_domains",
-           "fleet_rows", "power_state", "outcome_counts", "episode_rows"]
+__all__ = ["Reader", "find_domain", "domains_named", "drift_rows", "history_records", "history_count", "history_record",
+           "domain_view", "list_domains", "fleet_rows", "power_state", "outcome_counts", "episode_rows"]
 
 Reader = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
@@ -107,6 +107,7 @@ async def history_records(
     since: datetime | None = None,
     until: datetime | None = None,
     request_id: str | None = None,
+    outcome: str | None = None,
     limit: int | None = None,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
@@ -114,27 +115,44 @@ async def history_records(
 
     `since` and `until` (both included; naive: UTC) compare with the stored
     times as text (`eventstore.log.timestamp`) in the query, which finds a
-    period's rows by the `history_requested` index where that is shorter.
+    period's rows by the `history_requested` index where that is shorter;
+    `outcome` keeps the requests with that status in a scope.
     """
-    cols = ", ".join(TABLES["history"][0])
+    where, params = _history_where(uuids, prop, principal, since, until, request_id, outcome)
+    if limit is not None or offset:  # an OFFSET needs a LIMIT in SQLite; 2**62 stands for none
+        where += " LIMIT ? OFFSET ?"
+        params += [2**62 if limit is None else limit, offset]
+    rows = await fetch_all(f"SELECT {', '.join(TABLES['history'][0])} FROM history{where}", tuple(params))
+    return [history_record(r) for r in rows]
+
+
+async def history_count(fetch_all: Reader, **filters: Any) -> int:
+    """Return how many requests `history_records` gives with the same filters, and no page."""
+    where, params = _history_where(**filters)
+    return int((await fetch_all(f"SELECT count(*) FROM history{where.removesuffix(' ORDER BY position')}",
+                                tuple(params)))[0][0])
+
+
+#: A history row with an outcome of the status `?` in a scope.
+_WITH_STATUS = "EXISTS (SELECT 1 FROM json_each(outcomes) o WHERE json_extract(o.value, '$.status') = ?)"
+
+
+def _history_where(uuids: list[str] | None = None, prop: str | None = None, principal: str | None = None,
+                   since: datetime | None = None, until: datetime | None = None, request_id: str | None = None,
+                   outcome: str | None = None) -> tuple[str, list[Any]]:
+    """Return the WHERE and ORDER BY clauses of the history's filters, and their parameters."""
     where, params = [], []
     if uuids is not None:
         where.append(f"domain IN ({', '.join('?' * len(uuids))})")
         params.extend(uuids)
     for condition, value in (("property = ?", prop), ("principal = ?", principal), ("request_id = ?", request_id),
                              ("requested_at >= ?", None if since is None else timestamp(since)),
-                             ("requested_at <= ?", None if until is None else timestamp(until))):
+                             ("requested_at <= ?", None if until is None else timestamp(until)),
+                             (_WITH_STATUS, outcome)):
         if value is not None:
             where.append(condition)
             params.append(value)
-    page = ""
-    if limit is not None or offset:  # an OFFSET needs a LIMIT in SQLite; 2**62 stands for none
-        page = " LIMIT ? OFFSET ?"
-        params += [2**62 if limit is None else limit, offset]
-    rows = await fetch_all(
-        f"SELECT {cols} FROM history" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY position"
-        + page, tuple(params))
-    return [history_record(r) for r in rows]
+    return (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY position", params
 
 
 def power_state(running: bool) -> str:

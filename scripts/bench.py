@@ -60,9 +60,10 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    every event with orjson; the peer's saves are also measured in turn with
    the runs of the two write cases the targets compare with them, and the
    targets take those figures;
-7. the console's fleet page and a domain page (`/` and `/domains/NAME` of
-   `vmledger serve`), answered in process with a reader's token, on the big
-   log of benchmark 4 (skip with `--skip console`, or with `--skip reads`).
+7. the console's fleet page, a domain page and two pages of the history
+   (`/`, `/domains/NAME`, `/history` and `/history?page=1000` of `vmledger
+   serve`), answered in process with a reader's token, on the big log of
+   benchmark 4 (skip with `--skip console`, or with `--skip reads`).
 
 A second table gives each target of the speed issue as a ratio from this run.
 The write benchmarks use a fresh temporary directory, or `--db` when given
@@ -1007,7 +1008,7 @@ async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str,
         if "console" not in args.skip:
             progress(f"console pages at {args.events:,} events over {domains:,} domains")
             costs = await console_costs(big, args.read_calls)
-            for key in ("fleet", "domain"):
+            for key in CONSOLE_PAGES:
                 results[f"console_{key}"] = costs[key]
                 table.note(f"console {key} page: {domains:,} domains, {args.events:,} events",
                            f"{costs[key] * 1000:.2f}", "ms",
@@ -1276,8 +1277,12 @@ async def domain_feed_costs(paths: list[str], calls: int) -> list[tuple[float, i
     return [(statistics.median(t), c) for t, c in zip(times, counts)]
 
 
+#: The console's pages the bench times: the fleet, a domain, the history's newest page, and its 1,000th.
+CONSOLE_PAGES = ("fleet", "domain", "history", "old history")
+
+
 async def console_costs(path: str, calls: int) -> dict[str, float]:
-    """Return the median seconds the server takes to answer the console's fleet page and a domain page, and the CPU seconds.
+    """Return the median seconds the server takes to answer each of `CONSOLE_PAGES`, and the CPU seconds.
 
     The service's own application answers in process (no socket), with a
     reader's bearer token, so the figure is the server's: auth, queries,
@@ -1288,7 +1293,7 @@ async def console_costs(path: str, calls: int) -> dict[str, float]:
     from vmledger.service.app import Service, create_app
     from vmledger.service.tokens import TokenStore
 
-    times: dict[str, list[float]] = {"fleet": [], "domain": [], "fleet_cpu": [], "domain_cpu": []}
+    times: dict[str, list[float]] = {k: [] for key in CONSOLE_PAGES for k in (key, f"{key}_cpu")}
     async with bulk_open(path) as ledger:
         tokens = TokenStore(path, ledger.log.fetch_all)
         secret = await tokens.add("bench-reader", "reader")
@@ -1297,7 +1302,7 @@ async def console_costs(path: str, calls: int) -> dict[str, float]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench",
                                      headers={"Authorization": f"Bearer {secret}"}) as client:
             for _ in range(calls):
-                for key, url in (("fleet", "/"), ("domain", f"/domains/{name}")):
+                for key, url in zip(CONSOLE_PAGES, ("/", f"/domains/{name}", "/history", "/history?page=1000")):
                     start, cpu = time.perf_counter(), time.process_time()
                     response = await client.get(url)
                     times[key].append(time.perf_counter() - start)
@@ -1344,7 +1349,7 @@ def print_targets(results: dict[str, float], callers: int) -> None:
     for key in ("open", "drift", "show", "get"):
         target(f"5. {key} at the big log vs at the small log (s)", f"big_{key}", f"small_{key}", 1.2, at_most=True)
     results["console_limit"] = 0.1
-    for key in ("fleet", "domain"):
+    for key in CONSOLE_PAGES:
         target(f"console {key} page server time vs 100 ms (s)", f"console_{key}", "console_limit", 1.0,
                at_most=True)
     head = ("target", "ours", "reference", "ratio", "wanted", "")

@@ -661,20 +661,25 @@ class Ledger(Replaying):
             InvalidRequestError: `since` or `until` is not a `datetime`, `limit` is not a positive integer
                 or `offset` not a natural one, or another argument is malformed.
         """
-        for bound in (since, until):
-            if bound is not None and not isinstance(bound, datetime):
-                raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
         for value, least, what in ((1 if limit is None else limit, 1, "limit"), (offset, 0, "offset")):
             if type(value) is not int or not least <= value <= 2**62:
                 raise InvalidRequestError(f"{what} must be an integer from {least} to 2**62, not {shown(value)}")
+        filters = await self._history_filters(name, prop, principal, since, until)
+        return [RequestRecord.from_dict(r) for r in await queries.history_records(
+            self.log.fetch_all, **filters, limit=limit, offset=offset)]
+
+    async def _history_filters(self, name: str | None, prop: str | None, principal: str | None,
+                               since: datetime | None, until: datetime | None) -> dict[str, Any]:
+        """Check the filters of `history`; return them as `queries.history_records` takes them (`name` as uuids)."""
+        for bound in (since, until):
+            if bound is not None and not isinstance(bound, datetime):
+                raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
         uuids = None if name is None else await queries.domains_named(self.log.fetch_all, check_name(name))
         if prop is not None:
             lookup(prop)
         if principal is not None:
             check_principal(principal)
-        return [RequestRecord.from_dict(r) for r in await queries.history_records(
-            self.log.fetch_all, uuids=uuids, prop=prop, principal=principal, since=since, until=until, limit=limit,
-            offset=offset)]
+        return {"uuids": uuids, "prop": prop, "principal": principal, "since": since, "until": until}
 
     # Audit and replay tools.
 

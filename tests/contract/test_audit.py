@@ -21,6 +21,7 @@ from vmledger.eventstore.events import (
     DomainDefined, DomainStarted, DomainStopped, LiveValueObserved, change_event,
 )
 from vmledger.eventstore.log import Metadata
+from vmledger.projections import queries
 from vmledger.projections.queries import domain_view
 from vmledger.projections.store import RULES
 from tests.contract.test_rules_upgrade import _execute
@@ -376,13 +377,18 @@ def test_the_history_of_a_period_and_its_pages_are_slices_of_the_whole_history(u
               times[1].replace(tzinfo=None), times[1].astimezone(timezone(timedelta(hours=2)))]
     pages = [(None, 0), (2, 0), (2, 1), (None, 4)]
 
-    async def query() -> tuple[list[Any], dict[tuple[int, int, int], list[str]], list[str]]:
+    async def query() -> tuple[list[Any], dict[Any, Any], list[str]]:
         async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim), read_only=True) as ledger:
             found = {}
             for (i, since), (j, until), (k, (limit, offset)) in itertools.product(
                     enumerate(bounds), enumerate(bounds), enumerate(pages)):
                 found[i, j, k] = [r.request_id for r in await ledger.history(
                     since=since, until=until, limit=limit, offset=offset)]
+            # The console's filter of an outcome in any scope, and its count of a filtered history.
+            for status in ("applied", "partial", "refused", "failed", "in_flight"):
+                rows = await queries.history_records(ledger.log.fetch_all, outcome=status)
+                count = await queries.history_count(ledger.log.fetch_all, outcome=status, since=times[1])
+                found[status] = ([r["request_id"] for r in rows], count)
             refused = []
             for bad in ({"limit": 0}, {"limit": True}, {"offset": -1}, {"offset": None}, {"limit": 2**63}):
                 with pytest.raises(vmledger.InvalidRequestError) as caught:
@@ -392,6 +398,10 @@ def test_the_history_of_a_period_and_its_pages_are_slices_of_the_whole_history(u
 
     whole, found, refused = asyncio.run(query())
     utc = [None if b is None else b.replace(tzinfo=timezone.utc) if b.tzinfo is None else b for b in bounds]
+    for status in ("applied", "partial", "refused", "failed", "in_flight"):
+        ids, count = found.pop(status)
+        kept = [r.request_id for r in whole if any(o.status == status for o in r.outcomes.values())]
+        assert (ids, count) == (kept, len([r for r in whole if r.request_id in kept and r.requested_at >= times[1]]))
     for (i, j, k), ids in found.items():
         kept = [r.request_id for r in whole
                 if (utc[i] is None or r.requested_at >= utc[i]) and (utc[j] is None or r.requested_at <= utc[j])]
@@ -400,3 +410,4 @@ def test_the_history_of_a_period_and_its_pages_are_slices_of_the_whole_history(u
     assert [r.request_id for r in whole] == ["r1", "r2", "r3", "r4", "r5", "r6"]
     assert found[2, 2, 0] == ["r3"] and found[4, 0, 0] == ["r4", "r5", "r6"]  # one instant; from just after r3
     assert refused == ["limit", "limit", "offset", "offset", "limit"]
+    assert [r.request_id for r in whole if "in_flight" in {o.status for o in r.outcomes.values()}] == ["r6"]

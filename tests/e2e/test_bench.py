@@ -54,8 +54,7 @@ def test_the_toy_bench_runs_every_part_and_its_writes_all_apply() -> None:
         "verify peak RSS MiB vs 256 MiB",
         "audit of a month, seconds vs 1 s",
         *(f"5. {key} at the big log vs at the small log (s)" for key in ("open", "drift", "show", "get")),
-        "console fleet page server time vs 100 ms (s)",
-        "console domain page server time vs 100 ms (s)",
+        *(f"console {key} page server time vs 100 ms (s)" for key in ("fleet", "domain", "history", "old history")),
     ]
 
 

@@ -8,6 +8,7 @@ drift, history and timelines at the head of the log.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import tempfile
 from typing import Any
@@ -73,6 +74,14 @@ async def _both(ledger: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         for outcome in views.OUTCOMES:
             pages[f"history/{outcome}"] = await views.history(ledger, at, outcome=outcome)
         pages["history/bo"] = await views.history(ledger, at, principal="bo", prop="memory")
+        # Pages of 3, newest first: now, counted and read by offset; as of the head, cut from the model's list.
+        filters = [{}, {"principal": "bo", "prop": "memory"}, *({"outcome": o} for o in views.OUTCOMES),
+                   *({"name": row.domain} for row in pages["fleet"])]
+        for i, (kept, page) in enumerate(itertools.product(filters, (None, "2", "3", "9"))):
+            pages[f"history page {i}"] = await views.history_page(ledger, at, page, 3, **kept)
+        # A fleet row alone, as the event stream updates it, is the fleet's.
+        pages["fleet rows"] = ([await views.fleet_row(ledger, row.domain) for row in pages["fleet"]]
+                               if at.model is None else pages["fleet"])
         out.append(pages)
     return out[0], out[1]
 
@@ -80,7 +89,7 @@ async def _both(ledger: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 @settings(max_examples=25, deadline=None)
 @given(actions=st.lists(ACTIONS, min_size=4, max_size=16))
 def test_every_page_shows_the_same_now_and_as_of_the_head(actions: list[tuple[Any, ...]]) -> None:
-    """Fleet, domain, drift, history and timeline data read from the tables equal those folded up to the head."""
+    """Fleet, domain, drift, history (its pages too) and timeline data read from the tables equal those folded up to the head."""
     async def story() -> tuple[dict[str, Any], dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="vmledger-console-") as tmp:
             async with vmledger.open(os.path.join(tmp, "l.db"), hypervisor_timeout=0.2) as ledger:

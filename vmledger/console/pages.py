@@ -9,7 +9,6 @@ event stream says its domain changed.
 from __future__ import annotations
 
 import json
-import math
 import urllib.parse
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
@@ -147,9 +146,7 @@ def _paged(rows: list[Any], page_text: str | None, size: int = _PAGE) -> tuple[l
     Raises:
         InvalidRequestError: a page that is not a whole number.
     """
-    pages = max(1, math.ceil(len(rows) / size))
-    page = _units.parse_count(page_text, "page") if page_text else 1
-    page = min(max(page, 1), pages)
+    page, pages = views.page_of(len(rows), page_text, size)
     return rows[(page - 1) * size:page * size], page, pages
 
 
@@ -186,10 +183,10 @@ async def domain_page(request: Request, name: str) -> Response[bytes]:
 
     async def build(who: Viewer, at: views.Moment) -> dict[str, Any]:
         view, drift = await views.domain(ledger, at, name)
-        records = await views.history(ledger, at, name=name, prop=q.get("property") or None,
-                                      principal=q.get("principal") or None, outcome=q.get("outcome") or None,
-                                      since=_time(q.get("since")), until=_time(q.get("until")))
-        page, number, pages = _paged(records[::-1], q.get("page"))
+        page, number, pages = await views.history_page(
+            ledger, at, q.get("page"), _PAGE, name=name, prop=q.get("property") or None,
+            principal=q.get("principal") or None, outcome=q.get("outcome") or None, since=_time(q.get("since")),
+            until=_time(q.get("until")))
         return {"view": view, "drift": {d.property: d for d in drift}, "records": page, "page": number,
                 "pages": pages, "title": f"Domain {name}", "outcomes": views.OUTCOMES, "scopes": _SCOPES,
                 "settable": [p.property for p in view.properties if _entry(p.property) is not None
@@ -232,10 +229,10 @@ async def history_page(request: Request) -> Response[bytes]:
     q = request.query_params
 
     async def build(who: Viewer, at: views.Moment) -> dict[str, Any]:
-        records = await views.history(ledger, at, name=q.get("domain") or None, prop=q.get("property") or None,
-                                      principal=q.get("principal") or None, outcome=q.get("outcome") or None,
-                                      since=_time(q.get("since")), until=_time(q.get("until")))
-        page, number, pages = _paged(records[::-1], q.get("page"))
+        page, number, pages = await views.history_page(
+            ledger, at, q.get("page"), _PAGE, name=q.get("domain") or None, prop=q.get("property") or None,
+            principal=q.get("principal") or None, outcome=q.get("outcome") or None, since=_time(q.get("since")),
+            until=_time(q.get("until")))
         return {"records": page, "page": number, "pages": pages, "outcomes": views.OUTCOMES, "title": "History"}
 
     return await _page(request, "history", build, parts=("rows",))

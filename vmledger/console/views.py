@@ -8,6 +8,7 @@ folded up to that position (`Ledger.model_at`), the same source the API's
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -23,8 +24,8 @@ from vmledger.projections import queries
 from vmledger.projections.model import TABLES, Model
 from vmledger.results import DomainView, DriftRow, RequestRecord
 
-__all__ = ["Moment", "FleetRow", "LastChange", "Timeline", "moment", "fleet", "fleet_row", "domain", "history", "drift",
-           "timeline", "chart", "latest_events", "OUTCOMES", "CAUSES"]
+__all__ = ["Moment", "FleetRow", "LastChange", "Timeline", "moment", "fleet", "fleet_row", "domain", "history",
+           "history_page", "page_of", "drift", "timeline", "chart", "latest_events", "OUTCOMES", "CAUSES"]
 
 #: The outcome words a history filter accepts.
 OUTCOMES = ("applied", "partial", "refused", "failed", "in_flight")
@@ -112,8 +113,10 @@ async def fleet_row(ledger: Any, name: str) -> FleetRow:
         UnknownDomainError: no such domain.
     """
     view = await ledger.show(name)
-    records = await ledger.history(name)
-    last = records[-1].to_dict() if records else None
+    filters = await ledger._history_filters(name, None, None, None, None)
+    count = await queries.history_count(ledger.log.fetch_all, **filters)
+    records = await queries.history_records(ledger.log.fetch_all, **filters, limit=1, offset=max(0, count - 1))
+    last = records[-1] if records else None
     return FleetRow(view.uuid, view.domain, view.power_state, sum(1 for p in view.properties if p.drift is not None),
                     None if last is None else LastChange(last["property"], last["requested"], last["principal"],
                                                          last["requested_at"]))
@@ -166,6 +169,47 @@ async def history(ledger: Any, at: Moment, *, name: str | None = None, prop: str
     if outcome is None:
         return records
     return [r for r in records if any(o.status == outcome for o in r.outcomes.values())]
+
+
+async def history_page(ledger: Any, at: Moment, page_text: str | None, size: int, *, name: str | None = None,
+                       prop: str | None = None, principal: str | None = None, outcome: str | None = None,
+                       since: datetime | None = None, until: datetime | None = None
+                       ) -> tuple[list[RequestRecord], int, int]:
+    """Return a page of the requests `history` gives, newest first, `size` a page, with its number and the pages.
+
+    Now, the requests are counted and the page alone is read, so that a
+    page of a long history costs what one of a short history does; as of a
+    position, the model holds them all.
+
+    Raises:
+        UnknownDomainError, UnknownPropertyError, InvalidRequestError: as `history`; a page that is no whole number.
+    """
+    if at.model is not None:
+        records = (await history(ledger, at, name=name, prop=prop, principal=principal, outcome=outcome,
+                                 since=since, until=until))[::-1]
+        page, pages = page_of(len(records), page_text, size)
+        return records[(page - 1) * size:page * size], page, pages
+    if outcome is not None and outcome not in OUTCOMES:
+        raise InvalidRequestError(f"invalid outcome {outcome!r} (use {', '.join(OUTCOMES)})")
+    filters = {**await ledger._history_filters(name, prop, principal, since, until), "outcome": outcome}
+    count = await queries.history_count(ledger.log.fetch_all, **filters)
+    page, pages = page_of(count, page_text, size)
+    # The page's requests, oldest first: from the (count - page * size)th of the history on.
+    first = max(0, count - page * size)
+    rows = await queries.history_records(ledger.log.fetch_all, **filters, limit=count - (page - 1) * size - first,
+                                         offset=first)
+    return [RequestRecord.from_dict(r) for r in reversed(rows)], page, pages
+
+
+def page_of(count: int, page_text: str | None, size: int) -> tuple[int, int]:
+    """Return the page a query asks for (`page_text`, 1 if none), within the pages of `count` rows, and the pages.
+
+    Raises:
+        InvalidRequestError: a page that is not a whole number.
+    """
+    pages = max(1, math.ceil(count / size))
+    page = _units.parse_count(page_text, "page") if page_text else 1
+    return min(max(page, 1), pages), pages
 
 
 async def drift(ledger: Any, at: Moment, cause: str | None = None) -> list[DriftRow]:
