@@ -664,13 +664,22 @@ class Ledger(Replaying):
         for value, least, what in ((1 if limit is None else limit, 1, "limit"), (offset, 0, "offset")):
             if type(value) is not int or not least <= value <= 2**62:
                 raise InvalidRequestError(f"{what} must be an integer from {least} to 2**62, not {shown(value)}")
-        filters = await self._history_filters(name, prop, principal, since, until)
+        filters = await self.history_filters(name, prop, principal=principal, since=since, until=until)
         return [RequestRecord.from_dict(r) for r in await queries.history_records(
             self.log.fetch_all, **filters, limit=limit, offset=offset)]
 
-    async def _history_filters(self, name: str | None, prop: str | None, principal: str | None,
-                               since: datetime | None, until: datetime | None) -> dict[str, Any]:
-        """Check the filters of `history`; return them as `queries.history_records` takes them (`name` as uuids)."""
+    async def history_filters(self, name: str | None = None, prop: str | None = None, *,
+                              principal: str | None = None, since: datetime | None = None,
+                              until: datetime | None = None) -> dict[str, Any]:
+        """Check the filters of `history`; return them as `projections.queries.history_records` takes them.
+
+        For a caller that counts or pages the history itself in the
+        projection tables (the console: `history_count`, a page newest
+        first): `name` becomes the uuids of every domain that bore it.
+
+        Raises:
+            UnknownDomainError, InvalidRequestError: as `history`.
+        """
         for bound in (since, until):
             if bound is not None and not isinstance(bound, datetime):
                 raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")

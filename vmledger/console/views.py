@@ -113,7 +113,7 @@ async def fleet_row(ledger: Any, name: str) -> FleetRow:
         UnknownDomainError: no such domain.
     """
     view = await ledger.show(name)
-    filters = await ledger._history_filters(name, None, None, None, None)
+    filters = await ledger.history_filters(name)
     count = await queries.history_count(ledger.log.fetch_all, **filters)
     records = await queries.history_records(ledger.log.fetch_all, **filters, limit=1, offset=max(0, count - 1))
     last = records[-1] if records else None
@@ -191,7 +191,8 @@ async def history_page(ledger: Any, at: Moment, page_text: str | None, size: int
         return records[(page - 1) * size:page * size], page, pages
     if outcome is not None and outcome not in OUTCOMES:
         raise InvalidRequestError(f"invalid outcome {outcome!r} (use {', '.join(OUTCOMES)})")
-    filters = {**await ledger._history_filters(name, prop, principal, since, until), "outcome": outcome}
+    filters = {**await ledger.history_filters(name, prop, principal=principal, since=since, until=until),
+               "outcome": outcome}
     count = await queries.history_count(ledger.log.fetch_all, **filters)
     page, pages = page_of(count, page_text, size)
     # The page's requests, oldest first: from the (count - page * size)th of the history on.
