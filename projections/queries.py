@@ -119,18 +119,19 @@ async def history_records(
     `outcome` keeps the requests with that status in a scope.
     """
     where, params = _history_where(uuids, prop, principal, since, until, request_id, outcome)
+    page = ""
     if limit is not None or offset:  # an OFFSET needs a LIMIT in SQLite; 2**62 stands for none
-        where += " LIMIT ? OFFSET ?"
+        page = " LIMIT ? OFFSET ?"
         params += [2**62 if limit is None else limit, offset]
-    rows = await fetch_all(f"SELECT {', '.join(TABLES['history'][0])} FROM history{where}", tuple(params))
+    rows = await fetch_all(f"SELECT {', '.join(TABLES['history'][0])} FROM history{where} ORDER BY position{page}",
+                           tuple(params))
     return [history_record(r) for r in rows]
 
 
 async def history_count(fetch_all: Reader, **filters: Any) -> int:
     """Return how many requests `history_records` gives with the same filters, and no page."""
     where, params = _history_where(**filters)
-    return int((await fetch_all(f"SELECT count(*) FROM history{where.removesuffix(' ORDER BY position')}",
-                                tuple(params)))[0][0])
+    return int((await fetch_all(f"SELECT count(*) FROM history{where}", tuple(params)))[0][0])
 
 
 #: A history row with an outcome of the status `?` in a scope.
@@ -140,7 +141,7 @@ _WITH_STATUS = "EXISTS (SELECT 1 FROM json_each(outcomes) o WHERE json_extract(o
 def _history_where(uuids: list[str] | None = None, prop: str | None = None, principal: str | None = None,
                    since: datetime | None = None, until: datetime | None = None, request_id: str | None = None,
                    outcome: str | None = None) -> tuple[str, list[Any]]:
-    """Return the WHERE and ORDER BY clauses of the history's filters, and their parameters."""
+    """Return the WHERE clause of the history's filters (or ''), and its parameters."""
     where, params = [], []
     if uuids is not None:
         where.append(f"domain IN ({', '.join('?' * len(uuids))})")
@@ -152,7 +153,7 @@ def _history_where(uuids: list[str] | None = None, prop: str | None = None, prin
         if value is not None:
             where.append(condition)
             params.append(value)
-    return (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY position", params
+    return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
 def power_state(running: bool) -> str:
