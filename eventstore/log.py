@@ -199,19 +199,41 @@ Step = tuple[str, Any, Sequence[Any]]
 T = TypeVar("T")
 
 
-async def run_steps(tx: Transaction, steps: Generator[Step, Any, T]) -> T:
+async def run_steps(tx: Transaction, steps: Generator[Step, Any, T], *, thread: bool = False) -> T:
     """Run each statement `steps` yields through `tx`, sending back its result; return the generator's value.
 
     A failed statement closes the generator, so its `finally` blocks run then.
+    With `thread`, the generator runs in a worker thread up to each
+    statement, so that what it does in between (waiting for the worker
+    processes of a rebuild in parts, say) leaves the event loop free; a
+    cancelled caller waits for the step under way to end.
     """
     reply = None
     with contextlib.closing(steps):
         while True:
-            try:
-                method, sql, params = steps.send(reply)
-            except StopIteration as done:
-                return done.value
+            if thread:
+                step = asyncio.ensure_future(asyncio.to_thread(_send, steps, reply))
+                try:
+                    ended, value = await asyncio.shield(step)
+                except asyncio.CancelledError:
+                    while not step.done():  # the generator cannot be closed while it runs
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.wait({step})
+                    raise
+            else:
+                ended, value = _send(steps, reply)
+            if ended:
+                return value
+            method, sql, params = value
             reply = await getattr(tx, method)(sql, params)
+
+
+def _send(steps: Generator[Step, Any, T], reply: Any) -> tuple[bool, Any]:
+    """Send `reply` into `steps`: return (False, the next step), or (True, the generator's value) once it ends."""
+    try:
+        return False, steps.send(reply)
+    except StopIteration as done:
+        return True, done.value
 
 
 class Stopped(Exception):

@@ -317,12 +317,12 @@ class TableProjector:
         if len(self._states) > _CACHED_STATES:
             del self._states[next(iter(self._states))]
 
-    def upgrade(self, parts: PartRows | None = None) -> Generator[Step, Any, bool]:
+    def upgrade(self, parts: PartRows | None = None, *, bulk: bool = True) -> Generator[Step, Any, bool]:
         """Yield the statements that rebuild the rows if other rules made them; return whether it rebuilt.
 
         Rows of `_SAME_ROWS` are these rules' already: only the rules row changes.
         A ledger that names no rules was made before they were named (rules 1).
-        Given `parts`, a long log is folded by worker processes, as by `rebuild`.
+        Given `parts`, a long log is folded by worker processes, as by `rebuild` (and `bulk`).
         """
         found = yield ("fetch_all", _RULES_ROW, ())
         if found and found[0][0] == RULES:
@@ -330,12 +330,12 @@ class TableProjector:
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
         rebuilds = bool(head) and not (found and found[0][0] in _SAME_ROWS)
         if rebuilds:
-            yield from self.rebuild(parts=parts)
+            yield from self.rebuild(parts=parts, bulk=bulk)
         yield ("execute", _SET_RULES, (RULES,))
         return rebuilds
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None,
-                parts: PartRows | None = None) -> Generator[Step, Any, int]:
+                parts: PartRows | None = None, *, bulk: bool = True) -> Generator[Step, Any, int]:
         """Yield the statements that replace every projection row with a fold of the whole log.
 
         The log is read in chunks inside the caller's write transaction, and
@@ -349,18 +349,19 @@ class TableProjector:
         the streams each, while this one writes their rows (see
         `projections._parts`); the rows are the same.  Such a rebuild drops
         the secondary indexes of `history` and `episodes` in its
-        transaction and builds them again before it ends (`_BULK_INDEXES`).
+        transaction and builds them again before it ends (`_BULK_INDEXES`),
+        unless `bulk` is false: for a backend whose readers would wait
+        for the transaction's end to read a table whose index it dropped
+        (PostgreSQL), where SQLite's (WAL) read the committed ones.
         """
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
         clear: list[Step] = [("execute", f"DELETE FROM {table}", ()) for table in ALL_TABLES]
         build: Sequence[Step] = ()
         if parts is not None and self.folds_in_parts(head):
-            # Readers meanwhile read the committed tables and indexes: a backend gives `parts` only where
-            # its readers do (SQLite's WAL).
-            if (yield from self.fold_in_parts(parts, head, progress, clear)):
+            if (yield from self.fold_in_parts(parts, head, progress, clear, bulk=bulk)):
                 yield ("execute", _SET_POSITION, (head,))
                 return head
-            build = _BUILD_BULK
+            build = _BUILD_BULK if bulk else ()
         yield from clear
         replay, last = Replay(), 0
         while last < head:
@@ -418,20 +419,21 @@ class TableProjector:
         return self.parts > 1 and head >= self._parts_from
 
     def fold_in_parts(self, parts: PartRows, head: int, progress: Callable[[int, int], None] | None = None,
-                      first: Sequence[Step] = ()) -> Generator[Step, Any, bool]:
+                      first: Sequence[Step] = (), *, bulk: bool = True) -> Generator[Step, Any, bool]:
         """Yield the statements that fill the projection tables with the fold of the log up to `head`, in worker processes.
 
         The tables must hold no rows once `first` has run (the workers start
-        meanwhile).  The secondary indexes of the tables filled in bulk go
-        while their rows are written, and are built again at the end
-        (`_BULK_INDEXES`).  Returns True then, or False, with no index built
-        again, where the log must be folded in one process instead (see
+        meanwhile).  With `bulk`, the secondary indexes of the tables filled
+        in bulk go while their rows are written, and are built again at the
+        end (`_BULK_INDEXES`).  Returns True then, or False, with no index
+        built again, where the log must be folded in one process instead (see
         `projections._parts`); the rows written so far must then be deleted.
         """
         if not (yield from fold_in_parts(parts, self.parts, head, self._chunk, _insert, _HISTORY_BY_ID, progress,
-                                         [*_DROP_BULK, *first])):
+                                         [*_DROP_BULK, *first] if bulk else first)):
             return False
-        yield from _BUILD_BULK
+        if bulk:
+            yield from _BUILD_BULK
         return True
 
 
