@@ -29,14 +29,15 @@ import functools
 import re
 import urllib.parse
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 
 import asyncpg
+import attrs
 from asyncpg import exceptions as pg
 
 from vmledger.eventstore.backends.common import (
-    FILTER_INDEXES, INSERT, GroupCommit, LogReads, Outcome, PendingAppend, WriterMemory, batch_steps,
-    check_ledger_tables,
+    COLUMNS, FILTER_INDEXES, INSERT, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, WriterMemory,
+    batch_steps, check_ledger_tables,
 )
 from vmledger.eventstore.codec import dumps_plain
 from vmledger.eventstore.errors import StorageError
@@ -383,6 +384,42 @@ async def _keep(conn: asyncpg.Connection) -> None:
     """
 
 
+# A part of the log, for a worker process of a rebuild or a `verify`: the streams whose last character's code
+# point modulo the parts is the part's number (`projections._parts.part_of`; `ascii` gives a code point in UTF-8).
+_PART_ROWS = (f"SELECT {SCAN_COLUMNS} FROM events WHERE position > $1 AND position <= $2 "
+              "AND coalesce(ascii(right(stream, 1)), 0) % $3 = $4 ORDER BY position LIMIT $5")
+
+
+@attrs.frozen
+class _PartRows:
+    """Reads a part of the log through a connection of its own: picklable, for a worker process.
+
+    A rebuild's workers read while the rebuilding writer holds the append
+    lock, so every chunk read holds the events it folds (stored events never
+    change); `verify`'s read the events up to the head it checks.
+    """
+
+    dsn: str
+    timeout: float
+
+    def __call__(self, part: int, parts: int, head: int, chunk: int, hashes: bool = False
+                 ) -> Iterator[list[tuple[Any, ...]]]:
+        loop = asyncio.new_event_loop()
+        try:
+            conn = loop.run_until_complete(asyncpg.connect(
+                self.dsn, timeout=self.timeout,
+                server_settings={"application_name": "vmledger", "default_transaction_read_only": "on"}))
+            try:
+                last, query = 0, _PART_ROWS.replace(SCAN_COLUMNS, COLUMNS, 1) if hashes else _PART_ROWS
+                while rows := loop.run_until_complete(conn.fetch(query, last, head, parts, part, chunk)):
+                    yield [tuple(r) for r in rows]
+                    last = rows[-1][0]
+            finally:
+                loop.run_until_complete(conn.close())
+        finally:
+            loop.close()
+
+
 class PostgresEventLog(LogReads):
     """An event log in one PostgreSQL database, with projection tables beside it.
 
@@ -437,6 +474,8 @@ class PostgresEventLog(LogReads):
         self.commits = 0
         #: Whether opening rebuilt the projections, their rows made by another version's fold rules.
         self.rebuilt_on_open = False
+        #: Reads a part of the log in a worker process (`projections._parts`), for a rebuild or `verify`.
+        self.part_rows = _PartRows(dsn, connect_timeout)
 
     async def __aenter__(self) -> "PostgresEventLog":
         self._open = True
@@ -454,7 +493,8 @@ class PostgresEventLog(LogReads):
                     for statement in (*_SCHEMA, *map(_bytewise, self._projector.schema)):
                         await conn.execute(statement)
                     await _leave_room(conn, self._projector.updated_in_place)
-                    self.rebuilt_on_open = await run_steps(_Tx(conn), self._projector.upgrade())
+                    self.rebuilt_on_open = await run_steps(
+                        _Tx(conn), self._projector.upgrade(self.part_rows, bulk=False), thread=True)
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self._readers, reset=_keep,
                 server_settings=self._settings, timeout=self._connect_timeout)
@@ -765,7 +805,8 @@ class PostgresEventLog(LogReads):
             StorageError: PostgreSQL failed; the projections are unchanged.
         """
         async with self._transaction() as conn:
-            return await run_steps(_Tx(conn), self._projector.rebuild(progress))
+            return await run_steps(_Tx(conn), self._projector.rebuild(progress, self.part_rows, bulk=False),
+                                   thread=True)
 
     # Reading.
 
