@@ -332,23 +332,23 @@ class Projector(Protocol):
         """
         ...
 
-    def upgrade(self, parts: Any = None) -> Generator[Step, Any, bool]:
+    def upgrade(self, parts: Any = None, *, bulk: bool = False) -> Generator[Step, Any, bool]:
         """Yield the statements that rebuild rows an older version's rules made; return whether it rebuilt.
 
         Runs inside the transaction that sets up the schema, when a writer opens the log;
-        `parts` as for `rebuild`.
+        `parts` and `bulk` as for `rebuild`.
         """
         ...
 
     def rebuild(self, progress: Callable[[int, int], None] | None,
-                parts: Any = None) -> Generator[Step, Any, int]:
+                parts: Any = None, *, bulk: bool = False) -> Generator[Step, Any, int]:
         """Yield the statements that replace every projection row with a fold of the whole log.
 
         Runs inside one write transaction; returns the last position folded.
         `parts`, if given, reads parts of the log from other processes (see
-        `projections._parts.PartRows`), which may fold them there; such a
-        rebuild may drop and build indexes in its transaction, so a backend
-        gives `parts` only where readers go on reading meanwhile (SQLite's WAL).
+        `projections._parts.PartRows`), which may fold them there.  `bulk`:
+        the backend's readers read the committed schema meanwhile, so the
+        projector may drop indexes while it writes and build them at the end.
         """
         ...
 

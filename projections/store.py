@@ -317,7 +317,7 @@ class TableProjector:
         if len(self._states) > _CACHED_STATES:
             del self._states[next(iter(self._states))]
 
-    def upgrade(self, parts: PartRows | None = None, *, bulk: bool = True) -> Generator[Step, Any, bool]:
+    def upgrade(self, parts: PartRows | None = None, *, bulk: bool = False) -> Generator[Step, Any, bool]:
         """Yield the statements that rebuild the rows if other rules made them; return whether it rebuilt.
 
         Rows of `_SAME_ROWS` are these rules' already: only the rules row changes.
@@ -335,7 +335,7 @@ class TableProjector:
         return rebuilds
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None,
-                parts: PartRows | None = None, *, bulk: bool = True) -> Generator[Step, Any, int]:
+                parts: PartRows | None = None, *, bulk: bool = False) -> Generator[Step, Any, int]:
         """Yield the statements that replace every projection row with a fold of the whole log.
 
         The log is read in chunks inside the caller's write transaction, and
@@ -347,12 +347,12 @@ class TableProjector:
         Given `parts`, a way for other processes to read the log, a log of
         `parts_from` events or more is folded by worker processes, a part of
         the streams each, while this one writes their rows (see
-        `projections._parts`); the rows are the same.  Such a rebuild drops
-        the secondary indexes of `history` and `episodes` in its
-        transaction and builds them again before it ends (`_BULK_INDEXES`),
-        unless `bulk` is false: for a backend whose readers would wait
-        for the transaction's end to read a table whose index it dropped
-        (PostgreSQL), where SQLite's (WAL) read the committed ones.
+        `projections._parts`); the rows are the same.  With `bulk`, for a
+        backend whose readers go on reading the committed tables and indexes
+        meanwhile (SQLite's WAL), such a rebuild drops the secondary indexes
+        of `history` and `episodes` in its transaction and builds them again
+        before it ends (`_BULK_INDEXES`); a PostgreSQL reader would wait for
+        the transaction's end to read a table whose index it dropped.
         """
         head = (yield ("fetch_all", "SELECT max(position) FROM events", ()))[0][0] or 0
         clear: list[Step] = [("execute", f"DELETE FROM {table}", ()) for table in ALL_TABLES]
@@ -419,7 +419,7 @@ class TableProjector:
         return self.parts > 1 and head >= self._parts_from
 
     def fold_in_parts(self, parts: PartRows, head: int, progress: Callable[[int, int], None] | None = None,
-                      first: Sequence[Step] = (), *, bulk: bool = True) -> Generator[Step, Any, bool]:
+                      first: Sequence[Step] = (), *, bulk: bool = False) -> Generator[Step, Any, bool]:
         """Yield the statements that fill the projection tables with the fold of the log up to `head`, in worker processes.
 
         The tables must hold no rows once `first` has run (the workers start

@@ -110,7 +110,7 @@ def _fold_in_parts(path: str, projector: TableProjector, parts: PartRows, head: 
         for statement in SCHEMA:
             conn.execute(statement)
         conn.execute("BEGIN")
-        if run_steps_sync(SyncTx(conn), projector.fold_in_parts(parts, head), stop):
+        if run_steps_sync(SyncTx(conn), projector.fold_in_parts(parts, head, bulk=True), stop):
             conn.execute("COMMIT")
             return True
     finally:

@@ -494,7 +494,7 @@ class PostgresEventLog(LogReads):
                         await conn.execute(statement)
                     await _leave_room(conn, self._projector.updated_in_place)
                     self.rebuilt_on_open = await run_steps(
-                        _Tx(conn), self._projector.upgrade(self.part_rows, bulk=False), thread=True)
+                        _Tx(conn), self._projector.upgrade(self.part_rows), thread=True)
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self._readers, reset=_keep,
                 server_settings=self._settings, timeout=self._connect_timeout)
@@ -805,8 +805,8 @@ class PostgresEventLog(LogReads):
             StorageError: PostgreSQL failed; the projections are unchanged.
         """
         async with self._transaction() as conn:
-            return await run_steps(_Tx(conn), self._projector.rebuild(progress, self.part_rows, bulk=False),
-                                   thread=True)
+            # Not in bulk: a reader would wait for the end of a transaction that dropped an index it reads.
+            return await run_steps(_Tx(conn), self._projector.rebuild(progress, self.part_rows), thread=True)
 
     # Reading.
 

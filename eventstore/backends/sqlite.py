@@ -365,7 +365,7 @@ class SQLiteEventLog(LogReads):
                 for statement in schema:
                     conn.execute(statement)
                 # The events are committed, so a long log's worker processes can read it meanwhile.
-                self.rebuilt_on_open = run_steps_sync(SyncTx(conn), self._projector.upgrade(self.part_rows), stop)
+                self.rebuilt_on_open = run_steps_sync(SyncTx(conn), self._projector.upgrade(self.part_rows, bulk=True), stop)
                 conn.execute(f"PRAGMA user_version = {stamp}")
                 conn.execute("COMMIT")
         except BaseException:
@@ -514,7 +514,7 @@ class SQLiteEventLog(LogReads):
         Raises:
             StorageError: SQLite failed; the projections are unchanged.
         """
-        return await self._write_steps(self._projector.rebuild(progress, self.part_rows))
+        return await self._write_steps(self._projector.rebuild(progress, self.part_rows, bulk=True))
 
     # Reading.
 

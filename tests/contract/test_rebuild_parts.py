@@ -419,8 +419,8 @@ class _Held(TableProjector):
             if held:
                 self.ended.set()
 
-    def upgrade(self, parts: Any = None) -> Generator[Any, Any, bool]:
-        return (yield from self._held(super().upgrade(parts)))
+    def upgrade(self, parts: Any = None, **kwargs: Any) -> Generator[Any, Any, bool]:
+        return (yield from self._held(super().upgrade(parts, **kwargs)))
 
     def fold_in_parts(self, *args: Any, **kwargs: Any) -> Generator[Any, Any, bool]:
         return (yield from self._held(super().fold_in_parts(*args, **kwargs)))
