@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -138,3 +139,20 @@ def test_a_postgres_verify_in_parts_finds_what_one_process_finds(
     split = asyncio.run(_verified(pg_database, sim, TableProjector(parts=2, parts_from=0)))
     assert split == alone
     assert alone[0] == ("raised" if tamper else "verified")
+
+
+def test_a_postgres_rebuild_whose_workers_cannot_connect_folds_in_one_process(
+    pg_database: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rebuild whose worker processes cannot reach the server (a port nothing listens on: a full server's refusal, say) writes the rows the appends wrote all the same, folded in its own process, and logs why."""
+    async def go() -> tuple[dict, tuple[Any, ...]]:
+        incremental = await _append_fleet(pg_database)
+        async with PostgresEventLog(pg_database, TableProjector(chunk=4, parts=2, parts_from=0)) as log:
+            log.part_rows = type(log.part_rows)("postgresql://vmledger@127.0.0.1:1/none", 5.0)
+            position = await log.rebuild()
+            return incremental, ("rebuilt", position, await table_rows(log.fetch_all))
+
+    with caplog.at_level(logging.WARNING, logger="vmledger"):
+        incremental, rebuilt = asyncio.run(go())
+    assert (rebuilt, [r.message.split(" (")[0] for r in caplog.records]) == (
+        ("rebuilt", 60, incremental), ["rebuild: the worker processes failed"])
