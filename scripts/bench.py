@@ -40,7 +40,9 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    `outcome_days`, `history` and `episodes` tables, the median of at least
    3 calls;
    then `vmledger export` of that log to a file and `vmledger import` of the
-   file into a new ledger, a process each, one run each;
+   file into a new ledger, a process each, one run each; with `--pg-cluster`,
+   that file imported into a database of the cluster, then its rebuild and
+   `verify` there, as on SQLite;
 4. `open`, `drift`, `show NAME` and `get NAME memory` on one fleet of
    `--read-domains` domains whose log holds `--small-events` events, and on a
    copy of it grown to `--events`, the two measured call for call in turn:
@@ -723,9 +725,12 @@ def bulk_open(path: str) -> Any:
     """Open a log built in bulk (`build_log`), whose domains the simulator never saw, on a simulator of its own.
 
     `vmledger.open(path)` would start the simulator afresh from the domains
-    the ledger recorded, which is not what these benchmarks measure.
+    the ledger recorded, which is not what these benchmarks measure.  A
+    PostgreSQL ledger's sits in the temporary directory.
     """
-    return vmledger.open(path, hypervisor=SimulatedHypervisor(path + ".bulk-sim.json"))
+    sim = (os.path.join(tempfile.gettempdir(), f"vmledger-bench-{os.getpid()}.bulk-sim.json") if on_postgres(path)
+           else path + ".bulk-sim.json")
+    return vmledger.open(path, hypervisor=SimulatedHypervisor(sim))
 
 
 # -- 3: rebuild and verify -------------------------------------------------------
@@ -864,22 +869,11 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
             mixed, "  the same events, a request of each domain in turn, ids as set makes them: rebuild", args, table)
         for leftover in glob.glob(mixed + "*"):
             os.remove(leftover)
-        progress("verify, then a checkpoint since it: one run each in a child process")
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, os.path.abspath(__file__), "--child-verify", big, *parts_option(args),
-            stdout=asyncio.subprocess.PIPE)
-        out, _ = await child.communicate()
-        if child.returncode:
-            raise SystemExit(f"bench: the verify child failed with exit {child.returncode}")
-        verified = json.loads(out)
-        rss, workers = with_workers(verified)
-        table.add(f"verify, {args.events:,} events, {domains:,} domains", [args.events / verified["verify"]],
-                  "events/s", f"{verified['verify']:.1f} s; peak RSS of the child {verified['rss']:.0f} MiB "
-                  f"(verify and the checkpoint below together){workers}")
-        table.note("  verify --checkpoint since that verify", f"{verified['checkpoint']:.1f}", "s",
-                   "no new events: the chain from the checkpoint on, every domain's rows against its digest")
+        rss = await verify_in_child(big, f"verify, {args.events:,} events, {domains:,} domains", args, table)
         results.update(verify_rss=rss)
         await bench_audit(big, args, table, results)
+        if args.pg_rebuild:
+            await bench_pg_rebuild(big, args.pg_rebuild, args, table, tmp)
         progress("vmledger export of that log to a file, then vmledger import of the file: a process each")
         exported, imported = await asyncio.to_thread(transfer_costs, big, tmp)
         table.add(f"vmledger export, {args.events:,} events", [args.events / exported], "events/s",
@@ -893,6 +887,49 @@ async def bench_rebuild(args: argparse.Namespace, table: Table, results: dict[st
             rates.append(await asyncio.to_thread(raw_scan_decode, big))
         table.add(f"raw scan + orjson decode, {args.events:,} events", rates, "events/s")
         results["raw_scan"] = statistics.median(rates)
+
+
+async def verify_in_child(path: str, label: str, args: argparse.Namespace, table: Table) -> float:
+    """Time `verify`, then a checkpoint since it, of the ledger at `path` in a child process; add them to `table`.
+
+    Returns the peak RSS of the child and its workers.
+    """
+    progress(f"{label}, then a checkpoint since it: one run each in a child process")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, os.path.abspath(__file__), "--child-verify", path, *parts_option(args),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await child.communicate()
+    if child.returncode:
+        raise SystemExit(f"bench: the verify child failed with exit {child.returncode}")
+    verified = json.loads(out)
+    rss, workers = with_workers(verified)
+    table.add(label, [args.events / verified["verify"]], "events/s",
+              f"{verified['verify']:.1f} s; peak RSS of the child {verified['rss']:.0f} MiB "
+              f"(verify and the checkpoint below together){workers}")
+    table.note("  verify --checkpoint since that verify", f"{verified['checkpoint']:.1f}", "s",
+               "no new events: the chain from the checkpoint on, every domain's rows against its digest")
+    return rss
+
+
+async def bench_pg_rebuild(path: str, url: str, args: argparse.Namespace, table: Table, tmp: str) -> None:
+    """The rebuild log exported from SQLite and imported into the empty PostgreSQL database `url`; its rebuild and verify there."""
+    import subprocess
+
+    progress("vmledger export of the rebuild log, then vmledger import of it into PostgreSQL")
+    lines, cli = os.path.join(tmp, "to-postgres.jsonl"), [sys.executable, "-m", "vmledger.cli"]
+    with open(lines, "w") as out:
+        await asyncio.to_thread(subprocess.run, [*cli, "--db", path, "export"], stdin=subprocess.DEVNULL,
+                                stdout=out, check=True)
+    start = time.perf_counter()
+    await asyncio.to_thread(subprocess.run, [*cli, "--db", url, "--hypervisor", f"sim:{lines}.sim.json", "import",
+                                             lines], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+    imported = time.perf_counter() - start
+    for leftover in glob.glob(lines + "*"):
+        os.remove(leftover)
+    table.add("vmledger import into PostgreSQL, the same events", [args.events / imported], "events/s",
+              f"{imported:.1f} s, start to exit: each chunk checked, stored and folded, in one transaction")
+    await rebuild_in_child(url, "  rebuild on PostgreSQL", args, table)
+    await verify_in_child(url, "  verify on PostgreSQL", args, table)
 
 
 def transfer_costs(path: str, tmp: str) -> tuple[float, float]:
@@ -1400,6 +1437,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--url", help="measure over HTTP against this running server (token in VMLEDGER_TOKEN); "
                                  "implies --http")
     args = p.parse_args(argv)
+    args.pg_rebuild = None  # the database of the rebuild on PostgreSQL, in the cluster of --pg-cluster
     if args.pg_cluster and args.db:
         p.error("--pg-cluster starts its own database: leave out --db")
     if args.parts is not None and args.parts < 2:
@@ -1460,14 +1498,16 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         if args.pg_cluster:
             sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            from tests.pg import cluster
+            from tests.pg import cluster, create_database
             args.db = stack.enter_context(cluster())
+            if "rebuild" not in args.skip:
+                args.pg_rebuild = create_database(args.db, "bench_rebuild")
         table, results, stores = _loop.run(run(args))
     print(machine_line())
     places = [args.db] * bool(args.db) + ["a temporary directory"] * (not args.db or on_postgres(args.db))
     for store, place in zip(stores, places):
         print(f"store for writes: {store}, at {place}")
-    print(f"rebuild on SQLite in a temporary directory; hypervisor: simulated (JSON state file beside the database"
+    print(f"rebuild on SQLite in a temporary directory{', then on PostgreSQL' * bool(args.pg_rebuild)}; hypervisor: simulated (JSON state file beside the database"
           f"{', in a temporary directory for PostgreSQL' * on_postgres(args.db)}); "
           f"peer: eventsourcing on SQLite (WAL, synchronous=FULL); median of {args.repeat} run(s)")
     print()

@@ -68,3 +68,13 @@ def test_the_toy_bench_on_postgresql_runs_sqlite_beside_it(pg_dsn: str) -> None:
     assert [line.split()[3] for line in lines if line.startswith("store for writes: ")] == ["PostgreSQL", "SQLite"]
     assert [line.split("  ")[0] for line in lines if line.startswith("3. ")] == [
         f"3. PostgreSQL {CALLERS} callers, both: events/s vs SQLite's"]
+
+
+def test_the_toy_bench_on_a_throwaway_cluster_rebuilds_and_verifies_on_postgresql_too() -> None:
+    """With --pg-cluster, the rebuild log is imported into the cluster, then rebuilt and verified there."""
+    lines = bench("--pg-cluster", "--skip", "writes", "--skip", "reads", "--skip", "console")
+    header = next(line for line in lines if line.startswith("rebuild on SQLite"))
+    names = [re.split(r"\s{2,}", line.strip())[0] for line in lines if line != header]
+    assert [n for n in names if "PostgreSQL" in n] == [
+        "vmledger import into PostgreSQL, the same events", "rebuild on PostgreSQL", "verify on PostgreSQL"]
+    assert "then on PostgreSQL" in header
