@@ -70,8 +70,11 @@ def test_the_toy_bench_on_postgresql_runs_sqlite_beside_it(pg_dsn: str) -> None:
         f"3. PostgreSQL {CALLERS} callers, both: events/s vs SQLite's"]
 
 
-def test_the_toy_bench_on_a_throwaway_cluster_rebuilds_and_verifies_on_postgresql_too() -> None:
-    """With --pg-cluster, the rebuild log is imported into the cluster, then rebuilt and verified there."""
+def test_the_toy_bench_on_a_throwaway_cluster_rebuilds_and_verifies_on_postgresql_too(pg_dsn: str) -> None:  # noqa: F811
+    """With --pg-cluster, the rebuild log is imported into the cluster, then rebuilt and verified there.
+
+    The bench starts a cluster of its own; `pg_dsn` skips or fails the test where PostgreSQL is missing, as the others.
+    """
     lines = bench("--pg-cluster", "--skip", "writes", "--skip", "reads", "--skip", "console")
     header = next(line for line in lines if line.startswith("rebuild on SQLite"))
     names = [re.split(r"\s{2,}", line.strip())[0] for line in lines if line != header]
