@@ -792,7 +792,7 @@ class PostgresEventLog(LogReads):
             StorageError: PostgreSQL failed; nothing was written.
         """
         async with self._transaction() as conn:
-            await run_steps(_Tx(conn), self._projector.imported(chunks))
+            await run_steps(_Tx(conn), self._projector.imported(chunks), thread=True)
         self._wake()
 
     async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:

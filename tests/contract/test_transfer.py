@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
 from typing import Any
 
 import pytest
@@ -186,3 +187,55 @@ def test_an_sqlite_import_builds_again_the_indexes_it_drops_while_it_writes(
     assert {name for name, _ in _BULK_INDEXES} <= {row[1] for row in new if row[0] == "index"}
     assert refused == new
     assert imported == new
+
+
+async def _held(task: asyncio.Future[Any], holding: asyncio.Event) -> None:
+    """Wait until `holding` is set; raise what ended `task` if it ends first."""
+    waiting = asyncio.ensure_future(holding.wait())
+    await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if task.done():
+        task.result()
+        raise AssertionError("the import ended before it was held")
+
+
+def test_an_import_cancelled_while_it_reads_leaves_the_ledger_empty_and_its_loop_free(
+    tmp_path: Any, url: str,
+) -> None:
+    """An import reads its lines, checks and folds them away from the event loop, which stays free meanwhile (PostgreSQL's steps in a thread, SQLite's writer thread); cancelled (Ctrl-C) while it reads, it rolls back whole, and the ledger takes the same import after it."""
+    sim = SimulatedHypervisor(tmp_path / "sim.json")
+
+    async def go() -> tuple[Any, ...]:
+        async with vmledger.open(str(tmp_path / "a.db"), hypervisor=sim) as a:
+            await _story(a)
+            exported = [line async for line in a.export()]
+        loop = asyncio.get_running_loop()
+        holding, resume, answered = asyncio.Event(), threading.Event(), []
+
+        def lines() -> Any:
+            for n, line in enumerate(exported):
+                if n == 3:
+                    # The loop answers while this runs, then the caller is cancelled while it waits.
+                    answered.append(asyncio.run_coroutine_threadsafe(asyncio.sleep(0, "free"), loop).result(10))
+                    loop.call_soon_threadsafe(holding.set)
+                    resume.wait(30)
+                yield line
+
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(tmp_path / "sim-b.json")) as b:
+            task = asyncio.ensure_future(b.import_lines(lines))
+            await _held(task, holding)
+            task.cancel()
+            resume.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            left = (await b.log.head(), await table_rows(b.log.fetch_all))
+            resume.clear()
+            holding = asyncio.Event()
+            task = asyncio.ensure_future(b.import_lines(lines))
+            await _held(task, holding)
+            resume.set()
+            return answered, left, await task, len(exported), [line async for line in b.export()] == exported
+
+    answered, (head, rows), position, count, same = asyncio.run(go())
+    assert (answered, head, {table: r for table, r in rows.items() if r}, position, same) == (
+        ["free", "free"], 0, {}, count, True)
