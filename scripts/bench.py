@@ -912,7 +912,7 @@ async def verify_in_child(path: str, label: str, args: argparse.Namespace, table
 
 
 async def bench_pg_rebuild(path: str, url: str, args: argparse.Namespace, table: Table, tmp: str) -> None:
-    """The rebuild log exported from SQLite and imported into the empty PostgreSQL database `url`; its rebuild and verify there."""
+    """Import the rebuild log at `path` into the empty PostgreSQL database `url`, then time its rebuild and verify there."""
     import subprocess
 
     progress("vmledger export of the rebuild log, then vmledger import of it into PostgreSQL")
@@ -1507,7 +1507,8 @@ def main(argv: list[str] | None = None) -> int:
     places = [args.db] * bool(args.db) + ["a temporary directory"] * (not args.db or on_postgres(args.db))
     for store, place in zip(stores, places):
         print(f"store for writes: {store}, at {place}")
-    print(f"rebuild on SQLite in a temporary directory{', then on PostgreSQL' * bool(args.pg_rebuild)}; hypervisor: simulated (JSON state file beside the database"
+    print(f"rebuild on SQLite in a temporary directory{', then on PostgreSQL' * bool(args.pg_rebuild)}; "
+          f"hypervisor: simulated (JSON state file beside the database"
           f"{', in a temporary directory for PostgreSQL' * on_postgres(args.db)}); "
           f"peer: eventsourcing on SQLite (WAL, synchronous=FULL); median of {args.repeat} run(s)")
     print()

@@ -365,7 +365,8 @@ class SQLiteEventLog(LogReads):
                 for statement in schema:
                     conn.execute(statement)
                 # The events are committed, so a long log's worker processes can read it meanwhile.
-                self.rebuilt_on_open = run_steps_sync(SyncTx(conn), self._projector.upgrade(self.part_rows, bulk=True), stop)
+                self.rebuilt_on_open = run_steps_sync(
+                    SyncTx(conn), self._projector.upgrade(self.part_rows, bulk=True), stop)
                 conn.execute(f"PRAGMA user_version = {stamp}")
                 conn.execute("COMMIT")
         except BaseException:
