@@ -116,16 +116,19 @@ def cluster() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def create_database(dsn: str, name: str, *, icu_locale: str | None = None) -> str:
+def create_database(dsn: str, name: str, *, icu_locale: str | None = None, encoding: str | None = None) -> str:
     """Create the empty database `name` on the cluster of `dsn`; return its DSN.
 
     With `icu_locale` (such as `en-US`) its text sorts by that ICU locale
-    rather than bytewise, as production databases often do.  Runs `createdb`
+    rather than bytewise, as production databases often do; with `encoding`
+    (such as `SQL_ASCII`) it stores text in that encoding.  Runs `createdb`
     (a client, so no user switch) over the cluster's Unix socket.
     """
     parts = urllib.parse.urlsplit(dsn)
     query = dict(urllib.parse.parse_qsl(parts.query))
     locale = ["--template=template0", "--locale-provider=icu", f"--icu-locale={icu_locale}"] if icu_locale else []
+    if encoding:
+        locale = [*(locale or ["--template=template0"]), f"--encoding={encoding}", "--locale=C"]
     done = subprocess.run(
         [os.path.join(find_bindir(), "createdb"), "-h", query["host"], "-p", query["port"],
          "-U", parts.username or "postgres", *locale, name],

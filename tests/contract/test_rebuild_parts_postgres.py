@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import vmledger.projections.verify
 from tests.contract.test_rebuild_parts import _ACROSS, _ACROSS_LATE, _fleet, _refuse, _row
+from tests.pg import create_database
 from tests.strategies import LOG_START, any_logs, recorded
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.backends.common import COLUMNS
@@ -21,7 +22,8 @@ from vmledger.eventstore.log import Metadata, RecordedEvent
 from vmledger.ledger import Ledger
 from vmledger.projections.store import TableProjector, table_rows
 
-asyncpg = pytest.importorskip("asyncpg")  # pg_dsn fails the tests under CI=true without it
+# Without the driver the `pg_dsn` fixture of test_store.py[postgres] skips, or fails under CI=true.
+asyncpg = pytest.importorskip("asyncpg", reason="the asyncpg driver is not installed (pip install -e '.[test]')")
 
 from vmledger.eventstore.backends.postgres import PostgresEventLog  # noqa: E402
 
@@ -156,3 +158,22 @@ def test_a_postgres_rebuild_whose_workers_cannot_connect_folds_in_one_process(
         incremental, rebuilt = asyncio.run(go())
     assert (rebuilt, [r.message.split(" (")[0] for r in caplog.records]) == (
         ("rebuilt", 60, incremental), ["rebuild: the worker processes failed"])
+
+
+def test_a_postgres_rebuild_in_a_database_not_in_utf8_folds_in_one_process(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In a database whose encoding is not UTF-8 (SQL_ASCII), the server's `ascii` of a stream's last character is a byte, not the code point this process splits the streams by: the rebuild folds in its own process, writes the rows the appends wrote, and logs why."""
+    dsn = create_database(pg_dsn, "not_utf8", encoding="SQL_ASCII")
+
+    async def go() -> tuple[dict, tuple[Any, ...]]:
+        incremental = await _append_fleet(dsn)
+        async with PostgresEventLog(dsn, TableProjector(chunk=4, parts=2, parts_from=0)) as log:
+            position = await log.rebuild()
+            return incremental, ("rebuilt", position, await table_rows(log.fetch_all))
+
+    with caplog.at_level(logging.WARNING, logger="vmledger"):
+        incremental, rebuilt = asyncio.run(go())
+    assert rebuilt == ("rebuilt", 60, incremental)
+    assert [r.message.split(" (")[0] for r in caplog.records] == ["rebuild: the worker processes failed"]
+    assert "SQL_ASCII, not UTF8" in caplog.records[0].message
