@@ -411,7 +411,7 @@ class _PartRows:
                 server_settings={"application_name": "vmledger", "default_transaction_read_only": "on"}))
             try:
                 encoding = loop.run_until_complete(conn.fetchval("SHOW server_encoding"))
-                if encoding != "UTF8":  # `ascii` gives a byte, not a code point: the parts would not be `part_of`'s
+                if parts > 1 and encoding != "UTF8":  # `ascii` gives a byte, not a code point: not `part_of`'s parts
                     raise OSError(f"the database's encoding is {encoding}, not UTF8: its parts are not this process's")
                 last, query = 0, _PART_ROWS.replace(SCAN_COLUMNS, COLUMNS, 1) if hashes else _PART_ROWS
                 while rows := loop.run_until_complete(conn.fetch(query, last, head, parts, part, chunk)):
