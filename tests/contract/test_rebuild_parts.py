@@ -132,9 +132,9 @@ def test_the_two_domains_of_the_logs_fold_in_different_parts() -> None:
     assert (part_of("a", 2), part_of("b", 2), part_of("", 2)) == (1, 0, 0)
 
 
-async def _append_fleet(path: str) -> dict[str, list[tuple]]:
-    """Append `_fleet()` to a new ledger at `path`, an event an append; return the rows the appends wrote."""
-    async with SQLiteEventLog(path, TableProjector()) as log:
+async def _append_fleet(path: str, log_class: Any = SQLiteEventLog) -> dict[str, list[tuple]]:
+    """Append `_fleet()` to a new ledger at `path` (a DSN for PostgreSQL), an event an append; return the rows written."""
+    async with log_class(path, TableProjector()) as log:
         for rec in recorded(_fleet()):
             await log.append(rec.stream, rec.version - 1, [rec.event], Metadata(principal="p"),
                              now=LOG_START + timedelta(seconds=rec.position))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
 from typing import Any, Callable
 
 import pytest
@@ -12,13 +11,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import vmledger.projections.verify
-from tests.contract.test_rebuild_parts import _ACROSS, _ACROSS_LATE, _fleet, _refuse, _row
+from tests.contract.test_rebuild_parts import _ACROSS, _ACROSS_LATE, _append_fleet, _refuse, _row
 from tests.pg import create_database
-from tests.strategies import LOG_START, any_logs, recorded
+from tests.strategies import LOG_START, any_logs
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.backends.common import COLUMNS
 from vmledger.eventstore.errors import StorageError, VmledgerError
-from vmledger.eventstore.log import Metadata, RecordedEvent
+from vmledger.eventstore.log import RecordedEvent
 from vmledger.ledger import Ledger
 from vmledger.projections.store import TableProjector, table_rows
 
@@ -73,21 +72,12 @@ def test_a_postgres_rebuild_in_parts_writes_the_rows_of_one_process_or_raises_it
     check()
 
 
-async def _append_fleet(dsn: str) -> dict[str, list[tuple]]:
-    """Append `_fleet()` to a new ledger at `dsn`, an event an append, its hashes chained; return the rows written."""
-    async with PostgresEventLog(dsn, TableProjector()) as log:
-        for rec in recorded(_fleet()):
-            await log.append(rec.stream, rec.version - 1, [rec.event], Metadata(principal="p"),
-                             now=LOG_START + timedelta(seconds=rec.position))
-        return await table_rows(log.fetch_all)
-
-
 def test_a_postgres_rebuild_in_parts_leaves_the_event_loop_and_the_readers_free(pg_database: str) -> None:
     """While its workers fold, a PostgreSQL rebuild leaves its event loop free and its readers reading the rows committed before it (it drops no index, which would make them wait for its end); it then writes the rows the appends wrote."""
     read: list[Any] = []
 
     async def go() -> tuple[dict, tuple[Any, ...]]:
-        incremental = await _append_fleet(pg_database)
+        incremental = await _append_fleet(pg_database, PostgresEventLog)
         loop = asyncio.get_running_loop()
 
         async def reader() -> Any:
@@ -134,7 +124,7 @@ def test_a_postgres_verify_in_parts_finds_what_one_process_finds(
     pg_database: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, tamper: str,
 ) -> None:
     """`verify` of a PostgreSQL ledger folds it, and checks its chain, in worker processes, not in its own, and passes, or names the row or event changed behind the log's back as one process does."""
-    asyncio.run(_append_fleet(pg_database))
+    asyncio.run(_append_fleet(pg_database, PostgresEventLog))
     sim = str(tmp_path / "sim.json")
     alone = asyncio.run(_verified(pg_database, sim, TableProjector(parts=1), tamper))
     monkeypatch.setattr(vmledger.projections.verify, "_fold", _refuse)  # the fold in this process fails the test
@@ -148,7 +138,7 @@ def test_a_postgres_rebuild_whose_workers_cannot_connect_folds_in_one_process(
 ) -> None:
     """A rebuild whose worker processes cannot reach the server (a port nothing listens on: a full server's refusal, say) writes the rows the appends wrote all the same, folded in its own process, and logs why."""
     async def go() -> tuple[dict, tuple[Any, ...]]:
-        incremental = await _append_fleet(pg_database)
+        incremental = await _append_fleet(pg_database, PostgresEventLog)
         async with PostgresEventLog(pg_database, TableProjector(chunk=4, parts=2, parts_from=0)) as log:
             log.part_rows = type(log.part_rows)("postgresql://vmledger@127.0.0.1:1/none", 5.0)
             position = await log.rebuild()
@@ -167,7 +157,7 @@ def test_a_postgres_rebuild_in_a_database_not_in_utf8_folds_in_one_process(
     dsn = create_database(pg_dsn, "not_utf8", encoding="SQL_ASCII")
 
     async def go() -> tuple[dict, tuple[Any, ...]]:
-        incremental = await _append_fleet(dsn)
+        incremental = await _append_fleet(dsn, PostgresEventLog)
         async with PostgresEventLog(dsn, TableProjector(chunk=4, parts=2, parts_from=0)) as log:
             position = await log.rebuild()
             return incremental, ("rebuilt", position, await table_rows(log.fetch_all))
