@@ -110,8 +110,9 @@ async def history_records(
     outcome: str | None = None,
     limit: int | None = None,
     offset: int = 0,
+    newest: bool = False,
 ) -> list[dict[str, Any]]:
-    """Return requests with their outcomes, oldest first, filtered as asked: `limit` of them from the `offset`th.
+    """Return requests with their outcomes, oldest first (or `newest` first), filtered: `limit` from the `offset`th.
 
     `since` and `until` (both included; naive: UTC) compare with the stored
     times as text (`eventstore.log.timestamp`) in the query, which finds a
@@ -123,8 +124,9 @@ async def history_records(
     if limit is not None or offset:  # an OFFSET needs a LIMIT in SQLite; 2**62 stands for none
         page = " LIMIT ? OFFSET ?"
         params += [2**62 if limit is None else limit, offset]
-    rows = await fetch_all(f"SELECT {', '.join(TABLES['history'][0])} FROM history{where} ORDER BY position{page}",
-                           tuple(params))
+    order = " DESC" if newest else ""
+    rows = await fetch_all(
+        f"SELECT {', '.join(TABLES['history'][0])} FROM history{where} ORDER BY position{order}{page}", tuple(params))
     return [history_record(r) for r in rows]
 
 

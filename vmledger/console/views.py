@@ -113,10 +113,9 @@ async def fleet_row(ledger: Any, name: str) -> FleetRow:
         UnknownDomainError: no such domain.
     """
     view = await ledger.show(name)
-    filters = await ledger.history_filters(name)
-    count = await queries.history_count(ledger.log.fetch_all, **filters)
-    records = await queries.history_records(ledger.log.fetch_all, **filters, limit=1, offset=max(0, count - 1))
-    last = records[-1] if records else None
+    records = await queries.history_records(ledger.log.fetch_all, **await ledger.history_filters(name), limit=1,
+                                            newest=True)
+    last = records[0] if records else None
     return FleetRow(view.uuid, view.domain, view.power_state, sum(1 for p in view.properties if p.drift is not None),
                     None if last is None else LastChange(last["property"], last["requested"], last["principal"],
                                                          last["requested_at"]))
