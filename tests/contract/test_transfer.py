@@ -7,7 +7,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -210,28 +210,34 @@ def test_an_import_cancelled_while_it_reads_leaves_the_ledger_empty_and_its_loop
             await _story(a)
             exported = [line async for line in a.export()]
         loop = asyncio.get_running_loop()
-        holding, resume, answered = asyncio.Event(), threading.Event(), []
+        answered: list[str] = []
 
-        def lines() -> Any:
-            for n, line in enumerate(exported):
-                if n == 3:
-                    # The loop answers while this runs, then the caller is cancelled while it waits.
-                    answered.append(asyncio.run_coroutine_threadsafe(asyncio.sleep(0, "free"), loop).result(10))
-                    loop.call_soon_threadsafe(holding.set)
-                    resume.wait(30)
-                yield line
+        def held(holding: asyncio.Event, resume: threading.Event) -> Callable[[], Iterator[str]]:
+            """Return the export's lines, read in the import's thread, which holds at the fourth until `resume`."""
+            def lines() -> Iterator[str]:
+                for n, line in enumerate(exported):
+                    if n == 3:
+                        # The loop answers while this runs, then the caller is cancelled while it waits.
+                        answered.append(asyncio.run_coroutine_threadsafe(asyncio.sleep(0, "free"), loop).result(10))
+                        loop.call_soon_threadsafe(holding.set)
+                        resume.wait(30)
+                    yield line
+            return lines
 
         async with vmledger.open(url, hypervisor=SimulatedHypervisor(tmp_path / "sim-b.json")) as b:
-            task = asyncio.ensure_future(b.import_lines(lines))
+            holding, resume = asyncio.Event(), threading.Event()
+            task = asyncio.ensure_future(b.import_lines(held(holding, resume)))
             await _held(task, holding)
             task.cancel()
+            # Resumed only once the cancellation has reached it: a SQLite import's caller returns at once (its
+            # thread then stops at its next statement), a PostgreSQL one's waits for the step under way.
+            await asyncio.wait({task}, timeout=0.5)
             resume.set()
             with pytest.raises(asyncio.CancelledError):
                 await task
             left = (await b.log.head(), await table_rows(b.log.fetch_all))
-            resume.clear()
-            holding = asyncio.Event()
-            task = asyncio.ensure_future(b.import_lines(lines))
+            holding, resume = asyncio.Event(), threading.Event()
+            task = asyncio.ensure_future(b.import_lines(held(holding, resume)))
             await _held(task, holding)
             resume.set()
             return answered, left, await task, len(exported), [line async for line in b.export()] == exported
