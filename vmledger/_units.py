@@ -122,4 +122,7 @@ def parse_time(text: str) -> datetime:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
         raise InvalidRequestError(f"invalid time {shown(text)}: use ISO 8601, e.g. 2026-01-31T12:00:00Z") from e
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    try:
+        return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    except OverflowError as e:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        raise InvalidRequestError(f"invalid time {shown(text)}: out of range in UTC") from e

@@ -50,3 +50,11 @@ def test_parse_time_defaults_to_utc() -> None:
     assert parse_time("2026-01-31T12:00:00") == datetime(2026, 1, 31, 12, tzinfo=timezone.utc)
     assert parse_time("2026-01-31T13:00:00+01:00") == datetime(2026, 1, 31, 12, tzinfo=timezone.utc)
     assert parse_time("2026-01-31T12:00:00Z") == datetime(2026, 1, 31, 12, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_time_with_no_utc_time_is_an_invalid_request(text: str) -> None:
+    """A time whose UTC one falls outside years 1 to 9999 is refused as input, not an overflow."""
+    with pytest.raises(InvalidRequestError, match="out of range in UTC"):
+        parse_time(text)
+    assert parse_time(text[:19] + "Z").year == int(text[:4])  # the last UTC times at either end are times
