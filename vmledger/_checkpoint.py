@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, Mapping
 
@@ -24,18 +25,41 @@ __all__ = ["Checkpoint", "read_checkpoint", "write_checkpoint"]
 _FORMAT = "vmledger-checkpoint/1"
 
 
+def _check_position(instance: Any, attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
+        raise ValueError(f"position must be a whole number from 0 to {MAX_POSITION}, not {value!r}")
+
+
+def _check_hash(instance: Any, attribute: Any, value: Any) -> None:
+    if not (isinstance(value, str) and (value == "" or re.fullmatch(r"[0-9a-f]{64}", value))):
+        raise ValueError(f"hash must be 64 lowercase hexadecimal digits (empty at position 0), not {value!r}")
+
+
+def _check_domains(instance: Any, attribute: Any, value: Any) -> None:
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("domains must map domain uuids to digests, both text")
+
+
+def _check_rules(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31):
+        raise ValueError(f"rules must be a whole number from 1 to 2**31, not {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Checkpoint:
     """What a verify proved: the head position, its hash, and each domain's projection digest.
 
     `rules` names the fold rules the digests were made by (`projections.store.RULES`);
     None where the checkpoint names none, as those an older vmledger wrote.
+    A malformed field raises `ValueError` (a non-mapping `domains`, `TypeError`):
+    such a checkpoint was never made by `verify`, so it could only be
+    reported as damage the ledger does not have.
     """
 
-    position: int
-    hash: str
-    domains: Mapping[str, str] = attrs.field(converter=lambda d: dict(sorted(d.items())))
-    rules: int | None = None
+    position: int = attrs.field(validator=_check_position)
+    hash: str = attrs.field(validator=_check_hash)
+    domains: Mapping[str, str] = attrs.field(converter=lambda d: dict(sorted(d.items())), validator=_check_domains)
+    rules: int | None = attrs.field(default=None, validator=_check_rules)
 
     def to_text(self) -> str:
         """Return the checkpoint as one line of JSON."""
@@ -58,13 +82,14 @@ class Checkpoint:
         if not (isinstance(d, dict) and d.get("format") == _FORMAT):
             raise InvalidRequestError(f"not a vmledger checkpoint (format {_FORMAT})")
         position, hash_, domains, rules = d.get("position"), d.get("hash"), d.get("domains"), d.get("rules")
-        if (isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= MAX_POSITION
-                or not isinstance(hash_, str) or not isinstance(domains, dict)
-                or not all(isinstance(k, str) and isinstance(v, str) for k, v in domains.items())):
-            raise InvalidRequestError("damaged vmledger checkpoint: position, hash or domains malformed")
-        if rules is not None and (isinstance(rules, bool) or not isinstance(rules, int) or not 1 <= rules <= 2**31):
-            raise InvalidRequestError("damaged vmledger checkpoint: rules malformed")
-        return cls(position=position, hash=hash_, domains=domains, rules=rules)
+        try:
+            _check_rules(None, None, rules)
+        except ValueError:
+            raise InvalidRequestError("damaged vmledger checkpoint: rules malformed") from None
+        try:
+            return cls(position=position, hash=hash_, domains=domains, rules=rules)
+        except (TypeError, ValueError, AttributeError):
+            raise InvalidRequestError("damaged vmledger checkpoint: position, hash or domains malformed") from None
 
 
 def read_checkpoint(path: str) -> Checkpoint | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -49,3 +51,19 @@ def test_malformed_rules_are_refused(rules: str) -> None:
     """Rules that are no whole number from 1 to 2**31 make the text no checkpoint."""
     with pytest.raises(InvalidRequestError, match="rules malformed"):
         Checkpoint.from_text(_TEXT % f',"rules":{rules}')
+
+
+@pytest.mark.parametrize("change", [
+    {"position": -5}, {"position": True}, {"position": MAX_POSITION + 1}, {"position": "3"},
+    {"hash": "zz"}, {"hash": "B" * 64}, {"hash": "b" * 63}, {"hash": None},
+    {"domains": {"d": 5}}, {"domains": {5: "a" * 64}}, {"rules": 0}, {"rules": True},
+])
+def test_a_checkpoint_verify_never_made_cannot_be_made_or_read(change: dict) -> None:
+    """A malformed field makes no checkpoint, so none reaches `checkpoint()` to be reported as damage; nor its text."""
+    fields = {"position": 3, "hash": "b" * 64, "domains": {"d": "a" * 64}, **change}
+    with pytest.raises((TypeError, ValueError)):
+        Checkpoint(**fields)
+    text = json.dumps({"format": "vmledger-checkpoint/1", **fields})
+    if change != {"domains": {5: "a" * 64}}:  # a JSON key is text: that one reads as a valid map
+        with pytest.raises(InvalidRequestError, match="damaged vmledger checkpoint"):
+            Checkpoint.from_text(text)
