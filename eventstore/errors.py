@@ -7,6 +7,9 @@ __all__ = [
     "InvalidRequestError",
     "UnknownDomainError",
     "UnknownPropertyError",
+    "UnknownRequestError",
+    "UnknownTokenError",
+    "TokenExistsError",
     "LedgerNotFoundError",
     "NotALedgerError",
     "RequestIdReusedError",
@@ -31,6 +34,18 @@ class UnknownDomainError(InvalidRequestError):
 
 class UnknownPropertyError(InvalidRequestError):
     """Raised when a request names a property the catalogue or domain lacks; nothing is written."""
+
+
+class UnknownRequestError(InvalidRequestError):
+    """Raised when a request id names no recorded request; nothing is written."""
+
+
+class UnknownTokenError(InvalidRequestError):
+    """Raised when a token name names no token of the service; nothing is written."""
+
+
+class TokenExistsError(InvalidRequestError):
+    """Raised when a new token's name is taken by a token already; nothing is written."""
 
 
 class LedgerNotFoundError(InvalidRequestError):

@@ -20,6 +20,9 @@ from vmledger.eventstore.errors import (
     StorageError,
     UnknownDomainError,
     UnknownPropertyError,
+    UnknownRequestError,
+    UnknownTokenError,
+    TokenExistsError,
     VmledgerError,
 )
 from vmledger._checkpoint import Checkpoint
@@ -49,6 +52,9 @@ __all__ = [
     "InvalidRequestError",
     "UnknownDomainError",
     "UnknownPropertyError",
+    "UnknownRequestError",
+    "UnknownTokenError",
+    "TokenExistsError",
     "LedgerNotFoundError",
     "NotALedgerError",
     "RequestIdReusedError",

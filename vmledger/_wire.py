@@ -8,6 +8,7 @@ a server is raised again, with the same class and message, by
 
 from __future__ import annotations
 
+import urllib.parse
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -21,8 +22,11 @@ from vmledger.eventstore.errors import (
     InvalidRequestError,
     RequestIdReusedError,
     StorageError,
+    TokenExistsError,
     UnknownDomainError,
     UnknownPropertyError,
+    UnknownRequestError,
+    UnknownTokenError,
     VmledgerError,
 )
 from vmledger.eventstore.log import Metadata, RecordedEvent
@@ -74,8 +78,11 @@ class ErrorCode:
 ERROR_CODES: dict[type[VmledgerError], ErrorCode] = {
     UnknownDomainError: ErrorCode(code="unknown_domain", status=404, title="Unknown domain"),
     UnknownPropertyError: ErrorCode(code="unknown_property", status=404, title="Unknown property"),
+    UnknownRequestError: ErrorCode(code="unknown_request", status=404, title="Unknown request"),
+    UnknownTokenError: ErrorCode(code="unknown_token", status=404, title="Unknown token"),
     RequestIdReusedError: ErrorCode(code="request_id_reused", status=409,
                                     title="Request id already used for another request"),
+    TokenExistsError: ErrorCode(code="token_exists", status=409, title="A token of that name exists"),
     InvalidRequestError: ErrorCode(code="invalid_request", status=422, title="Invalid request"),
     PreconditionFailedError: ErrorCode(code="precondition_failed", status=412, title="The domain moved"),
     ConcurrencyError: ErrorCode(code="concurrency", status=409, title="The domain's stream moved"),
@@ -127,6 +134,16 @@ def error_from_problem(problem: Mapping[str, Any], status: int) -> VmledgerError
         error.stream, error.expected, error.actual = (
             problem.get("stream", ""), problem.get("expected", 0), problem.get("actual", 0))
     return error
+
+
+def segment(text: str) -> str:
+    """Return `text` quoted as one URL path segment, `/` included.
+
+    A segment `.` or `..` is quoted too (`%2E`), which no quoting function
+    does: clients and browsers resolve it away, and would ask another URL.
+    """
+    quoted = urllib.parse.quote(text, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 #: The response header of a `set` whose request id was recorded before: it appended nothing.

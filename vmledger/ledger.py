@@ -51,6 +51,7 @@ from vmledger.eventstore.errors import (
     StorageError,
     UnknownDomainError,
     UnknownPropertyError,
+    UnknownRequestError,
     VmledgerError,
 )
 from vmledger.eventstore.events import (
@@ -547,12 +548,13 @@ class Ledger(Replaying):
         """Return the history record of one request.
 
         Raises:
-            InvalidRequestError: no request has that id.
+            InvalidRequestError: a malformed id.
+            UnknownRequestError: no request has that id.
         """
         check_request_id(request_id)
         found = await queries.history_records(self.log.fetch_all, request_id=request_id)
         if not found:
-            raise InvalidRequestError(f"unknown request id {request_id!r}")
+            raise UnknownRequestError(f"unknown request id {request_id!r}")
         return RequestRecord.from_dict(found[0])
 
     # Reads.

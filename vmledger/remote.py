@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import ssl
-import urllib.parse
 from datetime import datetime
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
@@ -24,7 +23,7 @@ import httpx
 from vmledger.eventstore.errors import InvalidRequestError, StorageError
 from vmledger.eventstore.log import RecordedEvent
 from vmledger._checkpoint import Checkpoint
-from vmledger._wire import REPLAYED_HEADER, error_from_problem, event_from_json
+from vmledger._wire import REPLAYED_HEADER, error_from_problem, event_from_json, segment
 from vmledger.replay import Replaying
 from vmledger.results import AuditReport, ConfigDiff, DomainView, DriftRow, PropertyValue, RequestRecord, RevertReport
 
@@ -38,7 +37,7 @@ _RESUME_DELAY = 0.5
 def _q(text: str) -> str:
     if not isinstance(text, str):
         raise InvalidRequestError(f"expected text, not {type(text).__name__}")
-    return urllib.parse.quote(text, safe="")
+    return segment(text)
 
 
 def _point(point: int | datetime | None) -> int | str | None:

@@ -79,7 +79,8 @@ async def _no_reads(sql: str, params: Any) -> list:
 
 
 def add_token(db: str, name: str, role: str) -> str:
-    """Create a token with `vmledger token add`; return the secret it printed."""
+    """Create a token with `vmledger token add`, after `vmledger init`; return the secret it printed."""
+    assert cli(db, "init").returncode == 0  # `token` makes no ledger
     done = cli(db, "token", "add", name, "--role", role)
     assert (done.returncode, done.stderr) == (0, "")
     return done.stdout.strip()

@@ -139,6 +139,30 @@ def test_invalid_input_writes_nothing(cli: Cli, args: tuple[str, ...]) -> None:
     assert cli.head() == before
 
 
+def test_domains_named_dot_and_dot_dot_are_domains_like_any_other(cli: Cli) -> None:
+    """Names `.` and `..` are valid, and every command reaches them, never another domain or another path.
+
+    Remotely, each is one path segment of a URL, which clients would otherwise resolve away.
+    """
+    for name, vcpus in ((".", 1), ("..", 2)):
+        assert cli("define", name, "--type", "pv", "--memory", "1GiB", "--max-memory", "2GiB",
+                   "--vcpus", str(vcpus), "--max-vcpus", "4")[0] == 0
+        assert cli("start", name)[0] == 0
+        code, out = cli.json("set", name, "vcpus", "3")
+        assert (code, out["domain"], out["outcomes"]["live"]["status"]) == (0, name, "applied")
+        assert cli.json("get", name, "vcpus")[1]["value"] == 3
+        code, view = cli.json("show", name)
+        assert (code, view["domain"], view["power_state"]) == (0, name, "running")
+        code, diff = cli.json("diff", name, "--from", "1")
+        assert (code, diff["domain"]) == (0, name)
+        assert [r["domain"] for r in cli.json("history", name)[1]] == [name]
+        assert cli("stop", name)[0] == 0
+        assert cli("undefine", name)[0] == 0
+    code, _, err = cli("get", "web", "..")
+    assert (code, err.startswith("vmledger: error: unknown property '..' (known: ")) == (2, True)
+    assert [v["domain"] for v in cli.json("list")[1]] == ["db", "web"]
+
+
 def test_repeated_request_id_appends_nothing(cli: Cli) -> None:
     """Repeating a request id prints the first outcome again and appends nothing."""
     first = cli.json("set", "web", "vcpus", "3", "--request-id", "r-1")

@@ -16,6 +16,7 @@ from tests.e2e.served import served, need_serve
 from tests.e2e.test_cli import (  # noqa: F401 - collected again, with this module's `cli`
     Cli,
     test_diff_revert_and_audit_commands,
+    test_domains_named_dot_and_dot_dot_are_domains_like_any_other,
     test_events_are_json_lines,
     test_history_and_drift_as_of,
     test_hvm_memory_refused_until_hotplug,

@@ -414,3 +414,105 @@ def _requested(path: Any) -> bool:
 
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
         return bool(conn.execute("SELECT 1 FROM events WHERE type = 'MemoryChangeRequested'").fetchall())
+
+
+def test_times_out_of_range_in_utc_are_422_never_500(server: Served) -> None:
+    """A time that names no UTC time (year 1 east of Greenwich, year 9999 west of it) is refused 422 everywhere."""
+    early, late = "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"
+    with server.client("alice") as c:
+        answers = [c.get("/v1/history", params={"since": early}), c.get("/v1/events", params={"until": late}),
+                   c.get("/v1/drift", params={"as_of": early}), c.get("/v1/audit", params={"until": late}),
+                   c.get("/v1/domains/web/diff", params={"from": early}),
+                   c.post("/v1/domains/web/revert", json={"to": early, "dry_run": True})]
+        page = c.get("/", params={"as_of": early})
+    assert [(a.status_code, a.json()["code"]) for a in answers] == [(422, "invalid_request")] * len(answers)
+    assert "out of range in UTC" in answers[0].json()["detail"]
+    assert (page.status_code, page.headers["content-type"]) == (422, "text/html; charset=utf-8")
+
+
+def test_a_malformed_checkpoint_is_refused_422_never_reported_as_damage(server: Served) -> None:
+    """`POST /v1/verify` with a checkpoint `verify` never made answers 422, not "the ledger is damaged"."""
+    with server.client("alice") as c:
+        made = c.post("/v1/verify", json={"checkpoint": True}).json()["checkpoint"]
+        bad = [c.post("/v1/verify", json={"since": {**made, **change}}) for change in (
+            {"position": -5}, {"position": -5, "hash": ""}, {"hash": "zz"}, {"hash": made["hash"].upper()})]
+        again = c.post("/v1/verify", json={"since": made})
+    assert [(b.status_code, b.json()["code"]) for b in bad] == [(422, "invalid_request")] * 4
+    assert again.status_code == 200
+
+
+def test_unknown_requests_and_tokens_are_404_and_a_taken_token_name_409(server: Served) -> None:
+    """As the OpenAPI document says: 404 for an unknown request or token, 409 for a token name in use."""
+    with server.client("alice") as c:
+        request = c.get("/v1/requests/no-such-request")
+        token = c.delete("/v1/tokens/no-such-token")
+        taken = c.post("/v1/tokens", json={"name": "rob", "role": "reader"})
+    assert [(r.status_code, r.json()["code"]) for r in (request, token, taken)] == [
+        (404, "unknown_request"), (404, "unknown_token"), (409, "token_exists")]
+    assert taken.json()["detail"] == "a token named 'rob' exists already"
+
+
+def test_a_request_id_with_slashes_and_dots_is_found_at_its_location(server: Served) -> None:
+    """`Location` names the request whatever its id holds: `/`, `//`, `..`; the remote client finds it too."""
+    import vmledger
+
+    ids = ["batch/7", "a//b/../c", ".."]
+    with server.client("olga") as c:
+        made = [_set(server, "olga", {"property": "vcpus", "value": 2}, **{"Idempotency-Key": i}) for i in ids]
+        found = [c.get(m.headers["location"]) for m in made]
+
+    async def remote() -> list[str]:
+        async with vmledger.connect(server.url, token=server.tokens["rob"]) as ledger:
+            return [(await ledger.request(i)).request_id for i in ids]
+
+    assert [(f.status_code, f.json()["request_id"]) for f in found] == [(200, i) for i in ids]
+    assert asyncio.run(remote()) == ids
+
+
+def test_head_answers_as_get_without_a_body(server: Served) -> None:
+    """HEAD is answered wherever GET is, with GET's status and headers and no body; the event stream too."""
+    with server.client("rob") as c:
+        for path in ("/healthz", "/v1/domains", "/", "/v1/events/stream"):
+            head = c.head(path)
+            assert (path, head.status_code, head.content) == (path, 200, b"")
+            if path != "/v1/events/stream":
+                got = c.get(path)
+                assert (head.headers["content-type"], head.headers["content-length"]) == (
+                    got.headers["content-type"], str(len(got.content)))
+    with server.client(None) as c:
+        assert c.head("/v1/domains").status_code == 401
+
+
+def test_pages_and_assets_name_one_charset_and_no_documentation_pages_are_served(server: Served) -> None:
+    """Content types carry one charset; the API's document is served, no page that loads scripts from elsewhere."""
+    with server.client("rob") as c:
+        page = c.get("/")
+        types = {page.headers["content-type"]}
+        for asset in (p for p in page.text.split('"') if p.startswith("/static/")):
+            types.add(c.get(asset).headers["content-type"])
+        pages = [c.get(p).status_code for p in ("/schema/redoc", "/schema/swagger", "/schema/elements",
+                                                "/schema/rapidoc", "/schema/openapi.yaml")]
+        document = c.get("/openapi.json")
+    assert types >= {"text/html; charset=utf-8", "text/css; charset=utf-8"}
+    assert [t for t in types if t.count("charset") != 1] == []
+    assert (pages, document.status_code) == ([404] * 5, 200)
+
+
+def test_serve_and_token_refuse_a_missing_ledger_a_bad_certificate_and_a_bad_port(tmp_path: Any) -> None:
+    """Each exits 2 with one line, before saying it serves, and leaves no ledger behind."""
+    need_serve()
+    missing = f"sqlite:///{tmp_path}/typo.db"
+    (tmp_path / "junk.pem").write_text("junk")
+    runs = [cli(missing, "serve", "--port", "0"), cli(missing, "token", "add", "x", "--role", "admin"),
+            cli(missing, "token", "list")]
+    db = f"sqlite:///{tmp_path}/ledger.db"
+    assert cli(db, "init").returncode == 0
+    junk = str(tmp_path / "junk.pem")
+    runs += [cli(db, "serve", "--port", "0", "--certfile", junk, "--keyfile", junk),
+             cli(db, "serve", "--port", "0", "--certfile", str(tmp_path / "none.pem"), "--keyfile", junk),
+             cli(db, "serve", "--port", "70000")]
+    assert [(r.returncode, len(r.stderr.splitlines()), r.stderr.startswith("vmledger: error: ")) for r in runs] == [
+        (2, 1, True)] * 6
+    assert ["no ledger at" in r.stderr for r in runs[:3]] == [True] * 3
+    assert "none.pem" in runs[4].stderr and "65535" in runs[5].stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("typo")) == []

@@ -13,7 +13,7 @@ from importlib import resources
 
 __all__ = ["STATIC", "asset_url", "static_file"]
 
-_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+_TYPES = {".js": "text/javascript", ".css": "text/css"}  # Litestar adds "; charset=utf-8"
 
 
 def _hashed(name: str, body: bytes) -> str:

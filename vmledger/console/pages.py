@@ -17,6 +17,7 @@ from litestar import Request, Response, get, post
 from litestar.response import Redirect
 
 from vmledger import _units
+from vmledger._wire import segment
 from vmledger.console import views
 from vmledger.console.assets import asset_url, static_file
 from vmledger.console.session import Viewer, csrf_ok, session_cookie, viewer
@@ -47,6 +48,11 @@ def _svc(request: Request) -> Service:
     return request.app.state["service"]
 
 
+def _quoted_path(request: Request) -> str:
+    """Return a console request's path as a URL holds it, each segment quoted: `/domains/%2E`, not `/domains/.`."""
+    return "/".join(segment(s) for s in request.url.path.split("/"))
+
+
 def _env() -> Any:
     import jinja2
 
@@ -55,6 +61,7 @@ def _env() -> Any:
     env.globals.update(asset=asset_url, json=lambda v: json.dumps(v, ensure_ascii=True))
     env.filters["value"] = lambda value, prop: _units.format_value(_entry(prop), value)
     env.filters["when"] = _when
+    env.filters["segment"] = segment
     return env
 
 
@@ -97,7 +104,7 @@ def render(request: Request, template: str, *, who: Viewer | None, at: views.Mom
         """Return this page's URL with some query parameters changed."""
         merged = {**query, **{k: v for k, v in changes.items()}}
         merged = {k: v for k, v in merged.items() if v is not None and v != ""}
-        return root + request.url.path + ("?" + urllib.parse.urlencode(merged) if merged else "")
+        return root + _quoted_path(request) + ("?" + urllib.parse.urlencode(merged) if merged else "")
 
     part = request.query_params.get("part")
     name = f"_{template}_{part}.html" if part else f"{template}.html"
@@ -108,7 +115,7 @@ def render(request: Request, template: str, *, who: Viewer | None, at: views.Mom
         keep="?" + urllib.parse.urlencode(keep) if keep else "",
         stream=root + "/live" if at is not None and at.now and who is not None else None,
         event_types=" ".join(sorted(EVENT_TYPES)), **context)
-    return Response(body.encode("utf-8"), status_code=status, media_type="text/html; charset=utf-8",
+    return Response(body.encode("utf-8"), status_code=status, media_type="text/html",  # Litestar adds the charset
                     headers=_HEADERS)
 
 
@@ -131,7 +138,7 @@ async def _page(request: Request, template: str, build: Callable[[Viewer, views.
 def _signin_form(request: Request, message: str | None, status: int = 200) -> Response[bytes]:
     target = "/"  # after signing in: the page asked for, or the fleet
     if request.method == "GET" and request.url.path != "/signin":
-        target = request.url.path + ("?" + request.url.query if request.url.query else "")
+        target = _quoted_path(request) + ("?" + request.url.query if request.url.query else "")
     return render(request, "signin", who=None, status=status, message=message,
                   next=_svc(request).root_path + target)
 
@@ -335,7 +342,7 @@ async def _write(request: Request, name: str, act: Callable[[Viewer, Any], Await
     except VmledgerError as e:
         said = {"error": str(e)}
     root = _svc(request).root_path
-    return Redirect(f"{root}/domains/{urllib.parse.quote(name, safe='')}?{urllib.parse.urlencode(said)}",
+    return Redirect(f"{root}/domains/{segment(name)}?{urllib.parse.urlencode(said)}",
                     status_code=303)
 
 

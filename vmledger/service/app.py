@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import urllib.parse
 from datetime import datetime
 from typing import Annotated, Any, AsyncIterator, Callable, Literal, Optional
@@ -21,6 +22,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, Example, SecurityScheme
 from litestar.params import Body, FromPath, FromQuery, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import Stream
@@ -33,7 +35,7 @@ from vmledger import _units
 from vmledger.projections import queries
 from vmledger._checkpoint import Checkpoint
 from vmledger._wire import (
-    REPLAYED_HEADER, ForbiddenError, PreconditionFailedError, UnauthorizedError, event_json, plain, problem_of,
+    REPLAYED_HEADER, ForbiddenError, PreconditionFailedError, UnauthorizedError, event_json, plain, problem_of, segment,
 )
 from vmledger.service.metrics import Metrics
 from vmledger.service.schema import (
@@ -61,6 +63,8 @@ from vmledger.service.schema import (
 from vmledger.service.tokens import Role, TokenStore
 
 __all__ = ["Service", "create_app", "stream_response", "PROBLEM_JSON", "MAX_BODY", "MAX_IMPORT_BODY"]
+
+_log = logging.getLogger("vmledger")
 
 PROBLEM_JSON = "application/problem+json"
 NDJSON = "application/x-ndjson"
@@ -157,7 +161,9 @@ def _http_error(request: Request, exc: HTTPException) -> Response[Any]:
 
 
 def _internal_error(request: Request, exc: Exception) -> Response[Any]:
-    # A bug: its message may hold anything, so the caller learns only that it happened.
+    # A bug: its message may hold anything, so the caller learns only that it happened, and the
+    # server's log (stderr) the traceback.
+    _log.error("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response({"type": "urn:vmledger:problem:internal", "title": "internal error", "status": 500,
                              "detail": f"internal error: {type(exc).__name__}", "code": "internal"})
 
@@ -294,15 +300,25 @@ async def set_property(
     record = plain(answer)
     for scope, outcome in record["outcomes"].items():
         svc.metrics.outcomes.labels(scope, outcome["status"]).inc()
-    headers = {"Location": f"/v1/requests/{urllib.parse.quote(record['request_id'], safe='')}"}
+    headers = {"Location": f"/v1/requests/{segment(record['request_id'])}"}
     if getattr(answer, "replayed", False):
         headers[REPLAYED_HEADER] = "true"
     return Response(record, status_code=201, headers=headers)
 
 
-@get("/v1/requests/{request_id:str}", opt=READ, responses=_problems(404), security=_SECURITY, tags=["requests"])
+_REQUESTS = "/v1/requests/"
+
+
+# A path, not a segment: a request id may hold `/`, which `Location` sends as `%2F`.
+@get(_REQUESTS + "{request_id:path}", opt=READ, responses=_problems(404), security=_SECURITY, tags=["requests"])
 async def show_request(request: Request, request_id: FromPath[str]) -> RequestRecord:
     """Show one request with its outcomes."""
+    # The id as sent: the decoded path has lost which slashes were `%2F`, and its `//` are folded.
+    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    try:
+        request_id = urllib.parse.unquote_to_bytes(raw.split(_REQUESTS.encode(), 1)[1]).decode("utf-8")
+    except (IndexError, UnicodeDecodeError) as e:
+        raise InvalidRequestError("cannot read the request id in the path: it is not UTF-8 text") from e
     return plain(await _svc(request).ledger.request(request_id))
 
 
@@ -717,7 +733,9 @@ def create_app(service: Service) -> Litestar:
         guards=[authenticate],
         exception_handlers={VmledgerError: _ledger_error, HTTPException: _http_error, Exception: _internal_error},
         openapi_config=OpenAPIConfig(
-            title="vmledger", version=vmledger.__version__, path="/schema", render_plugins=[],
+            # The document alone: no documentation pages, which load scripts from CDNs (none given, Litestar
+            # would serve them all).  `/openapi.json` serves it with its links.
+            title="vmledger", version=vmledger.__version__, path="/schema", render_plugins=[JsonRenderPlugin()],
             description="An event-sourced ledger of virtual-machine configuration: persistent vs live, drift "
                         "and history.  Every write is recorded with the name of its bearer token as principal.",
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),

@@ -54,7 +54,9 @@ async def run_command(args: argparse.Namespace) -> int:
         return await serve(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout, host=args.host,
                            port=args.port, certfile=args.certfile, keyfile=args.keyfile, heartbeat=args.heartbeat,
                            root_path=args.root_path)
-    async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout) as ledger:
+    # As every command but those that make a ledger: a mistyped --db is told, not made a new ledger.
+    async with vmledger.open(args.db, hypervisor=args.hypervisor, hypervisor_timeout=args.timeout,
+                             create=False) as ledger:
         tokens = TokenStore(args.db, ledger.log.fetch_all)
         if args.token_command == "add":
             print(await tokens.add(args.name, args.role))

@@ -11,6 +11,7 @@ import json
 import re
 import signal
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -28,7 +29,7 @@ from vmledger.service.commands import DEFAULT_PORT
 from vmledger.service.metrics import Metrics, TimedLog
 from vmledger.service.tokens import TokenStore
 
-__all__ = ["serve", "RequestLog", "RootPath", "check_root_path", "DEFAULT_PORT"]
+__all__ = ["serve", "RequestLog", "RootPath", "HeadAsGet", "check_root_path", "DEFAULT_PORT"]
 
 _BACKLOG = 1024
 #: How long a SIGTERM waits for requests in flight before cancelling them.
@@ -95,8 +96,42 @@ class RootPath:
         if self.prefix and (path == self.prefix or path.startswith(self.prefix + "/")):
             # In place, not a copy: what the application adds to the scope (the route for the metrics) stays seen.
             scope["path"] = path[len(self.prefix):] or "/"
-            scope["raw_path"] = scope["path"].encode("utf-8")
+            # The prefix is plain text (`check_root_path`), so the raw path starts with it as the path does.
+            raw = scope.get("raw_path") or path.encode("utf-8")
+            scope["raw_path"] = raw[len(self.prefix):] or b"/"
         await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """ASGI middleware: answer HEAD as GET would, with the headers alone (RFC 9110: HEAD wherever GET is)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        inner = {**scope, "method": "GET"}
+        answered = False
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal answered
+            if answered:
+                return
+            if message["type"] == "http.response.body":
+                answered = True
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        async def receiving() -> dict[str, Any]:
+            # Once answered, a stream (the event stream's) learns that its client is gone.
+            return {"type": "http.disconnect"} if answered else await receive()
+
+        try:
+            await self.app(inner, receiving, sending)
+        finally:
+            scope.update({k: v for k, v in inner.items() if k not in ("method",)})
 
 
 def check_root_path(text: str) -> str:
@@ -150,9 +185,9 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(_BACKLOG)  # now, so that a client told the address before uvicorn starts is queued
-    except OSError as e:
+    except (OSError, OverflowError) as e:  # OverflowError: a port past 65535
         sock.close()
-        raise InvalidRequestError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+        raise InvalidRequestError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from e
     return sock
 
 
@@ -175,26 +210,31 @@ async def serve(
     (with the port it really listens on when `port` is 0).
 
     Raises:
-        InvalidRequestError: a bad URL or hypervisor, only one of certfile and keyfile, or an address
-            it cannot listen on.
+        InvalidRequestError: a bad URL or hypervisor, only one of certfile and keyfile, a certificate
+            or key it cannot load, an address it cannot listen on, or no ledger at `db`.
         StorageError: the database cannot be opened.
     """
     if (certfile is None) != (keyfile is None):
         raise InvalidRequestError("TLS needs both --certfile and --keyfile")
     root_path = check_root_path(root_path)
-    async with vmledger.open(db, hypervisor=hypervisor, hypervisor_timeout=hypervisor_timeout) as ledger:
+    async with vmledger.open(db, hypervisor=hypervisor, hypervisor_timeout=hypervisor_timeout, create=False) as ledger:
         metrics = Metrics()
         ledger.log = TimedLog(ledger.log, metrics)
         tokens = TokenStore(db, ledger.log.fetch_all)
         await tokens.create_table()
         service = Service(ledger, tokens, metrics=metrics, heartbeat=check_seconds("the heartbeat", heartbeat),
                           root_path=root_path)
-        app = RequestLog(RootPath(create_app(service), root_path), metrics, log)
+        app = RequestLog(RootPath(HeadAsGet(create_app(service)), root_path), metrics, log)
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", server_header=False,
             ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=GRACE_SECONDS,
             timeout_keep_alive=30, backlog=_BACKLOG,
         )
+        try:
+            config.load()  # the certificate and key, now: a bad one is told before "serving on", not after
+        except (OSError, ssl.SSLError) as e:
+            raise InvalidRequestError(f"cannot load the TLS certificate {certfile} or its key {keyfile}: "
+                                      f"{getattr(e, 'strerror', None) or e}") from e
         server = _Server(config, service)
         sock = _listen(host, port)
         bound = sock.getsockname()[1]

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import attrs
 
-from vmledger.eventstore.errors import InvalidRequestError, StorageError
+from vmledger.eventstore.errors import InvalidRequestError, StorageError, TokenExistsError, UnknownTokenError
 
 __all__ = ["Role", "Token", "TokenStore", "new_secret", "token_hash", "check_token_name", "SCHEMA"]
 
@@ -152,7 +152,7 @@ class TokenStore:
             raise
         except Exception as e:
             if type(e).__name__ in ("IntegrityError", "UniqueViolationError"):
-                raise InvalidRequestError(f"a token of that name exists already: {e}") from e
+                raise TokenExistsError(f"a token named {params[0]!r} exists already") from e
             raise StorageError(f"cannot write the tokens table: {e}") from e
 
     async def create_table(self) -> None:
@@ -163,7 +163,8 @@ class TokenStore:
         """Create a token named `name` with `role`; return its secret, which is never stored.
 
         Raises:
-            InvalidRequestError: a bad name or role, or a token of that name exists.
+            InvalidRequestError: a bad name or role.
+            TokenExistsError: a token of that name exists.
         """
         name, checked = check_token_name(name), _role(role)
         secret = new_secret()
@@ -176,10 +177,11 @@ class TokenStore:
         """Delete the token named `name`.
 
         Raises:
-            InvalidRequestError: no token has that name.
+            InvalidRequestError: a malformed name.
+            UnknownTokenError: no token has that name.
         """
         if not await self._write("DELETE FROM tokens WHERE name = ?", (check_token_name(name),)):
-            raise InvalidRequestError(f"no token named {name!r}")
+            raise UnknownTokenError(f"no token named {name!r}")
 
     async def tokens(self) -> list[Token]:
         """Return every token, by name."""
