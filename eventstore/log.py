@@ -26,6 +26,7 @@ __all__ = [
     "run_steps_sync",
     "Stopped",
     "stopping",
+    "uncancelled",
     "EventLog",
     "EventFilter",
     "GENESIS_HASH",
@@ -252,6 +253,24 @@ async def stopping(run: Callable[[threading.Event], Awaitable[T]]) -> T:
     except asyncio.CancelledError:
         stop.set()
         raise
+
+
+async def uncancelled(closing: Awaitable[T]) -> T:
+    """Await `closing` to its end even if the caller is cancelled meanwhile; then raise that cancellation.
+
+    For a close: one cut short leaves a connection's thread behind
+    (aiosqlite's is no daemon), and the process then never exits.
+    """
+    task = asyncio.ensure_future(closing)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})  # cancelled, it leaves `task` running
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
 
 
 def run_steps_sync(tx: SyncTransaction, steps: Generator[Step, Any, T], stop: threading.Event | None = None) -> T:

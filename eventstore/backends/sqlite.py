@@ -39,7 +39,7 @@ from vmledger.eventstore.backends.common import (
 )
 from vmledger.eventstore.errors import LedgerNotFoundError, StorageError
 from vmledger.eventstore.events import Event
-from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, Step, run_steps_sync, stopping
+from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, Step, run_steps_sync, stopping, uncancelled
 
 __all__ = ["SQLiteEventLog", "SyncTx"]
 
@@ -381,7 +381,10 @@ class SQLiteEventLog(LogReads):
         return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(fn, *args))
 
     async def aclose(self) -> None:
-        """Finish the appends under way, then close both connections."""
+        """Finish the appends under way, then close both connections, even if the caller is cancelled meanwhile."""
+        await uncancelled(self._close())
+
+    async def _close(self) -> None:
         await self._group.drain()
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.close)

@@ -245,3 +245,44 @@ def test_a_simulator_save_that_fails_on_a_full_filesystem_changes_nothing(small_
         return dict((await sim.observe("web")).live)["vcpus"], (await sim.apply_live("web", "vcpus", 3)).value
 
     assert asyncio.run(go()) == (2, 3)
+
+
+# Run in a process of its own: a connection left open keeps its process from exiting, which is the failure.
+_CANCELLED_CLOSE = """
+import asyncio, sys, threading, uuid
+from datetime import datetime, timezone
+from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.backends.sqlite import SQLiteEventLog
+from vmledger.ledger import Ledger
+from vmledger.projections.store import TableProjector
+
+async def main(db):
+    log = SQLiteEventLog(db, TableProjector())
+    await log.__aenter__()
+    ledger = Ledger(log, SimulatedHypervisor.for_database(db), clock=lambda: datetime.now(timezone.utc),
+                    new_id=lambda: uuid.uuid4().hex)
+    await ledger.define("web", guest_type="pv", memory=2**30, max_memory=2**32, vcpus=2, max_vcpus=4)
+    closing = asyncio.ensure_future(log.aclose())
+    await asyncio.sleep(0.01)  # a commit just nudged the checkpointer: the close waits for it
+    closing.cancel()
+    try:
+        await closing
+    except asyncio.CancelledError:
+        left = [t for t in threading.enumerate() if "_connection_worker_thread" in t.name and t.is_alive()]
+        print("cancelled", len(left))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_close_cancelled_halfway_still_closes_its_reader_and_the_process_exits(tmp_path: Any) -> None:
+    """Ctrl-C while a ledger closes (a command's last step) closes it whole, then raises: no thread is left.
+
+    aiosqlite's connection thread is no daemon: with the reader left open,
+    the process never exits (`vmledger rebuild` printed its line, then
+    hung).  The cancellation comes while the close waits for the
+    checkpointer, before it closes the reader.
+    """
+    done = subprocess.run([sys.executable, "-c", _CANCELLED_CLOSE, str(tmp_path / "l.db")],
+                          capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "cancelled 0\n", "")
