@@ -452,6 +452,10 @@ class SimulatedHypervisor:
                         changed = changed or write
                     except VmledgerError as e:
                         answers.append((False, e))
+                    except (LookupError, TypeError, AttributeError) as e:
+                        # JSON, but not of the state's shape: every call of the batch fails, nothing is saved.
+                        raise HypervisorError(
+                            f"simulator state {self.state_path} is damaged: {type(e).__name__}: {e}") from e
                 if changed:
                     stamp = self._save(state, lock)
                 self._cache = (stamp, state)

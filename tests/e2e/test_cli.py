@@ -163,6 +163,21 @@ def test_domains_named_dot_and_dot_dot_are_domains_like_any_other(cli: Cli) -> N
     assert [v["domain"] for v in cli.json("list")[1]] == ["db", "web"]
 
 
+@pytest.mark.parametrize("state", ["{}", "[]", '{"host_free": 5, "domains": {"web": 3}}', "not JSON"])
+def test_a_damaged_simulator_state_fails_a_request_with_its_outcomes_never_leaves_it_in_flight(
+        cli: Cli, state: str) -> None:
+    """A state file that is no simulator state, JSON or not, is the hypervisor failing: both scopes `failed`, exit 3."""
+    path = cli.db.removeprefix("sqlite:///") + ".sim.json"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(state)
+    code, out = cli.json("set", "web", "vcpus", "3")
+    assert (code, {s: (o["status"], o["reason"]) for s, o in out["outcomes"].items()}) == (
+        3, {"persistent": ("failed", "hypervisor_error"), "live": ("failed", "hypervisor_error")})
+    assert "is damaged" in out["outcomes"]["live"]["message"]
+    code, _, err = cli("observe", "web")
+    assert (code, err.startswith("vmledger: simulator state ")) == (1, True)
+
+
 def test_repeated_request_id_appends_nothing(cli: Cli) -> None:
     """Repeating a request id prints the first outcome again and appends nothing."""
     first = cli.json("set", "web", "vcpus", "3", "--request-id", "r-1")
