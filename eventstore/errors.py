@@ -15,6 +15,7 @@ __all__ = [
     "RequestIdReusedError",
     "ConcurrencyError",
     "ChainBrokenError",
+    "DamagedExportError",
     "StorageError",
     "HypervisorError",
 ]
@@ -78,6 +79,19 @@ class ChainBrokenError(VmledgerError):
         super().__init__(f"ledger damaged at position {position}: {detail}")
         self.position = position
         self.detail = detail
+
+
+class DamagedExportError(InvalidRequestError, ChainBrokenError):
+    """Raised when the chain of an export being imported breaks: the file is damaged, not the ledger; nothing is written.
+
+    A `ChainBrokenError` too, naming the position, and an invalid request:
+    its message names the line.
+    """
+
+    def __init__(self, position: int, detail: str, line: int) -> None:
+        ChainBrokenError.__init__(self, position, detail)
+        Exception.__init__(self, f"line {line}: the export is damaged at position {position}: {detail}")
+        self.line = line
 
 
 class StorageError(VmledgerError):

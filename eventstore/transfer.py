@@ -6,7 +6,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from vmledger.eventstore.backends.common import ChainChecker
 from vmledger.eventstore.codec import canonical, dumps, dumps_plain, dumps_value, loads_exact
-from vmledger.eventstore.errors import InvalidRequestError, VmledgerError
+from vmledger.eventstore.errors import ChainBrokenError, DamagedExportError, InvalidRequestError, VmledgerError
 
 __all__ = ["to_line", "from_line", "checked_chunks", "ChainChecker"]
 
@@ -64,11 +64,12 @@ def checked_chunks(lines: Iterable[str], checker: ChainChecker, size: int) -> It
 
     Raises:
         InvalidRequestError: a line is not an export line, naming its line number.
-        ChainBrokenError: the chain breaks, naming the position.
+        DamagedExportError: the chain breaks, naming the position and the line.
     """
     lines, number = iter(lines), 0
     while True:
         rows: list[tuple[Any, ...]] = []
+        numbers: list[int] = []  # each row's line
         failure: VmledgerError | None = None
         line: str | None = ""
         start = checker.position
@@ -79,12 +80,13 @@ def checked_chunks(lines: Iterable[str], checker: ChainChecker, size: int) -> It
                     number += 1
                     if line.strip():
                         rows.append(from_line(line, number))
+                        numbers.append(number)
             except VmledgerError as e:  # a line that is no export line, or one that cannot be read
                 failure, line = e, None
         try:
             checker.check_all(rows)
-        except VmledgerError as e:  # the chain breaks before the line that failed, if one did
-            failure = e
+        except ChainBrokenError as e:  # the chain breaks before the line that failed, if one did
+            failure = DamagedExportError(e.position, e.detail, numbers[checker.position - start])
         if checker.position > start:
             yield rows[:checker.position - start]
         if failure is not None:

@@ -12,6 +12,7 @@ from typing import Any
 from vmledger.eventstore.errors import (
     ChainBrokenError,
     ConcurrencyError,
+    DamagedExportError,
     HypervisorError,
     InvalidRequestError,
     LedgerNotFoundError,
@@ -60,6 +61,7 @@ __all__ = [
     "RequestIdReusedError",
     "ConcurrencyError",
     "ChainBrokenError",
+    "DamagedExportError",
     "StorageError",
     "HypervisorError",
 ]

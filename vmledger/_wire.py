@@ -18,6 +18,7 @@ from vmledger.eventstore.codec import decode, encode, loads
 from vmledger.eventstore.errors import (
     ChainBrokenError,
     ConcurrencyError,
+    DamagedExportError,
     HypervisorError,
     InvalidRequestError,
     RequestIdReusedError,
@@ -79,6 +80,7 @@ ERROR_CODES: dict[type[VmledgerError], ErrorCode] = {
     UnknownDomainError: ErrorCode(code="unknown_domain", status=404, title="Unknown domain"),
     UnknownPropertyError: ErrorCode(code="unknown_property", status=404, title="Unknown property"),
     UnknownRequestError: ErrorCode(code="unknown_request", status=404, title="Unknown request"),
+    DamagedExportError: ErrorCode(code="damaged_export", status=422, title="The export is damaged"),
     UnknownTokenError: ErrorCode(code="unknown_token", status=404, title="Unknown token"),
     RequestIdReusedError: ErrorCode(code="request_id_reused", status=409,
                                     title="Request id already used for another request"),
@@ -112,6 +114,8 @@ def problem_of(error: VmledgerError) -> dict[str, Any]:
     if isinstance(error, ChainBrokenError):
         problem["position"] = error.position
         problem["damage"] = error.detail
+    if isinstance(error, DamagedExportError):
+        problem["line"] = error.line
     if isinstance(error, ConcurrencyError):
         problem.update(stream=error.stream, expected=error.expected, actual=error.actual)
     return problem
@@ -133,6 +137,9 @@ def error_from_problem(problem: Mapping[str, Any], status: int) -> VmledgerError
     if issubclass(cls, ConcurrencyError):
         error.stream, error.expected, error.actual = (
             problem.get("stream", ""), problem.get("expected", 0), problem.get("actual", 0))
+    if issubclass(cls, DamagedExportError):
+        error.position, error.detail, error.line = (
+            int(problem.get("position", 0)), str(problem.get("damage", detail)), int(problem.get("line", 0)))
     return error
 
 

@@ -682,6 +682,9 @@ def _main(args: argparse.Namespace) -> int:
     try:
         return _loop.run(_run(args))
     except ChainBrokenError as e:
+        if isinstance(e, InvalidRequestError):  # the file imported is damaged, not the ledger
+            print(f"vmledger: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"vmledger: {e}", file=sys.stderr)
         return EXIT_DAMAGED
     except InvalidRequestError as e:

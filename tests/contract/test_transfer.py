@@ -64,7 +64,10 @@ def test_sqlite_to_postgres_and_back(tmp_path: Any, pg_database: str) -> None:
 
 
 def test_damaged_export_imports_nothing(tmp_path: Any) -> None:
-    """An export whose chain breaks is refused whole, naming the position, and the ledger stays empty."""
+    """An export whose chain breaks is refused whole, naming the position and the line, and the ledger stays empty.
+
+    The error is the export's (an invalid request), and a `ChainBrokenError` as before.
+    """
     sim = SimulatedHypervisor(tmp_path / "sim.json")
 
     async def go() -> tuple:
@@ -73,12 +76,14 @@ def test_damaged_export_imports_nothing(tmp_path: Any) -> None:
             lines = [line async for line in a.export()]
         lines[5] = lines[5].replace('"recorded_at":"2', '"recorded_at":"1')
         async with vmledger.open(str(tmp_path / "b.db"), hypervisor=sim) as b:
-            with pytest.raises(vmledger.ChainBrokenError) as caught:
-                await b.import_lines(lambda: lines)
-            return caught.value.position, await b.log.head()
+            with pytest.raises(vmledger.DamagedExportError) as caught:
+                await b.import_lines(lambda: ["", *lines])  # a blank line first: line 7 holds position 6
+            return caught.value, await b.log.head()
 
-    position, head = asyncio.run(go())
-    assert (position, head) == (6, 0)
+    error, head = asyncio.run(go())
+    assert (error.position, error.line, head) == (6, 7, 0)
+    assert isinstance(error, vmledger.ChainBrokenError) and isinstance(error, vmledger.InvalidRequestError)
+    assert str(error) == "line 7: the export is damaged at position 6: hash does not match the stored event"
 
 
 def _continued(lines: list[str], how: str) -> tuple[str, type, str]:

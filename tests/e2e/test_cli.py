@@ -178,6 +178,22 @@ def test_a_damaged_simulator_state_fails_a_request_with_its_outcomes_never_leave
     assert (code, err.startswith("vmledger: simulator state ")) == (1, True)
 
 
+def test_an_altered_export_is_refused_as_bad_input_naming_its_line(cli: Cli, tmp_path: Any) -> None:
+    """Importing an export whose chain breaks exits 2 naming the file's line, not 4 "ledger damaged"; nothing is written."""
+    _, out, _ = cli("export")
+    lines = out.splitlines()
+    lines[2] = lines[2].replace('"vcpus":2', '"vcpus":3', 1)
+    assert lines[2] != out.splitlines()[2]
+    altered = tmp_path / "altered.jsonl"
+    altered.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    empty = Cli(f"sqlite:///{tmp_path}/empty.db", cli.capsys)
+    assert empty("init")[0] == 0
+    code, out, err = empty("import", str(altered))
+    assert (code, out, err) == (2, "", "vmledger: error: line 3: the export is damaged at position 3: "
+                                          "hash does not match the stored event\n")
+    assert empty.head() == 0
+
+
 def test_repeated_request_id_appends_nothing(cli: Cli) -> None:
     """Repeating a request id prints the first outcome again and appends nothing."""
     first = cli.json("set", "web", "vcpus", "3", "--request-id", "r-1")
