@@ -6,7 +6,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from vmledger.eventstore.backends.common import ChainChecker
 from vmledger.eventstore.codec import canonical, dumps, dumps_plain, dumps_value, loads_exact
-from vmledger.eventstore.errors import ChainBrokenError, DamagedExportError, InvalidRequestError, VmledgerError
+from vmledger.eventstore.errors import (
+    ChainBrokenError, DamagedExportError, InvalidRequestError, StorageError, VmledgerError,
+)
 
 __all__ = ["to_line", "from_line", "checked_chunks", "ChainChecker"]
 
@@ -21,7 +23,10 @@ def to_line(row: Sequence[Any]) -> str:
     JSON text made canonical (`canonical`) rather than parsed and written again.
     """
     position, stream, version, type_, schema_version, data, metadata, recorded_at, hash_ = row
-    data, metadata = canonical(data), canonical(metadata)
+    try:
+        data, metadata = canonical(data), canonical(metadata)
+    except (ValueError, TypeError) as e:  # changed behind the ledger's back: `verify` names the damage too
+        raise StorageError(f"stored {type_} at position {position} does not decode: {e}") from e
     return (f'{{"data":{data},"hash":{dumps_value(hash_)},"metadata":{metadata},'
             f'"position":{dumps_value(position)},"recorded_at":{dumps_value(recorded_at)},'
             f'"schema_version":{dumps_value(schema_version)},"stream":{dumps_value(stream)},'

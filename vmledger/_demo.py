@@ -117,13 +117,16 @@ async def run_demo(db: str | None, keep: str | None = None) -> int:
     (made if missing), else a temporary file deleted at the end.
 
     Raises:
-        InvalidRequestError: both `db` and `keep` are given, or the ledger is not empty.
+        InvalidRequestError: both `db` and `keep` are given, `keep` cannot be a directory, or the ledger is not empty.
     """
     if db is not None and keep is not None:
         raise InvalidRequestError("give --keep DIR or --db, not both")
     if db is not None or keep is not None:
         if keep is not None:
-            os.makedirs(keep, exist_ok=True)
+            try:
+                os.makedirs(keep, exist_ok=True)
+            except OSError as e:  # a file of that name, say
+                raise InvalidRequestError(f"cannot keep the demo in {keep}: {e.strerror or e}") from e
         url = db if db is not None else f"sqlite:///{os.path.abspath(os.path.join(keep or '', 'demo.db'))}"
         print(f"vmledger demo: ledger {url}, simulated hypervisor; each step is shown as the command that does it")
         await _demo(url)

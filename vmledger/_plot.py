@@ -71,7 +71,7 @@ def render(line: Timeline, path: str) -> None:
     """Draw `line` into `path`, an SVG or PNG file as its extension says.
 
     Raises:
-        InvalidRequestError: another extension, or matplotlib is not installed.
+        InvalidRequestError: another extension, matplotlib is not installed, or `path` cannot be written.
     """
     kind = os.path.splitext(path)[1].lower().lstrip(".")
     if kind not in FORMATS:
@@ -131,4 +131,7 @@ def render(line: Timeline, path: str) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
         ax.grid(True, alpha=0.3)
         # No creation date in the file: the same ledger draws the same file.
-        fig.savefig(path, format=kind, metadata={"Date": None} if kind == "svg" else {"Software": "vmledger"})
+        try:
+            fig.savefig(path, format=kind, metadata={"Date": None} if kind == "svg" else {"Software": "vmledger"})
+        except OSError as e:
+            raise InvalidRequestError(f"cannot write {path}: {e.strerror or e}") from e

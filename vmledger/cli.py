@@ -619,8 +619,11 @@ async def _verify(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
 
 def _export_file(name: str) -> Callable[[], Iterable[str]]:
     """Return a function that reads an export's lines, once (standard input as it comes)."""
-    if name != "-" and not os.path.isfile(name):
+    # Any file that reads: a regular one, a pipe (`<(zcat export.gz)`), a device.
+    if name != "-" and not os.path.exists(name):
         raise InvalidRequestError(f"no such export file: {name}")
+    if os.path.isdir(name):
+        raise InvalidRequestError(f"{name} is a directory, not an export file")
 
     def lines() -> Iterator[str]:
         with contextlib.nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb") as f:

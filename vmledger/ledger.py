@@ -17,6 +17,7 @@ from vmledger.adapters.port import Hypervisor
 from vmledger.eventstore.catalogue import (
     CATALOGUE,
     CONFIG_PROPERTIES,
+    MAX_REQUEST_ID_LENGTH,
     Capability,
     GuestType,
     Kind,
@@ -28,6 +29,7 @@ from vmledger.eventstore.catalogue import (
     check_principal,
     check_request_id,
     check_seconds,
+    check_text,
     check_value,
     lookup,
     media_property,
@@ -465,7 +467,10 @@ class Ledger(Replaying):
             property=prop, value=value, scope=scope, principal=principal, reason=reason,
         )
         if correlation_id is not None:
-            check_request_id(correlation_id)
+            check_text("correlation id", correlation_id, MAX_REQUEST_ID_LENGTH)
+        if expected_version is not None and (isinstance(expected_version, bool) or not isinstance(expected_version, int)
+                                             or expected_version < 0):
+            raise InvalidRequestError(f"expected_version must be a whole number from 0, not {shown(expected_version)}")
         meta = Metadata(principal=principal, request_id=request.request_id,
                         correlation_id=request.request_id if correlation_id is None else correlation_id)
         for _ in range(_RETRIES):
@@ -927,6 +932,7 @@ class Ledger(Replaying):
 
         Raises:
             InvalidRequestError: the position is not a whole number from 0 to 2**63 - 1.
+            StorageError: a stored event's data or metadata is no JSON.
         """
         check_position(from_position)
         async for row in self.log.read_rows(from_position, None):
@@ -946,7 +952,7 @@ class Ledger(Replaying):
             InvalidRequestError: the ledger is not empty, a line is not an export line, or the
                 events do not fold (an event before its domain's `DomainDefined`, a defined name reused).
             DuplicateRequestError: a `…Requested` reuses a request id.
-            ChainBrokenError: the export's chain breaks, naming the position.
+            DamagedExportError: the export's chain breaks, naming the position and the line.
         """
         if await self.log.head():
             raise InvalidRequestError("import needs an empty ledger")

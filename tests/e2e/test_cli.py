@@ -194,6 +194,51 @@ def test_an_altered_export_is_refused_as_bad_input_naming_its_line(cli: Cli, tmp
     assert empty.head() == 0
 
 
+def test_export_of_an_event_that_is_no_json_names_it_in_one_line(cli: Cli) -> None:
+    """An event whose stored data was made no JSON behind the ledger's back stops `export` with one line naming it."""
+    with contextlib.closing(sqlite3.connect(cli.db.removeprefix("sqlite:///"))) as conn:
+        conn.execute("UPDATE events SET data = 'not json' WHERE position = 2")
+        conn.commit()
+    code, out, err = cli("export")
+    assert (code, len(out.splitlines()), err.startswith("vmledger: stored DomainDefined at position 2 does not decode: "),
+            len(err.splitlines())) == (1, 1, True, 1)
+
+
+def test_a_file_that_is_not_what_a_command_needs_is_told_in_one_line(cli: Cli, tmp_path: Any) -> None:
+    """A directory to import, a directory to plot into that is missing, a demo kept where a file is: exit 2, one line.
+
+    An export read through a pipe (`import <(zcat export.gz)`) is a file like any other.
+    """
+    import os
+    import threading
+
+    (tmp_path / "a-file").write_text("")
+    runs = [cli("import", str(tmp_path)), cli("plot", "web", "memory", "-o", str(tmp_path / "none" / "x.svg")),
+            main_run(["demo", "--keep", str(tmp_path / "a-file")], cli.capsys)]
+    assert [(code, out, len(err.splitlines()), err.startswith("vmledger: error: ")) for code, out, err in runs] == [
+        (2, "", 1, True)] * 3
+    _, exported, _ = cli("export")
+    fifo = str(tmp_path / "pipe")
+    os.mkfifo(fifo)
+    def write() -> None:
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write(exported)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    code, out, err = Cli(f"sqlite:///{tmp_path}/copy.db", cli.capsys)("import", fifo)
+    writer.join()
+    assert (code, out, err) == (0, f"imported {len(exported.splitlines())} events; chain verified\n", "")
+
+
+def main_run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run `vmledger ARGV` in-process, with no --db; return the exit code and what it printed."""
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_repeated_request_id_appends_nothing(cli: Cli) -> None:
     """Repeating a request id prints the first outcome again and appends nothing."""
     first = cli.json("set", "web", "vcpus", "3", "--request-id", "r-1")
