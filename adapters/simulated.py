@@ -114,7 +114,10 @@ class SimulatedHypervisor:
 
         def change(state: State) -> None:
             if spec.name in state["domains"]:
-                raise HypervisorError(f"domain {spec.name!r} is already defined")
+                # Told with where the simulator keeps it: a state file left beside a ledger made afresh holds
+                # domains that ledger never recorded.
+                raise HypervisorError(f"domain {spec.name!r} is already defined on the simulated host, whose state "
+                                      f"is in {self.state_path} (delete that file to start the simulator afresh)")
             state["domains"][spec.name] = {
                 "uuid": spec.uuid,
                 "guest_type": guest.value,

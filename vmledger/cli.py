@@ -19,7 +19,9 @@ import traceback
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import vmledger
-from vmledger.eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, Scope, check_seconds, lookup, shown
+from vmledger.eventstore.catalogue import (
+    CATALOGUE, MEDIA_PREFIX, Capability, Outcome, Scope, check_seconds, lookup, shown,
+)
 from vmledger.eventstore.codec import event_data, loads_exact
 from vmledger.eventstore.errors import (
     ChainBrokenError,
@@ -489,7 +491,9 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         record = await ledger.set(args.name, args.property, value, scope=_scope(args, Scope.BOTH.value),
                                   request_id=args.request_id, principal=args.principal, reason=args.reason)
         if record.replayed:
-            print(f"vmledger: request id {record.request_id} was recorded before: its first outcome again, "
+            pending = any(o.status == Outcome.REQUESTED.status for o in record.outcomes.values())
+            print(f"vmledger: request id {record.request_id} was recorded before: "
+                  f"{'its record so far, still in flight' if pending else 'its first outcome again'}, "
                   "nothing appended", file=sys.stderr)
         if as_json:
             _print_json(record)

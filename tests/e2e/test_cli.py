@@ -239,6 +239,23 @@ def main_run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
     return code, out, err
 
 
+def test_a_simulator_state_left_beside_a_new_ledger_is_named_when_it_refuses_a_domain(
+        cli: Cli, tmp_path: Any) -> None:
+    """A ledger made afresh where an old simulator state stays: `define` of a name it holds says where it is kept."""
+    import os
+
+    db = str(tmp_path / "ledger.db")
+    for leftover in (db, db + "-wal", db + "-shm"):
+        if os.path.exists(leftover):
+            os.remove(leftover)
+    code, _, err = cli("define", "web", "--type", "pv", "--memory", "1GiB", "--max-memory", "4GiB",
+                       "--vcpus", "2", "--max-vcpus", "4")
+    assert (code, len(err.splitlines()), f"is in {db}.sim.json (delete that file" in err) == (1, 1, True)
+    os.remove(db + ".sim.json")
+    assert cli("define", "web", "--type", "pv", "--memory", "1GiB", "--max-memory", "4GiB",
+               "--vcpus", "2", "--max-vcpus", "4")[0] == 0
+
+
 def test_repeated_request_id_appends_nothing(cli: Cli) -> None:
     """Repeating a request id prints the first outcome again and appends nothing."""
     first = cli.json("set", "web", "vcpus", "3", "--request-id", "r-1")
@@ -491,6 +508,38 @@ def test_observe_resolves_an_abandoned_request(tmp_path: Any) -> None:
     assert (in_flight, live["status"], live["value"], drift) == ("in_flight", "applied", 2 * GiB, [
         {"domain": "web", "property": "memory", "persistent": GiB, "live": 2 * GiB, "cause": "live_only",
          "request_id": "orphan", "since_position": drift[0]["since_position"], "since": drift[0]["since"]}])
+
+
+def test_a_request_id_repeated_while_its_request_is_in_flight_says_so(tmp_path: Any,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Repeating the id of a request still in flight prints its record so far, not "its first outcome", and appends nothing."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    import vmledger
+    from vmledger.eventstore.decisions import SetRequest, decide_set
+    from vmledger.eventstore.log import Metadata
+
+    db = str(tmp_path / "l.db")
+
+    async def go() -> int:
+        async with vmledger.open(db) as ledger:
+            await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=1, max_vcpus=2)
+            await ledger.start("web")
+            state = await ledger._state("web")
+            request = SetRequest(request_id="slow", domain="web", property="memory", value=2 * GiB,
+                                 scope="live", principal="alice")
+            await ledger.log.append(state.uuid, state.version, decide_set(request, state).events,
+                                    Metadata(principal="alice"), now=datetime.now(timezone.utc))
+            return await ledger.log.head()
+
+    head = asyncio.run(go())
+    capsys.readouterr()
+    code = main(["--db", db, "set", "web", "memory", "2GiB", "--scope", "live", "--request-id", "slow"])
+    out, err = capsys.readouterr()
+    assert (code, "in_flight" in out, err) == (3, True, "vmledger: request id slow was recorded before: its record "
+                                                        "so far, still in flight, nothing appended\n")
+    assert Cli(f"sqlite:///{db}", capsys).head() == head
 
 
 def test_diff_revert_and_audit_commands(cli: Cli) -> None:
