@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _orjson_dumps = _orjson_loads = None
 
 __all__ = ["encode", "decode", "event_data", "dumps", "dumps_flat", "dumps_plain", "dumps_value", "orjson_utf8", "plain",
-           "plain_tree", "FAST_JSON", "loads", "loads_exact", "canonical", "UPCASTERS"]
+           "plain_tree", "FAST_JSON", "loads", "loads_stored", "loads_exact", "canonical", "UPCASTERS"]
 
 
 def _live_value_observed_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +111,19 @@ def plain_tree(obj: Any) -> bool:
 def loads(text: str) -> Any:
     """Return the object a JSON text holds."""
     return json.loads(text)
+
+
+def loads_stored(text: str, what: str) -> Any:
+    """Return `loads(text)` of a stored projection row's JSON (`what` it is, for the error).
+
+    Raises:
+        StorageError: the text does not decode: changed behind the ledger's back.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError) as e:
+        raise StorageError(f"a stored {what} does not decode ({e}): vmledger verify names the damage, "
+                           "vmledger rebuild makes the projections again") from e
 
 
 def loads_exact(text: str) -> tuple[Any, bool]:

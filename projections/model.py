@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import attrs
 
 from vmledger.eventstore.catalogue import Cause, Outcome
-from vmledger.eventstore.codec import dumps, dumps_plain, dumps_value, loads, plain
+from vmledger.eventstore.codec import dumps, dumps_plain, dumps_value, loads_stored, plain
 from vmledger.eventstore.events import ChangeOutcome, ChangeRequested
 from vmledger.eventstore.log import RecordedEvent, timestamp
 from vmledger.eventstore.state import (
@@ -85,7 +85,7 @@ def state_to_json(state: DomainState | DomainFold) -> str:
 
 def state_from_json(text: str) -> DomainState:
     """Return the domain state a snapshot text holds."""
-    d = loads(text)
+    d = loads_stored(text, "domain state")
 
     def slots(m: dict) -> dict[str, Slot]:
         return {k: Slot(value=v, position=p, request_id=r) for k, (v, p, r) in m.items()}
@@ -259,7 +259,8 @@ def history_row(r: list[Any]) -> tuple:
 def record_from_row(row: tuple) -> list[Any]:
     """Return the history record, as the fold keeps it, that a stored row holds."""
     record = list(row)
-    record[4], record[_OUTCOMES] = loads(record[4]), loads(record[_OUTCOMES])
+    record[4] = loads_stored(record[4], "history row")
+    record[_OUTCOMES] = loads_stored(record[_OUTCOMES], "history row")
     return record
 
 
@@ -345,6 +346,6 @@ def history_from_row(row: tuple) -> dict[str, Any]:
     """Return the history record a stored row holds."""
     cols = TABLES["history"][0]
     r = dict(zip(cols, row))
-    r["requested"] = loads(r["requested"])
-    r["outcomes"] = loads(r["outcomes"])
+    r["requested"] = loads_stored(r["requested"], "history row")
+    r["outcomes"] = loads_stored(r["outcomes"], "history row")
     return r

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any, Awaitable, Callable, Iterable
 
-from vmledger.eventstore.codec import loads
+from vmledger.eventstore.codec import loads_stored
 from vmledger.eventstore.errors import UnknownDomainError
 from vmledger.eventstore.log import timestamp
 from vmledger.eventstore.state import DomainState
@@ -56,7 +56,7 @@ def _drift_dict(row: tuple, names: dict[str, str]) -> dict[str, Any]:
     d = dict(zip(cols, row))
     return {
         "domain": names[d["domain"]], "property": d["property"],
-        "persistent": loads(d["persistent"]), "live": loads(d["live"]),
+        "persistent": loads_stored(d["persistent"], "drift row"), "live": loads_stored(d["live"], "drift row"),
         "cause": d["cause"], "request_id": d["request_id"],
         "since_position": d["since_position"], "since": d["since"],
     }
@@ -175,7 +175,7 @@ async def fleet_rows(fetch_all: Reader) -> list[tuple[str, str, str, int, tuple[
         "FROM domains m LEFT JOIN history h ON h.domain = m.uuid AND h.position = "
         "(SELECT MAX(position) FROM history WHERE domain = m.uuid) WHERE m.defined = 1 ORDER BY m.name")
     return [(r[0], r[1], power_state(bool(r[2])), int(r[3]),
-             (r[4], loads(r[5]), r[6], r[7]) if r[4] is not None else None) for r in rows]
+             (r[4], loads_stored(r[5], "history row"), r[6], r[7]) if r[4] is not None else None) for r in rows]
 
 
 def filter_time(records: Iterable[dict[str, Any]], since: datetime | None,

@@ -256,6 +256,21 @@ def test_a_simulator_state_left_beside_a_new_ledger_is_named_when_it_refuses_a_d
                "--vcpus", "2", "--max-vcpus", "4")[0] == 0
 
 
+def test_projection_rows_that_are_no_json_are_named_in_one_line_and_a_rebuild_mends_them(cli: Cli) -> None:
+    """A history row or a domain state made no JSON behind the ledger's back: one line (exit 1), never an internal error."""
+    assert cli("set", "web", "vcpus", "3")[0] == 0
+    with contextlib.closing(sqlite3.connect(cli.db.removeprefix("sqlite:///"))) as conn:
+        conn.execute("UPDATE history SET outcomes = 'oops'")
+        conn.execute("UPDATE domains SET state = 'oops'")
+        conn.commit()
+    runs = [cli("history"), cli("show", "web"), cli("set", "web", "vcpus", "2")]
+    assert [(code, out, err.split(" (")[0]) for code, out, err in runs] == [
+        (1, "", "vmledger: a stored history row does not decode"),
+        (1, "", "vmledger: a stored domain state does not decode"),
+        (1, "", "vmledger: a stored domain state does not decode")]
+    assert (cli("verify")[0], cli("rebuild")[0], cli("verify")[0], cli("show", "web")[0]) == (4, 0, 0, 0)
+
+
 def test_repeated_request_id_appends_nothing(cli: Cli) -> None:
     """Repeating a request id prints the first outcome again and appends nothing."""
     first = cli.json("set", "web", "vcpus", "3", "--request-id", "r-1")
