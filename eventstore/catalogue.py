@@ -11,7 +11,7 @@ import difflib
 import enum
 import math
 import unicodedata
-from typing import Union
+from typing import Iterable, Union
 
 import attrs
 
@@ -54,6 +54,7 @@ __all__ = [
     "check_position",
     "check_seconds",
     "shown",
+    "nearest",
 ]
 
 Value = Union[int, str]
@@ -309,12 +310,21 @@ def lookup(name: str) -> Property:
     entry = CATALOGUE.get(name)
     if entry is None or entry.name == "media":
         names = sorted(n for n in CATALOGUE if n != "media")
-        near = difflib.get_close_matches(name, names, n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
+        near = nearest(name, names)
+        hint = f"did you mean {near!r}? " if near else ""
         raise UnknownPropertyError(
             f"unknown property {shown(name)} ({hint}known: {', '.join(names)}, media:DEVICE)"
         )
     return entry
+
+
+def nearest(word: str, choices: Iterable[str]) -> str | None:
+    """Return the choice nearest to `word`, case aside (`MEMORY` is near `memory`), or None where none is near."""
+    by_lower: dict[str, str] = {}
+    for choice in choices:
+        by_lower.setdefault(choice.lower(), choice)
+    near = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+    return by_lower[near[0]] if near else None
 
 
 def size_text(n: int) -> str:

@@ -8,13 +8,12 @@ catalogue; `change_event(property, outcome)` finds one.
 
 from __future__ import annotations
 
-import difflib
 from typing import ClassVar, Union
 
 import attrs
 from attrs import validators as v
 
-from vmledger.eventstore.catalogue import CATALOGUE, Capability, GuestType, Outcome, Reason, Scope, shown
+from vmledger.eventstore.catalogue import CATALOGUE, Capability, GuestType, Outcome, Reason, Scope, nearest, shown
 from vmledger.eventstore.errors import InvalidRequestError
 
 __all__ = [
@@ -273,6 +272,6 @@ def event_type(name: object) -> type[Event]:
     """
     cls = EVENT_TYPES.get(name) if isinstance(name, str) else None
     if cls is None:
-        near = difflib.get_close_matches(str(name), EVENT_TYPES, n=1)
-        raise InvalidRequestError(f"unknown event type {shown(name)}" + (f": did you mean {near[0]!r}?" if near else ""))
+        near = nearest(str(name), EVENT_TYPES)
+        raise InvalidRequestError(f"unknown event type {shown(name)}" + (f": did you mean {near!r}?" if near else ""))
     return cls

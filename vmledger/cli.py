@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import vmledger
 from vmledger.eventstore.catalogue import (
-    CATALOGUE, MEDIA_PREFIX, Capability, Outcome, Scope, check_seconds, lookup, shown,
+    CATALOGUE, MEDIA_PREFIX, Capability, Outcome, Scope, check_seconds, lookup, nearest, shown,
 )
 from vmledger.eventstore.codec import event_data, loads_exact
 from vmledger.eventstore.errors import (
@@ -63,9 +62,9 @@ class _Parser(argparse.ArgumentParser):
         if m is not None:
             what = "unknown command" if m.group(1) in ("COMMAND", "ACTION") else f"argument {m.group(1)}: invalid choice"
             choices = re.findall(r"'([^']*)'", m.group(3))
-            near = difflib.get_close_matches(m.group(2), choices, n=1)
+            near = nearest(m.group(2), choices)
             message = (f"{what} {shown(m.group(2))}"
-                       + (f": did you mean {near[0]!r}?" if near else f" (choose from {', '.join(choices)})"))
+                       + (f": did you mean {near!r}?" if near else f" (choose from {', '.join(choices)})"))
         self.exit(EXIT_USAGE, f"vmledger: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -434,11 +433,11 @@ async def _run(args: argparse.Namespace) -> int:
             return await _dispatch(ledger, args)
         except UnknownDomainError as e:
             name = getattr(args, "name", None) or getattr(args, "domain", None)
-            near = difflib.get_close_matches(name, [v.domain for v in await ledger.domains()], n=1) if (
-                isinstance(name, str) and str(e) == f"unknown domain {name!r}") else []
+            near = nearest(name, [v.domain for v in await ledger.domains()]) if (
+                isinstance(name, str) and str(e) == f"unknown domain {name!r}") else None
             if not near:
                 raise
-            raise UnknownDomainError(f"{e}: did you mean {near[0]!r}?") from e
+            raise UnknownDomainError(f"{e}: did you mean {near!r}?") from e
 
 
 async def _init(args: argparse.Namespace) -> int:

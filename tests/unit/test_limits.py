@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmledger.eventstore.catalogue import (
     CATALOGUE,
@@ -16,6 +18,7 @@ from vmledger.eventstore.catalogue import (
     check_request_id,
     check_value,
     lookup,
+    nearest,
 )
 from vmledger.eventstore.errors import InvalidRequestError, UnknownPropertyError
 
@@ -91,3 +94,16 @@ def test_positions_outside_the_log_range_are_invalid(position: Any) -> None:
     """A log position must be a whole number from 0 to 2**63 - 1 (issue #6)."""
     with pytest.raises(InvalidRequestError, match="^a log position must be "):
         check_position(position)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_:", min_size=1, max_size=12), min_size=1, max_size=8,
+                unique=True), st.data())
+def test_the_nearest_name_is_found_whatever_its_case(choices: list[str], data: st.DataObject) -> None:
+    """A name given in another case than the known one (`MEMORY`, `Web`) names the known one; any answer is a choice."""
+    chosen = data.draw(st.sampled_from(choices))
+    asked = data.draw(st.sampled_from([chosen.upper(), chosen.title(), chosen.swapcase(), chosen]))
+    near = nearest(asked, choices)
+    assert near is not None and near.lower() == chosen.lower()
+    other = nearest(data.draw(st.text(max_size=12)), choices)
+    assert other is None or other in choices
