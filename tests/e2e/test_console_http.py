@@ -220,3 +220,18 @@ def test_a_revoked_tokens_session_is_refused_at_its_next_page(server: Served) ->
             after = browser.get("/domains/web").text
     assert (_signed_in(before), "temp (reader)" in before, _signed_in(after), 'name="token"' in after) == (
         True, True, False, True)
+
+
+def test_a_requests_location_carries_the_root_path_and_finds_it_whatever_its_id_holds(server: Served) -> None:
+    """Behind `--root-path`, `Location` names the prefix, and an id holding `/` is found there (the raw path kept)."""
+    import httpx as client_lib
+
+    with server.client("olga") as c:
+        made = c.post("/v1/domains/web/requests", json={"property": "vcpus", "value": 2, "scope": "persistent"},
+                      headers={"Idempotency-Key": "under/the//root"})
+    location = made.headers["location"]
+    origin = server.url[:-len(PREFIX)]
+    with client_lib.Client(headers=server.headers("rob")) as c:
+        found = c.get(origin + location)
+    assert (made.status_code, location, found.status_code, found.json()["request_id"]) == (
+        201, f"{PREFIX}/v1/requests/under%2Fthe%2F%2Froot", 200, "under/the//root")

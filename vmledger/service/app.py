@@ -68,6 +68,8 @@ _log = logging.getLogger("vmledger")
 
 PROBLEM_JSON = "application/problem+json"
 NDJSON = "application/x-ndjson"
+#: Where a request's record is read, by id (`Location` of a `set`).
+_REQUESTS = "/v1/requests/"
 #: The largest JSON request body; an import may be larger.
 MAX_BODY = 1 << 20
 MAX_IMPORT_BODY = 1 << 30
@@ -300,13 +302,10 @@ async def set_property(
     record = plain(answer)
     for scope, outcome in record["outcomes"].items():
         svc.metrics.outcomes.labels(scope, outcome["status"]).inc()
-    headers = {"Location": f"/v1/requests/{segment(record['request_id'])}"}
+    headers = {"Location": f"{svc.root_path}{_REQUESTS}{segment(record['request_id'])}"}
     if getattr(answer, "replayed", False):
         headers[REPLAYED_HEADER] = "true"
     return Response(record, status_code=201, headers=headers)
-
-
-_REQUESTS = "/v1/requests/"
 
 
 # A path, not a segment: a request id may hold `/`, which `Location` sends as `%2F`.
@@ -314,11 +313,11 @@ _REQUESTS = "/v1/requests/"
 async def show_request(request: Request, request_id: FromPath[str]) -> RequestRecord:
     """Show one request with its outcomes."""
     # The id as sent: the decoded path has lost which slashes were `%2F`, and its `//` are folded.
-    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    _, found, sent = (request.scope.get("raw_path") or b"").partition(_REQUESTS.encode())
     try:
-        request_id = urllib.parse.unquote_to_bytes(raw.split(_REQUESTS.encode(), 1)[1]).decode("utf-8")
-    except (IndexError, UnicodeDecodeError) as e:
-        raise InvalidRequestError("cannot read the request id in the path: it is not UTF-8 text") from e
+        request_id = urllib.parse.unquote_to_bytes(sent).decode("utf-8") if found else request_id.lstrip("/")
+    except UnicodeDecodeError as e:
+        raise InvalidRequestError("the request id in the path is not UTF-8 text") from e
     return plain(await _svc(request).ledger.request(request_id))
 
 
