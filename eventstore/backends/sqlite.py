@@ -79,6 +79,14 @@ def _storage_error(e: sqlite3.Error) -> StorageError:
     return error
 
 
+def _open_error(path: str, e: sqlite3.Error) -> StorageError:
+    """Return the error of an open that failed with `e`, naming the file."""
+    error = StorageError(f"{path} is a directory, not a ledger's file" if os.path.isdir(path)
+                         else f"{path}: {_translate(e)}")
+    error.__cause__ = e
+    return error
+
+
 def _translate(e: sqlite3.Error) -> StorageError:
     text = str(e)
     code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
@@ -299,7 +307,7 @@ class SQLiteEventLog(LogReads):
                 await self._reader.execute(pragma)
         except sqlite3.Error as e:
             await self.aclose()
-            raise _storage_error(e) from e
+            raise _open_error(self.path, e) from e
         except BaseException:
             await self.aclose()
             raise

@@ -213,15 +213,16 @@ def test_read_only_database_is_a_storage_error_and_loses_nothing(tmp_path: Any) 
         async with _ledger(db) as ledger:
             return [line async for line in ledger.export()], await ledger.verify()
 
-    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", f"vmledger: {READ_ONLY}\n")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", f"vmledger: {db}: {READ_ONLY}\n")
     assert asyncio.run(after()) == (committed, len(committed))
 
 
 def test_database_in_a_missing_directory_is_one_line_naming_the_path_rule(tmp_path: Any) -> None:
     """A database path whose directory does not exist exits 1 with one line saying what the path must be."""
-    code, out, err = _cli(str(tmp_path / "gone" / "l.db"), "init")
-    assert (code, out, err) == (1, "", "vmledger: cannot open the database file: the path must name a file in an "
-                                       "existing, writable directory (unable to open database file)\n")
+    db = str(tmp_path / "gone" / "l.db")
+    code, out, err = _cli(db, "init")
+    assert (code, out, err) == (1, "", f"vmledger: {db}: cannot open the database file: the path must name a file in "
+                                       "an existing, writable directory (unable to open database file)\n")
 
 
 def test_a_simulator_save_that_fails_on_a_full_filesystem_changes_nothing(small_filesystem: str) -> None:

@@ -165,10 +165,13 @@ def test_foreign_sqlite_database_is_left_alone(cli: Cli) -> None:
 
 
 def test_file_that_is_not_a_database_is_refused(cli: Cli) -> None:
-    """A file that is not SQLite at all is refused in one line and left as it was (issue 18)."""
+    """A file that is not SQLite at all, or a directory, is refused in one line naming it, and left as it was (issue 18)."""
     pathlib.Path("notes.txt").write_text("x" * 200)
     code, out, err = cli("--db", "notes.txt", "list")
-    assert (code, out, err.startswith("vmledger: the file is not an SQLite database")) == (1, "", True)
+    assert (code, out, err.startswith("vmledger: notes.txt: the file is not an SQLite database")) == (1, "", True)
+    pathlib.Path("a-directory").mkdir()
+    code, out, err = cli("--db", "a-directory", "list")
+    assert (code, out, err) == (1, "", "vmledger: a-directory is a directory, not a ledger's file\n")
     assert pathlib.Path("notes.txt").read_text() == "x" * 200
 
 
