@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from vmledger.eventstore import codec, transfer
 from vmledger.eventstore.codec import canonical, dumps, loads_exact, plain_tree
-from vmledger.eventstore.errors import InvalidRequestError
+from vmledger.eventstore.errors import InvalidRequestError, StorageError
 
 SETTINGS = settings(database=None, deadline=None, max_examples=300)
 LOADERS = [
@@ -109,10 +109,13 @@ def _scalar() -> st.SearchStrategy[Any]:
 @given(fields=st.tuples(_scalar(), _scalar(), _scalar(), _scalar(), _scalar(), json_texts(), json_texts(),
                         _scalar(), _scalar()))
 def test_to_line_is_the_dumps_of_the_row_with_its_texts_parsed(loader: str, fields: tuple[Any, ...]) -> None:
-    """An export line is the canonical JSON of the row's fields by name, data and metadata parsed; or `json`'s error."""
+    """An export line is the canonical JSON of the row's fields by name, data and metadata parsed; or `json`'s error, as a `StorageError` naming the event."""
     def reference() -> str:
         named = dict(zip(_KEYS, fields))
-        named["data"], named["metadata"] = json.loads(named["data"]), json.loads(named["metadata"])
+        try:
+            named["data"], named["metadata"] = json.loads(named["data"]), json.loads(named["metadata"])
+        except (ValueError, TypeError) as e:
+            raise StorageError(f"stored {named['type']} at position {named['position']} does not decode: {e}") from e
         return dumps(named)
 
     with _parsing(loader):

@@ -27,6 +27,7 @@ from vmledger.projections import scan as _scan_module
 from vmledger.eventstore.backends.common import ChainChecker, _link, record
 from vmledger.projections.scan import as_change, scan
 from vmledger.eventstore.codec import dumps, encode, loads
+from vmledger.eventstore.errors import ChainBrokenError, DamagedExportError, StorageError
 from vmledger.eventstore.events import EVENT_TYPES, DomainDefined, DomainStarted
 from vmledger.eventstore.log import GENESIS_HASH, RecordedEvent
 from tests.strategies import any_logs, events
@@ -252,7 +253,7 @@ def test_an_import_fails_where_importing_its_lines_one_by_one_fails_first(
     for row in chain:
         try:
             lines.append(transfer.to_line(row))
-        except ValueError:  # data that is no JSON: an export never holds it, a damaged line stands for it
+        except StorageError:  # data that is no JSON: an export never holds it, a damaged line stands for it
             lines.append("{")
     if bad is not None:
         lines.insert(min(bad[0], len(lines)), bad[1])
@@ -263,7 +264,10 @@ def test_an_import_fails_where_importing_its_lines_one_by_one_fails_first(
         for number, line in enumerate(_read(lines), start=1):
             if not line.strip():
                 continue
-            checker.check(transfer.from_line(line, number))
+            try:
+                checker.check(transfer.from_line(line, number))
+            except ChainBrokenError as e:  # the export's damage, at its line
+                raise DamagedExportError(e.position, e.detail, number) from e
             accepted.append(line)
         return [checker.position]
 
