@@ -131,9 +131,10 @@ _STATEMENTS = 1024
 #: its rows; every statement of the writing connection touches rows by key, or a table whole with no join.
 _WRITER_SETTINGS = {"random_page_cost": "1.1", "enable_hashjoin": "off", "enable_mergejoin": "off"}
 
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError)
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, ConnectionError)
+# InternalClientError too: the state asyncpg is left in where the server ended the session under an operation.
 _LOST = (pg.PostgresConnectionError, pg.AdminShutdownError, pg.CrashShutdownError,
-         pg.CannotConnectNowError, ConnectionError, OSError)
+         pg.CannotConnectNowError, ConnectionError, OSError, asyncpg.InternalClientError)
 
 # The snapshot connection of the task that holds `snapshot()`: (log, connection, lock).
 _SNAPSHOT: contextvars.ContextVar[tuple[Any, Any, asyncio.Lock] | None] = contextvars.ContextVar(
@@ -568,6 +569,9 @@ class PostgresEventLog(LogReads):
         self._need_open()
         if self.read_only:
             raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
+        await self._unsettled()
+
+    async def _unsettled(self) -> None:
         if self._settling is not None:
             # A cancelled caller's shielded statement (COMMIT, ROLLBACK, a batch's write) may still run on it.
             # Waited for even once done, it gives the event loop a turn, which the next batch needs: the callers
@@ -642,6 +646,7 @@ class PostgresEventLog(LogReads):
 
     async def _release(self) -> None:
         """Give the session's append lock back, if held (under `_lock`)."""
+        await self._unsettled()  # a cancelled caller's statement may still run on it: one at a time
         conn, self._held = self._held, None
         if conn is not None and not conn.is_closed():
             try:
@@ -756,8 +761,8 @@ class PostgresEventLog(LogReads):
                 batch, memory = take(), self._memory
                 try:
                     outcomes = await run_steps(tx, batch_steps(self._projector.batch(), batch, memory))
-                except asyncpg.PostgresError:
-                    if not memory.recalled:
+                except asyncpg.PostgresError as e:
+                    if not memory.recalled or _lost(e):  # the server ended the session: no answer to retry on
                         raise
                     # The server refused the batch, written from memory without reads, and wrote nothing: a
                     # new request's id it already held (see `batch_steps`).  The batch runs again, with reads.
@@ -770,7 +775,7 @@ class PostgresEventLog(LogReads):
                 # but a write under way goes on, shielded, and the next batch waits for it (`_settled`).
                 # Either way the memory may miss what was written: the next batch reads.
                 self._memory = WriterMemory()
-                if tx is not None and not isinstance(e, asyncpg.PostgresError) and not tx.committing:
+                if tx is not None and (not isinstance(e, asyncpg.PostgresError) or _lost(e)) and not tx.committing:
                     tx._conn.terminate()
                 if isinstance(e, _DRIVER_ERRORS):
                     raise _storage_error(e, committing=tx is not None and tx.committing) from e
