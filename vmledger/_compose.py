@@ -19,7 +19,7 @@ from vmledger.eventstore.errors import InvalidRequestError
 from vmledger.projections.store import TableProjector
 from vmledger.ledger import Ledger
 
-__all__ = ["open", "sqlite_path", "DEFAULT_DB"]
+__all__ = ["open", "sqlite_path", "redacted", "DEFAULT_DB"]
 
 DEFAULT_DB = "sqlite:///vmledger.db"
 #: URL schemes that a bare path must not start with: a typo of a URL, not a file name.
@@ -48,15 +48,32 @@ def sqlite_path(url: str) -> str:
         # `sqlite:ledger.db` and `sqlite://ledger.db` would otherwise name a file called so.
         rest = url[len("sqlite:"):].lstrip("/")
         raise InvalidRequestError(
-            f"malformed database URL {shown(url)}: an SQLite URL has three slashes, e.g. sqlite:///{rest}")
+            f"malformed database URL {shown(redacted(url))}: an SQLite URL has three slashes, e.g. sqlite:///{rest}")
     elif "://" in url or scheme in _SCHEMES:
         raise InvalidRequestError(
-            f"unsupported database URL {shown(url)} (use sqlite:///PATH, a path, or postgresql://...)")
+            f"unsupported database URL {shown(redacted(url))} (use sqlite:///PATH, a path, or postgresql://...)")
     else:
         path = url
     if not path or path.endswith(os.sep):
         raise InvalidRequestError(f"database URL {shown(url)} names no file")
     return path
+
+
+def redacted(url: str) -> str:
+    """Return a database URL as messages show it: a password in it (`user:PASSWORD@`, `?password=`) as `***`."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    netloc, query = parts.netloc, parts.query
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        if ":" in userinfo:
+            netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    if "password=" in query:
+        query = "&".join("password=***" if p.startswith("password=") else p for p in query.split("&"))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query)) if (netloc, query) != (
+        parts.netloc, parts.query) else url
 
 
 def _database_name(url: str) -> str:

@@ -13,6 +13,7 @@ import tempfile
 from typing import Any, Awaitable, Callable
 
 import vmledger
+from vmledger._compose import redacted
 from vmledger.eventstore.errors import InvalidRequestError
 
 __all__ = ["run_demo"]
@@ -105,7 +106,7 @@ async def _report(ledger: vmledger.Ledger) -> None:
 async def _demo(url: str) -> None:
     async with vmledger.open(url, hypervisor_timeout=5.0) as ledger:
         if await ledger.log.head():
-            raise InvalidRequestError(f"the demo needs an empty ledger, and {url} holds one already")
+            raise InvalidRequestError(f"the demo needs an empty ledger, and {redacted(url)} holds one already")
         await _play(ledger)
         await _report(ledger)
 
@@ -128,10 +129,11 @@ async def run_demo(db: str | None, keep: str | None = None) -> int:
             except OSError as e:  # a file of that name, say
                 raise InvalidRequestError(f"cannot keep the demo in {keep}: {e.strerror or e}") from e
         url = db if db is not None else f"sqlite:///{os.path.abspath(os.path.join(keep or '', 'demo.db'))}"
-        print(f"vmledger demo: ledger {url}, simulated hypervisor; each step is shown as the command that does it")
+        print(f"vmledger demo: ledger {redacted(url)}, simulated hypervisor; each step is shown as the command that "
+              "does it")
         await _demo(url)
-        print(f"\nThe ledger stays in {url}; explore it, for example:")
-        print(f"  export VMLEDGER_DB={shlex.quote(url)}")
+        print(f"\nThe ledger stays in {redacted(url)}; explore it, for example:")
+        print(f"  export VMLEDGER_DB={shlex.quote(redacted(url))}")
         for command in ("history web", "show db", "drift --as-of 12", "events --from 20"):
             print(f"  vmledger {command}")
         return 0

@@ -42,7 +42,7 @@ from vmledger.eventstore.events import (
 from vmledger.eventstore.log import RecordedEvent, timestamp
 from vmledger import _loop, _units
 from vmledger._checkpoint import read_checkpoint, write_checkpoint
-from vmledger._compose import DEFAULT_DB
+from vmledger._compose import DEFAULT_DB, redacted
 from vmledger.ledger import default_principal
 from vmledger.results import DomainView, DriftRow, RequestRecord
 from vmledger.service import commands as service_commands
@@ -451,11 +451,11 @@ async def _init(args: argparse.Namespace) -> int:
             head = await ledger.log.head()
         created = True
     if args.json:
-        _print_json({"db": args.db, "created": created, "events": head})
+        _print_json({"db": redacted(args.db), "created": created, "events": head})
     elif created:
-        print(f"created an empty ledger at {args.db}")
+        print(f"created an empty ledger at {redacted(args.db)}")
     else:
-        print(f"a ledger exists already at {args.db} ({head} events); nothing changed")
+        print(f"a ledger exists already at {redacted(args.db)} ({head} events); nothing changed")
     return EXIT_OK
 
 
@@ -564,7 +564,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
             print("nothing to adopt")
     elif cmd == "watch":
         # The watch logs a domain it cannot observe and goes on: one line on stderr each time (see main).
-        start = (f"watching every domain of {args.hypervisor} in {args.db}: now, as announced, "
+        start = (f"watching every domain of {args.hypervisor} in {redacted(args.db)}: now, as announced, "
                  f"and every {args.interval:g}s; interrupt to stop")
         print(f"vmledger: {start}", file=sys.stderr, flush=True) if as_json else print(start, flush=True)
 
@@ -674,14 +674,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a usage error already printed in one line
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     # Warnings of the library (a simulator restored, a domain a watch cannot observe): one line on stderr.
+    # Other libraries' (asyncpg's pool reconnecting, say) too, without their traceback but under --debug.
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("vmledger: %(message)s"))
-    log = logging.getLogger("vmledger")
-    log.addHandler(handler)
+    handler.setFormatter(_LogLine(debug=args.debug))
+    root = logging.getLogger()
+    root.addHandler(handler)
     try:
         return _main(args)
     finally:
-        log.removeHandler(handler)
+        root.removeHandler(handler)
+
+
+class _LogLine(logging.Formatter):
+    """`vmledger: message`; the traceback of vmledger's own records only (an internal error), or of all with `debug`."""
+
+    def __init__(self, *, debug: bool) -> None:
+        super().__init__("vmledger: %(message)s")
+        self._debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and not (self._debug or record.name.startswith("vmledger")):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return super().format(record)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -698,7 +712,7 @@ def _main(args: argparse.Namespace) -> int:
             traceback.print_exc()
         hint = ""
         if isinstance(e, LedgerNotFoundError):
-            hint = f" (create it with 'vmledger --db {args.db} init', or check --db and VMLEDGER_DB)"
+            hint = f" (create it with 'vmledger --db {redacted(args.db)} init', or check --db and VMLEDGER_DB)"
         print(f"vmledger: error: {e}{hint}", file=sys.stderr)
         return EXIT_USAGE
     except VmledgerError as e:

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import os
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Collection, Generator, Sequence
 
 import attrs
 
@@ -128,14 +128,18 @@ def decode_time(text: str) -> datetime:
     return when
 
 
-def check_ledger_tables(tables: Sequence[str], *, create: bool, foreign: str, missing: str) -> None:
+def check_ledger_tables(tables: Sequence[str], event_columns: Collection[str], *, create: bool, foreign: str,
+                        missing: str) -> None:
     """Refuse a database whose `tables` hold no log: with other tables (`foreign` says whose), or none unless `create`.
+
+    The log is a table `events` of the log's columns (`event_columns`, its
+    columns): somebody else's table of that name is no log.
 
     Raises:
         NotALedgerError: the database holds tables but not the log's.
         LedgerNotFoundError: it holds no tables and `create` is false (`missing` says where).
     """
-    if "events" in tables:
+    if "events" in tables and set(COLUMNS.split(", ")) <= set(event_columns):
         return
     if tables:
         listed = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")

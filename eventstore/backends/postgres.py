@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import os
 import re
 import urllib.parse
 from datetime import datetime
@@ -40,7 +41,7 @@ from vmledger.eventstore.backends.common import (
     batch_steps, check_ledger_tables,
 )
 from vmledger.eventstore.codec import dumps_plain
-from vmledger.eventstore.errors import StorageError
+from vmledger.eventstore.errors import InvalidRequestError, StorageError
 from vmledger.eventstore.events import Event
 from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, run_steps
 
@@ -209,11 +210,25 @@ def _database(dsn: str) -> str:
     return urllib.parse.urlsplit(dsn).path.lstrip("/") or "postgres"
 
 
+def _server(dsn: str) -> str:
+    """Return the database and server a DSN names, for messages (never its password)."""
+    parts = urllib.parse.urlsplit(dsn)
+    query = urllib.parse.parse_qs(parts.query)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or query.get("host", [os.environ.get("PGHOST", "")])[0] or "the default socket"
+    port_text = str(port or query.get("port", [os.environ.get("PGPORT", "")])[0] or 5432)
+    return f"database {_database(dsn)!r} at {host}, port {port_text}"
+
+
 def _lost(e: BaseException) -> bool:
     return isinstance(e, _LOST) or (isinstance(e, asyncpg.InterfaceError) and "closed" in str(e))
 
 
-def _storage_error(e: BaseException, *, committing: bool = False, connecting: bool = False) -> StorageError:
+def _storage_error(e: BaseException, *, committing: bool = False, connecting: bool = False,
+                   server: str | None = None) -> StorageError:
     if isinstance(e, pg.LockNotAvailableError):
         return StorageError(f"another writer held the append lock past the busy timeout ({e})")
     if isinstance(e, pg.ReadOnlySQLTransactionError):
@@ -226,7 +241,7 @@ def _storage_error(e: BaseException, *, committing: bool = False, connecting: bo
         return StorageError(f"the database server's disk is full; the failed write was not stored ({e})")
     if _lost(e):
         what = "cannot connect to" if connecting else "lost the connection to"
-        text = f"{what} PostgreSQL ({type(e).__name__}: {e})"
+        text = f"{what} PostgreSQL{f' ({server})' if server else ''} ({type(e).__name__}: {e})"
         if committing:
             text += "; the append may or may not have been recorded: re-read before retrying"
         return StorageError(text)
@@ -504,7 +519,7 @@ class PostgresEventLog(LogReads):
                 server_settings=self._settings, timeout=self._connect_timeout)
         except _DRIVER_ERRORS as e:
             await self.aclose()
-            raise _storage_error(e, connecting=True) from e
+            raise _storage_error(e, connecting=True, server=_server(self.dsn)) from e
         except BaseException:
             await self.aclose()
             raise
@@ -516,16 +531,29 @@ class PostgresEventLog(LogReads):
     async def _check_ledger(self, conn: asyncpg.Connection) -> None:
         """Refuse a database whose schema holds tables but no log, and a missing log unless creating.
 
+        A new log needs a database that stores any text: UTF-8 (or
+        SQL_ASCII, which stores bytes as given).  In another encoding a
+        request naming a character it lacks would fail for good.
+
         Raises:
             NotALedgerError: the current schema holds tables but not the log's.
             LedgerNotFoundError: it holds no log and this log may not create one.
+            InvalidRequestError: it holds no log, and its encoding cannot store any text.
         """
         tables = [r[0] for r in await conn.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
             "ORDER BY table_name")]
+        columns = [r[0] for r in await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'events'")]
         where = f"PostgreSQL database {_database(self.dsn)!r}"
-        check_ledger_tables(tables, create=self._create, foreign=f"the {where} holds tables but no vmledger ledger",
+        check_ledger_tables(tables, columns, create=self._create,
+                            foreign=f"the {where} holds tables but no vmledger ledger",
                             missing=f"no ledger in the {where}: it holds no vmledger tables")
+        if not tables and (encoding := await conn.fetchval("SHOW server_encoding")) not in ("UTF8", "SQL_ASCII"):
+            raise InvalidRequestError(
+                f"the {where} is encoded in {encoding}, which cannot store every text a request may hold: "
+                "make the ledger in a UTF8 database (CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0)")
 
     async def _connect(self, *, writer: bool = False) -> asyncpg.Connection:
         # A batch's reads list its streams and requests, so their text varies with its size:

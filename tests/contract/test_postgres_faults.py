@@ -95,3 +95,55 @@ def test_sessions_the_server_ends_under_load_are_storage_errors_never_driver_err
 
     failures, unhandled, verified = asyncio.run(go())
     assert (failures <= {"StorageError"}, unhandled, verified > 4) == (True, [], True)
+
+
+def test_a_database_whose_events_table_is_somebody_elses_is_refused_and_left_alone(pg_database: str) -> None:
+    """A table named `events` without the log's columns is no ledger: opening it, even to create one, writes nothing."""
+    async def go() -> tuple[list[str], list[str]]:
+        conn = await asyncpg.connect(pg_database)
+        try:
+            await conn.execute("CREATE TABLE events (id serial PRIMARY KEY, payload text)")
+            refused = []
+            for create in (True, False):
+                with pytest.raises(vmledger.NotALedgerError) as caught:
+                    async with vmledger.open(pg_database, create=create):
+                        pass
+                refused.append(str(caught.value))
+            tables = [r[0] for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")]
+            return refused, tables
+        finally:
+            await conn.close()
+
+    name = urllib.parse.urlsplit(pg_database).path.lstrip("/")
+    assert asyncio.run(go()) == ([f"the PostgreSQL database {name!r} holds tables but no vmledger ledger "
+                                  "(its tables: events); vmledger adds nothing to it"] * 2, ["events"])
+
+
+def test_a_ledger_is_made_only_in_a_database_that_stores_any_text(pg_dsn: str) -> None:
+    """A LATIN1 database gets no new ledger (a request naming `€` would fail there for good); SQL_ASCII and UTF8 do."""
+    from tests.pg import create_database
+
+    async def made(dsn: str) -> str:
+        try:
+            async with vmledger.open(dsn) as ledger:
+                await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=2, max_vcpus=4,
+                                    cdroms={"hdc": "/iso/€.iso"})
+                return (await ledger.show("web")).to_dict()["domain"]
+        except vmledger.InvalidRequestError as e:
+            return str(e)
+
+    latin1 = create_database(pg_dsn, "in_latin1", encoding="LATIN1")
+    answers = [asyncio.run(made(create_database(pg_dsn, name, encoding=encoding)))
+               for name, encoding in (("in_sql_ascii", "SQL_ASCII"), ("in_utf8", "UTF8"))]
+    refused = asyncio.run(made(latin1))
+
+    async def tables() -> int:
+        conn = await asyncpg.connect(latin1)
+        try:
+            return await conn.fetchval("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+        finally:
+            await conn.close()
+
+    assert (answers, refused.startswith("the PostgreSQL database 'in_latin1' is encoded in LATIN1"),
+            asyncio.run(tables())) == (["web", "web"], True, 0)

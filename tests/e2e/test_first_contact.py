@@ -164,6 +164,21 @@ def test_foreign_sqlite_database_is_left_alone(cli: Cli) -> None:
     conn.close()
 
 
+def test_somebody_elses_table_named_events_is_no_ledger(cli: Cli) -> None:
+    """A database whose `events` table is not the log's (other columns) is refused as foreign, and not changed."""
+    conn = sqlite3.connect("app.sqlite")
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, payload TEXT)")
+    conn.commit()
+    conn.close()
+    for command in (DEFINE_WEB, ("list",), ("init",)):
+        code, out, err = cli("--db", "app.sqlite", *command)
+        assert (code, out, err) == (2, "", "vmledger: error: app.sqlite is an SQLite database but not a vmledger "
+                                           "ledger (its tables: events); vmledger adds nothing to it\n")
+    conn = sqlite3.connect("app.sqlite")
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("events",)]
+    conn.close()
+
+
 def test_file_that_is_not_a_database_is_refused(cli: Cli) -> None:
     """A file that is not SQLite at all, or a directory, is refused in one line naming it, and left as it was (issue 18)."""
     pathlib.Path("notes.txt").write_text("x" * 200)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from vmledger.eventstore.errors import InvalidRequestError
 from vmledger._units import format_size, parse_count, parse_size, parse_time
@@ -58,3 +58,16 @@ def test_a_time_with_no_utc_time_is_an_invalid_request(text: str) -> None:
     with pytest.raises(InvalidRequestError, match="out of range in UTC"):
         parse_time(text)
     assert parse_time(text[:19] + "Z").year == int(text[:4])  # the last UTC times at either end are times
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$'()*+,;=%", min_size=4,
+               max_size=20).filter(lambda p: "&" not in p),
+       st.sampled_from(["postgresql://vm:{}@db.example:5432/ledger", "postgresql://vm:{}@/ledger?host=/run/pg",
+                        "postgresql://db.example/ledger?user=vm&password={}&sslmode=require"]))
+def test_a_database_url_is_shown_without_its_password(password: str, form: str) -> None:
+    """Messages show a database URL with its password as `***`, and the rest as it was."""
+    from vmledger._compose import redacted
+
+    assert redacted(form.format(password)) == form.format("***")
+    assert redacted("sqlite:///ledger.db") == "sqlite:///ledger.db"
