@@ -76,18 +76,15 @@ def audit_report(counts: Iterable[Sequence[Any]], episodes: Iterable[Sequence[An
 
 
 def _covered(spans: list[tuple[datetime, datetime]]) -> float:
-    """Return the seconds the union of `spans` covers."""
-    if len(spans) == 1:
-        lo, hi = spans[0]
-        return (hi - lo).total_seconds() if hi > lo else 0.0
-    total, reach = 0.0, None
+    """Return the seconds the union of `spans` covers (summed as `timedelta`s: exact to the microsecond)."""
+    total, reach = timedelta(0), None
     for lo, hi in sorted(spans):
         if reach is not None and lo < reach:
             lo = reach
         if hi > lo:
-            total += (hi - lo).total_seconds()
+            total += hi - lo
             reach = hi
-    return total
+    return total.total_seconds()
 
 
 def config_changes(records: Iterable[RecordedEvent], after: int) -> list[ConfigChange]:
@@ -120,8 +117,8 @@ _NONE = object()
 
 
 def _values(fold: DomainFold | None) -> dict[str, dict[str, Any]]:
-    """Return the values of a fold's persistent and live configs (the live one only while it runs)."""
-    if fold is None:
+    """Return the values of a fold's persistent and live configs (the live one only while it runs; none once undefined)."""
+    if fold is None or not fold.defined:
         return {Scope.PERSISTENT.value: {}, Scope.LIVE.value: {}}
     return {Scope.PERSISTENT.value: {k: s.value for k, s in fold.persistent.items()},
             Scope.LIVE.value: {k: s.value for k, s in fold.live.items()} if fold.running else {}}

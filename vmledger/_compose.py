@@ -135,14 +135,17 @@ async def open(  # noqa: A001 - the public name the design promises
     works while the hypervisor is down and reads never write.
 
     Raises:
-        InvalidRequestError: an unsupported URL or hypervisor, or a timeout that is
-            not a finite number of seconds above 0.
+        InvalidRequestError: an unsupported URL or hypervisor, a timeout that is
+            not a finite number of seconds above 0, or `create` or `read_only` not a bool.
         LedgerNotFoundError: no ledger at `url`, and `create` is false or `read_only` true.
         NotALedgerError: the database holds data that is not a ledger.
         StorageError: the database cannot be opened.
     """
     hypervisor_timeout = check_seconds("the hypervisor timeout", hypervisor_timeout)
     busy_timeout = check_seconds("the busy timeout", busy_timeout)
+    for flag, value in (("create", create), ("read_only", read_only)):
+        if not isinstance(value, bool):  # "no" would be true
+            raise InvalidRequestError(f"{flag} must be true or false, not {shown(value)}")
     log: Any
     if isinstance(url, str) and url.startswith(("postgresql://", "postgres://")):
         try:

@@ -71,7 +71,9 @@ async def run_command(ledger: Any, args: argparse.Namespace) -> int:
     report = await ledger.revert(args.name, to=_units.parse_as_of(args.to_point), scope=args.scope,
                                  dry_run=args.dry_run, principal=args.principal)
     cli._print_json(report) if args.json else _print_revert(report)
-    return cli.EXIT_OK if report.dry_run or report.applied else cli.EXIT_NOT_APPLIED
+    # A dry run says as much of its plan: 3 if a value could not go back.
+    complete = not report.unrevertible if report.dry_run else report.applied
+    return cli.EXIT_OK if complete else cli.EXIT_NOT_APPLIED
 
 
 def _seconds(seconds: float) -> str:

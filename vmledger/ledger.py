@@ -1200,9 +1200,12 @@ def _event_filter(*, types: str | Iterable[str] | None = None, since: datetime |
     since, until = _utc(since), _utc(until)
     if types is None:
         return EventFilter(since=since, until=until)
-    names = (types,) if isinstance(types, str) else tuple(types) if isinstance(types, (list, tuple)) else None
+    # Any iterable of names (a list, a set, a dict's keys); not bytes, nor a mapping, whose keys would pass unseen.
+    names = (types,) if isinstance(types, str) else None
+    if names is None and isinstance(types, Iterable) and not isinstance(types, (bytes, bytearray, Mapping)):
+        names = tuple(types)
     if names is None:
-        raise InvalidRequestError(f"types must be an event type's name or a list of them, not {shown(types)}")
+        raise InvalidRequestError(f"types must be an event type's name or a collection of them, not {shown(types)}")
     for name in names:
         event_type(name)
     return EventFilter(types=tuple(sorted(set(names))), since=since, until=until)

@@ -200,7 +200,7 @@ def test_diff_lists_every_change_with_its_event_and_request(url: str, tmp_path: 
 
 def test_revert_brings_back_what_can_go_back_and_lists_the_rest(url: str, tmp_path: Any,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """After `revert --to A` on the simulator, `show` equals `show` as of A for every property but the one fixed while running, which the report lists; a dry run writes nothing."""
+    """After `revert --to A` on the simulator, `show` equals `show` as of A for every property but the one fixed while running, which the report lists; a dry run writes nothing, and exits 3 as the revert does."""
     sim = str(tmp_path / "sim.json")
 
     def cli(*args: str) -> tuple[int, str]:
@@ -240,7 +240,7 @@ def test_revert_brings_back_what_can_go_back_and_lists_the_rest(url: str, tmp_pa
         {"property": "media:hdc", "scope": "both", "value": "", "current": "/iso/b.iso"},
         {"property": "memory", "scope": "both", "value": GiB, "current": 6 * GiB},
         {"property": "vcpus", "scope": "persistent", "value": 2, "current": 3},
-        {"property": "max_memory", "scope": "persistent", "value": 4 * GiB, "current": 8 * GiB}], 0, head)
+        {"property": "max_memory", "scope": "persistent", "value": 4 * GiB, "current": 8 * GiB}], 3, head)
     assert (code, report["unrevertible"], [r["reason"] for r in report["records"]]) == (
         3, [{"property": "max_memory", "scope": "live", "value": 4 * GiB, "current": 8 * GiB,
              "why": "fixed while the domain runs: it changes at the next boot"}], [f"revert to #{a}"] * 4)
@@ -411,3 +411,25 @@ def test_the_history_of_a_period_and_its_pages_are_slices_of_the_whole_history(u
     assert found[2, 2, 0] == ["r3"] and found[4, 0, 0] == ["r4", "r5", "r6"]  # one instant; from just after r3
     assert refused == ["limit", "limit", "offset", "offset", "limit"]
     assert [r.request_id for r in whole if "in_flight" in {o.status for o in r.outcomes.values()}] == ["r6"]
+
+
+def test_diff_through_an_undefine_lists_the_persistent_values_going(url: str, tmp_path: Any,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """An undefine ends the persistent config: `diff` across it lists each persistent value going, at its event."""
+    sim = str(tmp_path / "sim.json")
+
+    async def story() -> int:
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim)) as ledger:
+            await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=2, max_vcpus=4)
+            await ledger.start("web")
+            await ledger.stop("web")
+            await ledger.undefine("web")
+            return await ledger.log.head()
+
+    head = asyncio.run(story())
+    capsys.readouterr()
+    code = main(["--db", url, "--hypervisor", f"sim:{sim}", "diff", "web", "--from", str(head - 1), "--json"])
+    found = json.loads(capsys.readouterr()[0])
+    assert (code, [(c["scope"], c["property"], c["before"], c["after"], c["event"]) for c in found["changes"]]) == (
+        0, [("persistent", p, v, None, "DomainUndefined") for p, v in (
+            ("max_memory", 4 * GiB), ("max_vcpus", 4), ("memory", GiB), ("numa_nodes", 1), ("vcpus", 2))])

@@ -223,3 +223,30 @@ def test_an_older_ledger_gets_the_filter_indexes_when_a_writer_opens_it(url: str
     rows = asyncio.run(older())
     names = sorted(sql.split()[5] for sql in FILTER_INDEXES)
     assert asyncio.run(reopened()) == (sorted(["events_recorded_at", *names]), rows)
+
+
+def test_types_are_any_collection_of_names_and_open_takes_flags_that_are_bools(tmp_path: Any) -> None:
+    """`types` takes a name, a list, a set or a dict's keys alike, never a mapping; `open` refuses `create="no"`."""
+    path = str(tmp_path / "l.db")
+
+    async def go() -> tuple[list[list[int]], str, list[str]]:
+        async with vmledger.open(path, hypervisor=SimulatedHypervisor(tmp_path / "sim.json")) as ledger:
+            await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=2, max_vcpus=4)
+            await ledger.start("web")
+            found = [[e.position async for e in ledger.events(types=types)] for types in (
+                "DomainStarted", ["DomainStarted"], {"DomainStarted"}, frozenset({"DomainStarted"}),
+                {"DomainStarted": 1}.keys())]
+            with pytest.raises(vmledger.InvalidRequestError) as mapping:
+                [e async for e in ledger.events(types={"DomainStarted": 1})]
+        refused = []
+        for flags in ({"create": "no"}, {"read_only": 1}):
+            with pytest.raises(vmledger.InvalidRequestError) as caught:
+                async with vmledger.open(str(tmp_path / "other.db"), **flags):
+                    pass
+            refused.append(str(caught.value))
+        return found, str(mapping.value), refused
+
+    found, mapping, refused = asyncio.run(go())
+    assert (found, mapping.startswith("types must be an event type's name or a collection of them"), refused) == (
+        [[2]] * 5, True, ["create must be true or false, not 'no'", "read_only must be true or false, not 1"])
+    assert not (tmp_path / "other.db").exists()

@@ -105,3 +105,20 @@ def _sampled(sampled: dict[tuple[str, str, int], timedelta], left_out: set[tuple
         if key not in left_out:
             summed[key[:2]] += time
     return {k: round(v.total_seconds(), 6) for k, v in summed.items() if v}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 10**7)), max_size=6))
+def test_time_in_drift_is_the_union_of_its_spans_to_the_microsecond(bounds: list[tuple[int, int]]) -> None:
+    """The seconds a set of spans covers is its union's microseconds over a million, with no float noise of a sum."""
+    from datetime import datetime, timezone
+
+    from vmledger._audit import _covered
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    spans = [(t0 + timedelta(microseconds=lo), t0 + timedelta(microseconds=hi)) for lo, hi in bounds]
+    union, reach = 0, 0
+    for lo, hi in sorted((lo, hi) for lo, hi in bounds if hi > lo):
+        union += max(0, hi - max(lo, reach))
+        reach = max(reach, hi)
+    assert _covered(spans) == union / 10**6
