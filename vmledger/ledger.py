@@ -503,20 +503,24 @@ class Ledger(Replaying):
         history = Model(states={requested_at.uuid: requested_at})
         history.feed_all(recorded)
         own = True
-        if decision.persistent_value is not None:
-            error = None
-            try:
-                await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
-            except VmledgerError as e:
-                error = str(e)
-            own = _outcomes_into(history, await self._retrying(
-                name, lambda s: decide_persistent(request, s, error) if _awaits(s, request, Scope.PERSISTENT.value) else (),
-                meta)) and own
-        if decision.live_value is not None:
-            result = await self._apply_live(name, prop, decision.live_value)
-            own = _outcomes_into(history, await self._retrying(
-                name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (),
-                meta)) and own
+        try:
+            if decision.persistent_value is not None:
+                error = None
+                try:
+                    await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
+                except VmledgerError as e:
+                    error = str(e)
+                own = _outcomes_into(history, await self._retrying(
+                    name, lambda s: decide_persistent(request, s, error) if _awaits(
+                        s, request, Scope.PERSISTENT.value) else (), meta)) and own
+            if decision.live_value is not None:
+                result = await self._apply_live(name, prop, decision.live_value)
+                own = _outcomes_into(history, await self._retrying(
+                    name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (),
+                    meta)) and own
+        except StorageError as e:  # the request is recorded: say which, and how it ends
+            raise StorageError(f"request {request.request_id} is recorded, but not all its outcomes: {e}; it stays "
+                               "in flight until observe resolves it") from e
         if own:
             return RequestRecord.from_dict(queries.history_record(history.history_row(request.request_id)))
         return await self.request(request.request_id)

@@ -120,10 +120,12 @@ def test_a_database_whose_events_table_is_somebody_elses_is_refused_and_left_alo
                                   "(its tables: events); vmledger adds nothing to it"] * 2, ["events"])
 
 
-def test_a_ledger_is_made_only_in_a_database_that_stores_any_text(pg_dsn: str) -> None:
+def test_a_ledger_is_made_only_in_a_database_that_stores_any_text(pg_dsn: str, tmp_path: object,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A LATIN1 database gets no new ledger (a request naming `€` would fail there for good); SQL_ASCII and UTF8 do."""
     from tests.pg import create_database
 
+    monkeypatch.chdir(tmp_path)  # the simulator keeps its state in the current directory
     async def made(dsn: str) -> str:
         try:
             async with vmledger.open(dsn) as ledger:
