@@ -82,6 +82,22 @@ def _run(cmd: list[str], log: str) -> None:
             f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()} {done.stdout.strip()}\n{tail}")
 
 
+#: The `pg_ctl` command line of each running cluster's server, by the DSN `cluster` gave.
+_SERVERS: dict[str, list[str]] = {}
+
+
+def stop_server(dsn: str) -> None:
+    """Stop the server of the cluster `cluster` gave `dsn` of, as a restart does (`start_server` starts it again)."""
+    command = _SERVERS[dsn]
+    _run([*command, "-m", "fast", "stop"], command[command.index("-l") + 1])
+
+
+def start_server(dsn: str) -> None:
+    """Start again the server `stop_server` stopped."""
+    command = _SERVERS[dsn]
+    _run([*command, "-t", "30", "start"], command[command.index("-l") + 1])
+
+
 @contextlib.contextmanager
 def cluster() -> Iterator[str]:
     """Start a private PostgreSQL cluster; yield the DSN of its empty database `vmledger`.
@@ -108,7 +124,9 @@ def cluster() -> Iterator[str]:
         started = True
         _run([*prefix, os.path.join(bindir, "createdb"), "-h", root, "-p", str(port),
               "-U", "postgres", _DATABASE], log)
-        yield f"postgresql://postgres@/{_DATABASE}?host={root}&port={port}"
+        dsn = f"postgresql://postgres@/{_DATABASE}?host={root}&port={port}"
+        _SERVERS[dsn] = [*prefix, os.path.join(bindir, "pg_ctl"), "-D", data, "-l", log, "-o", options, "-w"]
+        yield dsn
     finally:
         if started:
             subprocess.run([*prefix, os.path.join(bindir, "pg_ctl"), "-D", data, "-m", "immediate",

@@ -679,6 +679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(_LogLine(debug=args.debug))
     root = logging.getLogger()
     root.addHandler(handler)
+    if not args.debug:  # its pool's line a second while the server is down: the follower says it once
+        logging.getLogger("asyncpg").setLevel(logging.ERROR)
     try:
         return _main(args)
     finally:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 import os
 import re
 import urllib.parse
@@ -123,6 +124,9 @@ _WAITING = ("SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND
 #: Seconds a writer keeps the lock after its last batch, for the next append of a caller that appends again
 #: at once (a request's outcome after its intent): another process waits that long more, at most.
 _LINGER = 0.005
+#: A follower that cannot reach the server tries again after this many seconds, times the tries so far, at most five.
+_RECONNECT_SECONDS = 1.0
+_log = logging.getLogger("vmledger")
 #: Prepared statements the writing connection keeps (asyncpg's default is 100).
 _STATEMENTS = 1024
 #: The writing connection's planner settings.  A batch's statements each touch a few rows by key
@@ -926,21 +930,36 @@ class PostgresEventLog(LogReads):
 
         It listens before each catch-up read, so an append committed during
         the read still wakes it; a poll every `poll_interval` covers a lost
-        listening connection.
+        listening connection.  A server that cannot be reached (a restart, a
+        failover) is waited for, trying again every few seconds, with a
+        warning: it reads on from the last event it gave once it answers, so
+        it skips and repeats nothing.
 
         Raises:
-            StorageError: PostgreSQL failed or the ledger is closed.
+            StorageError: PostgreSQL failed otherwise, or the ledger is closed.
         """
-        last = from_position
+        last, lost = from_position, 0
         while True:
             try:
-                await self._listen()
-            except _DRIVER_ERRORS as e:
-                raise _storage_error(e) from e
-            woken = self._appended
-            async for rec in self.read_all(from_position=last):
-                yield rec
-                last = rec.position
+                try:
+                    await self._listen()
+                except _DRIVER_ERRORS as e:
+                    raise _storage_error(e) from e
+                if lost:
+                    _log.warning("following PostgreSQL again, from position %d", last)
+                    lost = 0
+                woken = self._appended
+                async for rec in self.read_all(from_position=last):
+                    yield rec
+                    last = rec.position
+            except StorageError as e:
+                if not self._open or e.__cause__ is None or not _lost(e.__cause__):
+                    raise
+                if not lost:
+                    _log.warning("%s; following again once it answers (from position %d)", e, last)
+                lost += 1
+                await asyncio.sleep(min(_RECONNECT_SECONDS * lost, 5 * _RECONNECT_SECONDS))
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll):
                     await woken.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.parse
 
 import pytest
@@ -149,3 +150,61 @@ def test_a_ledger_is_made_only_in_a_database_that_stores_any_text(pg_dsn: str, t
 
     assert (answers, refused.startswith("the PostgreSQL database 'in_latin1' is encoded in LATIN1"),
             asyncio.run(tables())) == (["web", "web"], True, 0)
+
+
+def test_a_follower_waits_for_a_restarted_server_and_skips_nothing(tmp_path: object,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subscriber whose server stops (a restart) waits for it, with a warning, then follows on: every event once, in order.
+
+    The server is a cluster of the test's own, stopped for three seconds
+    while the follower waits; events appended before and after reach it.
+    """
+    import logging
+
+    from tests.pg import cluster, start_server, stop_server
+
+    monkeypatch.chdir(tmp_path)
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("vmledger").addHandler(handler)
+
+    async def go(dsn: str) -> tuple[list[int], int]:
+        async with vmledger.open(dsn) as ledger:
+            await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=2, max_vcpus=4)
+            before = await ledger.log.head()
+        seen: list[int] = []
+        async with vmledger.open(dsn) as follower:
+            async def follow() -> None:
+                async for rec in follower.subscribe():
+                    seen.append(rec.position)
+
+            task = asyncio.create_task(follow())
+            try:
+                while len(seen) < before:
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(stop_server, dsn)
+                await asyncio.sleep(3)
+                await asyncio.to_thread(start_server, dsn)
+                async with vmledger.open(dsn) as ledger:
+                    await ledger.start("web")
+                    await ledger.set("web", "vcpus", 3)
+                    head = await ledger.log.head()
+                async with asyncio.timeout(30):
+                    while len(seen) < head:
+                        await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)  # nothing more comes
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return seen, head
+
+    try:
+        with cluster() as dsn:
+            seen, head = asyncio.run(go(dsn))
+    finally:
+        logging.getLogger("vmledger").removeHandler(handler)
+    assert seen == list(range(1, head + 1))
+    assert [w.split(";")[0].startswith("lost the connection to PostgreSQL") for w in warnings[:1]] == [True]
+    assert warnings[-1].startswith("following PostgreSQL again, from position ")
