@@ -549,7 +549,7 @@ class PostgresEventLog(LogReads):
             "ORDER BY table_name")]
         columns = [r[0] for r in await conn.fetch(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = 'events'")]
+            "AND table_name = 'events'")] if "events" in tables else []
         where = f"PostgreSQL database {_database(self.dsn)!r}"
         check_ledger_tables(tables, columns, create=self._create,
                             foreign=f"the {where} holds tables but no vmledger ledger",

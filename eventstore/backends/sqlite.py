@@ -115,7 +115,7 @@ def _check_ledger(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
     """
     tables = [name for name, in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-    columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")] if "events" in tables else []
     check_ledger_tables(tables, columns, create=create,
                         foreign=f"{path} is an SQLite database but not a vmledger ledger",
                         missing=f"no ledger at {path}: the file holds no ledger")

@@ -149,33 +149,23 @@ def test_sqlite_url_without_three_slashes_is_refused(cli: Cli, url: str, hint: s
                    f"e.g. {hint}\n")
 
 
-def test_foreign_sqlite_database_is_left_alone(cli: Cli) -> None:
-    """A database that holds somebody else's tables is refused by writes and reads alike, and not changed (issue 18)."""
+@pytest.mark.parametrize("table,columns", [("invoices", "id INTEGER PRIMARY KEY"),
+                                           ("events", "id INTEGER PRIMARY KEY, payload TEXT")])
+def test_foreign_sqlite_database_is_left_alone(cli: Cli, table: str, columns: str) -> None:
+    """A database that holds somebody else's tables is refused by writes and reads alike, and not changed (issue 18).
+
+    So is one whose `events` table is not the log's (other columns).
+    """
     conn = sqlite3.connect("other.sqlite")
-    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.execute(f"CREATE TABLE {table} ({columns})")
     conn.commit()
     conn.close()
     for command in (DEFINE_WEB, ("list",), ("init",)):
         code, out, err = cli("--db", "other.sqlite", *command)
         assert (code, out, err) == (2, "", "vmledger: error: other.sqlite is an SQLite database but not a vmledger "
-                                           "ledger (its tables: invoices); vmledger adds nothing to it\n")
+                                           f"ledger (its tables: {table}); vmledger adds nothing to it\n")
     conn = sqlite3.connect("other.sqlite")
-    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("invoices",)]
-    conn.close()
-
-
-def test_somebody_elses_table_named_events_is_no_ledger(cli: Cli) -> None:
-    """A database whose `events` table is not the log's (other columns) is refused as foreign, and not changed."""
-    conn = sqlite3.connect("app.sqlite")
-    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, payload TEXT)")
-    conn.commit()
-    conn.close()
-    for command in (DEFINE_WEB, ("list",), ("init",)):
-        code, out, err = cli("--db", "app.sqlite", *command)
-        assert (code, out, err) == (2, "", "vmledger: error: app.sqlite is an SQLite database but not a vmledger "
-                                           "ledger (its tables: events); vmledger adds nothing to it\n")
-    conn = sqlite3.connect("app.sqlite")
-    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("events",)]
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [(table,)]
     conn.close()
 
 
