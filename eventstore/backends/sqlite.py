@@ -8,6 +8,9 @@ function in that thread, one `BEGIN IMMEDIATE` transaction committed with
 `synchronous=FULL`, so a batch costs one thread hop and one `fsync`; its
 appends are checked, chained and folded in memory, then written with one
 statement per table, so it costs a few statements however many appends.
+The writer remembers the rows its batches read and wrote (`WriterMemory`)
+for as long as no other connection commits to the file (`PRAGMA
+data_version`), which spares a batch its reads.
 Reads use a second connection, through aiosqlite; WAL lets them run beside
 the writer, and a busy timeout lets several processes share the file.
 A third connection, in a thread of its own, copies committed pages from the
@@ -34,7 +37,7 @@ import aiosqlite
 import attrs
 
 from vmledger.eventstore.backends.common import (
-    COLUMNS, FILTER_INDEXES, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, batch_steps,
+    COLUMNS, FILTER_INDEXES, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, WriterMemory, batch_steps,
     check_ledger_tables, cpus,
 )
 from vmledger.eventstore.errors import LedgerNotFoundError, StorageError
@@ -274,6 +277,8 @@ class SQLiteEventLog(LogReads):
         self._read_lock = asyncio.Lock()
         self._appended = asyncio.Event()
         self._group = GroupCommit(self._commit_batch)
+        #: The writer thread's memory of the rows, with the `data_version` it holds for (see `_batch`).
+        self._memory: tuple[WriterMemory, int] | None = None
         #: Write transactions committed by this log: appends per commit shows group commit at work.
         self.commits = 0
         #: Whether opening rebuilt the projections, their rows made by another version's fold rules.
@@ -427,10 +432,14 @@ class SQLiteEventLog(LogReads):
         Raises:
             StorageError: SQLite failed; nothing of `fn`'s writes was kept.
         """
+        return await self._in_writer(self._atomically, fn, *args)
+
+    async def _in_writer(self, job: Callable[..., T], *args: Any) -> T:
+        """Run `job(*args)`, which commits one write transaction or none, in the writer thread (see `_write`)."""
         async with self._lock:
             # Shielded: once the thread runs it, the transaction commits or rolls back whole.  Should the
             # caller be cancelled meanwhile, nobody is left to tell how it ended (see `_retrieved`).
-            done = asyncio.ensure_future(self._run(self._atomically, fn, *args))
+            done = asyncio.ensure_future(self._run(job, *args))
             done.add_done_callback(_retrieved)
             try:
                 result = await asyncio.shield(done)
@@ -451,6 +460,7 @@ class SQLiteEventLog(LogReads):
 
     def _atomically(self, fn: Callable[..., T], *args: Any) -> T:
         conn = self._need_writer()
+        self._memory = None  # kept only by the batches that commit (`_batch`)
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn, *args)
@@ -488,10 +498,37 @@ class SQLiteEventLog(LogReads):
         return await self._group.append(stream, expected_version, events, metadata, now)
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
-        """Write the appends `take` gives in one transaction, in the writer thread (see `batch_steps`)."""
-        batch = take()
-        return await self._write(
-            lambda conn: run_steps_sync(SyncTx(conn), batch_steps(self._projector.batch(), batch)))
+        """Write the appends `take` gives in one transaction, in the writer thread (see `_batch`)."""
+        return await self._in_writer(self._batch, take())
+
+    def _batch(self, batch: list[PendingAppend]) -> list[Outcome]:
+        """Commit a batch of appends (see `batch_steps`), seeded from the writer's memory where it still holds.
+
+        The memory holds while no other connection has committed since it
+        was kept: SQLite's `data_version` moves with any other connection's
+        commit (a checkpoint's too, harmlessly), never with this one's.  It
+        is kept once the batch commits, and dropped by any other write.
+        """
+        kept, box = self._memory, []
+
+        def write(conn: sqlite3.Connection) -> list[Outcome]:  # box: the memory the batch used, and its version
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            box[:] = [kept[0] if kept is not None and kept[1] == version else WriterMemory(), version]
+            try:
+                return run_steps_sync(SyncTx(conn), batch_steps(self._projector.batch(), batch, box[0]))
+            except sqlite3.IntegrityError:
+                if not box[0].recalled:
+                    raise
+            # The batch, written from memory without reads, inserted a new request's id the file already
+            # held, one the memory had let go: it runs again, from the start, with reads.
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            box[:] = [WriterMemory(), conn.execute("PRAGMA data_version").fetchone()[0]]
+            return run_steps_sync(SyncTx(conn), batch_steps(self._projector.batch(), batch, box[0]))
+
+        outcomes = self._atomically(write)
+        self._memory = (box[0], box[1])
+        return outcomes
 
     async def import_rows(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> None:
         """Insert already-chained rows verbatim into the empty log, with their projections, in one transaction.

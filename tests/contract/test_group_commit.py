@@ -290,23 +290,62 @@ async def _in_two_opens(places: Places, before: Appends, appends: Appends) -> tu
         return answers, await table_rows(log.fetch_all), [r.hash async for r in log.read_all()]
 
 
-def test_a_writers_memory_of_its_rows_gives_what_reading_them_gives(pg_dsn: str, tmp_path: Any) -> None:
-    """PostgreSQL appends written from the writer's memory, without reads, get what SQLite's, which read, get.
+async def _each_in_an_open(places: Places, before: Appends, appends: Appends) -> tuple:
+    """As `_in_two_opens`, but each append in a log opened anew: a writer whose memory is always empty, which reads."""
+    answers: list = []
+    for i, append in enumerate(before + appends):
+        async with places.open("each", empty=i == 0) as log:
+            answers += await _one_at_a_time(log, [append])
+    async with places.open("each", empty=False) as log:
+        return answers, await table_rows(log.fetch_all), [r.hash async for r in log.read_all()]
+
+
+def test_a_writers_memory_of_its_rows_gives_what_reading_them_gives(places: Places) -> None:
+    """Appends written from the writer's memory, without reads, get what they get from a writer that reads each time.
 
     The writer's memory starts empty when it opens the log again, so it
     does not know the requests of `before`: a new request reusing one of
     their ids must be refused as a duplicate all the same.
     """
-    sqlite, postgres = Places("sqlite", str(tmp_path), None), Places("postgres", str(tmp_path), pg_dsn)
-
-    @settings(database=None, deadline=None, max_examples=_EXAMPLES["postgres"])
+    @settings(database=None, deadline=None, max_examples=_EXAMPLES[places.backend] // 2)
     @given(_APPENDS, _APPENDS)
     # The stream is in the memory (its append before), the request id r1 is not: its row is stored.
     @example([("a", 0, [("define", "x", "r1"), ("requested", "x", "r1")])],
              [("a", 2, [("start", "x", "r1")]), ("a", 3, [("requested", "x", "r1")]),
               ("a", 3, [("requested", "x", "r2")])])
     def check(before: Appends, appends: Appends) -> None:
-        assert asyncio.run(_in_two_opens(postgres, before, appends)) == asyncio.run(
-            _in_two_opens(sqlite, before, appends))
+        assert asyncio.run(_in_two_opens(places, before, appends)) == asyncio.run(
+            _each_in_an_open(places, before, appends))
+
+    check()
+
+
+def test_two_writers_on_one_file_each_see_what_the_other_wrote(tmp_path: Any) -> None:
+    """Two SQLite logs on one file, appending in turn, get what one log gets: a writer's memory yields to the other's commits.
+
+    As two processes would: each writer remembers the rows its batches
+    wrote, and must read again once the other has committed.
+    """
+    places = Places("sqlite", str(tmp_path), None)
+
+    async def two(appends: Appends, writers: list[int]) -> tuple:
+        async with places.open("shared") as first, places.open("shared", empty=False) as second:
+            answers: list = []
+            for append, w in zip(appends, writers):
+                answers += await _one_at_a_time((first, second)[w], [append])
+            return answers, await table_rows(first.fetch_all), [r.hash async for r in first.read_all()]
+
+    async def one(appends: Appends) -> tuple:
+        async with places.open("alone") as log:
+            return await _one_at_a_time(log, appends), await table_rows(log.fetch_all), [
+                r.hash async for r in log.read_all()]
+
+    @settings(database=None, deadline=None, max_examples=_EXAMPLES["sqlite"])
+    @given(_APPENDS, st.lists(st.integers(0, 1), min_size=12, max_size=12))
+    # The second writer defines x and requests r1 between the first's appends to the same stream.
+    @example([("a", 0, [("define", "x", "r1")]), ("a", 1, [("requested", "x", "r1")]),
+              ("a", 2, [("requested", "x", "r1")]), ("a", 2, [("requested", "x", "r2")])], [0, 1, 0, 0] + [0] * 8)
+    def check(appends: Appends, writers: list[int]) -> None:
+        assert asyncio.run(two(appends, writers)) == asyncio.run(one(appends))
 
     check()

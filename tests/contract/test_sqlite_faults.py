@@ -259,9 +259,12 @@ _CANCELLED_CLOSE = """
 import asyncio, sys, threading, uuid
 from datetime import datetime, timezone
 from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.backends import sqlite
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.ledger import Ledger
 from vmledger.projections.store import TableProjector
+
+sqlite._CHECKPOINT_SECONDS = 2  # the checkpointer waits this long after a commit: the close waits for it
 
 async def main(db):
     log = SQLiteEventLog(db, TableProjector())
@@ -269,8 +272,9 @@ async def main(db):
     ledger = Ledger(log, SimulatedHypervisor.for_database(db), clock=lambda: datetime.now(timezone.utc),
                     new_id=lambda: uuid.uuid4().hex)
     await ledger.define("web", guest_type="pv", memory=2**30, max_memory=2**32, vcpus=2, max_vcpus=4)
+    await asyncio.sleep(0.2)  # the checkpointer, nudged by the commits, wakes, then waits 2 s
     closing = asyncio.ensure_future(log.aclose())
-    await asyncio.sleep(0.01)  # a commit just nudged the checkpointer: the close waits for it
+    await asyncio.sleep(0.01)  # the close waits for the checkpointer
     closing.cancel()
     try:
         await closing
