@@ -3,7 +3,7 @@
 It drives any libvirt driver through libvirt-python (`pip install
 'vmledger[libvirt]'`), which is imported only when an adapter is made, so this
 module imports without it.  Every blocking libvirt call runs in a thread
-(`asyncio.to_thread`) under a timeout, on one connection opened on first use
+(a daemon thread: see `_threads`) under a timeout, on one connection opened on first use
 and opened again once it died (libvirtd restarted); libvirt connections are
 thread-safe.
 
@@ -26,6 +26,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Any, Callable, TypeVar
 
+from vmledger.adapters._threads import in_thread
 from vmledger.eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Reason, size_text
 from vmledger.eventstore.errors import HypervisorError
 from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
@@ -198,7 +199,7 @@ class LibvirtHypervisor:
             TimeoutError: libvirt did not answer within `timeout`.
         """
         async with asyncio.timeout(self.timeout):
-            return await asyncio.to_thread(fn, *args)
+            return await in_thread(fn, *args)
 
     async def _lifecycle(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a call whose failure is the caller's error: libvirt errors become `HypervisorError`."""

@@ -17,6 +17,7 @@ import time
 import uuid
 from typing import IO, Any, Callable
 
+from vmledger.adapters._threads import in_thread
 from vmledger.eventstore.catalogue import (
     CATALOGUE,
     MEDIA_PREFIX,
@@ -203,7 +204,7 @@ class SimulatedHypervisor:
         result = await self._run(lambda state: _apply_live(state, name, prop, value))
         if isinstance(result, _Late):
             # Like a blocking hypervisor call: the caller's timeout cannot stop the thread.
-            return await asyncio.to_thread(self._answer_late, name, prop, value)
+            return await in_thread(self._answer_late, name, prop, value)
         if isinstance(result, _Hang):
             await asyncio.sleep(self.hang_seconds)
             return LiveResult.failed(result.current, Reason.TIMEOUT, "hypervisor did not answer")
@@ -413,7 +414,7 @@ class SimulatedHypervisor:
         while self._queue:
             batch, self._queue = self._queue, []
             try:
-                answers = await asyncio.to_thread(self._transact_all, [(fn, write) for fn, write, _ in batch])
+                answers = await in_thread(self._transact_all, [(fn, write) for fn, write, _ in batch])
             except BaseException as e:
                 for _, _, future in batch:
                     if not future.done():

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import signal
+import subprocess
 import threading
 import time
 from typing import Any, Iterator
@@ -406,6 +407,34 @@ def test_sigterm_lets_a_request_in_flight_finish_with_its_outcomes(tmp_path: Any
     assert (status, answers[0].status_code, outcomes["persistent"]["status"], outcomes["live"]["status"],
             outcomes["live"]["reason"]) == (0, 201, "applied", "failed", "timeout")
     assert [(line["status"], dt.datetime.fromisoformat(line["time"]) > signalled) for line in logged] == [(201, True)]
+
+
+def test_sigterm_ends_the_server_while_a_hypervisor_call_never_returns(tmp_path: Any) -> None:
+    """A hypervisor call blocked in its thread (the simulator's `late` fault, an hour) does not keep the server alive.
+
+    The request is answered at the server's timeout (0.5 s); the thread
+    sleeps on.  SIGTERM then ends the process at once, where joining that
+    thread at exit kept it for the hour.
+    """
+    need_serve()
+    db = f"sqlite:///{tmp_path}/ledger.db"
+    with served(db, str(tmp_path / "server.log")) as server:
+        with server.client("alice") as c:
+            assert c.post("/v1/domains", json=WEB).status_code == 201
+            assert c.post("/v1/domains/web/start").status_code == 200
+            assert c.post("/v1/sim/fail", json={"domain": "web", "property": "memory", "kind": "late"}
+                          ).status_code == 204
+            answer = c.post("/v1/domains/web/requests", json={"property": "memory", "value": 2 * GiB,
+                                                              "scope": "live"})
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            status = server.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            status = None
+        took = time.monotonic() - started
+    live = answer.json()["outcomes"]["live"]
+    assert (answer.status_code, live["status"], live["reason"], status) == (201, "failed", "timeout", 0), took
 
 
 def _requested(path: Any) -> bool:
