@@ -9,6 +9,7 @@ SIGTERM.  The threads here are daemons, kept a while for the next calls.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from typing import Any, Callable, TypeVar
@@ -59,6 +60,15 @@ class _Threads:
 
 
 _threads = _Threads()
+
+
+def _forked() -> None:
+    """Start a forked child with no thread counted idle: a fork copies the calling thread alone."""
+    global _threads
+    _threads = _Threads()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:

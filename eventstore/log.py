@@ -8,7 +8,7 @@ import functools
 import hashlib
 import threading
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Iterable, Protocol, Sequence, TypeVar
+from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Generator, Iterable, Protocol, Sequence, TypeVar
 
 import attrs
 
@@ -389,6 +389,14 @@ class EventLog(Protocol):
         Raises:
             ConcurrencyError: the stream is at another version.
             StorageError: the backend failed; nothing was appended.
+        """
+        ...
+
+    def exclusive(self, stream: str) -> AsyncContextManager[None]:
+        """Hold, for the block, the lock of `stream` that every process writing this log honours.
+
+        Raises:
+            StorageError: the log is closed or read-only, or the lock cannot be taken.
         """
         ...
 

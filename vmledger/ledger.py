@@ -36,6 +36,7 @@ from vmledger.eventstore.catalogue import (
     shown,
 )
 from vmledger.eventstore.decisions import (
+    Decision,
     SetRequest,
     decide_live,
     decide_observed,
@@ -504,26 +505,40 @@ class Ledger(Replaying):
         history.feed_all(recorded)
         own = True
         try:
-            if decision.persistent_value is not None:
-                error = None
-                try:
-                    await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
-                except VmledgerError as e:
-                    error = str(e)
-                own = _outcomes_into(history, await self._retrying(
-                    name, lambda s: decide_persistent(request, s, error) if _awaits(
-                        s, request, Scope.PERSISTENT.value) else (), meta)) and own
-            if decision.live_value is not None:
-                result = await self._apply_live(name, prop, decision.live_value)
-                own = _outcomes_into(history, await self._retrying(
-                    name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (),
-                    meta)) and own
+            # The hypervisor calls and the outcomes they make reach the hypervisor and the log in one order,
+            # whichever process asks: without it, two requests of one property could leave the log saying
+            # one value and the hypervisor holding the other, each request recorded applied.
+            if decision.persistent_value is not None or decision.live_value is not None:
+                async with self.log.exclusive(requested_at.uuid):
+                    own = await self._apply(request, decision, history, meta)
         except StorageError as e:  # the request is recorded: say which, and how it ends
             raise StorageError(f"request {request.request_id} is recorded, but not all its outcomes: {e}; it stays "
                                "in flight until observe resolves it") from e
         if own:
             return RequestRecord.from_dict(queries.history_record(history.history_row(request.request_id)))
         return await self.request(request.request_id)
+
+    async def _apply(self, request: SetRequest, decision: Decision, history: Model, meta: Metadata) -> bool:
+        """Ask the hypervisor for a recorded request's change and record the outcomes, into `history`.
+
+        Returns whether every outcome is this caller's own (another writer, a stop say, may have settled one).
+        """
+        name, prop, own = request.domain, request.property, True
+        if decision.persistent_value is not None:
+            error = None
+            try:
+                await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
+            except VmledgerError as e:
+                error = str(e)
+            own = _outcomes_into(history, await self._retrying(
+                name, lambda s: decide_persistent(request, s, error) if _awaits(
+                    s, request, Scope.PERSISTENT.value) else (), meta)) and own
+        if decision.live_value is not None:
+            result = await self._apply_live(name, prop, decision.live_value)
+            own = _outcomes_into(history, await self._retrying(
+                name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (),
+                meta)) and own
+        return own
 
     async def _find_for_request(self, name: str) -> DomainState | None:
         check_name(name)

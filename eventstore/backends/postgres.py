@@ -31,7 +31,7 @@ import os
 import re
 import urllib.parse
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 
 import asyncpg
 import attrs
@@ -41,6 +41,7 @@ from vmledger.eventstore.backends.common import (
     COLUMNS, FILTER_INDEXES, INSERT, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, WriterMemory,
     batch_steps, check_ledger_tables,
 )
+from vmledger.eventstore.backends.locks import KeyLocks
 from vmledger.eventstore.codec import dumps_plain
 from vmledger.eventstore.errors import InvalidRequestError, StorageError
 from vmledger.eventstore.events import Event
@@ -113,6 +114,12 @@ CHANNEL = "vmledger_events"
 #: The advisory lock key every append (and schema set-up) holds: "vmledger" in ASCII.
 #: Operators find its holder in `pg_locks` (locktype advisory, classid 1986882661, objid 1684497778).
 APPEND_LOCK = 0x766D6C6564676572
+
+#: The first key of the advisory locks by stream (`exclusive`), "vmlg"; the second is the stream's (`locks.key_of`).
+#: Two int4 keys, apart from APPEND_LOCK's bigint key space (`objsubid` 2 in `pg_locks`).
+STREAM_LOCKS = 0x766D6C67
+
+_UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
 
 #: Seconds a writer keeps the append lock for its session at most, while its appends keep coming, when
 #: another process waits for it (`_WAITING`): then it gives the lock back, and queues behind the others.
@@ -493,6 +500,10 @@ class PostgresEventLog(LogReads):
         self._memory = WriterMemory()
         self._appended = asyncio.Event()
         self._group = GroupCommit(self._commit_batch, idle=self._idle, linger=_LINGER)
+        #: The connection whose session holds the locks by stream (`exclusive`), one statement at a time.
+        self._locker: asyncpg.Connection | None = None
+        self._locker_turn = asyncio.Lock()
+        self._locks = KeyLocks(self._lock_stream, self._unlock_stream)
         #: Write transactions committed by this log: appends per commit shows group commit at work.
         self.commits = 0
         #: Whether opening rebuilt the projections, their rows made by another version's fold rules.
@@ -570,9 +581,9 @@ class PostgresEventLog(LogReads):
         """Finish the appends under way, then close every connection: the writer, the readers and the listener."""
         await self._group.drain()
         self._open = False
-        listener, writer, pool = self._listener, self._writer, self._pool
-        self._listener = self._writer = self._pool = None
-        for conn in (listener, writer):
+        listener, writer, locker, pool = self._listener, self._writer, self._locker, self._pool
+        self._listener = self._writer = self._locker = self._pool = None
+        for conn in (listener, writer, locker):
             if conn is not None:
                 try:
                     await conn.close(timeout=5)
@@ -774,6 +785,54 @@ class PostgresEventLog(LogReads):
         """
         self._need_open()
         return await self._group.append(stream, expected_version, events, metadata, now)
+
+    def exclusive(self, stream: str) -> AsyncContextManager[None]:
+        """Hold the lock of `stream` that every process writing this database honours, for the block (see `locks`).
+
+        An advisory lock of a session of its own: should that session end
+        (the server restarted), the lock is gone with it.
+
+        Raises:
+            StorageError: the ledger is closed or read-only, or the server cannot be reached.
+        """
+        self._need_open()
+        if self.read_only:
+            raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
+        return self._locks.hold(stream)
+
+    async def _locking(self, sql: str, key: int) -> Any:
+        """Run one lock statement on the locking session, connecting it first if need be; shielded."""
+        async def run() -> Any:
+            async with self._locker_turn:
+                if self._locker is None or self._locker.is_closed():
+                    self._need_open()
+                    self._locker = await self._connect()
+                try:
+                    return await self._locker.fetchval(sql, STREAM_LOCKS, key - (1 << 32) if key >= 1 << 31 else key)
+                except BaseException:
+                    self._locker.terminate()  # its locks go with it
+                    self._locker = None
+                    raise
+        task = asyncio.ensure_future(run())
+        try:
+            return await asyncio.shield(task)
+        except _DRIVER_ERRORS as e:
+            raise _storage_error(e) from e
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(self._locked_unawaited, sql, key))
+            raise
+
+    def _locked_unawaited(self, sql: str, key: int, task: asyncio.Task[Any]) -> None:
+        """Give back a lock the server granted to a caller cancelled meanwhile: nobody is left to hold it."""
+        if not task.cancelled() and task.exception() is None and task.result() and sql != _UNLOCK:
+            unlock = asyncio.ensure_future(self._locking(_UNLOCK, key))
+            unlock.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _lock_stream(self, key: int) -> bool:
+        return bool(await self._locking("SELECT pg_try_advisory_lock($1, $2)", key))
+
+    async def _unlock_stream(self, key: int) -> None:
+        await self._locking(_UNLOCK, key)
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
         """Write the appends `take` gives in one statement, under the append lock of the session (see `batch_steps`).

@@ -31,7 +31,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, AsyncContextManager, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence, TypeVar
 
 import aiosqlite
 import attrs
@@ -40,6 +40,7 @@ from vmledger.eventstore.backends.common import (
     COLUMNS, FILTER_INDEXES, SCAN_COLUMNS, GroupCommit, LogReads, Outcome, PendingAppend, WriterMemory, batch_steps,
     check_ledger_tables, cpus,
 )
+from vmledger.eventstore.backends.locks import FileLocks, KeyLocks
 from vmledger.eventstore.errors import LedgerNotFoundError, StorageError
 from vmledger.eventstore.events import Event
 from vmledger.eventstore.log import Metadata, Projector, RecordedEvent, Step, run_steps_sync, stopping, uncancelled
@@ -122,6 +123,23 @@ def _check_ledger(conn: sqlite3.Connection, path: str, *, create: bool) -> None:
     check_ledger_tables(tables, columns, create=create,
                         foreign=f"{path} is an SQLite database but not a vmledger ledger",
                         missing=f"no ledger at {path}: the file holds no ledger")
+
+
+def _in_process() -> KeyLocks:
+    """Return locks that order this process's tasks alone: an in-memory database has no other process."""
+    async def held(key: int) -> bool:
+        return True
+
+    async def freed(key: int) -> None:
+        return None
+    return KeyLocks(held, freed)
+
+
+def _file_locks(path: str) -> FileLocks:
+    try:
+        return FileLocks(path)
+    except OSError as e:
+        raise StorageError(f"cannot open the lock file {path}: {e.strerror}") from e
 
 
 class SyncTx:
@@ -271,6 +289,8 @@ class SQLiteEventLog(LogReads):
         self._max_pages = None if max_pages is None else int(max_pages)
         self._thread: ThreadPoolExecutor | None = None
         self._checkpointer: _Checkpointer | None = None
+        #: The locks by stream every writing process honours (`exclusive`); None until open.
+        self._locks: KeyLocks | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -401,6 +421,9 @@ class SQLiteEventLog(LogReads):
 
     async def _close(self) -> None:
         await self._group.drain()
+        if isinstance(self._locks, FileLocks):
+            self._locks.close()
+        self._locks = None
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.close)
             self._checkpointer = None
@@ -496,6 +519,17 @@ class SQLiteEventLog(LogReads):
         """
         self._need_writer()
         return await self._group.append(stream, expected_version, events, metadata, now)
+
+    def exclusive(self, stream: str) -> AsyncContextManager[None]:
+        """Hold the lock of `stream` that every process writing this file honours, for the block (see `locks`).
+
+        Raises:
+            StorageError: the ledger is closed or read-only, or the lock file cannot be locked.
+        """
+        self._need_writer()
+        if self._locks is None:  # made on first use: a ledger no `set` writes to, or read-only, needs none
+            self._locks = _in_process() if self.path == ":memory:" else _file_locks(self.path + "-locks")
+        return self._locks.hold(stream)
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
         """Write the appends `take` gives in one transaction, in the writer thread (see `_batch`)."""

@@ -10,6 +10,7 @@ suites cover at length, runs 200 per writer.  `VMLEDGER_RACE_N` overrides both.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 from typing import Any
@@ -102,3 +103,58 @@ def test_writers_in_two_processes_lose_nothing(request: pytest.FixtureRequest, t
     assert {o["status"] for r in history for o in r["outcomes"].values()} == {"applied"}
     assert seen == list(range(1, head + 1))
     assert head == start + 8 * n * 2
+
+
+ROUNDS = 25
+
+
+def _rival(url: str, sim: str, k: int, barrier: Any, found: Any) -> None:
+    """Set one domain's memory, both scopes, at the same moment as the other rival, round after round."""
+    async def main() -> None:
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim), busy_timeout=60) as ledger:
+            meet = functools.partial(asyncio.to_thread, barrier.wait)  # the event loop runs meanwhile
+            for r in range(ROUNDS):
+                await meet()
+                await ledger.set("web", "memory", (1024 + 2 * r + k) * 2**20, principal=f"p{k}")
+                await meet()
+                if k == 0:  # what the hypervisor holds, as observed, must be what the log says
+                    found.put((r, [rec.type for rec in await ledger.observe("web")]))
+                await meet()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_processes_setting_one_property_leave_the_log_saying_what_the_hypervisor_holds(
+        request: pytest.FixtureRequest, tmp_path: Any, backend: str) -> None:
+    """Two processes set one domain's memory at once, 25 times: each time the log ends with the hypervisor's value.
+
+    The hypervisor calls and outcomes of one domain's requests reach the
+    hypervisor and the log in one order, whichever process makes them
+    (`EventLog.exclusive`): else the outcome committed last could be the
+    one whose call came first, and `observe` then finds the other value,
+    recording as an out-of-band change what the ledger itself did.
+    """
+    import multiprocessing
+
+    url = str(tmp_path / "race.db") if backend == "sqlite" else request.getfixturevalue("pg_database")
+    sim = str(tmp_path / "sim.json")
+
+    async def define() -> None:
+        async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim)) as ledger:
+            await ledger.define("web", guest_type="pv", memory=2**30, max_memory=2**33, vcpus=1, max_vcpus=2)
+            await ledger.start("web")
+
+    asyncio.run(define())
+    spawn = multiprocessing.get_context("spawn")
+    barrier, found = spawn.Barrier(2), spawn.Queue()
+    rivals = [spawn.Process(target=_rival, args=(url, sim, k, barrier, found)) for k in (0, 1)]
+    for p in rivals:
+        p.start()
+    try:
+        rounds = [found.get(timeout=120) for _ in range(ROUNDS)]
+    finally:
+        for p in rivals:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert ([p.exitcode for p in rivals], rounds) == ([0, 0], [(r, []) for r in range(ROUNDS)])

@@ -60,3 +60,20 @@ def test_a_thread_idle_past_its_time_ends(monkeypatch: pytest.MonkeyPatch) -> No
         time.sleep(0.01)
     ran[0].join(5)
     assert (ran[0].is_alive(), pool._idle) == (False, 0)
+
+
+def test_a_forked_child_calls_in_threads_of_its_own() -> None:
+    """A fork copies the calling thread alone: a child must not count its parent's idle threads as its own."""
+    import multiprocessing
+
+    asyncio.run(in_thread(lambda: None))  # the parent has an idle thread now
+    fork = multiprocessing.get_context("fork")
+    answers = fork.Queue()
+    child = fork.Process(target=lambda: answers.put(asyncio.run(in_thread(lambda: 42))))
+    child.start()
+    try:
+        assert answers.get(timeout=30) == 42
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()

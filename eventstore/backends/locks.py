@@ -1,0 +1,108 @@
+"""Locks by key that every process writing one ledger honours: what orders their requests' hypervisor calls.
+
+A request's hypervisor calls and the outcomes they make must reach the
+hypervisor and the log in one order: two processes setting one property of
+one domain at once must not leave the log saying one value while the
+hypervisor holds the other.  `Ledger.set` holds its domain's lock from its
+first hypervisor call until its last outcome is committed.
+
+On SQLite the locks are byte-range locks of a file beside the database
+(`<database>-locks`, empty), one byte per key: Linux's open file description
+locks, which the kernel frees when their process ends, however it ends.  On
+PostgreSQL they are the session's advisory locks (`PostgresEventLog.exclusive`).
+Within a process an `asyncio.Lock` per key comes first, so that a key is
+asked of the kernel or the server by one task at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import weakref
+import zlib
+from typing import AsyncIterator, Awaitable, Callable
+
+from vmledger.eventstore.errors import StorageError
+
+__all__ = ["KeyLocks", "FileLocks", "key_of"]
+
+#: The first and the longest pause between two tries of a lock another process holds.
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.001, 0.05
+
+
+def key_of(name: str) -> int:
+    """Return the 32-bit key of a name (a stream): two names may share one, which only orders them too."""
+    return zlib.crc32(name.encode("utf-8", "surrogatepass"))
+
+
+class KeyLocks:
+    """Hold one key at a time per task of this process, then across processes through `try_lock` and `unlock`."""
+
+    def __init__(self, try_lock: Callable[[int], Awaitable[bool]], unlock: Callable[[int], Awaitable[None]]) -> None:
+        self._try_lock, self._unlock = try_lock, unlock
+        self._local: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        """Hold the lock of `name` for the block, waiting for whoever holds it first."""
+        key = key_of(name)
+        local = self._local.get(key)
+        if local is None:
+            local = self._local[key] = asyncio.Lock()
+        async with local:
+            pause = _FIRST_PAUSE
+            while not await self._try_lock(key):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _LONGEST_PAUSE)
+            try:
+                yield
+            finally:
+                await self._unlock(key)
+
+
+# `struct flock` of Linux: l_type, l_whence (shorts), l_start, l_len (off_t), l_pid, and padding.
+_FLOCK = "hhqqi4x"
+# Open file description locks: owned by the open file, so two ledgers of one process exclude each other,
+# and closing another descriptor of the file frees none.  Elsewhere, POSIX locks, owned by the process.
+_SETLK = getattr(fcntl, "F_OFD_SETLK", fcntl.F_SETLK)
+
+
+class FileLocks(KeyLocks):
+    """`KeyLocks` held as byte-range locks of a file, one byte per key.
+
+    Raises:
+        OSError: the file cannot be opened or made.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        super().__init__(self._try, self._free)
+
+    def close(self) -> None:
+        """Close the file, which frees every lock it holds."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _set(self, kind: int, key: int) -> None:
+        fcntl.fcntl(self._fd, _SETLK, struct.pack(_FLOCK, kind, os.SEEK_SET, key, 1, 0))
+
+    async def _try(self, key: int) -> bool:
+        try:
+            self._set(fcntl.F_WRLCK, key)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise StorageError(f"cannot lock {self.path}: {e.strerror}") from e
+        return True
+
+    async def _free(self, key: int) -> None:
+        try:
+            self._set(fcntl.F_UNLCK, key)
+        except OSError as e:
+            raise StorageError(f"cannot unlock {self.path}: {e.strerror}") from e

@@ -1,0 +1,67 @@
+"""Locks by stream on SQLite (`eventstore.backends.locks.FileLocks`): they exclude other opens and other processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from vmledger.eventstore.backends.locks import FileLocks, key_of
+
+_HOLDER = """
+import fcntl, sys, time
+from vmledger.eventstore.backends.locks import FileLocks, key_of
+locks = FileLocks(sys.argv[1])
+locks._set(fcntl.F_WRLCK, key_of("web"))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_two_opens_of_the_lock_file_exclude_each_other_by_stream(tmp_path: Any) -> None:
+    first, second = FileLocks(str(tmp_path / "l-locks")), FileLocks(str(tmp_path / "l-locks"))
+
+    async def go() -> list:
+        seen = []
+        async with first.hold("web"):
+            seen += [await second._try(key_of("web")), await second._try(key_of("db"))]
+            await second._free(key_of("db"))
+            held = second.hold("web")
+            waiting = asyncio.ensure_future(held.__aenter__())
+            await asyncio.sleep(0.05)
+            seen.append(waiting.done())
+        await asyncio.wait_for(waiting, 5)
+        seen.append(await first._try(key_of("web")))
+        await held.__aexit__(None, None, None)
+        seen.append(await first._try(key_of("web")))
+        return seen
+
+    try:
+        assert asyncio.run(go()) == [False, True, False, False, True]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_lock_of_a_killed_process_is_free(tmp_path: Any) -> None:
+    path = str(tmp_path / "l-locks")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, path],
+                              stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    locks = FileLocks(path)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        before = asyncio.run(locks._try(key_of("web")))
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+        after = asyncio.run(locks._try(key_of("web")))
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        assert holder.stdout is not None
+        holder.stdout.close()
+        locks.close()
+    assert (before, after) == (False, True)
