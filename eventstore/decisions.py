@@ -209,7 +209,12 @@ def decide_live(request: SetRequest, state: DomainState, result: LiveResult) -> 
         outcome = Outcome.PARTIALLY_APPLIED  # the hypervisor said yes but delivered less
     if outcome is Outcome.REQUESTED:
         raise ValueError("a live result cannot be Requested")
-    return (_outcome(request, Scope.LIVE.value, outcome, in_force, result.reason, result.message),)
+    made = _outcome(request, Scope.LIVE.value, outcome, in_force, result.reason, result.message)
+    if outcome in (Outcome.REFUSED, Outcome.FAILED) and live is not None and in_force != live.value:
+        # The domain holds a value the log does not explain, which this request did not make: a change
+        # made behind the ledger's back, recorded as `observe` would, so that the outcome's value is in force.
+        return LiveValueObserved(property=request.property, value=in_force, previous=live.value), made
+    return (made,)
 
 
 
@@ -264,12 +269,18 @@ def _resolve_live(state: DomainState, pending: Pending, actual: Value | None) ->
     before = state.live.get(pending.property)
     if actual == pending.requested:
         result = LiveResult.applied(actual)
-    elif actual is not None and before is not None and actual != before.value:
+    elif before is not None and _between(before.value, actual, pending.requested):
         result = LiveResult.partial(actual, "resolved by observation")
-    else:
+    else:  # kept its value, or moved where the request did not lead it: an out-of-band change (`decide_live`)
         result = LiveResult.failed(actual, Reason.HYPERVISOR_ERROR,
                                    "the request's outcome was never recorded; the domain kept its value")
     return decide_live(_as_request(state, pending, Scope.LIVE.value), state, result)
+
+
+def _between(before: Value | None, actual: Value | None, requested: Value) -> bool:
+    """Tell whether a number moved from `before` toward `requested` without reaching it: what a partial change does."""
+    numbers = [x for x in (before, actual, requested) if isinstance(x, int) and not isinstance(x, bool)]
+    return len(numbers) == 3 and (before < actual < requested or requested < actual < before)  # type: ignore[operator]
 
 
 def _persistent_observed(state: DomainState, persistent: Mapping[str, Value], awaited: set[str]) -> list[Event]:

@@ -115,6 +115,43 @@ def test_failed_live_answer_keeps_value_in_force() -> None:
     assert (event.outcome, event.value, event.reason, event.message) == (Outcome.FAILED, GiB, "timeout", "late")
 
 
+@pytest.mark.parametrize("answer", [
+    LiveResult.refused(2 * GiB, Reason.GUEST_UNSUPPORTED, "no balloon"),
+    LiveResult.failed(2 * GiB, Reason.HYPERVISOR_ERROR, "broke"),
+], ids=["refused", "failed"])
+def test_a_live_answer_that_finds_a_value_the_log_lacks_records_it_observed_first(answer: LiveResult) -> None:
+    """Refused or failed with the domain at 2 GiB where the log says 1 GiB: the 2 GiB is recorded as an out-of-band change.
+
+    The outcome's value is the value in force afterwards: the fold must hold it too.
+    """
+    events = decide_live(_request("memory", 3 * GiB // 2), _state(True), answer)
+    assert [(e.name, e.value, getattr(e, "previous", None)) for e in events] == [
+        ("LiveValueObserved", 2 * GiB, GiB), (f"MemoryChange{answer.outcome.value}", 2 * GiB, None)]
+
+
+def _pending(state: DomainState, prop: str, value: int, scope: str = "live") -> DomainState:
+    (requested,) = decide_set(_request(prop, value, scope), state).events
+    return apply(state, RecordedEvent(position=3, stream="u1", version=3, event=requested, metadata=Metadata(),
+                                      recorded_at=T0))
+
+
+@pytest.mark.parametrize("actual, made", [
+    (3 * GiB, ["MemoryChangeApplied"]),
+    (2 * GiB, ["MemoryChangePartiallyApplied"]),  # from 1 GiB toward 3 GiB
+    (GiB, ["MemoryChangeFailed"]),
+    (GiB // 2, ["LiveValueObserved", "MemoryChangeFailed"]),  # away from the request
+    (4 * GiB, ["LiveValueObserved", "MemoryChangeFailed"]),  # past it
+])
+def test_an_abandoned_live_request_is_credited_only_with_a_value_it_led_to(actual: int, made: list) -> None:
+    """observe resolves an old request from the live value: a value the request did not lead to is an observation."""
+    state = _pending(_state(True), "memory", 3 * GiB)
+    live = {**CONFIG, "memory": actual}
+    seen = Observation(running=True, live=tuple(sorted(live.items())), capabilities=(("balloon", True),))
+    events = decide_observed(state, seen, T0 + timedelta(days=1))
+    assert [e.name for e in events] == made
+    assert events[-1].value == actual
+
+
 def test_persistent_write_error_is_failed() -> None:
     """A hypervisor error while writing the persistent config records a failed persistent outcome."""
     (event,) = decide_persistent(_request("vcpus", 3), _state(True), "disk full")
