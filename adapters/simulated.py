@@ -68,6 +68,17 @@ class _Hang:
         self.current = current
 
 
+def _check_bounds(name: str, config: dict[str, Any], prop: str, value: Value) -> None:
+    """Raise HypervisorError if a number breaks its bounds in `config` (`memory` above `max_memory`, say)."""
+    entry = lookup(prop)
+    if isinstance(value, int) and not (
+            value >= entry.minimum
+            and (not entry.upper or entry.upper not in config or value <= config[entry.upper])
+            and (not entry.lower or entry.lower not in config or value >= config[entry.lower])):
+        shown_value = size_text(value) if entry.type == "bytes" else value
+        raise HypervisorError(f"{prop} {shown_value} is outside its bounds in the config of {name!r}")
+
+
 class SimulatedHypervisor:
     """Simulate a hypervisor whose state is shared through a JSON file.
 
@@ -184,11 +195,14 @@ class SimulatedHypervisor:
         """Write one value into the persistent config the domain boots with next.
 
         Raises:
-            HypervisorError: the domain is unknown.
+            HypervisorError: the domain is unknown, or the value breaks its bounds in the config the domain
+                holds (a maximum changed behind the ledger's back), as libvirt refuses such a config.
         """
 
         def change(state: State) -> None:
-            _domain(state, name)["persistent"][prop] = value
+            config = _domain(state, name)["persistent"]
+            _check_bounds(name, config, prop, value)
+            config[prop] = value
 
         await self._run(change)
 
@@ -310,12 +324,7 @@ class SimulatedHypervisor:
             config = _named(state, name)["persistent"]
             if prop not in config:
                 raise UnknownPropertyError(f"domain {name!r} has no {shown(prop)} in its config")
-            if isinstance(value, int) and not (
-                    value >= entry.minimum
-                    and (not entry.upper or value <= config[entry.upper])
-                    and (not entry.lower or value >= config[entry.lower])):
-                shown_value = size_text(value) if entry.type == "bytes" else value
-                raise HypervisorError(f"{prop} {shown_value} is outside its bounds in the config of {name!r}")
+            _check_bounds(name, config, prop, value)
             config[prop] = value
 
         await self._run(change)

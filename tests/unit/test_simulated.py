@@ -364,3 +364,22 @@ def test_perturbing_what_the_simulator_lacks_is_a_caller_error(tmp_path, perturb
         return type(caught.value)
 
     assert asyncio.run(scenario()) is error
+
+
+@pytest.mark.parametrize("prop, value, maximum", [("memory", 3 * GiB, ("max_memory", GiB)),
+                                                  ("vcpus", 3, ("max_vcpus", 2)),
+                                                  ("max_memory", GiB // 2, ("memory", GiB))])
+def test_a_persistent_write_past_a_bound_changed_out_of_band_is_refused(
+        tmp_path: object, prop: str, value: int, maximum: tuple[str, int]) -> None:
+    """A config the domain could not boot with (memory above a max lowered behind the ledger's back) is an error."""
+    async def go() -> tuple:
+        sim = SimulatedHypervisor(tmp_path / "sim.json")  # type: ignore[operator]
+        await sim.define(_spec())
+        await sim.configure("web", *maximum)
+        before = (await sim.observe("web")).persistent
+        with pytest.raises(HypervisorError, match="outside its bounds"):
+            await sim.apply_persistent("web", prop, value)
+        return before, (await sim.observe("web")).persistent
+
+    before, after = asyncio.run(go())
+    assert after == before
