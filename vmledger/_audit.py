@@ -28,11 +28,14 @@ _BOUNDS = ("max_memory", "max_vcpus")
 
 
 def audit_report(counts: Iterable[Sequence[Any]], episodes: Iterable[Sequence[Any]], *, since: datetime | None,
-                 until: datetime, domain: str | None, principal: str | None) -> AuditReport:
+                 until: datetime, domain: str | None, principal: str | None,
+                 now: datetime | None = None) -> AuditReport:
     """Return the audit report of outcome counts (`queries.outcome_counts`) and episode rows (`queries.episode_rows`).
 
     Each episode's duration, and each domain's time in drift (the union of
-    its episodes), is counted within `[since, until]`.
+    its episodes), is counted within `[since, until]`; an episode still
+    open, up to `now` at most (a period that ends in the future has not
+    drifted yet past now).
     """
     requests: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
     reasons: dict[tuple[str, str | None], int] = defaultdict(int)
@@ -49,7 +52,7 @@ def audit_report(counts: Iterable[Sequence[Any]], episodes: Iterable[Sequence[An
         started = parse(started_text)
         lo = since if since is not None and since > started else started
         if ended_text is None:
-            ended, hi = None, until
+            ended, hi = None, until if now is None or now > until else now
         else:
             ended = parse(ended_text)
             hi = until if ended > until else ended

@@ -738,7 +738,8 @@ class Ledger(Replaying):
                 raise InvalidRequestError(f"since and until must be datetimes, not {shown(bound)}")
         # A time without a zone is UTC, as everywhere in the ledger.
         since, until = _utc(since), _utc(until)
-        end = self._clock() if until is None else until
+        now = self._clock()
+        end = now if until is None else until
         if since is not None and end < since:
             raise InvalidRequestError("the period ends before it begins: until precedes since")
         uuids = None if domain is None else await queries.domains_named(self.log.fetch_all, check_name(domain))
@@ -751,7 +752,7 @@ class Ledger(Replaying):
                                               principal=principal)
         episodes = await queries.episode_rows(self.log.fetch_all, since=first, until=timestamp(end), uuids=uuids,
                                               principal=principal)
-        return audit_report(counts, episodes, since=since, until=end, domain=domain, principal=principal)
+        return audit_report(counts, episodes, since=since, until=end, domain=domain, principal=principal, now=now)
 
     async def _need_rules(self, rules: int, what: str) -> None:
         """Refuse to read projection rows that the rules `rules` brought, when older rules made the stored ones.

@@ -433,3 +433,21 @@ def test_diff_through_an_undefine_lists_the_persistent_values_going(url: str, tm
     assert (code, [(c["scope"], c["property"], c["before"], c["after"], c["event"]) for c in found["changes"]]) == (
         0, [("persistent", p, v, None, "DomainUndefined") for p, v in (
             ("max_memory", 4 * GiB), ("max_vcpus", 4), ("memory", GiB), ("numa_nodes", 1), ("vcpus", 2))])
+
+
+def test_a_drift_still_open_counts_up_to_now_in_a_period_that_ends_later(url: str, tmp_path: Any) -> None:
+    """Audited until ten days ahead, a drift begun a moment ago has drifted a moment, not ten days."""
+    async def go() -> tuple:
+        sim = SimulatedHypervisor(tmp_path / "sim.json")
+        async with vmledger.open(url, hypervisor=sim) as ledger:
+            await ledger.define("web", guest_type="pv", memory=2**30, max_memory=2**32, vcpus=1, max_vcpus=2)
+            await ledger.start("web")
+            await sim.balloon("web", 2**31)
+            await ledger.observe("web")  # the balloon: an external drift, open
+            began = datetime.now(timezone.utc)
+            report = await ledger.audit(until=began + timedelta(days=10))
+            return report, (datetime.now(timezone.utc) - began).total_seconds()
+
+    report, elapsed = asyncio.run(go())
+    assert ([(d.domain, d.episodes) for d in report.drift], [e.ended for e in report.episodes]) == ([("web", 1)], [None])
+    assert 0 <= report.drift[0].seconds <= elapsed + 1 and report.episodes[0].duration <= elapsed + 1
