@@ -500,7 +500,10 @@ class LibvirtHypervisor:
                 conn.domainEventDeregisterAny(cid)
             conn.close()
 
-        await self._lifecycle(work)
+        # Closing is the process's last word to libvirt: a libvirtd that does not answer (hung, gone) within the
+        # timeout is left to the daemon thread (`_threads`), rather than turn a finished command into a failed one.
+        with contextlib.suppress(HypervisorError):
+            await self._lifecycle(work)
 
     async def ping(self) -> None:
         """Return once libvirt answers a call on the connection (a readiness probe); reconnect if it died.
@@ -709,7 +712,8 @@ class Notifications:
         mine = self._forget()
         conn, self._conn = self._conn, None
         if mine and conn is not None and self._hv._conn is conn and conn.isAlive():
-            await self._hv._lifecycle(lambda: [conn.domainEventDeregisterAny(cid) for cid in mine])
+            with contextlib.suppress(HypervisorError):  # a libvirtd that does not answer: as the adapter's `aclose`
+                await self._hv._lifecycle(lambda: [conn.domainEventDeregisterAny(cid) for cid in mine])
 
 
 # -- libvirt errors -------------------------------------------------------------------

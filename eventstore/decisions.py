@@ -191,13 +191,14 @@ def decide_set(request: SetRequest, state: DomainState | None) -> Decision:
     return Decision(events=tuple(events), persistent_value=persistent_value, live_value=live_value)
 
 
-def decide_persistent(request: SetRequest, state: DomainState, error: str | None) -> tuple[Event, ...]:
-    """Return the persistent outcome once the hypervisor wrote the config (or `error` said why not)."""
+def decide_persistent(request: SetRequest, state: DomainState, error: str | None,
+                      reason: Reason = Reason.HYPERVISOR_ERROR) -> tuple[Event, ...]:
+    """Return the persistent outcome once the hypervisor wrote the config (or `error` said why not, for `reason`)."""
     if error is None:
         return (_outcome(request, Scope.PERSISTENT.value, Outcome.APPLIED, request.value),)
     slot = state.persistent.get(request.property)
     return (_outcome(request, Scope.PERSISTENT.value, Outcome.FAILED, slot.value if slot else None,
-                     Reason.HYPERVISOR_ERROR, error),)
+                     reason, error),)
 
 
 def decide_live(request: SetRequest, state: DomainState, result: LiveResult) -> tuple[Event, ...]:

@@ -525,13 +525,17 @@ class Ledger(Replaying):
         """
         name, prop, own = request.domain, request.property, True
         if decision.persistent_value is not None:
-            error = None
+            error, reason = None, Reason.HYPERVISOR_ERROR
             try:
-                await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
+                async with asyncio.timeout(self._timeout):
+                    await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
+            except TimeoutError:
+                error, reason = f"no answer from the hypervisor within {self._timeout:g}s", Reason.TIMEOUT
             except VmledgerError as e:
-                error = str(e)
+                # An adapter's own timeout (libvirt's) is a timeout too.
+                error, reason = str(e), Reason.TIMEOUT if isinstance(e.__cause__, TimeoutError) else reason
             own = _outcomes_into(history, await self._retrying(
-                name, lambda s: decide_persistent(request, s, error) if _awaits(
+                name, lambda s: decide_persistent(request, s, error, reason) if _awaits(
                     s, request, Scope.PERSISTENT.value) else (), meta)) and own
         if decision.live_value is not None:
             result = await self._apply_live(name, prop, decision.live_value)

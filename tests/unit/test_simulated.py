@@ -383,3 +383,24 @@ def test_a_persistent_write_past_a_bound_changed_out_of_band_is_refused(
 
     before, after = asyncio.run(go())
     assert after == before
+
+
+class _HungConfig(SimulatedHypervisor):
+    """A simulator whose config writes never answer: a fault the simulator offers only for live changes (a fake)."""
+
+    async def apply_persistent(self, name: str, prop: str, value: object) -> None:
+        await asyncio.sleep(3600)
+
+
+def test_a_persistent_write_that_never_answers_fails_for_a_timeout(tmp_path: object) -> None:
+    import vmledger
+
+    async def go() -> dict:
+        async with vmledger.open(str(tmp_path / "l.db"), hypervisor=_HungConfig(tmp_path / "sim.json"),  # type: ignore[operator]
+                                 hypervisor_timeout=0.2) as ledger:
+            await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=1, max_vcpus=2)
+            record = await ledger.set("web", "vcpus", 2, scope="persistent")
+            return record.to_dict()["outcomes"]["persistent"]
+
+    outcome = asyncio.run(go())
+    assert (outcome["status"], outcome["reason"], outcome["value"]) == ("failed", "timeout", 1)
