@@ -43,7 +43,7 @@ from vmledger.eventstore.log import RecordedEvent, timestamp
 from vmledger import _loop, _units
 from vmledger._checkpoint import read_checkpoint, write_checkpoint
 from vmledger._compose import DEFAULT_DB, redacted
-from vmledger.ledger import default_principal
+from vmledger.ledger import check_definition, default_principal
 from vmledger.results import DomainView, DriftRow, RequestRecord
 from vmledger.service import commands as service_commands
 from vmledger import _tool_commands as tool_commands
@@ -423,6 +423,8 @@ async def _run(args: argparse.Namespace) -> int:
         return await service_commands.run_command(args)
     if args.command == "import":  # a misspelt file name creates no ledger
         args.lines = _export_file(args.file)
+    if args.command == "define":  # nor does a definition the ledger would refuse
+        args.definition = _definition(args)
     if args.url:
         opened = vmledger.connect(args.url, token=os.environ.get("VMLEDGER_TOKEN"), ca=os.environ.get("VMLEDGER_CA"))
     else:
@@ -465,19 +467,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
     if cmd in _tools_cli.COMMANDS:
         return await _tools_cli.run_command(ledger, args)
     if cmd == "define":
-        cdroms = {}
-        for spec in args.cdrom:
-            dev, _, path = spec.partition("=")
-            if dev in cdroms:
-                raise InvalidRequestError(f"CD-ROM device {dev!r} is given twice")
-            cdroms[dev] = path
-        view = await ledger.define(
-            args.name, guest_type=args.guest_type, memory=_units.parse_size(args.memory),
-            max_memory=_units.parse_size(args.max_memory), vcpus=_units.parse_count(args.vcpus, "vcpus"),
-            max_vcpus=_units.parse_count(args.max_vcpus, "max_vcpus"),
-            numa_nodes=_units.parse_count(args.numa_nodes, "numa_nodes"), cdroms=cdroms,
-            principal=args.principal,
-        )
+        view = await ledger.define(args.name, **args.definition, principal=args.principal)
         _print_json(view) if as_json else _print_show(view)
     elif cmd in ("start", "stop"):
         view = await getattr(ledger, cmd)(args.name, principal=args.principal)
@@ -698,6 +688,23 @@ class _LogLine(logging.Formatter):
         if record.exc_info and not (self._debug or record.name.startswith("vmledger")):
             record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
         return super().format(record)
+
+
+def _definition(args: argparse.Namespace) -> dict[str, Any]:
+    """Return `define`'s arguments as `Ledger.define` takes them, checked (`check_definition`) before any ledger opens."""
+    cdroms: dict[str, str] = {}
+    for spec in args.cdrom:
+        dev, _, path = spec.partition("=")
+        if dev in cdroms:
+            raise InvalidRequestError(f"CD-ROM device {dev!r} is given twice")
+        cdroms[dev] = path
+    definition = dict(
+        guest_type=args.guest_type, memory=_units.parse_size(args.memory),
+        max_memory=_units.parse_size(args.max_memory), vcpus=_units.parse_count(args.vcpus, "vcpus"),
+        max_vcpus=_units.parse_count(args.max_vcpus, "max_vcpus"),
+        numa_nodes=_units.parse_count(args.numa_nodes, "numa_nodes"), cdroms=cdroms)
+    check_definition(args.name, **definition)
+    return definition
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -91,6 +91,32 @@ UNKNOWN_PRINCIPAL = "unknown"
 _log = logging.getLogger("vmledger")
 
 
+def check_definition(name: str, *, guest_type: str, memory: int, max_memory: int, vcpus: int, max_vcpus: int,
+                     numa_nodes: int = 1, cdroms: Mapping[str, str] | None = None) -> dict[str, Value]:
+    """Return the config a definition makes, or raise what `Ledger.define` raises for it, reading nothing.
+
+    Raises:
+        InvalidRequestError: a bad name, guest type, size, count or device, or bounds that do not hold.
+    """
+    check_name(name)
+    if not isinstance(guest_type, str) or guest_type not in {g.value for g in GuestType}:
+        raise InvalidRequestError(f"invalid guest type {shown(guest_type)} (use pv or hvm)")
+    if cdroms is not None and not isinstance(cdroms, Mapping):
+        raise InvalidRequestError(f"cdroms must map device names to media paths, not {shown(cdroms)}")
+    config: dict[str, Value] = {
+        "memory": memory, "max_memory": max_memory, "vcpus": vcpus,
+        "max_vcpus": max_vcpus, "numa_nodes": numa_nodes,
+    }
+    for prop in CONFIG_PROPERTIES:
+        check_value(lookup(prop), config[prop])
+    for device, path in (cdroms or {}).items():
+        config[media_property(check_device(device))] = check_value(CATALOGUE["media"], path)
+    for prop in CONFIG_PROPERTIES:
+        if why := out_of_range(lookup(prop), config[prop], config):
+            raise InvalidRequestError(why)
+    return config
+
+
 class Ledger(Replaying):
     """The ledger of one database and one hypervisor; made by `vmledger.open`."""
 
@@ -205,23 +231,9 @@ class Ledger(Replaying):
                 not hold, or a name already defined.
             HypervisorError: the hypervisor refused the definition.
         """
-        check_name(name)
+        config = check_definition(name, guest_type=guest_type, memory=memory, max_memory=max_memory, vcpus=vcpus,
+                                  max_vcpus=max_vcpus, numa_nodes=numa_nodes, cdroms=cdroms)
         meta = _meta(principal)
-        if not isinstance(guest_type, str) or guest_type not in {g.value for g in GuestType}:
-            raise InvalidRequestError(f"invalid guest type {shown(guest_type)} (use pv or hvm)")
-        if cdroms is not None and not isinstance(cdroms, Mapping):
-            raise InvalidRequestError(f"cdroms must map device names to media paths, not {shown(cdroms)}")
-        config: dict[str, Value] = {
-            "memory": memory, "max_memory": max_memory, "vcpus": vcpus,
-            "max_vcpus": max_vcpus, "numa_nodes": numa_nodes,
-        }
-        for prop in CONFIG_PROPERTIES:
-            check_value(lookup(prop), config[prop])
-        for device, path in (cdroms or {}).items():
-            config[media_property(check_device(device))] = check_value(CATALOGUE["media"], path)
-        for prop in CONFIG_PROPERTIES:
-            if why := out_of_range(lookup(prop), config[prop], config):
-                raise InvalidRequestError(why)
         rows = await self.log.fetch_all("SELECT 1 FROM domains WHERE name = ? AND defined = 1", (name,))
         if rows:
             raise InvalidRequestError(f"domain {name!r} is already defined")

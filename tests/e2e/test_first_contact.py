@@ -134,6 +134,19 @@ def test_read_only_auditor_reads_sqlite(cli: Cli, tmp_path: pathlib.Path, leftov
             keep.close()
 
 
+@pytest.mark.parametrize("wrong", [("--memory", "8GiB"), ("--vcpus", "9"), ("--cdrom", "hdc")],
+                         ids=["memory-past-max", "vcpus-past-max", "cdrom-twice"])
+def test_a_definition_the_ledger_refuses_creates_no_ledger(cli: Cli, wrong: tuple[str, str]) -> None:
+    """`define` refused for its arguments (exit 2, nothing written) leaves no new ledger behind, as `import` does."""
+    args = list(DEFINE_WEB)
+    if wrong[0] == "--cdrom":
+        args += wrong
+    else:
+        args[args.index(wrong[0]) + 1] = wrong[1]
+    code, out, err = cli("--db", "typo.db", *args)
+    assert (code, out, err.startswith("vmledger: error: "), os.listdir(cli.cwd)) == (2, "", True, [])
+
+
 # 10. Loose arguments.
 
 
