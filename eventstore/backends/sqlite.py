@@ -289,8 +289,9 @@ class SQLiteEventLog(LogReads):
         self._max_pages = None if max_pages is None else int(max_pages)
         self._thread: ThreadPoolExecutor | None = None
         self._checkpointer: _Checkpointer | None = None
-        #: The locks by stream every writing process honours (`exclusive`); None until open.
+        #: The locks by stream every writing process honours (`exclusive`), made on first use, and their file.
         self._locks: KeyLocks | None = None
+        self._locks_path = ""
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -310,6 +311,7 @@ class SQLiteEventLog(LogReads):
         # The file the connections open, for worker processes, whatever the working directory becomes.
         if self.path != ":memory:":
             self.part_rows = _PartRows(self._uri(), self._busy_ms)
+            self._locks_path = os.path.abspath(self.path) + "-locks"  # whatever the working directory becomes
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vmledger-sqlite-writer")
         try:
             if self.path != ":memory:" and not self._create and not os.path.exists(self.path):
@@ -528,7 +530,7 @@ class SQLiteEventLog(LogReads):
         """
         self._need_writer()
         if self._locks is None:  # made on first use: a ledger no `set` writes to, or read-only, needs none
-            self._locks = _in_process() if self.path == ":memory:" else _file_locks(self.path + "-locks")
+            self._locks = _in_process() if self.path == ":memory:" else _file_locks(self._locks_path)
         return self._locks.hold(stream)
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
