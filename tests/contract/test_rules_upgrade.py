@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -131,7 +131,7 @@ def test_rebuild_of_a_ledger_of_older_rules_rebuilds_once_as_it_opens(
 def test_a_ledger_of_rules_5_loses_its_outcomes_table_on_open_without_a_rebuild(url: str, tmp_path: Any) -> None:
     """Rules 5 kept each outcome twice, in the history row and in an `outcomes` row: a writer's open drops the table and names the current rules without a rebuild; audits before and after, a reader's among them, are the same."""
     sim = tmp_path / "sim.json"
-    UNTIL = datetime.now(timezone.utc) + timedelta(days=1)  # noqa: N806: open episodes last as long in each audit
+    until: list[datetime] = []  # once the requests are made: open episodes last as long in each audit, to then
 
     async def write() -> tuple[Any, Any, int]:
         async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim)) as ledger:
@@ -140,7 +140,8 @@ def test_a_ledger_of_rules_5_loses_its_outcomes_table_on_open_without_a_rebuild(
             await ledger.set("web", "vcpus", 3, scope="both")
             await ledger.set("web", "vcpus", 9, scope="both")  # refused: above max_vcpus
             await ledger.set("web", "memory", 2 * GiB, scope="persistent")
-            audit, history = await ledger.audit(until=UNTIL), await ledger.history()
+            until.append(datetime.now(timezone.utc))
+            audit, history = await ledger.audit(until=until[0]), await ledger.history()
             # The table as rules 5 kept it: a row per scope of each request, from its history row.
             for sql in ("CREATE TABLE outcomes (request_id TEXT NOT NULL, scope TEXT NOT NULL, domain TEXT NOT NULL, "
                         "property TEXT NOT NULL, principal TEXT NOT NULL, requested_at TEXT NOT NULL, "
@@ -154,7 +155,7 @@ def test_a_ledger_of_rules_5_loses_its_outcomes_table_on_open_without_a_rebuild(
 
     async def read() -> Any:
         async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim), read_only=True) as ledger:
-            return await ledger.audit(until=UNTIL)
+            return await ledger.audit(until=until[0])
 
     async def reopen() -> tuple[bool, Any, list[tuple], int, bool]:
         async with vmledger.open(url, hypervisor=SimulatedHypervisor(sim)) as ledger:
@@ -162,7 +163,7 @@ def test_a_ledger_of_rules_5_loses_its_outcomes_table_on_open_without_a_rebuild(
             tables = await ledger.log.fetch_all(
                 "SELECT count(*) FROM sqlite_master WHERE name = 'outcomes'" if not url.startswith("postgres")
                 else "SELECT count(*) FROM pg_class WHERE relname = 'outcomes'")
-            return (ledger.log.rebuilt_on_open, await ledger.audit(until=UNTIL), rules, tables[0][0],
+            return (ledger.log.rebuilt_on_open, await ledger.audit(until=until[0]), rules, tables[0][0],
                     await ledger.verify() == await ledger.log.head())
 
     audit, history, head = asyncio.run(write())
