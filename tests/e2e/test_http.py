@@ -374,6 +374,14 @@ def test_sigterm_closes_streams_and_exits_0(tmp_path: Any) -> None:
     assert (status, lines[0], reader.is_alive()) == (0, ": stream open", False)
 
 
+def _run_web_with_fault(server: Served, kind: str) -> None:
+    """Define and start `web`, and make its next live memory change meet the simulator's fault `kind`."""
+    with server.client("alice") as c:
+        assert c.post("/v1/domains", json=WEB).status_code == 201
+        assert c.post("/v1/domains/web/start").status_code == 200
+        assert c.post("/v1/sim/fail", json={"domain": "web", "property": "memory", "kind": kind}).status_code == 204
+
+
 def test_sigterm_lets_a_request_in_flight_finish_with_its_outcomes(tmp_path: Any) -> None:
     """A set still waiting on the hypervisor when SIGTERM comes is answered 201 with its outcomes, then the server exits 0."""
     need_serve()
@@ -381,12 +389,8 @@ def test_sigterm_lets_a_request_in_flight_finish_with_its_outcomes(tmp_path: Any
 
     db = f"sqlite:///{tmp_path}/ledger.db"
     with served(db, str(tmp_path / "server.log")) as server:
-        with server.client("alice") as c:
-            assert c.post("/v1/domains", json=WEB).status_code == 201
-            assert c.post("/v1/domains/web/start").status_code == 200
-            # The next live change hangs until the server's hypervisor timeout (0.5 s), then fails.
-            assert c.post("/v1/sim/fail", json={"domain": "web", "property": "memory", "kind": "timeout"}
-                          ).status_code == 204
+        # The next live change hangs until the server's hypervisor timeout (0.5 s), then fails.
+        _run_web_with_fault(server, "timeout")
         answers: list[httpx.Response] = []
 
         def ask() -> None:
@@ -419,11 +423,8 @@ def test_sigterm_ends_the_server_while_a_hypervisor_call_never_returns(tmp_path:
     need_serve()
     db = f"sqlite:///{tmp_path}/ledger.db"
     with served(db, str(tmp_path / "server.log")) as server:
+        _run_web_with_fault(server, "late")
         with server.client("alice") as c:
-            assert c.post("/v1/domains", json=WEB).status_code == 201
-            assert c.post("/v1/domains/web/start").status_code == 200
-            assert c.post("/v1/sim/fail", json={"domain": "web", "property": "memory", "kind": "late"}
-                          ).status_code == 204
             answer = c.post("/v1/domains/web/requests", json={"property": "memory", "value": 2 * GiB,
                                                               "scope": "live"})
         started = time.monotonic()
