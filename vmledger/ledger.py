@@ -517,12 +517,7 @@ class Ledger(Replaying):
         history.feed_all(recorded)
         own = True
         try:
-            # The hypervisor calls and the outcomes they make reach the hypervisor and the log in one order,
-            # whichever process asks: without it, two requests of one property could leave the log saying
-            # one value and the hypervisor holding the other, each request recorded applied.
-            if decision.persistent_value is not None or decision.live_value is not None:
-                async with self.log.exclusive(requested_at.uuid):
-                    own = await self._apply(request, decision, history, meta)
+            own = await self._apply(request, requested_at.uuid, decision, history, meta)
         except StorageError as e:  # the request is recorded: say which, and how it ends
             raise StorageError(f"request {request.request_id} is recorded, but not all its outcomes: {e}; it stays "
                                "in flight until observe resolves it") from e
@@ -530,30 +525,41 @@ class Ledger(Replaying):
             return RequestRecord.from_dict(queries.history_record(history.history_row(request.request_id)))
         return await self.request(request.request_id)
 
-    async def _apply(self, request: SetRequest, decision: Decision, history: Model, meta: Metadata) -> bool:
+    async def _apply(self, request: SetRequest, uuid: str, decision: Decision, history: Model,
+                     meta: Metadata) -> bool:
         """Ask the hypervisor for a recorded request's change and record the outcomes, into `history`.
+
+        Each scope's hypervisor call and the outcome it makes are made under
+        that scope's lock of the domain, honoured by every process writing the
+        log, so that the calls of one scope reach the hypervisor and the log in
+        one order: without it, two requests of one property could leave the
+        log saying one value and the hypervisor holding the other, each request
+        recorded applied.  The config and the running guest are apart, so a
+        request's live change need not wait for another's config write.
 
         Returns whether every outcome is this caller's own (another writer, a stop say, may have settled one).
         """
         name, prop, own = request.domain, request.property, True
         if decision.persistent_value is not None:
-            error, reason = None, Reason.HYPERVISOR_ERROR
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
-            except TimeoutError:
-                error, reason = f"no answer from the hypervisor within {self._timeout:g}s", Reason.TIMEOUT
-            except VmledgerError as e:
-                # An adapter's own timeout (libvirt's) is a timeout too.
-                error, reason = str(e), Reason.TIMEOUT if isinstance(e.__cause__, TimeoutError) else reason
-            own = _outcomes_into(history, await self._retrying(
-                name, lambda s: decide_persistent(request, s, error, reason) if _awaits(
-                    s, request, Scope.PERSISTENT.value) else (), meta)) and own
+            async with self.log.exclusive(f"{uuid}/{Scope.PERSISTENT.value}"):
+                error, reason = None, Reason.HYPERVISOR_ERROR
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
+                except TimeoutError:
+                    error, reason = f"no answer from the hypervisor within {self._timeout:g}s", Reason.TIMEOUT
+                except VmledgerError as e:
+                    # An adapter's own timeout (libvirt's) is a timeout too.
+                    error, reason = str(e), Reason.TIMEOUT if isinstance(e.__cause__, TimeoutError) else reason
+                own = _outcomes_into(history, await self._retrying(
+                    name, lambda s: decide_persistent(request, s, error, reason) if _awaits(
+                        s, request, Scope.PERSISTENT.value) else (), meta)) and own
         if decision.live_value is not None:
-            result = await self._apply_live(name, prop, decision.live_value)
-            own = _outcomes_into(history, await self._retrying(
-                name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (),
-                meta)) and own
+            async with self.log.exclusive(f"{uuid}/{Scope.LIVE.value}"):
+                result = await self._apply_live(name, prop, decision.live_value)
+                own = _outcomes_into(history, await self._retrying(
+                    name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (),
+                    meta)) and own
         return own
 
     async def _find_for_request(self, name: str) -> DomainState | None:

@@ -3,13 +3,14 @@
 A request's hypervisor calls and the outcomes they make must reach the
 hypervisor and the log in one order: two processes setting one property of
 one domain at once must not leave the log saying one value while the
-hypervisor holds the other.  `Ledger.set` holds its domain's lock from its
-first hypervisor call until its last outcome is committed.
+hypervisor holds the other.  `Ledger.set` holds its domain's lock of a scope
+from that scope's hypervisor call until its outcome is committed.
 
 On SQLite the locks are byte-range locks of a file beside the database
 (`<database>-locks`, empty), one byte per key: Linux's open file description
 locks, which the kernel frees when their process ends, however it ends.  On
-PostgreSQL they are the session's advisory locks (`PostgresEventLog.exclusive`).
+PostgreSQL they are the session's advisory locks (`PostgresEventLog.exclusive`),
+tried and given back for all of a process's callers in one statement.
 Within a process an `asyncio.Lock` per key comes first, so that a key is
 asked of the kernel or the server by one task at a time.
 """

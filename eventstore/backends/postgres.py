@@ -119,7 +119,11 @@ APPEND_LOCK = 0x766D6C6564676572
 #: Two int4 keys, apart from APPEND_LOCK's bigint key space (`objsubid` 2 in `pg_locks`).
 STREAM_LOCKS = 0x766D6C67
 
-_UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
+#: Gives back the stream locks $2 and tries those of $3 (keys apart from $2's), in one round trip: each
+#: try's answer, in $3's order.
+_LOCKING = ("SELECT (SELECT count(pg_advisory_unlock($1, k)) FROM unnest($2::int4[]) AS k), "
+            "(SELECT array_agg(pg_try_advisory_lock($1, k) ORDER BY i) "
+            "FROM unnest($3::int4[]) WITH ORDINALITY AS t(k, i))")
 
 #: Seconds a writer keeps the append lock for its session at most, while its appends keep coming, when
 #: another process waits for it (`_WAITING`): then it gives the lock back, and queues behind the others.
@@ -236,6 +240,11 @@ def _server(dsn: str) -> str:
 
 def _lost(e: BaseException) -> bool:
     return isinstance(e, _LOST) or (isinstance(e, asyncpg.InterfaceError) and "closed" in str(e))
+
+
+def _int4(key: int) -> int:
+    """Return an unsigned 32-bit key as the int4 PostgreSQL's advisory locks take."""
+    return key - (1 << 32) if key >= 1 << 31 else key
 
 
 def _storage_error(e: BaseException, *, committing: bool = False, connecting: bool = False,
@@ -500,9 +509,12 @@ class PostgresEventLog(LogReads):
         self._memory = WriterMemory()
         self._appended = asyncio.Event()
         self._group = GroupCommit(self._commit_batch, idle=self._idle, linger=_LINGER)
-        #: The connection whose session holds the locks by stream (`exclusive`), one statement at a time.
+        #: The connection whose session holds the locks by stream (`exclusive`), and the task that runs
+        #: the lock statements on it, each for every try and give-back that came meanwhile (`_locking`).
         self._locker: asyncpg.Connection | None = None
-        self._locker_turn = asyncio.Lock()
+        self._locking_task: asyncio.Task[None] | None = None
+        self._lock_tries: dict[int, asyncio.Future[bool]] = {}
+        self._lock_frees: set[int] = set()
         self._locks = KeyLocks(self._lock_stream, self._unlock_stream)
         #: Write transactions committed by this log: appends per commit shows group commit at work.
         self.commits = 0
@@ -800,39 +812,71 @@ class PostgresEventLog(LogReads):
             raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
         return self._locks.hold(stream)
 
-    async def _locking(self, sql: str, key: int) -> Any:
-        """Run one lock statement on the locking session, connecting it first if need be; shielded."""
-        async def run() -> Any:
-            async with self._locker_turn:
-                if self._locker is None or self._locker.is_closed():
-                    self._need_open()
-                    self._locker = await self._connect()
-                try:
-                    return await self._locker.fetchval(sql, STREAM_LOCKS, key - (1 << 32) if key >= 1 << 31 else key)
-                except BaseException:
-                    self._locker.terminate()  # its locks go with it
-                    self._locker = None
-                    raise
-        task = asyncio.ensure_future(run())
+    async def _lock_stream(self, key: int) -> bool:
+        """Try the lock of `key` on the locking session: whether it is held now."""
+        self._need_open()
+        # One try of a key at a time (`KeyLocks`); one a cancelled caller left unsent is this one's.
+        tried = self._lock_tries[key] = asyncio.get_running_loop().create_future()
+        self._run_locking()
         try:
-            return await asyncio.shield(task)
+            return await asyncio.shield(tried)
         except _DRIVER_ERRORS as e:
             raise _storage_error(e) from e
         except asyncio.CancelledError:
-            task.add_done_callback(functools.partial(self._locked_unawaited, sql, key))
+            tried.add_done_callback(functools.partial(self._tried_unawaited, key))
             raise
 
-    def _locked_unawaited(self, sql: str, key: int, task: asyncio.Task[Any]) -> None:
+    def _tried_unawaited(self, key: int, tried: asyncio.Future[bool]) -> None:
         """Give back a lock the server granted to a caller cancelled meanwhile: nobody is left to hold it."""
-        if not task.cancelled() and task.exception() is None and task.result() and sql != _UNLOCK:
-            unlock = asyncio.ensure_future(self._locking(_UNLOCK, key))
-            unlock.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _lock_stream(self, key: int) -> bool:
-        return bool(await self._locking("SELECT pg_try_advisory_lock($1, $2)", key))
+        if not tried.cancelled() and tried.exception() is None and tried.result():
+            self._free(key)
 
     async def _unlock_stream(self, key: int) -> None:
-        await self._locking(_UNLOCK, key)
+        self._free(key)
+
+    def _free(self, key: int) -> None:
+        """Give back the lock of `key`, with the next lock statement.
+
+        Nobody waits for it: should the statement fail, the session ends, and its locks with it.  A try of the
+        same key that comes first (this process's next holder) takes it over without asking the server.
+        """
+        self._lock_frees.add(key)
+        self._run_locking()
+
+    def _run_locking(self) -> None:
+        if self._locking_task is None or self._locking_task.done():
+            self._locking_task = asyncio.ensure_future(self._locking())
+
+    async def _locking(self) -> None:
+        """Run the tries and give-backs of stream locks that wait, a statement for all that came meanwhile."""
+        while self._lock_tries or self._lock_frees:
+            tries, frees = self._lock_tries, self._lock_frees
+            self._lock_tries, self._lock_frees = {}, set()
+            for key in frees & tries.keys():  # the session holds it: it passes to the next holder
+                frees.discard(key)
+                tries.pop(key).set_result(True)
+            if not tries and not frees:
+                continue
+            try:
+                if self._locker is None or self._locker.is_closed():
+                    self._need_open()
+                    self._locker = await self._connect()
+                _, held = await self._locker.fetchrow(_LOCKING, STREAM_LOCKS, [_int4(k) for k in frees],
+                                                      [_int4(k) for k in tries])
+            except BaseException as e:
+                if self._locker is not None:
+                    self._locker.terminate()  # its locks go with it
+                    self._locker = None
+                for tried in tries.values():
+                    if isinstance(e, Exception):
+                        tried.set_exception(e)
+                    else:
+                        tried.cancel()
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            for tried, got in zip(tries.values(), held or ()):  # no tries: NULL
+                tried.set_result(got)
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
         """Write the appends `take` gives in one statement, under the append lock of the session (see `batch_steps`).

@@ -13,6 +13,7 @@ import pytest
 
 import vmledger
 from vmledger.adapters.simulated import SimulatedHypervisor
+from vmledger.eventstore.backends.locks import key_of
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.eventstore.errors import ConcurrencyError, StorageError
 from vmledger.eventstore.events import DomainDefined, DomainStarted, DomainStopped, LiveValueObserved
@@ -22,7 +23,7 @@ from vmledger.ledger import Ledger
 
 # Without the driver the `pg_dsn` fixture of test_store.py[postgres] skips, or fails under CI=true.
 asyncpg = pytest.importorskip("asyncpg", reason="the asyncpg driver is not installed (pip install -e '.[test]')")
-from vmledger.eventstore.backends.postgres import APPEND_LOCK, CHANNEL, PostgresEventLog  # noqa: E402
+from vmledger.eventstore.backends.postgres import APPEND_LOCK, CHANNEL, STREAM_LOCKS, PostgresEventLog  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CONFIG = {"memory": 2**30, "max_memory": 2**32, "vcpus": 1, "max_vcpus": 2, "numa_nodes": 1}
@@ -192,6 +193,97 @@ def test_a_writer_whose_appends_keep_coming_lets_another_process_append(pg_datab
 
     position, head, still = run(go())
     assert still and position < head, (position, head)  # the busy writer went on appending after it
+
+
+async def _stream_locks_held(dsn: str) -> list[int]:
+    """Return the keys of the stream locks (`exclusive`) that any session of the database holds."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                "AND classid = $1::bigint::oid AND objsubid = 2", STREAM_LOCKS)
+        return sorted(r[0] for r in rows)
+    finally:
+        await conn.close()
+
+
+def test_stream_locks_exclude_another_log_pass_between_tasks_and_are_all_given_back(pg_database: str) -> None:
+    """Stream locks (`exclusive`) exclude another log's holders; this log's tasks hold them in turn, none left held.
+
+    A log asks the server for the tries and give-backs of all its tasks in
+    one statement, and a key one task gives back as the next asks for it
+    passes between them without the server: the session must end up holding
+    nothing, whatever tasks were cancelled on the way, even while their
+    try was in flight.
+    """
+    async def go() -> dict[str, Any]:
+        seen: dict[str, Any] = {"overlaps": 0, "held": 0}
+        async with (PostgresEventLog(pg_database, TableProjector(), busy_timeout=10) as mine,
+                    PostgresEventLog(pg_database, TableProjector(), busy_timeout=10) as other):
+            first = mine.exclusive("web")
+            await first.__aenter__()
+            seen["other web"] = await other._lock_stream(key_of("web"))
+            seen["other db"] = await other._lock_stream(key_of("db"))
+            await other._unlock_stream(key_of("db"))
+            # The next holder asks while the give-back waits behind another statement: the key passes over.
+            then = mine.exclusive("web")
+            second = asyncio.create_task(then.__aenter__())
+            busy = asyncio.create_task(mine._lock_stream(key_of("busy")))
+            await asyncio.sleep(0)
+            while mine._lock_tries:  # until its statement is on its way
+                await asyncio.sleep(0)
+            await first.__aexit__(None, None, None)
+            await asyncio.wait_for(second, 5)
+            if seen.setdefault("other web, handed over", await other._lock_stream(key_of("web"))):
+                await other._unlock_stream(key_of("web"))
+            await then.__aexit__(None, None, None)
+            if await busy:
+                await mine._unlock_stream(key_of("busy"))
+            inside = {"web": 0, "db": 0}
+
+            async def hold(k: int) -> None:
+                name = "web" if k % 3 else "db"
+                async with mine.exclusive(name):
+                    inside[name] += 1
+                    try:
+                        seen["overlaps"] += inside[name] > 1
+                        await asyncio.sleep(0.001 * (k % 4))
+                        seen["held"] += 1
+                    finally:
+                        inside[name] -= 1
+
+            async def probe() -> None:  # the other log takes "web" only while none of these tasks holds it
+                while True:
+                    if await other._lock_stream(key_of("web")):
+                        seen["overlaps"] += inside["web"] > 0
+                        await other._unlock_stream(key_of("web"))
+                    await asyncio.sleep(0.002)
+
+            tasks = [asyncio.create_task(hold(k)) for k in range(60)]
+            probing = asyncio.create_task(probe())
+            await asyncio.sleep(0.01)
+            for task in tasks[::7]:
+                task.cancel()
+            async with asyncio.timeout(30):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            probing.cancel()
+            await asyncio.gather(probing, return_exceptions=True)
+            trying = asyncio.create_task(mine._lock_stream(key_of("cancelled")))
+            await asyncio.sleep(0)  # its statement is on its way
+            trying.cancel()
+            for _ in range(100):
+                if not (held := await _stream_locks_held(pg_database)):
+                    break
+                await asyncio.sleep(0.05)
+            seen["left held"] = held
+            async with asyncio.timeout(5):
+                async with other.exclusive("web"), other.exclusive("cancelled"):
+                    seen["other took them"] = True
+        return seen
+
+    seen = run(go())
+    assert seen["other web"] is False and seen["other db"] is True and seen["other web, handed over"] is False
+    assert seen["overlaps"] == 0 and 40 <= seen["held"] <= 60
+    assert seen["left held"] == [] and seen["other took them"]
 
 
 def test_notify_wakes_a_subscriber_of_another_connection(pg_database: str) -> None:
