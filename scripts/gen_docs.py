@@ -57,7 +57,8 @@ DRIFT_RULE = (
     "made them differ.",
     "- A persistent change made by a request that also asked for the live value is `in_flight` until the live "
     "outcome is recorded; that outcome then gives the row its cause (`partial`, `refused`, `failed`, "
-    "`requires_restart`), and its `since` stays the persistent change's.",
+    "`requires_restart`). Its `since` stays the persistent change's, but for `partial`: that outcome changed "
+    "the live value, so `since` is the outcome's.",
     "- `external` is a change observed outside the ledger (`LiveValueObserved`, `PersistentValueObserved`), or a "
     "domain that started with values other than its persistent config.",
     "- `drift --as-of X` gives exactly the rows `drift` gave at X, cause and `since` included.",
@@ -69,8 +70,9 @@ DRIFT_RULE = (
 
 EPISODES = (
     "A **drift episode** is the life of one drift row: it begins at the row's `since_position` and ends at the "
-    "event that removes the row, or that becomes the row's new `since` (an `in_flight` row that gets its cause "
-    "goes on, as its `since` stays).",
+    "event that removes the row, or that becomes the row's new `since`. An `in_flight` row is no episode of its "
+    "own: the cause it gets makes the episode, from the row's `since` then (the persistent change's, or a "
+    "`partial` outcome's).",
     "The projector keeps the episodes in a table of their own, in the transaction of each append, and `rebuild` "
     "and `verify` make them with the same fold.",
     "`vmledger audit` lists the episodes that overlap its period, each with the time it lies within the period, "
