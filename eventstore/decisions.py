@@ -266,9 +266,17 @@ def _resolve_persistent(state: DomainState, pending: Pending, actual: Value | No
 
 
 def _resolve_live(state: DomainState, pending: Pending, actual: Value | None) -> tuple[Event, ...]:
-    """Decide the live outcome of an abandoned request from the value the running domain really has."""
+    """Decide the live outcome of an abandoned request from the value the running domain really has.
+
+    A live value recorded after the request (a later request's outcome) was
+    asked of the hypervisor after this request's call, if it was made: the
+    request led to nothing the domain has now.
+    """
     before = state.live.get(pending.property)
-    if actual == pending.requested:
+    if before is not None and before.position > pending.position:
+        result = LiveResult.failed(actual, Reason.HYPERVISOR_ERROR,
+                                   "the request's outcome was never recorded; a later change made the live value")
+    elif actual == pending.requested:
         result = LiveResult.applied(actual)
     elif before is not None and _between(before.value, actual, pending.requested):
         result = LiveResult.partial(actual, "resolved by observation")

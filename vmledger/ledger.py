@@ -331,7 +331,7 @@ class Ledger(Replaying):
         describe = getattr(self.hypervisor, "describe", None)
         if describe is None:
             raise InvalidRequestError("this hypervisor cannot adopt existing domains (use libvirt+URI)")
-        if await self.log.fetch_all("SELECT 1 FROM domains WHERE name = ? AND defined = 1", (name,)):
+        if await self._recorded(name):
             raise InvalidRequestError(f"domain {name!r} is already recorded")
         spec = await describe(name)
         observation = await self.hypervisor.observe(name)
@@ -348,6 +348,8 @@ class Ledger(Replaying):
     async def adopt_all(self, *, principal: str | None = None) -> list[DomainView]:
         """Adopt every domain the hypervisor lists that the ledger does not record yet; return their views.
 
+        A domain another process adopts meanwhile is left to it, and not returned.
+
         Raises:
             InvalidRequestError: the hypervisor cannot list its domains.
         """
@@ -355,7 +357,18 @@ class Ledger(Replaying):
         if list_domains is None:
             raise InvalidRequestError("this hypervisor cannot adopt existing domains (use libvirt+URI)")
         known = {d.domain for d in await self.domains()}
-        return [await self.adopt(n, principal=principal) for n in await list_domains() if n not in known]
+        adopted = []
+        for name in await list_domains():
+            if name not in known:
+                try:
+                    adopted.append(await self.adopt(name, principal=principal))
+                except (InvalidRequestError, ConcurrencyError):
+                    if not await self._recorded(name):
+                        raise
+        return adopted
+
+    async def _recorded(self, name: str) -> bool:
+        return bool(await self.log.fetch_all("SELECT 1 FROM domains WHERE name = ? AND defined = 1", (name,)))
 
     async def watch(self, *, principal: str | None = None, interval: float = 60.0,
                     on_recorded: Callable[[str, RecordedEvent], None] | None = None) -> None:
@@ -518,6 +531,10 @@ class Ledger(Replaying):
         own = True
         try:
             own = await self._apply(request, requested_at.uuid, decision, history, meta)
+        except asyncio.CancelledError:  # interrupted (Ctrl-C, a caller's timeout): say what is left behind
+            _log.warning("request %s is recorded, but was interrupted before its outcomes were all recorded; what "
+                         "is missing stays in flight until observe resolves it", request.request_id)
+            raise
         except StorageError as e:  # the request is recorded: say which, and how it ends
             raise StorageError(f"request {request.request_id} is recorded, but not all its outcomes: {e}; it stays "
                                "in flight until observe resolves it") from e

@@ -115,6 +115,24 @@ def test_adopt_records_libvirt_domains(tmp_path: pathlib.Path) -> None:
     run(tmp_path, scenario)
 
 
+def test_two_ledgers_adopting_all_at_once_adopt_each_domain_once(tmp_path: pathlib.Path) -> None:
+    """Two `adopt --all` at once on one ledger: each domain is adopted by one of them, and neither fails.
+
+    The two connections are two copies of one test node: the same domains, by name and UUID, as two
+    processes in front of one libvirtd see.
+    """
+    async def main() -> tuple[list[str], list[str]]:
+        url = f"sqlite:///{tmp_path}/ledger.db"
+        async with (vmledger.open(url, hypervisor=LibvirtHypervisor(URI, timeout=10.0)) as one,
+                    vmledger.open(url, hypervisor=LibvirtHypervisor(URI, timeout=10.0)) as two):
+            adopted = await asyncio.gather(one.adopt_all(), two.adopt_all())
+            defined = [rec.stream async for rec in one.log.read_all() if type(rec.event).__name__ == "DomainDefined"]
+            return sorted(v["domain"] for views in adopted for v in views), defined
+
+    adopted, defined = asyncio.run(main())
+    assert adopted == ["batch", "db", "web"] and len(defined) == len(set(defined)) == 3
+
+
 def test_default_test_driver_domain_is_adopted(tmp_path: pathlib.Path) -> None:
     """The stock `test:///default` node's one domain is adopted running, with libvirt's values."""
 

@@ -152,6 +152,32 @@ def test_an_abandoned_live_request_is_credited_only_with_a_value_it_led_to(actua
     assert events[-1].value == actual
 
 
+@pytest.mark.parametrize("actual, made", [
+    (3 * GiB, ["MemoryChangeFailed"]),  # the later request's value, not this one's doing
+    (2 * GiB, ["LiveValueObserved", "MemoryChangeFailed"]),
+])
+def test_an_abandoned_live_request_is_not_credited_with_what_a_later_request_made(actual: int, made: list) -> None:
+    """A value a later request recorded, after the abandoned one's, is that request's doing: the abandoned one failed.
+
+    A request's hypervisor call comes before any later request's of its
+    scope (`Ledger.set` holds the scope's lock), so a later outcome's value
+    is the last the hypervisor was asked for.
+    """
+    state = _pending(_state(True), "memory", 3 * GiB)
+    later = SetRequest(request_id="r2", domain="web", property="memory", value=3 * GiB, scope="live",
+                       principal="bob")
+    for position, decide in enumerate([lambda s: decide_set(later, s).events,
+                                       lambda s: decide_live(later, s, LiveResult.applied(3 * GiB))], start=4):
+        (event,) = decide(state)
+        state = apply(state, RecordedEvent(position=position, stream="u1", version=position, event=event,
+                                           metadata=Metadata(), recorded_at=T0))
+    live = {**CONFIG, "memory": actual}
+    seen = Observation(running=True, live=tuple(sorted(live.items())), capabilities=(("balloon", True),))
+    events = decide_observed(state, seen, T0 + timedelta(days=1))
+    assert [e.name for e in events] == made
+    assert (events[-1].request_id, events[-1].value) == ("r1", actual)
+
+
 def test_persistent_write_error_is_failed() -> None:
     """A hypervisor error while writing the persistent config records a failed persistent outcome."""
     (event,) = decide_persistent(_request("vcpus", 3), _state(True), "disk full")
