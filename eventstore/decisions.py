@@ -273,12 +273,13 @@ def _resolve_persistent(state: DomainState, pending: Pending, actual: Value | No
 def _resolve_live(state: DomainState, pending: Pending, actual: Value | None) -> tuple[Event, ...]:
     """Decide the live outcome of an abandoned request from the value the running domain really has.
 
-    A live value recorded after the request (a later request's outcome) was
-    asked of the hypervisor after this request's call, if it was made: the
-    request led to nothing the domain has now.
+    A live value a later request's outcome recorded was asked of the
+    hypervisor after this request's call, if it was made: the request led to
+    nothing the domain has now.  (A value observed since may be this
+    request's doing, and is judged as any other.)
     """
     before = state.live.get(pending.property)
-    if before is not None and before.position > pending.position:
+    if before is not None and before.request_id is not None and before.position > pending.position:
         result = LiveResult.failed(actual, Reason.HYPERVISOR_ERROR,
                                    "the request's outcome was never recorded; a later change made the live value")
     elif actual == pending.requested:

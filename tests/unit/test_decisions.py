@@ -164,22 +164,27 @@ def test_an_abandoned_live_request_is_credited_only_with_a_value_it_led_to(actua
     assert events[-1].value == actual
 
 
-@pytest.mark.parametrize("actual, made", [
-    (3 * GiB, ["MemoryChangeFailed"]),  # the later request's value, not this one's doing
-    (2 * GiB, ["LiveValueObserved", "MemoryChangeFailed"]),
+@pytest.mark.parametrize("later, actual, made", [
+    ("request", 3 * GiB, ["MemoryChangeFailed"]),  # the later request's value, not this one's doing
+    ("request", 2 * GiB, ["LiveValueObserved", "MemoryChangeFailed"]),
+    ("observed", 3 * GiB, ["MemoryChangeApplied"]),  # seen by another's refusal: this request's doing, maybe
 ])
-def test_an_abandoned_live_request_is_not_credited_with_what_a_later_request_made(actual: int, made: list) -> None:
+def test_an_abandoned_live_request_is_not_credited_with_what_a_later_request_made(
+        later: str, actual: int, made: list) -> None:
     """A value a later request recorded, after the abandoned one's, is that request's doing: the abandoned one failed.
 
     A request's hypervisor call comes before any later request's of its
     scope (`Ledger.set` holds the scope's lock), so a later outcome's value
-    is the last the hypervisor was asked for.
+    is the last the hypervisor was asked for.  A value merely observed since
+    is judged as any other.
     """
     state = _pending(_state(True), "memory", 3 * GiB)
-    later = SetRequest(request_id="r2", domain="web", property="memory", value=3 * GiB, scope="live",
+    other = SetRequest(request_id="r2", domain="web", property="memory", value=3 * GiB, scope="live",
                        principal="bob")
-    for position, decide in enumerate([lambda s: decide_set(later, s).events,
-                                       lambda s: decide_live(later, s, LiveResult.applied(3 * GiB))], start=4):
+    observed = LiveValueObserved(property="memory", value=3 * GiB, previous=GiB)
+    steps = ([lambda s: decide_set(other, s).events, lambda s: decide_live(other, s, LiveResult.applied(3 * GiB))]
+             if later == "request" else [lambda s: (observed,)])
+    for position, decide in enumerate(steps, start=4):
         (event,) = decide(state)
         state = apply(state, RecordedEvent(position=position, stream="u1", version=position, event=event,
                                            metadata=Metadata(), recorded_at=T0))
