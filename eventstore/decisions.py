@@ -211,16 +211,11 @@ def decide_live(request: SetRequest, state: DomainState, result: LiveResult) -> 
     if outcome is Outcome.REQUESTED:
         raise ValueError("a live result cannot be Requested")
     made = _outcome(request, Scope.LIVE.value, outcome, in_force, result.reason, result.message)
-    seen: list[Event] = []
     if outcome in (Outcome.REFUSED, Outcome.FAILED) and live is not None and in_force != live.value:
         # The domain holds a value the log does not explain, which this request did not make: a change
         # made behind the ledger's back, recorded as `observe` would, so that the outcome's value is in force.
-        seen.append(LiveValueObserved(property=request.property, value=in_force, previous=live.value))
-    device = request.property[len(MEDIA_PREFIX):]
-    if (result.reason == Reason.TRAY_LOCKED and request.property.startswith(MEDIA_PREFIX)
-            and device not in state.locked_trays):
-        seen.append(MediaTrayLocked(device=device))  # the guest locked it: what `observe` would record
-    return (*seen, made)
+        return LiveValueObserved(property=request.property, value=in_force, previous=live.value), made
+    return (made,)
 
 
 

@@ -129,18 +129,6 @@ def test_a_live_answer_that_finds_a_value_the_log_lacks_records_it_observed_firs
         ("LiveValueObserved", 2 * GiB, GiB), (f"MemoryChange{answer.outcome.value}", 2 * GiB, None)]
 
 
-def test_a_change_refused_for_a_locked_tray_records_the_lock_the_log_lacks() -> None:
-    """A tray the log has unlocked, found locked by a live media change, is recorded locked, once."""
-    refused = LiveResult.refused("", Reason.TRAY_LOCKED, "the guest locked the tray")
-    request = _request("media:hdc", "/iso/a.iso")
-    events = decide_live(request, _state(True), refused)
-    assert [(e.name, getattr(e, "device", None)) for e in events] == [
-        ("MediaTrayLocked", "hdc"), ("MediaChangeRefused", None)]
-    locked = apply(_state(True), RecordedEvent(position=3, stream="u1", version=3, event=events[0],
-                                               metadata=Metadata(), recorded_at=T0))
-    assert [e.name for e in decide_live(request, locked, refused)] == ["MediaChangeRefused"]
-
-
 def _pending(state: DomainState, prop: str, value: int, scope: str = "live") -> DomainState:
     (requested,) = decide_set(_request(prop, value, scope), state).events
     return apply(state, RecordedEvent(position=3, stream="u1", version=3, event=requested, metadata=Metadata(),
