@@ -119,8 +119,10 @@ APPEND_LOCK = 0x766D6C6564676572
 #: Two int4 keys, apart from APPEND_LOCK's bigint key space (`objsubid` 2 in `pg_locks`).
 STREAM_LOCKS = 0x766D6C67
 
+#: Tries one stream lock; gives one back.
+_TRY, _FREE = "SELECT pg_try_advisory_lock($1, $2)", "SELECT pg_advisory_unlock($1, $2)"
 #: Gives back the stream locks $2 and tries those of $3 (keys apart from $2's), in one round trip: each
-#: try's answer, in $3's order.
+#: try's answer, in $3's order (dearer than `_TRY` or `_FREE` alone: those serve where they can).
 _LOCKING = ("SELECT (SELECT count(pg_advisory_unlock($1, k)) FROM unnest($2::int4[]) AS k), "
             "(SELECT array_agg(pg_try_advisory_lock($1, k) ORDER BY i) "
             "FROM unnest($3::int4[]) WITH ORDINALITY AS t(k, i))")
@@ -861,8 +863,7 @@ class PostgresEventLog(LogReads):
                 if self._locker is None or self._locker.is_closed():
                     self._need_open()
                     self._locker = await self._connect()
-                _, held = await self._locker.fetchrow(_LOCKING, STREAM_LOCKS, [_int4(k) for k in frees],
-                                                      [_int4(k) for k in tries])
+                held = await self._lock_statement(self._locker, list(tries), list(frees))
             except BaseException as e:
                 if self._locker is not None:
                     self._locker.terminate()  # its locks go with it
@@ -875,8 +876,19 @@ class PostgresEventLog(LogReads):
                 if not isinstance(e, Exception):
                     raise
                 continue
-            for tried, got in zip(tries.values(), held or ()):  # no tries: NULL
+            for tried, got in zip(tries.values(), held):
                 tried.set_result(got)
+
+    @staticmethod
+    async def _lock_statement(conn: asyncpg.Connection, tries: list[int], frees: list[int]) -> list[bool]:
+        """Give back the locks of `frees`, try those of `tries`, in one round trip; return the tries' answers."""
+        if not frees and len(tries) == 1:
+            return [await conn.fetchval(_TRY, STREAM_LOCKS, _int4(tries[0]))]
+        if not tries and len(frees) == 1:
+            await conn.fetchval(_FREE, STREAM_LOCKS, _int4(frees[0]))
+            return []
+        _, held = await conn.fetchrow(_LOCKING, STREAM_LOCKS, [_int4(k) for k in frees], [_int4(k) for k in tries])
+        return held or []  # no tries: NULL
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
         """Write the appends `take` gives in one statement, under the append lock of the session (see `batch_steps`).
