@@ -28,7 +28,7 @@ from typing import Any, Callable, TypeVar
 
 from vmledger.adapters._threads import in_thread
 from vmledger.eventstore.catalogue import CATALOGUE, MEDIA_PREFIX, Capability, GuestType, Reason, size_text
-from vmledger.eventstore.errors import HypervisorError
+from vmledger.eventstore.errors import HypervisorError, HypervisorRefusedError
 from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Observation, Value
 
 __all__ = ["LibvirtHypervisor", "Notifications", "INSTALL_HINT"]
@@ -291,7 +291,8 @@ class LibvirtHypervisor:
         nodes are always a redefinition, splitting memory and vCPUs evenly.
 
         Raises:
-            HypervisorError: libvirt refused, or stored another value than asked.
+            HypervisorRefusedError: the value is out of range (`_classify`), or not in whole KiB.
+            HypervisorError: libvirt refused otherwise, or stored another value than asked.
         """
         lv = self._libvirt
         config = lv.VIR_DOMAIN_AFFECT_CONFIG
@@ -326,7 +327,14 @@ class LibvirtHypervisor:
             if stored != value:
                 raise HypervisorError(f"libvirt stored {prop} = {stored!r} instead of {value!r}")
 
-        await self._lifecycle(work)
+        try:
+            await self._lifecycle(work)
+        except HypervisorError as e:
+            cause = e.__cause__
+            out_of_range = (Reason.OUT_OF_RANGE, True)
+            if isinstance(cause, lv.libvirtError) and _classify(lv, cause, maximum=False) == out_of_range:
+                raise HypervisorRefusedError(str(e), Reason.OUT_OF_RANGE.value) from cause
+            raise
 
     def _redefine(self, dom: Any, edit: Callable[[ET.Element], None]) -> None:
         """Edit the domain's inactive XML (secrets included, so none is lost) and define it again."""
@@ -768,7 +776,8 @@ def _default_domain_type(uri: str) -> str:
 
 def _kib(value: Value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % KIB:
-        raise HypervisorError(f"libvirt sizes memory in KiB; {value!r} bytes is not a whole number of KiB")
+        raise HypervisorRefusedError(f"libvirt sizes memory in KiB; {value!r} bytes is not a whole number of KiB",
+                                     Reason.OUT_OF_RANGE.value)
     return value // KIB
 
 

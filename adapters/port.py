@@ -35,7 +35,12 @@ class Hypervisor(Protocol):
         ...
 
     async def apply_persistent(self, name: str, prop: str, value: Value) -> None:
-        """Write one value into the persistent config the domain boots with next."""
+        """Write one value into the persistent config the domain boots with next.
+
+        Raises:
+            HypervisorRefusedError: the hypervisor refused the value, for its `reason` (recorded refused).
+            HypervisorError: the write failed (recorded failed).
+        """
         ...
 
     async def apply_live(self, name: str, prop: str, value: Value) -> LiveResult:

@@ -33,6 +33,7 @@ from vmledger.eventstore.catalogue import (
 from vmledger.eventstore.codec import dumps_plain
 from vmledger.eventstore.errors import (
     HypervisorError,
+    HypervisorRefusedError,
     InvalidRequestError,
     UnknownDomainError,
     UnknownPropertyError,
@@ -69,14 +70,16 @@ class _Hang:
 
 
 def _check_bounds(name: str, config: dict[str, Any], prop: str, value: Value) -> None:
-    """Raise HypervisorError if a number breaks its bounds in `config` (`memory` above `max_memory`, say)."""
+    """Raise HypervisorRefusedError (`out_of_range`) if a number breaks its bounds in `config` (`memory` above
+    `max_memory`, say)."""
     entry = lookup(prop)
     if isinstance(value, int) and not (
             value >= entry.minimum
             and (not entry.upper or entry.upper not in config or value <= config[entry.upper])
             and (not entry.lower or entry.lower not in config or value >= config[entry.lower])):
         shown_value = size_text(value) if entry.type == "bytes" else value
-        raise HypervisorError(f"{prop} {shown_value} is outside its bounds in the config of {name!r}")
+        raise HypervisorRefusedError(f"{prop} {shown_value} is outside its bounds in the config of {name!r}",
+                                     Reason.OUT_OF_RANGE.value)
 
 
 class SimulatedHypervisor:

@@ -192,13 +192,16 @@ def decide_set(request: SetRequest, state: DomainState | None) -> Decision:
 
 
 def decide_persistent(request: SetRequest, state: DomainState, error: str | None,
-                      reason: Reason = Reason.HYPERVISOR_ERROR) -> tuple[Event, ...]:
-    """Return the persistent outcome once the hypervisor wrote the config (or `error` said why not, for `reason`)."""
+                      reason: Reason = Reason.HYPERVISOR_ERROR, *, refused: bool = False) -> tuple[Event, ...]:
+    """Return the persistent outcome once the hypervisor wrote the config (or `error` said why not, for `reason`).
+
+    `refused`: the hypervisor refused the value (`HypervisorRefusedError`), rather than failing to write it.
+    """
     if error is None:
         return (_outcome(request, Scope.PERSISTENT.value, Outcome.APPLIED, request.value),)
     slot = state.persistent.get(request.property)
-    return (_outcome(request, Scope.PERSISTENT.value, Outcome.FAILED, slot.value if slot else None,
-                     reason, error),)
+    return (_outcome(request, Scope.PERSISTENT.value, Outcome.REFUSED if refused else Outcome.FAILED,
+                     slot.value if slot else None, reason, error),)
 
 
 def decide_live(request: SetRequest, state: DomainState, result: LiveResult) -> tuple[Event, ...]:

@@ -18,6 +18,7 @@ __all__ = [
     "DamagedExportError",
     "StorageError",
     "HypervisorError",
+    "HypervisorRefusedError",
 ]
 
 
@@ -100,3 +101,15 @@ class StorageError(VmledgerError):
 
 class HypervisorError(VmledgerError):
     """Raised when the hypervisor cannot perform a lifecycle operation (define, start, stop)."""
+
+
+class HypervisorRefusedError(HypervisorError):
+    """Raised by an adapter when the hypervisor refuses a persistent change for a reason of the catalogue.
+
+    `reason` is the `Reason` value (`out_of_range`, say): the ledger records the
+    change refused for it, where any other `HypervisorError` records it failed.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

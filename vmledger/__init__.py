@@ -14,6 +14,7 @@ from vmledger.eventstore.errors import (
     ConcurrencyError,
     DamagedExportError,
     HypervisorError,
+    HypervisorRefusedError,
     InvalidRequestError,
     LedgerNotFoundError,
     NotALedgerError,
@@ -64,6 +65,7 @@ __all__ = [
     "DamagedExportError",
     "StorageError",
     "HypervisorError",
+    "HypervisorRefusedError",
 ]
 
 __version__ = "0.1.0"

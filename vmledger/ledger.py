@@ -49,6 +49,7 @@ from vmledger.eventstore.decisions import (
 from vmledger.eventstore.errors import (
     ChainBrokenError,
     ConcurrencyError,
+    HypervisorRefusedError,
     InvalidRequestError,
     RequestIdReusedError,
     StorageError,
@@ -559,17 +560,21 @@ class Ledger(Replaying):
         name, prop, own = request.domain, request.property, True
         if decision.persistent_value is not None:
             async with self.log.exclusive(f"{uuid}/{Scope.PERSISTENT.value}"):
-                error, reason = None, Reason.HYPERVISOR_ERROR
+                error, reason, refused = None, Reason.HYPERVISOR_ERROR, False
                 try:
                     async with asyncio.timeout(self._timeout):
                         await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
                 except TimeoutError:
                     error, reason = f"no answer from the hypervisor within {self._timeout:g}s", Reason.TIMEOUT
+                except HypervisorRefusedError as e:
+                    error = str(e)
+                    with contextlib.suppress(ValueError):  # a reason not of the catalogue: failed, as any other
+                        reason, refused = Reason(e.reason), True
                 except VmledgerError as e:
                     # An adapter's own timeout (libvirt's) is a timeout too.
                     error, reason = str(e), Reason.TIMEOUT if isinstance(e.__cause__, TimeoutError) else reason
                 own = _outcomes_into(history, await self._retrying(
-                    name, lambda s: decide_persistent(request, s, error, reason) if _awaits(
+                    name, lambda s: decide_persistent(request, s, error, reason, refused=refused) if _awaits(
                         s, request, Scope.PERSISTENT.value) else (), meta)) and own
         if decision.live_value is not None:
             async with self.log.exclusive(f"{uuid}/{Scope.LIVE.value}"):

@@ -194,6 +194,26 @@ def test_persistent_change_libvirt_refuses_is_recorded_failed(tmp_path: pathlib.
     run(tmp_path, scenario)
 
 
+def test_persistent_change_out_of_libvirts_range_is_recorded_refused(tmp_path: pathlib.Path) -> None:
+    """A size not in whole KiB, or a value past a bound lowered behind the ledger's back, is refused out_of_range,
+    as the same live change is, and libvirt's config keeps its value."""
+
+    async def scenario(ledger: Ledger, hv: LibvirtHypervisor, conn: Any) -> None:
+        record = await ledger.set("batch", "memory", GiB + 1, scope="persistent")
+        assert outcome(record, "persistent") == ("refused", 1 * GiB, "out_of_range",
+                                                 f"libvirt sizes memory in KiB; {GiB + 1} bytes is not a whole number of KiB")
+        conn.lookupByName("batch").setVcpusFlags(1, CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+        record = await ledger.set("batch", "vcpus", 2, scope="persistent")
+        assert outcome(record, "persistent")[:3] == ("refused", 2, "out_of_range")
+        assert "VIR_ERR_INVALID_ARG" in outcome(record, "persistent")[3]
+        xml = conn.lookupByName("batch").XMLDesc(INACTIVE)
+        assert (kib_in(xml, "currentMemory"), re.search(r"<vcpu[^>]*>", xml).group(0)) == (
+            GiB // KiB, "<vcpu placement='static'>")
+        await ledger.observe("batch")  # the maximum lowered behind the ledger's back, for assert_mirrors
+
+    run(tmp_path, scenario)
+
+
 def test_persistent_numa_nodes_redefine_the_topology(tmp_path: pathlib.Path) -> None:
     """A persistent numa_nodes change redefines the inactive XML with that many even cells."""
 

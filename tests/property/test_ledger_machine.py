@@ -312,7 +312,7 @@ class LedgerMachine(RuleBasedStateMachine):
         fits = prop.startswith("media:") or (
             value >= 1 and (upper is None or value <= config[upper]) and (lower is None or value >= config[lower]))
         assert self.attempt(self.sim.configure(name, prop, value)) == (
-            NoError if fits else vmledger.HypervisorError, 0, None)
+            NoError if fits else vmledger.HypervisorRefusedError, 0, None)
         self.unseen.setdefault(name, set()).update({"persistent"} if fits else set())
 
     @precondition(lambda self: self.domains)

@@ -8,7 +8,9 @@ import pytest
 
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.catalogue import Reason
-from vmledger.eventstore.errors import HypervisorError, InvalidRequestError, UnknownDomainError, UnknownPropertyError
+from vmledger.eventstore.errors import (
+    HypervisorError, HypervisorRefusedError, InvalidRequestError, UnknownDomainError, UnknownPropertyError,
+)
 from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Observation
 
 GiB = 2**30
@@ -371,18 +373,25 @@ def test_perturbing_what_the_simulator_lacks_is_a_caller_error(tmp_path, perturb
                                                   ("max_memory", GiB // 2, ("memory", GiB))])
 def test_a_persistent_write_past_a_bound_changed_out_of_band_is_refused(
         tmp_path: object, prop: str, value: int, maximum: tuple[str, int]) -> None:
-    """A config the domain could not boot with (memory above a max lowered behind the ledger's back) is an error."""
+    """A config the domain could not boot with (memory above a max lowered behind the ledger's back) is refused
+    `out_of_range`, and the ledger records the request so."""
+    import vmledger
+
     async def go() -> tuple:
         sim = SimulatedHypervisor(tmp_path / "sim.json")  # type: ignore[operator]
-        await sim.define(_spec())
-        await sim.configure("web", *maximum)
-        before = (await sim.observe("web")).persistent
-        with pytest.raises(HypervisorError, match="outside its bounds"):
-            await sim.apply_persistent("web", prop, value)
-        return before, (await sim.observe("web")).persistent
+        async with vmledger.open(str(tmp_path / "l.db"), hypervisor=sim) as ledger:  # type: ignore[operator]
+            await ledger.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=2, max_vcpus=4)
+            await sim.configure("web", *maximum)
+            before = (await sim.observe("web")).persistent
+            with pytest.raises(HypervisorRefusedError, match="outside its bounds") as refused:
+                await sim.apply_persistent("web", prop, value)
+            outcome = (await ledger.set("web", prop, value, scope="persistent")).outcomes["persistent"]
+            return before, (await sim.observe("web")).persistent, refused.value.reason, outcome
 
-    before, after = asyncio.run(go())
-    assert after == before
+    before, after, reason, outcome = asyncio.run(go())
+    assert (after, reason) == (before, "out_of_range")
+    assert (outcome.status, outcome.reason, outcome.value) == ("refused", "out_of_range", GiB if prop == "memory" else (
+        2 if prop == "vcpus" else 4 * GiB))
 
 
 class _HungConfig(SimulatedHypervisor):
