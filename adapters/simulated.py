@@ -198,8 +198,9 @@ class SimulatedHypervisor:
         """Write one value into the persistent config the domain boots with next.
 
         Raises:
-            HypervisorError: the domain is unknown, or the value breaks its bounds in the config the domain
-                holds (a maximum changed behind the ledger's back), as libvirt refuses such a config.
+            HypervisorRefusedError: the value breaks its bounds in the config the domain holds (a maximum
+                changed behind the ledger's back), as libvirt refuses such a config (`out_of_range`).
+            HypervisorError: the domain is unknown.
         """
 
         def change(state: State) -> None:

@@ -8,7 +8,9 @@ import functools
 import hashlib
 import threading
 from datetime import datetime, timezone
-from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Generator, Iterable, Protocol, Sequence, TypeVar
+from typing import (
+    Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Generator, Iterable, Protocol, Sequence, TypeVar,
+)
 
 import attrs
 
@@ -392,8 +394,9 @@ class EventLog(Protocol):
         """
         ...
 
-    def exclusive(self, stream: str) -> AsyncContextManager[None]:
-        """Hold, for the block, the lock of `stream` that every process writing this log honours.
+    def exclusive(self, name: str) -> AsyncContextManager[None]:
+        """Hold, for the block, the lock of `name` (a stream's, or one made from it) that every process writing
+        this log honours.
 
         Raises:
             StorageError: the log is closed or read-only, or the lock cannot be taken.

@@ -235,8 +235,7 @@ class Ledger(Replaying):
         config = check_definition(name, guest_type=guest_type, memory=memory, max_memory=max_memory, vcpus=vcpus,
                                   max_vcpus=max_vcpus, numa_nodes=numa_nodes, cdroms=cdroms)
         meta = _meta(principal)
-        rows = await self.log.fetch_all("SELECT 1 FROM domains WHERE name = ? AND defined = 1", (name,))
-        if rows:
+        if await self._recorded(name):
             raise InvalidRequestError(f"domain {name!r} is already defined")
         uuid = self._new_id()
         pv = guest_type == GuestType.PV.value

@@ -800,8 +800,8 @@ class PostgresEventLog(LogReads):
         self._need_open()
         return await self._group.append(stream, expected_version, events, metadata, now)
 
-    def exclusive(self, stream: str) -> AsyncContextManager[None]:
-        """Hold the lock of `stream` that every process writing this database honours, for the block (see `locks`).
+    def exclusive(self, name: str) -> AsyncContextManager[None]:
+        """Hold the lock of `name` that every process writing this database honours, for the block (see `locks`).
 
         An advisory lock of a session of its own: should that session end
         (the server restarted), the lock is gone with it.
@@ -812,7 +812,7 @@ class PostgresEventLog(LogReads):
         self._need_open()
         if self.read_only:
             raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
-        return self._locks.hold(stream)
+        return self._locks.hold(name)
 
     async def _lock_stream(self, key: int) -> bool:
         """Try the lock of `key` on the locking session: whether it is held now."""
