@@ -449,7 +449,7 @@ class LibvirtHypervisor:
 
         A domain libvirt no longer has is reported undefined (`defined` false).
         Tray locks come from QEMU (see `_locked_trays`); other drivers tell
-        none, so `locked_trays` is empty there.
+        none, so the observation says they are not known (`trays_known`).
 
         Raises:
             HypervisorError: libvirt failed.
@@ -465,31 +465,32 @@ class LibvirtHypervisor:
                 return Observation(defined=False, running=False, live=(), capabilities=())
             running = bool(dom.isActive())
             xml = dom.XMLDesc(0)
+            locked = self._locked_trays(dom, xml) if running else frozenset()
             return Observation(
                 running=running,
                 live=_parse_config(xml) if running else (),
                 capabilities=_capabilities(xml),
-                locked_trays=self._locked_trays(dom, xml) if running else frozenset(),
+                locked_trays=locked or frozenset(), trays_known=locked is not None,
                 persistent=_parse_config(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE)),
             )
 
         return await self._lifecycle(work)
 
-    def _locked_trays(self, dom: Any, xml: str) -> frozenset[str]:
-        """Return the CD-ROM devices whose tray the guest has locked, as QEMU reports them.
+    def _locked_trays(self, dom: Any, xml: str) -> frozenset[str] | None:
+        """Return the CD-ROM devices whose tray the guest has locked, as QEMU reports them, or None if not known.
 
         libvirt's API and XML say whether a tray is open, never whether it is
         locked; QEMU's `query-block` does, and libvirt passes it through
         (`libvirt_qemu.qemuMonitorCommand`, which marks the domain tainted
         `custom-monitor` in its log).  Other drivers, or a monitor that does
-        not answer, tell nothing: no lock is reported.
+        not answer, tell nothing.
         """
         if self._qemu is None:
-            return frozenset()
+            return None
         try:
             answer = json.loads(self._qemu.qemuMonitorCommand(dom, '{"execute": "query-block"}', 0))
         except (self._libvirt.libvirtError, ValueError):
-            return frozenset()
+            return None
         return _locked_devices(xml, answer.get("return", ()))
 
     async def aclose(self) -> None:

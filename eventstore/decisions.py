@@ -205,7 +205,12 @@ def decide_persistent(request: SetRequest, state: DomainState, error: str | None
 
 
 def decide_live(request: SetRequest, state: DomainState, result: LiveResult) -> tuple[Event, ...]:
-    """Turn the hypervisor's answer to a live change into the live outcome event."""
+    """Turn the hypervisor's answer to a live change into the live outcome event.
+
+    What the answer shows the log lacks comes first, as `observe` would
+    record it: a value changed behind the ledger's back, a tray the guest
+    locked (the change was refused for it) or unlocked (its tray opened for the change).
+    """
     live = state.live.get(request.property)
     in_force = result.value if result.value is not None else (live.value if live else None)
     outcome = result.outcome
@@ -214,12 +219,18 @@ def decide_live(request: SetRequest, state: DomainState, result: LiveResult) -> 
     if outcome is Outcome.REQUESTED:
         raise ValueError("a live result cannot be Requested")
     made = _outcome(request, Scope.LIVE.value, outcome, in_force, result.reason, result.message)
+    seen: list[Event] = []
     if outcome in (Outcome.REFUSED, Outcome.FAILED) and live is not None and in_force != live.value:
         # The domain holds a value the log does not explain, which this request did not make: a change
         # made behind the ledger's back, recorded as `observe` would, so that the outcome's value is in force.
-        return LiveValueObserved(property=request.property, value=in_force, previous=live.value), made
-    return (made,)
-
+        seen.append(LiveValueObserved(property=request.property, value=in_force, previous=live.value))
+    if request.property.startswith(MEDIA_PREFIX):
+        device = request.property[len(MEDIA_PREFIX):]
+        if result.reason == Reason.TRAY_LOCKED and device not in state.locked_trays:
+            seen.append(MediaTrayLocked(device=device))  # the guest locked it: what `observe` would record
+        elif outcome is Outcome.APPLIED and device in state.locked_trays:
+            seen.append(MediaTrayUnlocked(device=device))  # its tray opened for the change: no longer locked
+    return (*seen, made)
 
 
 def _awaiting(state: DomainState, scope: str) -> list[Pending]:
@@ -367,10 +378,11 @@ def decide_observed(state: DomainState, observation: Observation, stale_before: 
     caps = {k: v for k, v in observation.capabilities if state.capabilities.get(k) != v}
     if caps:
         events.append(GuestCapabilitiesObserved(capabilities=caps))
-    for device in sorted(observation.locked_trays - state.locked_trays):
-        events.append(MediaTrayLocked(device=device))
-    for device in sorted(state.locked_trays - observation.locked_trays):
-        events.append(MediaTrayUnlocked(device=device))
+    if observation.trays_known:  # a hypervisor that cannot tell leaves the locks the log has
+        for device in sorted(observation.locked_trays - state.locked_trays):
+            events.append(MediaTrayLocked(device=device))
+        for device in sorted(state.locked_trays - observation.locked_trays):
+            events.append(MediaTrayUnlocked(device=device))
     events += _devices_observed(state.live, live, Scope.LIVE.value, awaited)
     for prop, value in sorted(live.items()):
         slot = state.live.get(prop)

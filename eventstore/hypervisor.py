@@ -66,6 +66,8 @@ class Observation:
     live: tuple  # tuple[tuple[str, Value], ...]; empty when not running
     capabilities: tuple  # tuple[tuple[str, bool | None], ...]
     locked_trays: frozenset[str] = frozenset()
+    #: False when the hypervisor cannot tell which trays are locked (libvirt but for QEMU): `locked_trays` says nothing.
+    trays_known: bool = True
     #: The config the domain boots with next, as pairs; a property left out is not known.
     persistent: tuple = ()
     #: False when the hypervisor no longer has the domain (undefined behind the ledger's back).

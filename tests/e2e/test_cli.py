@@ -100,13 +100,16 @@ def test_max_memory_needs_restart(cli: Cli) -> None:
 
 
 def test_locked_tray_and_read_only_are_recorded(cli: Cli) -> None:
-    """A locked tray refuses a media change until unlocked; a read-only property is refused and recorded."""
+    """A locked tray refuses a media change until unlocked, and show learns the lock from the refusal and its end from the change; a read-only property is refused and recorded."""
     assert cli("sim", "lock-tray", "web", "hdc")[0] == 0
     code, out = cli.json("set", "web", "media:hdc", "/iso/b.iso")
     assert (code, out["outcomes"]["live"]["status"], out["outcomes"]["live"]["reason"]) == (3, "refused", "tray_locked")
+    assert cli.json("show", "web")[1]["locked_trays"] == ["hdc"]
     assert cli("sim", "unlock-tray", "web", "hdc")[0] == 0
     code, out = cli.json("set", "web", "media:hdc", "/iso/b.iso")
     assert (code, out["outcomes"]["live"]) == (0, {"status": "applied", "value": "/iso/b.iso", "reason": None, "message": None})
+    assert cli.json("show", "web")[1]["locked_trays"] == []
+    assert cli("observe", "web") == (0, "nothing new\n", "")
     code, out = cli.json("set", "web", "power_state", "off")
     assert code == 3
     assert {s: o["reason"] for s, o in out["outcomes"].items()} == {"persistent": "read_only", "live": "read_only"}

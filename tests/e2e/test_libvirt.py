@@ -13,6 +13,7 @@ import math
 import pathlib
 import re
 import sys
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -25,8 +26,9 @@ import vmledger
 from vmledger.adapters.libvirt import INSTALL_HINT, LibvirtHypervisor
 from vmledger.eventstore.catalogue import Reason
 from vmledger.eventstore.errors import HypervisorError, InvalidRequestError
-from vmledger.eventstore.events import LiveValueObserved
+from vmledger.eventstore.events import LiveValueObserved, MediaTrayLocked
 from vmledger.eventstore.hypervisor import DomainSpec, LiveResult, Observation
+from vmledger.eventstore.log import Metadata
 from vmledger import Ledger
 from vmledger.ledger import default_principal
 
@@ -335,6 +337,21 @@ def test_external_memory_change_observed_as_drift(tmp_path: pathlib.Path) -> Non
             ("LiveValueObserved", "memory", 1536 * MiB)]
         assert drift(await ledger.drift()) == [("web", "memory", 1 * GiB, 1536 * MiB, "external")]
         assert await ledger.observe() == []
+
+    run(tmp_path, scenario)
+
+
+def test_a_driver_that_cannot_tell_tray_locks_leaves_the_locks_the_log_has(tmp_path: pathlib.Path) -> None:
+    """libvirt's test driver says nothing of tray locks: its observation says so, and observe keeps a lock the log has."""
+
+    async def scenario(ledger: Ledger, hv: LibvirtHypervisor, conn: Any) -> None:
+        seen = await hv.observe("web")
+        assert (seen.running, seen.locked_trays, seen.trays_known) == (True, frozenset(), False)
+        state = await ledger._state("web")  # a lock recorded as a QEMU guest's would be
+        await ledger.log.append(state.uuid, state.version, [MediaTrayLocked(device="hdc")], Metadata(principal="test"),
+                                now=datetime.now(timezone.utc))
+        assert await ledger.observe("web") == []
+        assert (await ledger.show("web"))["locked_trays"] == ["hdc"]
 
     run(tmp_path, scenario)
 

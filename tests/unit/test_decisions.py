@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import attrs
 import pytest
 
 from vmledger.eventstore.catalogue import Outcome, Reason
@@ -16,6 +17,8 @@ from vmledger.eventstore.events import (
     DomainDefined,
     DomainStarted,
     LiveValueObserved,
+    MediaTrayLocked,
+    MediaTrayUnlocked,
     PersistentValueObserved,
 )
 from vmledger.eventstore.hypervisor import LiveResult, Observation
@@ -127,6 +130,30 @@ def test_a_live_answer_that_finds_a_value_the_log_lacks_records_it_observed_firs
     events = decide_live(_request("memory", 3 * GiB // 2), _state(True), answer)
     assert [(e.name, e.value, getattr(e, "previous", None)) for e in events] == [
         ("LiveValueObserved", 2 * GiB, GiB), (f"MemoryChange{answer.outcome.value}", 2 * GiB, None)]
+
+
+def test_a_change_refused_for_a_locked_tray_records_the_lock_the_log_lacks() -> None:
+    """A tray the log has unlocked, found locked by a live media change, is recorded locked, once; an applied change records it unlocked."""
+    refused = LiveResult.refused("", Reason.TRAY_LOCKED, "the guest locked the tray")
+    request = _request("media:hdc", "/iso/a.iso")
+    events = decide_live(request, _state(True), refused)
+    assert [(e.name, getattr(e, "device", None)) for e in events] == [
+        ("MediaTrayLocked", "hdc"), ("MediaChangeRefused", None)]
+    locked = apply(_state(True), RecordedEvent(position=3, stream="u1", version=3, event=events[0],
+                                               metadata=Metadata(), recorded_at=T0))
+    assert [e.name for e in decide_live(request, locked, refused)] == ["MediaChangeRefused"]
+    applied = LiveResult.applied("/iso/a.iso")
+    assert [e.name for e in decide_live(request, locked, applied)] == ["MediaTrayUnlocked", "MediaChangeApplied"]
+    assert [e.name for e in decide_live(request, _state(True), applied)] == ["MediaChangeApplied"]
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["known", "not-known"])
+def test_observe_keeps_the_tray_locks_the_log_has_where_the_hypervisor_cannot_tell(known: bool) -> None:
+    """A hypervisor that reports no lock unlocks the tray the log has locked only if it can tell locks at all."""
+    state = apply(_state(True), RecordedEvent(position=3, stream="u1", version=3, event=MediaTrayLocked(device="hdc"),
+                                              metadata=Metadata(), recorded_at=T0))
+    seen = attrs.evolve(_seen(True, CONFIG, CONFIG), trays_known=known)
+    assert decide_observed(state, seen, T0) == ([MediaTrayUnlocked(device="hdc")] if known else [])
 
 
 def _pending(state: DomainState, prop: str, value: int, scope: str = "live") -> DomainState:
