@@ -747,8 +747,9 @@ def _classify(libvirt: Any, e: Any, *, maximum: bool) -> tuple[Reason, bool]:
     # Whole words: "lock" is also in "blockdev-insert-medium", QEMU's command when a guest closed its tray.
     if "tray" in text and re.search(r"\b(locked|timed out|timeout)\b", text):
         return Reason.TRAY_LOCKED, True
-    if "unplug not supported" in text:
-        # QEMU cannot take a vCPU or device out of this guest (e.g. no ACPI): the guest's limit.
+    if "unplug not supported" in text or "without the balloon device" in text:
+        # QEMU cannot take a vCPU or device out of this guest (e.g. no ACPI), nor balloon a guest that has
+        # no balloon device (`<memballoon model='none'/>`, memory slots or not): the guest's limit.
         return Reason.GUEST_UNSUPPORTED, True
     if "cannot resize the maximum memory on an active domain" in text:
         return Reason.REQUIRES_RESTART, True

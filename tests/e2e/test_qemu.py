@@ -87,6 +87,13 @@ GUEST_XML = """<domain type='qemu'>
   </devices>
 </domain>"""
 
+#: The guest without a balloon device, with memory slots (`<maxMemory>`, which QEMU takes with a NUMA cell):
+#: its memory can grow only by plugging DIMMs.
+NO_BALLOON_XML = GUEST_XML.replace("<memballoon model='virtio'/>", "<memballoon model='none'/>").replace(
+    "<currentMemory unit='KiB'>131072</currentMemory>",
+    "<currentMemory unit='KiB'>262144</currentMemory>\n  <maxMemory slots='2' unit='KiB'>1048576</maxMemory>").replace(
+    "<os>", "<cpu><numa><cell id='0' cpus='0-1' memory='262144' unit='KiB'/></numa></cpu>\n  <os>")
+
 
 def _missing(what: str) -> None:
     """Fail under CI=true, else skip: `what` these tests need is not here."""
@@ -164,12 +171,12 @@ def isos() -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def guest(conn: Any, name: str, iso: str, *, boot: str = "hd") -> Iterator[Any]:
+def guest(conn: Any, name: str, iso: str, *, boot: str = "hd", xml: str = GUEST_XML) -> Iterator[Any]:
     """Define and start a tiny guest named PREFIX + `name` with `iso` in hdc; always destroy and undefine it.
 
     The cleanup opens a connection of its own: the test may have restarted libvirtd.
     """
-    dom = conn.defineXML(GUEST_XML.format(name=PREFIX + name, iso=iso, boot=boot))
+    dom = conn.defineXML(xml.format(name=PREFIX + name, iso=iso, boot=boot))
     try:
         dom.create()
         idle(dom)
@@ -266,6 +273,26 @@ def test_live_memory_the_guest_does_not_take_is_failed_with_the_value_kept(
 
         asyncio.run(scenario())
         assert (dom.info()[2], dom.maxMemory()) == (256 * MiB // KiB, 256 * MiB // KiB)
+
+
+def test_live_memory_of_a_guest_without_a_balloon_device_is_refused_with_qemus_reason(
+        conn: Any, isos: dict[str, str], tmp_path: pathlib.Path) -> None:
+    """A guest with memory slots but no balloon device cannot change its memory live: refused guest_unsupported with libvirt's message, 256 MiB kept, the persistent change applies."""
+    with guest(conn, "noballoon", isos["plain"], xml=NO_BALLOON_XML) as dom:
+        async def scenario() -> None:
+            async with ledger_for(tmp_path, "noballoon") as ledger:
+                record = await ledger.set(dom.name(), "memory", 192 * MiB)
+                assert outcomes(record) == {
+                    "persistent": ("applied", 192 * MiB, None, None),
+                    "live": ("refused", 256 * MiB, "guest_unsupported",
+                             "Requested operation is not valid: Unable to change memory of active domain without "
+                             "the balloon device and guest OS balloon driver (VIR_ERR_OPERATION_INVALID, code 55)"),
+                }
+                assert [(d["property"], d["persistent"], d["live"], d["cause"]) for d in await ledger.drift()] == [
+                    ("memory", 192 * MiB, 256 * MiB, "refused")]
+
+        asyncio.run(scenario())
+        assert dom.info()[2] == 256 * MiB // KiB
 
 
 def test_live_vcpu_plug_applies_and_unplug_is_recorded_with_qemus_reason(
