@@ -19,6 +19,7 @@ __all__ = [
     "StorageError",
     "HypervisorError",
     "HypervisorRefusedError",
+    "LockTimeoutError",
 ]
 
 
@@ -97,6 +98,17 @@ class DamagedExportError(InvalidRequestError, ChainBrokenError):
 
 class StorageError(VmledgerError):
     """Raised when the storage backend fails (locked, full, read-only, unreachable)."""
+
+
+class LockTimeoutError(StorageError):
+    """Raised when a lock the ledger's writing processes share stays held by another process longer than allowed.
+
+    `seconds` is how long it was waited for.
+    """
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
 
 
 class HypervisorError(VmledgerError):

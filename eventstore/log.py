@@ -394,11 +394,16 @@ class EventLog(Protocol):
         """
         ...
 
-    def exclusive(self, name: str) -> AsyncContextManager[None]:
+    def exclusive(self, name: str, *, work: float = 0.0) -> AsyncContextManager[None]:
         """Hold, for the block, the lock of `name` (a stream's, or one made from it) that every process writing
         this log honours.
 
+        A holder in another process is waited for at most `work` seconds (how
+        long a holder's work besides its writes may rightly take) plus the
+        log's busy timeout (how long its writes may wait).
+
         Raises:
+            LockTimeoutError: another process held it longer.
             StorageError: the log is closed or read-only, or the lock cannot be taken.
         """
         ...

@@ -30,7 +30,8 @@ REASONS = {
     Reason.OUT_OF_RANGE: "the value breaks the property's bounds in that config",
     Reason.DOMAIN_NOT_RUNNING: "a live change was asked of a domain that is not running",
     Reason.HYPERVISOR_ERROR: "the hypervisor reported an error; its message is kept",
-    Reason.TIMEOUT: "the hypervisor did not answer within the timeout",
+    Reason.TIMEOUT: "the hypervisor did not answer within the timeout, or another writer held the domain's lock "
+                    "longer than a call and its outcome take (the hypervisor was then not asked)",
 }
 
 CAUSES = {

@@ -17,6 +17,7 @@ from vmledger.eventstore.errors import (
     HypervisorRefusedError,
     InvalidRequestError,
     LedgerNotFoundError,
+    LockTimeoutError,
     NotALedgerError,
     RequestIdReusedError,
     StorageError,
@@ -66,6 +67,7 @@ __all__ = [
     "StorageError",
     "HypervisorError",
     "HypervisorRefusedError",
+    "LockTimeoutError",
 ]
 
 __version__ = "0.1.0"

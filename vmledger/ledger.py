@@ -51,6 +51,7 @@ from vmledger.eventstore.errors import (
     ConcurrencyError,
     HypervisorRefusedError,
     InvalidRequestError,
+    LockTimeoutError,
     RequestIdReusedError,
     StorageError,
     UnknownDomainError,
@@ -553,35 +554,60 @@ class Ledger(Replaying):
         log saying one value and the hypervisor holding the other, each request
         recorded applied.  The config and the running guest are apart, so a
         request's live change need not wait for another's config write.
+        A lock another writer keeps longer than a call and its outcome take
+        fails that scope, the hypervisor not asked (`_turn`).
 
         Returns whether every outcome is this caller's own (another writer, a stop say, may have settled one).
         """
         name, prop, own = request.domain, request.property, True
         if decision.persistent_value is not None:
-            async with self.log.exclusive(f"{uuid}/{Scope.PERSISTENT.value}"):
-                error, reason, refused = None, Reason.HYPERVISOR_ERROR, False
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        await self.hypervisor.apply_persistent(name, prop, decision.persistent_value)
-                except TimeoutError:
-                    error, reason = f"no answer from the hypervisor within {self._timeout:g}s", Reason.TIMEOUT
-                except HypervisorRefusedError as e:
-                    error = str(e)
-                    with contextlib.suppress(ValueError):  # a reason not of the catalogue: failed, as any other
-                        reason, refused = Reason(e.reason), True
-                except VmledgerError as e:
-                    # An adapter's own timeout (libvirt's) is a timeout too.
-                    error, reason = str(e), Reason.TIMEOUT if isinstance(e.__cause__, TimeoutError) else reason
+            async with contextlib.AsyncExitStack() as held:
+                error, reason, refused = await self._turn(held, uuid, name, Scope.PERSISTENT), Reason.TIMEOUT, False
+                if error is None:
+                    error, reason, refused = await self._apply_persistent(name, prop, decision.persistent_value)
                 own = _outcomes_into(history, await self._retrying(
                     name, lambda s: decide_persistent(request, s, error, reason, refused=refused) if _awaits(
                         s, request, Scope.PERSISTENT.value) else (), meta)) and own
         if decision.live_value is not None:
-            async with self.log.exclusive(f"{uuid}/{Scope.LIVE.value}"):
-                result = await self._apply_live(name, prop, decision.live_value)
+            async with contextlib.AsyncExitStack() as held:
+                busy = await self._turn(held, uuid, name, Scope.LIVE)
+                result = (LiveResult.failed(None, Reason.TIMEOUT, busy) if busy is not None
+                          else await self._apply_live(name, prop, decision.live_value))
                 own = _outcomes_into(history, await self._retrying(
                     name, lambda s: decide_live(request, s, result) if _awaits(s, request, Scope.LIVE.value) else (),
                     meta)) and own
         return own
+
+    async def _turn(self, held: contextlib.AsyncExitStack, uuid: str, name: str, scope: Scope) -> str | None:
+        """Take the domain's lock of `scope` into `held`; return None, or why not, when another writer kept it.
+
+        Its holder is waited for as long as a hypervisor call and the writing
+        of its outcome may take (the hypervisor timeout and the busy timeout):
+        a holder stopped or hung past that fails this scope of the request, the
+        hypervisor not asked, rather than leave it waiting for good.
+        """
+        try:
+            await held.enter_async_context(self.log.exclusive(f"{uuid}/{scope.value}", work=self._timeout))
+        except LockTimeoutError as e:
+            return (f"another writer held the lock on the {scope.value} changes of domain {name!r} for {e.seconds:g}s, "
+                    "longer than a hypervisor call and the writing of its outcome take: the hypervisor was not asked")
+        return None
+
+    async def _apply_persistent(self, name: str, prop: str, value: Value) -> tuple[str | None, Reason, bool]:
+        """Ask the hypervisor for a persistent change; return its error (None if done), reason and whether refused."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.hypervisor.apply_persistent(name, prop, value)
+        except TimeoutError:
+            return f"no answer from the hypervisor within {self._timeout:g}s", Reason.TIMEOUT, False
+        except HypervisorRefusedError as e:
+            with contextlib.suppress(ValueError):  # a reason not of the catalogue: failed, as any other
+                return str(e), Reason(e.reason), True
+            return str(e), Reason.HYPERVISOR_ERROR, False
+        except VmledgerError as e:
+            # An adapter's own timeout (libvirt's) is a timeout too.
+            return str(e), Reason.TIMEOUT if isinstance(e.__cause__, TimeoutError) else Reason.HYPERVISOR_ERROR, False
+        return None, Reason.HYPERVISOR_ERROR, False
 
     async def _find_for_request(self, name: str) -> DomainState | None:
         check_name(name)

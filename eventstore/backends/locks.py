@@ -27,7 +27,7 @@ import weakref
 import zlib
 from typing import AsyncIterator, Awaitable, Callable
 
-from vmledger.eventstore.errors import StorageError
+from vmledger.eventstore.errors import LockTimeoutError, StorageError
 
 __all__ = ["KeyLocks", "FileLocks", "key_of"]
 
@@ -48,16 +48,25 @@ class KeyLocks:
         self._local: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @contextlib.asynccontextmanager
-    async def hold(self, name: str) -> AsyncIterator[None]:
-        """Hold the lock of `name` for the block, waiting for whoever holds it first."""
+    async def hold(self, name: str, wait: float) -> AsyncIterator[None]:
+        """Hold the lock of `name` for the block: after this process's tasks that asked first, and after
+        another process's holder, waited for `wait` seconds at most.
+
+        Raises:
+            LockTimeoutError: another process held it longer.
+        """
         key = key_of(name)
         local = self._local.get(key)
         if local is None:
             local = self._local[key] = asyncio.Lock()
         async with local:
-            pause = _FIRST_PAUSE
+            pause, deadline = _FIRST_PAUSE, None
             while not await self._try_lock(key):
-                await asyncio.sleep(pause)
+                now = asyncio.get_running_loop().time()
+                deadline = now + wait if deadline is None else deadline
+                if now >= deadline:
+                    raise LockTimeoutError(f"another writer held the lock of {name} for {wait:g}s", wait)
+                await asyncio.sleep(min(pause, deadline - now))
                 pause = min(pause * 2, _LONGEST_PAUSE)
             try:
                 yield

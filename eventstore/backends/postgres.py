@@ -484,6 +484,7 @@ class PostgresEventLog(LogReads):
     ) -> None:
         self.dsn = dsn
         self.read_only = read_only
+        self._busy_timeout = busy_timeout
         self._create = create and not read_only
         self._projector = projector
         self._settings = {
@@ -800,19 +801,21 @@ class PostgresEventLog(LogReads):
         self._need_open()
         return await self._group.append(stream, expected_version, events, metadata, now)
 
-    def exclusive(self, name: str) -> AsyncContextManager[None]:
+    def exclusive(self, name: str, *, work: float = 0.0) -> AsyncContextManager[None]:
         """Hold the lock of `name` that every process writing this database honours, for the block (see `locks`).
 
         An advisory lock of a session of its own: should that session end
-        (the server restarted), the lock is gone with it.
+        (the server restarted), the lock is gone with it.  Another process's
+        holder is waited for `work` seconds plus the busy timeout at most.
 
         Raises:
+            LockTimeoutError: another process held it longer.
             StorageError: the ledger is closed or read-only, or the server cannot be reached.
         """
         self._need_open()
         if self.read_only:
             raise StorageError(f"the ledger in the PostgreSQL database {_database(self.dsn)!r} is open read-only")
-        return self._locks.hold(name)
+        return self._locks.hold(name, self._busy_timeout + work)
 
     async def _lock_stream(self, key: int) -> bool:
         """Try the lock of `key` on the locking session: whether it is held now."""

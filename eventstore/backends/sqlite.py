@@ -522,16 +522,19 @@ class SQLiteEventLog(LogReads):
         self._need_writer()
         return await self._group.append(stream, expected_version, events, metadata, now)
 
-    def exclusive(self, name: str) -> AsyncContextManager[None]:
+    def exclusive(self, name: str, *, work: float = 0.0) -> AsyncContextManager[None]:
         """Hold the lock of `name` that every process writing this file honours, for the block (see `locks`).
 
+        Another process's holder is waited for `work` seconds plus the busy timeout at most.
+
         Raises:
+            LockTimeoutError: another process held it longer.
             StorageError: the ledger is closed or read-only, or the lock file cannot be locked.
         """
         self._need_writer()
         if self._locks is None:  # made on first use: a ledger no `set` writes to, or read-only, needs none
             self._locks = _in_process() if self.path == ":memory:" else _file_locks(self._locks_path)
-        return self._locks.hold(name)
+        return self._locks.hold(name, self._busy_ms / 1000 + work)
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[Outcome]:
         """Write the appends `take` gives in one transaction, in the writer thread (see `_batch`)."""

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import os
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -158,3 +159,32 @@ def test_two_processes_setting_one_property_leave_the_log_saying_what_the_hyperv
             if p.is_alive():
                 p.kill()
     assert ([p.exitcode for p in rivals], rounds) == ([0, 0], [(r, []) for r in range(ROUNDS)])
+
+
+def test_a_scope_another_writer_holds_too_long_fails_without_asking_the_hypervisor(url: str, tmp_path: Any) -> None:
+    """A set meeting its domain's live lock held past the hypervisor and busy timeouts records live failed timeout, the hypervisor not asked; once freed, the next set applies."""
+    sim, GiB = str(tmp_path / "sim.json"), 2**30
+
+    async def go() -> tuple:
+        async with (vmledger.open(url, hypervisor=SimulatedHypervisor(sim)) as holder,
+                    vmledger.open(url, hypervisor=SimulatedHypervisor(sim), hypervisor_timeout=0.2,
+                                  busy_timeout=0.3) as ledger):
+            await holder.define("web", guest_type="pv", memory=GiB, max_memory=4 * GiB, vcpus=1, max_vcpus=2)
+            await holder.start("web")
+            uuid = (await ledger.show("web"))["uuid"]
+            async with holder.log.exclusive(f"{uuid}/live"):  # a writer stopped while it holds the lock
+                started = time.monotonic()
+                record = await ledger.set("web", "memory", 2 * GiB)
+                waited = time.monotonic() - started
+                kept = dict((await SimulatedHypervisor(sim).observe("web")).live)["memory"]
+            again = await ledger.set("web", "memory", 2 * GiB)
+            return ({s: (o["status"], o["value"], o["reason"], o["message"]) for s, o in record["outcomes"].items()},
+                    0.5 <= waited < 10, kept, again["outcomes"]["live"]["status"],
+                    [(d["property"], d["cause"]) for d in await ledger.drift()])
+
+    assert asyncio.run(go()) == (
+        {"persistent": ("applied", 2 * GiB, None, None),
+         "live": ("failed", GiB, "timeout",
+                  "another writer held the lock on the live changes of domain 'web' for 0.5s, longer than a "
+                  "hypervisor call and the writing of its outcome take: the hypervisor was not asked")},
+        True, GiB, "applied", [])

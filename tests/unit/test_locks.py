@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from vmledger.eventstore.backends.locks import FileLocks, key_of
+from vmledger.eventstore.errors import LockTimeoutError
 
 _HOLDER = """
 import fcntl, sys, time
@@ -26,10 +28,10 @@ def test_two_opens_of_the_lock_file_exclude_each_other_by_stream(tmp_path: Any) 
 
     async def go() -> list:
         seen = []
-        async with first.hold("web"):
+        async with first.hold("web", 30):
             seen += [await second._try(key_of("web")), await second._try(key_of("db"))]
             await second._free(key_of("db"))
-            held = second.hold("web")
+            held = second.hold("web", 30)
             waiting = asyncio.ensure_future(held.__aenter__())
             await asyncio.sleep(0.05)
             seen.append(waiting.done())
@@ -41,6 +43,30 @@ def test_two_opens_of_the_lock_file_exclude_each_other_by_stream(tmp_path: Any) 
 
     try:
         assert asyncio.run(go()) == [False, True, False, False, True]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_lock_held_by_another_past_the_wait_is_a_clear_error_and_can_be_taken_once_free(tmp_path: Any) -> None:
+    """Waiting on another open's holder ends with LockTimeoutError after the wait, not sooner, and the lock is taken once freed."""
+    first, second = FileLocks(str(tmp_path / "l-locks")), FileLocks(str(tmp_path / "l-locks"))
+
+    async def go() -> list:
+        seen = []
+        async with first.hold("web", 30):
+            started = time.monotonic()
+            try:
+                async with second.hold("web", 0.2):
+                    seen.append("held")
+            except LockTimeoutError as e:
+                seen += [str(e), e.seconds, 0.2 <= time.monotonic() - started < 5]
+        async with second.hold("web", 0.2):
+            seen.append(await first._try(key_of("web")))
+        return seen
+
+    try:
+        assert asyncio.run(go()) == ["another writer held the lock of web for 0.2s", 0.2, True, False]
     finally:
         first.close()
         second.close()
