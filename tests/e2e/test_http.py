@@ -118,6 +118,15 @@ def test_errors_are_problems_with_the_clis_codes(server: Served) -> None:
     assert unknown_domain.json()["detail"] == "unknown domain 'nope'"
 
 
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/events/stream", "/v1/drift", "/v1/history", "/v1/audit"])
+def test_a_query_of_an_unknown_domain_is_a_404_its_document_names(server: Served, path: str) -> None:
+    """Each query that takes a domain answers 404 for one the ledger never had, a status its OpenAPI document lists."""
+    with server.client("olga") as c:
+        answer = c.get(path, params={"domain": "nope"})
+        documented = c.get("/openapi.json").json()["paths"][path]["get"]["responses"]
+    assert (answer.status_code, answer.json()["code"], "404" in documented) == (404, "unknown_domain", True)
+
+
 def test_repeated_idempotency_key_appends_nothing(server: Served) -> None:
     """Repeating an Idempotency-Key answers the first record again and appends nothing."""
     first = _set(server, "olga", {"property": "vcpus", "value": 3}, **{"Idempotency-Key": "r-same"})

@@ -408,7 +408,7 @@ async def revert(request: Request, name: DomainName, data: JSONBody[RevertBody])
                                                    principal=principal(request)))
 
 
-@get("/v1/events", opt=READ, responses=_problems(), security=_SECURITY, tags=["events"])
+@get("/v1/events", opt=READ, responses=_problems(404), security=_SECURITY, tags=["events"])
 async def events(
     request: Request,
     start: int = QueryParameter(name="from", default=0, ge=0, le=2**63 - 1, description="after this position"),
@@ -442,7 +442,7 @@ async def head(request: Request) -> Position:
     return {"position": await _svc(request).ledger.log.head()}
 
 
-@get("/v1/events/stream", opt=READ, responses=_problems(), security=_SECURITY, tags=["events"],
+@get("/v1/events/stream", opt=READ, responses=_problems(404), security=_SECURITY, tags=["events"],
      media_type="text/event-stream")
 async def event_stream(
     request: Request,
