@@ -218,7 +218,14 @@ class LedgerMachine(RuleBasedStateMachine):
         made = self.run(_all(self.ledger.events(from_position=head)))
         observed = [(r.event.property, r.event.value) for r in made if r.type == "LiveValueObserved"]
         assert observed in ([], [(prop, live.get(prop))])
-        moved -= len(observed)
+        # So does a tray lock the live outcome of a media change shows: met (refused) or gone (applied).
+        trays = [(r.type, r.event.device) for r in made if r.type in ("MediaTrayLocked", "MediaTrayUnlocked")]
+        if trays:
+            locked = record is not None and record["outcomes"]["live"]["reason"] == "tray_locked"
+            device = prop.split(":", 1)[1]
+            assert trays == [("MediaTrayLocked" if locked else "MediaTrayUnlocked", device)]
+            assert locked == (device in self.run(self.sim.observe(name)).locked_trays)
+        moved -= len(observed) + len(trays)
         got = (error, moved, sorted(record["outcomes"]) if record else None,
                [s for s, o in sorted(record["outcomes"].items()) if o["status"] == "in_flight"] if record else None,
                record == self.run(self.ledger.request(record["request_id"])) if record else None)
