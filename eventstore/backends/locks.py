@@ -33,6 +33,10 @@ __all__ = ["KeyLocks", "FileLocks", "key_of"]
 
 #: The first and the longest pause between two tries of a lock another process holds.
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.001, 0.05
+#: How long this process's tasks hand a key on among themselves before they let it go for a while (twice the longest
+#: pause), so that another process, which tries at most a longest pause apart, gets its turn: else it may wait as long
+#: as they keep coming.
+_STREAK, _TURN = 2.0, 2 * _LONGEST_PAUSE
 
 
 def key_of(name: str) -> int:
@@ -46,32 +50,51 @@ class KeyLocks:
     def __init__(self, try_lock: Callable[[int], Awaitable[bool]], unlock: Callable[[int], Awaitable[None]]) -> None:
         self._try_lock, self._unlock = try_lock, unlock
         self._local: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        #: Key -> this process's tasks holding or waiting for it; key -> since when they have held it without a break.
+        self._users: dict[int, int] = {}
+        self._streaks: dict[int, float] = {}
 
     @contextlib.asynccontextmanager
     async def hold(self, name: str, wait: float) -> AsyncIterator[None]:
         """Hold the lock of `name` for the block: after this process's tasks that asked first, and after
         another process's holder, waited for `wait` seconds at most.
 
+        This process's tasks hand the lock on among themselves without asking
+        the kernel or the server again, but not for more than `_STREAK`
+        seconds in a row: then it is let go for `_TURN`, long enough for
+        another process's waiter, which tries at most `_LONGEST_PAUSE` apart.
+
         Raises:
             LockTimeoutError: another process held it longer.
         """
-        key = key_of(name)
+        key, loop = key_of(name), asyncio.get_running_loop()
         local = self._local.get(key)
         if local is None:
             local = self._local[key] = asyncio.Lock()
-        async with local:
-            pause, deadline = _FIRST_PAUSE, None
-            while not await self._try_lock(key):
-                now = asyncio.get_running_loop().time()
-                deadline = now + wait if deadline is None else deadline
-                if now >= deadline:
-                    raise LockTimeoutError(f"another writer held the lock of {name} for {wait:g}s", wait)
-                await asyncio.sleep(min(pause, deadline - now))
-                pause = min(pause * 2, _LONGEST_PAUSE)
-            try:
-                yield
-            finally:
-                await self._unlock(key)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with local:
+                began = self._streaks.setdefault(key, loop.time())
+                if loop.time() - began > _STREAK:  # another process's turn, if it waits
+                    del self._streaks[key]
+                    await asyncio.sleep(_TURN)
+                pause, deadline = _FIRST_PAUSE, None
+                while not await self._try_lock(key):
+                    now = loop.time()
+                    deadline = now + wait if deadline is None else deadline
+                    if now >= deadline:
+                        raise LockTimeoutError(f"another writer held the lock of {name} for {wait:g}s", wait)
+                    await asyncio.sleep(min(pause, deadline - now))
+                    pause = min(pause * 2, _LONGEST_PAUSE)
+                try:
+                    yield
+                finally:
+                    await self._unlock(key)
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:  # nobody here holds or waits for it: the streak ends
+                del self._users[key]
+                self._streaks.pop(key, None)
 
 
 # `struct flock` of Linux: l_type, l_whence (shorts), l_start, l_len (off_t), l_pid, and padding.

@@ -72,6 +72,58 @@ def test_a_lock_held_by_another_past_the_wait_is_a_clear_error_and_can_be_taken_
         second.close()
 
 
+_BUSY = """
+import asyncio, sys
+from vmledger.eventstore.backends import locks as module
+from vmledger.eventstore.backends.locks import FileLocks
+
+module._STREAK = 0.3  # shorter streaks than a ledger's, so that the test waits for several in a few seconds
+
+async def main():
+    locks, loop = FileLocks(sys.argv[1]), asyncio.get_running_loop()
+    stop = loop.time() + float(sys.argv[2])
+
+    async def task():
+        while loop.time() < stop:
+            async with locks.hold("web", 30):
+                await asyncio.sleep(0.002)
+
+    tasks = [asyncio.ensure_future(task()) for _ in range(4)]
+    await asyncio.sleep(0.2)
+    print("busy", flush=True)
+    await asyncio.gather(*tasks)
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_handing_a_lock_between_its_tasks_lets_another_process_in(tmp_path: Any) -> None:
+    """Four tasks of another process taking a lock in turn without a break still let this process's waiter in, eight times running, each long before its wait ends."""
+    path = str(tmp_path / "l-locks")
+    busy = subprocess.Popen([sys.executable, "-c", _BUSY, path, "20"], stdout=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    locks = FileLocks(path)
+
+    async def go() -> float:
+        started = time.monotonic()
+        for _ in range(8):
+            async with locks.hold("web", 3):
+                pass
+        return time.monotonic() - started
+
+    try:
+        assert busy.stdout is not None and busy.stdout.readline() == "busy\n"
+        waited = asyncio.run(go())
+        still = busy.poll() is None
+    finally:
+        busy.kill()
+        busy.wait(timeout=30)
+        assert busy.stdout is not None
+        busy.stdout.close()
+        locks.close()
+    assert (waited < 10, still) == (True, True)
+
+
 def test_a_lock_of_a_killed_process_is_free(tmp_path: Any) -> None:
     path = str(tmp_path / "l-locks")
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, path],
