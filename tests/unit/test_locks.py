@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from vmledger.eventstore.backends.locks import FileLocks, key_of
 from vmledger.eventstore.errors import LockTimeoutError
@@ -100,46 +101,40 @@ asyncio.run(main())
 def test_a_process_handing_a_lock_between_its_tasks_lets_another_process_in(tmp_path: Any) -> None:
     """Four tasks of another process taking a lock in turn without a break still let this process's waiter in, eight times running, each long before its wait ends."""
     path = str(tmp_path / "l-locks")
-    busy = subprocess.Popen([sys.executable, "-c", _BUSY, path, "20"], stdout=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    locks = FileLocks(path)
 
-    async def go() -> float:
+    async def go(locks: FileLocks) -> float:
         started = time.monotonic()
         for _ in range(8):
             async with locks.hold("web", 3):
                 pass
         return time.monotonic() - started
 
-    try:
-        assert busy.stdout is not None and busy.stdout.readline() == "busy\n"
-        waited = asyncio.run(go())
+    with _child(_BUSY, path, "20") as (busy, first), contextlib.closing(FileLocks(path)) as locks:
+        waited = asyncio.run(go(locks))
         still = busy.poll() is None
-    finally:
-        busy.kill()
-        busy.wait(timeout=30)
-        assert busy.stdout is not None
-        busy.stdout.close()
-        locks.close()
-    assert (waited < 10, still) == (True, True)
+    assert (first, waited < 10, still) == ("busy\n", True, True)
 
 
 def test_a_lock_of_a_killed_process_is_free(tmp_path: Any) -> None:
     path = str(tmp_path / "l-locks")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, path],
-                              stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    locks = FileLocks(path)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with _child(_HOLDER, path) as (holder, first), contextlib.closing(FileLocks(path)) as locks:
         before = asyncio.run(locks._try(key_of("web")))
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
         after = asyncio.run(locks._try(key_of("web")))
+    assert (first, before, after) == ("held\n", False, True)
+
+
+@contextlib.contextmanager
+def _child(script: str, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Run `script` in a child process (SIGINT as by default); yield it and its first line; always kill it."""
+    child = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert child.stdout is not None
+        yield child, child.stdout.readline()
     finally:
-        holder.kill()
-        holder.wait(timeout=30)
-        assert holder.stdout is not None
-        holder.stdout.close()
-        locks.close()
-    assert (before, after) == (False, True)
+        child.kill()
+        child.wait(timeout=30)
+        assert child.stdout is not None
+        child.stdout.close()
