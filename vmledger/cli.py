@@ -65,6 +65,9 @@ class _Parser(argparse.ArgumentParser):
             near = nearest(m.group(2), choices)
             message = (f"{what} {shown(m.group(2))}"
                        + (f": did you mean {near!r}?" if near else f" (choose from {', '.join(choices)})"))
+        # argparse quotes some of what it shows (a choice), not all (an argument it does not know): the
+        # characters that would break the line, or the terminal, are shown escaped.
+        message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
         self.exit(EXIT_USAGE, f"vmledger: error: {message} (see '{self.prog} --help')\n")
 
 

@@ -169,6 +169,8 @@ def other_argv(draw: Any) -> list[str]:
 
 @HOSTILE
 @given(argv=set_argv())
+@example(argv=["set", "web", "memory", "--", "--scope", "\n"])  # argparse showed an unknown argument as it came
+@example(argv=["set", "web", "memory", "2GiB", "--\x1b[2J"])
 def test_cli_set_accepts_or_rejects_cleanly(shared_db: str, argv: list[str]) -> None:
     """A hostile `set` command line is recorded, or exits 2 with one line on stderr and writes nothing."""
     assert cli_verdict(shared_db, argv) in ("accepted", "rejected")
