@@ -3,8 +3,10 @@
 It models PV and HVM guests, a host memory pool (so a large balloon request is
 satisfied only in part), lockable CD-ROM trays and one-shot injected faults.
 The state lives in one JSON file so that separate processes (CLI calls) see the
-same hypervisor; every operation is a read-modify-write of the whole file under
-an exclusive `flock` on `<state_path>.lock`, run in a thread.
+same hypervisor; every operation runs under an exclusive `flock` on
+`<state_path>.lock`, in a thread, and a change appends the domains it changed
+to the file as a line (see `SimulatedHypervisor._load`), which is written
+whole again once those lines outgrow the state.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ _UNSUPPORTED = {
 _FAULT_KINDS = ("error", "timeout", "late")
 #: The length of the token a save writes into the lock file (`uuid.uuid4().hex`).
 _TOKEN_BYTES = 32
+#: The bytes of saves a state file may hold beyond twice its state before a save writes it whole (`_save`).
+_SLACK = 256 << 10
+_JSON = json.JSONDecoder()
 
 State = dict[str, Any]
 
@@ -94,10 +99,10 @@ class SimulatedHypervisor:
         self.lock_path = self.state_path + ".lock"
         self.hang_seconds = 3600.0
         self._initial_free = host_free
-        self._queue: list[tuple[Callable[[State], Any], bool, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Callable[[State], Any], bool, tuple[str, ...] | None, asyncio.Future[Any]]] = []
         self._worker: asyncio.Task[None] | None = None
-        #: (stamp, state) of the file as this adapter last read or wrote it: see `_stamp`.
-        self._cache: tuple[tuple, State] | None = None
+        #: (stamp, state, room) of the file as this adapter last read or wrote it: see `_stamp`, `_save`.
+        self._cache: tuple[tuple, State, int] | None = None
 
     @classmethod
     def for_database(
@@ -144,7 +149,7 @@ class SimulatedHypervisor:
                 "faults": {},
             }
 
-        await self._run(change)
+        await self._run(change, domains=(spec.name,))
 
     async def undefine(self, name: str) -> None:
         """Remove a stopped domain's definition.
@@ -158,7 +163,7 @@ class SimulatedHypervisor:
                 raise HypervisorError(f"domain {name!r} is running")
             del state["domains"][name]
 
-        await self._run(change)
+        await self._run(change, domains=(name,))
 
     async def start(self, name: str) -> tuple:
         """Boot the domain from its persistent config; return its live config as pairs.
@@ -178,7 +183,7 @@ class SimulatedHypervisor:
             dom.update(running=True, live=dict(dom["persistent"]), locked_trays=[])
             return tuple(sorted(dom["live"].items()))
 
-        return await self._run(change)
+        return await self._run(change, domains=(name,))
 
     async def stop(self, name: str) -> None:
         """Shut the domain off and return its memory to the host pool.
@@ -192,7 +197,7 @@ class SimulatedHypervisor:
             state["host_free"] += dom["live"].get("memory", 0)
             dom.update(running=False, live={}, locked_trays=[])
 
-        await self._run(change)
+        await self._run(change, domains=(name,))
 
     async def apply_persistent(self, name: str, prop: str, value: Value) -> None:
         """Write one value into the persistent config the domain boots with next.
@@ -208,7 +213,7 @@ class SimulatedHypervisor:
             _check_bounds(name, config, prop, value)
             config[prop] = value
 
-        await self._run(change)
+        await self._run(change, domains=(name,))
 
     async def apply_live(self, name: str, prop: str, value: Value) -> LiveResult:
         """Ask the running domain for a live change and report what really happened.
@@ -219,7 +224,7 @@ class SimulatedHypervisor:
         Raises:
             HypervisorError: the domain is unknown.
         """
-        result = await self._run(lambda state: _apply_live(state, name, prop, value))
+        result = await self._run(lambda state: _apply_live(state, name, prop, value), domains=(name,))
         if isinstance(result, _Late):
             # Like a blocking hypervisor call: the caller's timeout cannot stop the thread.
             return await in_thread(self._answer_late, name, prop, value)
@@ -230,7 +235,7 @@ class SimulatedHypervisor:
 
     def _answer_late(self, name: str, prop: str, value: Value) -> LiveResult | _Hang:
         time.sleep(self.hang_seconds)
-        return self._transact(lambda state: _apply_live(state, name, prop, value), True)
+        return self._transact(lambda state: _apply_live(state, name, prop, value), (name,))
 
     async def observe(self, name: str) -> Observation:
         """Report the domain's live state, capabilities, tray locks and persistent config.
@@ -310,7 +315,7 @@ class SimulatedHypervisor:
             state["host_free"] -= delta
             live["memory"] = size
 
-        await self._run(change)
+        await self._run(change, domains=(name,))
 
     async def configure(self, name: str, prop: str, value: Value) -> None:
         """Change one value of the config the domain boots with next out of band, as `virsh setmem --config` does.
@@ -331,7 +336,7 @@ class SimulatedHypervisor:
             _check_bounds(name, config, prop, value)
             config[prop] = value
 
-        await self._run(change)
+        await self._run(change, domains=(name,))
 
     async def set_host_free(self, size: int) -> None:
         """Set the free host memory pool in bytes.
@@ -347,7 +352,7 @@ class SimulatedHypervisor:
         def change(state: State) -> None:
             state["host_free"] = size
 
-        await self._run(change)
+        await self._run(change, domains=())
 
     async def host_free(self) -> int:
         """Return the free host memory pool in bytes."""
@@ -368,7 +373,7 @@ class SimulatedHypervisor:
             UnknownDomainError, UnknownPropertyError: no such domain, or it has no such device.
             HypervisorError: the domain is not running.
         """
-        await self._run(lambda state: _set_tray(state, name, device, locked=True))
+        await self._run(lambda state: _set_tray(state, name, device, locked=True), domains=(name,))
 
     async def unlock_tray(self, name: str, device: str) -> None:
         """Unlock the CD-ROM tray of `device`.
@@ -377,7 +382,7 @@ class SimulatedHypervisor:
             UnknownDomainError, UnknownPropertyError: no such domain, or it has no such device.
             HypervisorError: the domain is not running.
         """
-        await self._run(lambda state: _set_tray(state, name, device, locked=False))
+        await self._run(lambda state: _set_tray(state, name, device, locked=False), domains=(name,))
 
     async def set_capability(self, name: str, cap: str, on: bool) -> None:
         """Turn a guest capability on or off.
@@ -391,7 +396,7 @@ class SimulatedHypervisor:
         def change(state: State) -> None:
             _named(state, name)["capabilities"][key] = bool(on)
 
-        await self._run(change)
+        await self._run(change, domains=(name,))
 
     async def inject_fault(self, name: str, prop: str, kind: str) -> None:
         """Make the next live change of `prop` fail with an `error`, hang until a `timeout`, or answer `late`.
@@ -411,14 +416,19 @@ class SimulatedHypervisor:
         def change(state: State) -> None:
             _named(state, name)["faults"][prop] = kind
 
-        await self._run(change)
+        await self._run(change, domains=(name,))
 
     # -- the state file ----------------------------------------------------------
 
-    async def _run(self, fn: Callable[[State], Any], *, write: bool = True) -> Any:
-        """Run `fn` on the state under the file lock; calls that arrive together share one load and save."""
+    async def _run(self, fn: Callable[[State], Any], *, write: bool = True,
+                   domains: tuple[str, ...] | None = None) -> Any:
+        """Run `fn` on the state under the file lock; calls that arrive together share one load and save.
+
+        `domains` names the domains a write may change (and the host's free
+        memory, which any may): None for any.
+        """
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, write, future))
+        self._queue.append((fn, write, domains, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
         return await future
@@ -427,25 +437,26 @@ class SimulatedHypervisor:
         while self._queue:
             batch, self._queue = self._queue, []
             try:
-                answers = await in_thread(self._transact_all, [(fn, write) for fn, write, _ in batch])
+                answers = await in_thread(self._transact_all, [call[:3] for call in batch])
             except BaseException as e:
-                for _, _, future in batch:
+                for *_, future in batch:
                     if not future.done():
                         future.set_exception(e if isinstance(e, Exception) else HypervisorError("interrupted"))
                 if not isinstance(e, Exception):
                     raise
                 continue
-            for (_, _, future), (ok, value) in zip(batch, answers):
+            for (*_, future), (ok, value) in zip(batch, answers):
                 if not future.done():
                     future.set_result(value) if ok else future.set_exception(value)
 
-    def _transact(self, fn: Callable[[State], Any], write: bool) -> Any:
-        (ok, value), = self._transact_all([(fn, write)])
+    def _transact(self, fn: Callable[[State], Any], domains: tuple[str, ...]) -> Any:
+        (ok, value), = self._transact_all([(fn, True, domains)])
         if not ok:
             raise value
         return value
 
-    def _transact_all(self, calls: list[tuple[Callable[[State], Any], bool]]) -> list[tuple[bool, Any]]:
+    def _transact_all(self, calls: list[tuple[Callable[[State], Any], bool, tuple[str, ...] | None]]
+                      ) -> list[tuple[bool, Any]]:
         """Run each call on the state under the lock, and save what they changed.
 
         Raises:
@@ -461,34 +472,56 @@ class SimulatedHypervisor:
             with open(os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666), "rb+", buffering=0) as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 stamp, (cached, self._cache) = self._stamp(lock), (self._cache, None)
-                state = cached[1] if cached is not None and cached[0] == stamp else self._load()
-                answers, changed = [], False
-                for fn, write in calls:
+                state, room = cached[1:] if cached is not None and cached[0] == stamp else self._load()
+                answers: list[tuple[bool, Any]] = []
+                wrote, changed = False, set()  # the domains changed; None for any
+                for fn, write, domains in calls:
                     try:
                         answers.append((True, fn(state)))
-                        changed = changed or write
                     except VmledgerError as e:
                         answers.append((False, e))
+                        continue
                     except (LookupError, TypeError, AttributeError) as e:
                         # JSON, but not of the state's shape: every call of the batch fails, nothing is saved.
                         raise HypervisorError(
                             f"simulator state {self.state_path} is damaged: {type(e).__name__}: {e}") from e
-                if changed:
-                    stamp = self._save(state, lock)
-                self._cache = (stamp, state)
+                    if write:
+                        wrote, changed = True, None if domains is None or changed is None else changed.union(domains)
+                if wrote:
+                    stamp, room = self._save(state, lock, changed, room)
+                self._cache = (stamp, state, room)
                 return answers
         except OSError as e:
             raise HypervisorError(
                 f"the simulator cannot keep its state in {self.state_path}: {e.strerror or e}") from e
 
-    def _load(self) -> State:
+    def _load(self) -> tuple[State, int]:
+        """Return the state the file holds, and the bytes of changes that may still be appended to it (see `_save`).
+
+        The file is one JSON document, the state, written whole, then one
+        line per save since, each the host's free memory and the domains that
+        save changed (null for one undefined).  A last line cut off as it was
+        written (no newline ends it) is no save: it is left out, and the next
+        save writes the file whole.
+        """
         try:
-            with open(self.state_path, encoding="utf-8") as f:
-                return json.load(f)
+            with open(self.state_path, "rb") as f:
+                text = f.read().decode("utf-8")
         except FileNotFoundError:
-            return {"host_free": self._initial_free, "domains": {}}
+            return {"host_free": self._initial_free, "domains": {}}, -1
         except ValueError as e:
             raise HypervisorError(f"simulator state {self.state_path} is damaged: {e}") from e
+        try:
+            state, end = _JSON.raw_decode(text, len(text) - len(text.lstrip()))
+            *saves, tail = text[end:].split("\n")
+            for line in saves:
+                if line.strip():
+                    _overlay(state, json.loads(line))
+        except (ValueError, LookupError, TypeError, AttributeError) as e:
+            raise HypervisorError(
+                f"simulator state {self.state_path} is damaged: {type(e).__name__}: {e}") from e
+        # The whole file stays under twice the state and the slack: appending stays cheaper than loading.
+        return state, -1 if tail.strip() or not saves else 2 * end + _SLACK - len(text)
 
     def _stamp(self, lock: IO[bytes]) -> tuple:
         """Return what tells one version of the state file from another (called under the lock).
@@ -505,21 +538,43 @@ class SimulatedHypervisor:
             return token, None
         return token, st.st_ino, st.st_mtime_ns, st.st_size
 
-    def _save(self, state: State, lock: IO[bytes]) -> tuple:
-        """Replace the state file with `state`; return its new stamp (called under the lock)."""
+    def _save(self, state: State, lock: IO[bytes], changed: set[str] | None, room: int) -> tuple[tuple, int]:
+        """Save what calls changed in `state`; return the file's new stamp and room (called under the lock).
+
+        `changed` names the domains they changed (None for any).  They are
+        appended to the file as one line while `room` (bytes, from `_load`
+        or the last save) allows; else the file is replaced with the whole
+        state.  So a save costs what it changed, not what the host holds.
+        """
         # A new token first: whatever happens next, no reader takes its cached state for the file.
         # Written over the old one, of the same length: truncating a file that holds data makes
         # ext4 write it out first (auto_da_alloc), which cost as much as the rest of the save.
         os.pwrite(lock.fileno(), uuid.uuid4().hex.encode("ascii"), 0)
+        if changed is not None:
+            domains = state["domains"]
+            save = {"host_free": state["host_free"], "domains": {n: domains.get(n) for n in sorted(changed)}}
+            line = (dumps_plain(save) + "\n").encode("utf-8")
+            if len(line) <= room:
+                # Not fsynced, as a whole save is not: a line cut off in a crash lacks its newline, and
+                # is no save (see `_load`).
+                fd = os.open(self.state_path, os.O_WRONLY | os.O_APPEND)
+                try:
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
+                return self._stamp(lock), room - len(line)
         directory, name = os.path.split(os.path.abspath(self.state_path))
-        # One name does, under the lock: a save that died leaves it behind, and the next writes it anew.
-        # (mkstemp's random name cost a fifth of the save.)
+        # One name does, under the lock: a save that died leaves it behind, and the next whole save writes
+        # it anew.  (mkstemp's random name cost a fifth of the save.)
         tmp = os.path.join(directory, f".{name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        text = dumps_plain(state) + "\n"
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 # One compact string (orjson's where installed): json.dump encodes chunk by chunk.
-                f.write(dumps_plain(state))
+                f.write(text)
             # Atomic but not fsynced: a simulated host that forgets its last
             # change in a power cut is realistic enough, and the ledger's own
             # durability never rests on it.
@@ -527,7 +582,18 @@ class SimulatedHypervisor:
         except BaseException:
             os.unlink(tmp)
             raise
-        return self._stamp(lock)
+        return self._stamp(lock), len(text) + _SLACK
+
+
+def _overlay(state: State, save: dict[str, Any]) -> None:
+    """Apply one save's line of the state file (see `SimulatedHypervisor._load`) to the state."""
+    domains = state["domains"]
+    for name, domain in save["domains"].items():
+        if domain is None:
+            domains.pop(name, None)
+        else:
+            domains[name] = domain
+    state["host_free"] = save["host_free"]
 
 
 def _guest_type(text: str) -> GuestType:

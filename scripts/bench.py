@@ -73,8 +73,9 @@ The write benchmarks use a fresh temporary directory, or `--db` when given
 end); a `postgresql://` `--db` is measured beside SQLite in a temporary
 directory, in the same run, the two stores taking turns run by run, and the
 header names each store as it answers for itself.  The others always use temporary directories.  The simulated hypervisor
-keeps its state in `<db>.sim.json`, rewritten on every call that changes it,
-so it weighs on the write figures.
+keeps its state in `<db>.sim.json`, where each call that changes it appends a
+line (the domain it changed), so it weighs on the write figures, if not with the
+number of domains.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 
 import pytest
 
+from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.cli import main
 from vmledger.ledger import default_principal
 
@@ -512,7 +514,7 @@ def test_sim_path_names_the_simulators_state(cli: Cli) -> None:
     assert cli("--db", "l.db", "--hypervisor", "sim:host/state.json", *DEFINE_WEB)[0] == 0
     assert cli("--db", "l.db", "--hypervisor", "sim:host/state.json", "start", "web")[0] == 0
     assert (sorted(os.listdir("host")), "l.db.sim.json" in os.listdir(".")) == (["state.json", "state.json.lock"], False)
-    assert json.loads(pathlib.Path("host/state.json").read_text())["domains"]["web"]["running"] is True
+    assert asyncio.run(SimulatedHypervisor("host/state.json").observe("web")).running is True
 
 
 # 8. The demo leaves something to explore, and commands to paste.

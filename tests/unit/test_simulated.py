@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
+from vmledger.adapters import simulated
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.catalogue import Reason
 from vmledger.eventstore.errors import (
@@ -194,18 +196,100 @@ def test_two_instances_share_the_state_file(tmp_path):
     )
 
 
-def test_a_save_that_died_leaves_nothing_the_next_save_keeps(tmp_path):
-    """The file a save died writing (its fixed name beside the state) is written anew by the next save, and gone after it."""
+def test_a_save_cut_off_is_no_change_and_the_next_save_writes_the_file_whole(tmp_path):
+    """A change cut off as it was appended (no newline) is left out; the next save replaces the file, and the
+    file a whole save died writing (its fixed name beside the state) with it."""
 
     async def scenario():
         sim = await _running(tmp_path / "sim.json")
-        (tmp_path / ".sim.json.tmp").write_text('{"half a state')
         await sim.apply_live("web", "vcpus", 3)
+        (tmp_path / ".sim.json.tmp").write_text('{"half a state')
+        with open(tmp_path / "sim.json", "a") as f:
+            f.write('{"host_free": 1, "domains": {"web": nul')
         fresh = SimulatedHypervisor(tmp_path / "sim.json")  # reads the file, not a cache
-        return dict((await fresh.observe("web")).live)["vcpus"]
+        before = dict((await fresh.observe("web")).live)["vcpus"], await fresh.host_free()
+        await fresh.apply_live("web", "vcpus", 4)
+        again = SimulatedHypervisor(tmp_path / "sim.json")
+        return before, dict((await again.observe("web")).live)["vcpus"], (tmp_path / "sim.json").read_text()
 
-    assert asyncio.run(scenario()) == 3
+    before, after, text = asyncio.run(scenario())
+    assert before == (3, 7 * GiB) and after == 4
+    assert text.count("\n") == 1 and text.endswith("\n") and "nul" not in text.replace("null", "")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".sim")) == []
+
+
+def test_a_save_appends_what_it_changed_whatever_the_host_holds(tmp_path):
+    """A change appends one line with the domain it changed: its cost does not grow with the domains defined."""
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        for i in range(200):
+            await sim.define(_spec(f"idle{i:03d}"))
+        size = (tmp_path / "sim.json").stat().st_size
+        await sim.apply_live("web", "vcpus", 3)
+        lines = (tmp_path / "sim.json").read_text().splitlines()
+        return size, (tmp_path / "sim.json").stat().st_size - size, lines[-1]
+
+    size, grown, line = asyncio.run(scenario())
+    assert size > 50_000 and grown == len(line) + 1 < 1_000
+    assert json.loads(line)["domains"]["web"]["live"]["vcpus"] == 3
+
+
+def test_the_changes_appended_are_folded_into_the_file_once_they_outgrow_the_state(tmp_path, monkeypatch):
+    """Once the lines appended outgrow the state (and a slack), a save writes the file whole: a file holds at most
+    about twice its state."""
+    monkeypatch.setattr(simulated, "_SLACK", 0)
+
+    async def scenario():
+        sim = await _running(tmp_path / "sim.json")
+        sizes = []
+        for i in range(40):
+            await sim.apply_live("web", "vcpus", 1 + i % 4)
+            sizes.append((tmp_path / "sim.json").stat().st_size)
+        fresh = SimulatedHypervisor(tmp_path / "sim.json")
+        return sizes, await fresh.observe("web"), await sim.observe("web")
+
+    sizes, seen_fresh, seen = asyncio.run(scenario())
+    whole = [i for i in range(1, len(sizes)) if sizes[i] < sizes[i - 1]]
+    assert len(whole) >= 2 and max(sizes) <= 2 * min(sizes) + 1_000
+    assert seen_fresh == seen
+
+
+def test_a_state_file_written_whole_in_any_layout_is_read_and_then_appended_to(tmp_path):
+    """A state file of one JSON document, laid out in any way (by hand, or as earlier versions wrote it with no
+    newline), is read; the first save writes it whole, the next appends."""
+    path = tmp_path / "sim.json"
+
+    async def scenario():
+        await _running(path)
+        state, _ = SimulatedHypervisor(path)._load()  # the state, whatever lines the file holds
+        state["domains"]["web"]["live"]["vcpus"] = 4
+        path.write_text(json.dumps(state, indent=2))
+        sim = SimulatedHypervisor(path)
+        vcpus = dict((await sim.observe("web")).live)["vcpus"]
+        await sim.apply_live("web", "vcpus", 3)
+        first = path.read_text()
+        await sim.apply_live("web", "vcpus", 2)
+        return vcpus, first, path.read_text(), dict((await SimulatedHypervisor(path).observe("web")).live)["vcpus"]
+
+    vcpus, first, second, last = asyncio.run(scenario())
+    assert vcpus == 4 and first.count("\n") == 1 and second.startswith(first) and second.count("\n") == 2
+    assert last == 2
+
+
+def test_a_damaged_line_within_the_state_file_is_a_clear_error(tmp_path):
+    """A line that does not parse, with saves after it, is damage, not a change cut off: every call says so."""
+    path = tmp_path / "sim.json"
+
+    async def scenario():
+        sim = await _running(path)
+        await sim.apply_live("web", "vcpus", 3)
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join([*lines[:-1], "{oops\n", lines[-1]]))
+        with pytest.raises(HypervisorError, match="simulator state .* is damaged"):
+            await SimulatedHypervisor(path).observe("web")
+
+    asyncio.run(scenario())
 
 
 def test_for_database_puts_state_beside_database(tmp_path):
