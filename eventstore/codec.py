@@ -120,7 +120,7 @@ def loads_stored(text: str, what: str) -> Any:
         StorageError: the text does not decode: changed behind the ledger's back.
     """
     try:
-        return json.loads(text)
+        return loads_exact(text)[0]
     except (ValueError, TypeError) as e:
         raise StorageError(f"a stored {what} does not decode ({e}): vmledger verify names the damage, "
                            "vmledger rebuild makes the projections again") from e

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import attrs
 
@@ -28,7 +28,7 @@ from vmledger.eventstore.state import (
 
 __all__ = ["Model", "TABLES", "state_to_json", "state_from_json", "domain_rows", "domains_row", "properties",
            "property_rows", "changed_properties", "history_row", "history_from_row", "requested_record",
-           "settle_record", "completed", "record_from_row", "outcome_rows", "request_rows", "ended_episodes",
+           "settle_record", "completed", "record_from_row", "outcome_rows", "stored_outcome_rows", "request_rows", "ended_episodes",
            "FORGET_REQUEST", "KEPT_EPISODES", "OUTCOME_DAYS", "count_outcome_days", "outcome_day_rows"]
 
 #: Projection tables and their columns, in row order; the first `key` columns identify a row.
@@ -147,6 +147,13 @@ def outcome_rows(record: list[Any]) -> list[tuple]:
     """
     return [(record[0], scope, record[1], record[3], record[6], record[8], record[9], o["status"], o["reason"])
             for scope, o in sorted(record[_OUTCOMES].items())]
+
+
+def stored_outcome_rows(row: Sequence[Any]) -> list[tuple]:
+    """Return `outcome_rows` of a stored history row, decoding its outcomes alone (not its requested value)."""
+    record = list(row)
+    record[_OUTCOMES] = loads_stored(record[_OUTCOMES], "history row")
+    return outcome_rows(record)
 
 
 def count_outcome_days(counts: Counter[tuple], rows: Iterable[tuple], sign: int = 1) -> None:

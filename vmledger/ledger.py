@@ -68,7 +68,7 @@ from vmledger.eventstore.log import EventFilter, Metadata, RecordedEvent, timest
 from vmledger.eventstore.state import DomainState, fold
 from vmledger.projections import queries
 from vmledger.projections.model import (
-    Model, count_outcome_days, outcome_day_rows, outcome_rows, record_from_row, state_from_json,
+    Model, count_outcome_days, outcome_day_rows, state_from_json, stored_outcome_rows,
 )
 from vmledger.projections.scan import scan
 from vmledger.projections.store import OUTCOME_DAYS_ROWS, RULES, DuplicateRequestError
@@ -1220,7 +1220,7 @@ class Ledger(Replaying):
         async for uuid, rows in domain_groups(self.log.fetch_all):
             digests[uuid] = digest(rows)
             await check(uuid, rows, digests[uuid])
-            count_outcome_days(days, (o for row in rows["history"] for o in outcome_rows(record_from_row(row))))
+            count_outcome_days(days, (o for row in rows["history"] for o in stored_outcome_rows(row)))
         for uuid in sorted((set(since.domains) | touched) - set(digests)):
             await check(uuid, empty, digest(empty))
         await compare_days(outcome_day_rows(days), self.log.fetch_all, head)

@@ -15,7 +15,7 @@ from tests.strategies import LOG_START, any_logs, recorded
 from vmledger.eventstore.catalogue import Outcome
 from vmledger.eventstore.events import ChangeRequested, DomainDefined, change_event
 from vmledger.eventstore.log import RecordedEvent, timestamp
-from vmledger.projections.model import Model
+from vmledger.projections.model import Model, outcome_rows, stored_outcome_rows
 from vmledger.projections.queries import outcome_counts
 from vmledger.projections.store import OUTCOME_DAYS_ROWS, TableProjector
 
@@ -112,3 +112,14 @@ def test_a_period_from_within_a_day_counts_none_of_the_requests_made_that_day_be
     TableProjector().project_sync(tx, records)
     assert [_counts(tx, at[2], until, None) for until in (None, _bound(1, DAY - timedelta(microseconds=1)))] == [
         [("p", "memory", "persistent", "in_flight", None, 2)]] * 2
+
+
+@settings(database=None, deadline=None, max_examples=100)
+@given(spread_logs())
+def test_the_outcomes_of_a_stored_history_row_are_those_of_its_record(records: list[RecordedEvent]) -> None:
+    """`stored_outcome_rows` of each history row reads the outcomes `outcome_rows` gives of the record it stores,
+    what `verify --checkpoint` counts the days by."""
+    model = Model()
+    model.feed_all(records)
+    for request_id, record in model.history.items():
+        assert stored_outcome_rows(model.history_row(request_id)) == outcome_rows(record)
