@@ -474,7 +474,8 @@ class SimulatedHypervisor:
                 stamp, (cached, self._cache) = self._stamp(lock), (self._cache, None)
                 state, room = cached[1:] if cached is not None and cached[0] == stamp else self._load()
                 answers: list[tuple[bool, Any]] = []
-                wrote, changed = False, set()  # the domains changed; None for any
+                wrote = False
+                changed: set[str] | None = set()  # the domains the calls changed; None for any
                 for fn, write, domains in calls:
                     try:
                         answers.append((True, fn(state)))
