@@ -28,8 +28,9 @@ from vmledger.eventstore.state import (
 
 __all__ = ["Model", "TABLES", "state_to_json", "state_from_json", "domain_rows", "domains_row", "properties",
            "property_rows", "changed_properties", "history_row", "history_from_row", "requested_record",
-           "settle_record", "completed", "record_from_row", "outcome_rows", "stored_outcome_rows", "request_rows", "ended_episodes",
-           "FORGET_REQUEST", "KEPT_EPISODES", "OUTCOME_DAYS", "count_outcome_days", "outcome_day_rows"]
+           "settle_record", "completed", "record_from_row", "outcome_rows", "stored_outcome_rows", "request_rows",
+           "ended_episodes", "FORGET_REQUEST", "KEPT_EPISODES", "OUTCOME_DAYS", "count_outcome_days",
+           "outcome_day_rows"]
 
 #: Projection tables and their columns, in row order; the first `key` columns identify a row.
 TABLES: dict[str, tuple[tuple[str, ...], int]] = {
