@@ -407,8 +407,10 @@ class SimulatedHypervisor:
 
         Raises:
             InvalidRequestError: `kind` is not `error`, `timeout` or `late`.
+            UnknownPropertyError: `prop` is no property of the catalogue.
             UnknownDomainError: the simulator has no such domain.
         """
+        lookup(prop)
         if kind not in _FAULT_KINDS:
             kinds = ", ".join(_FAULT_KINDS)
             raise InvalidRequestError(f"fault kind must be one of {kinds}, not {kind!r}")

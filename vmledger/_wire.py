@@ -20,6 +20,7 @@ from vmledger.eventstore.errors import (
     ConcurrencyError,
     DamagedExportError,
     HypervisorError,
+    HypervisorRefusedError,
     InvalidRequestError,
     RequestIdReusedError,
     StorageError,
@@ -118,15 +119,20 @@ def problem_of(error: VmledgerError) -> dict[str, Any]:
         problem["line"] = error.line
     if isinstance(error, ConcurrencyError):
         problem.update(stream=error.stream, expected=error.expected, actual=error.actual)
+    if isinstance(error, HypervisorRefusedError):
+        problem["reason"] = error.reason  # a refusal for a reason of the catalogue, not any failure
     return problem
 
 
 def error_from_problem(problem: Mapping[str, Any], status: int) -> VmledgerError:
     """Return the error a problem document describes: the class its code names, with its message."""
-    code = problem.get("code") if isinstance(problem, Mapping) else None
-    detail = str(problem.get("detail") or problem.get("title") or f"HTTP {status}") if isinstance(
-        problem, Mapping) else f"HTTP {status}"
+    problem = problem if isinstance(problem, Mapping) else {}
+    code, detail = problem.get("code"), problem.get("detail")
+    if not isinstance(detail, str):  # a document of another server's, say: what it says instead
+        detail = str(problem.get("title") or f"HTTP {status}")
     cls = _BY_CODE.get(code) if isinstance(code, str) else None
+    if cls is HypervisorError and isinstance(problem.get("reason"), str):
+        return HypervisorRefusedError(detail, problem["reason"])
     if cls is None:
         cls = {401: UnauthorizedError, 403: ForbiddenError, 404: InvalidRequestError, 413: InvalidRequestError,
                422: InvalidRequestError}.get(status, StorageError if status >= 500 else VmledgerError)

@@ -654,7 +654,6 @@ async def _sim(ledger: vmledger.Ledger, args: argparse.Namespace) -> None:
     elif action == "capability":
         await sim.set_capability(args.name, args.capability, args.state == "on")
     elif action == "fail":
-        lookup(args.property)
         await sim.inject_fault(args.name, args.property, args.kind)
     _print_json({"sim": action, "done": True}) if args.json else print(f"sim {action}: done")
 

@@ -13,7 +13,7 @@ import json
 import logging
 import urllib.parse
 from datetime import datetime
-from typing import Annotated, Any, AsyncIterator, Callable, Literal, Optional
+from typing import Annotated, Any, AsyncIterator, Callable, Optional
 
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
@@ -29,7 +29,7 @@ from litestar.response import Stream
 
 import vmledger
 from vmledger.adapters.simulated import SimulatedHypervisor
-from vmledger.eventstore.catalogue import check_name, lookup
+from vmledger.eventstore.catalogue import check_name
 from vmledger.eventstore.errors import ConcurrencyError, InvalidRequestError, UnknownDomainError, VmledgerError
 from vmledger import _units
 from vmledger.projections import queries
@@ -324,8 +324,10 @@ async def show_request(request: Request, request_id: FromPath[str]) -> RequestRe
 @get("/v1/domains/{name:str}/properties/{prop:str}", opt=READ, responses=_problems(404), security=_SECURITY,
      tags=["domains"])
 async def get_property(request: Request, name: DomainName, prop: PropertyName,
-                       in_scope: Literal["live", "persistent", "current"] = QueryParameter(name="scope", default="current",
-                                                 description="live, persistent or current")) -> PropertyValue:
+                       in_scope: str = QueryParameter(name="scope", default="current",
+                                                      description="live, persistent or current",
+                                                      schema_extra={"enum": ["live", "persistent", "current"]},
+                                                      )) -> PropertyValue:
     """Show one property's value in the live or persistent config (current: live if running)."""
     return plain(await _svc(request).ledger.get(name, prop, scope=in_scope))
 
@@ -623,8 +625,7 @@ async def sim(request: Request, action: FromPath[str], data: JSONBody[SimBody]) 
     if action == "balloon":
         await hv.balloon(_need(data.domain, "domain"), _need(data.size, "size"))
     elif action == "config":
-        await hv.configure(_need(data.domain, "domain"), _need(data.property, "property"),
-                           _need(data.value, "value"))
+        await hv.configure(_need(data.domain, "domain"), _need(data.property, "property"), data.value)
     elif action == "host-free":
         await hv.set_host_free(_need(data.size, "size"))
     elif action in ("lock-tray", "unlock-tray"):
@@ -634,8 +635,7 @@ async def sim(request: Request, action: FromPath[str], data: JSONBody[SimBody]) 
         await hv.set_capability(_need(data.domain, "domain"), _need(data.capability, "capability"),
                                 _need(data.on, "on"))
     elif action == "fail":
-        lookup(_need(data.property, "property"))
-        await hv.inject_fault(_need(data.domain, "domain"), data.property, _need(data.kind, "kind"))
+        await hv.inject_fault(_need(data.domain, "domain"), _need(data.property, "property"), _need(data.kind, "kind"))
     else:
         raise InvalidRequestError(f"unknown sim action {action!r} (use {', '.join(_SIM_ACTIONS)})")
 

@@ -8,12 +8,15 @@ a client may rely on, and a result may carry more.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, TypedDict, Union
+from typing import Annotated, Any, Literal, Optional, TypedDict, Union
 
 import attrs
+from litestar.params import KwargDefinition
+
+from vmledger.eventstore.catalogue import Scope
 
 __all__ = [
-    "DefineBody", "SetBody", "AdoptBody", "VerifyBody", "TokenBody", "SimBody",
+    "documented", "DefineBody", "SetBody", "AdoptBody", "VerifyBody", "TokenBody", "SimBody",
     "Problem", "DomainView", "DomainProperty", "Outcome", "RequestRecord", "PropertyValue", "DriftRow",
     "EventRecord", "Position", "TokenInfo", "NewToken", "CheckpointBody", "Health",
     "RevertBody", "OutcomeCount", "ReasonCount", "DriftEpisode", "DomainDrift", "AuditReport", "ConfigChange",
@@ -38,13 +41,24 @@ class DefineBody:
     cdroms: dict[str, str] = attrs.field(factory=dict)
 
 
+def documented(description: str, **schema: Any) -> KwargDefinition:
+    """Return what documents a field as `schema` says without validating it: the ledger checks it, in its words.
+
+    So a field the document types more narrowly than its annotation is
+    refused by the ledger, with the message and code `vmledger.open()` and
+    the command line give, not with the framework's.
+    """
+    return KwargDefinition(description=description, schema_extra=schema)
+
+
 @attrs.frozen(kw_only=True)
 class SetBody:
     """A request to change a property: the value, the scope, and why (the principal is the token's name)."""
 
     property: str
-    value: Union[int, str]
-    scope: Literal["live", "persistent", "both", "current"] = "both"
+    value: Annotated[Any, documented("bytes or a count (integer), or a media path (string)",
+                                     oneOf=[{"type": "integer"}, {"type": "string"}])]
+    scope: Annotated[str, documented("live, persistent, both or current", enum=[s.value for s in Scope])] = "both"
     reason: Optional[str] = None
 
 
@@ -53,7 +67,7 @@ class RevertBody:
     """A revert: the log position or ISO time to go back to, the scope, and whether only to plan it."""
 
     to: Union[int, str]
-    scope: Literal["persistent", "both"] = "both"
+    scope: Annotated[str, documented("persistent or both", enum=[Scope.PERSISTENT.value, Scope.BOTH.value])] = "both"
     dry_run: bool = False
 
 
@@ -100,7 +114,8 @@ class SimBody:
     domain: Optional[str] = None
     size: Optional[int] = None
     property: Optional[str] = None
-    value: Optional[Union[int, str]] = None
+    value: Annotated[Any, documented("the config value (`config`): bytes or a count, or a media path",
+                                     oneOf=[{"type": "integer"}, {"type": "string"}, {"type": "null"}])] = None
     device: Optional[str] = None
     capability: Optional[str] = None
     on: Optional[bool] = None
