@@ -52,6 +52,7 @@ __all__ = [
     "check_principal",
     "check_reason",
     "check_position",
+    "check_page",
     "check_seconds",
     "shown",
     "nearest",
@@ -408,6 +409,17 @@ def check_position(position: object) -> int:
     if not 0 <= position <= MAX_POSITION:
         raise InvalidRequestError(f"a log position must be between 0 and {MAX_POSITION}")
     return position
+
+
+def check_page(limit: object, offset: object) -> None:
+    """Check a page of a list: at most `limit` items (None for all) from the `offset`th (0 the first).
+
+    Raises:
+        InvalidRequestError: `limit` is not an integer from 1 or `offset` not one from 0 (to 2**62).
+    """
+    for value, least, what in ((1 if limit is None else limit, 1, "limit"), (offset, 0, "offset")):
+        if type(value) is not int or not least <= value <= 2**62:
+            raise InvalidRequestError(f"{what} must be an integer from {least} to 2**62, not {shown(value)}")
 
 
 def check_seconds(what: str, value: object) -> float:

@@ -25,6 +25,7 @@ from vmledger.eventstore.catalogue import (
     Scope,
     check_device,
     check_name,
+    check_page,
     check_position,
     check_principal,
     check_request_id,
@@ -756,9 +757,7 @@ class Ledger(Replaying):
             InvalidRequestError: `since` or `until` is not a `datetime`, `limit` is not a positive integer
                 or `offset` not a natural one, or another argument is malformed.
         """
-        for value, least, what in ((1 if limit is None else limit, 1, "limit"), (offset, 0, "offset")):
-            if type(value) is not int or not least <= value <= 2**62:
-                raise InvalidRequestError(f"{what} must be an integer from {least} to 2**62, not {shown(value)}")
+        check_page(limit, offset)
         filters = await self.history_filters(name, prop, principal=principal, since=since, until=until)
         return [RequestRecord.from_dict(r) for r in await queries.history_records(
             self.log.fetch_all, **filters, limit=limit, offset=offset)]

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
 import httpx
 
+from vmledger.eventstore.catalogue import check_page
 from vmledger.eventstore.errors import InvalidRequestError, StorageError
 from vmledger.eventstore.log import RecordedEvent
 from vmledger._checkpoint import Checkpoint
@@ -167,6 +168,7 @@ class RemoteLedger(Replaying):
                       since: datetime | None = None, until: datetime | None = None, limit: int | None = None,
                       offset: int = 0) -> list[RequestRecord]:
         """Return every request with its outcomes, oldest first, filtered as asked; `limit` from the `offset`th."""
+        check_page(limit, offset)  # the ledger's own words: the server's page size is another limit
         params = {"domain": name, "property": prop, "principal": principal,
                   "since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
                   "limit": 1000 if limit is None else min(limit, 1000), "cursor": offset or None}

@@ -324,11 +324,11 @@ async def show_request(request: Request, request_id: FromPath[str]) -> RequestRe
 @get("/v1/domains/{name:str}/properties/{prop:str}", opt=READ, responses=_problems(404), security=_SECURITY,
      tags=["domains"])
 async def get_property(request: Request, name: DomainName, prop: PropertyName,
-                       in_scope: str = QueryParameter(name="scope", default="current",
-                                                      description="live, persistent or current",
-                                                      schema_extra={"enum": ["live", "persistent", "current"]},
-                                                      )) -> PropertyValue:
+                       in_scope: str = QueryParameter(
+                           name="scope", default="current", description="live, persistent or current",
+                           schema_extra={"enum": ["live", "persistent", "current"]})) -> PropertyValue:
     """Show one property's value in the live or persistent config (current: live if running)."""
+    # The scope is documented as its three values but checked by the ledger, which answers as in process.
     return plain(await _svc(request).ledger.get(name, prop, scope=in_scope))
 
 

@@ -16,7 +16,7 @@ from litestar.params import KwargDefinition
 from vmledger.eventstore.catalogue import Scope
 
 __all__ = [
-    "documented", "DefineBody", "SetBody", "AdoptBody", "VerifyBody", "TokenBody", "SimBody",
+    "DefineBody", "SetBody", "AdoptBody", "VerifyBody", "TokenBody", "SimBody",
     "Problem", "DomainView", "DomainProperty", "Outcome", "RequestRecord", "PropertyValue", "DriftRow",
     "EventRecord", "Position", "TokenInfo", "NewToken", "CheckpointBody", "Health",
     "RevertBody", "OutcomeCount", "ReasonCount", "DriftEpisode", "DomainDrift", "AuditReport", "ConfigChange",
@@ -41,7 +41,7 @@ class DefineBody:
     cdroms: dict[str, str] = attrs.field(factory=dict)
 
 
-def documented(description: str, **schema: Any) -> KwargDefinition:
+def _documented(description: str, **schema: Any) -> KwargDefinition:
     """Return what documents a field as `schema` says without validating it: the ledger checks it, in its words.
 
     So a field the document types more narrowly than its annotation is
@@ -56,9 +56,9 @@ class SetBody:
     """A request to change a property: the value, the scope, and why (the principal is the token's name)."""
 
     property: str
-    value: Annotated[Any, documented("bytes or a count (integer), or a media path (string)",
+    value: Annotated[Any, _documented("bytes or a count (integer), or a media path (string)",
                                      oneOf=[{"type": "integer"}, {"type": "string"}])]
-    scope: Annotated[str, documented("live, persistent, both or current", enum=[s.value for s in Scope])] = "both"
+    scope: Annotated[str, _documented("live, persistent, both or current", enum=[s.value for s in Scope])] = "both"
     reason: Optional[str] = None
 
 
@@ -67,7 +67,7 @@ class RevertBody:
     """A revert: the log position or ISO time to go back to, the scope, and whether only to plan it."""
 
     to: Union[int, str]
-    scope: Annotated[str, documented("persistent or both", enum=[Scope.PERSISTENT.value, Scope.BOTH.value])] = "both"
+    scope: Annotated[str, _documented("persistent or both", enum=[Scope.PERSISTENT.value, Scope.BOTH.value])] = "both"
     dry_run: bool = False
 
 
@@ -114,7 +114,7 @@ class SimBody:
     domain: Optional[str] = None
     size: Optional[int] = None
     property: Optional[str] = None
-    value: Annotated[Any, documented("the config value (`config`): bytes or a count, or a media path",
+    value: Annotated[Any, _documented("the config value (`config`): bytes or a count, or a media path",
                                      oneOf=[{"type": "integer"}, {"type": "string"}, {"type": "null"}])] = None
     device: Optional[str] = None
     capability: Optional[str] = None
