@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pathlib
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -336,14 +337,21 @@ def test_watch_says_it_started_and_prints_a_line_per_record(tmp_path: pathlib.Pa
     assert run(*DEFINE_WEB).returncode == 0
     assert run("start", "web").returncode == 0
     assert run("sim", "balloon", "web", "900M").returncode == 0
+    # Its Ctrl-C as a terminal's: a run started in the background ignores SIGINT, and the child would inherit that.
     proc = subprocess.Popen([sys.executable, "-m", "vmledger", "watch", "--interval", "0.2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         first, second = proc.stdout.readline(), proc.stdout.readline()
     finally:
-        proc.send_signal(2)
-        proc.communicate(timeout=30)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # deaf to Ctrl-C: this test fails, and leaves no process or pipe to the next ones
+            proc.communicate()
+            raise
     assert (first, second) == (
         f"watching every domain of sim in {tmp_path / 'l.db'}: now, as announced, and every 0.2s; interrupt to stop\n",
         "#4 LiveValueObserved  web memory live 900MiB (the ledger had 1GiB)\n")
