@@ -1,14 +1,14 @@
 """The calls two ledgers get alike, and their answers as compared, for the tests that set two side by side.
 
 `OPS` draws a sequence of calls on one domain: requests of every kind,
-well-formed or not, reads (history and drift as of a position, an audit
-too), power changes, reverts, `observe`, and the simulator's
-perturbations.  `answers` defines the domain on a ledger, makes the calls,
-and returns every answer or error as plain data, without what each ledger
-makes for itself: the times, the hashes that chain them and the durations
-between them, the domain's uuid and the ids of the requests a revert
-makes; positions count from the domain's definition, so that one
-example's difference does not spill into the next.
+well-formed or not, the definition of another domain, well-formed or not,
+reads (history and drift as of a position, an audit too), power changes,
+reverts, `observe`, and the simulator's perturbations.  `answers` defines
+the domain on a ledger, makes the calls, and returns every answer or error
+as plain data, without what each ledger makes for itself: the times, the
+hashes that chain them and the durations between them, the uuids and the
+ids of the requests a revert makes; positions count from the domain's
+definition, so that one example's difference does not spill into the next.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ OPS = st.lists(st.one_of(
     st.tuples(st.just("history_of"), st.sampled_from(PROPS), st.sampled_from([None, PRINCIPAL, "nobody"]),
               st.sampled_from([None, 0, 1, 2, 1001]), st.integers(0, 3)),
     st.tuples(st.just("audit"), st.booleans()),
+    st.tuples(st.just("define"), st.sampled_from(["", "-b", "-b", " b", "-" + "b" * 64, "-é"]),
+              st.sampled_from(["pv", "hvm", "kvm", "", None, 1]), VALUES, VALUES, VALUES, VALUES,
+              st.sampled_from([1, 0, 2, True, "1"]),
+              st.sampled_from([{}, {"hdc": ""}, {"hdc": "/iso/a.iso"}, {"": ""}, {"hdc": 1}, [], "hdc"])),
     st.tuples(st.just("revert"), st.integers(0, 8), st.sampled_from(["both", "persistent", "live"]), st.booleans()),
     st.tuples(st.just("balloon"), SIZES),
     st.tuples(st.just("configure"), st.sampled_from(PROPS), VALUES),
@@ -86,6 +90,11 @@ async def _call(ledger: Any, name: str, base: int, op: tuple) -> Any:
         return await ledger.history(name, prop, principal=principal, limit=limit, offset=offset)
     if kind == "audit":
         return await ledger.audit(domain=name if args[0] else None, principal=PRINCIPAL)
+    if kind == "define":  # another domain, its name this one's with a suffix, well-formed or not
+        suffix, guest_type, memory, max_memory, vcpus, max_vcpus, numa_nodes, cdroms = args
+        return await ledger.define(name + suffix, guest_type=guest_type, memory=memory, max_memory=max_memory,
+                                   vcpus=vcpus, max_vcpus=max_vcpus, numa_nodes=numa_nodes, cdroms=cdroms,
+                                   principal=PRINCIPAL)
     if kind == "diff":
         return await ledger.diff(name, from_position=base + args[0])
     if kind == "revert":

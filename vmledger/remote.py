@@ -89,7 +89,8 @@ class RemoteLedger(Replaying):
                      principal: str | None = None) -> DomainView:
         """Define a domain; return its view."""
         body = {"name": name, "guest_type": guest_type, "memory": memory, "max_memory": max_memory,
-                "vcpus": vcpus, "max_vcpus": max_vcpus, "numa_nodes": numa_nodes, "cdroms": dict(cdroms or {})}
+                "vcpus": vcpus, "max_vcpus": max_vcpus, "numa_nodes": numa_nodes,
+                "cdroms": {} if cdroms is None else cdroms}  # as given: the ledger checks it, in its words
         return DomainView.from_dict(await self._json("POST", "/v1/domains", json_body=body))
 
     async def start(self, name: str, *, principal: str | None = None) -> DomainView:

@@ -27,20 +27,6 @@ __all__ = [
 Value = Optional[Union[int, str]]
 
 
-@attrs.frozen(kw_only=True)
-class DefineBody:
-    """A domain to define: sizes in bytes, counts, and CD-ROM devices mapped to media paths."""
-
-    name: str
-    guest_type: Literal["pv", "hvm"]
-    memory: int
-    max_memory: int
-    vcpus: int
-    max_vcpus: int
-    numa_nodes: int = 1
-    cdroms: dict[str, str] = attrs.field(factory=dict)
-
-
 def _documented(description: str, **schema: Any) -> KwargDefinition:
     """Return what documents a field as `schema` says without validating it: the ledger checks it, in its words.
 
@@ -49,6 +35,24 @@ def _documented(description: str, **schema: Any) -> KwargDefinition:
     the command line give, not with the framework's.
     """
     return KwargDefinition(description=description, schema_extra=schema)
+
+
+_INTEGER = {"type": "integer"}
+
+
+@attrs.frozen(kw_only=True)
+class DefineBody:
+    """A domain to define: sizes in bytes, counts, and CD-ROM devices mapped to media paths."""
+
+    name: Annotated[Any, _documented("the domain's name", type="string")]
+    guest_type: Annotated[Any, _documented("pv or hvm", type="string", enum=["pv", "hvm"])]
+    memory: Annotated[Any, _documented("bytes", **_INTEGER)]
+    max_memory: Annotated[Any, _documented("bytes", **_INTEGER)]
+    vcpus: Annotated[Any, _documented("a count", **_INTEGER)]
+    max_vcpus: Annotated[Any, _documented("a count", **_INTEGER)]
+    numa_nodes: Annotated[Any, _documented("a count", **_INTEGER)] = 1
+    cdroms: Annotated[Any, _documented("CD-ROM devices mapped to media paths (empty: no disc)", type="object",
+                                       additionalProperties={"type": "string"})] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)
