@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("observe", "record out-of-band changes the hypervisor reports; resolve abandoned requests")
     p.add_argument("name", nargs="?")
+    p.add_argument("--principal", default=default_principal(), help="who asks (default: your user name)")
     json_flag(p)
 
     p = command("adopt", "record domains the hypervisor already has: inactive config, and live values if running")
@@ -535,7 +536,7 @@ async def _dispatch(ledger: vmledger.Ledger, args: argparse.Namespace) -> int:
         async for rec in stream:  # a feed shows each event as it comes; a listing may buffer its lines
             print(_event_line(rec), flush=args.follow)
     elif cmd == "observe":
-        recorded = await ledger.observe(args.name)
+        recorded = await ledger.observe(args.name, principal=args.principal)
         if as_json:
             _print_json([_event_json(r) for r in recorded])
         else:

@@ -301,9 +301,9 @@ def test_out_of_band_config_change_is_observed_into_the_persistent_config(cli: C
     assert cli("sim", "config", "web", "vcpus", "3")[:2] == (0, "sim config: done\n")
     assert cli("sim", "config", "web", "memory", "8GiB") == (
         1, "", "vmledger: memory 8GiB is outside its bounds in the config of 'web'\n")
-    code, out = cli.json("observe")
-    assert (code, [(e["type"], e["data"]) for e in out]) == (
-        0, [("PersistentValueObserved", {"previous": 2, "property": "vcpus", "value": 3})])
+    code, out = cli.json("observe", "--principal", "bob")
+    assert (code, [(e["type"], e["data"], e["metadata"]["principal"]) for e in out]) == (
+        0, [("PersistentValueObserved", {"previous": 2, "property": "vcpus", "value": 3}, "bob")])
     drift = cli.json("drift")[1]
     assert [(d["domain"], d["property"], d["cause"], d["persistent"], d["live"], d["request_id"]) for d in drift] == [
         ("web", "vcpus", "external", 3, 2, None)]
