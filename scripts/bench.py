@@ -51,8 +51,9 @@ SQLite, platform).  Every figure is the median of `--repeat` runs, timed with
    `--read-domains` domains whose log holds `--small-events` events, and on a
    copy of it grown to `--events`, the two measured call for call in turn:
    their cost must not grow with the log; and `vmledger show NAME` on the big
-   log as the command line runs it, a process each, beside `vmledger
-   --version` and `python -c pass`: what every command pays to start;
+   log as the command line runs it, a process each, beside a durable
+   `vmledger set`, `vmledger --version` and `python -c pass`: what every
+   command pays to start, and a write command to finish;
 5. with `--http` (or `--url URL`, the token in VMLEDGER_TOKEN): durable `set`
    requests/s and per-request p50/p99 latency with `--callers` concurrent
    clients over HTTP against `vmledger serve` (started on a temporary SQLite
@@ -1075,8 +1076,9 @@ async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str,
                            f"{costs[key] * 1000:.2f}", "ms",
                            f"server time (in-process ASGI, bearer token), CPU {costs[key + '_cpu'] * 1000:.2f} ms; "
                            f"median of {args.read_calls} calls")
-        progress(f"vmledger show and --version, a process each, at {args.events:,} events")
-        results["cli_show"], results["cli_version"], results["cli_python"] = cli_costs(big, max(args.read_calls // 10, 3))
+        progress(f"vmledger show, set and --version, a process each, at {args.events:,} events")
+        (results["cli_show"], results["cli_set"], results["cli_version"],
+         results["cli_python"]) = cli_costs(big, max(args.read_calls // 10, 3))
     for key in ("open", "drift", "show", "get"):
         table.note(f"{key}: {domains:,} domains, {args.events:,} events", f"{results['big_' + key] * 1000:.2f}",
                    "ms", f"at {args.small_events:,} events {results['small_' + key] * 1000:.2f} ms; "
@@ -1084,6 +1086,9 @@ async def bench_reads(args: argparse.Namespace, table: Table, results: dict[str,
     table.note(f"command line: vmledger show, {args.events:,} events", f"{results['cli_show'] * 1000:.1f}", "ms",
                f"a process each, start to exit; vmledger --version {results['cli_version'] * 1000:.1f} ms, "
                f"python -c pass {results['cli_python'] * 1000:.1f} ms; median of {max(args.read_calls // 10, 3)} calls")
+    table.note("  vmledger set, a durable request", f"{results['cli_set'] * 1000:.1f}", "ms",
+               "a process each, start to exit: persistent scope, in a ledger of one domain beside; "
+               f"median of {max(args.read_calls // 10, 3)} calls")
     table.note(f"events --domain: {domains:,} domains, {args.events:,} events",
                f"{results['big_events_domain'] * 1000:.2f}", "ms",
                f"{results['big_events_domain_count']:,} events of one domain through Ledger.events(domain=...); "
@@ -1299,22 +1304,30 @@ async def read_costs(paths: list[str], calls: int) -> list[dict[str, float]]:
     return [{k: statistics.median(v) for k, v in own.items()} for own in times]
 
 
-def cli_costs(path: str, calls: int) -> tuple[float, float, float]:
-    """Return the median seconds of a `vmledger show` process on the ledger at `path`, of `vmledger --version`, and of `python -c pass`, run in turn.
+def cli_costs(path: str, calls: int) -> tuple[float, float, float, float]:
+    """Return the median seconds of a `vmledger show` process on the ledger at `path`, of a `vmledger set`, of `vmledger --version`, and of `python -c pass`, run in turn.
 
     The command line pays its imports on every call: `--version` opens no
-    ledger, and Python's own start-up is the floor under both.  The calls
-    may write bytecode caches, as an installed package has them, and a first
-    call of each, not counted, writes them.
+    ledger, and Python's own start-up is the floor under them all.  The
+    `set`s ask for 1 and 2 vCPUs in turn, in the persistent config of the one
+    domain of a ledger beside `path`, each a durable request: its two commits,
+    the simulator's call, and the closing of the ledger.  The calls may write
+    bytecode caches, as an installed package has them, and a first call of
+    each, not counted, writes them.
     """
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     vmledger_cli = [sys.executable, "-m", "vmledger.cli"]
+    small = [*vmledger_cli, "--db", f"{path}.cli.db"]
+    subprocess.run([*small, "define", "vm", "--type", "pv", "--memory", "1GiB", "--max-memory", "2GiB", "--vcpus", "1",
+                    "--max-vcpus", "2"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, check=True)
     commands = [[*vmledger_cli, "--db", path, "--hypervisor", f"sim:{path}.bulk-sim.json", "show", "dom00000"],
+                [*small, "set", "vm", "vcpus", "1", "--scope", "persistent"],
                 [*vmledger_cli, "--version"], [sys.executable, "-c", "pass"]]
     times: list[list[float]] = [[] for _ in commands]
     for call in range(calls + 1):
+        commands[1][-3] = str(1 + call % 2)  # a change each time, not a request already in force
         for command, own in zip(commands, times):
             start = time.perf_counter()
             subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, check=True)

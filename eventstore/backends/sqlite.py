@@ -27,7 +27,6 @@ import hashlib
 import os
 import sqlite3
 import threading
-import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -224,7 +223,7 @@ class _Checkpointer:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         self._due = threading.Event()
-        self._stopping = False
+        self._stop = threading.Event()
         #: The last error a checkpoint raised (the writer's own checkpoints cover for it), or None.
         self.error: sqlite3.Error | None = None
         self._thread = threading.Thread(target=self._run, name="vmledger-sqlite-checkpointer", daemon=True)
@@ -238,12 +237,11 @@ class _Checkpointer:
         try:
             while True:
                 self._due.wait()
-                if self._stopping:
+                # One checkpoint for the commits of a while, not one each; `close` ends the while at once,
+                # rather than keep a command that just committed waiting for it.
+                if self._stop.wait(_CHECKPOINT_SECONDS):
                     return
-                time.sleep(_CHECKPOINT_SECONDS)  # one checkpoint for the commits of a while, not one each
                 self._due.clear()
-                if self._stopping:  # `close` set the flag before its nudge, which the line above may have cleared
-                    return
                 try:
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.error = None
@@ -256,7 +254,7 @@ class _Checkpointer:
 
     def close(self) -> None:
         """Stop the thread, after the checkpoint under way if any, and close its connection."""
-        self._stopping = True
+        self._stop.set()
         self._due.set()
         self._thread.join()
 

@@ -267,7 +267,7 @@ def test_a_simulator_save_that_fails_on_a_full_filesystem_changes_nothing(small_
 
 # Run in a process of its own: a connection left open keeps its process from exiting, which is the failure.
 _CANCELLED_CLOSE = """
-import asyncio, sys, threading, uuid
+import asyncio, sys, threading, time, uuid
 from datetime import datetime, timezone
 from vmledger.adapters.simulated import SimulatedHypervisor
 from vmledger.eventstore.backends import sqlite
@@ -275,7 +275,11 @@ from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.ledger import Ledger
 from vmledger.projections.store import TableProjector
 
-sqlite._CHECKPOINT_SECONDS = 2  # the checkpointer waits this long after a commit: the close waits for it
+stop = sqlite._Checkpointer.close
+def slow_stop(self):
+    time.sleep(2)  # a checkpoint of a long WAL under way: the close waits for it
+    stop(self)
+sqlite._Checkpointer.close = slow_stop
 
 async def main(db):
     log = SQLiteEventLog(db, TableProjector())
@@ -283,7 +287,6 @@ async def main(db):
     ledger = Ledger(log, SimulatedHypervisor.for_database(db), clock=lambda: datetime.now(timezone.utc),
                     new_id=lambda: uuid.uuid4().hex)
     await ledger.define("web", guest_type="pv", memory=2**30, max_memory=2**32, vcpus=2, max_vcpus=4)
-    await asyncio.sleep(0.2)  # the checkpointer, nudged by the commits, wakes, then waits 2 s
     closing = asyncio.ensure_future(log.aclose())
     await asyncio.sleep(0.01)  # the close waits for the checkpointer
     closing.cancel()
@@ -303,7 +306,8 @@ def test_a_close_cancelled_halfway_still_closes_its_reader_and_the_process_exits
     aiosqlite's connection thread is no daemon: with the reader left open,
     the process never exits (`vmledger rebuild` printed its line, then
     hung).  The cancellation comes while the close waits for the
-    checkpointer, before it closes the reader.
+    checkpointer, before it closes the reader: the checkpointer's stop is
+    made slow here, as a checkpoint of a long WAL under way makes it.
     """
     done = subprocess.run([sys.executable, "-c", _CANCELLED_CLOSE, str(tmp_path / "l.db")],
                           capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)

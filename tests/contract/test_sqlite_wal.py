@@ -7,8 +7,11 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import threading
 from datetime import datetime, timezone
+from typing import Any
 
+from vmledger.eventstore.backends import sqlite as sqlite_backend
 from vmledger.eventstore.backends.sqlite import SQLiteEventLog
 from vmledger.eventstore.events import DomainDefined
 from vmledger.eventstore.log import Metadata
@@ -34,3 +37,22 @@ def test_committed_events_reach_the_database_file_while_the_ledger_stays_open(tm
                 return conn.execute("SELECT count(*), max(type) FROM events").fetchall()
 
     assert asyncio.run(go()) == [(40, "DomainDefined")]
+
+
+def test_a_ledger_closed_just_after_a_commit_does_not_wait_out_the_checkpointers_gathering(
+        tmp_path: str, monkeypatch: Any) -> None:
+    """Closing the log ends the checkpointer's wait for more commits: a command that just wrote exits at once."""
+    monkeypatch.setattr(sqlite_backend, "_CHECKPOINT_SECONDS", 3600.0)  # a gathering no test outlives
+    db = os.path.join(tmp_path, "l.db")
+
+    async def go() -> None:
+        async with SQLiteEventLog(db, TableProjector()) as log:
+            await log.append("d", 0, [DomainDefined(domain="d", uuid="d", guest_type="pv", config=CONFIG,
+                                                    capabilities={})], Metadata(), now=T0)  # nudges the checkpointer
+
+    closing = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
+    closing.start()
+    closing.join(60)
+    assert not closing.is_alive(), "the log's close waited for the checkpointer's gathering interval"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchall() == [(1,)]

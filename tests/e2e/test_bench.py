@@ -44,7 +44,8 @@ def test_the_toy_bench_runs_every_part_and_its_writes_all_apply() -> None:
     assert [len(notes(lines, name)) for name in ("the writer's transactions, replayed", "the same, durably")] == [3, 3]
     assert [n.split(":")[1] for n in notes(lines, "verify after the writes")] == [
         " chain intact, projections equal a rebuild"]
-    assert notes(lines, "command line: vmledger show, 2,000 events")[0].startswith("a process each")
+    assert [notes(lines, name)[0].split(",")[0] for name in (
+        "command line: vmledger show, 2,000 events", "vmledger set, a durable request")] == ["a process each"] * 2
     assert [n.split(" s, ")[1] for n in notes(lines, "vmledger export, 2,000 events")
             + notes(lines, "vmledger import of that file")] == [
         "to a file, start to exit", "into a new SQLite ledger, start to exit: each chunk checked, stored and folded, in one transaction"]
