@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 from typing import Any, Callable, Coroutine, TypeVar
 
 from vmledger.eventstore.errors import InvalidRequestError
 
-__all__ = ["run", "loop_factory", "loop_name", "LOOPS"]
+__all__ = ["run", "loop_factory", "loop_name", "LOOPS", "Terminated"]
 
 T = TypeVar("T")
 #: The values `VMLEDGER_LOOP` takes; unset or empty picks uvloop where it is installed.
@@ -53,16 +55,53 @@ def loop_name(factory: Callable[[], asyncio.AbstractEventLoop] | None) -> str:
     return f"uvloop {uvloop.__version__}"
 
 
-def run(main: Coroutine[Any, Any, T]) -> T:
+class Terminated(Exception):
+    """SIGTERM cancelled the coroutine `run` ran, which ended as an interrupted one does."""
+
+
+def run(main: Coroutine[Any, Any, T], *, terminable: bool = False) -> T:
     """Run `main` to its end on a new loop of the kind `VMLEDGER_LOOP` picks (`loop_factory`), as `asyncio.run` does.
+
+    With `terminable`, a SIGTERM cancels `main` as Ctrl-C does (a command's
+    request says what it leaves in flight, its ledger closes), and raises
+    `Terminated`; a second SIGTERM meanwhile ends the process at once.  Only
+    in the main thread, and only where SIGTERM has its default action: one
+    ignored stays ignored.
 
     Raises:
         InvalidRequestError: as `loop_factory` (before `main` starts; it is closed unrun).
+        Terminated: with `terminable`, SIGTERM came, and `main` ended.
     """
     try:
         factory = loop_factory()
     except InvalidRequestError:
         main.close()
         raise
+    if terminable and threading.current_thread() is threading.main_thread() and (
+            signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+        main = _terminable(main)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+async def _terminable(main: Coroutine[Any, Any, T]) -> T:
+    """Await `main`, cancelled by the first SIGTERM (`Terminated` then); the next one has its default action again."""
+    loop, task, terminated = asyncio.get_running_loop(), asyncio.current_task(), []
+
+    def stop() -> None:
+        loop.remove_signal_handler(signal.SIGTERM)
+        terminated.append(True)
+        assert task is not None
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        result = await main
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    if terminated:  # cancelled, or done meanwhile: SIGTERM came all the same
+        raise Terminated("terminated (SIGTERM)")
+    return result

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -712,7 +713,15 @@ def _definition(args: argparse.Namespace) -> dict[str, Any]:
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        return _loop.run(_run(args))
+        # `serve` stops on SIGTERM its own way (it lets the requests under way finish, then exits 0).
+        return _loop.run(_run(args), terminable=args.command != "serve")
+    except _loop.Terminated:
+        # Ended as an interruption ends; then the process dies of the signal, as it would have at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 128 + signal.SIGTERM  # should the signal be blocked
     except ChainBrokenError as e:
         if isinstance(e, InvalidRequestError):  # the file imported is damaged, not the ledger
             print(f"vmledger: error: {e}", file=sys.stderr)

@@ -311,8 +311,13 @@ def test_out_of_band_config_change_is_observed_into_the_persistent_config(cli: C
     assert cli("observe")[:2] == (0, "nothing new\n")
 
 
-def test_watch_records_an_out_of_band_balloon_and_stops_on_interrupt(cli: Cli) -> None:
-    """`vmledger watch --interval` on the simulator records a balloon change by its sweeps, a line each, and exits 130 on SIGINT."""
+#: How a command ends on each signal: 130 on Ctrl-C (SIGINT); on SIGTERM, dead of it once it ended the same way.
+_ENDS = {signal.SIGINT: 130, signal.SIGTERM: -signal.SIGTERM}
+
+
+@pytest.mark.parametrize("sig", _ENDS)
+def test_watch_records_an_out_of_band_balloon_and_stops_on_interrupt(cli: Cli, sig: signal.Signals) -> None:
+    """`vmledger watch --interval` on the simulator records a balloon change by its sweeps, a line each, and stops on SIGINT or SIGTERM."""
     proc = _interruptible([sys.executable, "-m", "vmledger.cli", "--db", cli.db, "watch", "--interval", "0.1"])
     try:
         assert cli("sim", "balloon", "web", "900MiB")[0] == 0
@@ -320,7 +325,7 @@ def test_watch_records_an_out_of_band_balloon_and_stops_on_interrupt(cli: Cli) -
         while cli.json("drift", "web")[1] == [] and time.monotonic() < deadline:
             time.sleep(0.05)
         drift = cli.json("drift", "web")[1]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
@@ -328,18 +333,25 @@ def test_watch_records_an_out_of_band_balloon_and_stops_on_interrupt(cli: Cli) -
         ("memory", "external", 900 * MiB, None)]
     lines = out.splitlines()
     assert (proc.returncode, lines[0], [line.split(" ", 1)[1] for line in lines[1:]], err) == (
-        130, f"watching every domain of sim in {cli.db}: now, as announced, and every 0.1s; interrupt to stop",
+        _ENDS[sig], f"watching every domain of sim in {cli.db}: now, as announced, and every 0.1s; interrupt to stop",
         ["LiveValueObserved  web memory live 900MiB (the ledger had 1GiB)"], "")
 
 
 def _interruptible(argv: list[str]) -> subprocess.Popen[str]:
-    """Start a child that dies of SIGINT as a shell-started one does (a background run ignores it, and children inherit that)."""
+    """Start a child that dies of SIGINT and SIGTERM as a shell-started one does (a background run ignores SIGINT, and children inherit that)."""
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=_default_signals)
 
 
-def test_a_set_interrupted_while_the_hypervisor_works_says_its_request_stays_in_flight(cli: Cli) -> None:
-    """Ctrl-C on a `set` waiting on the hypervisor exits 130 and names the request it leaves in flight."""
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig", _ENDS)
+def test_a_set_interrupted_while_the_hypervisor_works_says_its_request_stays_in_flight(
+        cli: Cli, sig: signal.Signals) -> None:
+    """Ctrl-C or SIGTERM on a `set` waiting on the hypervisor names the request it leaves in flight."""
     assert cli("sim", "fail", "web", "memory", "timeout")[0] == 0  # the next live change hangs until the timeout
     proc = _interruptible([sys.executable, "-m", "vmledger.cli", "--db", cli.db, "--timeout", "60",
                            "set", "web", "memory", "2GiB", "--request-id", "cut-short"])
@@ -347,12 +359,12 @@ def test_a_set_interrupted_while_the_hypervisor_works_says_its_request_stays_in_
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not cli.json("history", "web", "memory")[1]:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     (record,) = cli.json("history", "web", "memory")[1]
-    assert (proc.returncode, out, err) == (130, "", "vmledger: request cut-short is recorded, but was interrupted "
+    assert (proc.returncode, out, err) == (_ENDS[sig], "", "vmledger: request cut-short is recorded, but was interrupted "
                                            "before its outcomes were all recorded; what is missing stays in flight "
                                            "until observe resolves it\n")
     assert (record["request_id"], record["outcomes"]["live"]["status"]) == ("cut-short", "in_flight")

@@ -186,9 +186,9 @@ def _fleet_export(path: pathlib.Path, count: int) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT", "SIGTERM"])
 def test_an_import_stopped_while_it_writes_leaves_the_ledger_empty(tmp_path: Any, how: str) -> None:
-    """`vmledger import` killed (SIGKILL) or interrupted (SIGINT, as Ctrl-C does) once it has written megabytes leaves an empty ledger, never a part of the export, nor all of it unseen; run again, it imports it all."""
+    """`vmledger import` killed (SIGKILL), interrupted (SIGINT, as Ctrl-C does) or stopped (SIGTERM) once it has written megabytes leaves an empty ledger, never a part of the export, nor all of it unseen; run again, it imports it all."""
     export, db = tmp_path / "fleet.jsonl", str(tmp_path / "copy.db")
     lines = _fleet_export(export, 10_000)
     wal = pathlib.Path(db + "-wal")
@@ -211,7 +211,7 @@ def test_an_import_stopped_while_it_writes_leaves_the_ledger_empty(tmp_path: Any
             proc.kill()
             proc.wait()
     assert writing, "the import ended before it was stopped"
-    assert (code, stderr.read_text(encoding="utf-8")) == ((130, "") if how == "SIGINT" else (-signal.SIGKILL, ""))
+    assert (code, stderr.read_text(encoding="utf-8")) == ((130, "") if how == "SIGINT" else (-getattr(signal, how), ""))
 
     async def head() -> int:
         async with vmledger.open(db) as ledger:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -46,3 +49,69 @@ def test_insisting_on_uvloop_without_it_is_a_clear_error(monkeypatch: pytest.Mon
     with pytest.raises(InvalidRequestError, match=r"^VMLEDGER_LOOP=uvloop, but uvloop is not installed"):
         _loop.loop_factory("uvloop")
     assert _loop.loop_factory("") is None
+
+
+_TERMINATED = """
+import asyncio, os, signal
+from vmledger import _loop
+
+async def work():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(60)
+    finally:
+        print("cleaned up")
+
+try:
+    _loop.run(work(), terminable=True)
+except _loop.Terminated:
+    print("terminated", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+"""
+
+
+def test_sigterm_cancels_a_terminable_run_which_ends_as_an_interrupted_one() -> None:
+    """With `terminable`, SIGTERM cancels the coroutine, whose clean-up runs, and `run` raises `Terminated`."""
+    done = _python(_TERMINATED)  # in a process of its own: a SIGTERM not caught would end it
+    assert (done.returncode, done.stdout, done.stderr) == (0, "cleaned up\nterminated True\n", "")
+
+
+def _python(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+
+
+def test_an_ignored_sigterm_stays_ignored() -> None:
+    """A process started with SIGTERM ignored keeps ignoring it: the coroutine runs to its end."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        async def work() -> str:
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(0.1)
+            return "done"
+
+        assert _loop.run(work(), terminable=True) == "done"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_STUCK = """
+import asyncio, os, signal, sys
+from vmledger import _loop
+
+async def work():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(60)
+    finally:
+        print("stuck", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM while the clean-up waits
+        await asyncio.shield(asyncio.sleep(60))
+
+_loop.run(work(), terminable=True)
+"""
+
+
+def test_a_second_sigterm_ends_the_process_at_once() -> None:
+    """A clean-up that hangs does not hold the process: the second SIGTERM has its default action."""
+    done = _python(_STUCK)
+    assert (done.returncode, done.stdout, done.stderr) == (-signal.SIGTERM, "stuck\n", "")
