@@ -52,7 +52,7 @@ def test_insisting_on_uvloop_without_it_is_a_clear_error(monkeypatch: pytest.Mon
 
 
 _TERMINATED = """
-import asyncio, os, signal
+import asyncio, os, signal, sys
 from vmledger import _loop
 
 async def work():
@@ -60,7 +60,10 @@ async def work():
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.sleep(60)
     finally:
-        print("cleaned up")
+        print("cleaned up", flush=True)
+        if sys.argv[1:] == ["stuck"]:  # a second SIGTERM while the clean-up waits for good
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.shield(asyncio.sleep(60))
 
 try:
     _loop.run(work(), terminable=True)
@@ -69,15 +72,22 @@ except _loop.Terminated:
 """
 
 
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `_TERMINATED` with `args` in a process of its own (a SIGTERM not caught would end this one)."""
+    return subprocess.run([sys.executable, "-c", _TERMINATED, *args], capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+
+
 def test_sigterm_cancels_a_terminable_run_which_ends_as_an_interrupted_one() -> None:
     """With `terminable`, SIGTERM cancels the coroutine, whose clean-up runs, and `run` raises `Terminated`."""
-    done = _python(_TERMINATED)  # in a process of its own: a SIGTERM not caught would end it
+    done = _python()
     assert (done.returncode, done.stdout, done.stderr) == (0, "cleaned up\nterminated True\n", "")
 
 
-def _python(script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
-                          stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+def test_a_second_sigterm_ends_the_process_at_once() -> None:
+    """A clean-up that hangs does not hold the process: the second SIGTERM has its default action."""
+    done = _python("stuck")
+    assert (done.returncode, done.stdout, done.stderr) == (-signal.SIGTERM, "cleaned up\n", "")
 
 
 def test_an_ignored_sigterm_stays_ignored() -> None:
@@ -92,26 +102,3 @@ def test_an_ignored_sigterm_stays_ignored() -> None:
         assert _loop.run(work(), terminable=True) == "done"
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-_STUCK = """
-import asyncio, os, signal, sys
-from vmledger import _loop
-
-async def work():
-    try:
-        os.kill(os.getpid(), signal.SIGTERM)
-        await asyncio.sleep(60)
-    finally:
-        print("stuck", flush=True)
-        os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM while the clean-up waits
-        await asyncio.shield(asyncio.sleep(60))
-
-_loop.run(work(), terminable=True)
-"""
-
-
-def test_a_second_sigterm_ends_the_process_at_once() -> None:
-    """A clean-up that hangs does not hold the process: the second SIGTERM has its default action."""
-    done = _python(_STUCK)
-    assert (done.returncode, done.stdout, done.stderr) == (-signal.SIGTERM, "stuck\n", "")
