@@ -1322,12 +1322,11 @@ def cli_costs(path: str, calls: int) -> tuple[float, float, float, float]:
     small = [*vmledger_cli, "--db", f"{path}.cli.db"]
     subprocess.run([*small, "define", "vm", "--type", "pv", "--memory", "1GiB", "--max-memory", "2GiB", "--vcpus", "1",
                     "--max-vcpus", "2"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, check=True)
-    commands = [[*vmledger_cli, "--db", path, "--hypervisor", f"sim:{path}.bulk-sim.json", "show", "dom00000"],
-                [*small, "set", "vm", "vcpus", "1", "--scope", "persistent"],
-                [*vmledger_cli, "--version"], [sys.executable, "-c", "pass"]]
-    times: list[list[float]] = [[] for _ in commands]
+    times: list[list[float]] = [[] for _ in range(4)]
     for call in range(calls + 1):
-        commands[1][-3] = str(1 + call % 2)  # a change each time, not a request already in force
+        commands = [[*vmledger_cli, "--db", path, "--hypervisor", f"sim:{path}.bulk-sim.json", "show", "dom00000"],
+                    [*small, "set", "vm", "vcpus", str(2 - call % 2), "--scope", "persistent"],  # a change each time
+                    [*vmledger_cli, "--version"], [sys.executable, "-c", "pass"]]
         for command, own in zip(commands, times):
             start = time.perf_counter()
             subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, check=True)
