@@ -242,6 +242,8 @@ class _Checkpointer:
                 if self._stop.wait(_CHECKPOINT_SECONDS):
                     return
                 self._due.clear()
+                if self._stop.is_set():  # `close` came before its nudge, which the line above may have cleared
+                    return
                 try:
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.error = None

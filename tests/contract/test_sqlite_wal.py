@@ -56,3 +56,38 @@ def test_a_ledger_closed_just_after_a_commit_does_not_wait_out_the_checkpointers
     assert not closing.is_alive(), "the log's close waited for the checkpointer's gathering interval"
     with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchall() == [(1,)]
+
+
+def test_a_close_that_comes_as_the_checkpointer_wakes_still_stops_it(tmp_path: str, monkeypatch: Any) -> None:
+    """A close whose nudge lands between the end of the checkpointer's gathering and its clearing of the nudge stops it.
+
+    The close sets its flag, nudges, and joins the thread: were the nudge
+    cleared and the flag not looked at again, the thread would wait for
+    another nudge for good, and the close with it.
+    """
+    monkeypatch.setattr(sqlite_backend, "_CHECKPOINT_SECONDS", 0.01)
+    db = os.path.join(tmp_path, "l.db")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+    checkpointer = sqlite_backend._Checkpointer(db, 1000)
+    stop = checkpointer._stop
+
+    class CloseComesNow:
+        """A fake for a race no test can time: the close's two steps come just after the gathering ends."""
+
+        def wait(self, timeout: float) -> bool:
+            ended = stop.wait(timeout)
+            stop.set()  # the close's flag, then its nudge, before the thread clears the nudge
+            checkpointer._due.set()
+            return ended
+
+        def is_set(self) -> bool:
+            return stop.is_set()
+
+    checkpointer._stop = CloseComesNow()  # type: ignore[assignment]
+    checkpointer.nudge()
+    checkpointer._thread.join(30)
+    stopped = not checkpointer._thread.is_alive()
+    checkpointer._stop = stop
+    checkpointer.close()  # nudges again: ends a thread the race left waiting
+    assert stopped, "the checkpointer waited for another nudge after a close"
