@@ -37,20 +37,17 @@ def _documented(description: str, **schema: Any) -> KwargDefinition:
     return KwargDefinition(description=description, schema_extra=schema)
 
 
-_INTEGER = {"type": "integer"}
-
-
 @attrs.frozen(kw_only=True)
 class DefineBody:
     """A domain to define: sizes in bytes, counts, and CD-ROM devices mapped to media paths."""
 
     name: Annotated[Any, _documented("the domain's name", type="string")]
     guest_type: Annotated[Any, _documented("pv or hvm", type="string", enum=["pv", "hvm"])]
-    memory: Annotated[Any, _documented("bytes", **_INTEGER)]
-    max_memory: Annotated[Any, _documented("bytes", **_INTEGER)]
-    vcpus: Annotated[Any, _documented("a count", **_INTEGER)]
-    max_vcpus: Annotated[Any, _documented("a count", **_INTEGER)]
-    numa_nodes: Annotated[Any, _documented("a count", **_INTEGER)] = 1
+    memory: Annotated[Any, _documented("bytes", type="integer")]
+    max_memory: Annotated[Any, _documented("bytes", type="integer")]
+    vcpus: Annotated[Any, _documented("a count", type="integer")]
+    max_vcpus: Annotated[Any, _documented("a count", type="integer")]
+    numa_nodes: Annotated[Any, _documented("a count", type="integer")] = 1
     cdroms: Annotated[Any, _documented("CD-ROM devices mapped to media paths (empty: no disc)", type="object",
                                        additionalProperties={"type": "string"})] = attrs.field(factory=dict)
 
